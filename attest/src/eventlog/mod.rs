@@ -1,0 +1,168 @@
+//! TCG PC Client firmware event logs: parsing, decoding, replay and writing.
+//!
+//! Two formats are read: the crypto-agile log (a legacy-format first event
+//! carrying the Spec ID Event03 header, then TCG_PCR_EVENT2 records with one
+//! digest per declared bank) and the legacy SHA-1 log (TCG_PCR_EVENT records
+//! only). [`parse`] turns bytes into an [`EventLog`]; [`replay`] computes the
+//! final PCR values; [`EventLog::to_bytes`] writes a log back, so that
+//! `parse(log.to_bytes()) == log`.
+//!
+//! This module never talks to a TPM and never panics on input: malformed
+//! bytes give a [`ParseError`] naming the byte offset and what was expected,
+//! and no allocation is sized by a length the input did not back with bytes.
+
+mod decode;
+mod error;
+mod event_type;
+mod parse;
+mod reader;
+mod replay;
+pub mod spec_id;
+mod write;
+
+use serde::Serialize;
+
+pub use decode::{EventData, GptPartition};
+pub use error::ParseError;
+pub use event_type::{EventType, UnknownEventType};
+pub use parse::parse;
+pub use replay::{digests_of, replay, Finding, Replay, ReplayOptions, EXIT_BOOT_SERVICES};
+pub use spec_id::{AlgorithmSize, SpecId};
+
+use crate::alg::HashAlg;
+
+/// Which of the two TCG layouts a log uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Spec ID Event03 header followed by TCG_PCR_EVENT2 records.
+    CryptoAgile,
+    /// TCG_PCR_EVENT records with one SHA-1 digest each.
+    LegacySha1,
+}
+
+/// One digest of an event: the algorithm id and the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDigest {
+    /// TPM_ALG_ID of the digest.
+    pub alg_id: u16,
+    /// The digest bytes (as long as the header declares for the algorithm).
+    pub digest: Vec<u8>,
+}
+
+impl EventDigest {
+    /// The algorithm, if Satchel knows it.
+    pub fn alg(&self) -> Option<HashAlg> {
+        HashAlg::from_id(self.alg_id)
+    }
+}
+
+/// One event of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the file, 0 for the first event (the Spec ID header of a
+    /// crypto-agile log is event 0).
+    pub index: usize,
+    /// Byte offset of the event's first byte in the file.
+    pub offset: usize,
+    /// The PCR the event was (or, for EV_NO_ACTION, was not) extended into.
+    pub pcr: u32,
+    /// The event type.
+    pub event_type: EventType,
+    /// One digest per bank (exactly one SHA-1 digest in a legacy log).
+    pub digests: Vec<EventDigest>,
+    /// The event data as logged.
+    pub data: Vec<u8>,
+}
+
+impl Event {
+    /// The digest for bank `alg`, if the event carries one.
+    pub fn digest(&self, alg: HashAlg) -> Option<&[u8]> {
+        self.digests
+            .iter()
+            .find(|d| d.alg_id == alg.id())
+            .map(|d| d.digest.as_slice())
+    }
+
+    /// The event data decoded by type (see [`EventData`]).
+    pub fn decoded(&self) -> EventData {
+        decode::decode(self.event_type, &self.data)
+    }
+}
+
+/// A parsed event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLog {
+    /// The layout.
+    pub format: LogFormat,
+    /// The Spec ID header of a crypto-agile log.
+    pub spec_id: Option<SpecId>,
+    /// Every event in file order, the header event included.
+    pub events: Vec<Event>,
+    /// Bytes of 0x00 or 0xFF padding after the last event (firmware tables
+    /// are fixed-size); they are not written back.
+    pub trailing_padding: usize,
+}
+
+impl EventLog {
+    /// An empty crypto-agile log for the given banks: only its Spec ID header event.
+    pub fn new_crypto_agile(banks: &[HashAlg]) -> EventLog {
+        let spec = SpecId::for_banks(banks);
+        let header = Event {
+            index: 0,
+            offset: 0,
+            pcr: 0,
+            event_type: EventType::EV_NO_ACTION,
+            digests: vec![EventDigest {
+                alg_id: HashAlg::Sha1.id(),
+                digest: vec![0; 20],
+            }],
+            data: spec.encode(),
+        };
+        EventLog {
+            format: LogFormat::CryptoAgile,
+            spec_id: Some(spec),
+            events: vec![header],
+            trailing_padding: 0,
+        }
+    }
+
+    /// The banks a replay computes: those the header declares and Satchel
+    /// knows (SHA-1 for a legacy log).
+    pub fn banks(&self) -> Vec<HashAlg> {
+        match &self.spec_id {
+            Some(s) => s.algorithms.iter().filter_map(AlgorithmSize::alg).collect(),
+            None => vec![HashAlg::Sha1],
+        }
+    }
+
+    /// Append an event, filling in its index and offset; returns the new event.
+    pub fn push(
+        &mut self,
+        pcr: u32,
+        event_type: EventType,
+        digests: Vec<EventDigest>,
+        data: Vec<u8>,
+    ) -> &Event {
+        let index = self.events.len();
+        let offset = self.events.last().map_or(0, |e| {
+            e.offset + e.encoded_len(self.is_agile_record(e.index))
+        });
+        self.events.push(Event {
+            index,
+            offset,
+            pcr,
+            event_type,
+            digests,
+            data,
+        });
+        &self.events[index]
+    }
+
+    /// The events a replay extends (EV_NO_ACTION events are never extended).
+    pub fn measured_events(&self) -> impl Iterator<Item = &Event> {
+        self.events
+            .iter()
+            .filter(|e| e.event_type != EventType::EV_NO_ACTION)
+    }
+}

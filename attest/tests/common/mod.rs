@@ -1,0 +1,28 @@
+//! Shared helpers for the event-log tests: where the real firmware logs live.
+
+use std::path::PathBuf;
+
+/// `shared/fixtures/eventlogs` beside the project checkout, or `$SATCHEL_FIXTURES`.
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("SATCHEL_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eventlogs"),
+    }
+}
+
+/// The bytes of one fixture.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()))
+}
+
+/// Every firmware-log fixture (`*.bin` that is not an IMA log or junk).
+pub fn firmware_logs() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".bin") && !n.starts_with("ima-") && !n.starts_with("malformed"))
+        .collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,1 @@
+//! Boot-chain measurement (being written).

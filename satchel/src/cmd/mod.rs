@@ -1,0 +1,45 @@
+//! The command-line interface: the clap definitions and the dispatch to one
+//! module per subcommand. Help text teaches by example.
+
+mod eventlog;
+mod measure;
+
+use clap::{Parser, Subcommand};
+
+/// Satchel: a trusted-boot, closed-computing appliance.
+///
+/// The boot chain is measured into the TPM and its event log; the gateway
+/// admits a device only when a fresh quote proves that chain.
+#[derive(Debug, Parser)]
+#[command(name = "satchel", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  satchel eventlog replay /sys/kernel/security/tpm0/binary_bios_measurements
+  satchel measure --chain examples/boot-chain/chain.toml --tpm swtpm:host=127.0.0.1,port=2321 --log boot.log
+  satchel predict --chain examples/boot-chain/chain.toml --json")]
+pub(crate) struct Cli {
+    /// More log output on stderr (-v info, -vv debug); SATCHEL_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read TCG firmware event logs: list events, replay PCRs.
+    #[command(subcommand)]
+    Eventlog(eventlog::EventlogCmd),
+    /// Measure a boot chain into the TPM and append its events to a log.
+    Measure(measure::MeasureArgs),
+    /// Predict the PCR values a boot chain will produce, without a TPM.
+    Predict(measure::PredictArgs),
+}
+
+/// Run the parsed command.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Eventlog(c) => eventlog::run(c),
+        Command::Measure(a) => measure::measure(a),
+        Command::Predict(a) => measure::predict(a),
+    }
+}

@@ -1,0 +1,37 @@
+//! `satchel`: the one binary of Satchel — client agent, gateway and admin
+//! tools. Each subcommand lives in `cmd/`; this file parses the command line,
+//! sets up logging, and turns errors into a message on stderr and exit code 1
+//! (2 for a usage error, as clap reports it).
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cmd::Cli::parse();
+    init_logging(cli.verbose);
+    match cmd::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("satchel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `SATCHEL_LOG` (an env-filter) overrides `-v`.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SATCHEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,1 @@
+//! swtpm harness (being written).
