@@ -14,11 +14,22 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("satchel: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A reader that closed our stdout early (`satchel ... | head`) is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
 }
 
 /// Logs go to stderr; `SATCHEL_LOG` (an env-filter) overrides `-v`.

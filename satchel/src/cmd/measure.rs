@@ -1,15 +1,173 @@
-//! `satchel measure` and `satchel predict` (being written).
+//! `satchel measure`, `satchel predict` and `satchel pcrs`: measure a boot
+//! chain into the TPM and its log, predict what it will produce, and read
+//! the TPM's PCRs.
 
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use attest::tpm::{resolve_tcti, Tpm};
+use attest::{HashAlg, PcrBanks};
 use clap::Args;
+use firmware_measure::Chain;
+use serde_json::json;
 
-#[derive(Debug, Args)]
-pub(crate) struct MeasureArgs {}
-#[derive(Debug, Args)]
-pub(crate) struct PredictArgs {}
+use super::eventlog::{print_pcrs, read_log};
 
-pub(crate) fn measure(_a: MeasureArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+/// Where the TPM is: the flag, else `$SATCHEL_TPM`, else `device:/dev/tpmrm0`.
+#[derive(Debug, Args)]
+pub(crate) struct TpmArgs {
+    /// TPM TCTI, e.g. `swtpm:host=127.0.0.1,port=2321` or `device:/dev/tpmrm0`
+    /// [default: $SATCHEL_TPM, else device:/dev/tpmrm0]
+    #[arg(long, value_name = "TCTI")]
+    tpm: Option<String>,
 }
-pub(crate) fn predict(_a: PredictArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+
+impl TpmArgs {
+    fn open(&self) -> anyhow::Result<Tpm> {
+        let tcti = resolve_tcti(self.tpm.as_deref());
+        Ok(Tpm::open(&tcti)?)
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel measure --chain examples/boot-chain/chain.toml --tpm swtpm:host=127.0.0.1,port=2321 --log boot.log
+  SATCHEL_TPM=device:/dev/tpmrm0 satchel measure --chain /etc/satchel/chain.toml --log /var/lib/satchel/boot.log
+
+Each stage is extended into the TPM (every active bank), then appended to the log and
+synced. A new log starts with a Spec ID header for the TPM's active banks. Afterwards the
+TPM's PCRs and the log's replay are compared for every PCR the chain touched; any
+difference is an error.")]
+pub(crate) struct MeasureArgs {
+    /// The boot-chain file (TOML; see docs/boot-chain.md).
+    #[arg(long, value_name = "FILE")]
+    chain: PathBuf,
+    #[command(flatten)]
+    tpm: TpmArgs,
+    /// The event log to append to (created if absent).
+    #[arg(long, value_name = "OUT")]
+    log: PathBuf,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel predict --chain examples/boot-chain/chain.toml
+  satchel predict --chain chain.toml --base-log firmware.log --json
+  satchel predict --chain chain.toml --banks sha256 --json | jq -r '.pcrs.sha256[\"4\"]'")]
+pub(crate) struct PredictArgs {
+    /// The boot-chain file.
+    #[arg(long, value_name = "FILE")]
+    chain: PathBuf,
+    /// A firmware event log the chain continues (its banks are used).
+    #[arg(long, value_name = "FIRMWARE_LOG")]
+    base_log: Option<PathBuf>,
+    /// Banks to predict without a base log.
+    #[arg(long, value_delimiter = ',', default_value = "sha1,sha256")]
+    banks: Vec<HashAlg>,
+    /// Print {"pcrs": {bank: {index: hex}}} (the shape of `eventlog replay --json`).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel pcrs --tpm swtpm:host=127.0.0.1,port=2321 --pcrs 0-7,16
+  satchel pcrs --json")]
+pub(crate) struct PcrsArgs {
+    #[command(flatten)]
+    tpm: TpmArgs,
+    /// PCR indices: a list of numbers and ranges.
+    #[arg(long, default_value = "0-23", value_parser = parse_pcr_list)]
+    pcrs: PcrList,
+    /// Print {"pcrs": {bank: {index: hex}}}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A parsed `0-7,16` list.
+#[derive(Debug, Clone)]
+pub(crate) struct PcrList(Vec<u32>);
+
+fn parse_pcr_list(s: &str) -> Result<PcrList, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n <= 23)
+                .ok_or_else(|| format!("{x:?} is not a PCR index (0-23)"))
+        };
+        let (lo, hi) = (num(lo)?, num(hi)?);
+        if lo > hi {
+            return Err(format!("range {part:?} runs backwards"));
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(PcrList(out))
+}
+
+pub(crate) fn measure(a: MeasureArgs) -> anyhow::Result<()> {
+    let chain = Chain::load(&a.chain)?;
+    let mut tpm = a.tpm.open()?;
+    let measured = firmware_measure::measure(&chain, &mut tpm, &a.log)?;
+    let touched: Vec<u32> = {
+        let mut v: Vec<u32> = measured.events.iter().map(|e| e.pcr).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let mut replayed = attest::eventlog::replay(&measured.log, Default::default()).pcrs;
+    replayed.retain_pcrs(|i| touched.contains(&i));
+    let in_tpm = tpm.read_pcrs(&measured.banks, &touched)?;
+    let agree = replayed == in_tpm;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = json!({"events": measured.events.len(), "log": a.log, "tpm": in_tpm, "log_replay": replayed, "agree": agree});
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        for e in &measured.events {
+            let d = e.digests.last().map(|d| hex::encode(&d.digest)).unwrap_or_default();
+            writeln!(out, "measured {:<20} PCR{:<2} {} {d}", e.stage, e.pcr, e.event_type)?;
+        }
+    }
+    anyhow::ensure!(agree, "the TPM's PCRs and the replay of {} differ", a.log.display());
+    if !a.json {
+        let n = in_tpm.iter().count();
+        writeln!(out, "log {} replays to the TPM's values of all {n} PCRs the chain touched: agree", a.log.display())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let chain = Chain::load(&a.chain)?;
+    let base = a.base_log.as_ref().map(read_log).transpose()?;
+    anyhow::ensure!(!a.banks.is_empty(), "--banks names no bank");
+    let (_, pcrs) = firmware_measure::predict(&chain, base.as_ref(), &a.banks)
+        .with_context(|| format!("predicting {}", a.chain.display()))?;
+    print_banks(&pcrs, a.json)
+}
+
+pub(crate) fn pcrs(a: PcrsArgs) -> anyhow::Result<()> {
+    let mut tpm = a.tpm.open()?;
+    let banks = tpm.active_banks()?;
+    let values = tpm.read_pcrs(&banks, &a.pcrs.0)?;
+    print_banks(&values, a.json)
+}
+
+fn print_banks(pcrs: &PcrBanks, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&json!({ "pcrs": pcrs }))?)?;
+    } else {
+        print_pcrs(&mut out, pcrs)?;
+    }
+    Ok(())
 }

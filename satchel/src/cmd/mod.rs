@@ -33,6 +33,8 @@ enum Command {
     Measure(measure::MeasureArgs),
     /// Predict the PCR values a boot chain will produce, without a TPM.
     Predict(measure::PredictArgs),
+    /// Read the TPM's PCRs in every active bank.
+    Pcrs(measure::PcrsArgs),
 }
 
 /// Run the parsed command.
@@ -41,5 +43,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eventlog(c) => eventlog::run(c),
         Command::Measure(a) => measure::measure(a),
         Command::Predict(a) => measure::predict(a),
+        Command::Pcrs(a) => measure::pcrs(a),
     }
 }
