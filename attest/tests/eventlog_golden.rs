@@ -1,6 +1,8 @@
 //! Golden tests: every PCR value the source projects assert for the real
 //! firmware logs in `shared/fixtures/eventlogs` must come out of our replay.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -52,12 +54,16 @@ fn check(name: &str, asserted: &Asserted, options: ReplayOptions, skip: &[(&str,
 fn every_asserted_pcr_value_is_reproduced() {
     let mut total = 0;
     for (name, v) in expected() {
-        let Some(asserted) = asserted_pcrs(&v) else { continue };
+        let Some(asserted) = asserted_pcrs(&v) else {
+            continue;
+        };
         let (options, skip): (ReplayOptions, &[(&str, &str)]) = match name.as_str() {
             // The firmware extended ExitBootServices into PCR 5 without logging it;
             // the log has only a SHA-1 bank, so its SHA-256 value cannot come from it.
             "legacy-sha1-ebs-event-missing.bin" => (
-                ReplayOptions { add_missing_exit_boot_services: true },
+                ReplayOptions {
+                    add_missing_exit_boot_services: true,
+                },
                 &[("sha256", "5")],
             ),
             _ => (ReplayOptions::default(), &[]),
@@ -77,7 +83,9 @@ fn ebs_missing_log_replays_naively_without_the_workaround() {
         hex::encode(r.pcrs.get(HashAlg::Sha1, 5).unwrap()),
         "e5781a2fd49c23a33b16bf0ba5f10efa1aa5d43c"
     );
-    assert!(r.findings.contains(&Finding::MissingExitBootServices { added: false }));
+    assert!(r
+        .findings
+        .contains(&Finding::MissingExitBootServices { added: false }));
 }
 
 #[test]
@@ -90,16 +98,32 @@ fn startup_locality_and_hcrtm_set_pcr0_start() {
         ("gce-rhel8-sb-agile-sha1-sha256-sha384.bin", None),
     ] {
         let log = parse(&fixture(name)).unwrap();
-        assert_eq!(replay(&log, ReplayOptions::default()).pcr0_locality, loc, "{name}");
+        assert_eq!(
+            replay(&log, ReplayOptions::default()).pcr0_locality,
+            loc,
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn formats_and_banks_are_detected() {
     let cases = [
-        ("gce-debian10-legacy-sha1.bin", LogFormat::LegacySha1, vec![HashAlg::Sha1]),
-        ("edge-short-no-action.bin", LogFormat::LegacySha1, vec![HashAlg::Sha1]),
-        ("gdc-host-baremetal-sha256only.bin", LogFormat::CryptoAgile, vec![HashAlg::Sha256]),
+        (
+            "gce-debian10-legacy-sha1.bin",
+            LogFormat::LegacySha1,
+            vec![HashAlg::Sha1],
+        ),
+        (
+            "edge-short-no-action.bin",
+            LogFormat::LegacySha1,
+            vec![HashAlg::Sha1],
+        ),
+        (
+            "gdc-host-baremetal-sha256only.bin",
+            LogFormat::CryptoAgile,
+            vec![HashAlg::Sha256],
+        ),
         (
             "hygon-hcrtm-sha1-sha256-sm3.bin",
             LogFormat::CryptoAgile,
@@ -122,7 +146,10 @@ fn formats_and_banks_are_detected() {
 fn short_no_action_log_is_one_startup_locality_event() {
     let log = parse(&fixture("edge-short-no-action.bin")).unwrap();
     assert_eq!(log.events.len(), 1);
-    assert_eq!(log.events[0].decoded(), EventData::StartupLocality { locality: 3 });
+    assert_eq!(
+        log.events[0].decoded(),
+        EventData::StartupLocality { locality: 3 }
+    );
 }
 
 #[test]
@@ -177,7 +204,10 @@ fn writing_a_parsed_log_gives_back_its_bytes() {
 
 #[test]
 fn digest_check_flags_a_debian_authority_event_and_nothing_in_clean_logs() {
-    let r = replay(&parse(&fixture("gce-debian10-legacy-sha1.bin")).unwrap(), ReplayOptions::default());
+    let r = replay(
+        &parse(&fixture("gce-debian10-legacy-sha1.bin")).unwrap(),
+        ReplayOptions::default(),
+    );
     let mismatches: Vec<_> = r
         .findings
         .iter()
@@ -193,7 +223,10 @@ fn digest_check_flags_a_debian_authority_event_and_nothing_in_clean_logs() {
             bank: HashAlg::Sha1,
         }]
     );
-    for name in ["gce-rhel8-sb-agile-sha1-sha256-sha384.bin", "qemu-ovmf-el9-secureboot-sha256only.bin"] {
+    for name in [
+        "gce-rhel8-sb-agile-sha1-sha256-sha384.bin",
+        "qemu-ovmf-el9-secureboot-sha256only.bin",
+    ] {
         let r = replay(&parse(&fixture(name)).unwrap(), ReplayOptions::default());
         assert!(r.findings.is_empty(), "{name}: {:?}", r.findings);
     }

@@ -245,7 +245,9 @@ fn efi_variable(data: &[u8]) -> Option<EventData> {
     if r.remaining() != 0 {
         return None;
     }
-    let description = is_boot_option(&name).then(|| load_option_description(var)).flatten();
+    let description = is_boot_option(&name)
+        .then(|| load_option_description(var))
+        .flatten();
     Some(EventData::EfiVariable {
         guid: guid(&g),
         name,
@@ -266,9 +268,7 @@ pub(crate) fn efi_variable_data(data: &[u8]) -> Option<&[u8]> {
 }
 
 fn is_boot_option(name: &str) -> bool {
-    name.len() == 8
-        && name.starts_with("Boot")
-        && name[4..].chars().all(|c| c.is_ascii_hexdigit())
+    name.len() == 8 && name.starts_with("Boot") && name[4..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// EFI_LOAD_OPTION: u32 attributes, u16 file path list length, NUL-terminated UTF-16 description.
@@ -420,7 +420,13 @@ fn utf16_lossy(data: &[u8]) -> String {
 fn ascii_lossy(data: &[u8]) -> String {
     trim_nuls(data)
         .iter()
-        .map(|&b| if b.is_ascii_graphic() || b == b' ' { char::from(b) } else { '.' })
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
         .collect()
 }
 
@@ -432,30 +438,57 @@ fn trim_nuls(data: &[u8]) -> &[u8] {
 impl std::fmt::Display for EventData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EventData::SpecId { algorithms } => write!(f, "Spec ID Event03 [{}]", algorithms.join(", ")),
+            EventData::SpecId { algorithms } => {
+                write!(f, "Spec ID Event03 [{}]", algorithms.join(", "))
+            }
             EventData::StartupLocality { locality } => write!(f, "StartupLocality {locality}"),
-            EventData::Sp800155 { signature, reference_manifest_guid, strings, .. } => {
-                write!(f, "{signature} {reference_manifest_guid} {}", strings.join(" / "))
+            EventData::Sp800155 {
+                signature,
+                reference_manifest_guid,
+                strings,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{signature} {reference_manifest_guid} {}",
+                    strings.join(" / ")
+                )
             }
             EventData::NoAction { signature } => write!(f, "no-action {signature:?}"),
             EventData::Separator { value } => write!(f, "separator {value:#010x}"),
             EventData::Text { text } => write!(f, "{text:?}"),
             EventData::ScrtmVersion { version } => write!(f, "S-CRTM version {version:?}"),
             EventData::Hcrtm { text } => write!(f, "H-CRTM {text:?}"),
-            EventData::EfiVariable { guid, name, data_len, description } => {
+            EventData::EfiVariable {
+                guid,
+                name,
+                data_len,
+                description,
+            } => {
                 write!(f, "{guid}:{name} ({data_len} bytes)")?;
                 match description {
                     Some(d) => write!(f, " {d:?}"),
                     None => Ok(()),
                 }
             }
-            EventData::ImageLoad { length, device_path, .. } => {
+            EventData::ImageLoad {
+                length,
+                device_path,
+                ..
+            } => {
                 write!(f, "image {device_path} ({length} bytes)")
             }
-            EventData::Gpt { disk_guid, partitions } => {
+            EventData::Gpt {
+                disk_guid,
+                partitions,
+            } => {
                 write!(f, "GPT disk {disk_guid}, {} partitions", partitions.len())
             }
-            EventData::FirmwareBlob { description, base, length } => {
+            EventData::FirmwareBlob {
+                description,
+                base,
+                length,
+            } => {
                 write!(f, "firmware blob {base:#x}+{length:#x}")?;
                 match description {
                     Some(d) => write!(f, " {d:?}"),

@@ -141,7 +141,10 @@ fn parse_algorithms(r: &mut Reader<'_>) -> Result<Vec<AlgorithmSize>, ParseError
     let count_at = r.offset();
     let count = r.u32("number of algorithms")?;
     if count == 0 || count > MAX_ALGORITHMS {
-        return Err(spec_err(count_at, "number of algorithms is 0 or more than 16"));
+        return Err(spec_err(
+            count_at,
+            "number of algorithms is 0 or more than 16",
+        ));
     }
     let mut algorithms: Vec<AlgorithmSize> = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -157,7 +160,10 @@ fn parse_algorithms(r: &mut Reader<'_>) -> Result<Vec<AlgorithmSize>, ParseError
         if algorithms.iter().any(|a| a.alg_id == alg_id) {
             return Err(spec_err(at, "algorithm declared twice"));
         }
-        algorithms.push(AlgorithmSize { alg_id, digest_size });
+        algorithms.push(AlgorithmSize {
+            alg_id,
+            digest_size,
+        });
     }
     Ok(algorithms)
 }

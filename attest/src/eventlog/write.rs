@@ -32,7 +32,11 @@ impl Event {
     /// The encoded length of the event in the given layout.
     pub fn encoded_len(&self, agile: bool) -> usize {
         let digests = if agile {
-            4 + self.digests.iter().map(|d| 2 + d.digest.len()).sum::<usize>()
+            4 + self
+                .digests
+                .iter()
+                .map(|d| 2 + d.digest.len())
+                .sum::<usize>()
         } else {
             20
         };
