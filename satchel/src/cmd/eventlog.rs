@@ -108,7 +108,9 @@ fn show_json(log: &EventLog) -> serde_json::Value {
                 .digests
                 .iter()
                 .map(|d| {
-                    let name = d.alg().map_or_else(|| format!("0x{:04x}", d.alg_id), |a| a.name().to_owned());
+                    let name = d
+                        .alg()
+                        .map_or_else(|| format!("0x{:04x}", d.alg_id), |a| a.name().to_owned());
                     (name, json!(hex::encode(&d.digest)))
                 })
                 .collect();

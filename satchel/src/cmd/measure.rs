@@ -134,14 +134,30 @@ pub(crate) fn measure(a: MeasureArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         for e in &measured.events {
-            let d = e.digests.last().map(|d| hex::encode(&d.digest)).unwrap_or_default();
-            writeln!(out, "measured {:<20} PCR{:<2} {} {d}", e.stage, e.pcr, e.event_type)?;
+            let d = e
+                .digests
+                .last()
+                .map(|d| hex::encode(&d.digest))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "measured {:<20} PCR{:<2} {} {d}",
+                e.stage, e.pcr, e.event_type
+            )?;
         }
     }
-    anyhow::ensure!(agree, "the TPM's PCRs and the replay of {} differ", a.log.display());
+    anyhow::ensure!(
+        agree,
+        "the TPM's PCRs and the replay of {} differ",
+        a.log.display()
+    );
     if !a.json {
         let n = in_tpm.iter().count();
-        writeln!(out, "log {} replays to the TPM's values of all {n} PCRs the chain touched: agree", a.log.display())?;
+        writeln!(
+            out,
+            "log {} replays to the TPM's values of all {n} PCRs the chain touched: agree",
+            a.log.display()
+        )?;
     }
     Ok(())
 }
@@ -165,7 +181,11 @@ pub(crate) fn pcrs(a: PcrsArgs) -> anyhow::Result<()> {
 fn print_banks(pcrs: &PcrBanks, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&json!({ "pcrs": pcrs }))?)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({ "pcrs": pcrs }))?
+        )?;
     } else {
         print_pcrs(&mut out, pcrs)?;
     }

@@ -1,0 +1,194 @@
+//! The `satchel` binary's contracts: flags, exit codes and JSON shapes of
+//! `eventlog show|replay`, `measure`, `predict` and `pcrs`, run as a user
+//! would, against real fixtures and a real swtpm.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tpm_sim_tests::Swtpm;
+
+fn satchel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(args)
+        .env_remove("SATCHEL_TPM")
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap()
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = satchel(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/eventlogs")
+        .join(name);
+    p.to_string_lossy().into_owned()
+}
+
+fn sample_chain() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/boot-chain/chain.toml");
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn replay_json_maps_bank_to_index_to_lowercase_hex() {
+    let v = ok_json(&[
+        "eventlog",
+        "replay",
+        "--json",
+        &fixture("gce-rhel8-sb-agile-sha1-sha256-sha384.bin"),
+    ]);
+    let pcrs = v["pcrs"].as_object().unwrap();
+    assert_eq!(
+        pcrs.keys().collect::<Vec<_>>(),
+        ["sha1", "sha256", "sha384"]
+    );
+    assert_eq!(
+        v["pcrs"]["sha256"]["0"],
+        "24af52a4f429b71a3184a6d64cddad17e54ea030e2aa6576bf3a5a3d8bd3328f"
+    );
+    assert_eq!(
+        v["pcrs"]["sha1"]["14"],
+        "1f5149668c40524e01be9cbc3ad527645943f148"
+    );
+    let hygon = ok_json(&[
+        "eventlog",
+        "replay",
+        "--json",
+        &fixture("hygon-hcrtm-sha1-sha256-sm3.bin"),
+    ]);
+    assert!(hygon["pcrs"]["sm3_256"]["0"].is_string());
+    assert_eq!(
+        hygon["pcrs"]["sha1"]["0"],
+        "15f4e6ca457d1af6bc49511a93ba3500ad69acc5"
+    );
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_the_offset_on_stderr() {
+    for name in [
+        "malformed-bogus-34bytes.bin",
+        "ima-binary-template-ima-ng-sha1.bin",
+    ] {
+        for cmd in ["replay", "show"] {
+            let out = satchel(&["eventlog", cmd, &fixture(name)]);
+            assert!(!out.status.success(), "{name}");
+            assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("byte offset"), "{name}: {err}");
+        }
+    }
+    let out = satchel(&["eventlog", "replay", "/nonexistent/log"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/log"));
+}
+
+#[test]
+fn show_lists_every_event_of_every_fixture() {
+    let v = ok_json(&[
+        "eventlog",
+        "show",
+        "--json",
+        &fixture("gce-sp800155-noaction-events.bin"),
+    ]);
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(v["format"], "crypto_agile");
+    assert_eq!(events[0]["data"]["kind"], "spec_id");
+    assert!(events.iter().any(|e| e["data"]["kind"] == "sp800155"));
+    let text = satchel(&["eventlog", "show", &fixture("legacy-sha1-option-rom.bin")]);
+    assert!(text.status.success());
+    let lines = String::from_utf8(text.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 61);
+    assert!(lines.contains("EV_EFI_BOOT_SERVICES_DRIVER"));
+}
+
+#[test]
+fn measure_then_replay_equals_predict_and_pcrs() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("boot.log");
+    let log = log.to_str().unwrap();
+    let tcti = swtpm.tcti();
+    let m = ok_json(&[
+        "measure",
+        "--chain",
+        &sample_chain(),
+        "--tpm",
+        &tcti,
+        "--log",
+        log,
+        "--json",
+    ]);
+    assert_eq!(m["agree"], true);
+    let replayed = ok_json(&["eventlog", "replay", "--json", log]);
+    let banks = "sha1,sha256,sha384,sha512";
+    let predicted = ok_json(&[
+        "predict",
+        "--chain",
+        &sample_chain(),
+        "--banks",
+        banks,
+        "--json",
+    ]);
+    assert_eq!(replayed["pcrs"], predicted["pcrs"]);
+    assert!(
+        replayed["findings"].as_array().unwrap().is_empty(),
+        "{}",
+        replayed["findings"]
+    );
+    let read = ok_json(&["pcrs", "--tpm", &tcti, "--pcrs", "0-9,13", "--json"]);
+    assert_eq!(read["pcrs"], replayed["pcrs"]);
+}
+
+#[test]
+fn the_tpm_comes_from_satchel_tpm_when_no_flag_is_given() {
+    let swtpm = Swtpm::start().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["pcrs", "--pcrs", "16", "--json"])
+        .env("SATCHEL_TPM", swtpm.tcti())
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pcrs"]["sha256"]["16"], "00".repeat(32));
+}
+
+#[test]
+fn an_unreachable_tpm_is_a_clear_error() {
+    let out = satchel(&["pcrs", "--tpm", "swtpm:host=127.0.0.1,port=1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("swtpm:host=127.0.0.1,port=1"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_teaches_by_example() {
+    let out = satchel(&["predict"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = satchel(&["pcrs", "--pcrs", "7-3"]);
+    assert_eq!(out.status.code(), Some(2));
+    for cmd in [
+        &["eventlog", "replay", "--help"][..],
+        &["measure", "--help"],
+        &["predict", "--help"],
+    ] {
+        let help = String::from_utf8(satchel(cmd).stdout).unwrap();
+        assert!(help.contains("Examples:"), "{cmd:?}");
+    }
+}
