@@ -14,10 +14,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo test"
-cargo test --workspace --locked
-
 echo "== fuzz targets build"
 (cd fuzz && cargo fuzz build -s none)
 
-echo "== all checks passed"
+echo "== cargo test"
+results=$(mktemp); trap 'rm -f "$results"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$results"
+# One closing line over every test binary (the last binary alone may be a
+# doc-test run with nothing in it).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$results"

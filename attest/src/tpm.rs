@@ -66,15 +66,22 @@ const PCR_HANDLES: [PcrHandle; 24] = [
 ];
 
 /// The TCTI to use: the flag's value if given, else `$SATCHEL_TPM` if set
-/// and non-empty, else [`DEFAULT_TCTI`].
-pub fn resolve_tcti(flag: Option<&str>) -> String {
-    if let Some(tcti) = flag {
-        return tcti.to_owned();
-    }
-    match std::env::var(TCTI_ENV) {
-        Ok(tcti) if !tcti.is_empty() => tcti,
-        _ => DEFAULT_TCTI.to_owned(),
-    }
+/// and non-empty, else the config file's value, else [`DEFAULT_TCTI`].
+pub fn resolve_tcti(flag: Option<&str>, config: Option<&str>) -> String {
+    let env = std::env::var(TCTI_ENV).ok();
+    choose_tcti(flag, env.as_deref(), config)
+}
+
+/// The precedence of [`resolve_tcti`] without reading the environment:
+/// flag, then environment, then config file, then [`DEFAULT_TCTI`]; empty
+/// values count as unset.
+pub fn choose_tcti(flag: Option<&str>, env: Option<&str>, config: Option<&str>) -> String {
+    [flag, env, config]
+        .into_iter()
+        .flatten()
+        .find(|t| !t.is_empty())
+        .unwrap_or(DEFAULT_TCTI)
+        .to_owned()
 }
 
 /// Everything that can go wrong talking to the TPM.
@@ -479,8 +486,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flag_wins_over_everything() {
-        assert_eq!(resolve_tcti(Some("mssim:port=1")), "mssim:port=1");
+    fn flag_then_env_then_config_then_default() {
+        let (f, e, c) = (
+            Some("swtpm:port=1"),
+            Some("swtpm:port=2"),
+            Some("swtpm:port=3"),
+        );
+        assert_eq!(choose_tcti(f, e, c), "swtpm:port=1");
+        assert_eq!(choose_tcti(None, e, c), "swtpm:port=2");
+        assert_eq!(choose_tcti(Some(""), Some(""), c), "swtpm:port=3");
+        assert_eq!(choose_tcti(None, None, None), DEFAULT_TCTI);
+        assert_eq!(resolve_tcti(f, c), "swtpm:port=1");
     }
 
     #[test]

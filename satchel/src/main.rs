@@ -4,6 +4,7 @@
 //! (2 for a usage error, as clap reports it).
 
 mod cmd;
+mod config;
 
 use std::process::ExitCode;
 

@@ -192,3 +192,58 @@ fn usage_errors_exit_2_and_help_teaches_by_example() {
         assert!(help.contains("Examples:"), "{cmd:?}");
     }
 }
+
+#[test]
+fn the_tpm_comes_from_the_config_file_below_env_and_flag() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("satchel.toml");
+    std::fs::write(&conf, format!("[tpm]\ntcti = \"{}\"\n", swtpm.tcti())).unwrap();
+    let conf = conf.to_str().unwrap();
+    let v = ok_json(&["--config", conf, "pcrs", "--pcrs", "16", "--json"]);
+    assert_eq!(v["pcrs"]["sha1"]["16"], "00".repeat(20));
+    // The flag beats the file.
+    let out = satchel(&[
+        "--config",
+        conf,
+        "pcrs",
+        "--tpm",
+        "swtpm:host=127.0.0.1,port=1",
+    ]);
+    assert!(!out.status.success());
+    // A config with an unknown key is refused, naming the file.
+    std::fs::write(dir.path().join("bad.toml"), "[tpm]\ntctl = \"x\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let out = satchel(&["--config", bad.to_str().unwrap(), "pcrs"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+}
+
+#[test]
+fn replay_of_several_logs_prints_one_json_line_each() {
+    let names = [
+        "gce-debian10-legacy-sha1.bin",
+        "fedora37-systemd-boot-sha256only.bin",
+    ];
+    let files: Vec<String> = names.iter().map(|n| fixture(n)).collect();
+    let mut args = vec!["eventlog", "replay", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let out = satchel(&args);
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, file) in lines.iter().zip(&files) {
+        assert_eq!(line["file"], file.as_str());
+        let alone = ok_json(&["eventlog", "replay", "--json", file]);
+        assert_eq!(line["pcrs"], alone["pcrs"]);
+    }
+    // A bad log among good ones fails the run and names itself.
+    let bad = fixture("malformed-bogus-34bytes.bin");
+    let out = satchel(&["eventlog", "replay", &files[0], &bad]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed-bogus-34bytes.bin"));
+}

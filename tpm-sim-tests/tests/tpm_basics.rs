@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::process::Command;
 
-use attest::tpm::{resolve_tcti, Tpm, TpmError, DEFAULT_TCTI};
+use attest::tpm::{Tpm, TpmError};
 use attest::HashAlg;
 use tpm_sim_tests::Swtpm;
 
@@ -266,15 +266,6 @@ fn nothing_listening_is_an_open_error() {
 fn unknown_tcti_module_is_a_syntax_error_not_a_panic() {
     let err = Tpm::open("no-such-tcti-module:x").unwrap_err();
     assert!(matches!(err, TpmError::TctiSyntax { .. }), "{err:?}");
-}
-
-#[test]
-fn resolve_tcti_defaults_to_the_resource_manager() {
-    assert_eq!(resolve_tcti(Some("swtpm:port=1")), "swtpm:port=1");
-    // Only checked when the variable is not set by whoever runs the tests.
-    if std::env::var_os("SATCHEL_TPM").is_none() {
-        assert_eq!(resolve_tcti(None), DEFAULT_TCTI);
-    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// `shared/fixtures/eventlogs` beside the project checkout, or `$SATCHEL_FIXTURES`.
-pub fn fixtures_dir() -> PathBuf {
+pub(crate) fn fixtures_dir() -> PathBuf {
     match std::env::var_os("SATCHEL_FIXTURES") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eventlogs"),
@@ -11,13 +11,13 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 /// The bytes of one fixture.
-pub fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     let path = fixtures_dir().join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()))
 }
 
 /// Every firmware-log fixture (`*.bin` that is not an IMA log or junk).
-pub fn firmware_logs() -> Vec<String> {
+pub(crate) fn firmware_logs() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

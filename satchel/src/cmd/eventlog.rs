@@ -21,6 +21,8 @@ pub(crate) enum EventlogCmd {
   satchel eventlog replay boot.log
   satchel eventlog replay boot.log --json     # {\"pcrs\": {\"sha256\": {\"0\": \"...\"}}, ...}
 
+  satchel eventlog replay a.log b.log --json  # one JSON object per line, each with \"file\"
+
 Exit status: 0 when the log parses, 1 with a message naming the byte offset when it does not.")]
     Replay(ReplayArgs),
 }
@@ -36,8 +38,11 @@ pub(crate) struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ReplayArgs {
-    /// The event log.
-    file: PathBuf,
+    /// The event log(s). With several, each is replayed in turn under a
+    /// `== FILE` heading (or, with --json, one JSON object per line with a
+    /// "file" member); the first bad log stops the run.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
     /// Print one JSON object: {"format", "pcrs": {bank: {index: hex}}, "findings"}.
     #[arg(long)]
     json: bool,
@@ -135,29 +140,41 @@ fn show_json(log: &EventLog) -> serde_json::Value {
 }
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    let log = read_log(&a.file)?;
     let options = ReplayOptions {
         add_missing_exit_boot_services: a.add_missing_ebs,
     };
-    let r = eventlog::replay(&log, options);
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        let findings: Vec<String> = r.findings.iter().map(ToString::to_string).collect();
-        let v = json!({
-            "format": log.format,
-            "events": log.events.len(),
-            "pcr0_locality": r.pcr0_locality,
-            "pcrs": r.pcrs,
-            "findings": findings,
-        });
-        serde_json::to_writer_pretty(&mut out, &v)?;
-        writeln!(out)?;
-        return Ok(());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let many = a.files.len() > 1;
+    for file in &a.files {
+        let log = read_log(file)?;
+        let r = eventlog::replay(&log, options);
+        if a.json {
+            let findings: Vec<String> = r.findings.iter().map(ToString::to_string).collect();
+            let mut v = json!({
+                "format": log.format,
+                "events": log.events.len(),
+                "pcr0_locality": r.pcr0_locality,
+                "pcrs": r.pcrs,
+                "findings": findings,
+            });
+            if many {
+                v["file"] = json!(file);
+                serde_json::to_writer(&mut out, &v)?;
+            } else {
+                serde_json::to_writer_pretty(&mut out, &v)?;
+            }
+            writeln!(out)?;
+            continue;
+        }
+        if many {
+            writeln!(out, "== {}", file.display())?;
+        }
+        print_pcrs(&mut out, &r.pcrs)?;
+        for f in &r.findings {
+            eprintln!("note: {}: {f}", file.display());
+        }
     }
-    print_pcrs(&mut out, &r.pcrs)?;
-    for f in &r.findings {
-        eprintln!("note: {f}");
-    }
+    out.flush()?;
     Ok(())
 }
 

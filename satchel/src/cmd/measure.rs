@@ -13,19 +13,20 @@ use firmware_measure::Chain;
 use serde_json::json;
 
 use super::eventlog::{print_pcrs, read_log};
+use crate::config::Config;
 
 /// Where the TPM is: the flag, else `$SATCHEL_TPM`, else `device:/dev/tpmrm0`.
 #[derive(Debug, Args)]
 pub(crate) struct TpmArgs {
     /// TPM TCTI, e.g. `swtpm:host=127.0.0.1,port=2321` or `device:/dev/tpmrm0`
-    /// [default: $SATCHEL_TPM, else device:/dev/tpmrm0]
+    /// [default: $SATCHEL_TPM, else the config's [tpm] tcti, else device:/dev/tpmrm0]
     #[arg(long, value_name = "TCTI")]
     tpm: Option<String>,
 }
 
 impl TpmArgs {
-    fn open(&self) -> anyhow::Result<Tpm> {
-        let tcti = resolve_tcti(self.tpm.as_deref());
+    fn open(&self, config: &Config) -> anyhow::Result<Tpm> {
+        let tcti = resolve_tcti(self.tpm.as_deref(), config.tcti.as_deref());
         Ok(Tpm::open(&tcti)?)
     }
 }
@@ -114,9 +115,9 @@ fn parse_pcr_list(s: &str) -> Result<PcrList, String> {
     Ok(PcrList(out))
 }
 
-pub(crate) fn measure(a: MeasureArgs) -> anyhow::Result<()> {
+pub(crate) fn measure(a: MeasureArgs, config: &Config) -> anyhow::Result<()> {
     let chain = Chain::load(&a.chain)?;
-    let mut tpm = a.tpm.open()?;
+    let mut tpm = a.tpm.open(config)?;
     let measured = firmware_measure::measure(&chain, &mut tpm, &a.log)?;
     let touched: Vec<u32> = {
         let mut v: Vec<u32> = measured.events.iter().map(|e| e.pcr).collect();
@@ -171,8 +172,8 @@ pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
     print_banks(&pcrs, a.json)
 }
 
-pub(crate) fn pcrs(a: PcrsArgs) -> anyhow::Result<()> {
-    let mut tpm = a.tpm.open()?;
+pub(crate) fn pcrs(a: PcrsArgs, config: &Config) -> anyhow::Result<()> {
+    let mut tpm = a.tpm.open(config)?;
     let banks = tpm.active_banks()?;
     let values = tpm.read_pcrs(&banks, &a.pcrs.0)?;
     print_banks(&values, a.json)

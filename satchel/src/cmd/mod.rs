@@ -20,6 +20,9 @@ pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug); SATCHEL_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Configuration file [default: $SATCHEL_CONFIG, else /etc/satchel/satchel.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,10 +42,11 @@ enum Command {
 
 /// Run the parsed command.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Eventlog(c) => eventlog::run(c),
-        Command::Measure(a) => measure::measure(a),
+        Command::Measure(a) => measure::measure(a, &config),
         Command::Predict(a) => measure::predict(a),
-        Command::Pcrs(a) => measure::pcrs(a),
+        Command::Pcrs(a) => measure::pcrs(a, &config),
     }
 }
