@@ -6,11 +6,13 @@
 # Usage: scripts/bench-eventlog.sh [RUNS]    (default 100 runs per command)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/env.sh
 RUNS=${1:-100}
 FIX=${SATCHEL_FIXTURES:-../shared/fixtures/eventlogs}
 bash scripts/setup.sh >/dev/null
 if ! command -v hyperfine >/dev/null; then
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq hyperfine >/dev/null; else sudo apt-get install -y -qq hyperfine >/dev/null; fi
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq hyperfine >/dev/null
 fi
 cargo build --release --quiet -p satchel
 SATCHEL=$PWD/target/release/satchel

@@ -6,6 +6,7 @@
 # Installs what is missing and builds first. Output lands in ./demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/env.sh
 ROOT=$PWD
 
 bash scripts/setup.sh

@@ -21,15 +21,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+. "$(dirname "$0")/env.sh"
 if ! command -v cargo >/dev/null 2>&1; then
-  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
-    [ -x "$d/cargo" ] && export PATH="$d:$PATH"
-  done
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: no Rust toolchain found; installing Debian's rustup" >&2
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustup
-  rustup default stable
+  if apt-cache policy rustup 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    echo "setup: no Rust toolchain found; installing Debian's rustup" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustup
+    rustup default stable
+  else
+    echo "setup: no Rust toolchain (cargo) found. Install one with rustup, then run this again." >&2
+    exit 1
+  fi
 fi
 
 # Tools the test command uses: cargo-fuzz builds the fuzz targets.

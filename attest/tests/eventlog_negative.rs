@@ -206,3 +206,22 @@ fn a_built_log_round_trips() {
     assert_eq!(log.to_bytes(), bytes);
     assert_eq!(parse(&log.to_bytes()).unwrap(), log);
 }
+
+#[test]
+fn a_digest_algorithm_twice_in_one_event_is_rejected() {
+    let bytes = small_log();
+    let log = parse(&bytes).unwrap();
+    let second = log.events[1].offset;
+    let mut b = bytes.clone();
+    // Second digest's algorithm id (after count, SHA-1 id and 20 bytes) becomes SHA-1 too.
+    let at = second + 12 + 2 + 20;
+    b[at..at + 2].copy_from_slice(&0x0004u16.to_le_bytes());
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        ParseError::DuplicateAlg {
+            offset: at,
+            index: 1,
+            alg: 0x0004
+        }
+    );
+}

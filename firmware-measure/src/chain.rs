@@ -130,7 +130,9 @@ impl Chain {
             source,
         })?;
         if raw.stage.is_empty() {
-            return Err(ChainError::Empty { path: path.to_owned() });
+            return Err(ChainError::Empty {
+                path: path.to_owned(),
+            });
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut seen = HashSet::new();
@@ -194,8 +196,15 @@ fn plan_measure(
                 file: f.clone(),
                 source,
             })?;
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let data = format!("stage={} file={name}", stage.name).into_bytes();
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let data = if event_type.is_image_load() {
+                image_load_event(&name, bytes.len() as u64)
+            } else {
+                format!("stage={} file={name}", stage.name).into_bytes()
+            };
             (digests_of(&bytes, banks), data)
         }
     };
@@ -206,6 +215,35 @@ fn plan_measure(
         digests,
         data,
     })
+}
+
+/// A UEFI_IMAGE_LOAD_EVENT for a file stage logged as an image load: no
+/// load address, the file's length, and a device path of one file node.
+fn image_load_event(name: &str, length: u64) -> Vec<u8> {
+    let path: Vec<u8> = format!("\\{name}\0")
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let mut dp = vec![0x04, 0x04];
+    dp.extend_from_slice(&((4 + path.len()) as u16).to_le_bytes());
+    dp.extend_from_slice(&path);
+    dp.extend_from_slice(&[0x7f, 0xff, 0x04, 0x00]);
+    let mut out = Vec::with_capacity(32 + dp.len());
+    for field in [0, length, 0, dp.len() as u64] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    out.extend_from_slice(&dp);
+    out
+}
+
+/// Types whose digest must be the hash of the logged data, so a `file`
+/// stage (digest of the file, data naming it) cannot use them.
+fn digest_is_of_data(t: EventType) -> bool {
+    t.is_efi_variable()
+        || matches!(
+            t,
+            EventType::EV_SEPARATOR | EventType::EV_ACTION | EventType::EV_EFI_ACTION
+        )
 }
 
 fn validate(r: &RawStage, base: &Path) -> Result<Stage, String> {
@@ -246,6 +284,11 @@ fn measure(r: &RawStage, content: Content) -> Result<StageKind, String> {
     };
     if event_type == EventType::EV_NO_ACTION {
         return Err("EV_NO_ACTION events are never extended; it cannot be a stage".into());
+    }
+    if matches!(content, Content::File(_)) && digest_is_of_data(event_type) {
+        return Err(format!(
+            "{event_type} digests are the hash of the logged data: use `data`, not `file`"
+        ));
     }
     Ok(StageKind::Measure {
         pcr,
@@ -310,6 +353,7 @@ mod tests {
             ("[[stage]]\nname = \"a\"\npcr = 4\ndata = \"x\"\nevent = \"EV_BOGUS\"", "unknown event type"),
             ("[[stage]]\nname = \"a\"\npcr = 4\ndata = \"x\"\n[[stage]]\nname = \"a\"\npcr = 4\ndata = \"y\"", "unique"),
             ("[[stage]]\nname = \"s\"\nseparator = []", "lists no PCRs"),
+            ("[[stage]]\nname = \"a\"\npcr = 4\nfile = \"x\"\nevent = \"EV_EFI_ACTION\"", "use `data`"),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
@@ -324,6 +368,35 @@ mod tests {
         let c = load("[[stage]]\nname = \"s\"\nseparator = [0, 1, 2]").unwrap();
         let ev = c.plan(&[HashAlg::Sha1, HashAlg::Sha256]).unwrap();
         assert_eq!(ev.iter().map(|e| e.pcr).collect::<Vec<_>>(), [0, 1, 2]);
-        assert!(ev.iter().all(|e| e.event_type == EventType::EV_SEPARATOR && e.digests.len() == 2));
+        assert!(ev
+            .iter()
+            .all(|e| e.event_type == EventType::EV_SEPARATOR && e.digests.len() == 2));
+    }
+
+    #[test]
+    fn image_load_file_stages_log_a_uefi_image_load_event() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("loader.efi"), b"MZ loader").unwrap();
+        let text = "[[stage]]\nname = \"l\"\npcr = 4\nfile = \"loader.efi\"\nevent = \"EV_EFI_BOOT_SERVICES_APPLICATION\"";
+        let c = Chain::from_toml(text, &dir.path().join("chain.toml")).unwrap();
+        let ev = c.plan(&[HashAlg::Sha256]).unwrap().remove(0);
+        assert_eq!(ev.digests[0].digest, HashAlg::Sha256.hash(b"MZ loader"));
+        let log_event = attest::eventlog::Event {
+            index: 1,
+            offset: 0,
+            pcr: 4,
+            event_type: ev.event_type,
+            digests: ev.digests,
+            data: ev.data,
+        };
+        assert_eq!(
+            log_event.decoded(),
+            attest::eventlog::EventData::ImageLoad {
+                location: 0,
+                length: 9,
+                link_time_address: 0,
+                device_path: "File(\\loader.efi)".into(),
+            }
+        );
     }
 }

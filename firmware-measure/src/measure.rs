@@ -38,7 +38,9 @@ pub enum MeasureError {
         source: eventlog::ParseError,
     },
     /// The existing log's banks are not the TPM's active banks.
-    #[error("event log {path} records banks [{log}] but the TPM has [{tpm}] active; use a new log file")]
+    #[error(
+        "event log {path} records banks [{log}] but the TPM has [{tpm}] active; use a new log file"
+    )]
     Banks {
         /// The log file.
         path: PathBuf,
@@ -46,6 +48,14 @@ pub enum MeasureError {
         log: String,
         /// The TPM's banks.
         tpm: String,
+    },
+    /// The log ends in firmware-table padding; appending would bury events behind it.
+    #[error("event log {path} ends in {bytes} bytes of padding; trim it or use a new log file")]
+    Padded {
+        /// The log file.
+        path: PathBuf,
+        /// Padding bytes.
+        bytes: usize,
     },
     /// The log is a legacy SHA-1 log, which Satchel does not append to.
     #[error("event log {path} is a legacy SHA-1 log; Satchel appends only to crypto-agile logs")]
@@ -95,7 +105,9 @@ pub fn measure(chain: &Chain, tpm: &mut Tpm, log_path: &Path) -> Result<Measured
         append(&mut log, e.clone());
         let index = log.events.len() - 1;
         let bytes = log.event_bytes(index).unwrap_or_default();
-        file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(io)?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(io)?;
         tracing::info!(stage = %e.stage, pcr = e.pcr, "measured");
     }
     Ok(Measured { banks, events, log })
@@ -131,7 +143,13 @@ fn check_log(path: &Path, log: &EventLog, banks: &[HashAlg]) -> Result<(), Measu
             path: path.to_owned(),
         });
     }
-    if log.trailing_padding > 0 || log.banks() != banks {
+    if log.trailing_padding > 0 {
+        return Err(MeasureError::Padded {
+            path: path.to_owned(),
+            bytes: log.trailing_padding,
+        });
+    }
+    if log.banks() != banks {
         let names = |b: &[HashAlg]| b.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ");
         return Err(MeasureError::Banks {
             path: path.to_owned(),
@@ -150,7 +168,9 @@ fn create_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     };
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;

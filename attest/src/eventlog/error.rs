@@ -60,4 +60,14 @@ pub enum ParseError {
         /// The algorithm id found.
         alg: u16,
     },
+    /// A crypto-agile event carries two digests of the same algorithm.
+    #[error("at byte offset {offset}: event {index}: digest algorithm 0x{alg:04x} appears twice")]
+    DuplicateAlg {
+        /// Offset of the second algorithm id.
+        offset: usize,
+        /// Event number.
+        index: usize,
+        /// The algorithm id.
+        alg: u16,
+    },
 }

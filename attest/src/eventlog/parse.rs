@@ -130,14 +130,18 @@ fn digest_values(
     for _ in 0..count {
         let at = r.offset();
         let alg_id = r.u16("digest algorithm")?;
-        let size = spec
-            .digest_size(alg_id)
-            .filter(|_| digests.iter().all(|d| d.alg_id != alg_id))
-            .ok_or(ParseError::UndeclaredAlg {
+        if digests.iter().any(|d| d.alg_id == alg_id) {
+            return Err(ParseError::DuplicateAlg {
                 offset: at,
                 index,
                 alg: alg_id,
-            })?;
+            });
+        }
+        let size = spec.digest_size(alg_id).ok_or(ParseError::UndeclaredAlg {
+            offset: at,
+            index,
+            alg: alg_id,
+        })?;
         let digest = r.take(size, "digest")?.to_vec();
         digests.push(EventDigest { alg_id, digest });
     }

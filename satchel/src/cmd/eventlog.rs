@@ -43,7 +43,8 @@ pub(crate) struct ReplayArgs {
     /// "file" member); the first bad log stops the run.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Print one JSON object: {"format", "pcrs": {bank: {index: hex}}, "findings"}.
+    /// Print one JSON object: {"format", "events", "pcr0_locality", "pcrs":
+    /// {bank: {index: hex}}, "findings"} (plus "file" when several logs are given).
     #[arg(long)]
     json: bool,
     /// Extend the two ExitBootServices actions into PCR 5 when the log lacks

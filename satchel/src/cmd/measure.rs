@@ -15,7 +15,8 @@ use serde_json::json;
 use super::eventlog::{print_pcrs, read_log};
 use crate::config::Config;
 
-/// Where the TPM is: the flag, else `$SATCHEL_TPM`, else `device:/dev/tpmrm0`.
+/// Where the TPM is: the flag, else `$SATCHEL_TPM`, else the config file's
+/// `[tpm] tcti`, else `device:/dev/tpmrm0`.
 #[derive(Debug, Args)]
 pub(crate) struct TpmArgs {
     /// TPM TCTI, e.g. `swtpm:host=127.0.0.1,port=2321` or `device:/dev/tpmrm0`
@@ -25,7 +26,8 @@ pub(crate) struct TpmArgs {
 }
 
 impl TpmArgs {
-    fn open(&self, config: &Config) -> anyhow::Result<Tpm> {
+    fn open(&self, config: Option<&std::path::Path>) -> anyhow::Result<Tpm> {
+        let config = Config::load(config)?;
         let tcti = resolve_tcti(self.tpm.as_deref(), config.tcti.as_deref());
         Ok(Tpm::open(&tcti)?)
     }
@@ -115,7 +117,7 @@ fn parse_pcr_list(s: &str) -> Result<PcrList, String> {
     Ok(PcrList(out))
 }
 
-pub(crate) fn measure(a: MeasureArgs, config: &Config) -> anyhow::Result<()> {
+pub(crate) fn measure(a: MeasureArgs, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let chain = Chain::load(&a.chain)?;
     let mut tpm = a.tpm.open(config)?;
     let measured = firmware_measure::measure(&chain, &mut tpm, &a.log)?;
@@ -153,11 +155,11 @@ pub(crate) fn measure(a: MeasureArgs, config: &Config) -> anyhow::Result<()> {
         a.log.display()
     );
     if !a.json {
-        let n = in_tpm.iter().count();
         writeln!(
             out,
-            "log {} replays to the TPM's values of all {n} PCRs the chain touched: agree",
-            a.log.display()
+            "log {} replays to the TPM's values of PCRs {touched:?} in {} banks: agree",
+            a.log.display(),
+            measured.banks.len()
         )?;
     }
     Ok(())
@@ -172,7 +174,7 @@ pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
     print_banks(&pcrs, a.json)
 }
 
-pub(crate) fn pcrs(a: PcrsArgs, config: &Config) -> anyhow::Result<()> {
+pub(crate) fn pcrs(a: PcrsArgs, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut tpm = a.tpm.open(config)?;
     let banks = tpm.active_banks()?;
     let values = tpm.read_pcrs(&banks, &a.pcrs.0)?;

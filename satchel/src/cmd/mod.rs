@@ -42,11 +42,13 @@ enum Command {
 
 /// Run the parsed command.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(cli.config.as_deref())?;
+    // Only commands that use the configuration read it, so a broken config
+    // file never stops `eventlog` or `predict`.
+    let config = cli.config.as_deref();
     match cli.command {
         Command::Eventlog(c) => eventlog::run(c),
-        Command::Measure(a) => measure::measure(a, &config),
+        Command::Measure(a) => measure::measure(a, config),
         Command::Predict(a) => measure::predict(a),
-        Command::Pcrs(a) => measure::pcrs(a, &config),
+        Command::Pcrs(a) => measure::pcrs(a, config),
     }
 }
