@@ -16,6 +16,11 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<cmd::Exit>().is_some() => {
+            let code = e.downcast_ref::<cmd::Exit>().map_or(1, |x| x.code);
+            eprintln!("satchel: {e:#}");
+            ExitCode::from(code)
+        }
         Err(e) => {
             eprintln!("satchel: error: {e:#}");
             ExitCode::FAILURE

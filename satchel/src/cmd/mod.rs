@@ -1,6 +1,7 @@
 //! The command-line interface: the clap definitions and the dispatch to one
 //! module per subcommand. Help text teaches by example.
 
+mod audit;
 mod eventlog;
 mod measure;
 
@@ -38,7 +39,34 @@ enum Command {
     Predict(measure::PredictArgs),
     /// Read the TPM's PCRs in every active bank.
     Pcrs(measure::PcrsArgs),
+    /// The tamper-evident audit log: append, list, export, checkpoint, prove, verify.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Make an ed25519 signing key (PKCS#8 PEM) and its public key (KEY.pub).
+    Keygen(audit::KeygenArgs),
 }
+
+/// An error that ends the program with a chosen exit status.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    /// The exit status.
+    pub(crate) code: u8,
+    message: String,
+}
+
+impl Exit {
+    pub(crate) fn new(code: u8, message: String) -> Exit {
+        Exit { code, message }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Run the parsed command.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,5 +78,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Measure(a) => measure::measure(a, config),
         Command::Predict(a) => measure::predict(a),
         Command::Pcrs(a) => measure::pcrs(a, config),
+        Command::Audit(c) => audit::run(c),
+        Command::Keygen(a) => audit::keygen(a),
     }
 }

@@ -1,0 +1,173 @@
+//! The export format: JSON Lines, one object per line, entries in sequence
+//! order then checkpoints by size.
+//!
+//! ```text
+//! {"type":"entry","seq":0,"ts_ms":1700000000000,"kind":"policy","actor":"device:a","subject":"https://x/","decision":"deny","details":{},"leaf_hash":"<hex>"}
+//! {"type":"checkpoint","size":1,"root":"<hex>","created_ms":1700000000001,"note":"<signed note>"}
+//! ```
+//!
+//! Reading is strict: unknown fields, bad hex and malformed lines are errors
+//! that name the line number. An export is untrusted input to `verify`.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::entry::Entry;
+use crate::merkle::Hash;
+use crate::store::{StoredCheckpoint, StoredEntry};
+
+/// Longest line accepted when reading an export (entries are small).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// One line of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Line {
+    /// An entry.
+    Entry {
+        /// Sequence number.
+        seq: u64,
+        /// Timestamp, ms since the epoch.
+        ts_ms: i64,
+        /// Kind.
+        kind: String,
+        /// Actor.
+        actor: String,
+        /// Subject.
+        subject: String,
+        /// Decision.
+        decision: String,
+        /// Details.
+        details: Value,
+        /// Stored leaf hash, hex.
+        leaf_hash: String,
+    },
+    /// A signed checkpoint.
+    Checkpoint {
+        /// Tree size.
+        size: u64,
+        /// Root, hex.
+        root: String,
+        /// When made.
+        created_ms: i64,
+        /// The signed note.
+        note: String,
+    },
+}
+
+/// Why an export could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// Reading or writing failed.
+    #[error("export I/O")]
+    Io(#[from] std::io::Error),
+    /// A line is not a valid export line.
+    #[error("line {line}: {reason}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<&StoredEntry> for Line {
+    fn from(s: &StoredEntry) -> Line {
+        let e = &s.entry;
+        Line::Entry {
+            seq: e.seq,
+            ts_ms: e.ts_ms,
+            kind: e.kind.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            decision: e.decision.clone(),
+            details: e.details.clone(),
+            leaf_hash: hex::encode(s.leaf_hash),
+        }
+    }
+}
+
+impl From<&StoredCheckpoint> for Line {
+    fn from(c: &StoredCheckpoint) -> Line {
+        Line::Checkpoint {
+            size: c.size,
+            root: hex::encode(c.root),
+            created_ms: c.created_ms,
+            note: c.note.clone(),
+        }
+    }
+}
+
+/// Write one line.
+pub fn write_line(out: &mut impl Write, line: &Line) -> Result<(), ExportError> {
+    serde_json::to_writer(&mut *out, line).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Read a whole export into entries (in file order) and checkpoints.
+pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoint>), ExportError> {
+    let mut entries = Vec::new();
+    let mut checkpoints = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.len() > MAX_LINE {
+            return Err(bad(n, "line longer than 1 MiB".into()));
+        }
+        match serde_json::from_str::<Line>(&line).map_err(|e| bad(n, e.to_string()))? {
+            Line::Entry {
+                seq,
+                ts_ms,
+                kind,
+                actor,
+                subject,
+                decision,
+                details,
+                leaf_hash,
+            } => {
+                entries.push(StoredEntry {
+                    entry: Entry {
+                        seq,
+                        ts_ms,
+                        kind,
+                        actor,
+                        subject,
+                        decision,
+                        details,
+                    },
+                    leaf_hash: hash(&leaf_hash, n)?,
+                });
+            }
+            Line::Checkpoint {
+                size,
+                root,
+                created_ms,
+                note,
+            } => {
+                checkpoints.push(StoredCheckpoint {
+                    size,
+                    root: hash(&root, n)?,
+                    note,
+                    created_ms,
+                });
+            }
+        }
+    }
+    Ok((entries, checkpoints))
+}
+
+fn bad(line: usize, reason: String) -> ExportError {
+    ExportError::Line { line, reason }
+}
+
+fn hash(text: &str, line: usize) -> Result<Hash, ExportError> {
+    let bytes = hex::decode(text).map_err(|e| bad(line, format!("hash is not hex: {e}")))?;
+    Hash::try_from(bytes.as_slice()).map_err(|_| bad(line, "hash is not 32 bytes".into()))
+}

@@ -1,0 +1,465 @@
+//! Storage of entries and checkpoints through sqlx: a SQLite file by default
+//! (WAL, `synchronous=FULL`: a committed batch survives power loss) or
+//! PostgreSQL, chosen by the database URL, with the same queries. Migrations
+//! are embedded and run on open.
+//!
+//! Every write is one transaction that first takes the log's write lock
+//! (`BEGIN IMMEDIATE` on SQLite, `LOCK TABLE` on PostgreSQL), so several
+//! processes may append to one database and sequence numbers stay dense.
+//! The store never updates or deletes an entry.
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Executor, Row};
+
+use crate::entry::{Entry, NewEntry};
+use crate::merkle::Hash;
+
+/// Rows per INSERT statement (8 parameters each; far below both backends' limits).
+const ROWS_PER_INSERT: usize = 500;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL is neither `sqlite:` nor `postgres://`.
+    #[error("database URL {url:?} is not supported: use sqlite:PATH or postgres://...")]
+    Url {
+        /// The URL as given (credentials included only if the caller put them there).
+        url: String,
+    },
+    /// Opening or migrating the database failed.
+    #[error("opening audit database {url}")]
+    Open {
+        /// The URL, without password.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("migrating audit database {url}")]
+    Migrate {
+        /// The URL, without password.
+        url: String,
+        /// The migrator's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error("audit database: {what}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A row holds a value that cannot be an audit entry (e.g. a negative
+    /// sequence number or a leaf hash that is not 32 bytes).
+    #[error("audit database: row {seq}: {problem}")]
+    BadRow {
+        /// The row's sequence number, as stored.
+        seq: i64,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// Which database is behind the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// An entry as stored, with the leaf hash stored beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The entry.
+    pub entry: Entry,
+    /// The leaf hash written when the entry was appended.
+    pub leaf_hash: Hash,
+}
+
+/// A stored signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Tree size it commits to.
+    pub size: u64,
+    /// Root hash at that size.
+    pub root: Hash,
+    /// The signed note.
+    pub note: String,
+    /// When it was made, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// An open audit database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Open (creating a SQLite file if needed) and migrate the database at `url`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = normalise(url)?;
+        let shown = redact(&url);
+        let opts = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Open {
+            url: shown.clone(),
+            source,
+        })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: shown.clone(),
+                source,
+            })?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { url: shown, source })?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Append entries as one transaction, stamped `ts_ms`; returns their
+    /// sequence numbers. Durable when this returns.
+    pub async fn append(&self, entries: Vec<NewEntry>, ts_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(query("acquiring a connection"))?;
+        self.begin_write(&mut conn).await?;
+        match insert(&mut conn, entries, ts_ms).await {
+            Ok(seqs) => {
+                conn.execute("COMMIT").await.map_err(query("committing"))?;
+                Ok(seqs)
+            }
+            Err(e) => {
+                if conn.execute("ROLLBACK").await.is_err() {
+                    conn.detach();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn begin_write(&self, conn: &mut PoolConnection<Any>) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                conn.execute("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(query("beginning a write"))?;
+            }
+            Backend::Postgres => {
+                conn.execute("BEGIN")
+                    .await
+                    .map_err(query("beginning a write"))?;
+                let lock = conn
+                    .execute("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
+                    .await
+                    .map_err(query("locking the log"));
+                if let Err(e) = lock {
+                    let _ = conn.execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of entries (the tree size).
+    pub async fn size(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query("counting entries"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Entries with `seq >= since`, in order, optionally of one kind, at most `limit`.
+    pub async fn entries(
+        &self,
+        since: u64,
+        kind: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let limit = i64::try_from(limit.unwrap_or(u64::MAX >> 1)).unwrap_or(i64::MAX);
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let rows = match kind {
+            Some(k) => sqlx::query(
+                "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
+                 FROM audit_entries WHERE seq >= $1 AND kind = $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(since)
+            .bind(k.to_owned())
+            .bind(limit),
+            None => sqlx::query(
+                "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
+                 FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(since)
+            .bind(limit),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading entries"))?;
+        rows.iter().map(stored_entry).collect()
+    }
+
+    /// The stored leaf hashes of entries `0..size`, in order.
+    pub async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StoreError> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let rows =
+            sqlx::query("SELECT seq, leaf_hash FROM audit_entries WHERE seq < $1 ORDER BY seq")
+                .bind(size)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query("reading leaf hashes"))?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(0).map_err(query("decoding a leaf hash"))?;
+                hash_column(r, 1, seq)
+            })
+            .collect()
+    }
+
+    /// Record a signed checkpoint (idempotent for the same size and note).
+    pub async fn add_checkpoint(&self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
+        let size = i64::try_from(cp.size).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, note, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(size)
+        .bind(cp.root.to_vec())
+        .bind(cp.note.clone())
+        .bind(cp.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(query("storing a checkpoint"))?;
+        Ok(())
+    }
+
+    /// Every stored checkpoint, by tree size.
+    pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root, note, created_ms FROM audit_checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading checkpoints"))?;
+        rows.iter()
+            .map(|r| {
+                let size: i64 = r.try_get(0).map_err(query("decoding a checkpoint"))?;
+                Ok(StoredCheckpoint {
+                    size: u64::try_from(size).map_err(|_| StoreError::BadRow {
+                        seq: size,
+                        problem: "negative tree size",
+                    })?,
+                    root: hash_column(r, 1, size)?,
+                    note: r.try_get(2).map_err(query("decoding a checkpoint"))?,
+                    created_ms: r.try_get(3).map_err(query("decoding a checkpoint"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Close the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `sqlite:PATH` gets `mode=rwc` (create if missing); `postgres://` is kept.
+fn normalise(url: &str) -> Result<(Backend, String), StoreError> {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.trim_start_matches("//");
+        let sep = if rest.contains('?') { '&' } else { '?' };
+        let with_mode = if rest.contains("mode=") {
+            format!("sqlite://{rest}")
+        } else {
+            format!("sqlite://{rest}{sep}mode=rwc")
+        };
+        return Ok((Backend::Sqlite, with_mode));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    Err(StoreError::Url { url: redact(url) })
+}
+
+async fn insert(
+    conn: &mut PoolConnection<Any>,
+    entries: Vec<NewEntry>,
+    ts_ms: i64,
+) -> Result<Vec<u64>, StoreError> {
+    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
+        .fetch_one(&mut **conn)
+        .await
+        .map_err(query("finding the next sequence number"))?;
+    let first = u64::try_from(next).unwrap_or(0);
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| Entry::new(first + i as u64, ts_ms, e))
+        .collect();
+    for chunk in entries.chunks(ROWS_PER_INSERT) {
+        let sql = insert_sql(chunk.len());
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
+                .bind(e.ts_ms)
+                .bind(e.kind.clone())
+                .bind(e.actor.clone())
+                .bind(e.subject.clone())
+                .bind(e.decision.clone())
+                .bind(e.details_text())
+                .bind(e.leaf_hash().to_vec());
+        }
+        q.execute(&mut **conn)
+            .await
+            .map_err(query("inserting entries"))?;
+    }
+    Ok(entries.iter().map(|e| e.seq).collect())
+}
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_entries (seq, ts_ms, kind, actor, subject, decision, details, leaf_hash) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        let b = r * 8;
+        sql.push_str(&format!(
+            "(${},${},${},${},${},${},${},${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8
+        ));
+    }
+    sql
+}
+
+fn hash_column(r: &AnyRow, i: usize, seq: i64) -> Result<Hash, StoreError> {
+    let bytes: Vec<u8> = r.try_get(i).map_err(query("decoding a hash"))?;
+    Hash::try_from(bytes.as_slice()).map_err(|_| StoreError::BadRow {
+        seq,
+        problem: "hash is not 32 bytes",
+    })
+}
+
+fn stored_entry(r: &AnyRow) -> Result<StoredEntry, StoreError> {
+    let dec = query("decoding an entry");
+    let seq: i64 = r.try_get(0).map_err(query("decoding an entry"))?;
+    let details: String = r.try_get(6).map_err(query("decoding an entry"))?;
+    let entry = Entry {
+        seq: u64::try_from(seq).map_err(|_| StoreError::BadRow {
+            seq,
+            problem: "negative sequence number",
+        })?,
+        ts_ms: r.try_get(1).map_err(query("decoding an entry"))?,
+        kind: r.try_get(2).map_err(query("decoding an entry"))?,
+        actor: r.try_get(3).map_err(query("decoding an entry"))?,
+        subject: r.try_get(4).map_err(query("decoding an entry"))?,
+        decision: r.try_get(5).map_err(dec)?,
+        details: serde_json::from_str(&details).map_err(|_| StoreError::BadRow {
+            seq,
+            problem: "details are not JSON",
+        })?,
+    };
+    Ok(StoredEntry {
+        leaf_hash: hash_column(r, 7, seq)?,
+        entry,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalised_and_redacted() {
+        assert_eq!(
+            normalise("sqlite:/tmp/a.db").unwrap().1,
+            "sqlite:///tmp/a.db?mode=rwc"
+        );
+        assert_eq!(
+            normalise("sqlite:a.db?mode=ro").unwrap().1,
+            "sqlite://a.db?mode=ro"
+        );
+        assert_eq!(
+            normalise("postgres://u:p@h/db").unwrap().0,
+            Backend::Postgres
+        );
+        assert!(matches!(
+            normalise("mysql://x"),
+            Err(StoreError::Url { .. })
+        ));
+        assert_eq!(
+            redact("postgres://user:secret@host/db"),
+            "postgres://user:***@host/db"
+        );
+    }
+
+    #[test]
+    fn insert_sql_numbers_every_parameter() {
+        let sql = insert_sql(2);
+        assert!(sql.ends_with("($1,$2,$3,$4,$5,$6,$7,$8),($9,$10,$11,$12,$13,$14,$15,$16)"));
+    }
+}

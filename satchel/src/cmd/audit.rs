@@ -1,0 +1,520 @@
+//! `satchel audit ...`: append to, list, export, checkpoint, prove and
+//! verify the tamper-evident audit log, and `satchel keygen`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use audit::checkpoint::{self, Verifier};
+use audit::entry::NewEntry;
+use audit::export::{self, Line};
+use audit::log;
+use audit::store::Store;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::Exit;
+
+/// Entries per transaction when importing.
+const IMPORT_BATCH: usize = 10_000;
+
+/// Where the audit database is: `--db`, else `$SATCHEL_DB`, else `sqlite:satchel.db`.
+#[derive(Debug, Args)]
+pub(crate) struct DbArgs {
+    /// Database URL: `sqlite:PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        env = "SATCHEL_DB",
+        default_value = "sqlite:satchel.db",
+        value_name = "URL"
+    )]
+    db: String,
+}
+
+impl DbArgs {
+    async fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.db).await?)
+    }
+}
+
+/// The log's signing key and name.
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// The log's ed25519 signing key (PKCS#8 PEM, from `satchel keygen`).
+    #[arg(long, env = "SATCHEL_AUDIT_KEY", value_name = "KEY")]
+    key: Option<PathBuf>,
+    /// The log's name in checkpoints (the signed note's origin and key name).
+    #[arg(long, env = "SATCHEL_AUDIT_ORIGIN", default_value = "satchel.audit")]
+    origin: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Append one entry; prints its sequence number.
+    #[command(after_help = "Examples:
+  satchel audit append --kind policy --actor device:laptop-17 --subject https://example.org/ --decision deny
+  satchel audit append --kind admin --actor alice --subject policy --decision change --details '{\"rule\": 4}' --key audit.key")]
+    Append(AppendArgs),
+    /// Append every entry of a JSON Lines file ({"kind","actor","subject","decision","details"} per line).
+    Import(ImportArgs),
+    /// List entries (one per line, or one JSON object per line).
+    #[command(after_help = "Examples:
+  satchel audit list --since 100 --kind policy
+  satchel audit list --json | jq 'select(.decision == \"deny\")'")]
+    List(ListArgs),
+    /// Write every entry and checkpoint to a JSON Lines file.
+    Export(ExportArgs),
+    /// Sign and print a checkpoint of the log as it is now (C2SP signed note).
+    Checkpoint(CheckpointArgs),
+    /// Print an inclusion proof (--index) or a consistency proof (--consistency), as JSON.
+    #[command(after_help = "Examples:
+  satchel audit prove --index 17
+  satchel audit prove --index 17 --size 1000
+  satchel audit prove --consistency 1000 --size 2000")]
+    Prove(ProveArgs),
+    /// Append synthetic entries from many concurrent appenders through group
+    /// commit and report durable appends per second (a benchmark and crash-test tool).
+    #[command(after_help = "Examples:
+  satchel audit load --db sqlite:/tmp/bench.db --entries 200000 --concurrency 64
+  satchel audit load --print-acks    # one acknowledged (durable) sequence number per line")]
+    Load(LoadArgs),
+    /// Verify a database or an export: every leaf, the tree, every checkpoint.
+    #[command(after_help = "Examples:
+  satchel audit verify --db sqlite:/var/lib/satchel/satchel.db --pubkey audit.key.pub
+  satchel audit verify --export audit.jsonl --pubkey audit.key.pub --json
+
+Exit status: 0 intact, 1 tampered (the first line names the first bad entry), 2 unusable input.")]
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AppendArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Entry kind (attestation, enrollment, policy, sync, admin, ...).
+    #[arg(long)]
+    kind: String,
+    /// Who acted.
+    #[arg(long)]
+    actor: String,
+    /// What it was about.
+    #[arg(long)]
+    subject: String,
+    /// The decision.
+    #[arg(long)]
+    decision: String,
+    /// Anything else, as JSON.
+    #[arg(long, value_parser = parse_json)]
+    details: Option<Value>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// JSON Lines file of entries.
+    file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// First sequence number to list.
+    #[arg(long, default_value_t = 0)]
+    since: u64,
+    /// Only entries of this kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// At most this many entries.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The JSON Lines file to write (replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckpointArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProveArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Prove this entry's inclusion.
+    #[arg(
+        long,
+        conflicts_with = "consistency",
+        required_unless_present = "consistency"
+    )]
+    index: Option<u64>,
+    /// Prove the tree of this many entries is a prefix of the tree of --size.
+    #[arg(long, value_name = "OLD")]
+    consistency: Option<u64>,
+    /// Tree size to prove against [default: the whole log].
+    #[arg(long)]
+    size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LoadArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Entries to append in all.
+    #[arg(long, default_value_t = 100_000)]
+    entries: usize,
+    /// Concurrent appenders.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Largest group-commit batch.
+    #[arg(long, default_value_t = audit::batch::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
+    /// Print each sequence number as soon as its append is acknowledged.
+    #[arg(long)]
+    print_acks: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Verify this database.
+    #[arg(
+        long,
+        env = "SATCHEL_DB",
+        value_name = "URL",
+        conflicts_with = "export"
+    )]
+    db: Option<String>,
+    /// Verify this export instead.
+    #[arg(long, value_name = "FILE")]
+    export: Option<PathBuf>,
+    /// The log's public key (SPKI PEM, `KEY.pub` from `satchel keygen`).
+    #[arg(long, value_name = "KEY.pub")]
+    pubkey: PathBuf,
+    /// The log's name (key name in its checkpoints).
+    #[arg(long, env = "SATCHEL_AUDIT_ORIGIN", default_value = "satchel.audit")]
+    origin: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel keygen --out audit.key      # writes audit.key (mode 0600) and audit.key.pub")]
+pub(crate) struct KeygenArgs {
+    /// Where to write the private key (PKCS#8 PEM); the public key goes to OUT.pub.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_json(s: &str) -> Result<Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        AuditCmd::Append(a) => rt.block_on(append(a)),
+        AuditCmd::Import(a) => rt.block_on(import(a)),
+        AuditCmd::List(a) => rt.block_on(list(a)),
+        AuditCmd::Export(a) => rt.block_on(export_log(a)),
+        AuditCmd::Checkpoint(a) => rt.block_on(make_checkpoint(a)),
+        AuditCmd::Prove(a) => rt.block_on(prove(a)),
+        AuditCmd::Load(a) => rt.block_on(load(a)),
+        AuditCmd::Verify(a) => rt.block_on(verify(a)),
+    }
+}
+
+pub(crate) fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+    let key = checkpoint::generate_key();
+    let public = pub_path(&a.out);
+    anyhow::ensure!(
+        !a.out.exists(),
+        "{} exists; refusing to overwrite a key",
+        a.out.display()
+    );
+    checkpoint::write_key_pem(&a.out, &key)?;
+    checkpoint::write_public_pem(&public, &key.verifying_key())?;
+    println!("wrote {} and {}", a.out.display(), public.display());
+    Ok(())
+}
+
+fn pub_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// Sign a checkpoint if a key was given.
+async fn maybe_checkpoint(store: &Store, key: &KeyArgs) -> anyhow::Result<()> {
+    if let Some(path) = &key.key {
+        let signing = checkpoint::read_signing_key(path)?;
+        log::make_checkpoint(store, &signing, &key.origin).await?;
+    }
+    Ok(())
+}
+
+async fn append(a: AppendArgs) -> anyhow::Result<()> {
+    let store = a.db.open().await?;
+    let entry = NewEntry {
+        kind: a.kind,
+        actor: a.actor,
+        subject: a.subject,
+        decision: a.decision,
+        details: a.details.unwrap_or(Value::Null),
+    };
+    let seq = store.append(vec![entry], audit::batch::now_ms()).await?;
+    maybe_checkpoint(&store, &a.key).await?;
+    for s in seq {
+        println!("{s}");
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn import(a: ImportArgs) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+    let mut entries = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", a.file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: NewEntry = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not an entry", a.file.display(), i + 1))?;
+        entries.push(e);
+    }
+    let store = a.db.open().await?;
+    let (mut n, mut last) = (0usize, None);
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(IMPORT_BATCH));
+        let seqs = store.append(rest, audit::batch::now_ms()).await?;
+        n += seqs.len();
+        last = seqs.last().copied().or(last);
+        rest = tail;
+    }
+    maybe_checkpoint(&store, &a.key).await?;
+    match last {
+        Some(l) => println!("imported {n} entries; last sequence number {l}"),
+        None => println!("imported 0 entries"),
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn list(a: ListArgs) -> anyhow::Result<()> {
+    let store = a.db.open().await?;
+    let entries = store.entries(a.since, a.kind.as_deref(), a.limit).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for s in &entries {
+        let e = &s.entry;
+        if a.json {
+            serde_json::to_writer(&mut out, e)?;
+            writeln!(out)?;
+        } else {
+            let when = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(e.ts_ms).unwrap_or(0)),
+            );
+            writeln!(
+                out,
+                "{:>8} {when} {:<12} {:<24} {:<10} {} {}",
+                e.seq,
+                e.kind,
+                e.actor,
+                e.decision,
+                e.subject,
+                e.details_text()
+            )?;
+        }
+    }
+    out.flush()?;
+    store.close().await;
+    Ok(())
+}
+
+async fn export_log(a: ExportArgs) -> anyhow::Result<()> {
+    let store = a.db.open().await?;
+    let entries = store.entries(0, None, None).await?;
+    let checkpoints = store.checkpoints().await?;
+    let dir = a
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        for e in &entries {
+            export::write_line(&mut w, &Line::from(e))?;
+        }
+        for c in &checkpoints {
+            export::write_line(&mut w, &Line::from(c))?;
+        }
+        w.flush()?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "exported {} entries and {} checkpoints to {}",
+        entries.len(),
+        checkpoints.len(),
+        a.out.display()
+    );
+    store.close().await;
+    Ok(())
+}
+
+async fn make_checkpoint(a: CheckpointArgs) -> anyhow::Result<()> {
+    let path = a
+        .key
+        .key
+        .as_ref()
+        .context("--key KEY (or SATCHEL_AUDIT_KEY) is needed to sign")?;
+    let signing = checkpoint::read_signing_key(path)?;
+    let store = a.db.open().await?;
+    let (_, note) = log::make_checkpoint(&store, &signing, &a.key.origin).await?;
+    print!("{note}");
+    store.close().await;
+    Ok(())
+}
+
+async fn prove(a: ProveArgs) -> anyhow::Result<()> {
+    let store = a.db.open().await?;
+    let v = match (a.index, a.consistency) {
+        (Some(i), _) => serde_json::to_value(log::prove_inclusion(&store, i, a.size).await?)?,
+        (None, Some(old)) => {
+            serde_json::to_value(log::prove_consistency(&store, old, a.size).await?)?
+        }
+        (None, None) => anyhow::bail!("give --index I or --consistency OLD"),
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    store.close().await;
+    Ok(())
+}
+
+async fn load(a: LoadArgs) -> anyhow::Result<()> {
+    let store = a.db.open().await?;
+    let (appender, writer) = audit::batch::Appender::spawn(store.clone(), a.max_batch);
+    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let printer = tokio::spawn(async move {
+        let mut out = std::io::stdout();
+        while let Some(seq) = acked.recv().await {
+            let _ = writeln!(out, "{seq}").and_then(|()| out.flush());
+        }
+    });
+    let start = std::time::Instant::now();
+    let workers = a.concurrency.max(1);
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (appender, acks) = (appender.clone(), acks.clone());
+        let count = a.entries / workers + usize::from(w < a.entries % workers);
+        let print = a.print_acks;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..count {
+                let e = NewEntry {
+                    kind: "load".into(),
+                    actor: format!("appender-{w}"),
+                    subject: format!("entry-{i}"),
+                    decision: "allow".into(),
+                    details: json!({"worker": w, "i": i}),
+                };
+                let seq = appender.append(e).await?;
+                if print {
+                    let _ = acks.send(seq);
+                }
+            }
+            Ok::<(), audit::batch::AppendError>(())
+        }));
+    }
+    drop((appender, acks));
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    writer.await?;
+    printer.await?;
+    eprintln!(
+        "{} durable appends from {} appenders in {secs:.3} s: {:.0} appends/s",
+        a.entries,
+        workers,
+        a.entries as f64 / secs
+    );
+    store.close().await;
+    Ok(())
+}
+
+/// Exit 0 intact, 1 tampered, 2 unusable input.
+async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let unusable = |e: anyhow::Error| Exit::new(2, format!("{e:#}"));
+    let key = checkpoint::read_verifying_key(&a.pubkey).map_err(|e| unusable(e.into()))?;
+    let verifier = Verifier::new(&a.origin, key).map_err(|e| unusable(e.into()))?;
+    let report = match (&a.db, &a.export) {
+        (_, Some(path)) => {
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))
+                .map_err(unusable)?;
+            let (entries, checkpoints) = export::read(BufReader::new(f))
+                .with_context(|| format!("reading export {}", path.display()))
+                .map_err(unusable)?;
+            let mut v = audit::verify::LogVerifier::new(checkpoints, &verifier);
+            for e in &entries {
+                v.push(e);
+            }
+            v.finish()
+        }
+        (Some(db), None) => {
+            let store = Store::open(db).await.map_err(|e| unusable(e.into()))?;
+            let r = log::verify_store(&store, &verifier)
+                .await
+                .map_err(|e| unusable(e.into()))?;
+            store.close().await;
+            r
+        }
+        (None, None) => return Err(Exit::new(2, "give --db URL or --export FILE".into()).into()),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"intact": report.intact(), "report": report}))?
+        );
+    } else if report.intact() {
+        println!(
+            "intact: {} entries, {} checkpoints verified, root {}",
+            report.entries, report.checkpoints_verified, report.root
+        );
+    }
+    if !report.intact() {
+        let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        return Err(Exit::new(1, format!("tampered:\n  {}", lines.join("\n  "))).into());
+    }
+    Ok(())
+}
