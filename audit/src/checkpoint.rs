@@ -21,7 +21,9 @@ use ed25519_dalek::pkcs8::{
     spki, DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
 };
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use rand_core::{OsRng, RngCore as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand_core::OsRng;
 use sha2::{Digest as _, Sha256};
 
 use crate::merkle::Hash;
@@ -621,7 +623,8 @@ fn parse_root(text: &str) -> Result<Hash, CheckpointError> {
         .map_err(|_| CheckpointError::RootLength { len: bytes.len() })
 }
 
-/// A fresh Ed25519 log key from the operating system's RNG.
+/// A fresh Ed25519 log key from the operating system's random source
+/// (which, as for every Ed25519 key generator here, must not fail).
 pub fn generate_key() -> SigningKey {
     SigningKey::generate(&mut OsRng)
 }
@@ -737,13 +740,16 @@ fn write_atomically(
         path: path.to_owned(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
     })?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{:016x}.tmp",
+        ".{}.{}.{}.tmp",
         name.to_string_lossy(),
-        OsRng.next_u64()
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let result =
-        write_new_file(&tmp, contents, mode).and_then(|()| move_into_place(&tmp, path, replace));
+    let result = write_new_file(&tmp, contents, mode)
+        .map_err(io_error(path))
+        .and_then(|()| move_into_place(&tmp, path, replace));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -753,7 +759,7 @@ fn write_atomically(
 }
 
 /// Create `path` (which must not exist) with `mode`, write and sync it.
-fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CheckpointError> {
+fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -763,9 +769,9 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), Checkpo
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(contents).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 /// Move the synced temporary file `tmp` to `path`.

@@ -177,7 +177,7 @@ impl Store {
             .await
             .map_err(query("acquiring a connection"))?;
         self.begin_write(&mut conn).await?;
-        match insert(&mut conn, entries, ts_ms).await {
+        match insert(&mut conn, self.backend, entries, ts_ms).await {
             Ok(seqs) => {
                 conn.execute("COMMIT").await.map_err(query("committing"))?;
                 Ok(seqs)
@@ -338,6 +338,7 @@ fn normalise(url: &str) -> Result<(Backend, String), StoreError> {
 
 async fn insert(
     conn: &mut PoolConnection<Any>,
+    backend: Backend,
     entries: Vec<NewEntry>,
     ts_ms: i64,
 ) -> Result<Vec<u64>, StoreError> {
@@ -352,7 +353,7 @@ async fn insert(
         .map(|(i, e)| Entry::new(first + i as u64, ts_ms, e))
         .collect();
     for chunk in entries.chunks(ROWS_PER_INSERT) {
-        let sql = insert_sql(chunk.len());
+        let sql = insert_sql(chunk.len(), backend);
         let mut q = sqlx::query(&sql);
         for e in chunk {
             q = q
@@ -372,26 +373,24 @@ async fn insert(
     Ok(entries.iter().map(|e| e.seq).collect())
 }
 
-fn insert_sql(rows: usize) -> String {
+/// A multi-row INSERT. SQLite gets positional `?` placeholders (binding by
+/// name costs a lookup per parameter); PostgreSQL gets `$1, $2, ...`.
+fn insert_sql(rows: usize, backend: Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO audit_entries (seq, ts_ms, kind, actor, subject, decision, details, leaf_hash) VALUES ",
     );
     for r in 0..rows {
-        if r > 0 {
-            sql.push(',');
+        sql.push_str(if r > 0 { ",(" } else { "(" });
+        for c in 0..8 {
+            if c > 0 {
+                sql.push(',');
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${}", r * 8 + c + 1)),
+            }
         }
-        let b = r * 8;
-        sql.push_str(&format!(
-            "(${},${},${},${},${},${},${},${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8
-        ));
+        sql.push(')');
     }
     sql
 }
@@ -459,7 +458,9 @@ mod tests {
 
     #[test]
     fn insert_sql_numbers_every_parameter() {
-        let sql = insert_sql(2);
+        let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.ends_with("($1,$2,$3,$4,$5,$6,$7,$8),($9,$10,$11,$12,$13,$14,$15,$16)"));
+        let sql = insert_sql(2, Backend::Sqlite);
+        assert!(sql.ends_with("(?,?,?,?,?,?,?,?),(?,?,?,?,?,?,?,?)"));
     }
 }
