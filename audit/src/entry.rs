@@ -73,31 +73,22 @@ impl Entry {
 
     /// The canonical leaf bytes (see the module documentation).
     pub fn leaf(&self) -> Vec<u8> {
-        let details = canonical_json(&self.details);
-        let mut out = Vec::with_capacity(
-            LEAF_TAG.len()
-                + 16
-                + 20
-                + self.kind.len()
-                + self.actor.len()
-                + self.subject.len()
-                + self.decision.len()
-                + details.len(),
-        );
-        out.extend_from_slice(LEAF_TAG);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.ts_ms.to_be_bytes());
-        for field in [
-            &self.kind,
-            &self.actor,
-            &self.subject,
-            &self.decision,
-            &details,
-        ] {
-            out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-            out.extend_from_slice(field.as_bytes());
-        }
-        out
+        self.leaf_with_details(&canonical_json(&self.details))
+    }
+
+    /// The leaf bytes, given the details already as text.
+    pub fn leaf_with_details(&self, details: &str) -> Vec<u8> {
+        encode_leaf(
+            self.seq,
+            self.ts_ms,
+            [
+                &self.kind,
+                &self.actor,
+                &self.subject,
+                &self.decision,
+                details,
+            ],
+        )
     }
 
     /// RFC 6962 leaf hash of [`Entry::leaf`].
@@ -109,6 +100,21 @@ impl Entry {
     pub fn details_text(&self) -> String {
         canonical_json(&self.details)
     }
+}
+
+/// The leaf encoding of the module documentation, from its parts: kind,
+/// actor, subject, decision and details text, in that order.
+pub fn encode_leaf(seq: u64, ts_ms: i64, fields: [&str; 5]) -> Vec<u8> {
+    let len: usize = fields.iter().map(|f| 4 + f.len()).sum();
+    let mut out = Vec::with_capacity(LEAF_TAG.len() + 16 + len);
+    out.extend_from_slice(LEAF_TAG);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&ts_ms.to_be_bytes());
+    for field in fields {
+        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
 }
 
 /// JSON with object keys sorted (recursively) and no whitespace.

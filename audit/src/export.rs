@@ -9,14 +9,19 @@
 //! Reading is strict: unknown fields, bad hex and malformed lines are errors
 //! that name the line number. An export is untrusted input to `verify`.
 
-use std::io::{BufRead, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::entry::Entry;
+use crate::checkpoint::Verifier;
+use crate::entry::{canonical_json, encode_leaf, Entry};
+use crate::merkle;
 use crate::merkle::Hash;
 use crate::store::{StoredCheckpoint, StoredEntry};
+use crate::verify::{LogVerifier, Report};
 
 /// Longest line accepted when reading an export (entries are small).
 pub const MAX_LINE: usize = 1 << 20;
@@ -112,16 +117,8 @@ pub fn write_line(out: &mut impl Write, line: &Line) -> Result<(), ExportError> 
 pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoint>), ExportError> {
     let mut entries = Vec::new();
     let mut checkpoints = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.len() > MAX_LINE {
-            return Err(bad(n, "line longer than 1 MiB".into()));
-        }
-        match serde_json::from_str::<Line>(&line).map_err(|e| bad(n, e.to_string()))? {
+    for_each_line(input, |n, line| {
+        match parse_line(n, line)? {
             Line::Entry {
                 seq,
                 ts_ms,
@@ -133,6 +130,7 @@ pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoi
                 leaf_hash,
             } => {
                 entries.push(StoredEntry {
+                    details_text: canonical_json(&details),
                     entry: Entry {
                         seq,
                         ts_ms,
@@ -159,7 +157,8 @@ pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoi
                 });
             }
         }
-    }
+        Ok(())
+    })?;
     Ok((entries, checkpoints))
 }
 
@@ -170,4 +169,76 @@ fn bad(line: usize, reason: String) -> ExportError {
 fn hash(text: &str, line: usize) -> Result<Hash, ExportError> {
     let bytes = hex::decode(text).map_err(|e| bad(line, format!("hash is not hex: {e}")))?;
     Hash::try_from(bytes.as_slice()).map_err(|_| bad(line, "hash is not 32 bytes".into()))
+}
+
+/// Verify an export file against `verifier`'s key without holding it in
+/// memory: a first pass collects the checkpoints, a second streams the
+/// entries through [`LogVerifier`].
+pub fn verify_file(path: &Path, verifier: &Verifier) -> Result<Report, ExportError> {
+    let open = || File::open(path).map(BufReader::new);
+    let mut checkpoints = Vec::new();
+    for_each_line(open()?, |n, line| {
+        // Our entry lines start so; anything else is parsed in full.
+        if !line.starts_with("{\"type\":\"entry\"") {
+            if let Line::Checkpoint {
+                size,
+                root,
+                created_ms,
+                note,
+            } = parse_line(n, line)?
+            {
+                checkpoints.push(StoredCheckpoint {
+                    size,
+                    root: hash(&root, n)?,
+                    note,
+                    created_ms,
+                });
+            }
+        }
+        Ok(())
+    })?;
+    let mut v = LogVerifier::new(checkpoints, verifier);
+    for_each_line(open()?, |n, line| {
+        if let Line::Entry {
+            seq,
+            ts_ms,
+            kind,
+            actor,
+            subject,
+            decision,
+            details,
+            leaf_hash: stored,
+        } = parse_line(n, line)?
+        {
+            let text = canonical_json(&details);
+            let leaf = merkle::leaf_hash(&encode_leaf(
+                seq,
+                ts_ms,
+                [&kind, &actor, &subject, &decision, &text],
+            ));
+            v.push_leaf(seq, leaf, hash(&stored, n)?);
+        }
+        Ok(())
+    })?;
+    Ok(v.finish())
+}
+
+fn for_each_line(
+    input: impl BufRead,
+    mut f: impl FnMut(usize, &str) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if !line.trim().is_empty() {
+            f(i + 1, &line)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_line(n: usize, line: &str) -> Result<Line, ExportError> {
+    if line.len() > MAX_LINE {
+        return Err(bad(n, "line longer than 1 MiB".into()));
+    }
+    serde_json::from_str::<Line>(line).map_err(|e| bad(n, e.to_string()))
 }

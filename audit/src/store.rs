@@ -3,19 +3,24 @@
 //! PostgreSQL, chosen by the database URL, with the same queries. Migrations
 //! are embedded and run on open.
 //!
-//! Every write is one transaction that first takes the log's write lock
-//! (`BEGIN IMMEDIATE` on SQLite, `LOCK TABLE` on PostgreSQL), so several
-//! processes may append to one database and sequence numbers stay dense.
+//! Every write is one transaction. When this process knows the next
+//! sequence number (it wrote the last entry), a batch is a single INSERT,
+//! atomic on its own; if another process appended meanwhile, the insert hits
+//! the primary key, fails whole, and is retried in a transaction that first
+//! takes the log's write lock (`BEGIN IMMEDIATE` on SQLite, `LOCK TABLE` on
+//! PostgreSQL) and reads the next number. So several processes may append
+//! to one database and sequence numbers stay dense.
 //! The store never updates or deletes an entry.
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Executor, Row};
 
-use crate::entry::{Entry, NewEntry};
-use crate::merkle::Hash;
+use crate::entry::{canonical_json, encode_leaf, Entry, NewEntry};
+use crate::merkle::{leaf_hash, Hash};
 
 /// Rows per INSERT statement (8 parameters each; far below both backends' limits).
 const ROWS_PER_INSERT: usize = 500;
@@ -80,8 +85,10 @@ pub enum Backend {
 /// An entry as stored, with the leaf hash stored beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
-    /// The entry.
+    /// The entry (details that are not JSON appear as a JSON string).
     pub entry: Entry,
+    /// The details exactly as stored: the text the leaf was computed over.
+    pub details_text: String,
     /// The leaf hash written when the entry was appended.
     pub leaf_hash: Hash,
 }
@@ -104,6 +111,11 @@ pub struct StoredCheckpoint {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The next sequence number, as this process last wrote it. A guess
+    /// that saves a query per batch: if another process appended since,
+    /// the insert hits the primary key and the batch is retried after
+    /// reading the real value.
+    next_seq: Arc<Mutex<Option<u64>>>,
 }
 
 fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -160,7 +172,11 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate { url: shown, source })?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            next_seq: Arc::default(),
+        })
     }
 
     /// Which backend this is.
@@ -171,13 +187,36 @@ impl Store {
     /// Append entries as one transaction, stamped `ts_ms`; returns their
     /// sequence numbers. Durable when this returns.
     pub async fn append(&self, entries: Vec<NewEntry>, ts_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let rows = Rows::new(entries, ts_ms);
+        let guess = self.next_seq.lock().map(|g| *g).unwrap_or(None);
+        let result = match self.append_at(&rows, guess).await {
+            Err(StoreError::Query { ref source, .. }) if guess.is_some() && is_conflict(source) => {
+                // Another process appended since our guess: read the real next number.
+                self.append_at(&rows, None).await
+            }
+            other => other,
+        };
+        let next = result.as_ref().ok().and_then(|s| s.last().map(|l| l + 1));
+        if let Ok(mut g) = self.next_seq.lock() {
+            *g = next;
+        }
+        result
+    }
+
+    /// One attempt: a transaction writing `rows` from `first` (read inside
+    /// the transaction when `None`).
+    async fn append_at(&self, rows: &Rows, first: Option<u64>) -> Result<Vec<u64>, StoreError> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(query("acquiring a connection"))?;
+        if first.is_some() && rows.entries.len() <= ROWS_PER_INSERT {
+            // One statement is its own transaction: one round trip, one fsync.
+            return insert(&mut conn, self.backend, rows, first).await;
+        }
         self.begin_write(&mut conn).await?;
-        match insert(&mut conn, self.backend, entries, ts_ms).await {
+        match insert(&mut conn, self.backend, rows, first).await {
             Ok(seqs) => {
                 conn.execute("COMMIT").await.map_err(query("committing"))?;
                 Ok(seqs)
@@ -252,6 +291,26 @@ impl Store {
         .await
         .map_err(query("reading entries"))?;
         rows.iter().map(stored_entry).collect()
+    }
+
+    /// For verification: `(seq, leaf hash recomputed from the columns,
+    /// stored leaf hash)` of at most `limit` entries from `since`, in order,
+    /// without decoding the details.
+    pub async fn leaf_checks(
+        &self,
+        since: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Hash, Hash)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
+             FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(since).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading entries"))?;
+        rows.iter().map(leaf_check).collect()
     }
 
     /// The stored leaf hashes of entries `0..size`, in order.
@@ -336,41 +395,74 @@ fn normalise(url: &str) -> Result<(Backend, String), StoreError> {
     Err(StoreError::Url { url: redact(url) })
 }
 
+/// Entries ready to insert: details canonicalised once.
+struct Rows {
+    ts_ms: i64,
+    entries: Vec<(NewEntry, String)>,
+}
+
+impl Rows {
+    fn new(entries: Vec<NewEntry>, ts_ms: i64) -> Rows {
+        let entries = entries
+            .into_iter()
+            .map(|e| {
+                let details = canonical_json(&e.details);
+                (e, details)
+            })
+            .collect();
+        Rows { ts_ms, entries }
+    }
+}
+
+/// A unique-constraint violation (another writer took the sequence number).
+fn is_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
 async fn insert(
     conn: &mut PoolConnection<Any>,
     backend: Backend,
-    entries: Vec<NewEntry>,
-    ts_ms: i64,
+    rows: &Rows,
+    first: Option<u64>,
 ) -> Result<Vec<u64>, StoreError> {
-    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
-        .fetch_one(&mut **conn)
-        .await
-        .map_err(query("finding the next sequence number"))?;
-    let first = u64::try_from(next).unwrap_or(0);
-    let entries: Vec<Entry> = entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| Entry::new(first + i as u64, ts_ms, e))
-        .collect();
-    for chunk in entries.chunks(ROWS_PER_INSERT) {
+    let first = match first {
+        Some(f) => f,
+        None => {
+            let next: i64 =
+                sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
+                    .fetch_one(&mut **conn)
+                    .await
+                    .map_err(query("finding the next sequence number"))?;
+            u64::try_from(next).unwrap_or(0)
+        }
+    };
+    let seqs: Vec<u64> = (first..).take(rows.entries.len()).collect();
+    for (chunk, seq_chunk) in rows
+        .entries
+        .chunks(ROWS_PER_INSERT)
+        .zip(seqs.chunks(ROWS_PER_INSERT))
+    {
         let sql = insert_sql(chunk.len(), backend);
         let mut q = sqlx::query(&sql);
-        for e in chunk {
+        for ((new, details), &seq) in chunk.iter().zip(seq_chunk) {
+            let fields = [&*new.kind, &new.actor, &new.subject, &new.decision, details];
+            let leaf = leaf_hash(&encode_leaf(seq, rows.ts_ms, fields));
             q = q
-                .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
-                .bind(e.ts_ms)
-                .bind(e.kind.clone())
-                .bind(e.actor.clone())
-                .bind(e.subject.clone())
-                .bind(e.decision.clone())
-                .bind(e.details_text())
-                .bind(e.leaf_hash().to_vec());
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .bind(rows.ts_ms)
+                .bind(new.kind.clone())
+                .bind(new.actor.clone())
+                .bind(new.subject.clone())
+                .bind(new.decision.clone())
+                .bind(details.clone())
+                .bind(leaf.to_vec());
         }
         q.execute(&mut **conn)
             .await
             .map_err(query("inserting entries"))?;
     }
-    Ok(entries.iter().map(|e| e.seq).collect())
+    Ok(seqs)
 }
 
 /// A multi-row INSERT. SQLite gets positional `?` placeholders (binding by
@@ -403,27 +495,37 @@ fn hash_column(r: &AnyRow, i: usize, seq: i64) -> Result<Hash, StoreError> {
     })
 }
 
+fn leaf_check(r: &AnyRow) -> Result<(u64, Hash, Hash), StoreError> {
+    let dec = || query("decoding an entry");
+    let seq: i64 = r.try_get(0).map_err(dec())?;
+    let ts_ms: i64 = r.try_get(1).map_err(dec())?;
+    let text = |i: usize| r.try_get::<&str, _>(i).map_err(dec());
+    let seq_u = u64::try_from(seq).unwrap_or(u64::MAX);
+    let fields = [text(2)?, text(3)?, text(4)?, text(5)?, text(6)?];
+    let leaf = leaf_hash(&encode_leaf(seq_u, ts_ms, fields));
+    Ok((seq_u, leaf, hash_column(r, 7, seq)?))
+}
+
 fn stored_entry(r: &AnyRow) -> Result<StoredEntry, StoreError> {
-    let dec = query("decoding an entry");
-    let seq: i64 = r.try_get(0).map_err(query("decoding an entry"))?;
-    let details: String = r.try_get(6).map_err(query("decoding an entry"))?;
+    let dec = || query("decoding an entry");
+    let seq: i64 = r.try_get(0).map_err(dec())?;
+    let details_text: String = r.try_get(6).map_err(dec())?;
+    let details = serde_json::from_str(&details_text)
+        .unwrap_or_else(|_| serde_json::Value::String(details_text.clone()));
     let entry = Entry {
-        seq: u64::try_from(seq).map_err(|_| StoreError::BadRow {
-            seq,
-            problem: "negative sequence number",
-        })?,
-        ts_ms: r.try_get(1).map_err(query("decoding an entry"))?,
-        kind: r.try_get(2).map_err(query("decoding an entry"))?,
-        actor: r.try_get(3).map_err(query("decoding an entry"))?,
-        subject: r.try_get(4).map_err(query("decoding an entry"))?,
-        decision: r.try_get(5).map_err(dec)?,
-        details: serde_json::from_str(&details).map_err(|_| StoreError::BadRow {
-            seq,
-            problem: "details are not JSON",
-        })?,
+        // A negative number can only come from an edited row; keep it
+        // visible to verification as an impossible sequence number.
+        seq: u64::try_from(seq).unwrap_or(u64::MAX),
+        ts_ms: r.try_get(1).map_err(dec())?,
+        kind: r.try_get(2).map_err(dec())?,
+        actor: r.try_get(3).map_err(dec())?,
+        subject: r.try_get(4).map_err(dec())?,
+        decision: r.try_get(5).map_err(dec())?,
+        details,
     };
     Ok(StoredEntry {
         leaf_hash: hash_column(r, 7, seq)?,
+        details_text,
         entry,
     })
 }

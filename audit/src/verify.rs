@@ -13,7 +13,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::checkpoint::{self, Verifier};
-use crate::merkle::{CompactRange, Hash};
+use crate::merkle::{leaf_hash, CompactRange, Hash};
 use crate::store::{StoredCheckpoint, StoredEntry};
 
 /// One way the log is not what its checkpoints signed.
@@ -151,20 +151,24 @@ impl LogVerifier {
 
     /// The next entry of the log, in stored order.
     pub fn push(&mut self, e: &StoredEntry) {
+        let leaf = leaf_hash(&e.entry.leaf_with_details(&e.details_text));
+        self.push_leaf(e.entry.seq, leaf, e.leaf_hash);
+    }
+
+    /// The next entry, given its sequence number, the leaf hash recomputed
+    /// from its columns, and the leaf hash stored with it.
+    pub fn push_leaf(&mut self, seq: u64, recomputed: Hash, stored: Hash) {
         let expected = self.report.entries;
-        if e.entry.seq != expected && !self.report.problems.iter().any(is_sequence) {
+        if seq != expected && !self.report.problems.iter().any(is_sequence) {
             self.report.problems.push(Problem::Sequence {
                 expected,
-                found: e.entry.seq,
+                found: seq,
             });
         }
-        let leaf = e.entry.leaf_hash();
-        if leaf != e.leaf_hash {
-            self.report
-                .problems
-                .push(Problem::LeafHash { seq: e.entry.seq });
+        if recomputed != stored {
+            self.report.problems.push(Problem::LeafHash { seq });
         }
-        self.tree.push(leaf);
+        self.tree.push(recomputed);
         self.report.entries += 1;
         self.reach_checkpoints();
     }
