@@ -40,9 +40,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Logs go to stderr; `SATCHEL_LOG` (an env-filter) overrides `-v`.
 fn init_logging(verbose: u8) {
+    // sqlx reports slow statements at warn; a million-row verify is not news.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,sqlx=error",
+        1 => "info,sqlx=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SATCHEL_LOG")

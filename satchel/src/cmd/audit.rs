@@ -244,13 +244,7 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Export(a) => rt.block_on(export_log(a)),
         AuditCmd::Checkpoint(a) => rt.block_on(make_checkpoint(a)),
         AuditCmd::Prove(a) => rt.block_on(prove(a)),
-        // One thread for the appenders: the database work runs on the
-        // driver's own thread, and fewer cross-thread wake-ups per batch
-        // make group commit faster.
-        AuditCmd::Load(a) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(load(a)),
+        AuditCmd::Load(a) => rt.block_on(load(a)),
         AuditCmd::Verify(a) => rt.block_on(verify(a)),
     }
 }
