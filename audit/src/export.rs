@@ -17,8 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::checkpoint::Verifier;
-use crate::entry::{canonical_json, encode_leaf, Entry};
-use crate::merkle;
+use crate::entry::{canonical_json, Entry};
 use crate::merkle::Hash;
 use crate::store::{StoredCheckpoint, StoredEntry};
 use crate::verify::{LogVerifier, Report};
@@ -113,12 +112,16 @@ pub fn write_line(out: &mut impl Write, line: &Line) -> Result<(), ExportError> 
     Ok(())
 }
 
-/// Read a whole export into entries (in file order) and checkpoints.
-pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoint>), ExportError> {
-    let mut entries = Vec::new();
-    let mut checkpoints = Vec::new();
-    for_each_line(input, |n, line| {
-        match parse_line(n, line)? {
+/// A parsed line, checked and typed.
+enum Record {
+    Entry(StoredEntry),
+    Checkpoint(StoredCheckpoint),
+}
+
+impl Line {
+    /// Check the hashes and turn the line into what the store holds.
+    fn into_record(self, n: usize) -> Result<Record, ExportError> {
+        Ok(match self {
             Line::Entry {
                 seq,
                 ts_ms,
@@ -128,34 +131,42 @@ pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoi
                 decision,
                 details,
                 leaf_hash,
-            } => {
-                entries.push(StoredEntry {
-                    details_text: canonical_json(&details),
-                    entry: Entry {
-                        seq,
-                        ts_ms,
-                        kind,
-                        actor,
-                        subject,
-                        decision,
-                        details,
-                    },
-                    leaf_hash: hash(&leaf_hash, n)?,
-                });
-            }
+            } => Record::Entry(StoredEntry {
+                details_text: canonical_json(&details),
+                entry: Entry {
+                    seq,
+                    ts_ms,
+                    kind,
+                    actor,
+                    subject,
+                    decision,
+                    details,
+                },
+                leaf_hash: hash(&leaf_hash, n)?,
+            }),
             Line::Checkpoint {
                 size,
                 root,
                 created_ms,
                 note,
-            } => {
-                checkpoints.push(StoredCheckpoint {
-                    size,
-                    root: hash(&root, n)?,
-                    note,
-                    created_ms,
-                });
-            }
+            } => Record::Checkpoint(StoredCheckpoint {
+                size,
+                root: hash(&root, n)?,
+                note,
+                created_ms,
+            }),
+        })
+    }
+}
+
+/// Read a whole export into entries (in file order) and checkpoints.
+pub fn read(input: impl BufRead) -> Result<(Vec<StoredEntry>, Vec<StoredCheckpoint>), ExportError> {
+    let mut entries = Vec::new();
+    let mut checkpoints = Vec::new();
+    for_each_line(input, |n, line| {
+        match parse_line(n, line)?.into_record(n)? {
+            Record::Entry(e) => entries.push(e),
+            Record::Checkpoint(c) => checkpoints.push(c),
         }
         Ok(())
     })?;
@@ -180,43 +191,16 @@ pub fn verify_file(path: &Path, verifier: &Verifier) -> Result<Report, ExportErr
     for_each_line(open()?, |n, line| {
         // Our entry lines start so; anything else is parsed in full.
         if !line.starts_with("{\"type\":\"entry\"") {
-            if let Line::Checkpoint {
-                size,
-                root,
-                created_ms,
-                note,
-            } = parse_line(n, line)?
-            {
-                checkpoints.push(StoredCheckpoint {
-                    size,
-                    root: hash(&root, n)?,
-                    note,
-                    created_ms,
-                });
+            if let Record::Checkpoint(c) = parse_line(n, line)?.into_record(n)? {
+                checkpoints.push(c);
             }
         }
         Ok(())
     })?;
     let mut v = LogVerifier::new(checkpoints, verifier);
     for_each_line(open()?, |n, line| {
-        if let Line::Entry {
-            seq,
-            ts_ms,
-            kind,
-            actor,
-            subject,
-            decision,
-            details,
-            leaf_hash: stored,
-        } = parse_line(n, line)?
-        {
-            let text = canonical_json(&details);
-            let leaf = merkle::leaf_hash(&encode_leaf(
-                seq,
-                ts_ms,
-                [&kind, &actor, &subject, &decision, &text],
-            ));
-            v.push_leaf(seq, leaf, hash(&stored, n)?);
+        if let Record::Entry(e) = parse_line(n, line)?.into_record(n)? {
+            v.push(&e);
         }
         Ok(())
     })?;
