@@ -10,7 +10,9 @@ mod common;
 use audit::batch::{now_ms, Appender};
 use audit::checkpoint::{self, Verifier};
 use audit::entry::NewEntry;
-use audit::log::{make_checkpoint, prove_consistency, prove_inclusion, verify_store};
+use audit::log::{
+    make_checkpoint, prove_consistency, prove_inclusion, spawn_checkpointer, verify_store,
+};
 use audit::merkle::{self, Hash};
 use audit::store::Store;
 use audit::verify::Problem;
@@ -177,29 +179,55 @@ async fn tampered(db: &TestDb, sql: &[&str]) -> Vec<Problem> {
 }
 
 #[test]
-fn every_edited_column_is_named_by_entry() {
+fn every_edited_column_is_named_by_entry_on_both_backends() {
+    let columns = [
+        "ts_ms = ts_ms + 1",
+        "kind = 'admin'",
+        "actor = 'x'",
+        "subject = 'y'",
+        "decision = 'allow2'",
+        "details = '{}'",
+    ];
     rt().block_on(async {
-        for column in [
-            "ts_ms = ts_ms + 1",
-            "kind = 'admin'",
-            "actor = 'x'",
-            "subject = 'y'",
-            "decision = 'allow2'",
-            "details = '{}'",
-        ] {
-            for db in [TestDb::sqlite()] {
-                let problems = tampered(
-                    &db,
-                    &[&format!("UPDATE audit_entries SET {column} WHERE seq = 5")],
-                )
-                .await;
-                assert_eq!(problems[0], Problem::LeafHash { seq: 5 }, "{column}");
-                // The rebuilt tree no longer matches the first checkpoint either.
-                assert!(
-                    problems.contains(&Problem::Root { size: 10, from: 0 }),
-                    "{column}: {problems:?}"
-                );
-            }
+        for db in TestDb::both() {
+            // Entry k (1..=6) gets column k-1 edited.
+            let edits: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(k, c)| format!("UPDATE audit_entries SET {c} WHERE seq = {}", k + 1))
+                .collect();
+            let edits: Vec<&str> = edits.iter().map(String::as_str).collect();
+            let problems = tampered(&db, &edits).await;
+            let named: Vec<&Problem> = problems
+                .iter()
+                .filter(|p| matches!(p, Problem::LeafHash { .. }))
+                .collect();
+            let want: Vec<Problem> = (1..=6).map(|seq| Problem::LeafHash { seq }).collect();
+            assert_eq!(named, want.iter().collect::<Vec<_>>(), "{}", db.url());
+            assert!(
+                problems.contains(&Problem::Root { size: 10, from: 0 }),
+                "{problems:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn an_inserted_row_is_reported_on_both_backends() {
+    rt().block_on(async {
+        for db in TestDb::both() {
+            let problems = tampered(
+                &db,
+                &[
+                    "UPDATE audit_entries SET seq = seq + 1000 WHERE seq >= 12",
+                    "UPDATE audit_entries SET seq = seq - 999 WHERE seq >= 1000",
+                    "INSERT INTO audit_entries (seq, ts_ms, kind, actor, subject, decision, details, leaf_hash) \
+                     SELECT 12, ts_ms, kind, actor, 'forged', decision, details, leaf_hash FROM audit_entries WHERE seq = 11",
+                ],
+            )
+            .await;
+            assert_eq!(problems[0], Problem::LeafHash { seq: 12 }, "{}", db.url());
+            assert!(problems.contains(&Problem::Root { size: 20, from: 10 }), "{problems:?}");
         }
     });
 }
@@ -208,7 +236,7 @@ fn every_edited_column_is_named_by_entry() {
 fn attacks_on_rows_and_checkpoints_are_reported_on_both_backends() {
     rt().block_on(async {
         for db_kind in 0..2 {
-            let fresh = || if db_kind == 0 { TestDb::sqlite() } else { TestDb::Postgres(common::Postgres::start()) };
+            let fresh = || if db_kind == 0 { TestDb::sqlite() } else { TestDb::postgres() };
             // Delete a row.
             let p = tampered(&fresh(), &["DELETE FROM audit_entries WHERE seq = 7"]).await;
             assert_eq!(p[0], Problem::Sequence { expected: 7, found: 8 });
@@ -236,43 +264,82 @@ fn attacks_on_rows_and_checkpoints_are_reported_on_both_backends() {
 #[test]
 fn an_edit_with_a_recomputed_leaf_hash_is_caught_by_the_signed_root() {
     rt().block_on(async {
-        let db = TestDb::sqlite();
-        let key = checkpoint::generate_key();
-        let store = seeded(&db.url(), &key).await;
-        // Rewrite entry 12 consistently: new decision and its matching leaf hash.
-        let mut e = store
-            .entries(12, None, Some(1))
-            .await
-            .unwrap()
-            .remove(0)
-            .entry;
-        e.decision = "allow-forged".into();
-        let sql = format!(
-            "UPDATE audit_entries SET decision = 'allow-forged', leaf_hash = X'{}' WHERE seq = 12",
-            hex::encode(e.leaf_hash())
-        );
-        raw(&db.url(), &sql).await;
-        let report = verify_store(&store, &verifier(&key)).await.unwrap();
-        assert_eq!(report.problems, [Problem::Root { size: 20, from: 10 }]);
-        store.close().await;
+        for db in TestDb::both() {
+            let key = checkpoint::generate_key();
+            let store = seeded(&db.url(), &key).await;
+            // Rewrite entry 12 consistently: new decision and its matching leaf hash.
+            let mut e = store
+                .entries(12, None, Some(1))
+                .await
+                .unwrap()
+                .remove(0)
+                .entry;
+            e.decision = "allow-forged".into();
+            let sql = format!(
+                "UPDATE audit_entries SET decision = 'allow-forged', leaf_hash = {} WHERE seq = 12",
+                db.blob(&e.leaf_hash())
+            );
+            raw(&db.url(), &sql).await;
+            let report = verify_store(&store, &verifier(&key)).await.unwrap();
+            assert_eq!(report.problems, [Problem::Root { size: 20, from: 10 }]);
+            store.close().await;
+        }
     });
 }
 
 #[test]
 fn checkpoints_re_signed_by_another_key_are_rejected() {
     rt().block_on(async {
+        for db in TestDb::both() {
+            let key = checkpoint::generate_key();
+            let store = seeded(&db.url(), &key).await;
+            let other = checkpoint::generate_key();
+            raw(&db.url(), "DELETE FROM audit_checkpoints").await;
+            make_checkpoint(&store, &other, ORIGIN).await.unwrap();
+            let report = verify_store(&store, &verifier(&key)).await.unwrap();
+            assert!(
+                matches!(report.problems[..], [Problem::Signature { size: 20, .. }]),
+                "{:?}",
+                report.problems
+            );
+            store.close().await;
+        }
+    });
+}
+
+#[test]
+fn the_checkpointer_signs_whenever_the_log_has_grown() {
+    rt().block_on(async {
         let db = TestDb::sqlite();
         let key = checkpoint::generate_key();
-        let store = seeded(&db.url(), &key).await;
-        let other = checkpoint::generate_key();
-        raw(&db.url(), "DELETE FROM audit_checkpoints").await;
-        make_checkpoint(&store, &other, ORIGIN).await.unwrap();
-        let report = verify_store(&store, &verifier(&key)).await.unwrap();
-        assert!(
-            matches!(report.problems[..], [Problem::Signature { size: 20, .. }]),
-            "{:?}",
-            report.problems
+        let store = Store::open(&db.url()).await.unwrap();
+        let task = spawn_checkpointer(
+            store.clone(),
+            key.clone(),
+            ORIGIN.into(),
+            std::time::Duration::from_millis(20),
         );
+        store
+            .append((0..3).map(entry).collect(), now_ms())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        store
+            .append((3..5).map(entry).collect(), now_ms())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        task.abort();
+        let sizes: Vec<u64> = store
+            .checkpoints()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.size)
+            .collect();
+        assert!(sizes.contains(&3) && sizes.last() == Some(&5), "{sizes:?}");
+        let report = verify_store(&store, &verifier(&key)).await.unwrap();
+        assert!(report.intact() && report.checkpoints_verified == sizes.len());
         store.close().await;
     });
 }

@@ -6,6 +6,13 @@
 //! there is no global TPM, no shared TPM context and no test mutex. This
 //! crate is test tooling only; it must never be used to reach a real TPM and
 //! never leaves a swtpm process or state directory behind.
+//!
+//! The crate also holds [`Postgres`], the same kind of guard for a private
+//! PostgreSQL server, for tests of the parts that store in a database.
+
+mod postgres;
+
+pub use postgres::Postgres;
 
 use std::fs::{self, File};
 use std::io;
