@@ -17,6 +17,8 @@ use super::Exit;
 
 /// Entries per transaction when importing.
 const IMPORT_BATCH: usize = 10_000;
+/// Entries read per query when exporting.
+const EXPORT_PAGE: u64 = 50_000;
 
 /// Where the audit database is: `--db`, else `$SATCHEL_DB`, else `sqlite:satchel.db`.
 #[derive(Debug, Args)]
@@ -361,7 +363,8 @@ async fn list(a: ListArgs) -> anyhow::Result<()> {
 
 async fn export_log(a: ExportArgs) -> anyhow::Result<()> {
     let store = a.db.open().await?;
-    let entries = store.entries(0, None, None).await?;
+    // Checkpoints first: entries only grow, so every checkpoint read now is
+    // covered by the entries read after it, even while appends go on.
     let checkpoints = store.checkpoints().await?;
     let dir = a
         .out
@@ -370,10 +373,21 @@ async fn export_log(a: ExportArgs) -> anyhow::Result<()> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let (mut entries, mut since) = (0u64, 0u64);
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        for e in &entries {
-            export::write_line(&mut w, &Line::from(e))?;
+        loop {
+            let page = store.entries(since, None, Some(EXPORT_PAGE)).await?;
+            for e in &page {
+                export::write_line(&mut w, &Line::from(e))?;
+            }
+            entries += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() as u64 == EXPORT_PAGE => {
+                    since = last.entry.seq.saturating_add(1)
+                }
+                _ => break,
+            }
         }
         for c in &checkpoints {
             export::write_line(&mut w, &Line::from(c))?;
@@ -385,7 +399,7 @@ async fn export_log(a: ExportArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", a.out.display()))?;
     println!(
         "exported {} entries and {} checkpoints to {}",
-        entries.len(),
+        entries,
         checkpoints.len(),
         a.out.display()
     );
