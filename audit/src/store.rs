@@ -293,20 +293,36 @@ impl Store {
         rows.iter().map(stored_entry).collect()
     }
 
+    /// The lowest and highest stored sequence numbers as stored (an edited
+    /// row may hold a negative one), or `None` for an empty log.
+    pub async fn seq_bounds(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query("SELECT MIN(seq), MAX(seq) FROM audit_entries")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query("reading the sequence range"))?;
+        let min: Option<i64> = row
+            .try_get(0)
+            .map_err(query("reading the sequence range"))?;
+        let max: Option<i64> = row
+            .try_get(1)
+            .map_err(query("reading the sequence range"))?;
+        Ok(min.zip(max))
+    }
+
     /// For verification: `(seq, leaf hash recomputed from the columns,
-    /// stored leaf hash)` of at most `limit` entries from `since`, in order,
+    /// stored leaf hash)` of the entries with `from <= seq < to`, in order,
     /// without decoding the details.
     pub async fn leaf_checks(
         &self,
-        since: u64,
-        limit: u64,
+        from: i64,
+        to: i64,
     ) -> Result<Vec<(u64, Hash, Hash)>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
-             FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+             FROM audit_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq",
         )
-        .bind(i64::try_from(since).unwrap_or(i64::MAX))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(from)
+        .bind(to)
         .fetch_all(&self.pool)
         .await
         .map_err(query("reading entries"))?;
