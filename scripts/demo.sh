@@ -63,4 +63,21 @@ printf 'X' | dd of="$OUT/tampered-chain/hypervisor.bin" bs=1 seek=0 conv=notrunc
 diff "$OUT/predict.txt" "$OUT/predict-tampered.txt" | sed 's/^/   /' || true
 echo "-> only PCR 8 (the hypervisor's PCR) differs: the next issue's verifier names that stage."
 
+step "7. recording the measurement in the tamper-evident audit log"
+AUDIT_DB="sqlite:$OUT/audit.db"
+"$SATCHEL" keygen --out "$OUT/audit.key"
+PCR8=$(awk '/^sha256:/{b=1} b && $1 == "8:" {print $2; exit}' "$OUT/replay.txt")
+"$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind measurement \
+  --actor device:demo --subject boot-chain --decision agree --details "{\"pcr8_sha256\": \"$PCR8\"}" >/dev/null
+"$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind measurement \
+  --actor device:demo --subject tampered-chain --decision differs --details '{"pcr": 8}' >/dev/null
+"$SATCHEL" audit list --db "$AUDIT_DB"
+"$SATCHEL" audit verify --db "$AUDIT_DB" --pubkey "$OUT/audit.key.pub"
+"$SATCHEL" audit export --db "$AUDIT_DB" --out "$OUT/audit.jsonl" >/dev/null
+sed -i '1s/"decision":"agree"/"decision":"differs"/' "$OUT/audit.jsonl"
+echo "-> after editing entry 0 of the export:"
+if "$SATCHEL" audit verify --export "$OUT/audit.jsonl" --pubkey "$OUT/audit.key.pub"; then
+  echo "an edited export verified: this must not happen" >&2; exit 1
+fi
+
 step "done: everything above is in $OUT"
