@@ -3,17 +3,12 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-
 use attest::eventlog::{digests_of, parse, replay, EventLog, EventType, ReplayOptions};
 use attest::HashAlg;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("SATCHEL_FIXTURES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eventlogs"),
-        PathBuf::from,
-    );
+    let dir = tpm_sim_tests::fixtures_dir();
     std::fs::read(dir.join(name)).expect("fixture")
 }
 

@@ -22,6 +22,13 @@ use sqlx::{Any, AnyPool, Executor, Row};
 use crate::entry::{canonical_json, encode_leaf, Entry, NewEntry};
 use crate::merkle::{leaf_hash, Hash};
 
+/// The entry columns, in the order every query reads and writes them.
+macro_rules! entry_columns {
+    () => {
+        "seq, ts_ms, kind, actor, subject, decision, details, leaf_hash"
+    };
+}
+
 /// Rows per INSERT statement (8 parameters each; far below both backends' limits).
 const ROWS_PER_INSERT: usize = 500;
 
@@ -273,17 +280,21 @@ impl Store {
         let limit = i64::try_from(limit.unwrap_or(u64::MAX >> 1)).unwrap_or(i64::MAX);
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         let rows = match kind {
-            Some(k) => sqlx::query(
-                "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
-                 FROM audit_entries WHERE seq >= $1 AND kind = $2 ORDER BY seq LIMIT $3",
-            )
+            Some(k) => sqlx::query(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM audit_entries \
+                 WHERE seq >= $1 AND kind = $2 ORDER BY seq LIMIT $3"
+            ))
             .bind(since)
             .bind(k.to_owned())
             .bind(limit),
-            None => sqlx::query(
-                "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
-                 FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
-            )
+            None => sqlx::query(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM audit_entries \
+                 WHERE seq >= $1 ORDER BY seq LIMIT $2"
+            ))
             .bind(since)
             .bind(limit),
         }
@@ -317,10 +328,12 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<(u64, Hash, Hash)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, ts_ms, kind, actor, subject, decision, details, leaf_hash \
-             FROM audit_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM audit_entries \
+             WHERE seq >= $1 AND seq < $2 ORDER BY seq"
+        ))
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
@@ -484,9 +497,11 @@ async fn insert(
 /// A multi-row INSERT. SQLite gets positional `?` placeholders (binding by
 /// name costs a lookup per parameter); PostgreSQL gets `$1, $2, ...`.
 fn insert_sql(rows: usize, backend: Backend) -> String {
-    let mut sql = String::from(
-        "INSERT INTO audit_entries (seq, ts_ms, kind, actor, subject, decision, details, leaf_hash) VALUES ",
-    );
+    let mut sql = String::from(concat!(
+        "INSERT INTO audit_entries (",
+        entry_columns!(),
+        ") VALUES "
+    ));
     for r in 0..rows {
         sql.push_str(if r > 0 { ",(" } else { "(" });
         for c in 0..8 {

@@ -29,10 +29,9 @@ fn ok_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A real firmware log from the shared fixtures.
 fn fixture(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/eventlogs")
-        .join(name);
+    let p = tpm_sim_tests::fixtures_dir().join(name);
     p.to_string_lossy().into_owned()
 }
 

@@ -14,6 +14,16 @@ mod postgres;
 
 pub use postgres::Postgres;
 
+/// The real firmware event logs the tests run against: `$SATCHEL_FIXTURES`,
+/// else `shared/fixtures/eventlogs` beside the project checkout.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    match std::env::var_os("SATCHEL_FIXTURES") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/eventlogs"),
+    }
+}
+
 use std::fs::{self, File};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -157,10 +157,7 @@ fn a_legacy_or_corrupt_log_is_refused() {
     let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
 
     let legacy = dir.path().join("legacy.log");
-    let fixtures = std::env::var_os("SATCHEL_FIXTURES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eventlogs"),
-        PathBuf::from,
-    );
+    let fixtures = tpm_sim_tests::fixtures_dir();
     std::fs::copy(fixtures.join("gce-debian10-legacy-sha1.bin"), &legacy).unwrap();
     let err = measure(&chain, &mut tpm, &legacy).unwrap_err();
     assert!(matches!(err, MeasureError::Legacy { .. }), "{err}");

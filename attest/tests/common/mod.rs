@@ -1,14 +1,6 @@
 //! Shared helpers for the event-log tests: where the real firmware logs live.
 
-use std::path::PathBuf;
-
-/// `shared/fixtures/eventlogs` beside the project checkout, or `$SATCHEL_FIXTURES`.
-pub(crate) fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("SATCHEL_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eventlogs"),
-    }
-}
+pub(crate) use tpm_sim_tests::fixtures_dir;
 
 /// The bytes of one fixture.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
