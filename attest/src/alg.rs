@@ -121,6 +121,13 @@ impl serde::Serialize for HashAlg {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for HashAlg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for HashAlg {
     type Err = UnknownHashAlg;
 

@@ -1,5 +1,5 @@
 //! Satchel's attestation crate: TCG event logs, PCR arithmetic, TPM access,
-//! and (in later work) quotes and the verifier that turns evidence into a
+//! quotes, reference manifests, and the verifier that turns evidence into a
 //! verdict.
 //!
 //! Everything outside [`tpm`] is plain functions over bytes: it needs no TPM
@@ -7,10 +7,19 @@
 //! tss-esapi, and only when the `tpm` feature (on by default) is enabled.
 
 pub mod alg;
+pub mod credential;
+pub mod ekcert;
 pub mod eventlog;
+pub mod evidence;
 pub mod pcr;
+pub mod reference;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+pub mod tpm2;
+pub mod verify;
 
 pub use alg::HashAlg;
+pub use evidence::Evidence;
 pub use pcr::PcrBanks;
+pub use reference::Reference;
+pub use verify::{verify, Verdict};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::alg::HashAlg;
 
@@ -82,5 +82,34 @@ impl Serialize for HexPcrs<'_> {
             m.serialize_entry(&i.to_string(), &hex::encode(v))?;
         }
         m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for PcrBanks {
+    /// The shape [`Serialize`] writes; every bank known, every index a PCR
+    /// (0-23), every value lowercase or uppercase hex of the bank's size.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = BTreeMap::<HashAlg, BTreeMap<String, String>>::deserialize(d)?;
+        let mut out = PcrBanks::new();
+        for (bank, values) in raw {
+            for (index, value) in values {
+                let i: u32 = index.parse().ok().filter(|i| *i <= 23).ok_or_else(|| {
+                    D::Error::custom(format!("{index:?} is not a PCR index (0-23)"))
+                })?;
+                let v = hex::decode(&value).map_err(|_| {
+                    D::Error::custom(format!("PCR {i} in bank {bank}: {value:?} is not hex"))
+                })?;
+                if v.len() != bank.digest_size() {
+                    return Err(D::Error::custom(format!(
+                        "PCR {i} in bank {bank}: {} bytes, expected {}",
+                        v.len(),
+                        bank.digest_size()
+                    )));
+                }
+                out.set(bank, i, v);
+            }
+        }
+        Ok(out)
     }
 }

@@ -18,4 +18,4 @@ pub use chain::{Chain, Content, PlannedEvent, Stage, StageKind};
 pub use error::ChainError;
 #[cfg(feature = "tpm")]
 pub use measure::{measure, MeasureError, Measured};
-pub use predict::predict;
+pub use predict::{predict, reference};

@@ -2,7 +2,7 @@
 //! base log (the firmware's, or an empty crypto-agile log), then replayed.
 
 use attest::eventlog::{replay, EventLog, ReplayOptions};
-use attest::{HashAlg, PcrBanks};
+use attest::{HashAlg, PcrBanks, Reference};
 
 use crate::chain::{Chain, PlannedEvent};
 use crate::error::ChainError;
@@ -23,6 +23,32 @@ pub fn predict(
     }
     let pcrs = replay(&log, ReplayOptions::default()).pcrs;
     Ok((log, pcrs))
+}
+
+/// The reference manifest for `chain` on top of `base` (or of an empty log
+/// of `banks`): every PCR the resulting log measures, with the expected
+/// events named by stage. Events from the base log are named
+/// `firmware #INDEX EV_TYPE`.
+pub fn reference(
+    chain: &Chain,
+    base: Option<&EventLog>,
+    banks: &[HashAlg],
+    name: &str,
+    created: String,
+) -> Result<Reference, ChainError> {
+    let base_len = base.map_or(1, |b| b.events.len());
+    let (log, _) = predict(chain, base, banks)?;
+    let planned = chain.plan(&log.banks())?;
+    let stage_of = |index: usize| match index.checked_sub(base_len) {
+        Some(i) => planned
+            .get(i)
+            .map_or_else(|| format!("event #{index}"), |e| e.stage.clone()),
+        None => log.events.get(index).map_or_else(
+            || format!("firmware #{index}"),
+            |e| format!("firmware #{index} {}", e.event_type),
+        ),
+    };
+    Ok(Reference::from_log(name, created, &log, stage_of))
 }
 
 /// Append a planned event to a log.

@@ -42,7 +42,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn init_logging(verbose: u8) {
     // sqlx reports slow statements at warn; a million-row verify is not news.
     let default = match verbose {
-        0 => "warn,sqlx=error",
+        0 => "warn,sqlx=error,tss_esapi=off",
         1 => "info,sqlx=warn",
         _ => "debug",
     };

@@ -50,6 +50,8 @@ const LOG_FILE: &str = "swtpm.log";
 const PID_FILE: &str = "swtpm.pid";
 /// Empty swtpm_setup config in the state directory (keeps /etc out of it).
 const SETUP_CONFIG: &str = "swtpm_setup.conf";
+/// Subdirectory of the state directory holding the EK certificate's CA.
+const LOCAL_CA_DIR: &str = "localca";
 
 /// A running `swtpm socket --tpm2` process owned by one test.
 ///
@@ -100,6 +102,23 @@ impl Swtpm {
         let dir = private_dir()?;
         run_swtpm_setup(dir.path(), banks)?;
         Self::start_in(dir)
+    }
+
+    /// Like [`Swtpm::start`], but first provisions the TPM as a vendor
+    /// would: `swtpm_setup --create-ek-cert` makes an RSA 2048 EK (persistent
+    /// at 0x81010001) and writes its certificate to NV index 0x01c00002,
+    /// signed by a local CA made for this TPM alone in
+    /// [`Swtpm::ek_ca_dir`]. Allocates only `banks`. Takes about 2 s.
+    pub fn start_with_ek_cert(banks: &[&str]) -> io::Result<Swtpm> {
+        let dir = private_dir()?;
+        run_swtpm_setup_ek(dir.path(), banks)?;
+        Self::start_in(dir)
+    }
+
+    /// The local CA that signed this TPM's EK certificate (only after
+    /// [`Swtpm::start_with_ek_cert`]): its certificates and keys.
+    pub fn ek_ca_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join(LOCAL_CA_DIR)
     }
 
     /// The TCTI string for this TPM, e.g. `swtpm:host=127.0.0.1,port=2321`.
@@ -231,6 +250,57 @@ fn run_swtpm_setup(dir: &Path, banks: &[&str]) -> io::Result<()> {
     Err(io::Error::other(format!(
         "swtpm_setup --pcr-banks {} failed ({}): {}{}",
         banks.join(","),
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Run `swtpm_setup --create-ek-cert` in `dir` with a private config whose
+/// local CA lives in `dir/localca` (nothing in /etc or /var/lib is used).
+fn run_swtpm_setup_ek(dir: &Path, banks: &[&str]) -> io::Result<()> {
+    let ca = dir.join(LOCAL_CA_DIR);
+    fs::create_dir_all(&ca)?;
+    let ca_conf = dir.join("swtpm-localca.conf");
+    fs::write(
+        &ca_conf,
+        format!(
+            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+            ca.display()
+        ),
+    )?;
+    let ca_options = dir.join("swtpm-localca.options");
+    fs::write(
+        &ca_options,
+        "--platform-manufacturer Satchel\n--platform-version 2.1\n--platform-model swtpm\n",
+    )?;
+    let config = dir.join(SETUP_CONFIG);
+    fs::write(
+        &config,
+        format!(
+            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\n",
+            ca_conf.display(),
+            ca_options.display()
+        ),
+    )?;
+    let out = Command::new("swtpm_setup")
+        .arg("--tpm2")
+        .arg("--tpmstate")
+        .arg(dir)
+        .arg("--pcr-banks")
+        .arg(banks.join(","))
+        .arg("--create-ek-cert")
+        .arg("--config")
+        .arg(&config)
+        .arg("--overwrite")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| explain_spawn_error("swtpm_setup", e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "swtpm_setup --create-ek-cert failed ({}): {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout).trim(),
         String::from_utf8_lossy(&out.stderr).trim()

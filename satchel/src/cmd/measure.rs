@@ -26,7 +26,7 @@ pub(crate) struct TpmArgs {
 }
 
 impl TpmArgs {
-    fn open(&self, config: Option<&std::path::Path>) -> anyhow::Result<Tpm> {
+    pub(crate) fn open(&self, config: Option<&std::path::Path>) -> anyhow::Result<Tpm> {
         let config = Config::load(config)?;
         let tcti = resolve_tcti(self.tpm.as_deref(), config.tcti.as_deref());
         Ok(Tpm::open(&tcti)?)
@@ -60,7 +60,13 @@ pub(crate) struct MeasureArgs {
 #[command(after_help = "Examples:
   satchel predict --chain examples/boot-chain/chain.toml
   satchel predict --chain chain.toml --base-log firmware.log --json
-  satchel predict --chain chain.toml --banks sha256 --json | jq -r '.pcrs.sha256[\"4\"]'")]
+  satchel predict --chain chain.toml --banks sha256 --json | jq -r '.pcrs.sha256[\"4\"]'
+  satchel keygen --out org.key
+  satchel predict --chain chain.toml --banks sha1,sha256 --sign-key org.key --out reference.json
+
+With --sign-key, the prediction becomes a reference manifest: per PCR and bank the final
+value and every expected event digest named by its stage, signed with the ed25519 key.
+`satchel attest verify` and `satchel launch` check devices against it.")]
 pub(crate) struct PredictArgs {
     /// The boot-chain file.
     #[arg(long, value_name = "FILE")]
@@ -72,8 +78,18 @@ pub(crate) struct PredictArgs {
     #[arg(long, value_delimiter = ',', default_value = "sha1,sha256")]
     banks: Vec<HashAlg>,
     /// Print {"pcrs": {bank: {index: hex}}} (the shape of `eventlog replay --json`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sign_key")]
     json: bool,
+    /// Write a signed reference manifest instead of printing predictions
+    /// (needs --out; see docs/reference-manifest.md).
+    #[arg(long, value_name = "KEY", requires = "out")]
+    sign_key: Option<PathBuf>,
+    /// Where the reference manifest goes.
+    #[arg(long, value_name = "REF", requires = "sign_key")]
+    out: Option<PathBuf>,
+    /// The manifest's name [default: the chain file's stem].
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -93,9 +109,9 @@ pub(crate) struct PcrsArgs {
 
 /// A parsed `0-7,16` list.
 #[derive(Debug, Clone)]
-pub(crate) struct PcrList(Vec<u32>);
+pub(crate) struct PcrList(pub(crate) Vec<u32>);
 
-fn parse_pcr_list(s: &str) -> Result<PcrList, String> {
+pub(crate) fn parse_pcr_list(s: &str) -> Result<PcrList, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim) {
         let (lo, hi) = part.split_once('-').unwrap_or((part, part));
@@ -169,6 +185,34 @@ pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let chain = Chain::load(&a.chain)?;
     let base = a.base_log.as_ref().map(read_log).transpose()?;
     anyhow::ensure!(!a.banks.is_empty(), "--banks names no bank");
+    if let (Some(key), Some(out)) = (&a.sign_key, &a.out) {
+        let key = audit::checkpoint::read_signing_key(key)?;
+        let name = a.name.clone().unwrap_or_else(|| {
+            a.chain
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let reference =
+            firmware_measure::reference(&chain, base.as_ref(), &a.banks, &name, created)
+                .with_context(|| format!("predicting {}", a.chain.display()))?;
+        let signed = reference.sign(&key)?;
+        super::write_atomic(out, signed.as_bytes())?;
+        println!(
+            "wrote reference manifest {} ({} PCRs, banks {}), key id {}",
+            out.display(),
+            reference.pcrs.len(),
+            reference
+                .banks
+                .iter()
+                .map(|b| b.name())
+                .collect::<Vec<_>>()
+                .join(","),
+            attest::reference::key_id(&key.verifying_key())
+        );
+        return Ok(());
+    }
     let (_, pcrs) = firmware_measure::predict(&chain, base.as_ref(), &a.banks)
         .with_context(|| format!("predicting {}", a.chain.display()))?;
     print_banks(&pcrs, a.json)

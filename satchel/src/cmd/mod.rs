@@ -1,8 +1,10 @@
 //! The command-line interface: the clap definitions and the dispatch to one
 //! module per subcommand. Help text teaches by example.
 
+mod attest;
 mod audit;
 mod eventlog;
+mod launch;
 mod measure;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +46,15 @@ enum Command {
     Audit(audit::AuditCmd),
     /// Make an ed25519 signing key (PKCS#8 PEM) and its public key (KEY.pub).
     Keygen(audit::KeygenArgs),
+    /// Remote attestation: attestation keys, quotes, the verifier, EK certificates.
+    #[command(subcommand)]
+    Attest(attest::AttestCmd),
+    /// Seal a secret (a disk key) to the current values of some PCRs.
+    Seal(launch::SealArgs),
+    /// Print a sealed secret, only while its PCRs still hold.
+    Unseal(launch::UnsealArgs),
+    /// The launch gate: check the boot chain, unseal the disk key, run the guest.
+    Launch(launch::LaunchArgs),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -80,5 +91,27 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pcrs(a) => measure::pcrs(a, config),
         Command::Audit(c) => audit::run(c),
         Command::Keygen(a) => audit::keygen(a),
+        Command::Attest(c) => attest::run(c, config),
+        Command::Seal(a) => launch::seal(a, config),
+        Command::Unseal(a) => launch::unseal(a, config),
+        Command::Launch(a) => launch::launch(a, config),
     }
+}
+
+/// Write `bytes` to `path` through a temporary file in the same directory,
+/// synced and renamed into place: a crash leaves the old file or the new
+/// one, never half of either.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| anyhow::anyhow!("cannot write in {}: {e}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
 }

@@ -23,6 +23,10 @@ use tss_esapi::{Context, TctiNameConf};
 use crate::alg::HashAlg;
 use crate::pcr::PcrBanks;
 
+mod keys;
+
+pub use keys::{AkAlg, AkFile, SealedFile, MAX_SEALED};
+
 /// The TCTI used when neither a flag nor [`TCTI_ENV`] names one: the kernel's
 /// resource manager.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
@@ -161,6 +165,18 @@ pub enum TpmError {
         /// The PCR being extended.
         pcr: u32,
     },
+    /// A secret too large (or empty) to seal.
+    #[error("a sealed secret must be 1 to {MAX_SEALED} bytes, not {size}")]
+    SecretSize {
+        /// The size given.
+        size: usize,
+    },
+    /// Unsealing refused: the PCRs no longer hold the sealed values.
+    #[error("the TPM refused to unseal: PCRs {pcrs:?} no longer hold the values sealed to")]
+    PcrPolicy {
+        /// The PCRs the secret is sealed to.
+        pcrs: Vec<u32>,
+    },
     /// The TPM answered with something that contradicts the request.
     #[error("malformed TPM response to {what}: {problem}")]
     Malformed {
@@ -176,7 +192,7 @@ pub enum TpmError {
 /// One per TCTI at a time: a raw swtpm or `/dev/tpm0` serves one client.
 #[derive(Debug)]
 pub struct Tpm {
-    ctx: Context,
+    pub(crate) ctx: Context,
     /// The allocated banks, once asked (allocation changes only at reset).
     banks: Option<Vec<HashAlg>>,
 }
@@ -269,7 +285,10 @@ impl Tpm {
     }
 
     /// [`TpmError::UnsupportedBank`] for the first of `banks` not allocated.
-    fn check_allocated(&mut self, banks: impl Iterator<Item = HashAlg>) -> Result<(), TpmError> {
+    pub(crate) fn check_allocated(
+        &mut self,
+        banks: impl Iterator<Item = HashAlg>,
+    ) -> Result<(), TpmError> {
         let mut wanted = banks.peekable();
         if wanted.peek().is_none() {
             return Ok(());
@@ -296,12 +315,12 @@ fn quiet_tss_log() {
 }
 
 /// Map a tss-esapi error to [`TpmError::Command`] for `what`.
-fn command(what: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+pub(crate) fn command(what: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| TpmError::Command { what, source }
 }
 
 /// A [`TpmError::Malformed`] for `what`.
-fn malformed(what: &'static str, problem: &'static str) -> TpmError {
+pub(crate) fn malformed(what: &'static str, problem: &'static str) -> TpmError {
     TpmError::Malformed { what, problem }
 }
 
@@ -322,7 +341,7 @@ fn from_tss(alg: HashingAlgorithm) -> Option<HashAlg> {
 }
 
 /// Reject PCR indices above [`MAX_PCR`].
-fn check_pcr(pcr: u32) -> Result<u32, TpmError> {
+pub(crate) fn check_pcr(pcr: u32) -> Result<u32, TpmError> {
     if pcr > MAX_PCR {
         Err(TpmError::PcrIndex { pcr })
     } else {
@@ -372,7 +391,7 @@ fn first_pending(pending: &BTreeMap<HashAlg, BTreeSet<u32>>) -> Option<(HashAlg,
 }
 
 /// The TPM selection for everything still pending (3-octet select: PCRs 0-23).
-fn selection_list(
+pub(crate) fn selection_list(
     pending: &BTreeMap<HashAlg, BTreeSet<u32>>,
 ) -> Result<PcrSelectionList, TpmError> {
     let mut builder =
