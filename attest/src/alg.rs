@@ -92,10 +92,28 @@ impl HashAlg {
 
     /// PCR extend: `H(old || digest)`.
     pub fn extend(self, old: &[u8], digest: &[u8]) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(old.len() + digest.len());
-        buf.extend_from_slice(old);
-        buf.extend_from_slice(digest);
-        self.hash(&buf)
+        let mut v = old.to_vec();
+        self.extend_in_place(&mut v, digest);
+        v
+    }
+
+    /// PCR extend without allocating: `value = H(value || digest)`.
+    pub fn extend_in_place(self, value: &mut Vec<u8>, digest: &[u8]) {
+        fn h<D: sha2::Digest>(value: &mut Vec<u8>, digest: &[u8]) {
+            let out = D::new()
+                .chain_update(&*value)
+                .chain_update(digest)
+                .finalize();
+            value.clear();
+            value.extend_from_slice(&out);
+        }
+        match self {
+            HashAlg::Sha1 => h::<Sha1>(value, digest),
+            HashAlg::Sha256 => h::<Sha256>(value, digest),
+            HashAlg::Sha384 => h::<Sha384>(value, digest),
+            HashAlg::Sha512 => h::<Sha512>(value, digest),
+            HashAlg::Sm3_256 => h::<Sm3>(value, digest),
+        }
     }
 
     /// A PCR's reset value with the given last byte (0 normally, the

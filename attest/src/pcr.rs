@@ -31,6 +31,11 @@ impl PcrBanks {
         self.banks.get(&bank)?.get(&index).map(Vec::as_slice)
     }
 
+    /// The value of PCR `index` in `bank`, for changing in place.
+    pub fn get_mut(&mut self, bank: HashAlg, index: u32) -> Option<&mut Vec<u8>> {
+        self.banks.get_mut(&bank)?.get_mut(&index)
+    }
+
     /// The banks that hold at least one value, in registry order.
     pub fn banks(&self) -> impl Iterator<Item = HashAlg> + '_ {
         self.banks.keys().copied()

@@ -26,7 +26,9 @@ pub use decode::{EventData, GptPartition};
 pub use error::ParseError;
 pub use event_type::{EventType, UnknownEventType};
 pub use parse::parse;
-pub use replay::{digests_of, replay, Finding, Replay, ReplayOptions, EXIT_BOOT_SERVICES};
+pub use replay::{
+    digests_of, replay, replay_banks, Finding, Replay, ReplayOptions, EXIT_BOOT_SERVICES,
+};
 pub use spec_id::{AlgorithmSize, SpecId};
 
 use crate::alg::HashAlg;

@@ -12,7 +12,9 @@ use crate::alg::HashAlg;
 const TPM_ALG_RSA: u16 = 0x0001;
 const TPM_ALG_ECC: u16 = 0x0023;
 const TPM_ALG_NULL: u16 = 0x0010;
-const TPM_ALG_ECDAA: u16 = 0x001a;
+const TPM_ALG_ECDSA: u16 = 0x0018;
+const TPM_ALG_RSASSA: u16 = 0x0014;
+const TPM_ALG_RSAPSS: u16 = 0x0016;
 const TPM_ECC_NIST_P256: u16 = 0x0003;
 /// Largest RSA modulus (4096 bits).
 const MAX_RSA: usize = 512;
@@ -28,6 +30,9 @@ const MAX_PUBLIC: usize = 1024;
 pub struct ObjectAttributes(pub u32);
 
 impl ObjectAttributes {
+    /// Bits TPM 2.0 Part 2 (TPMA_OBJECT) reserves: a TPM never sets them.
+    pub const RESERVED: u32 = 0xfff0_f309;
+
     /// The key cannot leave this TPM.
     pub fn fixed_tpm(self) -> bool {
         self.0 & (1 << 1) != 0
@@ -166,6 +171,14 @@ impl AkPublic {
         let name_alg = HashAlg::from_id(name_id)
             .ok_or_else(|| w.invalid("nameAlg", 2, format!("unknown hash 0x{name_id:04x}")))?;
         let attributes = ObjectAttributes(w.u32("objectAttributes")?);
+        let reserved = attributes.0 & ObjectAttributes::RESERVED;
+        if reserved != 0 {
+            return Err(w.invalid(
+                "objectAttributes",
+                4,
+                format!("reserved bits 0x{reserved:08x} are set"),
+            ));
+        }
         w.sized(MAX_DIGEST, "authPolicy")?;
         // TPMT_SYM_DEF_OBJECT: a signing key has none, but parse any.
         if w.u16("symmetric.algorithm")? != TPM_ALG_NULL {
@@ -174,13 +187,23 @@ impl AkPublic {
         }
         let at = w.offset();
         let scheme = w.u16("scheme")?;
+        let allowed: &[u16] = match ty {
+            TPM_ALG_ECC => &[TPM_ALG_NULL, TPM_ALG_ECDSA],
+            _ => &[TPM_ALG_NULL, TPM_ALG_RSASSA, TPM_ALG_RSAPSS],
+        };
+        if !allowed.contains(&scheme) {
+            return Err(w.invalid(
+                "scheme",
+                at,
+                format!(
+                    "0x{scheme:04x} is not a signing scheme Satchel verifies for this key type"
+                ),
+            ));
+        }
         let scheme_hash = if scheme == TPM_ALG_NULL {
             None
         } else {
             let id = w.u16("scheme.hashAlg")?;
-            if scheme == TPM_ALG_ECDAA {
-                w.u16("scheme.count")?;
-            }
             Some(
                 HashAlg::from_id(id)
                     .ok_or_else(|| w.invalid("scheme", at, format!("unknown hash 0x{id:04x}")))?,

@@ -407,7 +407,7 @@ fn activate(a: ActivateArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let mut tpm = a.tpm.open(config)?;
     let out = tpm.activate_credential(&ak, &id, &secret)?;
     match &a.out {
-        Some(p) => super::write_atomic(p, &out)?,
+        Some(p) => super::write_secret(p, &out)?,
         None => println!("{}", hex::encode(&out)),
     }
     Ok(())
