@@ -2,7 +2,11 @@
 # Satchel's main job end to end on embedded defaults: a swtpm stands in for the
 # client's TPM; the sample boot chain is measured into it and its event log;
 # the log is replayed and compared with the TPM's PCRs (ours and tpm2-tools'),
-# with the offline prediction, and a tampered stage is shown to change them.
+# with the offline prediction; the organisation signs a reference manifest; the
+# device attests (quote + verifier, cross-checked by tpm2_checkquote) and its
+# guest launches with a PCR-sealed disk key; a tampered boot is refused by both
+# the verifier and the launch gate, naming the stage; the outcomes go into the
+# tamper-evident audit log.
 # Installs what is missing and builds first. Output lands in ./demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,16 +65,67 @@ cp -r examples/boot-chain "$OUT/tampered-chain"
 printf 'X' | dd of="$OUT/tampered-chain/hypervisor.bin" bs=1 seek=0 conv=notrunc status=none
 "$SATCHEL" predict --chain "$OUT/tampered-chain/chain.toml" --banks "$BANKS" > "$OUT/predict-tampered.txt"
 diff "$OUT/predict.txt" "$OUT/predict-tampered.txt" | sed 's/^/   /' || true
-echo "-> only PCR 8 (the hypervisor's PCR) differs: the next issue's verifier names that stage."
+echo "-> only PCR 8 (the hypervisor's PCR) differs."
 
-step "7. recording the measurement in the tamper-evident audit log"
+step "7. the organisation signs what it built: a reference manifest"
+"$SATCHEL" keygen --out "$OUT/org.key"
+"$SATCHEL" predict --chain "$CHAIN" --banks sha1,sha256 --sign-key "$OUT/org.key" --out "$OUT/reference.json"
+
+step "8. remote attestation: an AK, a quote over a fresh nonce, the verifier"
+"$SATCHEL" attest ak --out "$OUT/ak.json"
+NONCE=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+"$SATCHEL" attest quote --ak "$OUT/ak.json" --nonce "$NONCE" --pcrs 0-9,13 --log "$OUT/boot.log" --out "$OUT/evidence.json"
+"$SATCHEL" attest verify --evidence "$OUT/evidence.json" --nonce "$NONCE" \
+  --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub"
+python3 - "$OUT" <<'PY'
+import base64, json, sys
+out = sys.argv[1]; e = json.load(open(f"{out}/evidence.json"))
+open(f"{out}/quote.bin", "wb").write(base64.b64decode(e["quote"]))
+open(f"{out}/quote.sig", "wb").write(base64.b64decode(e["signature"]))
+open(f"{out}/ak.pem", "w").write(e["ak_pem"])
+PY
+tpm2_checkquote -u "$OUT/ak.pem" -m "$OUT/quote.bin" -s "$OUT/quote.sig" -q "$NONCE" -g sha256 >/dev/null
+echo "OK: tpm2_checkquote (tpm2-tools) accepts the same quote and signature"
+
+step "9. the launch gate: a disk key sealed to PCRs 4,8,9 reaches the guest only on this chain"
+head -c 32 /dev/urandom > "$OUT/disk.key"
+"$SATCHEL" seal --pcrs 4,8,9 --in "$OUT/disk.key" --out "$OUT/disk.sealed"
+"$SATCHEL" launch --log "$OUT/boot.log" --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" \
+  --sealed "$OUT/disk.sealed" -- sh -c 'echo "guest: started with a $(wc -c < "$SATCHEL_KEY_FILE")-byte disk key at $SATCHEL_KEY_FILE -> $(readlink "$SATCHEL_KEY_FILE")"'
+
+step "10. a tampered boot (the hypervisor from step 6) on another machine"
+stop_swtpm
+start_swtpm "$OUT/swtpm-tampered"
+export SATCHEL_TPM=$SWTPM_TCTI
+"$SATCHEL" measure --chain "$OUT/tampered-chain/chain.toml" --log "$OUT/boot-tampered.log" >/dev/null
+"$SATCHEL" attest ak --out "$OUT/ak-tampered.json" >/dev/null
+"$SATCHEL" seal --pcrs 4,8,9 --in "$OUT/disk.key" --out "$OUT/disk-tampered.sealed" >/dev/null
+"$SATCHEL" attest quote --ak "$OUT/ak-tampered.json" --nonce "$NONCE" --pcrs 0-9,13 \
+  --log "$OUT/boot-tampered.log" --out "$OUT/evidence-tampered.json" >/dev/null
+set +e
+"$SATCHEL" attest verify --evidence "$OUT/evidence-tampered.json" --nonce "$NONCE" \
+  --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub"
+VERIFY=$?
+"$SATCHEL" launch --log "$OUT/boot-tampered.log" --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" \
+  --sealed "$OUT/disk-tampered.sealed" -- sh -c 'echo "guest: started (this must not happen)"'
+LAUNCH=$?
+set -e
+if [ "$VERIFY" = 1 ] && [ "$LAUNCH" = 1 ]; then
+  echo "OK: attestation (exit $VERIFY) and launch (exit $LAUNCH) refused, naming the stage"
+else
+  echo "a tampered chain was not refused (verify $VERIFY, launch $LAUNCH)" >&2; exit 1
+fi
+
+step "11. recording the outcomes in the tamper-evident audit log"
 AUDIT_DB="sqlite:$OUT/audit.db"
 "$SATCHEL" keygen --out "$OUT/audit.key"
 PCR8=$(awk '/^sha256:/{b=1} b && $1 == "8:" {print $2; exit}' "$OUT/replay.txt")
 "$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind measurement \
   --actor device:demo --subject boot-chain --decision agree --details "{\"pcr8_sha256\": \"$PCR8\"}" >/dev/null
-"$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind measurement \
-  --actor device:demo --subject tampered-chain --decision differs --details '{"pcr": 8}' >/dev/null
+"$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind attestation \
+  --actor gateway:demo --subject device:demo --decision trusted --details '{"reference": "chain"}' >/dev/null
+"$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind attestation \
+  --actor gateway:demo --subject device:tampered --decision refused --details '{"pcr": 8, "stage": "hypervisor"}' >/dev/null
 "$SATCHEL" audit list --db "$AUDIT_DB"
 "$SATCHEL" audit verify --db "$AUDIT_DB" --pubkey "$OUT/audit.key.pub"
 "$SATCHEL" audit export --db "$AUDIT_DB" --out "$OUT/audit.jsonl" >/dev/null

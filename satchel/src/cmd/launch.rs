@@ -146,7 +146,12 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
         for f in &failures {
             eprintln!("  {f}");
         }
-        let stages: Vec<&str> = failures.iter().filter_map(|f| f.stage.as_deref()).collect();
+        let mut stages: Vec<&str> = Vec::new();
+        for s in failures.iter().filter_map(|f| f.stage.as_deref()) {
+            if !stages.contains(&s) {
+                stages.push(s);
+            }
+        }
         return Err(refused(format!(
             "launch refused: {} failures{}",
             failures.len(),
