@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::alg::HashAlg;
-use crate::eventlog::{self, EventLog};
+use crate::eventlog::{self, BorrowedLog, LogEvent as _};
 use crate::evidence::Evidence;
 use crate::pcr::PcrBanks;
 use crate::reference::Reference;
@@ -316,9 +316,10 @@ fn check_selection(q: &Quote, evidence: &Evidence, failures: &mut Vec<Failure>) 
 
 /// One log made of several (firmware's, then Satchel's own): the events of
 /// the later logs appended, in order, to the first.
-pub fn combine_logs(logs: &[Vec<u8>]) -> Result<EventLog, Failure> {
+pub fn combine_logs(logs: &[Vec<u8>]) -> Result<BorrowedLog<'_>, Failure> {
     let mut parsed = logs.iter().enumerate().map(|(i, b)| {
-        eventlog::parse(b).map_err(|e| Failure::new(Check::EventLog, format!("event log {i}: {e}")))
+        eventlog::parse_borrowed(b)
+            .map_err(|e| Failure::new(Check::EventLog, format!("event log {i}: {e}")))
     });
     let mut out = match parsed.next() {
         Some(first) => first?,
@@ -332,19 +333,28 @@ pub fn combine_logs(logs: &[Vec<u8>]) -> Result<EventLog, Failure> {
                 format!("event log {} has other banks than event log 0", i + 1),
             ));
         }
-        for e in next.measured_events() {
-            out.push(e.pcr, e.event_type, e.digests.clone(), e.data.clone());
-        }
+        out.events.extend(
+            next.events
+                .into_iter()
+                .filter(|e| e.event_type != eventlog::EventType::EV_NO_ACTION),
+        );
     }
     Ok(out)
 }
 
 /// Compare a log's replay with PCR values read from the TPM or quoted
 /// (`source` says which, for messages): every value must be explained.
-pub fn compare_replay(log: &EventLog, values: &PcrBanks, source: &str) -> Vec<Failure> {
-    let wanted: Vec<HashAlg> = values.banks().collect();
-    let replayed = eventlog::replay_banks(log, Default::default(), &wanted, false).pcrs;
+pub fn compare_replay(log: &BorrowedLog<'_>, values: &PcrBanks, source: &str) -> Vec<Failure> {
     let log_banks = log.banks();
+    let wanted: Vec<HashAlg> = values.banks().filter(|b| log_banks.contains(b)).collect();
+    let replayed = eventlog::replay_events(
+        &log.events,
+        log.spec_id.as_ref(),
+        &wanted,
+        Default::default(),
+        false,
+    )
+    .pcrs;
     let mut out = Vec::new();
     for (bank, pcr, value) in values.iter() {
         if !log_banks.contains(&bank) {
@@ -388,7 +398,7 @@ pub fn compare_replay(log: &EventLog, values: &PcrBanks, source: &str) -> Vec<Fa
 pub fn compare_reference(
     reference: &Reference,
     values: &PcrBanks,
-    log: Option<&EventLog>,
+    log: Option<&BorrowedLog<'_>>,
 ) -> Vec<Failure> {
     let mut out = Vec::new();
     let banks: Vec<HashAlg> = values
@@ -455,14 +465,19 @@ pub fn compare_reference(
 }
 
 /// The stages of `pcr` whose logged digest differs from the reference's.
-fn stage_failures(reference: &Reference, log: &EventLog, pcr: u32, bank: HashAlg) -> Vec<Failure> {
+fn stage_failures(
+    reference: &Reference,
+    log: &BorrowedLog<'_>,
+    pcr: u32,
+    bank: HashAlg,
+) -> Vec<Failure> {
     let Some(want) = reference.pcrs.get(&pcr) else {
         return Vec::new();
     };
     let logged: Vec<&[u8]> = log
         .measured_events()
         .filter(|e| e.pcr == pcr)
-        .map(|e| e.digest(bank).unwrap_or_default())
+        .map(|e| e.digest_of(bank).unwrap_or_default())
         .collect();
     let mut out = Vec::new();
     for (i, r) in want.events.iter().enumerate() {

@@ -25,9 +25,9 @@ use serde::Serialize;
 pub use decode::{EventData, GptPartition};
 pub use error::ParseError;
 pub use event_type::{EventType, UnknownEventType};
-pub use parse::parse;
+pub use parse::{parse, parse_borrowed};
 pub use replay::{
-    digests_of, replay, replay_banks, Finding, Replay, ReplayOptions, EXIT_BOOT_SERVICES,
+    digests_of, replay, replay_events, Finding, LogEvent, Replay, ReplayOptions, EXIT_BOOT_SERVICES,
 };
 pub use spec_id::{AlgorithmSize, SpecId};
 
@@ -92,6 +92,90 @@ impl Event {
     }
 }
 
+/// One event borrowed from a log's bytes: what [`parse_borrowed`] yields,
+/// with no allocation per event. [`EventRef::to_owned`] makes an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Position in the file (the Spec ID header is event 0).
+    pub index: usize,
+    /// Byte offset of the event's first byte.
+    pub offset: usize,
+    /// The PCR.
+    pub pcr: u32,
+    /// The event type.
+    pub event_type: EventType,
+    /// (TPM_ALG_ID, digest) pairs, in file order.
+    pub digests: smallvec::SmallVec<[(u16, &'a [u8]); 4]>,
+    /// The event data.
+    pub data: &'a [u8],
+}
+
+impl EventRef<'_> {
+    /// The owned event.
+    pub fn to_owned(&self) -> Event {
+        Event {
+            index: self.index,
+            offset: self.offset,
+            pcr: self.pcr,
+            event_type: self.event_type,
+            digests: self
+                .digests
+                .iter()
+                .map(|(alg_id, d)| EventDigest {
+                    alg_id: *alg_id,
+                    digest: d.to_vec(),
+                })
+                .collect(),
+            data: self.data.to_vec(),
+        }
+    }
+}
+
+/// A log whose events borrow its bytes (see [`parse_borrowed`]): for
+/// verifiers that replay many logs and keep none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BorrowedLog<'a> {
+    /// The layout.
+    pub format: LogFormat,
+    /// The Spec ID header of a crypto-agile log.
+    pub spec_id: Option<SpecId>,
+    /// Every event in file order, the header event included.
+    pub events: Vec<EventRef<'a>>,
+    /// Bytes of padding after the last event.
+    pub trailing_padding: usize,
+}
+
+impl<'a> BorrowedLog<'a> {
+    /// The banks a replay computes (see [`EventLog::banks`]).
+    pub fn banks(&self) -> Vec<HashAlg> {
+        banks_of(self.spec_id.as_ref())
+    }
+
+    /// The events a replay extends.
+    pub fn measured_events(&self) -> impl Iterator<Item = &EventRef<'a>> {
+        self.events
+            .iter()
+            .filter(|e| e.event_type != EventType::EV_NO_ACTION)
+    }
+
+    /// The owned log.
+    pub fn to_owned(&self) -> EventLog {
+        EventLog {
+            format: self.format,
+            spec_id: self.spec_id.clone(),
+            events: self.events.iter().map(EventRef::to_owned).collect(),
+            trailing_padding: self.trailing_padding,
+        }
+    }
+}
+
+fn banks_of(spec: Option<&SpecId>) -> Vec<HashAlg> {
+    match spec {
+        Some(s) => s.algorithms.iter().filter_map(AlgorithmSize::alg).collect(),
+        None => vec![HashAlg::Sha1],
+    }
+}
+
 /// A parsed event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventLog {
@@ -132,10 +216,7 @@ impl EventLog {
     /// The banks a replay computes: those the header declares and Satchel
     /// knows (SHA-1 for a legacy log).
     pub fn banks(&self) -> Vec<HashAlg> {
-        match &self.spec_id {
-            Some(s) => s.algorithms.iter().filter_map(AlgorithmSize::alg).collect(),
-            None => vec![HashAlg::Sha1],
-        }
+        banks_of(self.spec_id.as_ref())
     }
 
     /// Append an event, filling in its index and offset; returns the new event.

@@ -4,7 +4,7 @@
 use super::error::ParseError;
 use super::reader::Reader;
 use super::spec_id::SpecId;
-use super::{Event, EventDigest, EventLog, EventType, LogFormat};
+use super::{BorrowedLog, EventLog, EventRef, EventType, LogFormat};
 use crate::alg::HashAlg;
 
 /// Highest PCR index a PC Client TPM has.
@@ -16,6 +16,12 @@ const MAX_PCR: u32 = 23;
 /// data starts with "Spec ID Event03" opens a crypto-agile log; anything
 /// else is read as a legacy log.
 pub fn parse(bytes: &[u8]) -> Result<EventLog, ParseError> {
+    parse_borrowed(bytes).map(|log| log.to_owned())
+}
+
+/// [`parse`] without copying: the events borrow `bytes`. Same checks, same
+/// errors.
+pub fn parse_borrowed(bytes: &[u8]) -> Result<BorrowedLog<'_>, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
@@ -23,9 +29,9 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, ParseError> {
     let first = legacy_event(&mut r, 0)?;
     let spec_id = if first.pcr == 0
         && first.event_type == EventType::EV_NO_ACTION
-        && SpecId::is_spec_id(&first.data)
+        && SpecId::is_spec_id(first.data)
     {
-        Some(SpecId::parse(&first.data, first.offset + 32)?)
+        Some(SpecId::parse(first.data, first.offset + 32)?)
     } else {
         None
     };
@@ -44,7 +50,7 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, ParseError> {
         };
         events.push(event);
     };
-    Ok(EventLog {
+    Ok(BorrowedLog {
         format: if spec_id.is_some() {
             LogFormat::CryptoAgile
         } else {
@@ -76,31 +82,32 @@ fn pcr_and_type(r: &mut Reader<'_>, index: usize) -> Result<(u32, EventType), Pa
 }
 
 /// TCG_PCR_EVENT: PCR index, type, SHA-1 digest, sized data.
-fn legacy_event(r: &mut Reader<'_>, index: usize) -> Result<Event, ParseError> {
+fn legacy_event<'a>(r: &mut Reader<'a>, index: usize) -> Result<EventRef<'a>, ParseError> {
     let offset = r.offset();
     let (pcr, event_type) = pcr_and_type(r, index)?;
-    let digest = r.take(20, "SHA-1 digest")?.to_vec();
-    let data = r.sized_u32("event data")?.to_vec();
-    Ok(Event {
+    let digest = r.take(20, "SHA-1 digest")?;
+    let data = r.sized_u32("event data")?;
+    Ok(EventRef {
         index,
         offset,
         pcr,
         event_type,
-        digests: vec![EventDigest {
-            alg_id: HashAlg::Sha1.id(),
-            digest,
-        }],
+        digests: smallvec::smallvec![(HashAlg::Sha1.id(), digest)],
         data,
     })
 }
 
 /// TCG_PCR_EVENT2: PCR index, type, TPML_DIGEST_VALUES, sized data.
-fn agile_event(r: &mut Reader<'_>, index: usize, spec: &SpecId) -> Result<Event, ParseError> {
+fn agile_event<'a>(
+    r: &mut Reader<'a>,
+    index: usize,
+    spec: &SpecId,
+) -> Result<EventRef<'a>, ParseError> {
     let offset = r.offset();
     let (pcr, event_type) = pcr_and_type(r, index)?;
     let digests = digest_values(r, index, spec)?;
-    let data = r.sized_u32("event data")?.to_vec();
-    Ok(Event {
+    let data = r.sized_u32("event data")?;
+    Ok(EventRef {
         index,
         offset,
         pcr,
@@ -110,11 +117,13 @@ fn agile_event(r: &mut Reader<'_>, index: usize, spec: &SpecId) -> Result<Event,
     })
 }
 
-fn digest_values(
-    r: &mut Reader<'_>,
+type Digests<'a> = smallvec::SmallVec<[(u16, &'a [u8]); 4]>;
+
+fn digest_values<'a>(
+    r: &mut Reader<'a>,
     index: usize,
     spec: &SpecId,
-) -> Result<Vec<EventDigest>, ParseError> {
+) -> Result<Digests<'a>, ParseError> {
     let offset = r.offset();
     let count = r.u32("digest count")?;
     let declared = spec.algorithms.len();
@@ -126,11 +135,11 @@ fn digest_values(
             declared,
         });
     }
-    let mut digests: Vec<EventDigest> = Vec::with_capacity(count as usize);
+    let mut digests = Digests::new();
     for _ in 0..count {
         let at = r.offset();
         let alg_id = r.u16("digest algorithm")?;
-        if digests.iter().any(|d| d.alg_id == alg_id) {
+        if digests.iter().any(|d| d.0 == alg_id) {
             return Err(ParseError::DuplicateAlg {
                 offset: at,
                 index,
@@ -142,8 +151,8 @@ fn digest_values(
             index,
             alg: alg_id,
         })?;
-        let digest = r.take(size, "digest")?.to_vec();
-        digests.push(EventDigest { alg_id, digest });
+        let digest = r.take(size, "digest")?;
+        digests.push((alg_id, digest));
     }
     Ok(digests)
 }

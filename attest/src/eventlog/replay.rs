@@ -13,7 +13,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::decode::efi_variable_data;
-use super::{Event, EventDigest, EventLog, EventType};
+use super::spec_id::SpecId;
+use super::{Event, EventDigest, EventLog, EventRef, EventType};
 use crate::alg::HashAlg;
 use crate::pcr::PcrBanks;
 
@@ -110,50 +111,122 @@ pub struct Replay {
     pub findings: Vec<Finding>,
 }
 
-/// Replay `log`: extend every measured event's digests into its PCR, bank by bank.
-pub fn replay(log: &EventLog, options: ReplayOptions) -> Replay {
-    replay_banks(log, options, &log.banks(), true)
+/// What replay needs of an event: owned ([`Event`]) or borrowed ([`EventRef`]).
+pub trait LogEvent {
+    /// Position in the log.
+    fn index(&self) -> usize;
+    /// Byte offset in the log.
+    fn offset(&self) -> usize;
+    /// The PCR.
+    fn pcr(&self) -> u32;
+    /// The event type.
+    fn event_type(&self) -> EventType;
+    /// The event data.
+    fn data(&self) -> &[u8];
+    /// The digest for `alg`, if present.
+    fn digest_of(&self, alg: HashAlg) -> Option<&[u8]>;
+    /// Every (TPM_ALG_ID, digest) pair.
+    fn digest_list(&self) -> impl Iterator<Item = (u16, &[u8])>;
 }
 
-/// [`replay`] limited to `banks` (those the log lacks are skipped), and
-/// without the digest-of-data checks unless `check_data` is set: what a
-/// verifier needs when it compares only the quoted banks.
-pub fn replay_banks(
-    log: &EventLog,
-    options: ReplayOptions,
+impl LogEvent for Event {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn offset(&self) -> usize {
+        self.offset
+    }
+    fn pcr(&self) -> u32 {
+        self.pcr
+    }
+    fn event_type(&self) -> EventType {
+        self.event_type
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn digest_of(&self, alg: HashAlg) -> Option<&[u8]> {
+        self.digest(alg)
+    }
+    fn digest_list(&self) -> impl Iterator<Item = (u16, &[u8])> {
+        self.digests.iter().map(|d| (d.alg_id, d.digest.as_slice()))
+    }
+}
+
+impl LogEvent for EventRef<'_> {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn offset(&self) -> usize {
+        self.offset
+    }
+    fn pcr(&self) -> u32 {
+        self.pcr
+    }
+    fn event_type(&self) -> EventType {
+        self.event_type
+    }
+    fn data(&self) -> &[u8] {
+        self.data
+    }
+    fn digest_of(&self, alg: HashAlg) -> Option<&[u8]> {
+        let id = alg.id();
+        self.digests.iter().find(|d| d.0 == id).map(|d| d.1)
+    }
+    fn digest_list(&self) -> impl Iterator<Item = (u16, &[u8])> {
+        self.digests.iter().map(|d| (d.0, d.1))
+    }
+}
+
+/// Replay `log`: extend every measured event's digests into its PCR, bank by bank.
+pub fn replay(log: &EventLog, options: ReplayOptions) -> Replay {
+    replay_events(
+        &log.events,
+        log.spec_id.as_ref(),
+        &log.banks(),
+        options,
+        true,
+    )
+}
+
+/// Replay `events` (a log's, header included) in `banks`, for owned or
+/// borrowed events. `spec` is the log's Spec ID header (None for a legacy
+/// log). The digest-of-data checks run only when `check_data` is set: a
+/// verifier comparing PCR values does not need those findings.
+pub fn replay_events<E: LogEvent>(
+    events: &[E],
+    spec: Option<&SpecId>,
     banks: &[HashAlg],
+    options: ReplayOptions,
     check_data: bool,
 ) -> Replay {
-    let log_banks = log.banks();
-    let banks: Vec<HashAlg> = banks
-        .iter()
-        .copied()
-        .filter(|b| log_banks.contains(b))
-        .collect();
-    let mut findings = unknown_banks(log);
-    let locality = pcr0_locality(log);
+    let mut findings = unknown_banks(spec);
+    let locality = pcr0_locality(events);
     let mut pcrs = PcrBanks::new();
     if let Some(l) = locality {
-        for &bank in &banks {
+        for &bank in banks {
             pcrs.set(bank, 0, bank.reset_value(l));
         }
     }
-    for event in log.measured_events() {
+    for event in events
+        .iter()
+        .filter(|e| e.event_type() != EventType::EV_NO_ACTION)
+    {
         if check_data {
             check_digests(event, &mut findings);
         }
-        for &bank in &banks {
-            match event.digest(bank) {
-                Some(d) => extend(&mut pcrs, bank, event.pcr, d, locality),
+        for &bank in banks {
+            match event.digest_of(bank) {
+                Some(d) => extend(&mut pcrs, bank, event.pcr(), d, locality),
                 None => findings.push(Finding::MissingDigest {
-                    event: event.index,
-                    offset: event.offset,
+                    event: event.index(),
+                    offset: event.offset(),
                     bank,
                 }),
             }
         }
     }
-    exit_boot_services(log, options, &banks, &mut pcrs, &mut findings);
+    exit_boot_services(events, options, banks, &mut pcrs, &mut findings);
     Replay {
         pcrs,
         pcr0_locality: locality.filter(|&l| l != 0),
@@ -170,9 +243,8 @@ fn extend(pcrs: &mut PcrBanks, bank: HashAlg, pcr: u32, digest: &[u8], locality:
     pcrs.set(bank, pcr, bank.extend(&bank.reset_value(start), digest));
 }
 
-fn unknown_banks(log: &EventLog) -> Vec<Finding> {
-    log.spec_id
-        .iter()
+fn unknown_banks(spec: Option<&SpecId>) -> Vec<Finding> {
+    spec.iter()
         .flat_map(|s| s.algorithms.iter())
         .filter(|a| a.alg().is_none())
         .map(|a| Finding::UnknownBank { alg_id: a.alg_id })
@@ -181,14 +253,14 @@ fn unknown_banks(log: &EventLog) -> Vec<Finding> {
 
 /// PCR 0's starting locality: 4 with an H-CRTM event, else the StartupLocality
 /// event's locality if it comes before PCR 0's first measurement.
-fn pcr0_locality(log: &EventLog) -> Option<u8> {
-    let pcr0 = || log.events.iter().filter(|e| e.pcr == 0);
-    if pcr0().any(|e| e.event_type == EventType::EV_EFI_HCRTM_EVENT) {
+fn pcr0_locality<E: LogEvent>(events: &[E]) -> Option<u8> {
+    let pcr0 = || events.iter().filter(|e| e.pcr() == 0);
+    if pcr0().any(|e| e.event_type() == EventType::EV_EFI_HCRTM_EVENT) {
         return Some(4);
     }
     pcr0()
-        .take_while(|e| e.event_type == EventType::EV_NO_ACTION)
-        .find_map(|e| match e.data.as_slice() {
+        .take_while(|e| e.event_type() == EventType::EV_NO_ACTION)
+        .find_map(|e| match e.data() {
             [b'S', b't', b'a', b'r', b't', b'u', b'p', b'L', b'o', b'c', b'a', b'l', b'i', b't', b'y', 0, l] => {
                 Some(*l)
             }
@@ -197,46 +269,48 @@ fn pcr0_locality(log: &EventLog) -> Option<u8> {
 }
 
 /// For types whose digest is the hash of their own data, check each bank.
-fn check_digests(event: &Event, findings: &mut Vec<Finding>) {
-    let alternatives: Vec<&[u8]> = match event.event_type {
+fn check_digests<E: LogEvent>(event: &E, findings: &mut Vec<Finding>) {
+    let alternatives: Vec<&[u8]> = match event.event_type() {
         EventType::EV_SEPARATOR | EventType::EV_ACTION | EventType::EV_EFI_ACTION => {
-            vec![&event.data]
+            vec![event.data()]
         }
         // edk2 hashes only the variable's data for Boot#### variables; the
         // specification hashes the whole UEFI_VARIABLE_DATA. Accept both.
         t if t.is_efi_variable() => {
-            let mut v: Vec<&[u8]> = vec![&event.data];
-            v.extend(efi_variable_data(&event.data));
+            let mut v: Vec<&[u8]> = vec![event.data()];
+            v.extend(efi_variable_data(event.data()));
             v
         }
         _ => return,
     };
-    for d in &event.digests {
-        let Some(alg) = d.alg() else { continue };
-        if !alternatives.iter().any(|data| alg.hash(data) == d.digest) {
+    for (alg_id, digest) in event.digest_list() {
+        let Some(alg) = HashAlg::from_id(alg_id) else {
+            continue;
+        };
+        if !alternatives.iter().any(|data| alg.hash(data) == digest) {
             findings.push(Finding::DigestMismatch {
-                event: event.index,
-                offset: event.offset,
-                pcr: event.pcr,
-                event_type: event.event_type,
+                event: event.index(),
+                offset: event.offset(),
+                pcr: event.pcr(),
+                event_type: event.event_type(),
                 bank: alg,
             });
         }
     }
 }
 
-fn exit_boot_services(
-    log: &EventLog,
+fn exit_boot_services<E: LogEvent>(
+    events: &[E],
     options: ReplayOptions,
     banks: &[HashAlg],
     pcrs: &mut PcrBanks,
     findings: &mut Vec<Finding>,
 ) {
-    let is_uefi = log.events.iter().any(|e| e.event_type.0 & 0x8000_0000 != 0);
-    let has_ebs = log.events.iter().any(|e| {
-        e.pcr == 5
-            && e.event_type == EventType::EV_EFI_ACTION
-            && e.data.starts_with(EXIT_BOOT_SERVICES[0].as_bytes())
+    let is_uefi = events.iter().any(|e| e.event_type().0 & 0x8000_0000 != 0);
+    let has_ebs = events.iter().any(|e| {
+        e.pcr() == 5
+            && e.event_type() == EventType::EV_EFI_ACTION
+            && e.data().starts_with(EXIT_BOOT_SERVICES[0].as_bytes())
     });
     if !is_uefi || has_ebs {
         return;
