@@ -1,0 +1,435 @@
+//! URL canonicalisation and URL rule patterns.
+//!
+//! A request URL is parsed with the WHATWG URL parser (the `url` crate, as
+//! browsers do), then made canonical so that one resource has one spelling:
+//! scheme and host lower-cased, IDNA labels in punycode, one trailing dot
+//! dropped, the port made explicit, `.`/`..` (also `%2e`) resolved,
+//! percent-escapes of unreserved characters decoded and the rest upper-cased,
+//! and IP literals in every form (decimal `2130706433`, octal `0177.0.0.1`,
+//! hex `0x7f.1`, short forms, IPv6, IPv4-mapped IPv6) reduced to one address.
+//! URLs with user info (`https://good.example@evil.example/`) are refused.
+//!
+//! A rule's host is a name (exact, or `*.suffix` for any name strictly under
+//! the suffix) or an IP literal. A request whose host is an IP literal never
+//! matches a name rule, whatever the digits look like.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::glob::glob_match;
+
+/// A URL that is not usable as a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// The WHATWG parser refused it.
+    #[error("{url:?} is not a URL: {reason}")]
+    Syntax {
+        /// The input.
+        url: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// Not http or https.
+    #[error("{url:?}: scheme {scheme:?} is not http or https")]
+    Scheme {
+        /// The input.
+        url: String,
+        /// The scheme.
+        scheme: String,
+    },
+    /// `user:password@` before the host: a classic way to disguise a host.
+    #[error("{url:?} carries user info before the host; refused")]
+    UserInfo {
+        /// The input.
+        url: String,
+    },
+    /// No host.
+    #[error("{url:?} has no host")]
+    NoHost {
+        /// The input.
+        url: String,
+    },
+    /// A rule object that is not `scheme://HOST[:PORT]/PATH-GLOB`.
+    #[error("URL rule {rule:?}: {reason}")]
+    Rule {
+        /// The rule object.
+        rule: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A canonical host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A DNS name: lower case, punycode, no trailing dot.
+    Name(String),
+    /// An IPv4 address (IPv4-mapped IPv6 addresses become this).
+    V4(Ipv4Addr),
+    /// An IPv6 address.
+    V6(Ipv6Addr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::V4(a) => write!(f, "{a}"),
+            Host::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// A canonical request URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CanonicalUrl {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The host.
+    pub host: Host,
+    /// The port, always explicit.
+    pub port: u16,
+    /// The path: absolute, dot segments resolved, escapes normalised. The
+    /// query is not part of it (rules match paths).
+    pub path: String,
+}
+
+impl fmt::Display for CanonicalUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}:{}{}",
+            self.scheme, self.host, self.port, self.path
+        )
+    }
+}
+
+impl CanonicalUrl {
+    /// Canonicalise a request URL.
+    pub fn parse(input: &str) -> Result<CanonicalUrl, UrlError> {
+        let url = url::Url::parse(input.trim()).map_err(|e| UrlError::Syntax {
+            url: input.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let scheme = url.scheme().to_owned();
+        if scheme != "http" && scheme != "https" {
+            return Err(UrlError::Scheme {
+                url: input.to_owned(),
+                scheme,
+            });
+        }
+        if !url.username().is_empty() || url.password().is_some() || has_empty_userinfo(input) {
+            return Err(UrlError::UserInfo {
+                url: input.to_owned(),
+            });
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => name_or_ip(d),
+            Some(url::Host::Ipv4(a)) => Host::V4(a),
+            Some(url::Host::Ipv6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => Host::V4(v4),
+                None => Host::V6(a),
+            },
+            None => {
+                return Err(UrlError::NoHost {
+                    url: input.to_owned(),
+                })
+            }
+        };
+        let port = url.port_or_known_default().unwrap_or(0);
+        Ok(CanonicalUrl {
+            scheme,
+            host,
+            port,
+            path: normalise_escapes(url.path()),
+        })
+    }
+}
+
+/// `https://@host/`: the WHATWG parser drops an empty user info silently;
+/// refuse it too, since it only ever appears in tricks.
+fn has_empty_userinfo(input: &str) -> bool {
+    let Some(rest) = input.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
+}
+
+/// A domain as the parser left it: lower case and punycode already; drop
+/// one trailing dot.
+fn name_or_ip(d: &str) -> Host {
+    let d = d.strip_suffix('.').unwrap_or(d);
+    match d.parse::<Ipv4Addr>() {
+        Ok(a) => Host::V4(a),
+        Err(_) => Host::Name(d.to_owned()),
+    }
+}
+
+/// Decode `%XX` escapes of unreserved characters (RFC 3986 §2.3) and
+/// upper-case the hex digits of the others.
+fn normalise_escapes(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
+        {
+            let hex = &path[i + 1..i + 3];
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(v));
+                } else {
+                    out.push('%');
+                    out.push_str(&hex.to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Multi-byte characters are already escaped by the parser; copy
+        // byte-wise safely through chars.
+        let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// A rule's host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// Exactly this host (a name or an IP literal).
+    Exact(Host),
+    /// Any name strictly under this suffix (`*.example.org`: `a.example.org`,
+    /// `a.b.example.org`; not `example.org`, not `evil-example.org`).
+    Under(String),
+}
+
+/// A URL rule object: `scheme://HOST[:PORT]/PATH-GLOB`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UrlPattern {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The host.
+    pub host: HostPattern,
+    /// The port (the scheme's default when the rule names none).
+    pub port: u16,
+    /// The path glob (`*` matches anything, `/` included).
+    pub path: String,
+}
+
+impl UrlPattern {
+    /// Parse a rule object.
+    pub fn parse(rule: &str) -> Result<UrlPattern, UrlError> {
+        let err = |reason: &str| UrlError::Rule {
+            rule: rule.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = rule
+            .split_once("://")
+            .ok_or_else(|| err("no scheme (expected scheme://HOST/PATH)"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(err("the scheme is not http or https")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(err("user info is not allowed"));
+        }
+        if let Some(suffix) = authority.strip_prefix("*.") {
+            let (suffix, port) = split_port(suffix).map_err(|r| err(&r))?;
+            // Canonicalise the suffix as a host would be.
+            let probe = CanonicalUrl::parse(&format!("{scheme}://x.{suffix}/"))
+                .map_err(|e| err(&e.to_string()))?;
+            let Host::Name(n) = probe.host else {
+                return Err(err("*. must be followed by a DNS name"));
+            };
+            let suffix = n.strip_prefix("x.").unwrap_or(&n).to_owned();
+            return Ok(UrlPattern {
+                scheme,
+                host: HostPattern::Under(suffix),
+                port: port.unwrap_or(default_port),
+                path: path.to_owned(),
+            });
+        }
+        if authority.contains('*') {
+            return Err(err(
+                "a host may only start with *. (any name under a suffix)",
+            ));
+        }
+        let probe = CanonicalUrl::parse(&format!("{scheme}://{authority}/"))
+            .map_err(|e| err(&e.to_string()))?;
+        Ok(UrlPattern {
+            scheme,
+            host: HostPattern::Exact(probe.host),
+            port: probe.port,
+            path: canonical_glob(path),
+        })
+    }
+
+    /// Whether a canonical request matches.
+    pub fn matches(&self, url: &CanonicalUrl) -> bool {
+        if self.scheme != url.scheme || self.port != url.port {
+            return false;
+        }
+        let host_ok = match (&self.host, &url.host) {
+            (HostPattern::Exact(h), u) => h == u,
+            (HostPattern::Under(suffix), Host::Name(n)) => n
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            // An IP literal never matches a name rule.
+            (HostPattern::Under(_), _) => false,
+        };
+        host_ok && glob_match(&self.path, &url.path)
+    }
+}
+
+/// `host:port` -> (host, port).
+fn split_port(a: &str) -> Result<(&str, Option<u16>), String> {
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || a.starts_with('[') => p
+            .parse::<u16>()
+            .map(|p| (h, Some(p)))
+            .map_err(|_| format!("port {p:?} is not a number")),
+        _ => Ok((a, None)),
+    }
+}
+
+/// A rule's path glob normalised like request paths (escapes), keeping `*`.
+fn canonical_glob(path: &str) -> String {
+    normalise_escapes(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(u: &str) -> String {
+        CanonicalUrl::parse(u)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|e| format!("ERR {e}"))
+    }
+
+    #[test]
+    fn canonical_forms() {
+        for (input, want) in [
+            (
+                "HTTPS://EN.Wikipedia.ORG/wiki/X",
+                "https://en.wikipedia.org:443/wiki/X",
+            ),
+            (
+                "https://en.wikipedia.org./wiki/X",
+                "https://en.wikipedia.org:443/wiki/X",
+            ),
+            ("http://example.org", "http://example.org:80/"),
+            ("https://example.org:443/a", "https://example.org:443/a"),
+            ("https://example.org:8443/a", "https://example.org:8443/a"),
+            (
+                "https://example.org/a/./b/../c",
+                "https://example.org:443/a/c",
+            ),
+            (
+                "https://example.org/a/%2e%2E/c",
+                "https://example.org:443/c",
+            ),
+            (
+                "https://example.org/%7euser/%41",
+                "https://example.org:443/~user/A",
+            ),
+            ("https://example.org/a%2fb", "https://example.org:443/a%2Fb"),
+            ("https://example.org/a?x=1#f", "https://example.org:443/a"),
+            ("http://2130706433/", "http://127.0.0.1:80/"),
+            ("http://0177.0.0.1/", "http://127.0.0.1:80/"),
+            ("http://0x7f.1/", "http://127.0.0.1:80/"),
+            ("http://127.1/", "http://127.0.0.1:80/"),
+            ("http://0x7F000001/", "http://127.0.0.1:80/"),
+            ("http://[::ffff:127.0.0.1]/", "http://127.0.0.1:80/"),
+            ("http://[::FFFF:7f00:1]/", "http://127.0.0.1:80/"),
+            ("http://[2001:DB8:0:0::1]/", "http://[2001:db8::1]:80/"),
+            (
+                "https://bücher.example/",
+                "https://xn--bcher-kva.example:443/",
+            ),
+        ] {
+            assert_eq!(c(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        for bad in [
+            "https://good.example@evil.example/",
+            "https://user:pw@evil.example/",
+            "https://@evil.example/",
+            "ftp://example.org/",
+            "file:///etc/passwd",
+            "not a url",
+            "https://",
+        ] {
+            assert!(CanonicalUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn m(rule: &str, url: &str) -> bool {
+        UrlPattern::parse(rule)
+            .unwrap()
+            .matches(&CanonicalUrl::parse(url).unwrap())
+    }
+
+    #[test]
+    fn suffix_rules_match_names_strictly_under_the_suffix() {
+        let r = "https://*.example.org/*";
+        assert!(m(r, "https://a.example.org/"));
+        assert!(m(r, "https://a.b.example.org/x"));
+        assert!(m(r, "https://A.EXAMPLE.ORG./x"));
+        assert!(!m(r, "https://example.org/"));
+        assert!(!m(r, "https://evil-example.org/"));
+        assert!(!m(r, "https://example.org.evil.net/"));
+        assert!(!m(r, "http://a.example.org/"));
+        assert!(!m(r, "https://a.example.org:8443/"));
+    }
+
+    #[test]
+    fn ip_literals_never_match_name_rules_in_any_spelling() {
+        // A suffix that is an address is not a name: refused as a rule.
+        assert!(UrlPattern::parse("http://*.0.0.1/*").is_err());
+        let name = "http://*.localhost/*";
+        for spelling in [
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://0177.0.0.1/",
+            "http://[::ffff:127.0.0.1]/",
+        ] {
+            assert!(!m(name, spelling), "{spelling}");
+            assert!(m("http://127.0.0.1/*", spelling), "{spelling}");
+            assert!(!m("http://localhost/*", spelling), "{spelling}");
+        }
+    }
+
+    #[test]
+    fn paths_match_after_normalisation() {
+        let r = "https://exam.school.example/submit";
+        assert!(m(r, "https://exam.school.example/submit"));
+        assert!(m(r, "https://exam.school.example/x/../submit"));
+        assert!(m(r, "https://exam.school.example/%73ubmit"));
+        assert!(!m(r, "https://exam.school.example/submit/extra"));
+        let deny = "https://*.wikipedia.org/wiki/Special:*";
+        assert!(m(deny, "https://en.wikipedia.org/wiki/Special:Random"));
+        assert!(m(
+            deny,
+            "https://en.wikipedia.org/wiki/foo/../Special:Random"
+        ));
+        assert!(m(deny, "https://en.wikipedia.org/wiki/%53pecial:Random"));
+    }
+}
