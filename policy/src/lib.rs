@@ -10,6 +10,7 @@
 //! This crate decides; it never enforces, never talks to a TPM and never
 //! opens a network connection.
 
+pub mod fast;
 pub mod glob;
 pub mod model;
 pub mod url;
@@ -18,6 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use casbin::{CoreApi as _, DefaultModel, MemoryAdapter, MgmtApi as _};
 
+pub use fast::FastPolicy;
 pub use model::{Effect, Kind, Membership, PolicyError, PolicyText, Rule};
 pub use url::{CanonicalUrl, UrlError, UrlPattern};
 
@@ -131,6 +133,9 @@ impl Policy {
                 obj_match(&kind.to_string(), &req.to_string(), &pat.to_string()).into()
             }),
         );
+        // casbin refuses a whole batch that holds a duplicate: add each
+        // distinct line once (explanations still name the first).
+        let mut seen = std::collections::HashSet::new();
         let rules: Vec<Vec<String>> = text
             .rules
             .iter()
@@ -146,6 +151,7 @@ impl Policy {
                     },
                 ]
             })
+            .filter(|r| seen.insert(r.clone()))
             .collect();
         if !rules.is_empty() {
             enforcer.add_policies(rules).await.map_err(engine)?;
@@ -154,6 +160,7 @@ impl Policy {
             .memberships
             .iter()
             .map(|m| vec![m.member.clone(), m.group.clone()])
+            .filter(|l| seen.insert(l.clone()))
             .collect();
         if !links.is_empty() {
             enforcer
@@ -218,7 +225,7 @@ impl Policy {
 }
 
 /// Every group each member is in, directly or through nested groups.
-fn closure(memberships: &[Membership]) -> HashMap<String, BTreeSet<String>> {
+pub(crate) fn closure(memberships: &[Membership]) -> HashMap<String, BTreeSet<String>> {
     let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
     for m in memberships {
         direct.entry(&m.member).or_default().push(&m.group);

@@ -187,9 +187,63 @@ impl PolicyText {
                 _ => return Err(err(format!("{body:?} is neither a p nor a g line"))),
             }
         }
+        check_nesting(&out.memberships, &lines_of(text))?;
         Ok(out)
     }
 }
+
+/// The line number of each `g` line, in order.
+fn lines_of(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.split('#').next().unwrap_or("").trim().starts_with('g'))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// Group nesting deeper than casbin's role manager follows (10 levels), or
+/// a cycle, is refused: the two would otherwise disagree silently.
+fn check_nesting(memberships: &[Membership], lines: &[usize]) -> Result<(), PolicyError> {
+    use std::collections::HashMap;
+    let mut up: HashMap<&str, Vec<&str>> = HashMap::new();
+    for m in memberships {
+        up.entry(&m.member).or_default().push(&m.group);
+    }
+    fn depth<'a>(
+        x: &'a str,
+        up: &HashMap<&'a str, Vec<&'a str>>,
+        path: &mut Vec<&'a str>,
+    ) -> Result<usize, String> {
+        if path.contains(&x) {
+            return Err(format!("groups form a cycle through {x}"));
+        }
+        path.push(x);
+        let mut d = 0;
+        for g in up.get(x).into_iter().flatten() {
+            d = d.max(1 + depth(g, up, path)?);
+        }
+        path.pop();
+        Ok(d)
+    }
+    for (i, m) in memberships.iter().enumerate() {
+        let line = lines.get(i).copied().unwrap_or(0);
+        let d = depth(&m.member, &up, &mut Vec::new())
+            .map_err(|problem| PolicyError { line, problem })?;
+        if d > MAX_NESTING {
+            return Err(PolicyError {
+                line,
+                problem: format!(
+                    "{} is nested {d} groups deep; at most {MAX_NESTING}",
+                    m.member
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How deep groups may nest (casbin's default role hierarchy limit).
+pub const MAX_NESTING: usize = 10;
 
 fn check_subject(s: &str) -> Result<(), String> {
     if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"') {
