@@ -10,6 +10,7 @@
 //! This crate decides; it never enforces, never talks to a TPM and never
 //! opens a network connection.
 
+pub mod bundle;
 pub mod fast;
 pub mod glob;
 pub mod model;
@@ -19,6 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use casbin::{CoreApi as _, DefaultModel, MemoryAdapter, MgmtApi as _};
 
+pub use bundle::{Bundle, BundleError, BundleManifest, Mode};
 pub use fast::FastPolicy;
 pub use model::{Effect, Kind, Membership, PolicyError, PolicyText, Rule};
 pub use url::{CanonicalUrl, UrlError, UrlPattern};
@@ -224,8 +226,16 @@ impl Policy {
     }
 }
 
+/// A place decisions are recorded (the audit trail; the gateway and the
+/// client wire it).
+pub trait DecisionSink {
+    /// Record one decision; `enforced` is false when monitor mode let a
+    /// deny through.
+    fn record(&self, subject: &str, request: &Request, decision: &Decision, enforced: bool);
+}
+
 /// Every group each member is in, directly or through nested groups.
-pub(crate) fn closure(memberships: &[Membership]) -> HashMap<String, BTreeSet<String>> {
+pub fn closure(memberships: &[Membership]) -> HashMap<String, BTreeSet<String>> {
     let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
     for m in memberships {
         direct.entry(&m.member).or_default().push(&m.group);

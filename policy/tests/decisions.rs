@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use policy::{CanonicalUrl, Effect, Policy, PolicyText, Request};
+use policy::{CanonicalUrl, Effect, FastPolicy, Policy, PolicyText, Request};
 
 fn sample() -> Policy {
     let text = std::fs::read_to_string(concat!(
@@ -138,6 +138,10 @@ fn url_golden_table() {
     ] {
         let d = p.decide(subject, &url(u, method)).unwrap();
         assert_eq!(d.allow, allow, "{subject} {method} {u}: {:?}", d.rule);
+        assert_eq!(
+            FastPolicy::compile(p.text()).decide(subject, &url(u, method)),
+            d
+        );
     }
 }
 

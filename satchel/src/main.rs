@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<cmd::Exit>().is_some() => {
             let code = e.downcast_ref::<cmd::Exit>().map_or(1, |x| x.code);
-            eprintln!("satchel: {e:#}");
+            // An empty message: the command already said everything.
+            if !e.to_string().is_empty() {
+                eprintln!("satchel: {e:#}");
+            }
             ExitCode::from(code)
         }
         Err(e) => {

@@ -6,6 +6,7 @@ mod audit;
 mod eventlog;
 mod launch;
 mod measure;
+mod policy;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +56,11 @@ enum Command {
     Unseal(launch::UnsealArgs),
     /// The launch gate: check the boot chain, unseal the disk key, run the guest.
     Launch(launch::LaunchArgs),
+    /// The closed-computing policy: check a request, test a table, sign a bundle.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Run a program only if the signed policy bundle allows it.
+    Run(policy::RunArgs),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -95,6 +101,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seal(a) => launch::seal(a, config),
         Command::Unseal(a) => launch::unseal(a, config),
         Command::Launch(a) => launch::launch(a, config),
+        Command::Policy(c) => policy::run(c),
+        Command::Run(a) => policy::run_program(a),
     }
 }
 
@@ -126,4 +134,13 @@ fn write_atomic_mode(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow:
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_definition_is_consistent() {
+        // clap's own checks: unique names, valid groups and requirements.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

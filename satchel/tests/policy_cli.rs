@@ -1,0 +1,339 @@
+//! `satchel policy check|test|bundle` and `satchel run` as an admin and a
+//! client use them: decisions with the deciding rule, exit codes (0 allow,
+//! 1 deny, 2 bad input), JSON, bundles with signature and rollback checks,
+//! lockdown and monitor, and decisions recorded in the audit log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn satchel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/policy")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+#[test]
+fn check_prints_decision_and_rule_with_exit_codes() {
+    let p = example("school.csv");
+    let o = satchel(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--subject",
+        "device:laptop-17",
+        "--url",
+        "https://en.wikipedia.org/wiki/Rust",
+    ]);
+    assert_eq!(code(&o), 0);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("allow:") && out.contains("line 9"), "{out}");
+
+    let o = satchel(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--subject",
+        "device:laptop-17",
+        "--url",
+        "https://en.wikipedia.org/wiki/x/../Special:Random",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Special:*, *, deny"));
+
+    let o = satchel(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--subject",
+        "device:laptop-17",
+        "--url",
+        "http://0x7f.1/",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no rule: default deny"));
+
+    // JSON, and casbin itself agrees.
+    for extra in [&[][..], &["--casbin"][..]] {
+        let mut args = vec![
+            "policy",
+            "check",
+            "--policy",
+            &p,
+            "--subject",
+            "device:laptop-17",
+            "--url",
+            "https://exam.school.example/submit",
+            "--method",
+            "post",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = satchel(&args);
+        assert_eq!(code(&o), 0);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(v["line"], 12);
+        assert_eq!(v["action"], "POST");
+    }
+
+    // Bad input: 2.
+    for args in [
+        vec![
+            "policy",
+            "check",
+            "--policy",
+            &p,
+            "--subject",
+            "device:x",
+            "--url",
+            "https://user@evil.example/",
+        ],
+        vec![
+            "policy",
+            "check",
+            "--policy",
+            &p,
+            "--subject",
+            "device:x",
+            "--app-hash",
+            "xyz",
+        ],
+        vec![
+            "policy",
+            "check",
+            "--policy",
+            "/nonexistent",
+            "--subject",
+            "device:x",
+            "--image",
+            "a",
+        ],
+        vec![
+            "policy",
+            "check",
+            "--policy",
+            &p,
+            "--subject",
+            "device:x",
+            "--app",
+            "/nonexistent/prog",
+        ],
+    ] {
+        assert_eq!(code(&satchel(&args)), 2, "{args:?}");
+    }
+}
+
+#[test]
+fn test_reports_every_failing_row() {
+    let p = example("school.csv");
+    let o = satchel(&[
+        "policy",
+        "test",
+        "--policy",
+        &p,
+        "--cases",
+        &example("school-cases.csv"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.csv");
+    std::fs::write(
+        &cases,
+        "device:laptop-17,url,https://en.wikipedia.org/wiki/Rust,GET,deny\n\
+         device:laptop-17,image,classroom-2026,subscribe,allow\n\
+         device:laptop-18,url,https://exam.school.example/submit,POST,allow\n",
+    )
+    .unwrap();
+    let o = satchel(&[
+        "policy",
+        "test",
+        "--policy",
+        &p,
+        "--cases",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 1);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("FAIL line 1") && out.contains("FAIL line 3") && !out.contains("FAIL line 2"),
+        "{out}"
+    );
+    std::fs::write(&cases, "device:a,file,x,read,allow\n").unwrap();
+    assert_eq!(
+        code(&satchel(&[
+            "policy",
+            "test",
+            "--policy",
+            &p,
+            "--cases",
+            cases.to_str().unwrap()
+        ])),
+        2
+    );
+}
+
+#[test]
+fn run_enforces_the_bundle_lockdown_monitor_rollback_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let p = example("school.csv");
+    assert_eq!(code(&satchel(&["keygen", "--out", &d("org.key")])), 0);
+    assert_eq!(
+        code(&satchel(&[
+            "policy",
+            "bundle",
+            "--policy",
+            &p,
+            "--sign-key",
+            &d("org.key"),
+            "--version",
+            "3",
+            "--out",
+            &d("b3")
+        ])),
+        0
+    );
+    assert_eq!(
+        code(&satchel(&[
+            "policy",
+            "bundle",
+            "--policy",
+            &p,
+            "--sign-key",
+            &d("org.key"),
+            "--version",
+            "4",
+            "--group-mode",
+            "group:class-7b=monitor",
+            "--out",
+            &d("b4")
+        ])),
+        0
+    );
+    // An allowlisted program runs (by path rule: /usr/bin/*) and keeps its exit status.
+    let o = satchel(&[
+        "run",
+        "--bundle",
+        &d("b3"),
+        "--bundle-key",
+        &d("org.key.pub"),
+        "--subject",
+        "device:laptop-17",
+        "--state",
+        &d("state"),
+        "--",
+        "/usr/bin/env",
+        "sh",
+        "-c",
+        "echo ran; exit 3",
+    ]);
+    assert_eq!(code(&o), 3);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ran\n");
+    // A program outside the allowlist: refused in lockdown (126), decision audited.
+    let tool = d("tool.sh");
+    std::fs::write(&tool, "#!/bin/sh\necho tool-ran\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let db = format!("sqlite:{}", d("audit.db"));
+    let o = satchel(&[
+        "run",
+        "--bundle",
+        &d("b3"),
+        "--bundle-key",
+        &d("org.key.pub"),
+        "--subject",
+        "device:laptop-17",
+        "--state",
+        &d("state"),
+        "--audit-db",
+        &db,
+        "--",
+        &tool,
+    ]);
+    assert_eq!(code(&o), 126);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("tool-ran"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("denied"));
+    // Monitor mode for class 7b: runs, and says it would be denied.
+    let o = satchel(&[
+        "run",
+        "--bundle",
+        &d("b4"),
+        "--bundle-key",
+        &d("org.key.pub"),
+        "--subject",
+        "device:laptop-18",
+        "--state",
+        &d("state"),
+        "--audit-db",
+        &db,
+        "--",
+        &tool,
+    ]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("tool-ran"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("monitor mode"));
+    // Rollback to version 3 after 4: refused, nothing runs.
+    let o = satchel(&[
+        "run",
+        "--bundle",
+        &d("b3"),
+        "--bundle-key",
+        &d("org.key.pub"),
+        "--subject",
+        "device:laptop-17",
+        "--state",
+        &d("state"),
+        "--",
+        "/usr/bin/env",
+        "true",
+    ]);
+    assert_eq!(code(&o), 126);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rollback"));
+    // An edited bundle: refused.
+    let edited = std::fs::read_to_string(d("b4"))
+        .unwrap()
+        .replacen("deny", "allow", 1);
+    std::fs::write(d("b5"), edited).unwrap();
+    let o = satchel(&[
+        "run",
+        "--bundle",
+        &d("b5"),
+        "--bundle-key",
+        &d("org.key.pub"),
+        "--subject",
+        "device:laptop-17",
+        "--",
+        "/usr/bin/env",
+        "true",
+    ]);
+    assert_eq!(code(&o), 126);
+    // The audit log holds both decisions.
+    let o = satchel(&["audit", "list", "--db", &db, "--json"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["decision"], "deny");
+    assert_eq!(lines[1]["decision"], "deny-monitored");
+    assert_eq!(lines[1]["actor"], "device:laptop-18");
+}
