@@ -143,34 +143,40 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Connect to the database at `url` (`sqlite:PATH`, created if missing, in
+/// WAL mode with `synchronous = FULL`; or `postgres://...`): the pool every
+/// part of Satchel that stores something shares. Does not migrate.
+pub async fn connect(url: &str) -> Result<(AnyPool, Backend), StoreError> {
+    sqlx::any::install_default_drivers();
+    let (backend, url) = normalise(url)?;
+    let shown = redact(&url);
+    let opts = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Open {
+        url: shown.clone(),
+        source,
+    })?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(|source| StoreError::Open { url: shown, source })?;
+    Ok((pool, backend))
+}
+
 impl Store {
     /// Open (creating a SQLite file if needed) and migrate the database at `url`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        sqlx::any::install_default_drivers();
-        let (backend, url) = normalise(url)?;
-        let shown = redact(&url);
-        let opts = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Open {
-            url: shown.clone(),
-            source,
-        })?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: shown.clone(),
-                source,
-            })?;
+        let (pool, backend) = connect(url).await?;
+        let shown = redact(&normalise(url)?.1);
         let migrator = match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),

@@ -14,7 +14,9 @@ const GROUPS: usize = 50;
 fn policy(n: usize, kind: &str) -> String {
     let mut out = String::new();
     for g in 0..GROUPS {
-        out.push_str(&format!("g, device:d{g}, group:g{g}\ng, group:g{g}, group:school\n"));
+        out.push_str(&format!(
+            "g, device:d{g}, group:g{g}\ng, group:g{g}, group:school\n"
+        ));
     }
     for i in 0..n {
         let group = format!("group:g{}", i % GROUPS);
@@ -26,11 +28,16 @@ fn policy(n: usize, kind: &str) -> String {
                 } else {
                     format!("www.site{}.example", i / 5)
                 };
-                out.push_str(&format!("p, {group}, url, https://{host}/path{}/*, GET, {eft}\n", i % 7));
+                out.push_str(&format!(
+                    "p, {group}, url, https://{host}/path{}/*, GET, {eft}\n",
+                    i % 7
+                ));
             }
             _ => {
                 if i % 1000 == 999 {
-                    out.push_str(&format!("p, {group}, app, path:/opt/app{i}/*, exec, {eft}\n"));
+                    out.push_str(&format!(
+                        "p, {group}, app, path:/opt/app{i}/*, exec, {eft}\n"
+                    ));
                 } else {
                     out.push_str(&format!("p, {group}, app, sha256:{i:064x}, exec, {eft}\n"));
                 }
@@ -47,7 +54,12 @@ fn requests(n: usize, kind: &str) -> Vec<(String, Request)> {
             let subject = format!("device:d{}", (i + k) % GROUPS);
             let req = match kind {
                 "url" => Request::Url {
-                    url: CanonicalUrl::parse(&format!("https://www.site{}.example/path{}/page", i / 5, i % 7)).unwrap(),
+                    url: CanonicalUrl::parse(&format!(
+                        "https://www.site{}.example/path{}/page",
+                        i / 5,
+                        i % 7
+                    ))
+                    .unwrap(),
                     method: "GET".to_owned(),
                 },
                 _ => Request::App {
@@ -61,7 +73,9 @@ fn requests(n: usize, kind: &str) -> Vec<(String, Request)> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     for kind in ["url", "app"] {
         let mut g = c.benchmark_group(format!("decide_{kind}"));
         g.sample_size(10);

@@ -14,6 +14,7 @@ pub mod bundle;
 pub mod fast;
 pub mod glob;
 pub mod model;
+pub mod store;
 pub mod url;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,6 +24,7 @@ use casbin::{CoreApi as _, DefaultModel, MemoryAdapter, MgmtApi as _};
 pub use bundle::{Bundle, BundleError, BundleManifest, Mode};
 pub use fast::FastPolicy;
 pub use model::{Effect, Kind, Membership, PolicyError, PolicyText, Rule};
+pub use store::{PolicyStore, SqlxAdapter};
 pub use url::{CanonicalUrl, UrlError, UrlPattern};
 
 use crate::glob::glob_match;

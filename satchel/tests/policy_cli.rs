@@ -144,6 +144,73 @@ fn check_prints_decision_and_rule_with_exit_codes() {
 }
 
 #[test]
+fn policy_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("s.db").display());
+    assert_eq!(
+        code(&satchel(&[
+            "policy",
+            "import",
+            "--db",
+            &db,
+            "--policy",
+            &example("school.csv")
+        ])),
+        0
+    );
+    let o = satchel(&[
+        "policy",
+        "check",
+        "--db",
+        &db,
+        "--subject",
+        "device:laptop-17",
+        "--image",
+        "classroom-2026",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let o = satchel(&[
+        "policy",
+        "check",
+        "--db",
+        &db,
+        "--subject",
+        "device:stranger",
+        "--image",
+        "classroom-2026",
+        "--casbin",
+    ]);
+    assert_eq!(code(&o), 1);
+    // An invalid file is refused and the stored policy stays.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "p, group:x, file, /etc, read, allow\n").unwrap();
+    assert_ne!(
+        code(&satchel(&[
+            "policy",
+            "import",
+            "--db",
+            &db,
+            "--policy",
+            bad.to_str().unwrap()
+        ])),
+        0
+    );
+    assert_eq!(
+        code(&satchel(&[
+            "policy",
+            "check",
+            "--db",
+            &db,
+            "--subject",
+            "device:laptop-17",
+            "--image",
+            "classroom-2026"
+        ])),
+        0
+    );
+}
+
+#[test]
 fn test_reports_every_failing_row() {
     let p = example("school.csv");
     let o = satchel(&[

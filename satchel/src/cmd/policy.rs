@@ -24,14 +24,65 @@ pub(crate) enum PolicyCmd {
     Test(TestArgs),
     /// Sign a policy into a bundle for clients.
     Bundle(BundleArgs),
+    /// Store a policy file in the database (replacing what is there).
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel policy import --db sqlite:/var/lib/satchel/satchel.db --policy school.csv
+  satchel policy check --db sqlite:/var/lib/satchel/satchel.db --subject device:laptop-17 --image classroom-2026")]
+pub(crate) struct ImportArgs {
+    /// The database.
+    #[arg(long, value_name = "URL")]
+    db: String,
+    /// Policy lines; validated before anything is replaced.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+}
+
+fn load_db(db: &str) -> anyhow::Result<PolicyText> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (pool, _) = audit::store::connect(db).await?;
+        Ok(policy::PolicyStore::new(pool).await?.load().await?)
+    })
+}
+
+fn import(a: ImportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.policy)
+        .with_context(|| format!("reading {}", a.policy.display()))?;
+    let parsed = PolicyText::parse(&text).with_context(|| a.policy.display().to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (pool, _) = audit::store::connect(&a.db).await?;
+        policy::PolicyStore::new(pool)
+            .await?
+            .replace(&parsed)
+            .await?;
+        anyhow::Ok(())
+    })?;
+    println!(
+        "stored {} rules and {} memberships",
+        parsed.rules.len(),
+        parsed.memberships.len()
+    );
+    Ok(())
 }
 
 /// Where the policy comes from: a policy file, or a signed bundle.
 #[derive(Debug, Args)]
 pub(crate) struct Source {
     /// Policy lines (see docs/policy.md).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "bundle_key"], required_unless_present = "bundle")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "bundle_key", "db"], required_unless_present_any = ["bundle", "db"])]
     policy: Option<PathBuf>,
+    /// The policy stored in a database (sqlite:PATH or postgres://...; see `policy import`).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["bundle", "bundle_key"])]
+    db: Option<String>,
     /// A signed bundle.
     #[arg(long, value_name = "FILE", requires = "bundle_key")]
     bundle: Option<PathBuf>,
@@ -49,6 +100,12 @@ impl Source {
             let parsed = PolicyText::parse(&text)
                 .map_err(|e| Exit::new(2, format!("{}: {e}", p.display())))?;
             return Ok((parsed, None));
+        }
+        if let Some(db) = &self.db {
+            return Ok((
+                load_db(db).map_err(|e| Exit::new(2, format!("{e:#}")))?,
+                None,
+            ));
         }
         let (Some(b), Some(k)) = (&self.bundle, &self.bundle_key) else {
             return Err(Exit::new(
@@ -189,6 +246,7 @@ pub(crate) fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
         PolicyCmd::Check(a) => check(a),
         PolicyCmd::Test(a) => test(a),
         PolicyCmd::Bundle(a) => bundle(a),
+        PolicyCmd::Import(a) => import(a),
     }
 }
 
