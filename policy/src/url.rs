@@ -125,7 +125,9 @@ impl CanonicalUrl {
             });
         }
         let host = match url.host() {
-            Some(url::Host::Domain(d)) => name_or_ip(d),
+            Some(url::Host::Domain(d)) => name_or_ip(d).ok_or_else(|| UrlError::NoHost {
+                url: input.to_owned(),
+            })?,
             Some(url::Host::Ipv4(a)) => Host::V4(a),
             Some(url::Host::Ipv6(a)) => match a.to_ipv4_mapped() {
                 Some(v4) => Host::V4(v4),
@@ -158,13 +160,16 @@ fn has_empty_userinfo(input: &str) -> bool {
 }
 
 /// A domain as the parser left it: lower case and punycode already; drop
-/// one trailing dot.
-fn name_or_ip(d: &str) -> Host {
+/// one trailing dot. A name with an empty label (`a..b`, `.`) is no host.
+fn name_or_ip(d: &str) -> Option<Host> {
     let d = d.strip_suffix('.').unwrap_or(d);
-    match d.parse::<Ipv4Addr>() {
+    if d.split('.').any(str::is_empty) {
+        return None;
+    }
+    Some(match d.parse::<Ipv4Addr>() {
         Ok(a) => Host::V4(a),
         Err(_) => Host::Name(d.to_owned()),
-    }
+    })
 }
 
 /// Decode `%XX` escapes of unreserved characters (RFC 3986 §2.3) and
@@ -190,6 +195,13 @@ fn normalise_escapes(path: &str) -> String {
                 i += 3;
                 continue;
             }
+        }
+        if b[i] == b'%' {
+            // A '%' that starts no escape is itself escaped, so that the
+            // result is a fixed point ("%%35" must not become "%5").
+            out.push_str("%25");
+            i += 1;
+            continue;
         }
         // Multi-byte characters are already escaped by the parser; copy
         // byte-wise safely through chars.
@@ -348,6 +360,8 @@ mod tests {
             ),
             ("https://example.org/a%2fb", "https://example.org:443/a%2Fb"),
             ("https://example.org/a?x=1#f", "https://example.org:443/a"),
+            ("https://example.org/%%353", "https://example.org:443/%2553"),
+            ("https://example.org/100%", "https://example.org:443/100%25"),
             ("http://2130706433/", "http://127.0.0.1:80/"),
             ("http://0177.0.0.1/", "http://127.0.0.1:80/"),
             ("http://0x7f.1/", "http://127.0.0.1:80/"),
@@ -375,6 +389,9 @@ mod tests {
             "file:///etc/passwd",
             "not a url",
             "https://",
+            "https://./",
+            "https://a..b/",
+            "https://a../",
         ] {
             assert!(CanonicalUrl::parse(bad).is_err(), "{bad}");
         }
