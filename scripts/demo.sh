@@ -116,9 +116,32 @@ else
   echo "a tampered chain was not refused (verify $VERIFY, launch $LAUNCH)" >&2; exit 1
 fi
 
-step "11. recording the outcomes in the tamper-evident audit log"
+step "11. closed computing: the school policy, signed into a bundle"
+POLICY=examples/policy/school.csv
+"$SATCHEL" policy test --policy "$POLICY" --cases examples/policy/school-cases.csv
+"$SATCHEL" policy bundle --policy "$POLICY" --sign-key "$OUT/org.key" --version 1 --out "$OUT/policy.bundle"
+"$SATCHEL" policy check --bundle "$OUT/policy.bundle" --bundle-key "$OUT/org.key.pub" \
+  --subject device:laptop-17 --url https://en.wikipedia.org/wiki/Rust
+if "$SATCHEL" policy check --bundle "$OUT/policy.bundle" --bundle-key "$OUT/org.key.pub" \
+  --subject device:laptop-17 --url 'https://EN.wikipedia.org./wiki/x/../%53pecial:Random'; then
+  echo "a denied URL was allowed" >&2; exit 1
+fi
+if "$SATCHEL" policy check --bundle "$OUT/policy.bundle" --bundle-key "$OUT/org.key.pub" \
+  --subject device:laptop-17 --url http://0x7f.1/; then
+  echo "an IP literal in hex was allowed" >&2; exit 1
+fi
+"$SATCHEL" run --bundle "$OUT/policy.bundle" --bundle-key "$OUT/org.key.pub" --subject device:laptop-17 \
+  -- /usr/bin/env sh -c 'echo "allowlisted program (/usr/bin/env) ran"'
+printf '#!/bin/sh\necho "this must not run"\n' > "$OUT/not-allowlisted.sh"; chmod +x "$OUT/not-allowlisted.sh"
+if "$SATCHEL" run --bundle "$OUT/policy.bundle" --bundle-key "$OUT/org.key.pub" --subject device:laptop-17 \
+  --audit-db "sqlite:$OUT/audit.db" -- "$OUT/not-allowlisted.sh"; then
+  echo "a program outside the allowlist ran" >&2; exit 1
+fi
+echo "OK: the denied URL, the hex IP literal and the unlisted program were refused"
+
+step "12. recording the outcomes in the tamper-evident audit log"
 AUDIT_DB="sqlite:$OUT/audit.db"
-"$SATCHEL" keygen --out "$OUT/audit.key"
+"$SATCHEL" keygen --out "$OUT/audit.key"   # the policy refusal above is already entry 0
 PCR8=$(awk '/^sha256:/{b=1} b && $1 == "8:" {print $2; exit}' "$OUT/replay.txt")
 "$SATCHEL" audit append --db "$AUDIT_DB" --key "$OUT/audit.key" --kind measurement \
   --actor device:demo --subject boot-chain --decision agree --details "{\"pcr8_sha256\": \"$PCR8\"}" >/dev/null
@@ -129,8 +152,8 @@ PCR8=$(awk '/^sha256:/{b=1} b && $1 == "8:" {print $2; exit}' "$OUT/replay.txt")
 "$SATCHEL" audit list --db "$AUDIT_DB"
 "$SATCHEL" audit verify --db "$AUDIT_DB" --pubkey "$OUT/audit.key.pub"
 "$SATCHEL" audit export --db "$AUDIT_DB" --out "$OUT/audit.jsonl" >/dev/null
-sed -i '1s/"decision":"agree"/"decision":"differs"/' "$OUT/audit.jsonl"
-echo "-> after editing entry 0 of the export:"
+sed -i '0,/"decision":"agree"/s//"decision":"differs"/' "$OUT/audit.jsonl"
+echo "-> after editing the measurement entry of the export (agree -> differs):"
 if "$SATCHEL" audit verify --export "$OUT/audit.jsonl" --pubkey "$OUT/audit.key.pub"; then
   echo "an edited export verified: this must not happen" >&2; exit 1
 fi
