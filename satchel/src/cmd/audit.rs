@@ -246,7 +246,12 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Export(a) => rt.block_on(export_log(a)),
         AuditCmd::Checkpoint(a) => rt.block_on(make_checkpoint(a)),
         AuditCmd::Prove(a) => rt.block_on(prove(a)),
-        AuditCmd::Load(a) => rt.block_on(load(a)),
+        // One thread for the appenders and the writer: wake-ups stay on one
+        // core and the other is left to SQLite's worker thread.
+        AuditCmd::Load(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(load(a)),
         AuditCmd::Verify(a) => rt.block_on(verify(a)),
     }
 }
