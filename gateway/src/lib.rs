@@ -3,5 +3,13 @@
 //! the per-URL egress proxy and the admin routes.
 //!
 //! This is the only crate that serves the network; it never admits a device
-//! whose quote did not verify. Its server arrives in a later issue; today it
-//! only reserves its place in the workspace.
+//! whose quote did not verify. Today it holds the data directory's PKI
+//! ([`pki`]) and the mTLS server with its first routes ([`server`]);
+//! enrollment, attestation, the proxy and the admin routes are still to
+//! come.
+
+pub mod pki;
+pub mod server;
+
+pub use pki::{DeviceCertRequest, Pki, PkiError};
+pub use server::{DeviceIdentity, Gateway, ServeConfig, ServeError};

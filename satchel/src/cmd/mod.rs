@@ -4,6 +4,7 @@
 mod attest;
 mod audit;
 mod eventlog;
+mod gateway;
 mod launch;
 mod measure;
 mod policy;
@@ -61,6 +62,9 @@ enum Command {
     Policy(policy::PolicyCmd),
     /// Run a program only if the signed policy bundle allows it.
     Run(policy::RunArgs),
+    /// The branch-office gateway.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCmd),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -103,6 +107,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Launch(a) => launch::launch(a, config),
         Command::Policy(c) => policy::run(c),
         Command::Run(a) => policy::run_program(a),
+        Command::Gateway(c) => gateway::run(c),
     }
 }
 

@@ -1,0 +1,252 @@
+//! The gateway's keys and certificates, kept in its data directory:
+//!
+//! | file | what |
+//! |---|---|
+//! | `ca.crt`, `ca.key` | the gateway CA: clients pin `ca.crt`; it signs the server certificate |
+//! | `server.crt`, `server.key` | the TLS server certificate (`localhost`, `127.0.0.1`, `::1` and any extra names) |
+//! | `device-ca.crt`, `device-ca.key` | the device CA: signs the short-lived device certificates the gateway issues after an attestation; the TLS server accepts client certificates from it only |
+//!
+//! Keys are ECDSA P-256, written 0600, never overwritten. Made on first
+//! start, reused afterwards.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// The OID arc of Satchel's certificate extensions (a private-use arc).
+pub const ATTESTATION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 58888, 1, 1];
+
+/// Why the data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// A file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key or certificate cannot be made or read.
+    #[error("{what}: {source}")]
+    Cert {
+        /// What was being made or read.
+        what: String,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn cert_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
+    let what = what.into();
+    move |source| PkiError::Cert { what, source }
+}
+
+/// A CA: its certificate (PEM) and key.
+pub struct Ca {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+/// Everything the TLS side needs.
+#[derive(Debug)]
+pub struct Pki {
+    /// The gateway CA.
+    pub ca: Ca,
+    /// The device CA.
+    pub device_ca: Ca,
+    /// The server certificate, PEM.
+    pub server_cert_pem: String,
+    /// The server key, PEM.
+    pub server_key_pem: String,
+}
+
+/// Write `bytes` to a new file with `mode` (never over an existing one).
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+fn ca_params(name: &str) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err(name))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationName, "Satchel gateway");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = SystemTime::now().into();
+    p.not_after = (SystemTime::now() + Duration::from_secs(20 * 365 * 86400)).into();
+    Ok(p)
+}
+
+impl Ca {
+    /// Load `NAME.crt`/`NAME.key` from `dir`, or make them.
+    fn load_or_make(dir: &Path, name: &str, common_name: &str) -> Result<Ca, PkiError> {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        if crt.exists() && key.exists() {
+            let key_pem = read(&key)?;
+            return Ok(Ca {
+                cert_pem: read(&crt)?,
+                key: KeyPair::from_pem(&key_pem).map_err(cert_err(key.display().to_string()))?,
+            });
+        }
+        let kp = KeyPair::generate().map_err(cert_err(common_name))?;
+        let cert = ca_params(common_name)?
+            .self_signed(&kp)
+            .map_err(cert_err(common_name))?;
+        write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+        write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key: kp,
+        })
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, PkiError> {
+        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(cert_err("loading a CA"))
+    }
+}
+
+/// A device certificate request: who, for how long, and which attestation.
+#[derive(Debug, Clone)]
+pub struct DeviceCertRequest<'a> {
+    /// The device id (the certificate's CN and a `urn:satchel:device:ID` URI SAN).
+    pub device_id: &'a str,
+    /// The device's public key (PEM, SubjectPublicKeyInfo).
+    pub public_key_pem: &'a str,
+    /// Validity from now.
+    pub lifetime: Duration,
+    /// The attestation it is bound to (its audit sequence number or id).
+    pub attestation_id: &'a str,
+    /// When the attestation was verified (ms since the epoch).
+    pub attested_at_ms: i64,
+}
+
+impl Pki {
+    /// Load the PKI from `dir`, making what is missing. `server_names`
+    /// adds DNS names or IP addresses to the server certificate.
+    pub fn init(dir: &Path, server_names: &[String]) -> Result<Pki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let ca = Ca::load_or_make(dir, "ca", "Satchel gateway CA")?;
+        let device_ca = Ca::load_or_make(dir, "device-ca", "Satchel device CA")?;
+        let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+        let (server_cert_pem, server_key_pem) = if crt.exists() && key.exists() {
+            (read(&crt)?, read(&key)?)
+        } else {
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            names.extend(server_names.iter().cloned());
+            let mut p = CertificateParams::new(names).map_err(cert_err("server certificate"))?;
+            p.distinguished_name
+                .push(DnType::CommonName, "Satchel gateway");
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.not_before = SystemTime::now().into();
+            p.not_after = (SystemTime::now() + Duration::from_secs(5 * 365 * 86400)).into();
+            let kp = KeyPair::generate().map_err(cert_err("server key"))?;
+            let cert = p
+                .signed_by(&kp, &ca.issuer()?)
+                .map_err(cert_err("server certificate"))?;
+            write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+            write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+            (cert.pem(), kp.serialize_pem())
+        };
+        Ok(Pki {
+            ca,
+            device_ca,
+            server_cert_pem,
+            server_key_pem,
+        })
+    }
+
+    /// Issue a device certificate (PEM) from the device CA.
+    pub fn issue_device_cert(&self, req: &DeviceCertRequest<'_>) -> Result<String, PkiError> {
+        let what = format!("device certificate for {}", req.device_id);
+        let public = rcgen::SubjectPublicKeyInfo::from_pem(req.public_key_pem)
+            .map_err(cert_err(what.clone()))?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err(what.clone()))?;
+        p.distinguished_name.push(DnType::CommonName, req.device_id);
+        p.subject_alt_names = vec![SanType::URI(
+            format!("urn:satchel:device:{}", req.device_id)
+                .try_into()
+                .map_err(cert_err(what.clone()))?,
+        )];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = SystemTime::now();
+        p.not_before = (now - Duration::from_secs(60)).into();
+        p.not_after = (now + req.lifetime).into();
+        let content = serde_json::json!({
+            "attestation": req.attestation_id,
+            "attested_at_ms": req.attested_at_ms,
+        })
+        .to_string();
+        p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            ATTESTATION_OID,
+            der_utf8(&content),
+        )];
+        let cert = p
+            .signed_by(&public, &self.device_ca.issuer()?)
+            .map_err(cert_err(what))?;
+        Ok(cert.pem())
+    }
+}
+
+/// A DER UTF8String.
+fn der_utf8(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = vec![0x0c];
+    if b.len() < 128 {
+        out.push(b.len() as u8);
+    } else {
+        let len = b.len().to_be_bytes();
+        let len = &len[len.iter().take_while(|&&x| x == 0).count()..];
+        out.push(0x80 | len.len() as u8);
+        out.extend_from_slice(len);
+    }
+    out.extend_from_slice(b);
+    out
+}

@@ -1,0 +1,277 @@
+//! The HTTPS server: rustls with optional client certificates from the
+//! device CA, hyper HTTP/1.1, bounded everywhere (handshake and header
+//! timeouts, a connection cap, body limits), and a problem+json body for
+//! every error that says what is wrong without leaking internals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::pki::{Pki, PkiError};
+
+/// How long a client may take to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The data directory's keys and certificates.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where and what to serve.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The data directory (keys, certificates, database).
+    pub data: PathBuf,
+    /// The HTTPS address.
+    pub listen: SocketAddr,
+}
+
+/// The device a connection's client certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// The device id.
+    pub device_id: String,
+    /// When its attestation was verified (ms since the epoch), from the
+    /// certificate's Satchel extension.
+    pub attested_at_ms: Option<i64>,
+    /// When the certificate expires (seconds since the epoch).
+    pub cert_expires: i64,
+}
+
+/// A bound, not yet running gateway.
+pub struct Gateway {
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The address it listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
+    let tls = |e: String| ServeError::Tls(e);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.device_ca.cert_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| tls(e.to_string()))?)
+            .map_err(|e| tls(e.to_string()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
+        .map_err(|e| tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl Gateway {
+    /// Load (or make) the data directory and bind the listener.
+    pub async fn bind(config: &ServeConfig) -> Result<Gateway, ServeError> {
+        let pki = Pki::init(&config.data, &[])?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Gateway {
+            listener,
+            acceptor,
+            local_addr,
+        })
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting and return.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                a = self.listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let device = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| identity(c.as_ref()));
+                let service = hyper::service::service_fn(move |req| {
+                    let device = device.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(req, device.as_ref())) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// The device a (verified) client certificate names.
+pub fn identity(der: &[u8]) -> Option<DeviceIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let device_id = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 58888, 1, 1]).ok()?;
+    let attested_at_ms = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == oid)
+        .and_then(|e| {
+            let (_, s) = x509_parser::der_parser::der::parse_der_utf8string(e.value).ok()?;
+            let text = s.as_str().ok()?;
+            serde_json::from_str::<serde_json::Value>(text).ok()?["attested_at_ms"].as_i64()
+        });
+    Some(DeviceIdentity {
+        device_id,
+        attested_at_ms,
+        cert_expires: cert.validity().not_after.timestamp(),
+    })
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let ctype = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail}),
+    )
+}
+
+fn route(req: Request<Incoming>, device: Option<&DeviceIdentity>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/v1/whoami") => match device {
+            Some(d) => json_response(
+                StatusCode::OK,
+                json!({
+                    "device_id": d.device_id,
+                    "groups": [],
+                    "attested_at": d.attested_at_ms,
+                    "cert_expires": d.cert_expires,
+                }),
+            ),
+            None => problem(
+                StatusCode::UNAUTHORIZED,
+                "device certificate required",
+                "this route needs a device certificate issued by this gateway after an attestation",
+            ),
+        },
+        (_, "/v1/health" | "/v1/whoami") => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            "use GET",
+        ),
+        _ => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
+    }
+}
