@@ -8,8 +8,12 @@
 //! enrollment, attestation, the proxy and the admin routes are still to
 //! come.
 
+pub mod api;
+pub mod client;
 pub mod pki;
 pub mod server;
+pub mod state;
 
+pub use client::{ClientError, GatewayClient};
 pub use pki::{DeviceCertRequest, Pki, PkiError};
 pub use server::{DeviceIdentity, Gateway, ServeConfig, ServeError};

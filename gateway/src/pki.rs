@@ -150,11 +150,11 @@ impl Ca {
 
 /// A device certificate request: who, for how long, and which attestation.
 #[derive(Debug, Clone)]
-pub struct DeviceCertRequest<'a> {
+pub struct DeviceCertRequest<'a, K> {
     /// The device id (the certificate's CN and a `urn:satchel:device:ID` URI SAN).
     pub device_id: &'a str,
-    /// The device's public key (PEM, SubjectPublicKeyInfo).
-    pub public_key_pem: &'a str,
+    /// The device's public key (from its verified CSR).
+    pub public_key: &'a K,
     /// Validity from now.
     pub lifetime: Duration,
     /// The attestation it is bound to (its audit sequence number or id).
@@ -203,10 +203,11 @@ impl Pki {
     }
 
     /// Issue a device certificate (PEM) from the device CA.
-    pub fn issue_device_cert(&self, req: &DeviceCertRequest<'_>) -> Result<String, PkiError> {
+    pub fn issue_device_cert<K: rcgen::PublicKeyData>(
+        &self,
+        req: &DeviceCertRequest<'_, K>,
+    ) -> Result<String, PkiError> {
         let what = format!("device certificate for {}", req.device_id);
-        let public = rcgen::SubjectPublicKeyInfo::from_pem(req.public_key_pem)
-            .map_err(cert_err(what.clone()))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err(what.clone()))?;
         p.distinguished_name.push(DnType::CommonName, req.device_id);
         p.subject_alt_names = vec![SanType::URI(
@@ -229,7 +230,7 @@ impl Pki {
             der_utf8(&content),
         )];
         let cert = p
-            .signed_by(&public, &self.device_ca.issuer()?)
+            .signed_by(req.public_key, &self.device_ca.issuer()?)
             .map_err(cert_err(what))?;
         Ok(cert.pem())
     }

@@ -18,7 +18,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use attest::ekcert::CaSet;
+use attest::verify::Nonces;
+use attest::Reference;
+
+use crate::api::AppState;
 use crate::pki::{Pki, PkiError};
+use crate::state::{Challenges, Db};
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +43,23 @@ pub enum ServeError {
     /// TLS configuration.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] crate::state::DbError),
+    /// The audit store.
+    #[error(transparent)]
+    Audit(#[from] audit::store::StoreError),
+    /// The EK CA directory.
+    #[error(transparent)]
+    EkCa(#[from] attest::ekcert::EkError),
+    /// The reference manifest.
+    #[error("reference manifest {path}: {problem}")]
+    Reference {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The listen address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -55,6 +78,35 @@ pub struct ServeConfig {
     pub data: PathBuf,
     /// The HTTPS address.
     pub listen: SocketAddr,
+    /// The database [default: `sqlite:DATA/satchel.db`].
+    pub db: Option<String>,
+    /// Directory of trusted EK CA certificates (enrollment needs it).
+    pub ek_ca: Option<PathBuf>,
+    /// The signed reference manifest devices must match, and its key.
+    pub reference: Option<(PathBuf, PathBuf)>,
+    /// How long device certificates live.
+    pub cert_lifetime: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults: no EK CAs, no reference, one-hour certificates.
+    pub fn new(data: PathBuf, listen: SocketAddr) -> ServeConfig {
+        ServeConfig {
+            data,
+            listen,
+            db: None,
+            ek_ca: None,
+            reference: None,
+            cert_lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    /// The database URL.
+    pub fn db_url(&self) -> String {
+        self.db
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data.join("satchel.db").display()))
+    }
 }
 
 /// The device a connection's client certificate names.
@@ -73,6 +125,7 @@ pub struct DeviceIdentity {
 pub struct Gateway {
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<AppState>,
     /// The address it listens on (useful with port 0).
     pub local_addr: SocketAddr,
 }
@@ -122,6 +175,34 @@ impl Gateway {
     pub async fn bind(config: &ServeConfig) -> Result<Gateway, ServeError> {
         let pki = Pki::init(&config.data, &[])?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+        let url = config.db_url();
+        let (pool, _) = audit::store::connect(&url).await?;
+        let db = Db::new(pool).await?;
+        let audit = audit::store::Store::open(&url).await?;
+        let ek_cas = config.ek_ca.as_deref().map(CaSet::from_dir).transpose()?;
+        let reference = match &config.reference {
+            Some((path, key)) => {
+                let bad = |problem: String| ServeError::Reference {
+                    path: path.clone(),
+                    problem,
+                };
+                let key =
+                    audit::checkpoint::read_verifying_key(key).map_err(|e| bad(e.to_string()))?;
+                let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+                Some(Reference::verify_signed(&bytes, &key).map_err(|e| bad(e.to_string()))?)
+            }
+            None => None,
+        };
+        let state = Arc::new(AppState {
+            pki,
+            db,
+            audit,
+            ek_cas,
+            reference,
+            cert_lifetime: config.cert_lifetime,
+            challenges: Challenges::default(),
+            nonces: std::sync::Mutex::new(Nonces::new(Duration::from_secs(120), 100_000)),
+        });
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -136,6 +217,7 @@ impl Gateway {
         Ok(Gateway {
             listener,
             acceptor,
+            state,
             local_addr,
         })
     }
@@ -163,6 +245,7 @@ impl Gateway {
                 },
             };
             let acceptor = self.acceptor.clone();
+            let state = self.state.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -185,7 +268,10 @@ impl Gateway {
                     .and_then(|c| identity(c.as_ref()));
                 let service = hyper::service::service_fn(move |req| {
                     let device = device.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(req, device.as_ref())) }
+                    let state = state.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(route(req, device.as_ref(), &state).await)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -248,29 +334,84 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response<Full<Bytes
     )
 }
 
-fn route(req: Request<Incoming>, device: Option<&DeviceIdentity>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET, "/v1/whoami") => match device {
-            Some(d) => json_response(
-                StatusCode::OK,
-                json!({
-                    "device_id": d.device_id,
-                    "groups": [],
-                    "attested_at": d.attested_at_ms,
-                    "cert_expires": d.cert_expires,
-                }),
-            ),
-            None => problem(
-                StatusCode::UNAUTHORIZED,
-                "device certificate required",
-                "this route needs a device certificate issued by this gateway after an attestation",
-            ),
-        },
+/// Largest request body read (evidence with its event logs fits easily).
+pub const MAX_BODY: usize = 8 << 20;
+
+async fn route(
+    req: Request<Incoming>,
+    device: Option<&DeviceIdentity>,
+    state: &AppState,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let method = parts.method.clone();
+    let post = |a: crate::api::Answer| {
+        json_response(
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            a.body,
+        )
+    };
+    match (method, path.as_str()) {
+        (Method::GET, "/v1/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (Method::GET, "/v1/whoami") => {
+            let Some(d) = device else {
+                return problem(
+                    StatusCode::UNAUTHORIZED,
+                    "device certificate required",
+                    "this route needs a device certificate issued by this gateway after an attestation",
+                );
+            };
+            match state.db.device(&d.device_id).await {
+                Ok(Some(dev)) if dev.revoked_ms.is_none() => json_response(
+                    StatusCode::OK,
+                    json!({
+                        "device_id": d.device_id,
+                        "groups": dev.groups,
+                        "attested_at": d.attested_at_ms,
+                        "cert_expires": d.cert_expires,
+                    }),
+                ),
+                Ok(_) => problem(
+                    StatusCode::FORBIDDEN,
+                    "not enrolled",
+                    "this device is not enrolled or was revoked",
+                ),
+                Err(_) => problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                    "the device table is unavailable",
+                ),
+            }
+        }
+        (Method::POST, "/v1/enroll" | "/v1/enroll/finish" | "/v1/attest/nonce" | "/v1/attest") => {
+            let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request too large",
+                        "the body is over the limit or broken off",
+                    )
+                }
+            };
+            let answer = match path.as_str() {
+                "/v1/enroll" => state.enroll(&bytes).await,
+                "/v1/enroll/finish" => state.enroll_finish(&bytes).await,
+                "/v1/attest/nonce" => state.nonce(&bytes).await,
+                _ => state.attest(&bytes).await,
+            };
+            post(answer)
+        }
         (_, "/v1/health" | "/v1/whoami") => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed",
             "use GET",
+        ),
+        (_, "/v1/enroll" | "/v1/enroll/finish" | "/v1/attest/nonce" | "/v1/attest") => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            "use POST",
         ),
         _ => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
     }

@@ -1,0 +1,207 @@
+//! What the gateway remembers: enrollment tokens and enrolled devices in
+//! the database (SQLite or PostgreSQL; portable SQL, tables made on open),
+//! and, in memory, pending enrollment challenges and issued nonces.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand_core::RngCore as _;
+use sha2::Digest as _;
+use sqlx::{AnyPool, Row};
+
+/// A database problem.
+#[derive(Debug, thiserror::Error)]
+#[error("gateway database: {what}: {source}")]
+pub struct DbError {
+    what: &'static str,
+    #[source]
+    source: sqlx::Error,
+}
+
+fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError { what, source }
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Its id.
+    pub device_id: String,
+    /// Its policy groups.
+    pub groups: Vec<String>,
+    /// Its attestation key (PEM).
+    pub ak_pem: String,
+    /// When it enrolled (ms since the epoch).
+    pub enrolled_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<i64>,
+}
+
+/// What a token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The device id it is for.
+    pub device_id: String,
+    /// The groups the device gets.
+    pub groups: Vec<String>,
+}
+
+/// The tables.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+}
+
+fn now_ms() -> i64 {
+    audit::batch::now_ms()
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+impl Db {
+    /// Use `pool`, making the tables if missing.
+    pub async fn new(pool: AnyPool) -> Result<Db, DbError> {
+        for ddl in [
+            "CREATE TABLE IF NOT EXISTS gateway_tokens (token_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, \
+             groups_csv TEXT NOT NULL, expires_ms BIGINT NOT NULL, used_ms BIGINT)",
+            "CREATE TABLE IF NOT EXISTS gateway_devices (device_id TEXT PRIMARY KEY, groups_csv TEXT NOT NULL, \
+             ak_pem TEXT NOT NULL, enrolled_ms BIGINT NOT NULL, revoked_ms BIGINT)",
+        ] {
+            sqlx::query(ddl).execute(&pool).await.map_err(db("creating tables"))?;
+        }
+        Ok(Db { pool })
+    }
+
+    /// Make a one-time token for `device_id`, valid for `ttl`; returns it
+    /// (only its hash is stored).
+    pub async fn make_token(
+        &self,
+        device_id: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<String, DbError> {
+        let mut raw = [0u8; 24];
+        rand_core::OsRng.fill_bytes(&mut raw);
+        let token = hex::encode(raw);
+        let expires = now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query("INSERT INTO gateway_tokens (token_hash, device_id, groups_csv, expires_ms, used_ms) VALUES ($1, $2, $3, $4, NULL)")
+            .bind(token_hash(&token))
+            .bind(device_id.to_owned())
+            .bind(groups.join(","))
+            .bind(expires)
+            .execute(&self.pool)
+            .await
+            .map_err(db("storing a token"))?;
+        Ok(token)
+    }
+
+    /// The token's grant, if it exists, is unused and unexpired.
+    pub async fn check_token(&self, token: &str) -> Result<Option<Token>, DbError> {
+        let row = sqlx::query("SELECT device_id, groups_csv FROM gateway_tokens WHERE token_hash = $1 AND used_ms IS NULL AND expires_ms > $2")
+            .bind(token_hash(token))
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a token"))?;
+        Ok(row.map(|r| Token {
+            device_id: r.try_get(0).unwrap_or_default(),
+            groups: split_groups(&r.try_get::<String, _>(1).unwrap_or_default()),
+        }))
+    }
+
+    /// Use the token and register the device, in one transaction: false if
+    /// the token was used meanwhile.
+    pub async fn enroll(&self, token: &str, device: &Device) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
+        let used = sqlx::query("UPDATE gateway_tokens SET used_ms = $1 WHERE token_hash = $2 AND used_ms IS NULL AND expires_ms > $1")
+            .bind(now_ms())
+            .bind(token_hash(token))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("using a token"))?;
+        if used.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM gateway_devices WHERE device_id = $1")
+            .bind(device.device_id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("replacing a device"))?;
+        sqlx::query("INSERT INTO gateway_devices (device_id, groups_csv, ak_pem, enrolled_ms, revoked_ms) VALUES ($1, $2, $3, $4, NULL)")
+            .bind(device.device_id.clone())
+            .bind(device.groups.join(","))
+            .bind(device.ak_pem.clone())
+            .bind(device.enrolled_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("registering a device"))?;
+        tx.commit().await.map_err(db("committing"))?;
+        Ok(true)
+    }
+
+    /// An enrolled device.
+    pub async fn device(&self, device_id: &str) -> Result<Option<Device>, DbError> {
+        let row = sqlx::query("SELECT device_id, groups_csv, ak_pem, enrolled_ms, revoked_ms FROM gateway_devices WHERE device_id = $1")
+            .bind(device_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a device"))?;
+        Ok(row.map(|r| Device {
+            device_id: r.try_get(0).unwrap_or_default(),
+            groups: split_groups(&r.try_get::<String, _>(1).unwrap_or_default()),
+            ak_pem: r.try_get(2).unwrap_or_default(),
+            enrolled_ms: r.try_get(3).unwrap_or_default(),
+            revoked_ms: r.try_get(4).ok().flatten(),
+        }))
+    }
+}
+
+fn split_groups(csv: &str) -> Vec<String> {
+    csv.split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A pending enrollment: the secret the device must recover.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// The token presented.
+    pub token: String,
+    /// The device to register once the secret comes back.
+    pub device: Device,
+    /// The secret (32 bytes).
+    pub secret: Vec<u8>,
+    /// When it stops being accepted.
+    pub expires: Instant,
+}
+
+/// Pending challenges, by id. Each is taken once.
+#[derive(Debug, Default)]
+pub struct Challenges {
+    map: Mutex<HashMap<String, Challenge>>,
+}
+
+impl Challenges {
+    /// Store a challenge; returns its id.
+    pub fn put(&self, c: Challenge) -> String {
+        let mut raw = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut raw);
+        let id = hex::encode(raw);
+        if let Ok(mut m) = self.map.lock() {
+            let now = Instant::now();
+            m.retain(|_, c| c.expires > now);
+            m.insert(id.clone(), c);
+        }
+        id
+    }
+
+    /// Take a challenge (once), if it has not expired.
+    pub fn take(&self, id: &str) -> Option<Challenge> {
+        let c = self.map.lock().ok()?.remove(id)?;
+        (c.expires > Instant::now()).then_some(c)
+    }
+}
