@@ -1,6 +1,9 @@
 //! `satchel gateway serve` as an operator starts it: it makes its data
-//! directory, serves HTTPS that curl reaches with the pinned CA, refuses
-//! device routes without a certificate, and stops cleanly on SIGTERM.
+//! directory, serves HTTPS that curl reaches with the pinned CA, and stops
+//! cleanly on SIGTERM. And the whole device path against a real swtpm:
+//! enrollment with a one-time token (EK chain, credential activation),
+//! attestation for a device certificate, curl reaching `/v1/whoami` with
+//! it, a tampered boot refused with its reasons, everything audited.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -65,4 +68,231 @@ fn serve_answers_and_stops_on_sigterm() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+fn satchel(args: &[&str], tcti: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(args)
+        .env("SATCHEL_TPM", tcti)
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str], tcti: &str) -> String {
+    let o = satchel(args, tcti);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A gateway process, killed on drop.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_up(ca: &std::path::Path, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(ca)
+            .arg(format!("https://127.0.0.1:{port}/v1/health"))
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn enroll_attest_and_reach_whoami_with_the_issued_certificate() {
+    let swtpm = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
+    let t = swtpm.tcti();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let chain = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/boot-chain/chain.toml");
+    ok(
+        &[
+            "measure",
+            "--chain",
+            chain.to_str().unwrap(),
+            "--log",
+            &p("boot.log"),
+        ],
+        &t,
+    );
+    ok(&["keygen", "--out", &p("org.key")], &t);
+    ok(
+        &[
+            "predict",
+            "--chain",
+            chain.to_str().unwrap(),
+            "--banks",
+            "sha256",
+            "--sign-key",
+            &p("org.key"),
+            "--out",
+            &p("ref.json"),
+        ],
+        &t,
+    );
+    let port = free_port();
+    let gw = p("gw");
+    let _served = Served(
+        Command::new(env!("CARGO_BIN_EXE_satchel"))
+            .args([
+                "gateway",
+                "serve",
+                "--data",
+                &gw,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--ek-ca",
+                swtpm.ek_ca_dir().to_str().unwrap(),
+                "--reference",
+                &p("ref.json"),
+                "--reference-key",
+                &p("org.key.pub"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = dir.path().join("gw/ca.crt");
+    wait_up(&ca, port);
+    let url = format!("https://127.0.0.1:{port}");
+    let token = ok(
+        &[
+            "gateway",
+            "enroll-token",
+            "--data",
+            &gw,
+            "--device-id",
+            "laptop-17",
+            "--groups",
+            "group:class-7a",
+        ],
+        &t,
+    );
+    let token = token.trim();
+    let cdir = p("client");
+    let client = |extra: &[&str]| {
+        let mut args = vec!["client"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "--gateway",
+            &url,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--data",
+            &cdir,
+        ]);
+        satchel(&args, &t)
+    };
+    // Another device id with this token: refused.
+    let o = client(&["enroll", "--device-id", "laptop-99", "--token", token]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Enroll, then the token is spent.
+    let o = client(&["enroll", "--device-id", "laptop-17", "--token", token]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = client(&["enroll", "--device-id", "laptop-17", "--token", token]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Attest: a certificate, a 0600 key, and whoami answers with the groups.
+    let log = p("boot.log");
+    let o = client(&["attest", "--log", &log]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(p("client/device.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let whoami = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            &p("client/device.crt"),
+            "--key",
+            &p("client/device.key"),
+        ])
+        .arg(format!("{url}/v1/whoami"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(v["device_id"], "laptop-17", "{v}");
+    assert_eq!(v["groups"], serde_json::json!(["group:class-7a"]));
+    assert!(v["attested_at"].as_i64().is_some());
+
+    // A tampered boot (an extend the log does not show): no certificate, reasons back.
+    let mut tpm = attest::tpm::Tpm::open(&t).unwrap();
+    tpm.extend(8, &[(attest::HashAlg::Sha256, vec![0xab; 32])])
+        .unwrap();
+    drop(tpm);
+    let before = std::fs::read(p("client/device.crt")).unwrap();
+    let o = client(&["attest", "--log", &log]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("PCR 8"), "{err}");
+    assert_eq!(std::fs::read(p("client/device.crt")).unwrap(), before);
+
+    // The audit trail holds every decision.
+    let list = ok(
+        &[
+            "audit",
+            "list",
+            "--db",
+            &format!("sqlite:{gw}/satchel.db"),
+            "--json",
+        ],
+        &t,
+    );
+    let decisions: Vec<(String, String)> = list
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("enrollment", "refused"),
+        ("enrollment", "enrolled"),
+        ("attestation", "trusted"),
+        ("attestation", "not-trusted"),
+    ] {
+        assert!(
+            decisions.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?} not in {decisions:?}"
+        );
+    }
 }

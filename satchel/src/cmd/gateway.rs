@@ -9,6 +9,32 @@ use clap::{Args, Subcommand};
 pub(crate) enum GatewayCmd {
     /// Serve HTTPS with device certificates (mTLS).
     Serve(ServeArgs),
+    /// Make a one-time enrollment token for a device.
+    EnrollToken(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel gateway enroll-token --data ./gw --device-id laptop-17 --groups group:class-7a
+  satchel gateway enroll-token --data ./gw --device-id laptop-18 --ttl 1h
+
+Prints the token (only its hash is stored). It works once, for this device id, until it expires.")]
+pub(crate) struct TokenArgs {
+    /// The data directory.
+    #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
+    data: PathBuf,
+    /// The database [default: sqlite:DATA/satchel.db].
+    #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
+    db: Option<String>,
+    /// The device the token is for.
+    #[arg(long)]
+    device_id: String,
+    /// Policy groups the device joins, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// How long the token stays valid.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -27,12 +53,54 @@ pub(crate) struct ServeArgs {
     /// The HTTPS address.
     #[arg(long, env = "SATCHEL_LISTEN", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
+    /// The database [default: sqlite:DATA/satchel.db].
+    #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
+    db: Option<String>,
+    /// Directory of trusted EK CA certificates (needed for enrollment).
+    #[arg(long, env = "SATCHEL_EK_CA", value_name = "DIR")]
+    ek_ca: Option<PathBuf>,
+    /// The signed reference manifest devices must match (needed for attestation).
+    #[arg(
+        long,
+        env = "SATCHEL_REFERENCE",
+        value_name = "REF",
+        requires = "reference_key"
+    )]
+    reference: Option<PathBuf>,
+    /// The key the reference is signed with.
+    #[arg(
+        long,
+        env = "SATCHEL_REFERENCE_KEY",
+        value_name = "KEY.pub",
+        requires = "reference"
+    )]
+    reference_key: Option<PathBuf>,
+    /// How long device certificates live.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    cert_lifetime: std::time::Duration,
 }
 
 pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
     match cmd {
         GatewayCmd::Serve(a) => serve(a),
+        GatewayCmd::EnrollToken(a) => token(a),
     }
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url =
+        a.db.clone()
+            .unwrap_or_else(|| format!("sqlite:{}", a.data.join("satchel.db").display()));
+    let token = rt.block_on(async {
+        let (pool, _) = audit::store::connect(&url).await?;
+        let db = gateway::state::Db::new(pool).await?;
+        anyhow::Ok(db.make_token(&a.device_id, &a.groups, a.ttl).await?)
+    })?;
+    println!("{token}");
+    Ok(())
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -40,10 +108,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let config = gateway::ServeConfig {
-            data: a.data.clone(),
-            listen: a.listen,
-        };
+        let mut config = gateway::ServeConfig::new(a.data.clone(), a.listen);
+        config.db = a.db.clone();
+        config.ek_ca = a.ek_ca.clone();
+        config.reference = a.reference.clone().zip(a.reference_key.clone());
+        config.cert_lifetime = a.cert_lifetime;
         let g = gateway::Gateway::bind(&config).await?;
         eprintln!(
             "gateway listening on https://{} (clients pin {})",

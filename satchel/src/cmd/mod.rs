@@ -3,6 +3,7 @@
 
 mod attest;
 mod audit;
+mod client;
 mod eventlog;
 mod gateway;
 mod launch;
@@ -65,6 +66,9 @@ enum Command {
     /// The branch-office gateway.
     #[command(subcommand)]
     Gateway(gateway::GatewayCmd),
+    /// The device side: enroll with the gateway, attest for a certificate.
+    #[command(subcommand)]
+    Client(client::ClientCmd),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -108,6 +112,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(c) => policy::run(c),
         Command::Run(a) => policy::run_program(a),
         Command::Gateway(c) => gateway::run(c),
+        Command::Client(c) => client::run(c, config),
     }
 }
 
