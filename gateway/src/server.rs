@@ -49,6 +49,14 @@ pub enum ServeError {
     /// The audit store.
     #[error(transparent)]
     Audit(#[from] audit::store::StoreError),
+    /// A signing key in the data directory.
+    #[error("key {path}: {problem}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The EK CA directory.
     #[error(transparent)]
     EkCa(#[from] attest::ekcert::EkError),
@@ -69,6 +77,25 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The gateway audit log's name in its checkpoints.
+pub const AUDIT_ORIGIN: &str = "satchel.gateway.audit";
+
+/// `DIR/NAME.key` (ed25519, 0600) and `DIR/NAME.key.pub`, made if missing.
+fn signing_key(dir: &std::path::Path, name: &str) -> Result<ed25519_dalek::SigningKey, ServeError> {
+    let path = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.key.pub"));
+    let bad = |e: audit::checkpoint::CheckpointError| ServeError::Key {
+        path: path.clone(),
+        problem: e.to_string(),
+    };
+    if !path.exists() {
+        let key = audit::checkpoint::generate_key();
+        audit::checkpoint::write_key_pem(&path, &key).map_err(bad)?;
+        audit::checkpoint::write_public_pem(&public, &key.verifying_key()).map_err(bad)?;
+    }
+    audit::checkpoint::read_signing_key(&path).map_err(bad)
 }
 
 /// Where and what to serve.
@@ -179,6 +206,14 @@ impl Gateway {
         let (pool, _) = audit::store::connect(&url).await?;
         let db = Db::new(pool).await?;
         let audit = audit::store::Store::open(&url).await?;
+        let audit_key = signing_key(&config.data, "audit")?;
+        signing_key(&config.data, "manifest")?;
+        audit::log::spawn_checkpointer(
+            audit.clone(),
+            audit_key,
+            AUDIT_ORIGIN.to_owned(),
+            Duration::from_secs(60),
+        );
         let ek_cas = config.ek_ca.as_deref().map(CaSet::from_dir).transpose()?;
         let reference = match &config.reference {
             Some((path, key)) => {

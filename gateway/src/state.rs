@@ -142,6 +142,18 @@ impl Db {
         Ok(true)
     }
 
+    /// Revoke a device: its certificates stop working on the next request.
+    /// False if no such device.
+    pub async fn revoke(&self, device_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE gateway_devices SET revoked_ms = $1 WHERE device_id = $2 AND revoked_ms IS NULL")
+            .bind(now_ms())
+            .bind(device_id.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db("revoking a device"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// An enrolled device.
     pub async fn device(&self, device_id: &str) -> Result<Option<Device>, DbError> {
         let row = sqlx::query("SELECT device_id, groups_csv, ak_pem, enrolled_ms, revoked_ms FROM gateway_devices WHERE device_id = $1")

@@ -263,6 +263,97 @@ fn enroll_attest_and_reach_whoami_with_the_issued_certificate() {
     assert!(err.contains("PCR 8"), "{err}");
     assert_eq!(std::fs::read(p("client/device.crt")).unwrap(), before);
 
+    // Revocation takes effect on the next request.
+    ok(
+        &[
+            "gateway",
+            "revoke",
+            "--data",
+            &gw,
+            "--device-id",
+            "laptop-17",
+        ],
+        &t,
+    );
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            &p("client/device.crt"),
+            "--key",
+            &p("client/device.key"),
+        ])
+        .arg(format!("{url}/v1/whoami"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "403");
+    assert_ne!(
+        satchel(
+            &[
+                "gateway",
+                "revoke",
+                "--data",
+                &gw,
+                "--device-id",
+                "laptop-17"
+            ],
+            &t
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+
+    // The data directory holds the audit and manifest keys.
+    for f in [
+        "audit.key",
+        "audit.key.pub",
+        "manifest.key",
+        "manifest.key.pub",
+    ] {
+        assert!(dir.path().join("gw").join(f).exists(), "{f}");
+    }
+
+    // The gateway's audit log verifies with its key (after a checkpoint
+    // over everything; the gateway signs one every minute on its own).
+    let db = format!("sqlite:{gw}/satchel.db");
+    let origin = "satchel.gateway.audit";
+    ok(
+        &[
+            "audit",
+            "checkpoint",
+            "--db",
+            &db,
+            "--key",
+            &p("gw/audit.key"),
+            "--origin",
+            origin,
+        ],
+        &t,
+    );
+    let out = ok(
+        &[
+            "audit",
+            "verify",
+            "--db",
+            &db,
+            "--pubkey",
+            &p("gw/audit.key.pub"),
+            "--origin",
+            origin,
+        ],
+        &t,
+    );
+    assert!(out.contains("intact"), "{out}");
+
     // The audit trail holds every decision.
     let list = ok(
         &[

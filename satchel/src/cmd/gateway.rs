@@ -11,6 +11,56 @@ pub(crate) enum GatewayCmd {
     Serve(ServeArgs),
     /// Make a one-time enrollment token for a device.
     EnrollToken(TokenArgs),
+    /// Revoke a device: its certificate stops working on its next request.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel gateway revoke --data ./gw --device-id laptop-17")]
+pub(crate) struct RevokeArgs {
+    /// The data directory.
+    #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
+    data: PathBuf,
+    /// The database [default: sqlite:DATA/satchel.db].
+    #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
+    db: Option<String>,
+    /// The device to revoke.
+    #[arg(long)]
+    device_id: String,
+}
+
+fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url =
+        a.db.clone()
+            .unwrap_or_else(|| format!("sqlite:{}", a.data.join("satchel.db").display()));
+    let done = rt.block_on(async {
+        let (pool, _) = audit::store::connect(&url).await?;
+        let db = gateway::state::Db::new(pool).await?;
+        let done = db.revoke(&a.device_id).await?;
+        if done {
+            let store = audit::store::Store::open(&url).await?;
+            store
+                .append(
+                    vec![audit::entry::NewEntry {
+                        kind: "admin".to_owned(),
+                        actor: "gateway-cli".to_owned(),
+                        subject: a.device_id.clone(),
+                        decision: "revoked".to_owned(),
+                        details: serde_json::Value::Null,
+                    }],
+                    audit::batch::now_ms(),
+                )
+                .await?;
+        }
+        anyhow::Ok(done)
+    })?;
+    anyhow::ensure!(done, "no enrolled, unrevoked device {:?}", a.device_id);
+    println!("revoked {}", a.device_id);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +134,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
     match cmd {
         GatewayCmd::Serve(a) => serve(a),
         GatewayCmd::EnrollToken(a) => token(a),
+        GatewayCmd::Revoke(a) => revoke(a),
     }
 }
 
