@@ -48,7 +48,13 @@ pub struct AppState {
     pub challenges: Challenges,
     /// Issued nonces.
     pub nonces: Mutex<Nonces>,
+    /// Which device each outstanding nonce was issued to.
+    pub nonce_owners: Mutex<std::collections::HashMap<[u8; 32], String>>,
 }
+
+/// Most outstanding nonces remembered per gateway (oldest forgotten first by
+/// the window; this map is cleared when it grows past this).
+const MAX_NONCE_OWNERS: usize = 100_000;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -307,6 +313,13 @@ impl AppState {
             );
         };
         let n = nonces.issue();
+        drop(nonces);
+        if let Ok(mut owners) = self.nonce_owners.lock() {
+            if owners.len() >= MAX_NONCE_OWNERS {
+                owners.clear();
+            }
+            owners.insert(n, r.device_id.clone());
+        }
         let pcrs: Vec<u32> = reference.pcrs.keys().copied().collect();
         ok(json!({"nonce": hex::encode(n), "pcrs": pcrs, "banks": ["sha256"]}))
     }
@@ -343,12 +356,20 @@ impl AppState {
             Ok(c) => c,
             Err(e) => return bad_request(format!("csr: {e}")),
         };
+        let owner = <[u8; 32]>::try_from(evidence.nonce.as_slice())
+            .ok()
+            .and_then(|n| self.nonce_owners.lock().ok()?.remove(&n));
         let fresh = match self.nonces.lock() {
             Ok(mut n) => n.consume(&evidence.nonce).is_ok(),
             Err(_) => false,
         };
-        let nonce_problem =
-            (!fresh).then_some("the nonce is unknown, expired or already used (a replayed quote)");
+        let nonce_problem = if !fresh {
+            Some("the nonce is unknown, expired or already used (a replayed quote)")
+        } else if owner.as_deref() != Some(r.device_id.as_str()) {
+            Some("the nonce was issued to another device")
+        } else {
+            None
+        };
         let pinned = PublicKey::from_pem(&device.ak_pem).ok();
         let verdict = attest::verify(&evidence, reference, &evidence.nonce, pinned.as_ref());
         let mut failures: Vec<Value> = verdict

@@ -237,6 +237,7 @@ impl Gateway {
             cert_lifetime: config.cert_lifetime,
             challenges: Challenges::default(),
             nonces: std::sync::Mutex::new(Nonces::new(Duration::from_secs(120), 100_000)),
+            nonce_owners: std::sync::Mutex::default(),
         });
         let listener =
             TcpListener::bind(config.listen)

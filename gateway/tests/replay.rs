@@ -68,6 +68,21 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         let (s, _) = c.post("/v1/enroll/finish", &json!({"challenge": b["challenge"], "secret": B64.encode(&secret)})).await.unwrap();
         assert_eq!(s, 200);
 
+        // A second device, d2 (the same TPM and AK, enrolled with its own token).
+        let token2 = {
+            let (pool, _) = audit::store::connect(&config.db_url()).await.unwrap();
+            gateway::state::Db::new(pool).await.unwrap().make_token("d2", &[], std::time::Duration::from_secs(60)).await.unwrap()
+        };
+        let (s, b) = c
+            .post("/v1/enroll", &json!({"device_id": "d2", "token": token2, "ek_cert": B64.encode(&ek), "ak_pem": ak.public_pem, "ak_public": ak.tpm2b_public}))
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+        let secret = tpm
+            .activate_credential(&ak, &B64.decode(b["id_object"].as_str().unwrap()).unwrap(), &B64.decode(b["encrypted_secret"].as_str().unwrap()).unwrap())
+            .unwrap();
+        let (s, _) = c.post("/v1/enroll/finish", &json!({"challenge": b["challenge"], "secret": B64.encode(&secret)})).await.unwrap();
+        assert_eq!(s, 200);
         // Attest with a nonce from the gateway.
         let mut evidence_for = |nonce: &[u8]| -> Value {
             let pcrs: Vec<u32> = reference.pcrs.keys().copied().collect();
@@ -103,6 +118,13 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         // A valid quote over a nonce the gateway never issued: refused.
         let (s, b) = c.post("/v1/attest", &json!({"device_id": "d1", "evidence": evidence_for(&[9; 32]), "csr": csr})).await.unwrap();
         assert_eq!(s, 403, "{b}");
+
+        // d2 cannot use a nonce issued to d1.
+        let (_, n) = c.post("/v1/attest/nonce", &json!({"device_id": "d1"})).await.unwrap();
+        let nonce = hex::decode(n["nonce"].as_str().unwrap()).unwrap();
+        let (s, b) = c.post("/v1/attest", &json!({"device_id": "d2", "evidence": evidence_for(&nonce), "csr": csr})).await.unwrap();
+        assert_eq!(s, 403, "{b}");
+        assert!(b.to_string().contains("another device"), "{b}");
 
         // Malformed bodies: 400, never a panic.
         for junk in [json!({}), json!({"device_id": "d1", "evidence": 5, "csr": "x"}), json!({"device_id": "d1", "evidence": {}, "csr": csr})] {
