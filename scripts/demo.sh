@@ -21,7 +21,12 @@ SATCHEL=$ROOT/target/debug/satchel
 OUT=$ROOT/demo-out
 rm -rf "$OUT"; mkdir -p "$OUT"
 . scripts/swtpm-lib.sh
-trap stop_swtpm EXIT
+GATEWAY_PID=
+cleanup() {
+  if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true; fi
+  stop_swtpm
+}
+trap cleanup EXIT
 start_swtpm "$OUT/swtpm"
 export SATCHEL_TPM=$SWTPM_TCTI
 export TSS2_LOG=all+none
@@ -139,7 +144,46 @@ if "$SATCHEL" run --bundle "$OUT/policy.bundle" --bundle-key "$OUT/org.key.pub" 
 fi
 echo "OK: the denied URL, the hex IP literal and the unlisted program were refused"
 
-step "12. recording the outcomes in the tamper-evident audit log"
+step "12. the gateway: enroll a device with a provisioned TPM, attest, reach it over mTLS"
+stop_swtpm
+TPMDIR="$OUT/swtpm-client"; mkdir -p "$TPMDIR/localca"
+printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
+  "$TPMDIR/localca" "$TPMDIR/localca" "$TPMDIR/localca" "$TPMDIR/localca" > "$TPMDIR/localca.conf"
+printf -- '--platform-manufacturer Satchel\n--platform-version 2.1\n--platform-model swtpm\n' > "$TPMDIR/localca.options"
+printf 'create_certs_tool = swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n' \
+  "$TPMDIR/localca.conf" "$TPMDIR/localca.options" > "$TPMDIR/setup.conf"
+swtpm_setup --tpm2 --tpmstate "$TPMDIR" --pcr-banks sha256 --create-ek-cert --config "$TPMDIR/setup.conf" --overwrite >/dev/null
+start_swtpm "$TPMDIR"
+export SATCHEL_TPM=$SWTPM_TCTI
+echo "client TPM provisioned like a vendor's: EK certificate from a local CA ($TPMDIR/localca)"
+"$SATCHEL" measure --chain "$CHAIN" --log "$OUT/boot-client.log" >/dev/null
+GW_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$SATCHEL" gateway serve --data "$OUT/gw" --listen "127.0.0.1:$GW_PORT" --ek-ca "$TPMDIR/localca" \
+  --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" 2> "$OUT/gateway.log" &
+GATEWAY_PID=$!
+for _ in $(seq 1 100); do
+  curl -sf --cacert "$OUT/gw/ca.crt" "https://127.0.0.1:$GW_PORT/v1/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+GW="https://127.0.0.1:$GW_PORT"
+TOKEN=$("$SATCHEL" gateway enroll-token --data "$OUT/gw" --device-id laptop-17 --groups group:class-7a)
+"$SATCHEL" client enroll --gateway "$GW" --ca "$OUT/gw/ca.crt" --data "$OUT/client" --device-id laptop-17 --token "$TOKEN"
+if "$SATCHEL" client enroll --gateway "$GW" --ca "$OUT/gw/ca.crt" --data "$OUT/client" --device-id laptop-17 --token "$TOKEN" 2>/dev/null; then
+  echo "a token worked twice" >&2; exit 1
+fi
+echo "the same token again: refused"
+"$SATCHEL" client attest --gateway "$GW" --ca "$OUT/gw/ca.crt" --data "$OUT/client" --log "$OUT/boot-client.log"
+echo "whoami over mTLS with the issued certificate (curl):"
+curl -sS --cacert "$OUT/gw/ca.crt" --cert "$OUT/client/device.crt" --key "$OUT/client/device.key" "$GW/v1/whoami"; echo
+echo "without a certificate:"
+curl -sS --cacert "$OUT/gw/ca.crt" "$GW/v1/whoami"; echo
+echo "the gateway's own audit log (it signs a checkpoint every minute; one more now):"
+GW_DB="sqlite:$OUT/gw/satchel.db"
+"$SATCHEL" audit checkpoint --db "$GW_DB" --key "$OUT/gw/audit.key" --origin satchel.gateway.audit >/dev/null
+"$SATCHEL" audit list --db "$GW_DB"
+"$SATCHEL" audit verify --db "$GW_DB" --pubkey "$OUT/gw/audit.key.pub" --origin satchel.gateway.audit
+
+step "13. recording the outcomes in the tamper-evident audit log"
 AUDIT_DB="sqlite:$OUT/audit.db"
 "$SATCHEL" keygen --out "$OUT/audit.key"   # the policy refusal above is already entry 0
 PCR8=$(awk '/^sha256:/{b=1} b && $1 == "8:" {print $2; exit}' "$OUT/replay.txt")
