@@ -261,15 +261,11 @@ pub fn verify(
 /// hash to the quote's PCR digest; return the quoted values.
 fn check_selection(q: &Quote, evidence: &Evidence, failures: &mut Vec<Failure>) -> PcrBanks {
     let mut quoted = PcrBanks::new();
-    let mut concat = Vec::new();
     let mut complete = true;
     for sel in &q.pcr_select {
         for &pcr in &sel.pcrs {
             match evidence.pcrs.get(sel.bank, pcr) {
-                Some(v) => {
-                    concat.extend_from_slice(v);
-                    quoted.set(sel.bank, pcr, v.to_vec());
-                }
+                Some(v) => quoted.set(sel.bank, pcr, v.to_vec()),
                 None => {
                     complete = false;
                     failures.push(
@@ -297,19 +293,11 @@ fn check_selection(q: &Quote, evidence: &Evidence, failures: &mut Vec<Failure>) 
             );
         }
     }
-    if complete {
-        // The TPM hashes the PCR values with the signing scheme's hash,
-        // which has the quote digest's length.
-        let hash = HashAlg::ALL
-            .into_iter()
-            .filter(|a| a.digest_size() == q.pcr_digest.len())
-            .find(|a| a.hash(&concat) == q.pcr_digest);
-        if hash.is_none() {
-            failures.push(Failure::new(
-                Check::PcrDigest,
-                "the reported PCR values do not hash to the quote's PCR digest",
-            ));
-        }
+    if complete && !q.pcr_digest_matches(&quoted) {
+        failures.push(Failure::new(
+            Check::PcrDigest,
+            "the reported PCR values do not hash to the quote's PCR digest",
+        ));
     }
     quoted
 }

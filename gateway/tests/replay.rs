@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use attest::evidence::Evidence;
 use attest::tpm::{AkAlg, Tpm};
 use attest::HashAlg;
 use base64::Engine as _;
@@ -84,21 +83,11 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         let (s, _) = c.post("/v1/enroll/finish", &json!({"challenge": b["challenge"], "secret": B64.encode(&secret)})).await.unwrap();
         assert_eq!(s, 200);
         // Attest with a nonce from the gateway.
+        let pcrs: BTreeSet<u32> = reference.pcrs.keys().copied().collect();
+        let sel: BTreeMap<HashAlg, BTreeSet<u32>> = [(HashAlg::Sha256, pcrs)].into();
+        let log = std::fs::read(&log_path).unwrap();
         let mut evidence_for = |nonce: &[u8]| -> Value {
-            let pcrs: Vec<u32> = reference.pcrs.keys().copied().collect();
-            let sel: BTreeMap<HashAlg, BTreeSet<u32>> = [(HashAlg::Sha256, pcrs.iter().copied().collect())].into();
-            let values = tpm.read_pcrs(&[HashAlg::Sha256], &pcrs).unwrap();
-            let (quote, signature) = tpm.quote(&ak, nonce, &sel).unwrap();
-            let e = Evidence {
-                format: attest::evidence::FORMAT.to_owned(),
-                quote,
-                signature,
-                ak_pem: ak.public_pem.clone(),
-                ak_public: Some(B64.decode(&ak.tpm2b_public).unwrap()),
-                nonce: nonce.to_vec(),
-                pcrs: values,
-                event_logs: vec![std::fs::read(&log_path).unwrap()],
-            };
+            let e = tpm.evidence(&ak, nonce, &sel, vec![log.clone()]).unwrap();
             serde_json::from_str(&e.to_json()).unwrap()
         };
         let key = rcgen::KeyPair::generate().unwrap();

@@ -42,7 +42,8 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 
 use super::{command, malformed, selection_list, Tpm, TpmError};
 use crate::alg::HashAlg;
-use crate::tpm2::AkPublic;
+use crate::evidence::Evidence;
+use crate::tpm2::{AkPublic, Quote};
 
 /// Where `swtpm_setup` and many vendors keep the RSA EK.
 const EK_PERSISTENT_HANDLE: u32 = 0x8101_0001;
@@ -246,6 +247,48 @@ impl Tpm {
             attest.marshall().map_err(command(WHAT))?,
             signature.marshall().map_err(command(WHAT))?,
         ))
+    }
+
+    /// Evidence for `nonce`: the PCRs of `selection` read and quoted, with
+    /// the AK's public parts and `event_logs`. The values are read before
+    /// the quote and checked against its digest; if a PCR changed in
+    /// between, the quote is taken again (three tries).
+    pub fn evidence(
+        &mut self,
+        ak_file: &AkFile,
+        nonce: &[u8],
+        selection: &BTreeMap<HashAlg, BTreeSet<u32>>,
+        event_logs: Vec<Vec<u8>>,
+    ) -> Result<Evidence, TpmError> {
+        const WHAT: &str = "TPM2_Quote";
+        let banks: Vec<HashAlg> = selection.keys().copied().collect();
+        let pcrs: Vec<u32> = selection
+            .values()
+            .flatten()
+            .copied()
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let ak_public = b64(&ak_file.tpm2b_public, WHAT)?;
+        for _ in 0..3 {
+            let values = self.read_pcrs(&banks, &pcrs)?;
+            let (quote, signature) = self.quote(ak_file, nonce, selection)?;
+            let parsed =
+                Quote::parse(&quote).map_err(|_| malformed(WHAT, "a quote Satchel cannot read"))?;
+            if parsed.pcr_digest_matches(&values) {
+                return Ok(Evidence {
+                    format: crate::evidence::FORMAT.to_owned(),
+                    quote,
+                    signature,
+                    ak_pem: ak_file.public_pem.clone(),
+                    ak_public: Some(ak_public),
+                    nonce: nonce.to_vec(),
+                    pcrs: values,
+                    event_logs,
+                });
+            }
+        }
+        Err(malformed(WHAT, "the PCRs kept changing while quoting"))
     }
 
     /// TPM2_ActivateCredential: recover a credential the verifier wrapped

@@ -86,6 +86,25 @@ pub struct Quote {
 }
 
 impl Quote {
+    /// Whether `values` hold every selected PCR and, concatenated in
+    /// selection order, hash to the quote's PCR digest (with the hash whose
+    /// size the digest has: the signing scheme's).
+    pub fn pcr_digest_matches(&self, values: &crate::pcr::PcrBanks) -> bool {
+        let mut concat = Vec::new();
+        for sel in &self.pcr_select {
+            for &pcr in &sel.pcrs {
+                match values.get(sel.bank, pcr) {
+                    Some(v) => concat.extend_from_slice(v),
+                    None => return false,
+                }
+            }
+        }
+        HashAlg::ALL
+            .into_iter()
+            .filter(|a| a.digest_size() == self.pcr_digest.len())
+            .any(|a| a.hash(&concat) == self.pcr_digest)
+    }
+
     /// Parse the bytes a TPM2_Quote signed.
     pub fn parse(bytes: &[u8]) -> Result<Quote, WireError> {
         let mut w = Wire::new(bytes, "TPMS_ATTEST");

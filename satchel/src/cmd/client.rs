@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use attest::evidence::Evidence;
 use attest::tpm::{AkAlg, AkFile};
 use attest::HashAlg;
 use base64::Engine as _;
@@ -185,22 +184,8 @@ async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let mut tpm = a.tpm.open(config)?;
     let selection: BTreeMap<HashAlg, BTreeSet<u32>> =
         [(bank, pcrs.iter().copied().collect())].into();
-    let values = tpm.read_pcrs(&[bank], &pcrs)?;
-    let (quote, signature) = tpm.quote(&ak, &nonce, &selection)?;
+    let evidence = tpm.evidence(&ak, &nonce, &selection, logs)?;
     drop(tpm);
-    let evidence = Evidence {
-        format: attest::evidence::FORMAT.to_owned(),
-        quote,
-        signature,
-        ak_pem: ak.public_pem.clone(),
-        ak_public: Some(
-            B64.decode(&ak.tpm2b_public)
-                .context("AK file: tpm2b_public")?,
-        ),
-        nonce,
-        pcrs: values,
-        event_logs: logs,
-    };
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params

@@ -5,6 +5,33 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+/// The gateway's data directory and database, for the admin commands.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// The data directory.
+    #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
+    data: PathBuf,
+    /// The database [default: sqlite:DATA/satchel.db].
+    #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
+    db: Option<String>,
+}
+
+impl StoreArgs {
+    /// The database URL, as `gateway serve` resolves it.
+    fn url(&self) -> String {
+        let mut c = gateway::ServeConfig::new(self.data.clone(), ([127, 0, 0, 1], 0).into());
+        c.db = self.db.clone();
+        c.db_url()
+    }
+
+    /// The device and token tables, and the database URL.
+    async fn open(&self) -> anyhow::Result<(gateway::state::Db, String)> {
+        let url = self.url();
+        let (pool, _) = audit::store::connect(&url).await?;
+        Ok((gateway::state::Db::new(pool).await?, url))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum GatewayCmd {
     /// Serve HTTPS with device certificates (mTLS).
@@ -19,12 +46,8 @@ pub(crate) enum GatewayCmd {
 #[command(after_help = "Examples:
   satchel gateway revoke --data ./gw --device-id laptop-17")]
 pub(crate) struct RevokeArgs {
-    /// The data directory.
-    #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
-    data: PathBuf,
-    /// The database [default: sqlite:DATA/satchel.db].
-    #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
-    db: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The device to revoke.
     #[arg(long)]
     device_id: String,
@@ -34,12 +57,8 @@ fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let url =
-        a.db.clone()
-            .unwrap_or_else(|| format!("sqlite:{}", a.data.join("satchel.db").display()));
     let done = rt.block_on(async {
-        let (pool, _) = audit::store::connect(&url).await?;
-        let db = gateway::state::Db::new(pool).await?;
+        let (db, url) = a.store.open().await?;
         let done = db.revoke(&a.device_id).await?;
         if done {
             let store = audit::store::Store::open(&url).await?;
@@ -70,12 +89,8 @@ fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
 
 Prints the token (only its hash is stored). It works once, for this device id, until it expires.")]
 pub(crate) struct TokenArgs {
-    /// The data directory.
-    #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
-    data: PathBuf,
-    /// The database [default: sqlite:DATA/satchel.db].
-    #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
-    db: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The device the token is for.
     #[arg(long)]
     device_id: String,
@@ -142,12 +157,8 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let url =
-        a.db.clone()
-            .unwrap_or_else(|| format!("sqlite:{}", a.data.join("satchel.db").display()));
     let token = rt.block_on(async {
-        let (pool, _) = audit::store::connect(&url).await?;
-        let db = gateway::state::Db::new(pool).await?;
+        let (db, _) = a.store.open().await?;
         anyhow::Ok(db.make_token(&a.device_id, &a.groups, a.ttl).await?)
     })?;
     println!("{token}");
