@@ -12,7 +12,7 @@
 //! with the device's enrolled AK, the gateway issues a short-lived device
 //! certificate bound to this attestation. Every outcome is an audit entry.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use attest::ekcert::CaSet;
@@ -21,11 +21,13 @@ use attest::tpm2::{AkPublic, PublicKey};
 use attest::verify::Nonces;
 use attest::Reference;
 use base64::Engine as _;
+use policy::FastPolicy;
 use rand_core::RngCore as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::pki::{DeviceCertRequest, Pki};
+use crate::server::{DeviceIdentity, Role};
 use crate::state::{Challenge, Challenges, Db, Device};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -40,9 +42,19 @@ pub struct AppState {
     pub audit: audit::store::Store,
     /// Trusted EK CAs (enrollment is refused without them).
     pub ek_cas: Option<CaSet>,
-    /// The reference devices must match (attestation is refused without one).
-    pub reference: Option<Reference>,
-    /// How long device certificates live.
+    /// The reference devices must match (attestation is refused without
+    /// one); replaced through the admin routes.
+    pub reference: RwLock<Option<Arc<Reference>>>,
+    /// The key references must be signed with.
+    pub reference_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The egress policy; replaced through the admin routes.
+    pub policy: RwLock<Arc<FastPolicy>>,
+    /// The policy lines in force, as written.
+    pub policy_source: RwLock<String>,
+    /// Where the policy is stored.
+    pub policy_store: policy::PolicyStore,
+    /// How long device certificates live, and how old an attestation may be
+    /// for its certificate to be honoured.
     pub cert_lifetime: Duration,
     /// Pending enrollments.
     pub challenges: Challenges,
@@ -99,7 +111,126 @@ fn b64(s: &str, what: &str) -> Result<Vec<u8>, Answer> {
 }
 
 impl AppState {
-    async fn record(&self, kind: &str, actor: &str, subject: &str, decision: &str, details: Value) {
+    /// The egress policy in force.
+    pub fn policy(&self) -> Arc<FastPolicy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Put a policy in force.
+    pub fn set_policy(&self, text: &policy::PolicyText, source: String) {
+        let compiled = Arc::new(FastPolicy::compile(text));
+        match self.policy.write() {
+            Ok(mut p) => *p = compiled,
+            Err(p) => *p.into_inner() = compiled,
+        }
+        match self.policy_source.write() {
+            Ok(mut p) => *p = source,
+            Err(p) => *p.into_inner() = source,
+        }
+    }
+
+    /// The policy lines in force.
+    pub fn policy_text(&self) -> String {
+        match self.policy_source.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The reference in force.
+    pub fn reference(&self) -> Option<Arc<Reference>> {
+        match self.reference.read() {
+            Ok(r) => r.clone(),
+            Err(r) => r.into_inner().clone(),
+        }
+    }
+
+    /// The device behind a connection, if its certificate is honoured now:
+    /// a device certificate (not an admin one) for an enrolled, unrevoked
+    /// device, issued for an attestation made after the device enrolled and
+    /// no older than the certificate lifetime. Asked on every request, so a
+    /// revocation takes effect on the next one.
+    pub async fn authorize_device(&self, who: Option<&DeviceIdentity>) -> Result<Device, Answer> {
+        let Some(who) = who else {
+            return Err(refuse(
+                401,
+                "device certificate required",
+                "this route needs a device certificate issued by this gateway after an attestation",
+                Value::Null,
+            ));
+        };
+        if who.role != Role::Device {
+            return Err(refuse(
+                403,
+                "not a device",
+                "this route is for devices; admin certificates are for /v1/admin routes",
+                Value::Null,
+            ));
+        }
+        let device = match self.db.device(&who.device_id).await {
+            Ok(Some(d)) if d.revoked_ms.is_none() => d,
+            Ok(_) => {
+                return Err(refuse(
+                    403,
+                    "not enrolled",
+                    "this device is not enrolled or was revoked",
+                    Value::Null,
+                ))
+            }
+            Err(_) => {
+                return Err(refuse(
+                    500,
+                    "internal error",
+                    "the device table is unavailable",
+                    Value::Null,
+                ))
+            }
+        };
+        let Some(at) = who.attested_at_ms else {
+            return Err(refuse(
+                403,
+                "no attestation",
+                "the certificate is not bound to an attestation",
+                Value::Null,
+            ));
+        };
+        let max_age = i64::try_from(self.cert_lifetime.as_millis()).unwrap_or(i64::MAX);
+        if audit::batch::now_ms().saturating_sub(at) > max_age {
+            return Err(refuse(
+                403,
+                "stale attestation",
+                "the attestation behind this certificate is too old; attest again",
+                Value::Null,
+            ));
+        }
+        if at < device.enrolled_ms {
+            return Err(refuse(
+                403,
+                "stale certificate",
+                "the certificate predates the device's current enrollment",
+                Value::Null,
+            ));
+        }
+        Ok(device)
+    }
+
+    /// Whether a device is still enrolled and unrevoked (open tunnels ask).
+    pub async fn still_admitted(&self, device_id: &str) -> bool {
+        matches!(self.db.device(device_id).await, Ok(Some(d)) if d.revoked_ms.is_none())
+    }
+
+    /// Append one audit entry; its batch is durable when this returns.
+    pub async fn record(
+        &self,
+        kind: &str,
+        actor: &str,
+        subject: &str,
+        decision: &str,
+        details: Value,
+    ) {
         let entry = audit::entry::NewEntry {
             kind: kind.to_owned(),
             actor: actor.to_owned(),
@@ -296,7 +427,7 @@ impl AppState {
         if let Err(a) = self.enrolled(&r.device_id).await {
             return a;
         }
-        let Some(reference) = &self.reference else {
+        let Some(reference) = self.reference() else {
             return refuse(
                 503,
                 "attestation unavailable",
@@ -340,7 +471,7 @@ impl AppState {
             Ok(d) => d,
             Err(a) => return a,
         };
-        let Some(reference) = &self.reference else {
+        let Some(reference) = self.reference() else {
             return refuse(
                 503,
                 "attestation unavailable",
@@ -371,7 +502,7 @@ impl AppState {
             None
         };
         let pinned = PublicKey::from_pem(&device.ak_pem).ok();
-        let verdict = attest::verify(&evidence, reference, &evidence.nonce, pinned.as_ref());
+        let verdict = attest::verify(&evidence, &reference, &evidence.nonce, pinned.as_ref());
         let mut failures: Vec<Value> = verdict
             .failures
             .iter()

@@ -110,6 +110,32 @@ impl GatewayClient {
         self.request(hyper::Method::GET, path, None).await
     }
 
+    /// A TLS connection to the gateway (the pinned CA, the identity if
+    /// any), for protocols other than one JSON request: the proxy's CONNECT.
+    pub async fn connect(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let io = |problem: String| ClientError::Io {
+            url: self.url.clone(),
+            problem,
+        };
+        let tcp = tokio::net::TcpStream::connect((self.host.trim_matches(['[', ']']), self.port))
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        let name = ServerName::try_from(self.host.trim_matches(['[', ']']).to_owned())
+            .map_err(|e| io(e.to_string()))?;
+        self.connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| io(format!("TLS: {e}")))
+    }
+
+    /// The TLS connector (the pinned CA and the identity), to run TLS
+    /// inside a tunnel.
+    pub fn connector(&self) -> &tokio_rustls::TlsConnector {
+        &self.connector
+    }
+
     async fn request(
         &self,
         method: hyper::Method,
@@ -120,16 +146,7 @@ impl GatewayClient {
             url: self.url.clone(),
             problem,
         };
-        let tcp = tokio::net::TcpStream::connect((self.host.trim_matches(['[', ']']), self.port))
-            .await
-            .map_err(|e| io(e.to_string()))?;
-        let name = ServerName::try_from(self.host.trim_matches(['[', ']']).to_owned())
-            .map_err(|e| io(e.to_string()))?;
-        let tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| io(format!("TLS: {e}")))?;
+        let tls = self.connect().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await

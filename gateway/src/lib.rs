@@ -3,17 +3,19 @@
 //! the per-URL egress proxy and the admin routes.
 //!
 //! This is the only crate that serves the network; it never admits a device
-//! whose quote did not verify. Today it holds the data directory's PKI
-//! ([`pki`]) and the mTLS server with its first routes ([`server`]);
-//! enrollment, attestation, the proxy and the admin routes are still to
-//! come.
+//! whose quote did not verify. [`pki`] keeps the data directory's CAs and
+//! keys; [`server`] is the mTLS server; [`api`] the enrollment and
+//! attestation routes; [`admin`] the admin routes; [`proxy`] the egress
+//! proxy; [`state`] the database tables; [`client`] the device's side.
 
+pub mod admin;
 pub mod api;
 pub mod client;
 pub mod pki;
+pub mod proxy;
 pub mod server;
 pub mod state;
 
 pub use client::{ClientError, GatewayClient};
 pub use pki::{DeviceCertRequest, Pki, PkiError};
-pub use server::{DeviceIdentity, Gateway, ServeConfig, ServeError};
+pub use server::{DeviceIdentity, Gateway, Role, ServeConfig, ServeError};

@@ -4,7 +4,11 @@
 //! |---|---|
 //! | `ca.crt`, `ca.key` | the gateway CA: clients pin `ca.crt`; it signs the server certificate |
 //! | `server.crt`, `server.key` | the TLS server certificate (`localhost`, `127.0.0.1`, `::1` and any extra names) |
-//! | `device-ca.crt`, `device-ca.key` | the device CA: signs the short-lived device certificates the gateway issues after an attestation; the TLS server accepts client certificates from it only |
+//! | `device-ca.crt`, `device-ca.key` | the device CA: signs the short-lived device certificates the gateway issues after an attestation |
+//! | `admin-ca.crt`, `admin-ca.key` | the admin CA: signs admin client certificates (`satchel gateway admin-cert`) |
+//!
+//! The TLS server accepts client certificates from the device CA and the
+//! admin CA only; which of the two issued a certificate decides its role.
 //!
 //! Keys are ECDSA P-256, written 0600, never overwritten. Made on first
 //! start, reused afterwards.
@@ -76,6 +80,8 @@ pub struct Pki {
     pub ca: Ca,
     /// The device CA.
     pub device_ca: Ca,
+    /// The admin CA.
+    pub admin_ca: Ca,
     /// The server certificate, PEM.
     pub server_cert_pem: String,
     /// The server key, PEM.
@@ -169,7 +175,8 @@ impl Pki {
     pub fn init(dir: &Path, server_names: &[String]) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let ca = Ca::load_or_make(dir, "ca", "Satchel gateway CA")?;
-        let device_ca = Ca::load_or_make(dir, "device-ca", "Satchel device CA")?;
+        let device_ca = Ca::load_or_make(dir, "device-ca", DEVICE_CA_NAME)?;
+        let admin_ca = Ca::load_or_make(dir, "admin-ca", ADMIN_CA_NAME)?;
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
         let (server_cert_pem, server_key_pem) = if crt.exists() && key.exists() {
             (read(&crt)?, read(&key)?)
@@ -197,6 +204,7 @@ impl Pki {
         Ok(Pki {
             ca,
             device_ca,
+            admin_ca,
             server_cert_pem,
             server_key_pem,
         })
@@ -235,6 +243,42 @@ impl Pki {
         Ok(cert.pem())
     }
 }
+
+/// An admin client certificate and its new key (both PEM).
+#[derive(Debug)]
+pub struct AdminCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The private key (write it 0600).
+    pub key_pem: String,
+}
+
+impl Pki {
+    /// Issue an admin client certificate for `name`, with a fresh key.
+    pub fn issue_admin_cert(&self, name: &str, lifetime: Duration) -> Result<AdminCert, PkiError> {
+        let what = format!("admin certificate for {name}");
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err(what.clone()))?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = SystemTime::now();
+        p.not_before = (now - Duration::from_secs(60)).into();
+        p.not_after = (now + lifetime).into();
+        let kp = KeyPair::generate().map_err(cert_err(what.clone()))?;
+        let cert = p
+            .signed_by(&kp, &self.admin_ca.issuer()?)
+            .map_err(cert_err(what))?;
+        Ok(AdminCert {
+            cert_pem: cert.pem(),
+            key_pem: kp.serialize_pem(),
+        })
+    }
+}
+
+/// The device CA's common name (the issuer of every device certificate).
+pub const DEVICE_CA_NAME: &str = "Satchel device CA";
+/// The admin CA's common name (the issuer of every admin certificate).
+pub const ADMIN_CA_NAME: &str = "Satchel admin CA";
 
 /// A DER UTF8String.
 fn der_utf8(s: &str) -> Vec<u8> {

@@ -68,6 +68,9 @@ pub enum ServeError {
         /// What is wrong.
         problem: String,
     },
+    /// The policy file or the stored policy.
+    #[error("policy: {0}")]
+    Policy(String),
     /// The listen address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -109,10 +112,20 @@ pub struct ServeConfig {
     pub db: Option<String>,
     /// Directory of trusted EK CA certificates (enrollment needs it).
     pub ek_ca: Option<PathBuf>,
-    /// The signed reference manifest devices must match, and its key.
-    pub reference: Option<(PathBuf, PathBuf)>,
+    /// A signed reference manifest put in force (and stored in the
+    /// database) on start; if `None`, the stored one is used.
+    pub reference: Option<PathBuf>,
+    /// The key references must be signed with (needed for any reference).
+    pub reference_key: Option<PathBuf>,
     /// How long device certificates live.
     pub cert_lifetime: Duration,
+    /// The egress proxy's address (no proxy if `None`).
+    pub proxy_listen: Option<SocketAddr>,
+    /// A policy file put in force (and stored in the database) on start; if
+    /// `None`, the policy stored in the database is used.
+    pub policy: Option<PathBuf>,
+    /// How long shutdown waits for open connections to finish.
+    pub drain: Duration,
 }
 
 impl ServeConfig {
@@ -124,7 +137,11 @@ impl ServeConfig {
             db: None,
             ek_ca: None,
             reference: None,
+            reference_key: None,
             cert_lifetime: Duration::from_secs(3600),
+            proxy_listen: None,
+            policy: None,
+            drain: Duration::from_secs(10),
         }
     }
 
@@ -136,11 +153,22 @@ impl ServeConfig {
     }
 }
 
-/// The device a connection's client certificate names.
+/// What a client certificate's holder may do: which CA issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A device certificate (device CA), issued after an attestation.
+    Device,
+    /// An admin certificate (admin CA).
+    Admin,
+}
+
+/// The device (or admin) a connection's client certificate names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIdentity {
-    /// The device id.
+    /// The device id (for an admin, the admin's name).
     pub device_id: String,
+    /// Device or admin.
+    pub role: Role,
     /// When its attestation was verified (ms since the epoch), from the
     /// certificate's Satchel extension.
     pub attested_at_ms: Option<i64>,
@@ -151,6 +179,10 @@ pub struct DeviceIdentity {
 /// A bound, not yet running gateway.
 pub struct Gateway {
     listener: TcpListener,
+    proxy: Option<TcpListener>,
+    drain: Duration,
+    /// The proxy's address, if it listens.
+    pub proxy_addr: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
     state: Arc<AppState>,
     /// The address it listens on (useful with port 0).
@@ -169,10 +201,12 @@ fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
     let tls = |e: String| ServeError::Tls(e);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(pki.device_ca.cert_pem.as_bytes()) {
-        roots
-            .add(c.map_err(|e| tls(e.to_string()))?)
-            .map_err(|e| tls(e.to_string()))?;
+    for ca in [&pki.device_ca, &pki.admin_ca] {
+        for c in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| tls(e.to_string()))?)
+                .map_err(|e| tls(e.to_string()))?;
+        }
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -204,7 +238,7 @@ impl Gateway {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
         let url = config.db_url();
         let (pool, _) = audit::store::connect(&url).await?;
-        let db = Db::new(pool).await?;
+        let db = Db::new(pool.clone()).await?;
         let audit = audit::store::Store::open(&url).await?;
         let audit_key = signing_key(&config.data, "audit")?;
         signing_key(&config.data, "manifest")?;
@@ -215,25 +249,42 @@ impl Gateway {
             Duration::from_secs(60),
         );
         let ek_cas = config.ek_ca.as_deref().map(CaSet::from_dir).transpose()?;
-        let reference = match &config.reference {
-            Some((path, key)) => {
-                let bad = |problem: String| ServeError::Reference {
-                    path: path.clone(),
-                    problem,
-                };
-                let key =
-                    audit::checkpoint::read_verifying_key(key).map_err(|e| bad(e.to_string()))?;
-                let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-                Some(Reference::verify_signed(&bytes, &key).map_err(|e| bad(e.to_string()))?)
+        let (reference, reference_key) = load_reference(config, &db).await?;
+        let policy_store = policy::PolicyStore::new(pool.clone())
+            .await
+            .map_err(|e| ServeError::Policy(e.to_string()))?;
+        let (policy_text, policy_source) = match &config.policy {
+            Some(path) => {
+                let bad = |e: String| ServeError::Policy(format!("{}: {e}", path.display()));
+                let source = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+                let text = policy::PolicyText::parse(&source).map_err(|e| bad(e.to_string()))?;
+                policy_store
+                    .replace(&text)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?;
+                (text, source)
             }
-            None => None,
+            None => {
+                let rows = policy_store
+                    .rows()
+                    .await
+                    .map_err(|e| ServeError::Policy(e.to_string()))?;
+                let source: String = rows.iter().map(|r| r.join(", ") + "\n").collect();
+                let text = policy::PolicyText::parse(&source)
+                    .map_err(|e| ServeError::Policy(format!("the stored policy: {e}")))?;
+                (text, source)
+            }
         };
         let state = Arc::new(AppState {
             pki,
             db,
             audit,
             ek_cas,
-            reference,
+            reference: std::sync::RwLock::new(reference.map(Arc::new)),
+            reference_key,
+            policy: std::sync::RwLock::new(Arc::new(policy::FastPolicy::compile(&policy_text))),
+            policy_source: std::sync::RwLock::new(policy_source),
+            policy_store,
             cert_lifetime: config.cert_lifetime,
             challenges: Challenges::default(),
             nonces: std::sync::Mutex::new(Nonces::new(Duration::from_secs(120), 100_000)),
@@ -250,81 +301,257 @@ impl Gateway {
             addr: config.listen,
             source,
         })?;
+        let (proxy, proxy_addr) = match config.proxy_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Listen { addr, source })?;
+                let a = l
+                    .local_addr()
+                    .map_err(|source| ServeError::Listen { addr, source })?;
+                (Some(l), Some(a))
+            }
+            None => (None, None),
+        };
         Ok(Gateway {
             listener,
+            proxy,
+            proxy_addr,
+            drain: config.drain,
             acceptor,
             state,
             local_addr,
         })
     }
 
-    /// Serve until `shutdown` completes; then stop accepting and return.
+    /// Serve until `shutdown` completes; then stop accepting, let open
+    /// connections finish their requests (up to the drain time), close
+    /// tunnels, and return. Audit entries are durable before each answer,
+    /// so none that was acknowledged is lost.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (tcp, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                a = self.listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-            };
-            let acceptor = self.acceptor.clone();
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let device = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| identity(c.as_ref()));
-                let service = hyper::service::service_fn(move |req| {
-                    let device = device.clone();
-                    let state = state.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(route(req, device.as_ref(), &state).await)
-                    }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(TokioIo::new(tls), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let api = tokio::spawn(accept_loop(
+            self.listener,
+            self.acceptor.clone(),
+            self.state.clone(),
+            slots.clone(),
+            stop_rx.clone(),
+            Listener::Api,
+        ));
+        let proxy = self.proxy.map(|l| {
+            tokio::spawn(accept_loop(
+                l,
+                self.acceptor.clone(),
+                self.state.clone(),
+                slots.clone(),
+                stop_rx.clone(),
+                Listener::Proxy,
+            ))
+        });
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = api.await;
+        if let Some(p) = proxy {
+            let _ = p.await;
+        }
+        let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+        if tokio::time::timeout(self.drain, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: connections still open after the drain time; closing them");
         }
     }
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Api,
+    Proxy,
+}
+
+/// Held by each connection (and each tunnel it opens): its slot under the
+/// connection cap, and the shutdown signal.
+#[derive(Debug)]
+pub struct ConnGuard {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ConnGuard {
+    /// Completes when the gateway is shutting down.
+    pub async fn stopping(&self) {
+        let mut rx = self.stop.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<AppState>,
+    slots: Arc<Semaphore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    kind: Listener,
+) {
+    let mut stopped = stop.clone();
+    loop {
+        let slot = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let guard = Arc::new(ConnGuard {
+            _slot: slot,
+            stop: stop.clone(),
+        });
+        tokio::spawn(serve_conn(
+            tcp,
+            peer,
+            acceptor.clone(),
+            state.clone(),
+            guard,
+            kind,
+        ));
+    }
+}
+
+async fn serve_conn(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<AppState>,
+    guard: Arc<ConnGuard>,
+    kind: Listener,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let device = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| identity(c.as_ref()));
+    let conn_guard = guard.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let device = device.clone();
+        let state = state.clone();
+        let guard = conn_guard.clone();
+        async move {
+            let resp = match kind {
+                Listener::Api => route(req, device.as_ref(), &state)
+                    .await
+                    .map(crate::proxy::boxed),
+                Listener::Proxy => crate::proxy::handle(req, device.as_ref(), state, guard).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = guard.stopping() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The reference in force at start: `--reference` (checked with
+/// `--reference-key`, then stored in the database), else the one stored in
+/// the database (checked with the key, if one is configured).
+async fn load_reference(
+    config: &ServeConfig,
+    db: &Db,
+) -> Result<(Option<Reference>, Option<ed25519_dalek::VerifyingKey>), ServeError> {
+    let Some(key_path) = &config.reference_key else {
+        return match &config.reference {
+            Some(path) => Err(ServeError::Reference {
+                path: path.clone(),
+                problem: "a reference needs --reference-key to check it".to_owned(),
+            }),
+            None => Ok((None, None)),
+        };
+    };
+    let key = audit::checkpoint::read_verifying_key(key_path).map_err(|e| ServeError::Key {
+        path: key_path.clone(),
+        problem: e.to_string(),
+    })?;
+    let Some(path) = &config.reference else {
+        // The stored one, if any (an admin may have put it there).
+        return match db.setting(crate::admin::REFERENCE_SETTING).await? {
+            Some(text) => {
+                let r = Reference::verify_signed(text.as_bytes(), &key).map_err(|e| {
+                    ServeError::Reference {
+                        path: PathBuf::from("(database)"),
+                        problem: e.to_string(),
+                    }
+                })?;
+                Ok((Some(r), Some(key)))
+            }
+            None => Ok((None, Some(key))),
+        };
+    };
+    let bad = |problem: String| ServeError::Reference {
+        path: path.clone(),
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let r = Reference::verify_signed(&bytes, &key).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".to_owned()))?;
+    db.set_setting(crate::admin::REFERENCE_SETTING, &text)
+        .await?;
+    Ok((Some(r), Some(key)))
 }
 
 /// The device a (verified) client certificate names.
 pub fn identity(der: &[u8]) -> Option<DeviceIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let role = match issuer.as_str() {
+        crate::pki::DEVICE_CA_NAME => Role::Device,
+        crate::pki::ADMIN_CA_NAME => Role::Admin,
+        _ => return None,
+    };
     let device_id = cert
         .subject()
         .iter_common_name()
@@ -344,6 +571,7 @@ pub fn identity(der: &[u8]) -> Option<DeviceIdentity> {
         });
     Some(DeviceIdentity {
         device_id,
+        role,
         attested_at_ms,
         cert_expires: cert.validity().not_after.timestamp(),
     })
@@ -382,62 +610,65 @@ async fn route(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let method = parts.method.clone();
-    let post = |a: crate::api::Answer| {
+    let answer = |a: crate::api::Answer| {
         json_response(
             StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             a.body,
         )
     };
+    let read_body = || async {
+        match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(_) => Err(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request too large",
+                "the body is over the limit or broken off",
+            )),
+        }
+    };
+    if path.starts_with("/v1/admin/") {
+        let bytes = match read_body().await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return match crate::admin::route(state, device, &method, &path, &bytes).await {
+            Some(crate::admin::AdminAnswer::Json(a)) => answer(a),
+            Some(crate::admin::AdminAnswer::Text(t)) => {
+                let mut r = Response::new(Full::new(Bytes::from(t)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+            None => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
+        };
+    }
     match (method, path.as_str()) {
         (Method::GET, "/v1/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
-        (Method::GET, "/v1/whoami") => {
-            let Some(d) = device else {
-                return problem(
-                    StatusCode::UNAUTHORIZED,
-                    "device certificate required",
-                    "this route needs a device certificate issued by this gateway after an attestation",
-                );
-            };
-            match state.db.device(&d.device_id).await {
-                Ok(Some(dev)) if dev.revoked_ms.is_none() => json_response(
-                    StatusCode::OK,
-                    json!({
-                        "device_id": d.device_id,
-                        "groups": dev.groups,
-                        "attested_at": d.attested_at_ms,
-                        "cert_expires": d.cert_expires,
-                    }),
-                ),
-                Ok(_) => problem(
-                    StatusCode::FORBIDDEN,
-                    "not enrolled",
-                    "this device is not enrolled or was revoked",
-                ),
-                Err(_) => problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                    "the device table is unavailable",
-                ),
-            }
-        }
+        (Method::GET, "/v1/whoami") => match state.authorize_device(device).await {
+            Ok(dev) => json_response(
+                StatusCode::OK,
+                json!({
+                    "device_id": dev.device_id,
+                    "groups": dev.groups,
+                    "attested_at": device.and_then(|d| d.attested_at_ms),
+                    "cert_expires": device.map(|d| d.cert_expires),
+                }),
+            ),
+            Err(a) => answer(a),
+        },
         (Method::POST, "/v1/enroll" | "/v1/enroll/finish" | "/v1/attest/nonce" | "/v1/attest") => {
-            let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return problem(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request too large",
-                        "the body is over the limit or broken off",
-                    )
-                }
+            let bytes = match read_body().await {
+                Ok(b) => b,
+                Err(r) => return r,
             };
-            let answer = match path.as_str() {
+            answer(match path.as_str() {
                 "/v1/enroll" => state.enroll(&bytes).await,
                 "/v1/enroll/finish" => state.enroll_finish(&bytes).await,
                 "/v1/attest/nonce" => state.nonce(&bytes).await,
                 _ => state.attest(&bytes).await,
-            };
-            post(answer)
+            })
         }
         (_, "/v1/health" | "/v1/whoami") => problem(
             StatusCode::METHOD_NOT_ALLOWED,

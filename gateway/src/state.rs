@@ -69,6 +69,7 @@ impl Db {
              groups_csv TEXT NOT NULL, expires_ms BIGINT NOT NULL, used_ms BIGINT)",
             "CREATE TABLE IF NOT EXISTS gateway_devices (device_id TEXT PRIMARY KEY, groups_csv TEXT NOT NULL, \
              ak_pem TEXT NOT NULL, enrolled_ms BIGINT NOT NULL, revoked_ms BIGINT)",
+            "CREATE TABLE IF NOT EXISTS gateway_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ] {
             sqlx::query(ddl).execute(&pool).await.map_err(db("creating tables"))?;
         }
@@ -168,6 +169,53 @@ impl Db {
             enrolled_ms: r.try_get(3).unwrap_or_default(),
             revoked_ms: r.try_get(4).ok().flatten(),
         }))
+    }
+}
+
+impl Db {
+    /// Every enrolled device, by id.
+    pub async fn devices(&self) -> Result<Vec<Device>, DbError> {
+        let rows = sqlx::query("SELECT device_id, groups_csv, ak_pem, enrolled_ms, revoked_ms FROM gateway_devices ORDER BY device_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing devices"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Device {
+                device_id: r.try_get(0).unwrap_or_default(),
+                groups: split_groups(&r.try_get::<String, _>(1).unwrap_or_default()),
+                ak_pem: r.try_get(2).unwrap_or_default(),
+                enrolled_ms: r.try_get(3).unwrap_or_default(),
+                revoked_ms: r.try_get(4).ok().flatten(),
+            })
+            .collect())
+    }
+
+    /// A stored setting (the reference manifest lives here).
+    pub async fn setting(&self, name: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT value FROM gateway_settings WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a setting"))?;
+        Ok(row.and_then(|r| r.try_get(0).ok()))
+    }
+
+    /// Store a setting, replacing any old value, in one transaction.
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
+        sqlx::query("DELETE FROM gateway_settings WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("replacing a setting"))?;
+        sqlx::query("INSERT INTO gateway_settings (name, value) VALUES ($1, $2)")
+            .bind(name.to_owned())
+            .bind(value.to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("storing a setting"))?;
+        tx.commit().await.map_err(db("committing"))
     }
 }
 

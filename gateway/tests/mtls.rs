@@ -7,109 +7,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use gateway::{DeviceCertRequest, Gateway, Pki, ServeConfig};
+use gateway::Pki;
 
-/// A gateway on a free port in its own thread; stopped on drop.
-struct Running {
-    port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+mod common;
+use common::{curl, device_cert_at, status_and_body, Running};
 
-impl Running {
-    fn start(data: &Path) -> Running {
-        let config = ServeConfig::new(data.to_owned(), "127.0.0.1:0".parse().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let g = Gateway::bind(&config).await.unwrap();
-                port_tx.send(g.local_addr.port()).unwrap();
-                g.run(async {
-                    let _ = rx.await;
-                })
-                .await;
-            });
-        });
-        let port = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Running {
-            port,
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn curl(port: u16, data: &Path, path: &str, cert: Option<(&Path, &Path)>) -> Output {
-    let mut c = Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{http_code}",
-        "--cacert",
-    ])
-    .arg(data.join("ca.crt"))
-    .arg(format!("https://127.0.0.1:{port}{path}"));
-    if let Some((crt, key)) = cert {
-        c.arg("--cert").arg(crt).arg("--key").arg(key);
-    }
-    c.output().unwrap()
-}
-
-fn status_and_body(o: &Output) -> (String, serde_json::Value) {
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (
-        status.to_owned(),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-/// A device key and a certificate for it from `pki`.
+/// A device certificate from `pki` for an attestation made now.
 fn device_cert(
     pki: &Pki,
     dir: &Path,
     name: &str,
     lifetime: Duration,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let kp = rcgen::KeyPair::generate().unwrap();
-    let pem = pki
-        .issue_device_cert(&DeviceCertRequest {
-            device_id: name,
-            public_key: &kp,
-            lifetime,
-            attestation_id: "test-attestation",
-            attested_at_ms: 1_790_000_000_000,
-        })
-        .unwrap();
-    let (crt, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&crt, pem).unwrap();
-    std::fs::write(&key, kp.serialize_pem()).unwrap();
-    (crt, key)
+    device_cert_at(pki, dir, name, lifetime, audit::batch::now_ms())
 }
 
 #[test]
@@ -188,4 +100,51 @@ fn device_certificates_gate_whoami() {
     assert_eq!(std::fs::read(data.join("ca.crt")).unwrap(), before);
     let (s, _) = status_and_body(&curl(gw.port, &data, "/v1/whoami", Some((&crt, &key))));
     assert_eq!(s, "403");
+}
+
+#[test]
+fn a_certificate_is_honoured_only_while_its_attestation_is_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let config = gateway::ServeConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    let db = config.db_url();
+    let gw = Running::with(config);
+    common::enroll_directly(&db, "laptop-2", &["group:lab"]);
+    let pki = Pki::init(&data, &[]).unwrap();
+    let now = audit::batch::now_ms();
+
+    let (crt, key) = device_cert_at(&pki, dir.path(), "laptop-2", Duration::from_secs(7200), now);
+    let (s, b) = status_and_body(&curl(gw.port, &data, "/v1/whoami", Some((&crt, &key))));
+    assert_eq!(s, "200", "{b}");
+    assert_eq!(b["device_id"], "laptop-2");
+    assert_eq!(b["groups"][0], "group:lab");
+
+    // A valid certificate for an attestation older than the lifetime (1 h).
+    let (crt, key) = device_cert_at(
+        &pki,
+        dir.path(),
+        "laptop-2",
+        Duration::from_secs(7200),
+        now - 3_700_000,
+    );
+    let (s, b) = status_and_body(&curl(gw.port, &data, "/v1/whoami", Some((&crt, &key))));
+    assert_eq!(
+        (s.as_str(), b["title"].as_str()),
+        ("403", Some("stale attestation"))
+    );
+
+    // A certificate from before the device's current enrollment.
+    common::enroll_directly(&db, "laptop-2", &["group:lab"]);
+    let (crt, key) = device_cert_at(
+        &pki,
+        dir.path(),
+        "laptop-2",
+        Duration::from_secs(7200),
+        now - 1000,
+    );
+    let (s, b) = status_and_body(&curl(gw.port, &data, "/v1/whoami", Some((&crt, &key))));
+    assert_eq!(
+        (s.as_str(), b["title"].as_str()),
+        ("403", Some("stale certificate"))
+    );
 }

@@ -42,7 +42,8 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         let data = dir.path().join("gw");
         let mut config = ServeConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
         config.ek_ca = Some(swtpm.ek_ca_dir());
-        config.reference = Some((dir.path().join("ref.json"), dir.path().join("org.pub")));
+        config.reference = Some(dir.path().join("ref.json"));
+        config.reference_key = Some(dir.path().join("org.pub"));
         let g = Gateway::bind(&config).await.unwrap();
         let url = format!("https://127.0.0.1:{}", g.local_addr.port());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -84,11 +84,29 @@ impl FastPolicy {
     /// Decide `request` for `subject`: the same answer, and the same rule
     /// named, as [`crate::Policy::decide`].
     pub fn decide(&self, subject: &str, request: &Request) -> Decision {
+        self.decide_with_groups(subject, &[], request)
+    }
+
+    /// Decide for `subject` as a member of `extra` groups too (and of every
+    /// group those are in), besides the memberships the policy names: the
+    /// gateway's devices get their groups at enrollment.
+    pub fn decide_with_groups(
+        &self,
+        subject: &str,
+        extra: &[String],
+        request: &Request,
+    ) -> Decision {
         let groups = self.groups.get(subject);
+        let in_extra = |g: &String| {
+            extra
+                .iter()
+                .any(|e| e == g || self.groups.get(e).is_some_and(|s| s.contains(g)))
+        };
         let applies = |r: &Rule| {
             (r.subject == "group:all"
                 || r.subject == subject
-                || groups.is_some_and(|g| g.contains(&r.subject)))
+                || groups.is_some_and(|g| g.contains(&r.subject))
+                || (!extra.is_empty() && in_extra(&r.subject)))
                 && (r.action == "*" || r.action == request.action())
         };
         let mut best_allow: Option<usize> = None;

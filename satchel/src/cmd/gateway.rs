@@ -40,6 +40,8 @@ pub(crate) enum GatewayCmd {
     EnrollToken(TokenArgs),
     /// Revoke a device: its certificate stops working on its next request.
     Revoke(RevokeArgs),
+    /// Make an admin client certificate (for the /v1/admin routes).
+    AdminCert(AdminCertArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,44 +107,198 @@ pub(crate) struct TokenArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   satchel gateway serve --data /var/lib/satchel-gateway
-  satchel gateway serve --data ./gw --listen 127.0.0.1:8443
+  satchel gateway serve --data ./gw --listen 127.0.0.1:8443 --proxy-listen 127.0.0.1:3128 \\
+      --policy school.csv --ek-ca ./ek-ca --reference ref.json --reference-key org.key.pub
+  satchel gateway serve --config /etc/satchel/gateway.toml
   curl --cacert ./gw/ca.crt https://127.0.0.1:8443/v1/health
 
+Every option can also come from the environment (SATCHEL_LISTEN, ...) or from the
+TOML file given with --config (keys as the long flags: listen = \"127.0.0.1:8443\",
+proxy-listen = ..., paths relative to the file). A flag beats the environment,
+which beats the file.
+
 On first start the data directory gets the gateway CA (ca.crt: clients pin it), the
-server certificate and the device CA (see docs/gateway.md); later starts reuse them.
-SIGTERM or Ctrl-C stops accepting and exits.")]
+server certificate, the device and admin CAs, the audit and manifest keys and the
+SQLite database (see docs/gateway.md); later starts reuse them. SIGTERM or Ctrl-C
+stops accepting, lets open requests finish (--drain) and exits.")]
 pub(crate) struct ServeArgs {
+    /// A TOML file with any of these options.
+    #[arg(long, env = "SATCHEL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The data directory (created if missing).
     #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
-    data: PathBuf,
-    /// The HTTPS address.
-    #[arg(long, env = "SATCHEL_LISTEN", default_value = "127.0.0.1:8443")]
-    listen: SocketAddr,
+    data: Option<PathBuf>,
+    /// The HTTPS address [default: 127.0.0.1:8443].
+    #[arg(long, env = "SATCHEL_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The egress proxy's address (TLS, device certificates; no proxy without it).
+    #[arg(long, env = "SATCHEL_PROXY_LISTEN", value_name = "ADDR")]
+    proxy_listen: Option<SocketAddr>,
     /// The database [default: sqlite:DATA/satchel.db].
     #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
     db: Option<String>,
+    /// Policy lines put in force (and stored in the database) on start;
+    /// without it the stored policy is used (empty: every request denied).
+    #[arg(long, env = "SATCHEL_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Directory of trusted EK CA certificates (needed for enrollment).
     #[arg(long, env = "SATCHEL_EK_CA", value_name = "DIR")]
     ek_ca: Option<PathBuf>,
-    /// The signed reference manifest devices must match (needed for attestation).
-    #[arg(
-        long,
-        env = "SATCHEL_REFERENCE",
-        value_name = "REF",
-        requires = "reference_key"
-    )]
+    /// A signed reference manifest put in force (and stored) on start;
+    /// without it the stored one is used.
+    #[arg(long, env = "SATCHEL_REFERENCE", value_name = "REF")]
     reference: Option<PathBuf>,
-    /// The key the reference is signed with.
-    #[arg(
-        long,
-        env = "SATCHEL_REFERENCE_KEY",
-        value_name = "KEY.pub",
-        requires = "reference"
-    )]
+    /// The key references must be signed with (needed for attestation).
+    #[arg(long, env = "SATCHEL_REFERENCE_KEY", value_name = "KEY.pub")]
     reference_key: Option<PathBuf>,
-    /// How long device certificates live.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    cert_lifetime: std::time::Duration,
+    /// How long device certificates live [default: 1h].
+    #[arg(long, env = "SATCHEL_CERT_LIFETIME", value_parser = humantime::parse_duration)]
+    cert_lifetime: Option<std::time::Duration>,
+    /// How long shutdown waits for open requests [default: 10s].
+    #[arg(long, env = "SATCHEL_DRAIN", value_parser = humantime::parse_duration)]
+    drain: Option<std::time::Duration>,
+}
+
+/// `--config FILE`: the same options in TOML.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeFile {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    proxy_listen: Option<SocketAddr>,
+    db: Option<String>,
+    policy: Option<PathBuf>,
+    ek_ca: Option<PathBuf>,
+    reference: Option<PathBuf>,
+    reference_key: Option<PathBuf>,
+    cert_lifetime: Option<String>,
+    drain: Option<String>,
+}
+
+impl ServeArgs {
+    /// Flags and environment, then the file, then the defaults.
+    fn resolve(self) -> anyhow::Result<gateway::ServeConfig> {
+        use anyhow::Context as _;
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let f: ServeFile = toml::from_str(&text).with_context(|| {
+                    format!("{} is not a gateway configuration", path.display())
+                })?;
+                let base = path.parent().unwrap_or(std::path::Path::new("."));
+                let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
+                ServeFile {
+                    data: rel(f.data),
+                    policy: rel(f.policy),
+                    ek_ca: rel(f.ek_ca),
+                    reference: rel(f.reference),
+                    reference_key: rel(f.reference_key),
+                    ..f
+                }
+            }
+            None => ServeFile::default(),
+        };
+        let duration = |flag: Option<std::time::Duration>,
+                        text: Option<String>,
+                        key: &str,
+                        default: u64|
+         -> anyhow::Result<std::time::Duration> {
+            match (flag, text) {
+                (Some(d), _) => Ok(d),
+                (None, Some(t)) => humantime::parse_duration(&t)
+                    .with_context(|| format!("{key} = {t:?} in the configuration")),
+                (None, None) => Ok(std::time::Duration::from_secs(default)),
+            }
+        };
+        let data = self.data.or(file.data).context(
+            "no data directory: give --data DIR (or SATCHEL_DATA, or data = \"DIR\" in --config)",
+        )?;
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let mut c = gateway::ServeConfig::new(data, listen);
+        c.proxy_listen = self.proxy_listen.or(file.proxy_listen);
+        c.db = self.db.or(file.db);
+        c.policy = self.policy.or(file.policy);
+        c.ek_ca = self.ek_ca.or(file.ek_ca);
+        c.reference = self.reference.or(file.reference);
+        c.reference_key = self.reference_key.or(file.reference_key);
+        c.cert_lifetime = duration(
+            self.cert_lifetime,
+            file.cert_lifetime,
+            "cert-lifetime",
+            3600,
+        )?;
+        c.drain = duration(self.drain, file.drain, "drain", 10)?;
+        anyhow::ensure!(
+            c.reference.is_none() || c.reference_key.is_some(),
+            "--reference needs --reference-key (the key it is signed with)"
+        );
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel gateway admin-cert --data ./gw --name alice --out-dir ./alice
+  curl --cacert gw/ca.crt --cert alice/alice.crt --key alice/alice.key \\
+      https://127.0.0.1:8443/v1/admin/devices
+
+Writes DIR/NAME.crt and DIR/NAME.key (mode 0600), issued by the gateway's admin CA.
+The holder may use the /v1/admin routes (docs/gateway.md); device routes refuse it.")]
+pub(crate) struct AdminCertArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The admin's name (the certificate's CN; audit entries say admin:NAME).
+    #[arg(long)]
+    name: String,
+    /// Where to write NAME.crt and NAME.key.
+    #[arg(long, value_name = "DIR")]
+    out_dir: PathBuf,
+    /// How long the certificate is valid.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    lifetime: std::time::Duration,
+}
+
+fn admin_cert(a: AdminCertArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.name.is_empty()
+            && a.name.len() <= 64
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)),
+        "--name must be 1-64 letters, digits or - _ . @"
+    );
+    let pki = gateway::Pki::init(&a.store.data, &[])?;
+    let made = pki.issue_admin_cert(&a.name, a.lifetime)?;
+    std::fs::create_dir_all(&a.out_dir)?;
+    let crt = a.out_dir.join(format!("{}.crt", a.name));
+    let key = a.out_dir.join(format!("{}.key", a.name));
+    super::write_secret(&key, made.key_pem.as_bytes())?;
+    super::write_atomic(&crt, made.cert_pem.as_bytes())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = audit::store::Store::open(&a.store.url()).await?;
+        store
+            .append(
+                vec![audit::entry::NewEntry {
+                    kind: "admin".to_owned(),
+                    actor: "gateway-cli".to_owned(),
+                    subject: format!("admin:{}", a.name),
+                    decision: "admin-cert".to_owned(),
+                    details: serde_json::json!({"lifetime_s": a.lifetime.as_secs()}),
+                }],
+                audit::batch::now_ms(),
+            )
+            .await?;
+        anyhow::Ok(())
+    })?;
+    println!("{}\n{}", crt.display(), key.display());
+    Ok(())
 }
 
 pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
@@ -150,6 +306,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
         GatewayCmd::Serve(a) => serve(a),
         GatewayCmd::EnrollToken(a) => token(a),
         GatewayCmd::Revoke(a) => revoke(a),
+        GatewayCmd::AdminCert(a) => admin_cert(a),
     }
 }
 
@@ -166,21 +323,20 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let config = a.resolve()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut config = gateway::ServeConfig::new(a.data.clone(), a.listen);
-        config.db = a.db.clone();
-        config.ek_ca = a.ek_ca.clone();
-        config.reference = a.reference.clone().zip(a.reference_key.clone());
-        config.cert_lifetime = a.cert_lifetime;
         let g = gateway::Gateway::bind(&config).await?;
         eprintln!(
             "gateway listening on https://{} (clients pin {})",
             g.local_addr,
-            a.data.join("ca.crt").display()
+            config.data.join("ca.crt").display()
         );
+        if let Some(p) = g.proxy_addr {
+            eprintln!("egress proxy on https://{p}");
+        }
         g.run(async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -1,0 +1,284 @@
+//! The admin routes, for holders of an admin certificate (made by
+//! `satchel gateway admin-cert`, issued by the admin CA):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/admin/devices` | every enrolled device: id, groups, enrolled, revoked |
+//! | `POST /v1/admin/enroll-token` | `{"device_id", "groups"?, "ttl_s"?}` -> `{"token"}` |
+//! | `POST /v1/admin/revoke` | `{"device_id"}` |
+//! | `GET /v1/admin/policy` | the egress policy lines in force (`text/plain`) |
+//! | `PUT /v1/admin/policy` | new policy lines: validated, stored in the database, in force at once |
+//! | `GET /v1/admin/reference` | the signed reference manifest in force |
+//! | `PUT /v1/admin/reference` | a new signed reference manifest: its signature is checked with the gateway's reference key |
+//!
+//! Every change is an audit entry (`kind` `admin`, `actor` `admin:NAME`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{refuse, Answer, AppState};
+use crate::server::{DeviceIdentity, Role};
+
+/// The setting name the signed reference manifest is stored under.
+pub const REFERENCE_SETTING: &str = "reference";
+
+/// What an admin route answers: JSON, or plain text (the policy).
+#[derive(Debug)]
+pub enum AdminAnswer {
+    /// A JSON answer.
+    Json(Answer),
+    /// A `text/plain` body.
+    Text(String),
+}
+
+fn json_ok(body: Value) -> AdminAnswer {
+    AdminAnswer::Json(Answer { status: 200, body })
+}
+
+fn fail(a: Answer) -> AdminAnswer {
+    AdminAnswer::Json(a)
+}
+
+fn internal(e: impl std::fmt::Display) -> AdminAnswer {
+    tracing::error!(error = %e, "admin route failed");
+    fail(refuse(
+        500,
+        "internal error",
+        "the gateway's database is unavailable",
+        Value::Null,
+    ))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminAnswer> {
+    serde_json::from_slice(body).map_err(|e| {
+        fail(refuse(
+            400,
+            "bad request",
+            format!("not the expected JSON: {e}"),
+            Value::Null,
+        ))
+    })
+}
+
+/// Serve an admin route. `None` if no admin route has this path.
+pub async fn route(
+    state: &AppState,
+    who: Option<&DeviceIdentity>,
+    method: &hyper::Method,
+    path: &str,
+    body: &[u8],
+) -> Option<AdminAnswer> {
+    if !path.starts_with("/v1/admin/") {
+        return None;
+    }
+    let admin = match who {
+        Some(w) if w.role == Role::Admin => format!("admin:{}", w.device_id),
+        Some(_) => {
+            return Some(fail(refuse(
+                403,
+                "admin certificate required",
+                "a device certificate does not open admin routes",
+                Value::Null,
+            )))
+        }
+        None => {
+            return Some(fail(refuse(
+                401,
+                "admin certificate required",
+                "present an admin client certificate (satchel gateway admin-cert)",
+                Value::Null,
+            )))
+        }
+    };
+    use hyper::Method as M;
+    let answer = match (method, path) {
+        (&M::GET, "/v1/admin/devices") => devices(state).await,
+        (&M::POST, "/v1/admin/enroll-token") => enroll_token(state, &admin, body).await,
+        (&M::POST, "/v1/admin/revoke") => revoke(state, &admin, body).await,
+        (&M::GET, "/v1/admin/policy") => AdminAnswer::Text(state.policy_text()),
+        (&M::PUT, "/v1/admin/policy") => put_policy(state, &admin, body).await,
+        (&M::GET, "/v1/admin/reference") => match state.db.setting(REFERENCE_SETTING).await {
+            Ok(Some(r)) => AdminAnswer::Text(r),
+            Ok(None) => fail(refuse(
+                404,
+                "no reference",
+                "no reference manifest is stored",
+                Value::Null,
+            )),
+            Err(e) => internal(e),
+        },
+        (&M::PUT, "/v1/admin/reference") => put_reference(state, &admin, body).await,
+        (
+            _,
+            "/v1/admin/devices"
+            | "/v1/admin/enroll-token"
+            | "/v1/admin/revoke"
+            | "/v1/admin/policy"
+            | "/v1/admin/reference",
+        ) => fail(refuse(
+            405,
+            "method not allowed",
+            "see docs/gateway.md for the admin routes",
+            Value::Null,
+        )),
+        _ => fail(refuse(404, "not found", "no such admin route", Value::Null)),
+    };
+    Some(answer)
+}
+
+async fn devices(state: &AppState) -> AdminAnswer {
+    match state.db.devices().await {
+        Ok(list) => json_ok(json!({"devices": list.iter().map(|d| json!({
+            "device_id": d.device_id,
+            "groups": d.groups,
+            "enrolled_ms": d.enrolled_ms,
+            "revoked_ms": d.revoked_ms,
+        })).collect::<Vec<_>>()})),
+        Err(e) => internal(e),
+    }
+}
+
+async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+    #[derive(Deserialize)]
+    struct Req {
+        device_id: String,
+        #[serde(default)]
+        groups: Vec<String>,
+        ttl_s: Option<u64>,
+    }
+    let r: Req = match parse(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    if r.device_id.is_empty() || r.device_id.len() > 128 || r.device_id.contains(['/', ',', '\n']) {
+        return fail(refuse(
+            400,
+            "bad request",
+            "device_id must be 1-128 characters without '/', ',' or newlines",
+            Value::Null,
+        ));
+    }
+    let ttl = Duration::from_secs(r.ttl_s.unwrap_or(86_400).min(30 * 86_400));
+    match state.db.make_token(&r.device_id, &r.groups, ttl).await {
+        Ok(token) => {
+            state
+                .record(
+                    "admin",
+                    admin,
+                    &r.device_id,
+                    "enroll-token",
+                    json!({"groups": r.groups, "ttl_s": ttl.as_secs()}),
+                )
+                .await;
+            json_ok(
+                json!({"token": token, "device_id": r.device_id, "expires_in_s": ttl.as_secs()}),
+            )
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+    #[derive(Deserialize)]
+    struct Req {
+        device_id: String,
+    }
+    let r: Req = match parse(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    match state.db.revoke(&r.device_id).await {
+        Ok(true) => {
+            state
+                .record("admin", admin, &r.device_id, "revoked", Value::Null)
+                .await;
+            json_ok(json!({"revoked": r.device_id}))
+        }
+        Ok(false) => fail(refuse(
+            404,
+            "unknown device",
+            "no enrolled, unrevoked device has this id",
+            Value::Null,
+        )),
+        Err(e) => internal(e),
+    }
+}
+
+async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return fail(refuse(
+            400,
+            "bad policy",
+            "the policy is not UTF-8",
+            Value::Null,
+        ));
+    };
+    let parsed = match policy::PolicyText::parse(text) {
+        Ok(p) => p,
+        Err(e) => return fail(refuse(400, "bad policy", e.to_string(), Value::Null)),
+    };
+    if let Err(e) = state.policy_store.replace(&parsed).await {
+        return internal(e);
+    }
+    let (rules, memberships) = (parsed.rules.len(), parsed.memberships.len());
+    state.set_policy(&parsed, text.to_owned());
+    state
+        .record(
+            "admin",
+            admin,
+            "policy",
+            "replaced",
+            json!({"rules": rules, "memberships": memberships}),
+        )
+        .await;
+    json_ok(json!({"rules": rules, "memberships": memberships}))
+}
+
+async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+    let Some(key) = &state.reference_key else {
+        return fail(refuse(
+            409,
+            "no reference key",
+            "the gateway has no --reference-key to check references with",
+            Value::Null,
+        ));
+    };
+    let reference = match attest::Reference::verify_signed(body, key) {
+        Ok(r) => r,
+        Err(e) => {
+            state
+                .record(
+                    "admin",
+                    admin,
+                    "reference",
+                    "refused",
+                    json!({"reason": e.to_string()}),
+                )
+                .await;
+            return fail(refuse(400, "bad reference", e.to_string(), Value::Null));
+        }
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return fail(refuse(400, "bad reference", "not UTF-8", Value::Null));
+    };
+    if let Err(e) = state.db.set_setting(REFERENCE_SETTING, text).await {
+        return internal(e);
+    }
+    let name = reference.name.clone();
+    if let Ok(mut slot) = state.reference.write() {
+        *slot = Some(Arc::new(reference));
+    }
+    state
+        .record(
+            "admin",
+            admin,
+            "reference",
+            "replaced",
+            json!({"name": name}),
+        )
+        .await;
+    json_ok(json!({"reference": name}))
+}

@@ -1,0 +1,614 @@
+//! The egress proxy: a device's only way out.
+//!
+//! It listens on its own TLS port with the same device-certificate check as
+//! the API, and takes two kinds of request:
+//!
+//! - **absolute-form HTTP** (`GET http://host/path HTTP/1.1`): the URL is
+//!   canonicalised ([`policy::CanonicalUrl`]), decided, and forwarded with
+//!   the canonical path: what was decided is what is sent.
+//! - **CONNECT host:port**: decided as `https://host:port/` with the method
+//!   `CONNECT`; once allowed, the tunnelled bytes must open with a TLS
+//!   ClientHello whose SNI names the same host (an IP-literal CONNECT may
+//!   carry none), or the tunnel is closed before a byte reaches upstream.
+//!
+//! Each decision is the policy fast path for `device:ID` and the device's
+//! groups. Then the host is resolved, and every address that is loopback,
+//! private, link-local, unique-local, CGNAT, multicast or unspecified is
+//! refused unless a rule allows the same request with that address as the
+//! host: a DNS name cannot smuggle a request into the branch office's
+//! network. The proxy connects to the address it checked (no second
+//! lookup). Denials answer 403 with a problem body naming the rule; every
+//! decision is an audit entry (`kind` `proxy`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use policy::url::Host;
+use policy::{CanonicalUrl, Rule};
+
+use crate::api::AppState;
+use crate::server::DeviceIdentity;
+use crate::state::Device;
+
+/// A response body: a buffered one, or upstream's, streamed.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long resolving and connecting upstream may take.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client may take to send its ClientHello into a tunnel.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest ClientHello read while looking for the SNI.
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+/// How often an open tunnel re-checks that its device is still admitted.
+pub const TUNNEL_RECHECK: Duration = Duration::from_secs(2);
+
+/// Box a buffered body.
+pub fn boxed(b: Full<Bytes>) -> Body {
+    b.map_err(|never| match never {}).boxed()
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Response<Body> {
+    let mut body =
+        json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail});
+    if let (Some(b), Value::Object(x)) = (body.as_object_mut(), extra) {
+        b.extend(x);
+    }
+    let mut r = Response::new(boxed(Full::new(Bytes::from(body.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+/// Whether an address is one a name must not lead to: loopback, private,
+/// link-local, unique-local, shared (CGNAT), multicast, broadcast,
+/// unspecified or documentation space.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let s = a.segments();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+        }
+    }
+}
+
+/// A refusal, as answered and audited.
+#[derive(Debug)]
+struct Denied {
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+    rule: Option<Rule>,
+    reason: &'static str,
+}
+
+fn rule_json(rule: Option<&Rule>) -> Value {
+    match rule {
+        Some(r) => json!({"line": r.line, "text": r.to_string()}),
+        None => Value::Null,
+    }
+}
+
+impl Denied {
+    fn response(&self, url: &str) -> Response<Body> {
+        problem(
+            self.status,
+            self.title,
+            &self.detail,
+            json!({"url": url, "reason": self.reason, "rule": rule_json(self.rule.as_ref())}),
+        )
+    }
+}
+
+/// Decide `url` with `method` for `device`, resolve it, and check the
+/// addresses: the address to connect to and the deciding rule, or why not.
+async fn decide(
+    state: &AppState,
+    device: &Device,
+    url: &CanonicalUrl,
+    method: &str,
+) -> Result<(SocketAddr, Option<Rule>), Denied> {
+    let policy = state.policy();
+    let subject = format!("device:{}", device.device_id);
+    let ask = |u: &CanonicalUrl| {
+        policy.decide_with_groups(
+            &subject,
+            &device.groups,
+            &policy::Request::Url {
+                url: u.clone(),
+                method: method.to_owned(),
+            },
+        )
+    };
+    let decision = ask(url);
+    if !decision.allow {
+        let detail = match &decision.rule {
+            Some(r) => format!("line {} of the policy denies it: {r}", r.line),
+            None => "no rule allows it (the default is deny)".to_owned(),
+        };
+        return Err(Denied {
+            status: StatusCode::FORBIDDEN,
+            title: "denied by policy",
+            detail,
+            rule: decision.rule,
+            reason: "policy",
+        });
+    }
+    let unreachable = |detail: String| Denied {
+        status: StatusCode::BAD_GATEWAY,
+        title: "upstream unreachable",
+        detail,
+        rule: decision.rule.clone(),
+        reason: "resolve",
+    };
+    let ips: Vec<IpAddr> = match &url.host {
+        Host::V4(a) => vec![IpAddr::V4(*a)],
+        Host::V6(a) => vec![IpAddr::V6(*a)],
+        Host::Name(n) => {
+            match tokio::time::timeout(
+                UPSTREAM_TIMEOUT,
+                tokio::net::lookup_host((n.as_str(), url.port)),
+            )
+            .await
+            {
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                Ok(Err(e)) => return Err(unreachable(format!("cannot resolve {n}: {e}"))),
+                Err(_) => return Err(unreachable(format!("resolving {n} timed out"))),
+            }
+        }
+    };
+    let mut refused = None;
+    for ip in ips {
+        if !is_internal(ip) {
+            return Ok((SocketAddr::new(ip, url.port), decision.rule));
+        }
+        let literal = CanonicalUrl {
+            host: match ip {
+                IpAddr::V4(a) => Host::V4(a),
+                IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                    Some(v4) => Host::V4(v4),
+                    None => Host::V6(a),
+                },
+            },
+            ..url.clone()
+        };
+        let by_address = if literal.host == url.host {
+            decision.clone()
+        } else {
+            ask(&literal)
+        };
+        if by_address.allow {
+            return Ok((SocketAddr::new(ip, url.port), by_address.rule));
+        }
+        refused.get_or_insert(ip);
+    }
+    Err(match refused {
+        Some(ip) => Denied {
+            status: StatusCode::FORBIDDEN,
+            title: "denied: internal address",
+            detail: format!(
+                "{} resolves to {ip}, an internal address no rule names (a rule for \
+                 {}://{ip}:{}/ would allow it)",
+                url.host, url.scheme, url.port
+            ),
+            rule: None,
+            reason: "address",
+        },
+        None => unreachable(format!("{} has no address", url.host)),
+    })
+}
+
+/// The headers a proxy must not pass on (RFC 9110 §7.6.1) or that are
+/// for the proxy itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+async fn audit(state: &AppState, device: &str, url: &str, allow: bool, details: Value) {
+    state
+        .record(
+            "proxy",
+            device,
+            url,
+            if allow { "allow" } else { "deny" },
+            details,
+        )
+        .await;
+}
+
+/// Serve one proxy request from `device` (the connection's client
+/// certificate, if any).
+pub async fn handle(
+    req: Request<Incoming>,
+    device: Option<&DeviceIdentity>,
+    state: Arc<AppState>,
+    guard: Arc<crate::server::ConnGuard>,
+) -> Response<Body> {
+    let dev = match state.authorize_device(device).await {
+        Ok(d) => d,
+        Err(a) => {
+            let status =
+                StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = Response::new(boxed(Full::new(Bytes::from(a.body.to_string()))));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/problem+json"),
+            );
+            return r;
+        }
+    };
+    if req.method() == Method::CONNECT {
+        connect(req, dev, state, guard).await
+    } else {
+        forward(req, dev, &state).await
+    }
+}
+
+async fn forward(req: Request<Incoming>, dev: Device, state: &AppState) -> Response<Body> {
+    let uri = req.uri().clone();
+    let bad = |detail: &str| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad proxy request",
+            detail,
+            Value::Null,
+        )
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return bad("for https, open a tunnel with CONNECT"),
+        Some(_) => return bad("only http URLs are forwarded"),
+        None => return bad("this is a proxy: send the absolute URL (GET http://host/path)"),
+    }
+    let url = match CanonicalUrl::parse(&uri.to_string()) {
+        Ok(u) => u,
+        Err(e) => {
+            audit(
+                state,
+                &dev.device_id,
+                &uri.to_string(),
+                false,
+                json!({"method": req.method().as_str(), "reason": "url", "error": e.to_string()}),
+            )
+            .await;
+            return bad(&e.to_string());
+        }
+    };
+    let shown = url.to_string();
+    let method = req.method().as_str().to_owned();
+    let (addr, rule) = match decide(state, &dev, &url, &method).await {
+        Ok(x) => x,
+        Err(d) => {
+            audit(state, &dev.device_id, &shown, false, json!({"method": method, "reason": d.reason, "rule": rule_json(d.rule.as_ref()), "detail": d.detail})).await;
+            return d.response(&shown);
+        }
+    };
+    audit(
+        state,
+        &dev.device_id,
+        &shown,
+        true,
+        json!({"method": method, "rule": rule_json(rule.as_ref()), "address": addr.to_string()}),
+    )
+    .await;
+    let gateway_error = |detail: String| {
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream unreachable",
+            &detail,
+            json!({"url": shown}),
+        )
+    };
+    let tcp = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return gateway_error(format!("connecting to {addr}: {e}")),
+        Err(_) => return gateway_error(format!("connecting to {addr} timed out")),
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+        Ok(x) => x,
+        Err(e) => return gateway_error(format!("upstream HTTP: {e}")),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    let (mut parts, body) = req.into_parts();
+    let target = match uri.query() {
+        Some(q) => format!("{}?{q}", url.path),
+        None => url.path.clone(),
+    };
+    parts.uri = match target.parse() {
+        Ok(u) => u,
+        Err(_) => return bad("the path cannot be forwarded"),
+    };
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    let host =
+        if (url.scheme == "http" && url.port == 80) || (url.scheme == "https" && url.port == 443) {
+            url.host.to_string()
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
+        parts.headers.insert(hyper::header::HOST, v);
+    }
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            for h in HOP_BY_HOP {
+                parts.headers.remove(*h);
+            }
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => gateway_error(format!("upstream HTTP: {e}")),
+    }
+}
+
+/// Read the tunnelled client's first TLS record(s) up to its ClientHello:
+/// the SNI it names (if any) and every byte read, to replay upstream.
+async fn client_hello<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+) -> Result<(Option<String>, Vec<u8>), String> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let n = io
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the ClientHello: {e}"))?;
+        if n == 0 {
+            return Err("the client closed the tunnel before a ClientHello".to_owned());
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        let mut fresh = &chunk[..n];
+        while !fresh.is_empty() {
+            acceptor
+                .read_tls(&mut fresh)
+                .map_err(|e| format!("not TLS: {e}"))?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                return Ok((
+                    accepted.client_hello().server_name().map(str::to_owned),
+                    seen,
+                ))
+            }
+            Ok(None) if seen.len() < MAX_CLIENT_HELLO => {}
+            Ok(None) => return Err("the ClientHello is too large".to_owned()),
+            Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
+        }
+    }
+}
+
+async fn connect(
+    req: Request<Incoming>,
+    dev: Device,
+    state: Arc<AppState>,
+    guard: Arc<crate::server::ConnGuard>,
+) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad proxy request",
+            "CONNECT needs host:port",
+            Value::Null,
+        );
+    };
+    if authority.port_u16().is_none() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad proxy request",
+            "CONNECT needs host:port",
+            Value::Null,
+        );
+    }
+    let url = match CanonicalUrl::parse(&format!("https://{authority}/")) {
+        Ok(u) => u,
+        Err(e) => {
+            audit(
+                &state,
+                &dev.device_id,
+                authority.as_str(),
+                false,
+                json!({"method": "CONNECT", "reason": "url", "error": e.to_string()}),
+            )
+            .await;
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad proxy request",
+                &e.to_string(),
+                Value::Null,
+            );
+        }
+    };
+    let shown = url.to_string();
+    let (addr, rule) = match decide(&state, &dev, &url, "CONNECT").await {
+        Ok(x) => x,
+        Err(d) => {
+            audit(&state, &dev.device_id, &shown, false, json!({"method": "CONNECT", "reason": d.reason, "rule": rule_json(d.rule.as_ref()), "detail": d.detail})).await;
+            return d.response(&shown);
+        }
+    };
+    let upstream = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream unreachable",
+                &format!("connecting to {addr}: {e}"),
+                json!({"url": shown}),
+            )
+        }
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream unreachable",
+                &format!("connecting to {addr} timed out"),
+                json!({"url": shown}),
+            )
+        }
+    };
+    audit(
+        &state,
+        &dev.device_id,
+        &shown,
+        true,
+        json!({"method": "CONNECT", "rule": rule_json(rule.as_ref()), "address": addr.to_string()}),
+    )
+    .await;
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        tunnel(TokioIo::new(upgraded), upstream, &url, &dev, &state, &guard).await;
+    });
+    Response::new(boxed(Full::new(Bytes::new())))
+}
+
+async fn tunnel<C>(
+    mut client: C,
+    mut upstream: TcpStream,
+    url: &CanonicalUrl,
+    dev: &Device,
+    state: &AppState,
+    guard: &crate::server::ConnGuard,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let shown = url.to_string();
+    let refuse = |reason: &'static str, detail: String| async move {
+        audit(
+            state,
+            &dev.device_id,
+            &shown,
+            false,
+            json!({"method": "CONNECT", "reason": reason, "detail": detail}),
+        )
+        .await;
+    };
+    let hello = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, client_hello(&mut client)).await;
+    let (sni, seen) = match hello {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return refuse("sni", e).await,
+        Err(_) => return refuse("sni", "no ClientHello in time".to_owned()).await,
+    };
+    let sni_host = sni
+        .as_deref()
+        .and_then(|s| CanonicalUrl::parse(&format!("https://{s}/")).ok())
+        .map(|u| u.host);
+    let matches = match (&sni_host, &url.host) {
+        (Some(h), host) => h == host,
+        (None, Host::V4(_) | Host::V6(_)) => true,
+        (None, Host::Name(_)) => false,
+    };
+    if !matches {
+        let named = sni.unwrap_or_else(|| "none".to_owned());
+        return refuse(
+            "sni",
+            format!(
+                "the tunnelled TLS names {named:?}, not the CONNECT host {}",
+                url.host
+            ),
+        )
+        .await;
+    }
+    if upstream.write_all(&seen).await.is_err() {
+        return;
+    }
+    let mut recheck = tokio::time::interval(TUNNEL_RECHECK);
+    recheck.tick().await;
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            () = guard.stopping() => return,
+            _ = recheck.tick() => {
+                if !state.still_admitted(&dev.device_id).await {
+                    tracing::info!(device = %dev.device_id, "closing a tunnel: the device is no longer admitted");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(a.parse().unwrap()), "{a}");
+        }
+        for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+            assert!(!is_internal(a.parse().unwrap()), "{a}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! What the gateway's integration tests share: a gateway on free ports in
+//! its own thread, curl, and device certificates for enrolled devices.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use gateway::{DeviceCertRequest, Gateway, Pki, ServeConfig};
+
+/// A gateway in its own thread; stopped on drop.
+pub(crate) struct Running {
+    pub(crate) port: u16,
+    pub(crate) proxy_port: Option<u16>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Serve `data` on a free port, no proxy, defaults otherwise.
+    pub(crate) fn start(data: &Path) -> Running {
+        Running::with(ServeConfig::new(
+            data.to_owned(),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+    }
+
+    /// Serve `config` (its ports may be 0).
+    pub(crate) fn with(config: ServeConfig) -> Running {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let g = Gateway::bind(&config).await.unwrap();
+                port_tx
+                    .send((g.local_addr.port(), g.proxy_addr.map(|a| a.port())))
+                    .unwrap();
+                g.run(async {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+        });
+        let (port, proxy_port) = port_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        Running {
+            port,
+            proxy_port,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `curl` against the gateway's API with `extra` arguments; the output ends
+/// with a newline and the HTTP status.
+pub(crate) fn curl(port: u16, data: &Path, path: &str, cert: Option<(&Path, &Path)>) -> Output {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(data.join("ca.crt"))
+    .arg(format!("https://127.0.0.1:{port}{path}"));
+    if let Some((crt, key)) = cert {
+        c.arg("--cert").arg(crt).arg("--key").arg(key);
+    }
+    c.output().unwrap()
+}
+
+/// The status and the JSON body of a `curl` run made with `-w "\n%{http_code}"`.
+pub(crate) fn status_and_body(o: &Output) -> (String, serde_json::Value) {
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        status.to_owned(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A device key and a certificate for it from `pki`, for an attestation
+/// made at `attested_at_ms`.
+pub(crate) fn device_cert_at(
+    pki: &Pki,
+    dir: &Path,
+    name: &str,
+    lifetime: Duration,
+    attested_at_ms: i64,
+) -> (PathBuf, PathBuf) {
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let pem = pki
+        .issue_device_cert(&DeviceCertRequest {
+            device_id: name,
+            public_key: &kp,
+            lifetime,
+            attestation_id: "test-attestation",
+            attested_at_ms,
+        })
+        .unwrap();
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&crt, pem).unwrap();
+    std::fs::write(&key, kp.serialize_pem()).unwrap();
+    (crt, key)
+}
+
+/// Register `device_id` with `groups` in the gateway's database the way a
+/// finished enrollment does (enrollment itself is tested against a swtpm in
+/// `satchel/tests/gateway_cli.rs`).
+pub(crate) fn enroll_directly(db_url: &str, device_id: &str, groups: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (pool, _) = audit::store::connect(db_url).await.unwrap();
+        let db = gateway::state::Db::new(pool).await.unwrap();
+        let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        let token = db
+            .make_token(device_id, &groups, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let device = gateway::state::Device {
+            device_id: device_id.to_owned(),
+            groups,
+            ak_pem: String::new(),
+            enrolled_ms: audit::batch::now_ms(),
+            revoked_ms: None,
+        };
+        assert!(db.enroll(&token, &device).await.unwrap());
+    });
+}
+
+/// Revoke through the database, as `satchel gateway revoke` does.
+pub(crate) fn revoke_directly(db_url: &str, device_id: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (pool, _) = audit::store::connect(db_url).await.unwrap();
+        let db = gateway::state::Db::new(pool).await.unwrap();
+        assert!(db.revoke(device_id).await.unwrap());
+    });
+}
+
+/// Every audit entry of the gateway's log.
+pub(crate) fn audit_entries(db_url: &str) -> Vec<audit::entry::Entry> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = audit::store::Store::open(db_url).await.unwrap();
+        store
+            .entries(0, None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.entry)
+            .collect()
+    })
+}

@@ -1,0 +1,507 @@
+//! The egress proxy against real clients: curl (`-x https://...` with a
+//! device certificate) and our own TLS client for what curl will not send
+//! (a CONNECT whose tunnelled TLS names another host, URLs with user info).
+//! A local HTTP server stands in for the web; the gateway's own API port
+//! stands in for a TLS site. Every decision must land in the audit log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway::{GatewayClient, Pki, ServeConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+mod common;
+use common::{audit_entries, device_cert_at, enroll_directly, revoke_directly, Running};
+
+/// A plain HTTP server on a free port that answers every request with
+/// `saw METHOD TARGET` and remembers the request lines.
+struct Upstream {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut first = String::new();
+                    if r.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    let mut host = String::new();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if h.to_ascii_lowercase().starts_with("host:") {
+                            host = h[5..].trim().to_owned();
+                        }
+                    }
+                    let line = first.trim().to_owned();
+                    log.lock().unwrap().push(format!("{line} host={host}"));
+                    let body = format!("saw {line}");
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Upstream { port, seen }
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    data: PathBuf,
+    db: String,
+    gw: Running,
+    up: Upstream,
+    crt: PathBuf,
+    key: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let data = path.join("gw");
+    let up = Upstream::start();
+    let u = up.port;
+    // The API port is only known after binding: reserve one for it.
+    let api = TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    drop(api);
+    let policy = format!(
+        "# the lab class may read the local upstream's public pages\n\
+         g, device:laptop-1, group:lab\n\
+         p, group:lab, url, http://127.0.0.1:{u}/public/*, GET, allow\n\
+         p, group:all, url, http://127.0.0.1:{u}/public/secret*, *, deny\n\
+         p, group:lab, url, http://localhost:{u}/*, GET, allow\n\
+         p, group:lab, url, https://localhost:{api_port}/*, CONNECT, allow\n\
+         p, group:lab, url, https://127.0.0.1:{api_port}/*, CONNECT, allow\n\
+         p, group:lab, url, https://*.example.org/*, *, allow\n"
+    );
+    std::fs::write(path.join("policy.csv"), policy).unwrap();
+    let mut config = ServeConfig::new(
+        data.clone(),
+        format!("127.0.0.1:{api_port}").parse().unwrap(),
+    );
+    config.proxy_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.policy = Some(path.join("policy.csv"));
+    let db = config.db_url();
+    let gw = Running::with(config);
+    enroll_directly(&db, "laptop-1", &[]);
+    let pki = Pki::init(&data, &[]).unwrap();
+    let (crt, key) = device_cert_at(
+        &pki,
+        &path,
+        "laptop-1",
+        Duration::from_secs(3600),
+        audit::batch::now_ms(),
+    );
+    Setup {
+        _dir: dir,
+        dir: path,
+        data,
+        db,
+        gw,
+        up,
+        crt,
+        key,
+    }
+}
+
+impl Setup {
+    fn proxy(&self) -> u16 {
+        self.gw.proxy_port.unwrap()
+    }
+
+    /// curl through the proxy with the device certificate: (exit ok,
+    /// status, body).
+    fn curl(&self, url: &str, extra: &[&str]) -> (bool, String, String) {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_connect} %{http_code}",
+                "-x",
+            ])
+            .arg(format!("https://127.0.0.1:{}", self.proxy()))
+            .arg("--proxy-cacert")
+            .arg(self.data.join("ca.crt"))
+            .arg("--proxy-cert")
+            .arg(&self.crt)
+            .arg("--proxy-key")
+            .arg(&self.key)
+            .arg("--cacert")
+            .arg(self.data.join("ca.crt"))
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, codes) = text.rsplit_once('\n').unwrap_or(("", &text));
+        // The CONNECT answer's status when the tunnel was refused, else the
+        // request's.
+        let (connect, status) = codes.split_once(' ').unwrap_or(("000", codes));
+        let status = if status == "000" { connect } else { status };
+        (o.status.success(), status.to_owned(), body.to_owned())
+    }
+
+    fn client(&self, cert: Option<(&Path, &Path)>) -> GatewayClient {
+        let ca = std::fs::read_to_string(self.data.join("ca.crt")).unwrap();
+        let id = cert.map(|(c, k)| {
+            (
+                std::fs::read_to_string(c).unwrap(),
+                std::fs::read_to_string(k).unwrap(),
+            )
+        });
+        GatewayClient::new(
+            &format!("https://127.0.0.1:{}", self.proxy()),
+            &ca,
+            id.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .unwrap()
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// Send raw bytes over a TLS connection to the proxy; the whole answer.
+async fn raw(client: &GatewayClient, request: &str) -> String {
+    let mut tls = client.connect().await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn http_requests_are_decided_per_url_and_forwarded_canonically() {
+    let s = setup();
+    let u = s.up.port;
+
+    // Allowed: forwarded, with the canonical path.
+    let (ok, status, body) = s.curl(
+        &format!("http://127.0.0.1:{u}/public/a/../b%7e?q=1"),
+        &["--path-as-is"],
+    );
+    assert!(ok && status == "200", "{status} {body}");
+    assert_eq!(body, "saw GET /public/b~?q=1 HTTP/1.1");
+    assert!(s.up.seen.lock().unwrap()[0].ends_with(&format!("host=127.0.0.1:{u}")));
+
+    // A deny rule: 403 naming it.
+    let (_, status, body) = s.curl(&format!("http://127.0.0.1:{u}/public/secret.txt"), &[]);
+    assert_eq!(status, "403", "{body}");
+    let b = json(&body);
+    assert_eq!(b["reason"], "policy");
+    assert_eq!(b["rule"]["line"], 4);
+    assert!(b["rule"]["text"].as_str().unwrap().contains("deny"));
+
+    // No rule: default deny, rule null.
+    let (_, status, body) = s.curl(&format!("http://127.0.0.1:{u}/private/x"), &[]);
+    assert_eq!(status, "403", "{body}");
+    assert!(json(&body)["rule"].is_null());
+    // The method is part of the decision.
+    let (_, status, _) = s.curl(&format!("http://127.0.0.1:{u}/public/a"), &["-X", "DELETE"]);
+    assert_eq!(status, "403");
+
+    // IP-literal spellings of the denied address are the same address.
+    for spelled in [
+        format!("http://0177.0.0.1:{u}/public/secret.txt"),
+        format!("http://2130706433:{u}/public/secret.txt"),
+        format!("http://0x7f.1:{u}/public/secret.txt"),
+        format!("http://[::ffff:127.0.0.1]:{u}/public/secret.txt"),
+    ] {
+        let (_, status, body) = s.curl(&spelled, &["--path-as-is"]);
+        assert_eq!(status, "403", "{spelled}: {body}");
+    }
+
+    // A name rule that resolves to loopback: refused for the address,
+    // since no rule names 127.0.0.1 for that path.
+    let (_, status, body) = s.curl(&format!("http://localhost:{u}/other"), &[]);
+    assert_eq!(status, "403", "{body}");
+    let b = json(&body);
+    assert_eq!(b["reason"], "address", "{b}");
+    // ... while the same name on a path the address rule covers passes.
+    let (_, status, body) = s.curl(&format!("http://localhost:{u}/public/ok"), &[]);
+    assert_eq!(status, "200", "{body}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // No device certificate: 401, nothing forwarded.
+        let anon = s.client(None);
+        let answer = raw(
+            &anon,
+            &format!("GET http://127.0.0.1:{u}/public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let dev = s.client(Some((&s.crt, &s.key)));
+        // User info before the host: refused.
+        let answer = raw(
+            &dev,
+            &format!("GET http://127.0.0.1:{u}@evil.example/public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        // Origin-form to a proxy: refused.
+        let answer = raw(
+            &dev,
+            "GET /public/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    });
+    assert_eq!(
+        s.up.seen.lock().unwrap().len(),
+        2,
+        "only the two allowed requests reached upstream"
+    );
+
+    // Every decision is in the audit log.
+    let entries = audit_entries(&s.db);
+    let proxy: Vec<_> = entries.iter().filter(|e| e.kind == "proxy").collect();
+    assert!(proxy.iter().filter(|e| e.decision == "allow").count() >= 2);
+    assert!(proxy.iter().filter(|e| e.decision == "deny").count() >= 9);
+    assert!(proxy.iter().all(|e| e.actor == "laptop-1"));
+    assert!(proxy
+        .iter()
+        .any(|e| e.decision == "deny" && e.details["reason"] == "address"));
+    let _ = &s.dir;
+}
+
+#[test]
+fn connect_tunnels_need_an_allowed_host_and_a_matching_sni() {
+    let s = setup();
+    let api = s.gw.port;
+    // Allowed host, TLS inside the tunnel names it: the gateway's own
+    // /v1/health answers through the tunnel.
+    let (ok, status, body) = s.curl(&format!("https://localhost:{api}/v1/health"), &[]);
+    assert!(ok && status == "200", "{status} {body}");
+    assert_eq!(json(&body)["status"], "ok");
+
+    // A denied host: the CONNECT gets 403.
+    let (ok, status, _) = s.curl("https://denied.example.com:443/", &[]);
+    assert!(!ok);
+    assert_eq!(status, "403");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dev = s.client(Some((&s.crt, &s.key)));
+        // The 403 body names the decision.
+        let answer = raw(
+            &dev,
+            "CONNECT denied.example.com:443 HTTP/1.1\r\nHost: denied.example.com:443\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(answer.contains("\"reason\":\"policy\""), "{answer}");
+
+        // An allowed CONNECT host whose tunnelled TLS names another host:
+        // closed before a byte reaches upstream.
+        let open = |sni: &'static str| {
+            let dev = dev.clone();
+            async move {
+                let mut tls = dev.connect().await.unwrap();
+                tls.write_all(
+                    format!("CONNECT localhost:{api} HTTP/1.1\r\nHost: localhost:{api}\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+                // The answer's head, byte by byte: nothing of the tunnel after it.
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    head.push(tls.read_u8().await.unwrap());
+                }
+                assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
+                let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    dev.connector().connect(name, tls),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert!(open("other.example.org").await.is_err(), "SNI mismatch passed");
+        assert!(open("localhost").await.is_ok(), "the matching SNI was refused");
+
+        // An open tunnel closes once the device is revoked.
+        let mut inner = open("localhost").await.unwrap();
+        let db = s.db.clone();
+        tokio::task::spawn_blocking(move || revoke_directly(&db, "laptop-1"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = inner
+            .write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), inner.read_to_end(&mut buf)).await;
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("200 OK"),
+            "a revoked device's tunnel still carried a request: {r:?}"
+        );
+        // And new requests are refused.
+        let answer = raw(
+            &dev,
+            &format!("CONNECT localhost:{api} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    });
+
+    let entries = audit_entries(&s.db);
+    assert!(entries.iter().any(|e| e.kind == "proxy"
+        && e.decision == "deny"
+        && e.details["reason"] == "sni"
+        && e.details["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("other.example.org")));
+    assert!(entries
+        .iter()
+        .any(|e| e.kind == "proxy" && e.decision == "allow" && e.details["method"] == "CONNECT"));
+}
+
+#[test]
+fn admin_routes_change_the_policy_at_once_and_only_for_admins() {
+    let s = setup();
+    let u = s.up.port;
+    let pki = Pki::init(&s.data, &[]).unwrap();
+    let admin = pki
+        .issue_admin_cert("alice", Duration::from_secs(3600))
+        .unwrap();
+    let (acrt, akey) = (s.dir.join("alice.crt"), s.dir.join("alice.key"));
+    std::fs::write(&acrt, admin.cert_pem).unwrap();
+    std::fs::write(&akey, admin.key_pem).unwrap();
+    let api = |path: &str, cert: (&Path, &Path), extra: &[&str]| {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(s.data.join("ca.crt"))
+            .arg("--cert")
+            .arg(cert.0)
+            .arg("--key")
+            .arg(cert.1)
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{}{path}", s.gw.port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.to_owned(), body.to_owned())
+    };
+    let alice = (acrt.as_path(), akey.as_path());
+    let device = (s.crt.as_path(), s.key.as_path());
+
+    // Roles do not cross.
+    let (status, body) = api("/v1/admin/devices", device, &[]);
+    assert_eq!(status, "403", "{body}");
+    let (status, _) = api("/v1/whoami", alice, &[]);
+    assert_eq!(status, "403");
+    let (status, body) = api("/v1/admin/devices", alice, &[]);
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(json(&body)["devices"][0]["device_id"], "laptop-1");
+
+    // The policy in force, then a new one: in force on the next request.
+    let (status, body) = api("/v1/admin/policy", alice, &[]);
+    assert_eq!(status, "200");
+    assert!(body.contains("group:lab"), "{body}");
+    assert_eq!(
+        s.curl(&format!("http://127.0.0.1:{u}/public/a"), &[]).1,
+        "200"
+    );
+    let strict = format!("p, group:all, url, http://127.0.0.1:{u}/public/*, GET, deny\n");
+    std::fs::write(s.dir.join("strict.csv"), &strict).unwrap();
+    let (status, body) = api(
+        "/v1/admin/policy",
+        alice,
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", s.dir.join("strict.csv").display()),
+        ],
+    );
+    assert_eq!(status, "200", "{body}");
+    let (_, status, body) = s.curl(&format!("http://127.0.0.1:{u}/public/a"), &[]);
+    assert_eq!(status, "403", "{body}");
+    assert_eq!(json(&body)["rule"]["line"], 1);
+
+    // A broken policy is refused, naming the line, and the old one stays.
+    std::fs::write(
+        s.dir.join("bad.csv"),
+        "p, group:all, url, ftp://x/, GET, allow\n",
+    )
+    .unwrap();
+    let (status, body) = api(
+        "/v1/admin/policy",
+        alice,
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", s.dir.join("bad.csv").display()),
+        ],
+    );
+    assert_eq!(status, "400", "{body}");
+    assert!(
+        json(&body)["detail"].as_str().unwrap().contains("line 1"),
+        "{body}"
+    );
+    assert_eq!(api("/v1/admin/policy", alice, &[]).1, strict);
+
+    // An admin revocation: the device is refused on its next request.
+    let (status, _) = api(
+        "/v1/admin/revoke",
+        alice,
+        &["-X", "POST", "--data", r#"{"device_id":"laptop-1"}"#],
+    );
+    assert_eq!(status, "200");
+    let (_, status, _) = s.curl(&format!("http://127.0.0.1:{u}/public/a"), &[]);
+    assert_eq!(status, "403");
+
+    let entries = audit_entries(&s.db);
+    let admin: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == "admin" && e.actor == "admin:alice")
+        .map(|e| e.decision.as_str())
+        .collect();
+    assert_eq!(admin, ["replaced", "revoked"]);
+}
