@@ -28,6 +28,11 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::slow(Duration::ZERO)
+    }
+
+    /// One that waits `delay` before each answer.
+    fn slow(delay: Duration) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -54,6 +59,7 @@ impl Upstream {
                     }
                     let line = first.trim().to_owned();
                     log.lock().unwrap().push(format!("{line} host={host}"));
+                    std::thread::sleep(delay);
                     let body = format!("saw {line}");
                     let _ = write!(
                         conn,
@@ -79,10 +85,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(Upstream::start())
+}
+
+fn setup_with(up: Upstream) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let data = path.join("gw");
-    let up = Upstream::start();
     let u = up.port;
     // The API port is only known after binding: reserve one for it.
     let api = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -504,4 +513,46 @@ fn admin_routes_change_the_policy_at_once_and_only_for_admins() {
         .map(|e| e.decision.as_str())
         .collect();
     assert_eq!(admin, ["replaced", "revoked"]);
+}
+
+#[test]
+fn shutdown_lets_an_open_request_finish_and_keeps_its_audit_entry() {
+    let s = setup_with(Upstream::slow(Duration::from_millis(1500)));
+    let u = s.up.port;
+    let Setup { gw, .. } = s;
+    let (data, crt, key, proxy) = (
+        s.data.clone(),
+        s.crt.clone(),
+        s.key.clone(),
+        gw.proxy_port.unwrap(),
+    );
+    let request = std::thread::spawn(move || {
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "-x"])
+            .arg(format!("https://127.0.0.1:{proxy}"))
+            .arg("--proxy-cacert")
+            .arg(data.join("ca.crt"))
+            .arg("--proxy-cert")
+            .arg(crt)
+            .arg("--proxy-key")
+            .arg(key)
+            .arg(format!("http://127.0.0.1:{u}/public/slow"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    });
+    // Shut down while the request waits on upstream.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    drop(gw);
+    assert!(started.elapsed() < Duration::from_secs(9), "the drain hung");
+    let answer = request.join().unwrap();
+    assert!(answer.ends_with("\n200"), "{answer}");
+    assert!(answer.starts_with("saw GET /public/slow"), "{answer}");
+    // New connections are refused once it has stopped.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", proxy)).is_err());
+    let entries = audit_entries(&s.db);
+    assert!(entries.iter().any(|e| e.kind == "proxy"
+        && e.decision == "allow"
+        && e.subject.ends_with("/public/slow")));
 }

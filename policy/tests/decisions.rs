@@ -295,3 +295,41 @@ fn bad_policy_lines_name_their_line() {
         PolicyText::default()
     );
 }
+
+/// Groups given at enrollment (not in the policy) count as memberships,
+/// transitively: the same decision as the policy with the `g` line added.
+#[test]
+fn groups_from_outside_the_policy_decide_like_g_lines() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policy/school.csv"
+    ))
+    .unwrap();
+    let fast = FastPolicy::compile(&PolicyText::parse(&text).unwrap());
+    let with_line = FastPolicy::compile(
+        &PolicyText::parse(&format!("{text}\ng, device:new-1, group:class-7a\n")).unwrap(),
+    );
+    let extra = vec!["group:class-7a".to_owned()];
+    for (u, m) in [
+        ("https://en.wikipedia.org/wiki/Rust", "GET"),
+        ("https://exam.school.example/submit", "POST"),
+        ("https://exam.school.example/page", "GET"),
+        ("https://en.wikipedia.org/wiki/Special:Random", "GET"),
+        ("https://evil.example/", "GET"),
+    ] {
+        let r = url(u, m);
+        let got = fast.decide_with_groups("device:new-1", &extra, &r);
+        assert_eq!(got, with_line.decide("device:new-1", &r), "{u}");
+        // Without the group, the unknown device gets nothing but group:all rules.
+        assert!(!fast.decide("device:new-1", &r).allow, "{u}");
+    }
+    // class-7a is in group:school (a nested membership of the policy).
+    assert!(
+        fast.decide_with_groups(
+            "device:new-1",
+            &extra,
+            &url("https://en.wikipedia.org/wiki/Rust", "GET")
+        )
+        .allow
+    );
+}

@@ -387,3 +387,102 @@ fn enroll_attest_and_reach_whoami_with_the_issued_certificate() {
         );
     }
 }
+
+#[test]
+fn serve_takes_a_config_file_below_env_and_admin_certs_open_admin_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_port, env_port, proxy_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.path().join("policy.csv"),
+        "p, group:all, url, https://*.example.org/*, GET, allow\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "# paths are relative to this file\n\
+             data = \"gw\"\n\
+             listen = \"127.0.0.1:{file_port}\"\n\
+             proxy-listen = \"127.0.0.1:{proxy_port}\"\n\
+             policy = \"policy.csv\"\n\
+             cert-lifetime = \"30m\"\n"
+        ),
+    )
+    .unwrap();
+    // A typo in the file is a clear error.
+    std::fs::write(dir.path().join("typo.toml"), "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["gateway", "serve", "--config"])
+        .arg(dir.path().join("typo.toml"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("lisen"), "{err}");
+
+    // The environment beats the file.
+    let child = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["gateway", "serve", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .env("SATCHEL_LISTEN", format!("127.0.0.1:{env_port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _served = Served(child);
+    let gw = dir.path().join("gw");
+    wait_up(&gw.join("ca.crt"), env_port);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err());
+
+    // An admin certificate: key 0600, opens the admin routes, not the proxy.
+    let out = ok(
+        &[
+            "gateway",
+            "admin-cert",
+            "--data",
+            gw.to_str().unwrap(),
+            "--name",
+            "alice",
+            "--out-dir",
+            dir.path().join("alice").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.contains("alice.crt"), "{out}");
+    let key = dir.path().join("alice/alice.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
+            .arg(gw.join("ca.crt"))
+            .arg("--cert")
+            .arg(dir.path().join("alice/alice.crt"))
+            .arg("--key")
+            .arg(&key)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let policy = curl(&[&format!("https://127.0.0.1:{env_port}/v1/admin/policy")]);
+    assert!(
+        policy.contains("*.example.org") && policy.ends_with("\n200"),
+        "{policy}"
+    );
+    let devices = curl(&[&format!("https://127.0.0.1:{env_port}/v1/admin/devices")]);
+    assert!(devices.starts_with("{\"devices\":[]}"), "{devices}");
+    let through = curl(&[
+        "-x",
+        &format!("https://127.0.0.1:{proxy_port}"),
+        "--proxy-cacert",
+        gw.join("ca.crt").to_str().unwrap(),
+        "--proxy-cert",
+        dir.path().join("alice/alice.crt").to_str().unwrap(),
+        "--proxy-key",
+        key.to_str().unwrap(),
+        "http://www.example.org/",
+    ]);
+    assert!(through.ends_with("\n403"), "{through}");
+    assert!(through.contains("not a device"), "{through}");
+}
