@@ -62,6 +62,8 @@ pub struct AppState {
     pub nonces: Mutex<Nonces>,
     /// Which device each outstanding nonce was issued to.
     pub nonce_owners: Mutex<std::collections::HashMap<[u8; 32], String>>,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 /// Most outstanding nonces remembered per gateway (oldest forgotten first by
@@ -95,6 +97,17 @@ pub fn refuse(status: u16, title: &str, detail: impl Into<String>, extra: Value)
         b.extend(x);
     }
     Answer { status, body }
+}
+
+/// A 500 whose body says nothing of the cause; the cause goes to the log.
+fn internal(e: &dyn std::fmt::Display) -> Answer {
+    tracing::error!(error = %e, "request failed");
+    refuse(
+        500,
+        "internal error",
+        "the gateway could not complete the request; its log says why",
+        Value::Null,
+    )
 }
 
 fn bad_request(detail: impl Into<String>) -> Answer {
@@ -273,7 +286,7 @@ impl AppState {
                     "the token is unknown, used, expired or for another device".to_owned(),
                 );
             }
-            Err(e) => return refuse(500, "internal error", e.to_string(), Value::Null),
+            Err(e) => return internal(&e),
         };
         let Some(cas) = &self.ek_cas else {
             return refuse(
@@ -396,7 +409,7 @@ impl AppState {
                 "the token was used meanwhile",
                 Value::Null,
             ),
-            Err(e) => refuse(500, "internal error", e.to_string(), Value::Null),
+            Err(e) => internal(&e),
         }
     }
 
@@ -410,7 +423,7 @@ impl AppState {
                 Value::Null,
             )),
             Ok(None) => Err(refuse(404, "unknown device", "enroll first", Value::Null)),
-            Err(e) => Err(refuse(500, "internal error", e.to_string(), Value::Null)),
+            Err(e) => Err(internal(&e)),
         }
     }
 
@@ -537,7 +550,7 @@ impl AppState {
             attested_at_ms: at,
         }) {
             Ok(c) => c,
-            Err(e) => return refuse(500, "internal error", e.to_string(), Value::Null),
+            Err(e) => return internal(&e),
         };
         self.record("attestation", &r.device_id, &reference.name, "trusted", json!({"attestation": attestation_id, "certificate_lifetime_s": self.cert_lifetime.as_secs()})).await;
         ok(json!({

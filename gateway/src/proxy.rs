@@ -45,6 +45,8 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// How long resolving and connecting upstream may take.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long upstream may take to start its answer.
+pub const UPSTREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the client may take to send its ClientHello into a tunnel.
 pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest ClientHello read while looking for the SNI.
@@ -375,15 +377,21 @@ async fn forward(req: Request<Incoming>, dev: Device, state: &AppState) -> Respo
     if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
         parts.headers.insert(hyper::header::HOST, v);
     }
-    match sender.send_request(Request::from_parts(parts, body)).await {
-        Ok(resp) => {
+    let sent = tokio::time::timeout(
+        UPSTREAM_ANSWER_TIMEOUT,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await;
+    match sent {
+        Err(_) => gateway_error("upstream did not answer in time".to_owned()),
+        Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             for h in HOP_BY_HOP {
                 parts.headers.remove(*h);
             }
             Response::from_parts(parts, body.boxed())
         }
-        Err(e) => gateway_error(format!("upstream HTTP: {e}")),
+        Ok(Err(e)) => gateway_error(format!("upstream HTTP: {e}")),
     }
 }
 

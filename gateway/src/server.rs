@@ -28,8 +28,11 @@ use crate::state::{Challenges, Db};
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send a request's headers (and how long a
+/// kept-alive connection may sit idle).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -126,6 +129,10 @@ pub struct ServeConfig {
     pub policy: Option<PathBuf>,
     /// How long shutdown waits for open connections to finish.
     pub drain: Duration,
+    /// How long a client may take to send request headers, or sit idle.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -142,6 +149,8 @@ impl ServeConfig {
             proxy_listen: None,
             policy: None,
             drain: Duration::from_secs(10),
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
         }
     }
 
@@ -181,6 +190,7 @@ pub struct Gateway {
     listener: TcpListener,
     proxy: Option<TcpListener>,
     drain: Duration,
+    header_timeout: Duration,
     /// The proxy's address, if it listens.
     pub proxy_addr: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -289,6 +299,7 @@ impl Gateway {
             challenges: Challenges::default(),
             nonces: std::sync::Mutex::new(Nonces::new(Duration::from_secs(120), 100_000)),
             nonce_owners: std::sync::Mutex::default(),
+            body_timeout: config.body_timeout,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -318,6 +329,7 @@ impl Gateway {
             proxy,
             proxy_addr,
             drain: config.drain,
+            header_timeout: config.header_timeout,
             acceptor,
             state,
             local_addr,
@@ -338,6 +350,7 @@ impl Gateway {
             slots.clone(),
             stop_rx.clone(),
             Listener::Api,
+            self.header_timeout,
         ));
         let proxy = self.proxy.map(|l| {
             tokio::spawn(accept_loop(
@@ -347,6 +360,7 @@ impl Gateway {
                 slots.clone(),
                 stop_rx.clone(),
                 Listener::Proxy,
+                self.header_timeout,
             ))
         });
         shutdown.await;
@@ -395,6 +409,7 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     stop: tokio::sync::watch::Receiver<bool>,
     kind: Listener,
+    header_timeout: Duration,
 ) {
     let mut stopped = stop.clone();
     loop {
@@ -426,6 +441,7 @@ async fn accept_loop(
             state.clone(),
             guard,
             kind,
+            header_timeout,
         ));
     }
 }
@@ -437,6 +453,7 @@ async fn serve_conn(
     state: Arc<AppState>,
     guard: Arc<ConnGuard>,
     kind: Listener,
+    header_timeout: Duration,
 ) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -473,7 +490,7 @@ async fn serve_conn(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
@@ -617,12 +634,18 @@ async fn route(
         )
     };
     let read_body = || async {
-        match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(_) => Err(problem(
+        let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
+        match tokio::time::timeout(state.body_timeout, collect).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(_)) => Err(problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request too large",
                 "the body is over the limit or broken off",
+            )),
+            Err(_) => Err(problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "request timeout",
+                "the body did not arrive in time",
             )),
         }
     };

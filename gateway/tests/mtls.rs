@@ -148,3 +148,61 @@ fn a_certificate_is_honoured_only_while_its_attestation_is_fresh() {
         ("403", Some("stale certificate"))
     );
 }
+
+/// Slow clients (slowloris) are cut off: headers that never finish, a body
+/// that never arrives, an idle kept-alive connection.
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let mut config = gateway::ServeConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    config.header_timeout = Duration::from_secs(1);
+    config.body_timeout = Duration::from_secs(1);
+    let gw = Running::with(config);
+    let ca = std::fs::read(data.join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    // Send `prefix`, then wait: what comes back, and how long until close.
+    let stall = |prefix: &[u8]| {
+        let conn =
+            rustls::ClientConnection::new(tls.clone(), "localhost".try_into().unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(prefix).unwrap();
+        let start = std::time::Instant::now();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+    };
+    let (_, took) = stall(b"GET /v1/health HTTP/1.1\r\nHost: loc");
+    assert!(
+        took < Duration::from_secs(5),
+        "unfinished headers held {took:?}"
+    );
+    let (answer, took) =
+        stall(b"POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"dev");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took < Duration::from_secs(5),
+        "an unfinished body held {took:?}"
+    );
+    let (answer, took) = stall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took < Duration::from_secs(5),
+        "an idle connection held {took:?}"
+    );
+}
