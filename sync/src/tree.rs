@@ -1,0 +1,324 @@
+//! Directories in and out of the chunk store: [`scan`] turns a directory
+//! into layer entries (storing every chunk), [`materialize`] turns entries
+//! back into a directory, atomically: it is built beside the target and
+//! swapped in with one `renameat2(RENAME_EXCHANGE)`, so a reader sees the
+//! old layer or the new one, never half of either.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::chunk::{chunk_stream, ChunkId};
+use crate::manifest::{check_path, Entry, Kind};
+use crate::store::{ChunkStore, StoreError};
+
+/// A tree problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TreeError {
+    /// The file system.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something a layer cannot hold.
+    #[error("{path}: {problem}")]
+    Unsupported {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The chunk store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file whose chunks do not add up to its size.
+    #[error("{path}: assembled {got} bytes, the manifest says {want}")]
+    Size {
+        /// The path.
+        path: String,
+        /// Bytes written.
+        got: u64,
+        /// Bytes expected.
+        want: u64,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
+    move |source| TreeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a scan found and stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScanStats {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Chunks referenced (with repeats).
+    pub chunks: u64,
+    /// Distinct chunks in this tree.
+    pub unique_chunks: u64,
+    /// Bytes of the distinct chunks.
+    pub unique_bytes: u64,
+    /// Chunks the store did not have before.
+    pub new_chunks: u64,
+    /// Bytes of those.
+    pub new_bytes: u64,
+}
+
+impl ScanStats {
+    /// Content bytes per stored byte of this tree's distinct chunks.
+    pub fn dedup_ratio(&self) -> f64 {
+        if self.unique_bytes == 0 {
+            1.0
+        } else {
+            self.bytes as f64 / self.unique_bytes as f64
+        }
+    }
+}
+
+/// Scan `dir` into sorted entries, putting every chunk in `store`.
+/// `progress` is told the bytes of each file as it is read.
+pub fn scan(
+    dir: &Path,
+    store: &ChunkStore,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Vec<Entry>, ScanStats), TreeError> {
+    let mut entries = Vec::new();
+    let mut stats = ScanStats::default();
+    let mut seen = std::collections::HashSet::<ChunkId>::new();
+    for item in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let item = item.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_owned();
+            TreeError::Io {
+                path,
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("a loop")),
+            }
+        })?;
+        let full = item.path();
+        let rel = full
+            .strip_prefix(dir)
+            .ok()
+            .and_then(|r| r.to_str())
+            .ok_or_else(|| TreeError::Unsupported {
+                path: full.to_owned(),
+                problem: "the name is not UTF-8".to_owned(),
+            })?
+            .to_owned();
+        check_path(&rel).map_err(|problem| TreeError::Unsupported {
+            path: full.to_owned(),
+            problem,
+        })?;
+        let meta = item.path().symlink_metadata().map_err(io(full))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            stats.dirs += 1;
+            Kind::Dir
+        } else if ft.is_symlink() {
+            stats.symlinks += 1;
+            let target = std::fs::read_link(full).map_err(io(full))?;
+            let target = target.to_str().ok_or_else(|| TreeError::Unsupported {
+                path: full.to_owned(),
+                problem: "the link target is not UTF-8".to_owned(),
+            })?;
+            Kind::Symlink {
+                target: target.to_owned(),
+            }
+        } else if ft.is_file() {
+            stats.files += 1;
+            let f = std::fs::File::open(full).map_err(io(full))?;
+            let mut chunks = Vec::new();
+            let mut store_err = None;
+            let size = chunk_stream(std::io::BufReader::with_capacity(1 << 20, f), |id, data| {
+                chunks.push(id);
+                stats.chunks += 1;
+                if seen.insert(id) {
+                    stats.unique_chunks += 1;
+                    stats.unique_bytes += data.len() as u64;
+                    match store.put(id, data) {
+                        Ok(true) => {
+                            stats.new_chunks += 1;
+                            stats.new_bytes += data.len() as u64;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            store_err = Some(e);
+                            return Err(std::io::Error::other("chunk store"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Some(e) = store_err {
+                return Err(e.into());
+            }
+            let size = size.map_err(io(full))?;
+            stats.bytes += size;
+            progress(size);
+            Kind::File { size, chunks }
+        } else {
+            return Err(TreeError::Unsupported {
+                path: full.to_owned(),
+                problem: "a device, FIFO or socket: layers hold files, directories and symlinks"
+                    .to_owned(),
+            });
+        };
+        entries.push(Entry {
+            path: rel,
+            mode,
+            kind,
+        });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((entries, stats))
+}
+
+/// Write `entries` as the directory `target` (replacing what is there,
+/// atomically), taking file content from `store`.
+pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Result<(), TreeError> {
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("layer");
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".staging-{name}-"))
+        .tempdir_in(parent)
+        .map_err(io(parent))?;
+    let root = staging.path();
+    let mut dirs = Vec::new();
+    for e in entries {
+        let path = root.join(&e.path);
+        match &e.kind {
+            Kind::Dir => {
+                std::fs::create_dir(&path).map_err(io(&path))?;
+                dirs.push((path, e.mode));
+            }
+            Kind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
+            }
+            Kind::File { size, chunks } => {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                let mut written = 0u64;
+                for id in chunks {
+                    let data = store.get(*id)?;
+                    f.write_all(&data).map_err(io(&path))?;
+                    written += data.len() as u64;
+                }
+                if written != *size {
+                    return Err(TreeError::Size {
+                        path: e.path.clone(),
+                        got: written,
+                        want: *size,
+                    });
+                }
+                f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+                    .map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+            }
+        }
+    }
+    // Directory modes last (deepest first), so a read-only directory is
+    // filled before it becomes read-only.
+    for (path, mode) in dirs.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(io(path))?;
+    }
+    std::fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(io(root))?;
+    let kept = staging.keep();
+    if target.symlink_metadata().is_ok() {
+        // Swap in one step; the old tree ends up at the staging path.
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &kept,
+            rustix::fs::CWD,
+            target,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| TreeError::Io {
+            path: target.to_owned(),
+            source: e.into(),
+        })?;
+        remove_tree(&kept).map_err(io(&kept))?;
+    } else {
+        std::fs::rename(&kept, target).map_err(io(target))?;
+    }
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io(parent))?;
+    Ok(())
+}
+
+/// Remove a tree even where directories are read-only.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    for e in walkdir::WalkDir::new(path).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    std::fs::remove_dir_all(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_then_materialize_gives_the_same_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("etc/ro")).unwrap();
+        std::fs::write(src.join("etc/hostname"), "host\n").unwrap();
+        std::fs::write(src.join("big"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(src.join("empty"), "").unwrap();
+        std::os::unix::fs::symlink("etc/hostname", src.join("link")).unwrap();
+        std::fs::set_permissions(
+            src.join("etc/hostname"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::set_permissions(src.join("etc/ro"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
+        let store = ChunkStore::open(dir.path().join("chunks")).unwrap();
+        let (entries, stats) = scan(&src, &store, &mut |_| {}).unwrap();
+        assert_eq!((stats.files, stats.dirs, stats.symlinks), (3, 2, 1));
+        // 300,000 equal bytes: a few equal 64 KiB chunks and a tail.
+        assert!(stats.dedup_ratio() > 2.5, "{stats:?}");
+        let out = dir.path().join("out/base-os");
+        materialize(&entries, &store, &out).unwrap();
+        let (again, stats2) = scan(&out, &store, &mut |_| {}).unwrap();
+        assert_eq!(again, entries);
+        assert_eq!(stats2.new_chunks, 0);
+        // A second materialize swaps the whole tree.
+        let only: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.path == "empty")
+            .cloned()
+            .collect();
+        materialize(&only, &store, &out).unwrap();
+        assert!(!out.join("big").exists() && out.join("empty").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "staging left behind");
+    }
+}
