@@ -64,6 +64,10 @@ pub struct AppState {
     pub nonce_owners: Mutex<std::collections::HashMap<[u8; 32], String>>,
     /// How long a client may take to send a request body.
     pub body_timeout: Duration,
+    /// Layer versions and the chunk store.
+    pub images: crate::images::Images,
+    /// The key layer manifests are signed with.
+    pub manifest_key: ed25519_dalek::SigningKey,
 }
 
 /// Most outstanding nonces remembered per gateway (oldest forgotten first by

@@ -136,6 +136,86 @@ impl GatewayClient {
         &self.connector
     }
 
+    /// Send `body` with `method` and `content_type`; the status and the
+    /// whole answer. The answer is read frame by frame: `meter` counts the
+    /// bytes both ways and, with a rate cap, paces the reading so the
+    /// average since the meter started never exceeds the cap.
+    pub async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        meter: Option<&Meter>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let mut out = Vec::new();
+        let (status, refusal) = self
+            .send_streaming(method, path, content_type, body, meter, &mut |d| {
+                out.extend_from_slice(d);
+                Ok(())
+            })
+            .await?;
+        Ok((status, refusal.unwrap_or_else(|| Bytes::from(out))))
+    }
+
+    /// As [`GatewayClient::send`], handing each piece of a successful (2xx)
+    /// answer to `on_data` as it arrives (an error from it ends the
+    /// exchange). Another status comes back with its whole body.
+    pub async fn send_streaming(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        meter: Option<&Meter>,
+        on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(u16, Option<Bytes>), ClientError> {
+        let io = |problem: String| ClientError::Io {
+            url: self.url.clone(),
+            problem,
+        };
+        let tls = self.connect().await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| io(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Some(m) = meter {
+            m.sent(body.len() as u64);
+        }
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| io(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let success = resp.status().is_success();
+        let mut body = resp.into_body();
+        let mut refusal = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| io(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if success {
+                    on_data(&data).map_err(io)?;
+                } else if refusal.len() < MAX_REFUSAL {
+                    refusal.extend_from_slice(&data);
+                }
+                if let Some(m) = meter {
+                    m.received(data.len() as u64).await;
+                }
+            }
+        }
+        Ok((status, (!success).then(|| Bytes::from(refusal))))
+    }
+
     async fn request(
         &self,
         method: hyper::Method,
@@ -175,5 +255,61 @@ impl GatewayClient {
             .to_bytes();
         let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         Ok((status, value))
+    }
+}
+
+/// Most bytes of a refusal's body kept.
+const MAX_REFUSAL: usize = 64 * 1024;
+
+/// Counts bytes both ways and caps the receive rate.
+#[derive(Debug)]
+pub struct Meter {
+    start: std::time::Instant,
+    cap: Option<u64>,
+    received: std::sync::atomic::AtomicU64,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Meter {
+    /// A meter starting now; `cap` in bytes per second.
+    pub fn new(cap: Option<u64>) -> Meter {
+        Meter {
+            start: std::time::Instant::now(),
+            cap: cap.filter(|c| *c > 0),
+            received: 0.into(),
+            sent: 0.into(),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seconds since the meter started.
+    pub fn seconds(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn sent(&self, n: u64) {
+        self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count `n` received bytes; with a cap, wait until the average rate
+    /// since the start is back under it.
+    async fn received(&self, n: u64) {
+        let total = self
+            .received
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            + n;
+        if let Some(cap) = self.cap {
+            let due = self.start + std::time::Duration::from_secs_f64(total as f64 / cap as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
 }

@@ -11,11 +11,14 @@
 pub mod admin;
 pub mod api;
 pub mod client;
+pub mod images;
 pub mod pki;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod sync_api;
+pub mod sync_client;
 
-pub use client::{ClientError, GatewayClient};
+pub use client::{ClientError, GatewayClient, Meter};
 pub use pki::{DeviceCertRequest, Pki, PkiError};
 pub use server::{DeviceIdentity, Gateway, Role, ServeConfig, ServeError};

@@ -74,6 +74,9 @@ pub enum ServeError {
     /// The policy file or the stored policy.
     #[error("policy: {0}")]
     Policy(String),
+    /// The image store.
+    #[error("images: {0}")]
+    Images(String),
     /// The listen address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -87,6 +90,15 @@ pub enum ServeError {
 
 /// The gateway audit log's name in its checkpoints.
 pub const AUDIT_ORIGIN: &str = "satchel.gateway.audit";
+
+/// The data directory's manifest key (`DATA/manifest.key`), made if missing.
+pub fn manifest_key(data: &std::path::Path) -> Result<ed25519_dalek::SigningKey, ServeError> {
+    std::fs::create_dir_all(data).map_err(|e| ServeError::Key {
+        path: data.to_owned(),
+        problem: e.to_string(),
+    })?;
+    signing_key(data, "manifest")
+}
 
 /// `DIR/NAME.key` (ed25519, 0600) and `DIR/NAME.key.pub`, made if missing.
 fn signing_key(dir: &std::path::Path, name: &str) -> Result<ed25519_dalek::SigningKey, ServeError> {
@@ -251,7 +263,10 @@ impl Gateway {
         let db = Db::new(pool.clone()).await?;
         let audit = audit::store::Store::open(&url).await?;
         let audit_key = signing_key(&config.data, "audit")?;
-        signing_key(&config.data, "manifest")?;
+        let manifest_key = signing_key(&config.data, "manifest")?;
+        let images = crate::images::Images::open(pool.clone(), &config.data)
+            .await
+            .map_err(|e| ServeError::Images(e.to_string()))?;
         audit::log::spawn_checkpointer(
             audit.clone(),
             audit_key,
@@ -300,6 +315,8 @@ impl Gateway {
             nonces: std::sync::Mutex::new(Nonces::new(Duration::from_secs(120), 100_000)),
             nonce_owners: std::sync::Mutex::default(),
             body_timeout: config.body_timeout,
+            images,
+            manifest_key,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -665,6 +682,27 @@ async fn route(
                 r
             }
             None => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/v1/sync/images/") {
+        let dev = match state.authorize_device(device).await {
+            Ok(d) => d,
+            Err(a) => return answer(a),
+        };
+        let bytes = match read_body().await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return match state.sync_route(&dev, &method, rest, &bytes).await {
+            crate::sync_api::SyncAnswer::Json(a) => answer(a),
+            crate::sync_api::SyncAnswer::Frames(f) => {
+                let mut r = Response::new(Full::new(Bytes::from(f)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
         };
     }
     match (method, path.as_str()) {

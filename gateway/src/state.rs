@@ -19,6 +19,13 @@ pub struct DbError {
     source: sqlx::Error,
 }
 
+impl DbError {
+    /// `what` failed with `source`.
+    pub(crate) fn new(what: &'static str, source: sqlx::Error) -> DbError {
+        DbError { what, source }
+    }
+}
+
 fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError { what, source }
 }

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod reconcile;
 pub mod store;
 pub mod tree;
+pub mod wire;
 
 pub use chunk::ChunkId;
 pub use manifest::{Entry, Kind, Layer, LayerManifest, Signed};

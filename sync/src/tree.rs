@@ -96,6 +96,16 @@ pub fn scan(
     store: &ChunkStore,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Vec<Entry>, ScanStats), TreeError> {
+    scan_into(dir, Some(store), progress)
+}
+
+/// Scan `dir` into sorted entries; with a store, put every chunk in it,
+/// without one only hash (to compare a tree with a manifest).
+pub fn scan_into(
+    dir: &Path,
+    store: Option<&ChunkStore>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Vec<Entry>, ScanStats), TreeError> {
     let mut entries = Vec::new();
     let mut stats = ScanStats::default();
     let mut seen = std::collections::HashSet::<ChunkId>::new();
@@ -150,6 +160,9 @@ pub fn scan(
                 if seen.insert(id) {
                     stats.unique_chunks += 1;
                     stats.unique_bytes += data.len() as u64;
+                    let Some(store) = store else {
+                        return Ok(());
+                    };
                     match store.put(id, data) {
                         Ok(true) => {
                             stats.new_chunks += 1;

@@ -22,6 +22,94 @@ pub(crate) enum ClientCmd {
     Enroll(EnrollArgs),
     /// Attest: quote for the gateway and receive a short-lived device certificate.
     Attest(AttestArgs),
+    /// Push-OS sync: pull an image's layers, push this device's changes.
+    #[command(subcommand)]
+    Sync(SyncCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SyncCmd {
+    /// Bring ROOT to the gateway's newest layer versions, fetching only what is missing.
+    Pull(PullArgs),
+    /// Check in this device's changes since the last common version.
+    Push(PushArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync pull --gateway https://127.0.0.1:8443 --ca gw/ca.crt --data client \\
+      --image classroom --into ./root --stats-json
+  satchel client sync pull ... --image classroom --into ./root --layers base-os,user-data --max-rate 2M
+
+ROOT gets one directory per layer (ROOT/base-os, ...), each replaced atomically. Chunks
+are checked against their ids and kept in CDIR/chunks as they arrive, so an interrupted
+pull resumes without fetching them again. Needs CDIR/device.crt (satchel client attest).
+--stats-json prints {\"bytes_received\", \"bytes_sent\", \"chunks_fetched\", \"files_changed\", \"seconds\"}.")]
+pub(crate) struct PullArgs {
+    #[command(flatten)]
+    gw: GatewayArgs,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The root to fill, one directory per layer.
+    #[arg(long, value_name = "ROOT")]
+    into: PathBuf,
+    /// Only these layers (comma-separated) [default: every layer offered].
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<sync::Layer>,
+    /// Most bytes per second to receive (a number, or with K, M or G).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_rate: Option<u64>,
+    /// Print the statistics as one JSON object.
+    #[arg(long)]
+    stats_json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync push --gateway https://127.0.0.1:8443 --ca gw/ca.crt --data client \\
+      --image classroom --from ./root
+
+Scans ROOT's layers, uploads the chunks of changed user layers the gateway lacks, and
+checks each changed layer in against the last version both sides had. User layers:
+one side changed -> taken; both changed a file differently -> both kept (the client's
+copy as 'NAME (conflict DEVICE DATE)'). System layers (base-os, group-apps): nothing is
+uploaded; the change is reported as a violation and the next pull restores the pushed
+content. Then applies the merged user layers to ROOT.")]
+pub(crate) struct PushArgs {
+    #[command(flatten)]
+    gw: GatewayArgs,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The root holding the layers.
+    #[arg(long, value_name = "ROOT")]
+    from: PathBuf,
+    /// Only these layers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<sync::Layer>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `500000`, `200K`, `2M`, `1G` (powers of 1024) -> bytes per second.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    match num.trim().parse::<u64>() {
+        Ok(n) if n > 0 => n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("{s:?} is too large")),
+        _ => Err(format!(
+            "{s:?}: expected bytes per second, e.g. 500000, 200K or 2M"
+        )),
+    }
 }
 
 /// The gateway and the CA it is pinned to.
@@ -82,6 +170,8 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
     match cmd {
         ClientCmd::Enroll(a) => rt.block_on(enroll(a, config)),
         ClientCmd::Attest(a) => rt.block_on(attest(a, config)),
+        ClientCmd::Sync(SyncCmd::Pull(a)) => rt.block_on(sync_pull(a)),
+        ClientCmd::Sync(SyncCmd::Push(a)) => rt.block_on(sync_push(a)),
     }
 }
 
@@ -212,6 +302,99 @@ async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
         "attested: certificate for {device_id} in {} (valid {} s)",
         a.gw.data.join("device.crt").display(),
         body["expires_in_s"]
+    );
+    Ok(())
+}
+
+/// A client presenting this device's certificate.
+fn device_client(gw: &GatewayArgs) -> anyhow::Result<gateway::GatewayClient> {
+    let read = |name: &str| {
+        let p = gw.data.join(name);
+        std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (attest first: satchel client attest)",
+                p.display()
+            )
+        })
+    };
+    let (crt, key) = (read("device.crt")?, read("device.key")?);
+    client(gw, Some((&crt, &key)))
+}
+
+fn sync_failed(e: gateway::sync_client::SyncError) -> anyhow::Error {
+    Exit::new(1, format!("sync: {e}")).into()
+}
+
+async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
+    let c = device_client(&a.gw)?;
+    let meter = gateway::Meter::new(a.max_rate);
+    let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
+    let stats = gateway::sync_client::pull(&c, &a.gw.data, &a.image, &a.into, layers, &meter)
+        .await
+        .map_err(sync_failed)?;
+    if a.stats_json {
+        println!(
+            "{}",
+            json!({
+                "bytes_received": stats.bytes_received,
+                "bytes_sent": stats.bytes_sent,
+                "chunks_fetched": stats.chunks_fetched,
+                "files_changed": stats.files_changed,
+                "seconds": stats.seconds,
+            })
+        );
+    } else if stats.layers_applied.is_empty() {
+        println!("{}: up to date", a.image);
+    } else {
+        println!(
+            "{}: applied {}; {} chunks fetched, {} files changed, {} bytes in {:.2} s",
+            a.image,
+            stats.layers_applied.join(", "),
+            stats.chunks_fetched,
+            stats.files_changed,
+            stats.bytes_received,
+            stats.seconds
+        );
+    }
+    Ok(())
+}
+
+async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
+    let c = device_client(&a.gw)?;
+    let meter = gateway::Meter::new(None);
+    let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
+    let report = gateway::sync_client::push(&c, &a.gw.data, &a.image, &a.from, layers, &meter)
+        .await
+        .map_err(sync_failed)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    if report.layers.is_empty() && report.violations.is_empty() {
+        println!("{}: nothing to push", a.image);
+    }
+    for (layer, version) in &report.layers {
+        println!("{}/{layer}: checked in, gateway version {version}", a.image);
+    }
+    for (layer, conflicts) in &report.conflicts {
+        for c in conflicts {
+            println!(
+                "{}/{layer}: conflict at {}: {}",
+                a.image, c.path, c.resolution
+            );
+        }
+    }
+    for (layer, paths) in &report.violations {
+        eprintln!(
+            "{}/{layer}: {} change(s) to a system layer refused and reported (the next pull restores them): {}",
+            a.image,
+            paths.len(),
+            paths.join(", ")
+        );
+    }
+    println!(
+        "{} chunks sent, {} bytes sent, {} bytes received in {:.2} s",
+        report.chunks_sent, report.bytes_sent, report.bytes_received, report.seconds
     );
     Ok(())
 }

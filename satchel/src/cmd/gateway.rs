@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 pub(crate) struct StoreArgs {
     /// The data directory.
     #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// The database [default: sqlite:DATA/satchel.db].
     #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
     db: Option<String>,
@@ -18,7 +18,7 @@ pub(crate) struct StoreArgs {
 
 impl StoreArgs {
     /// The database URL, as `gateway serve` resolves it.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let mut c = gateway::ServeConfig::new(self.data.clone(), ([127, 0, 0, 1], 0).into());
         c.db = self.db.clone();
         c.db_url()

@@ -6,6 +6,7 @@ mod audit;
 mod client;
 mod eventlog;
 mod gateway;
+mod image;
 mod launch;
 mod measure;
 mod policy;
@@ -66,9 +67,12 @@ enum Command {
     /// The branch-office gateway.
     #[command(subcommand)]
     Gateway(gateway::GatewayCmd),
-    /// The device side: enroll with the gateway, attest for a certificate.
+    /// The device side: enroll, attest, sync images with the gateway.
     #[command(subcommand)]
     Client(client::ClientCmd),
+    /// Layered push-OS images on the gateway: build, list, show.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -113,6 +117,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => policy::run_program(a),
         Command::Gateway(c) => gateway::run(c),
         Command::Client(c) => client::run(c, config),
+        Command::Image(c) => image::run(c),
     }
 }
 

@@ -1,0 +1,355 @@
+//! Images on the gateway: layer versions in the database, chunks in the
+//! data directory's chunk store (`DATA/chunks`), manifests signed with the
+//! manifest key (`DATA/manifest.key`).
+//!
+//! System layers (`base-os`, `group-apps`) are one per image. User layers
+//! (`personal-apps`, `user-system`, `user-data`) are one per image and
+//! device: a device's own versions come from its check-ins; until it has
+//! one, it gets the image's template (the version `satchel image build`
+//! made, owner `""`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sqlx::{AnyPool, Row};
+use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
+use sync::tree::ScanStats;
+use sync::ChunkStore;
+
+use crate::state::DbError;
+
+/// A stored layer version.
+#[derive(Debug, Clone)]
+pub struct StoredLayer {
+    /// The image.
+    pub image: String,
+    /// The layer.
+    pub layer: Layer,
+    /// `""` for the image's own version, else the device it belongs to.
+    pub owner: String,
+    /// Its version.
+    pub version: u64,
+    /// Its digest.
+    pub digest: String,
+    /// The signed manifest.
+    pub signed: String,
+    /// When it was made (ms since the epoch).
+    pub created_ms: i64,
+}
+
+/// An images problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A directory that cannot be scanned or written.
+    #[error(transparent)]
+    Tree(#[from] sync::tree::TreeError),
+    /// The chunk store.
+    #[error(transparent)]
+    Store(#[from] sync::store::StoreError),
+    /// A manifest that cannot be made or read.
+    #[error(transparent)]
+    Manifest(#[from] sync::manifest::ManifestError),
+    /// A bad name.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::new(what, source)
+}
+
+/// The layer table and the chunk store.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pool: AnyPool,
+    /// The chunk store.
+    pub chunks: ChunkStore,
+}
+
+/// Check an image name: 1-64 characters of letters, digits, `-`, `_`, `.`.
+pub fn check_image_name(name: &str) -> Result<(), ImageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::Invalid(format!(
+            "image name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn row_layer(r: &sqlx::any::AnyRow) -> Option<StoredLayer> {
+    Some(StoredLayer {
+        image: r.try_get(0).ok()?,
+        layer: r.try_get::<String, _>(1).ok()?.parse().ok()?,
+        owner: r.try_get(2).ok()?,
+        version: u64::try_from(r.try_get::<i64, _>(3).ok()?).ok()?,
+        digest: r.try_get(4).ok()?,
+        signed: r.try_get(5).ok()?,
+        created_ms: r.try_get(6).ok()?,
+    })
+}
+
+const COLUMNS: &str = "image, layer, owner, version, digest, signed, created_ms";
+
+impl Images {
+    /// Use `pool` and the store under `data`, making the table if missing.
+    pub async fn open(pool: AnyPool, data: &Path) -> Result<Images, ImageError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS gateway_layers (image TEXT NOT NULL, layer TEXT NOT NULL, \
+             owner TEXT NOT NULL, version BIGINT NOT NULL, digest TEXT NOT NULL, signed TEXT NOT NULL, \
+             created_ms BIGINT NOT NULL, PRIMARY KEY (image, layer, owner, version))",
+        )
+        .execute(&pool)
+        .await
+        .map_err(db("creating gateway_layers"))?;
+        Ok(Images {
+            pool,
+            chunks: ChunkStore::open(data.join("chunks"))?,
+        })
+    }
+
+    /// The newest version of `layer` of `image` owned by `owner`.
+    pub async fn latest(
+        &self,
+        image: &str,
+        layer: Layer,
+        owner: &str,
+    ) -> Result<Option<StoredLayer>, ImageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM gateway_layers WHERE image = $1 AND layer = $2 AND owner = $3 \
+             ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(image.to_owned())
+        .bind(layer.as_str().to_owned())
+        .bind(owner.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a layer"))?;
+        Ok(row.as_ref().and_then(row_layer))
+    }
+
+    /// A given version.
+    pub async fn version(
+        &self,
+        image: &str,
+        layer: Layer,
+        owner: &str,
+        version: u64,
+    ) -> Result<Option<StoredLayer>, ImageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM gateway_layers WHERE image = $1 AND layer = $2 AND owner = $3 AND version = $4"
+        ))
+        .bind(image.to_owned())
+        .bind(layer.as_str().to_owned())
+        .bind(owner.to_owned())
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a layer version"))?;
+        Ok(row.as_ref().and_then(row_layer))
+    }
+
+    /// What `device` gets of `image`: per layer, its own newest version of
+    /// a user layer, else the image's.
+    pub async fn for_device(
+        &self,
+        image: &str,
+        device: &str,
+    ) -> Result<Vec<StoredLayer>, ImageError> {
+        let mut out = Vec::new();
+        for layer in Layer::ALL {
+            let own = if layer.is_system() {
+                None
+            } else {
+                self.latest(image, layer, device).await?
+            };
+            match own {
+                Some(l) => out.push(l),
+                None => out.extend(self.latest(image, layer, "").await?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every image's newest layer versions (owner `""`), by image.
+    pub async fn list(&self) -> Result<BTreeMap<String, Vec<StoredLayer>>, ImageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM gateway_layers WHERE owner = '' ORDER BY image, layer, version"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing layers"))?;
+        let mut out: BTreeMap<String, BTreeMap<Layer, StoredLayer>> = BTreeMap::new();
+        for l in rows.iter().filter_map(row_layer) {
+            out.entry(l.image.clone()).or_default().insert(l.layer, l);
+        }
+        Ok(out
+            .into_iter()
+            .map(|(k, v)| (k, v.into_values().collect()))
+            .collect())
+    }
+
+    /// Every version of every layer of `image` (all owners).
+    pub async fn history(&self, image: &str) -> Result<Vec<StoredLayer>, ImageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM gateway_layers WHERE image = $1 ORDER BY layer, owner, version"
+        ))
+        .bind(image.to_owned())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading an image"))?;
+        Ok(rows.iter().filter_map(row_layer).collect())
+    }
+
+    /// Sign and store a new version of `layer` with `entries`, unless it
+    /// equals the newest one. The stored version, and whether it is new.
+    pub async fn commit(
+        &self,
+        image: &str,
+        layer: Layer,
+        owner: &str,
+        entries: Vec<Entry>,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<(StoredLayer, bool), ImageError> {
+        check_image_name(image)?;
+        let latest = self.latest(image, layer, owner).await?;
+        if let Some(l) = &latest {
+            let old = Signed::verify(&l.signed, &key.verifying_key())?;
+            if old.manifest.entries == entries {
+                return Ok((l.clone(), false));
+            }
+        }
+        // A device's own versions continue the image's numbering.
+        let floor = if owner.is_empty() {
+            0
+        } else {
+            self.latest(image, layer, "").await?.map_or(0, |l| l.version)
+        };
+        let version = latest.map_or(0, |l| l.version).max(floor) + 1;
+        let manifest = LayerManifest {
+            format: FORMAT.to_owned(),
+            image: image.to_owned(),
+            layer,
+            version,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            entries,
+        };
+        let signed = manifest.sign(key)?;
+        let stored = StoredLayer {
+            image: image.to_owned(),
+            layer,
+            owner: owner.to_owned(),
+            version,
+            digest: signed.digest,
+            signed: signed.text,
+            created_ms: audit::batch::now_ms(),
+        };
+        sqlx::query(&format!(
+            "INSERT INTO gateway_layers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(stored.image.clone())
+        .bind(layer.as_str().to_owned())
+        .bind(stored.owner.clone())
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(stored.digest.clone())
+        .bind(stored.signed.clone())
+        .bind(stored.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a layer"))?;
+        Ok((stored, true))
+    }
+}
+
+/// One layer's build result.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The layer.
+    pub layer: Layer,
+    /// The version now newest.
+    pub stored: StoredLayer,
+    /// False if the tree equalled the newest version (nothing stored).
+    pub new: bool,
+    /// What the scan found.
+    pub stats: ScanStats,
+}
+
+/// Build a new version of each of `layers` (`(layer, directory)`) of
+/// `image`: scan, store the chunks, sign and store the manifests, then write
+/// the image's layer stages ([`stages_path`]). `progress` hears each file's
+/// bytes.
+pub async fn build(
+    images: &Images,
+    data: &Path,
+    key: &ed25519_dalek::SigningKey,
+    image: &str,
+    layers: &[(Layer, PathBuf)],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<Built>, ImageError> {
+    check_image_name(image)?;
+    let mut out = Vec::new();
+    for (layer, dir) in layers {
+        let (entries, stats) = sync::tree::scan(dir, &images.chunks, progress)?;
+        let (stored, new) = images.commit(image, *layer, "", entries, key).await?;
+        out.push(Built {
+            layer: *layer,
+            stored,
+            new,
+            stats,
+        });
+    }
+    let current = images.for_device(image, "").await?;
+    let path = stages_path(data, image);
+    let write = || -> std::io::Result<()> {
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
+        std::io::Write::write_all(&mut tmp, layer_stages(image, &current).as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(out)
+}
+
+/// The boot-chain stages measuring an image's system layers (see
+/// docs/boot-chain.md): one `data` stage per layer in PCR 13, whose bytes
+/// name the layer and its manifest digest. Append them to the chain the
+/// reference is predicted from; the client measures the layers it holds
+/// the same way.
+pub fn layer_stages(image: &str, layers: &[StoredLayer]) -> String {
+    let mut out = format!(
+        "# The system layers of image {image:?} as measured boot stages (PCR 13).\n\
+         # Made by `satchel image build`; append to the boot chain before `satchel predict`.\n"
+    );
+    for l in layers.iter().filter(|l| l.layer.is_system()) {
+        out.push_str(&format!(
+            "\n[[stage]]\nname = \"layer-{}\"\npcr = 13\ndata = \"{}\"\n",
+            l.layer,
+            stage_data(l.layer, &l.digest)
+        ));
+    }
+    out
+}
+
+/// The bytes a layer's stage measures.
+pub fn stage_data(layer: Layer, digest: &str) -> String {
+    format!("satchel.layer {layer} sha256:{digest}")
+}
+
+/// Where `satchel image build` writes an image's layer stages.
+pub fn stages_path(data: &Path, image: &str) -> PathBuf {
+    data.join("images").join(format!("{image}.stages.toml"))
+}

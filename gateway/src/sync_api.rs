@@ -1,0 +1,408 @@
+//! The sync routes, for honoured device certificates only, each checked
+//! against the device's subscription (`p, SUBJECT, image, NAME, subscribe,
+//! allow`):
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /v1/sync/images/NAME` | | `{"image", "manifest_key", "layers": [{"layer", "version", "digest", "manifest"}]}` |
+//! | `POST /v1/sync/images/NAME/chunks` | `{"ids": [...]}` (at most 256) | chunk frames ([`sync::wire`]) |
+//! | `POST /v1/sync/images/NAME/missing` | `{"ids": [...]}` (at most 4096) | `{"missing": [...]}`: the ones the gateway lacks |
+//! | `POST /v1/sync/images/NAME/upload` | chunk frames (at most 8 MiB) | `{"stored", "known"}`; every chunk checked against its id |
+//! | `POST /v1/sync/images/NAME/checkin` | `{"layer", "base_digest", "entries"}` | `{"layer", "version", "digest", "conflicts", "violations", "from_client"}` |
+//!
+//! A device is only sent chunks of the layers it gets. Every pull, check-in,
+//! conflict and violation is an audit entry (`kind` `sync`).
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
+use sync::ChunkId;
+
+use crate::api::{refuse, Answer, AppState};
+use crate::images::StoredLayer;
+use crate::state::Device;
+
+/// Most chunk ids in one `chunks` request.
+pub const MAX_FETCH: usize = 256;
+/// Most chunk ids in one `missing` request.
+pub const MAX_ASK: usize = 4096;
+
+/// A sync answer: JSON, or a chunk frame stream.
+#[derive(Debug)]
+pub enum SyncAnswer {
+    /// JSON.
+    Json(Answer),
+    /// `application/octet-stream` chunk frames.
+    Frames(Vec<u8>),
+}
+
+fn fail(a: Answer) -> SyncAnswer {
+    SyncAnswer::Json(a)
+}
+
+fn internal(e: &dyn std::fmt::Display) -> SyncAnswer {
+    tracing::error!(error = %e, "sync route failed");
+    fail(refuse(
+        500,
+        "internal error",
+        "the gateway could not complete the request; its log says why",
+        Value::Null,
+    ))
+}
+
+fn bad(detail: impl Into<String>) -> SyncAnswer {
+    fail(refuse(400, "bad request", detail, Value::Null))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ids {
+    ids: Vec<ChunkId>,
+}
+
+impl AppState {
+    /// Serve a `/v1/sync/images/...` route for `device`.
+    pub async fn sync_route(
+        &self,
+        device: &Device,
+        method: &hyper::Method,
+        rest: &str,
+        body: &[u8],
+    ) -> SyncAnswer {
+        let (image, action) = match rest.split_once('/') {
+            Some((i, a)) => (i, a),
+            None => (rest, ""),
+        };
+        if crate::images::check_image_name(image).is_err() {
+            return fail(refuse(404, "unknown image", "no such image", Value::Null));
+        }
+        if !self.subscribed(device, image) {
+            self.record(
+                "sync",
+                &device.device_id,
+                image,
+                "deny",
+                json!({"reason": "not subscribed", "action": action}),
+            )
+            .await;
+            return fail(refuse(
+                403,
+                "not subscribed",
+                format!("no policy rule lets this device subscribe to image {image:?}"),
+                Value::Null,
+            ));
+        }
+        use hyper::Method as M;
+        match (method, action) {
+            (&M::GET, "") => self.sync_image(device, image).await,
+            (&M::POST, "chunks") => self.sync_chunks(device, image, body).await,
+            (&M::POST, "missing") => self.sync_missing(body),
+            (&M::POST, "upload") => self.sync_upload(body),
+            (&M::POST, "checkin") => self.sync_checkin(device, image, body).await,
+            (_, "" | "chunks" | "missing" | "upload" | "checkin") => fail(refuse(
+                405,
+                "method not allowed",
+                "see docs/sync.md for the sync routes",
+                Value::Null,
+            )),
+            _ => fail(refuse(404, "not found", "no such sync route", Value::Null)),
+        }
+    }
+
+    fn subscribed(&self, device: &Device, image: &str) -> bool {
+        self.policy()
+            .decide_with_groups(
+                &format!("device:{}", device.device_id),
+                &device.groups,
+                &policy::Request::Image {
+                    name: image.to_owned(),
+                },
+            )
+            .allow
+    }
+
+    async fn layers_for(
+        &self,
+        device: &Device,
+        image: &str,
+    ) -> Result<Vec<StoredLayer>, SyncAnswer> {
+        match self.images.for_device(image, &device.device_id).await {
+            Ok(v) if v.is_empty() => Err(fail(refuse(
+                404,
+                "unknown image",
+                format!("the gateway has no layers of image {image:?}"),
+                Value::Null,
+            ))),
+            Ok(v) => Ok(v),
+            Err(e) => Err(internal(&e)),
+        }
+    }
+
+    async fn sync_image(&self, device: &Device, image: &str) -> SyncAnswer {
+        let layers = match self.layers_for(device, image).await {
+            Ok(l) => l,
+            Err(a) => return a,
+        };
+        let pem = match ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
+            &self.manifest_key.verifying_key(),
+            ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF,
+        ) {
+            Ok(p) => p,
+            Err(e) => return internal(&e),
+        };
+        self.record(
+            "sync",
+            &device.device_id,
+            image,
+            "pull",
+            json!({"layers": layers.iter().map(|l| json!({"layer": l.layer, "version": l.version, "digest": l.digest})).collect::<Vec<_>>()}),
+        )
+        .await;
+        SyncAnswer::Json(Answer {
+            status: 200,
+            body: json!({
+                "image": image,
+                "manifest_key": pem,
+                "layers": layers.iter().map(|l| json!({
+                    "layer": l.layer,
+                    "version": l.version,
+                    "digest": l.digest,
+                    "manifest": l.signed,
+                })).collect::<Vec<_>>(),
+            }),
+        })
+    }
+
+    async fn sync_chunks(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+        let ids: Ids = match serde_json::from_slice(body) {
+            Ok(i) => i,
+            Err(e) => return bad(format!("expected {{\"ids\": [...]}}: {e}")),
+        };
+        if ids.ids.len() > MAX_FETCH {
+            return bad(format!("at most {MAX_FETCH} ids per request"));
+        }
+        let layers = match self.layers_for(device, image).await {
+            Ok(l) => l,
+            Err(a) => return a,
+        };
+        let mut allowed = HashSet::new();
+        for l in &layers {
+            match Signed::verify(&l.signed, &self.manifest_key.verifying_key()) {
+                Ok(s) => allowed.extend(s.manifest.chunk_ids()),
+                Err(e) => return internal(&e),
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids.ids {
+            if !allowed.contains(&id) {
+                return fail(refuse(
+                    403,
+                    "not in this image",
+                    format!("chunk {id} is not part of the layers this device gets"),
+                    Value::Null,
+                ));
+            }
+            match self.images.chunks.get_compressed(id) {
+                Ok(bytes) => sync::wire::write_frame(&mut out, id, &bytes),
+                Err(e) => return internal(&e),
+            }
+        }
+        SyncAnswer::Frames(out)
+    }
+
+    fn sync_missing(&self, body: &[u8]) -> SyncAnswer {
+        let ids: Ids = match serde_json::from_slice(body) {
+            Ok(i) => i,
+            Err(e) => return bad(format!("expected {{\"ids\": [...]}}: {e}")),
+        };
+        if ids.ids.len() > MAX_ASK {
+            return bad(format!("at most {MAX_ASK} ids per request"));
+        }
+        let missing: Vec<String> = ids
+            .ids
+            .iter()
+            .filter(|id| !self.images.chunks.has(**id))
+            .map(ToString::to_string)
+            .collect();
+        SyncAnswer::Json(Answer {
+            status: 200,
+            body: json!({ "missing": missing }),
+        })
+    }
+
+    fn sync_upload(&self, body: &[u8]) -> SyncAnswer {
+        let frames = match sync::wire::read_frames(body) {
+            Ok(f) => f,
+            Err(e) => return bad(e.to_string()),
+        };
+        let (mut stored, mut known) = (0u64, 0u64);
+        for (id, bytes) in frames {
+            match self.images.chunks.put_compressed(id, bytes) {
+                Ok(true) => stored += 1,
+                Ok(false) => known += 1,
+                Err(e @ sync::store::StoreError::Corrupt { .. }) => {
+                    return fail(refuse(400, "bad chunk", e.to_string(), Value::Null))
+                }
+                Err(e) => return internal(&e),
+            }
+        }
+        SyncAnswer::Json(Answer {
+            status: 200,
+            body: json!({"stored": stored, "known": known}),
+        })
+    }
+
+    async fn sync_checkin(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            layer: Layer,
+            base_digest: Option<String>,
+            entries: Vec<Entry>,
+        }
+        let r: Req = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return bad(format!("not a check-in: {e}")),
+        };
+        // The client's tree must be a valid layer.
+        let client = LayerManifest {
+            format: FORMAT.to_owned(),
+            image: image.to_owned(),
+            layer: r.layer,
+            version: 0,
+            created: String::new(),
+            entries: r.entries,
+        };
+        if let Err(e) = client.validate() {
+            return bad(e.to_string());
+        }
+        let layers = match self.layers_for(device, image).await {
+            Ok(l) => l,
+            Err(a) => return a,
+        };
+        let key = self.manifest_key.verifying_key();
+        let open = |l: &StoredLayer| Signed::verify(&l.signed, &key).map(|s| s.manifest.entries);
+        let latest = layers.iter().find(|l| l.layer == r.layer);
+        let gateway_entries = match latest.map(open).transpose() {
+            Ok(e) => e.unwrap_or_default(),
+            Err(e) => return internal(&e),
+        };
+        // The base: the version the client last had (its own or the image's).
+        let base_entries = match &r.base_digest {
+            None => Vec::new(),
+            Some(d) => match self.images.history(image).await {
+                Ok(all) => match all.iter().find(|l| {
+                    &l.digest == d
+                        && l.layer == r.layer
+                        && (l.owner.is_empty() || l.owner == device.device_id)
+                }) {
+                    Some(l) => match open(l) {
+                        Ok(e) => e,
+                        Err(e) => return internal(&e),
+                    },
+                    None => {
+                        return fail(refuse(
+                            409,
+                            "unknown base",
+                            "the base_digest is not a version this device had; pull first",
+                            Value::Null,
+                        ))
+                    }
+                },
+                Err(e) => return internal(&e),
+            },
+        };
+        let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let merged = sync::reconcile::merge(
+            r.layer,
+            &base_entries,
+            &gateway_entries,
+            &client.entries,
+            &device.device_id,
+            date.get(..10).unwrap_or("0000-00-00"),
+        );
+        if !merged.violations.is_empty() {
+            self.record(
+                "sync",
+                &device.device_id,
+                &format!("{image}/{}", r.layer),
+                "violation",
+                json!({"paths": merged.violations}),
+            )
+            .await;
+        }
+        let (version, digest) = if r.layer.is_system() {
+            (
+                latest.map_or(0, |l| l.version),
+                latest.map(|l| l.digest.clone()),
+            )
+        } else {
+            let missing: Vec<String> = merged
+                .entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    sync::Kind::File { chunks, .. } => Some(chunks),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|id| !self.images.chunks.has(**id))
+                .map(ToString::to_string)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if !missing.is_empty() {
+                return fail(refuse(
+                    409,
+                    "chunks missing",
+                    "upload these chunks first",
+                    json!({"missing": missing}),
+                ));
+            }
+            match self
+                .images
+                .commit(
+                    image,
+                    r.layer,
+                    &device.device_id,
+                    merged.entries.clone(),
+                    &self.manifest_key,
+                )
+                .await
+            {
+                Ok((stored, _)) => (stored.version, Some(stored.digest)),
+                Err(e) => return internal(&e),
+            }
+        };
+        if !merged.conflicts.is_empty() {
+            self.record(
+                "sync",
+                &device.device_id,
+                &format!("{image}/{}", r.layer),
+                "conflict",
+                json!({"conflicts": merged.conflicts}),
+            )
+            .await;
+        }
+        self.record(
+            "sync",
+            &device.device_id,
+            &format!("{image}/{}", r.layer),
+            "checkin",
+            json!({"version": version, "from_client": merged.from_client.len(), "conflicts": merged.conflicts.len(), "violations": merged.violations.len()}),
+        )
+        .await;
+        SyncAnswer::Json(Answer {
+            status: 200,
+            body: json!({
+                "layer": r.layer,
+                "version": version,
+                "digest": digest,
+                "conflicts": merged.conflicts,
+                "violations": merged.violations,
+                "from_client": merged.from_client,
+            }),
+        })
+    }
+}

@@ -1,0 +1,534 @@
+//! The device side of push-OS sync: pull an image's layers into a root
+//! (one directory per layer), push the client's changes back.
+//!
+//! The device keeps, under its data directory:
+//!
+//! | path | what |
+//! |---|---|
+//! | `CDIR/chunks/` | its chunk store: every chunk it has verified |
+//! | `CDIR/sync/IMAGE.json` | per layer, the version it last had in common with the gateway (`version`, `digest`, the signed `manifest`), and the pinned manifest key |
+//!
+//! A pull fetches only chunks the store lacks, in batches, each checked
+//! against its id as it arrives and stored at once: after a cut or a
+//! SIGKILL the next pull asks for none of them again. A layer is applied
+//! only when all its chunks are there, by an atomic swap of its directory,
+//! and the state file is replaced (write, sync, rename) after it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sync::manifest::{Entry, Kind, Layer, Signed};
+use sync::reconcile::Conflict;
+use sync::{ChunkId, ChunkStore};
+
+use crate::client::{GatewayClient, Meter};
+use crate::sync_api::MAX_FETCH;
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// Talking to the gateway.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// The gateway refused.
+    #[error("the gateway refused ({status}): {detail}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its detail.
+        detail: String,
+    },
+    /// The gateway sent something that does not check out.
+    #[error("the gateway sent {0}")]
+    Untrusted(String),
+    /// The local state, store or tree.
+    #[error("{0}")]
+    Local(String),
+}
+
+fn local(e: impl std::fmt::Display) -> SyncError {
+    SyncError::Local(e.to_string())
+}
+
+/// What one layer was at the last sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerState {
+    /// Its version.
+    pub version: u64,
+    /// Its digest.
+    pub digest: String,
+    /// The signed manifest.
+    pub manifest: String,
+}
+
+/// `CDIR/sync/IMAGE.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The manifest key, pinned at the first pull (PEM).
+    pub manifest_key: Option<String>,
+    /// By layer.
+    pub layers: BTreeMap<Layer, LayerState>,
+}
+
+/// Where a device keeps its sync state for `image`.
+pub fn state_path(cdir: &Path, image: &str) -> PathBuf {
+    cdir.join("sync").join(format!("{image}.json"))
+}
+
+impl SyncState {
+    /// Read the state (empty if none yet).
+    pub fn load(path: &Path) -> Result<SyncState, SyncError> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| SyncError::Local(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SyncState::default()),
+            Err(e) => Err(SyncError::Local(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Replace the state file atomically.
+    pub fn save(&self, path: &Path) -> Result<(), SyncError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(local)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(local)?;
+        let text = serde_json::to_vec_pretty(self).map_err(local)?;
+        std::io::Write::write_all(&mut tmp, &text).map_err(local)?;
+        tmp.as_file().sync_all().map_err(local)?;
+        tmp.persist(path).map_err(|e| local(e.error))?;
+        Ok(())
+    }
+}
+
+/// What a pull did (`--stats-json`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PullStats {
+    /// Bytes received from the gateway (bodies).
+    pub bytes_received: u64,
+    /// Bytes sent to the gateway (bodies).
+    pub bytes_sent: u64,
+    /// Chunks fetched.
+    pub chunks_fetched: u64,
+    /// Files added, changed or removed in the root.
+    pub files_changed: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Layers applied (changed or restored).
+    pub layers_applied: Vec<String>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushReport {
+    /// Bytes received from the gateway.
+    pub bytes_received: u64,
+    /// Bytes sent to the gateway.
+    pub bytes_sent: u64,
+    /// Chunks uploaded.
+    pub chunks_sent: u64,
+    /// Layers checked in, with the version the gateway now has.
+    pub layers: BTreeMap<String, u64>,
+    /// Conflicts, by layer.
+    pub conflicts: BTreeMap<String, Vec<Conflict>>,
+    /// Refused changes to system layers, by layer.
+    pub violations: BTreeMap<String, Vec<String>>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+async fn json_call(
+    c: &GatewayClient,
+    method: hyper::Method,
+    path: &str,
+    body: &Value,
+    meter: &Meter,
+) -> Result<Value, SyncError> {
+    let (status, bytes) = c
+        .send(
+            method,
+            path,
+            "application/json",
+            if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            },
+            Some(meter),
+        )
+        .await?;
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status != 200 {
+        return Err(SyncError::Refused {
+            status,
+            detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
+        });
+    }
+    Ok(v)
+}
+
+/// The image's layers as the gateway offers them, checked against the
+/// pinned manifest key (pinned on first use).
+async fn offered(
+    c: &GatewayClient,
+    image: &str,
+    state: &mut SyncState,
+    meter: &Meter,
+) -> Result<Vec<Signed>, SyncError> {
+    let v = json_call(
+        c,
+        hyper::Method::GET,
+        &format!("/v1/sync/images/{image}"),
+        &Value::Null,
+        meter,
+    )
+    .await?;
+    let pem = v["manifest_key"]
+        .as_str()
+        .ok_or_else(|| SyncError::Untrusted("no manifest key".to_owned()))?;
+    match &state.manifest_key {
+        Some(p) if p != pem => {
+            return Err(SyncError::Untrusted(
+                "a manifest key other than the one pinned at the first pull".to_owned(),
+            ))
+        }
+        _ => state.manifest_key = Some(pem.to_owned()),
+    }
+    let key = ed25519_dalek::pkcs8::DecodePublicKey::from_public_key_pem(pem)
+        .map_err(|e| SyncError::Untrusted(format!("a bad manifest key: {e}")))?;
+    let mut out = Vec::new();
+    for l in v["layers"].as_array().into_iter().flatten() {
+        let text = l["manifest"].as_str().unwrap_or("");
+        let s = Signed::verify(text, &key)
+            .map_err(|e| SyncError::Untrusted(format!("a layer manifest that fails: {e}")))?;
+        if s.manifest.image != image || l["digest"].as_str() != Some(s.digest.as_str()) {
+            return Err(SyncError::Untrusted(format!(
+                "a manifest for {}/{} under {image}",
+                s.manifest.image, s.manifest.layer
+            )));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Fetch every chunk of `ids` the store lacks, in batches; each is checked
+/// and stored as it arrives. The number fetched.
+async fn fetch(
+    c: &GatewayClient,
+    image: &str,
+    store: &ChunkStore,
+    ids: &BTreeSet<ChunkId>,
+    meter: &Meter,
+) -> Result<u64, SyncError> {
+    let missing: Vec<ChunkId> = ids.iter().copied().filter(|id| !store.has(*id)).collect();
+    let mut fetched = 0;
+    for batch in missing.chunks(MAX_FETCH) {
+        let body = serde_json::json!({ "ids": batch });
+        let wanted: BTreeSet<ChunkId> = batch.iter().copied().collect();
+        let mut frames = sync::wire::FrameBuffer::default();
+        let (status, refusal) = c
+            .send_streaming(
+                hyper::Method::POST,
+                &format!("/v1/sync/images/{image}/chunks"),
+                "application/json",
+                body.to_string().into_bytes(),
+                Some(meter),
+                &mut |data| {
+                    // Each chunk is checked and stored as soon as its frame
+                    // is complete: a cut loses at most the frame in flight.
+                    for (id, bytes) in frames
+                        .push(data)
+                        .map_err(|e| format!("the gateway sent {e}"))?
+                    {
+                        if !wanted.contains(&id) {
+                            return Err(format!(
+                                "the gateway sent chunk {id}, which was not asked for"
+                            ));
+                        }
+                        store
+                            .put_compressed(id, &bytes)
+                            .map_err(|e| format!("the gateway sent {e}"))?;
+                        fetched += 1;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if let Some(body) = refusal {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(SyncError::Refused {
+                status,
+                detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
+            });
+        }
+        frames
+            .finish()
+            .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+        if let Some(id) = batch.iter().find(|id| !store.has(**id)) {
+            return Err(SyncError::Untrusted(format!("no chunk {id}")));
+        }
+    }
+    Ok(fetched)
+}
+
+fn files_changed(old: &[Entry], new: &[Entry]) -> u64 {
+    let index = |v: &[Entry]| -> BTreeMap<String, Entry> {
+        v.iter()
+            .filter(|e| !matches!(e.kind, Kind::Dir))
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect()
+    };
+    let (a, b) = (index(old), index(new));
+    let paths: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    paths
+        .into_iter()
+        .filter(|p| match (a.get(*p), b.get(*p)) {
+            (Some(x), Some(y)) => !x.same(y),
+            _ => true,
+        })
+        .count() as u64
+}
+
+/// Which layers to take (`None`: all the gateway offers).
+pub type LayerFilter<'a> = Option<&'a [Layer]>;
+
+/// Bring `root` to the gateway's newest versions of `image`.
+pub async fn pull(
+    c: &GatewayClient,
+    cdir: &Path,
+    image: &str,
+    root: &Path,
+    layers: LayerFilter<'_>,
+    meter: &Meter,
+) -> Result<PullStats, SyncError> {
+    let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
+    let path = state_path(cdir, image);
+    let mut state = SyncState::load(&path)?;
+    let offered = offered(c, image, &mut state, meter).await?;
+    let mut stats = PullStats::default();
+    for s in offered {
+        let layer = s.manifest.layer;
+        if layers.is_some_and(|f| !f.contains(&layer)) {
+            continue;
+        }
+        let dir = root.join(layer.as_str());
+        let old: Vec<Entry> = match state.layers.get(&layer) {
+            Some(_) if dir.exists() => {
+                // What is there now (a system layer may have been changed
+                // locally: the pull restores it).
+                sync::tree::scan_into(&dir, None, &mut |_| {})
+                    .map_err(local)?
+                    .0
+            }
+            _ => Vec::new(),
+        };
+        let unchanged = state
+            .layers
+            .get(&layer)
+            .is_some_and(|l| l.digest == s.digest)
+            && old == s.manifest.entries
+            && dir.exists();
+        if unchanged {
+            continue;
+        }
+        stats.chunks_fetched += fetch(c, image, &store, &s.manifest.chunk_ids(), meter).await?;
+        sync::tree::materialize(&s.manifest.entries, &store, &dir).map_err(local)?;
+        stats.files_changed += files_changed(&old, &s.manifest.entries);
+        stats.layers_applied.push(layer.to_string());
+        state.layers.insert(
+            layer,
+            LayerState {
+                version: s.manifest.version,
+                digest: s.digest.clone(),
+                manifest: s.text.clone(),
+            },
+        );
+        state.save(&path)?;
+    }
+    state.save(&path)?;
+    stats.bytes_received = meter.bytes_received();
+    stats.bytes_sent = meter.bytes_sent();
+    stats.seconds = (meter.seconds() * 1000.0).round() / 1000.0;
+    Ok(stats)
+}
+
+/// Check in the client's changes to `root` since the last common version
+/// of each layer, then apply what the gateway made of them.
+pub async fn push(
+    c: &GatewayClient,
+    cdir: &Path,
+    image: &str,
+    root: &Path,
+    layers: LayerFilter<'_>,
+    meter: &Meter,
+) -> Result<PushReport, SyncError> {
+    let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
+    let path = state_path(cdir, image);
+    let state = SyncState::load(&path)?;
+    let key_pem = state
+        .manifest_key
+        .clone()
+        .ok_or_else(|| SyncError::Local(format!("no sync state for {image}: pull first")))?;
+    let key: ed25519_dalek::VerifyingKey =
+        ed25519_dalek::pkcs8::DecodePublicKey::from_public_key_pem(&key_pem).map_err(local)?;
+    let mut report = PushReport::default();
+    let mut changed_user_layers = Vec::new();
+    for (layer, base) in &state.layers {
+        if layers.is_some_and(|f| !f.contains(layer)) {
+            continue;
+        }
+        let dir = root.join(layer.as_str());
+        if !dir.exists() {
+            continue;
+        }
+        let base_entries = Signed::verify(&base.manifest, &key)
+            .map_err(local)?
+            .manifest
+            .entries;
+        // User layers' chunks go to the store (to upload); system layers'
+        // are only hashed (they are never uploaded).
+        let (entries, _) = if layer.is_system() {
+            sync::tree::scan_into(&dir, None, &mut |_| {})
+        } else {
+            sync::tree::scan(&dir, &store, &mut |_| {})
+        }
+        .map_err(local)?;
+        if entries == base_entries {
+            continue;
+        }
+        if !layer.is_system() {
+            let old: BTreeSet<ChunkId> = base_entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    Kind::File { chunks, .. } => Some(chunks.iter().copied()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let new: Vec<ChunkId> = entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    Kind::File { chunks, .. } => Some(chunks.iter().copied()),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|id| !old.contains(id))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            report.chunks_sent += upload(c, image, &store, &new, meter).await?;
+        }
+        let v = json_call(
+            c,
+            hyper::Method::POST,
+            &format!("/v1/sync/images/{image}/checkin"),
+            &serde_json::json!({"layer": layer, "base_digest": base.digest, "entries": entries}),
+            meter,
+        )
+        .await?;
+        report
+            .layers
+            .insert(layer.to_string(), v["version"].as_u64().unwrap_or(0));
+        let conflicts: Vec<Conflict> = v["conflicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| Conflict {
+                path: c["path"].as_str().unwrap_or("").to_owned(),
+                kept_as: c["kept_as"].as_str().map(str::to_owned),
+                resolution: c["resolution"].as_str().unwrap_or("").to_owned(),
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            report.conflicts.insert(layer.to_string(), conflicts);
+        }
+        let violations: Vec<String> = v["violations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+        if !violations.is_empty() {
+            report.violations.insert(layer.to_string(), violations);
+        }
+        if !layer.is_system() {
+            changed_user_layers.push(*layer);
+        }
+    }
+    // Apply what the gateway made of the check-ins (conflict copies
+    // included), so client and gateway share the new version.
+    if !changed_user_layers.is_empty() {
+        pull(c, cdir, image, root, Some(&changed_user_layers), meter).await?;
+    }
+    report.bytes_received = meter.bytes_received();
+    report.bytes_sent = meter.bytes_sent();
+    report.seconds = (meter.seconds() * 1000.0).round() / 1000.0;
+    Ok(report)
+}
+
+/// Upload the chunks of `ids` the gateway lacks. The number sent.
+async fn upload(
+    c: &GatewayClient,
+    image: &str,
+    store: &ChunkStore,
+    ids: &[ChunkId],
+    meter: &Meter,
+) -> Result<u64, SyncError> {
+    let mut sent = 0;
+    for ask in ids.chunks(crate::sync_api::MAX_ASK) {
+        let v = json_call(
+            c,
+            hyper::Method::POST,
+            &format!("/v1/sync/images/{image}/missing"),
+            &serde_json::json!({ "ids": ask }),
+            meter,
+        )
+        .await?;
+        let missing: Vec<ChunkId> = v["missing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str()?.parse().ok())
+            .collect();
+        let mut body = Vec::new();
+        for id in missing {
+            let bytes = store.get_compressed(id).map_err(local)?;
+            sync::wire::write_frame(&mut body, id, &bytes);
+            sent += 1;
+            if body.len() > 4 << 20 {
+                send_frames(c, image, std::mem::take(&mut body), meter).await?;
+            }
+        }
+        if !body.is_empty() {
+            send_frames(c, image, body, meter).await?;
+        }
+    }
+    Ok(sent)
+}
+
+async fn send_frames(
+    c: &GatewayClient,
+    image: &str,
+    body: Vec<u8>,
+    meter: &Meter,
+) -> Result<(), SyncError> {
+    let (status, bytes) = c
+        .send(
+            hyper::Method::POST,
+            &format!("/v1/sync/images/{image}/upload"),
+            "application/octet-stream",
+            body,
+            Some(meter),
+        )
+        .await?;
+    if status != 200 {
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        return Err(SyncError::Refused {
+            status,
+            detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
+        });
+    }
+    Ok(())
+}

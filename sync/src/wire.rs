@@ -1,0 +1,155 @@
+//! The chunk frame stream carried between gateway and client: for each
+//! chunk, its 32-byte id, a big-endian u32 length, then that many bytes of
+//! its zstd-compressed content. Many chunks travel in one HTTP body, so a
+//! pull is a few requests, not one per chunk. [`read_frames`] checks each
+//! frame's bounds (never panics, never allocates more than the input); the
+//! receiver checks each chunk against its id before storing it.
+
+use crate::chunk::{ChunkId, MAX_CHUNK};
+
+/// Largest compressed chunk accepted in a frame (zstd's worst case for
+/// [`MAX_CHUNK`] bytes is a little over it).
+pub const MAX_FRAME: usize = MAX_CHUNK as usize + 1024;
+
+/// A frame stream that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunk frames: at byte {offset}: {problem}")]
+pub struct FrameError {
+    /// Where.
+    pub offset: usize,
+    /// What.
+    pub problem: &'static str,
+}
+
+/// Append one frame to `out`.
+pub fn write_frame(out: &mut Vec<u8>, id: ChunkId, compressed: &[u8]) {
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(
+        &u32::try_from(compressed.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(compressed);
+}
+
+/// Split a frame stream into (id, compressed bytes).
+pub fn read_frames(mut input: &[u8]) -> Result<Vec<(ChunkId, &[u8])>, FrameError> {
+    let total = input.len();
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let offset = total - input.len();
+        let err = |problem| FrameError { offset, problem };
+        if input.len() < 36 {
+            return Err(err("a frame header is cut short"));
+        }
+        let (head, rest) = input.split_at(36);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&head[..32]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&head[32..]);
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(err("a frame is larger than a chunk can be"));
+        }
+        if rest.len() < len {
+            return Err(err("a frame's bytes are cut short"));
+        }
+        let (body, rest) = rest.split_at(len);
+        out.push((ChunkId(id), body));
+        input = rest;
+    }
+    Ok(out)
+}
+
+/// Frames parsed as the bytes of a stream arrive: each complete frame is
+/// handed out at once (so a receiver can check and store it before the
+/// rest arrives).
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    consumed: usize,
+}
+
+impl FrameBuffer {
+    /// Add bytes; the frames now complete.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<(ChunkId, Vec<u8>)>, FrameError> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while self.buf.len() - at >= 36 {
+            let head = &self.buf[at..at + 36];
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&head[32..]);
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_FRAME {
+                return Err(FrameError {
+                    offset: self.consumed + at,
+                    problem: "a frame is larger than a chunk can be",
+                });
+            }
+            if self.buf.len() - at - 36 < len {
+                break;
+            }
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&head[..32]);
+            out.push((ChunkId(id), self.buf[at + 36..at + 36 + len].to_vec()));
+            at += 36 + len;
+        }
+        self.buf.drain(..at);
+        self.consumed += at;
+        Ok(out)
+    }
+
+    /// The stream ended: an error if it ended inside a frame.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError {
+                offset: self.consumed,
+                problem: "the stream ends inside a frame",
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_every_truncation_fails() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, ChunkId::of(b"a"), b"xyz");
+        write_frame(&mut buf, ChunkId::of(b"b"), b"");
+        let f = read_frames(&buf).unwrap();
+        assert_eq!(
+            f,
+            vec![
+                (ChunkId::of(b"a"), &b"xyz"[..]),
+                (ChunkId::of(b"b"), &b""[..])
+            ]
+        );
+        for cut in 1..buf.len() {
+            if cut == 39 {
+                continue; // a whole first frame
+            }
+            assert!(read_frames(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        // Fed a byte at a time, the same frames come out.
+        let mut fb = FrameBuffer::default();
+        let mut got = Vec::new();
+        for b in &buf {
+            got.extend(fb.push(std::slice::from_ref(b)).unwrap());
+        }
+        fb.finish().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], (ChunkId::of(b"a"), b"xyz".to_vec()));
+        let mut fb = FrameBuffer::default();
+        fb.push(&buf[..20]).unwrap();
+        assert!(fb.finish().is_err());
+        let mut huge = ChunkId::of(b"c").0.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(read_frames(&huge).is_err());
+    }
+}
