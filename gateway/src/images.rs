@@ -233,7 +233,9 @@ impl Images {
         let floor = if owner.is_empty() {
             0
         } else {
-            self.latest(image, layer, "").await?.map_or(0, |l| l.version)
+            self.latest(image, layer, "")
+                .await?
+                .map_or(0, |l| l.version)
         };
         let version = latest.map_or(0, |l| l.version).max(floor) + 1;
         let manifest = LayerManifest {

@@ -311,9 +311,62 @@ fn pull_push_conflicts_violations_and_audit() {
         err.contains("base-os") && err.contains("etc/hostname") && err.contains("etc/dropped"),
         "{err}"
     );
+    // `status` sees the local changes (exit 1); the next pull restores them.
+    let status = |cdir: &str, root: &str| {
+        satchel(&[
+            "client",
+            "sync",
+            "status",
+            "--data",
+            &w.s(cdir),
+            "--image",
+            "classroom",
+            "--root",
+            &w.s(root),
+            "--json",
+        ])
+    };
+    let o = status("c1", "root1");
+    assert_eq!(o.status.code(), Some(1));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        st["base-os"]["changed"],
+        serde_json::json!(["etc/hostname"]),
+        "{st}"
+    );
+    assert_eq!(
+        st["base-os"]["added"],
+        serde_json::json!(["etc/dropped"]),
+        "{st}"
+    );
     let st = w.pull_stats("c1", "root1", &[]);
     assert_eq!(st["chunks_fetched"], 0, "{st}");
     same_tree(&w.p("src/base-os"), &w.p("root1/base-os"));
+    assert_eq!(status("c1", "root1").status.code(), Some(0));
+
+    // `revert` drops local user changes without the network.
+    let before = std::fs::read(w.p("root1/user-data/Documents/notes.txt")).unwrap();
+    std::fs::write(w.p("root1/user-data/Documents/notes.txt"), "scribbles\n").unwrap();
+    std::fs::remove_file(w.p("root1/user-data/Documents/new.txt")).unwrap();
+    ok(&[
+        "client",
+        "sync",
+        "revert",
+        "--data",
+        &w.s("c1"),
+        "--image",
+        "classroom",
+        "--root",
+        &w.s("root1"),
+        "--layer",
+        "user-data",
+    ]);
+    assert_eq!(
+        std::fs::read(w.p("root1/user-data/Documents/notes.txt")).unwrap(),
+        before
+    );
+    assert!(w.p("root1/user-data/Documents/new.txt").exists());
+    assert_eq!(status("c1", "root1").status.code(), Some(0));
 
     // The audit trail has every step.
     let list = ok(&[

@@ -33,6 +33,53 @@ pub(crate) enum SyncCmd {
     Pull(PullArgs),
     /// Check in this device's changes since the last common version.
     Push(PushArgs),
+    /// What changed locally since the last common version, per layer.
+    Status(StatusArgs),
+    /// Put a layer back to the last common version, dropping local changes.
+    Revert(RevertArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync status --data client --image classroom --root ./root
+  satchel client sync status --data client --image classroom --root ./root --json
+
+Compares each layer directory with the version last pulled or pushed (no network).
+Exit status 0 when nothing changed, 1 when something did.")]
+pub(crate) struct StatusArgs {
+    /// This device's directory.
+    #[arg(long, value_name = "CDIR")]
+    data: PathBuf,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The root holding the layers.
+    #[arg(long, value_name = "ROOT")]
+    root: PathBuf,
+    /// Print JSON: {LAYER: {"version", "added", "changed", "removed"}}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync revert --data client --image classroom --root ./root --layer user-data
+
+Rebuilds ROOT/LAYER from the local chunk store as it was at the last pull or push, in one
+atomic swap (the \"reverting card\" of a shared machine). No network needed.")]
+pub(crate) struct RevertArgs {
+    /// This device's directory.
+    #[arg(long, value_name = "CDIR")]
+    data: PathBuf,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The root holding the layers.
+    #[arg(long, value_name = "ROOT")]
+    root: PathBuf,
+    /// The layer to revert.
+    #[arg(long)]
+    layer: sync::Layer,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +219,8 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
         ClientCmd::Attest(a) => rt.block_on(attest(a, config)),
         ClientCmd::Sync(SyncCmd::Pull(a)) => rt.block_on(sync_pull(a)),
         ClientCmd::Sync(SyncCmd::Push(a)) => rt.block_on(sync_push(a)),
+        ClientCmd::Sync(SyncCmd::Status(a)) => sync_status(a),
+        ClientCmd::Sync(SyncCmd::Revert(a)) => sync_revert(a),
     }
 }
 
@@ -395,6 +444,52 @@ async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
     println!(
         "{} chunks sent, {} bytes sent, {} bytes received in {:.2} s",
         report.chunks_sent, report.bytes_sent, report.bytes_received, report.seconds
+    );
+    Ok(())
+}
+
+fn sync_status(a: StatusArgs) -> anyhow::Result<()> {
+    let st = gateway::sync_client::status(&a.data, &a.image, &a.root).map_err(sync_failed)?;
+    let dirty = st.values().any(|s| !s.clean());
+    if a.json {
+        println!("{}", serde_json::to_string(&st)?);
+    } else {
+        for (layer, s) in &st {
+            if s.clean() {
+                println!("{layer} (version {}): unchanged", s.version);
+                continue;
+            }
+            println!(
+                "{layer} (version {}): {} added, {} changed, {} removed",
+                s.version,
+                s.added.len(),
+                s.changed.len(),
+                s.removed.len()
+            );
+            for (mark, list) in [("+", &s.added), ("~", &s.changed), ("-", &s.removed)] {
+                for p in list {
+                    println!("  {mark} {p}");
+                }
+            }
+        }
+    }
+    if dirty {
+        return Err(Exit::new(1, String::new()).into());
+    }
+    Ok(())
+}
+
+fn sync_revert(a: RevertArgs) -> anyhow::Result<()> {
+    let before =
+        gateway::sync_client::revert(&a.data, &a.image, &a.root, a.layer).map_err(sync_failed)?;
+    println!(
+        "{}/{}: back to version {} ({} added, {} changed, {} removed paths undone)",
+        a.image,
+        a.layer,
+        before.version,
+        before.added.len(),
+        before.changed.len(),
+        before.removed.len()
     );
     Ok(())
 }
