@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `GET /v1/sync/images/NAME` | | `{"image", "manifest_key", "layers": [{"layer", "version", "digest", "manifest"}]}` |
 //! | `POST /v1/sync/images/NAME/chunks` | `{"ids": [...]}` (at most 256) | chunk frames ([`sync::wire`]) |
+//! | `POST /v1/sync/images/NAME/deltas` | `{"files": [{"from", "to", "missing"}]}` (at most 64 files; chunk id lists) | delta records ([`sync::wire::Record`]): per file, a zstd delta of the new file against the old one, or its missing chunks, whichever is smaller |
 //! | `POST /v1/sync/images/NAME/missing` | `{"ids": [...]}` (at most 4096) | `{"missing": [...]}`: the ones the gateway lacks |
 //! | `POST /v1/sync/images/NAME/upload` | chunk frames (at most 8 MiB) | `{"stored", "known"}`; every chunk checked against its id |
 //! | `POST /v1/sync/images/NAME/checkin` | `{"layer", "base_digest", "entries"}` | `{"layer", "version", "digest", "conflicts", "violations", "from_client"}` |
@@ -26,6 +27,11 @@ use crate::state::Device;
 
 /// Most chunk ids in one `chunks` request.
 pub const MAX_FETCH: usize = 256;
+/// Most files in one `deltas` request.
+pub const MAX_DELTA_FILES: usize = 64;
+/// Most chunks of one file (old or new) a delta is made for (128 MiB).
+pub const MAX_DELTA_CHUNKS: usize = 2048;
+
 /// Most chunk ids in one `missing` request.
 pub const MAX_ASK: usize = 4096;
 
@@ -99,9 +105,10 @@ impl AppState {
             (&M::GET, "") => self.sync_image(device, image).await,
             (&M::POST, "chunks") => self.sync_chunks(device, image, body).await,
             (&M::POST, "missing") => self.sync_missing(body),
+            (&M::POST, "deltas") => self.sync_deltas(device, image, body).await,
             (&M::POST, "upload") => self.sync_upload(body),
             (&M::POST, "checkin") => self.sync_checkin(device, image, body).await,
-            (_, "" | "chunks" | "missing" | "upload" | "checkin") => fail(refuse(
+            (_, "" | "chunks" | "deltas" | "missing" | "upload" | "checkin") => fail(refuse(
                 405,
                 "method not allowed",
                 "see docs/sync.md for the sync routes",
@@ -183,17 +190,10 @@ impl AppState {
         if ids.ids.len() > MAX_FETCH {
             return bad(format!("at most {MAX_FETCH} ids per request"));
         }
-        let layers = match self.layers_for(device, image).await {
-            Ok(l) => l,
+        let allowed = match self.allowed_chunks(device, image).await {
+            Ok(a) => a,
             Err(a) => return a,
         };
-        let mut allowed = HashSet::new();
-        for l in &layers {
-            match Signed::verify(&l.signed, &self.manifest_key.verifying_key()) {
-                Ok(s) => allowed.extend(s.manifest.chunk_ids()),
-                Err(e) => return internal(&e),
-            }
-        }
         let mut out = Vec::new();
         for id in ids.ids {
             if !allowed.contains(&id) {
@@ -210,6 +210,119 @@ impl AppState {
             }
         }
         SyncAnswer::Frames(out)
+    }
+
+    /// The chunk ids of the layers `device` gets of `image`.
+    async fn allowed_chunks(
+        &self,
+        device: &Device,
+        image: &str,
+    ) -> Result<HashSet<ChunkId>, SyncAnswer> {
+        let layers = self.layers_for(device, image).await?;
+        let mut allowed = HashSet::new();
+        for l in &layers {
+            match Signed::verify(&l.signed, &self.manifest_key.verifying_key()) {
+                Ok(s) => allowed.extend(s.manifest.chunk_ids()),
+                Err(e) => return Err(internal(&e)),
+            }
+        }
+        Ok(allowed)
+    }
+
+    async fn sync_deltas(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            from: Vec<ChunkId>,
+            to: Vec<ChunkId>,
+            missing: Vec<ChunkId>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            files: Vec<File>,
+        }
+        let r: Req = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return bad(format!("expected {{\"files\": [...]}}: {e}")),
+        };
+        if r.files.len() > MAX_DELTA_FILES {
+            return bad(format!("at most {MAX_DELTA_FILES} files per request"));
+        }
+        let allowed = match self.allowed_chunks(device, image).await {
+            Ok(a) => a,
+            Err(a) => return a,
+        };
+        let chunks = self.images.chunks.clone();
+        // Compression is CPU work: off the async threads.
+        let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SyncAnswer> {
+            let mut out = Vec::new();
+            for (i, f) in r.files.iter().enumerate() {
+                let file = u32::try_from(i).unwrap_or(u32::MAX);
+                if f.from.len() > MAX_DELTA_CHUNKS || f.to.len() > MAX_DELTA_CHUNKS {
+                    return Err(bad("a file of more than 2048 chunks"));
+                }
+                if let Some(id) =
+                    f.to.iter()
+                        .chain(&f.missing)
+                        .find(|id| !allowed.contains(id))
+                {
+                    return Err(fail(refuse(
+                        403,
+                        "not in this image",
+                        format!("chunk {id} is not part of the layers this device gets"),
+                        Value::Null,
+                    )));
+                }
+                let mut cost = 0usize;
+                let mut missing = Vec::with_capacity(f.missing.len());
+                for id in &f.missing {
+                    let c = chunks.get_compressed(*id).map_err(|e| internal(&e))?;
+                    cost += c.len() + 41;
+                    missing.push((*id, c));
+                }
+                // The old file may hold chunks the gateway no longer has
+                // (or never had): then no delta.
+                let concat = |ids: &[ChunkId]| -> Option<Vec<u8>> {
+                    let mut v = Vec::new();
+                    for id in ids {
+                        v.extend(chunks.get(*id).ok()?);
+                    }
+                    Some(v)
+                };
+                let delta = match (concat(&f.from), concat(&f.to)) {
+                    (Some(old), Some(new)) if !f.missing.is_empty() => {
+                        sync::delta::make(&old, &new).ok().flatten()
+                    }
+                    _ => None,
+                };
+                match delta {
+                    Some(d) if d.len() + 9 < cost => sync::wire::write_record(
+                        &mut out,
+                        &sync::wire::Record::Delta { file, delta: d },
+                    ),
+                    _ => {
+                        for (id, c) in missing {
+                            sync::wire::write_record(
+                                &mut out,
+                                &sync::wire::Record::Chunk {
+                                    file,
+                                    id,
+                                    compressed: c,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await;
+        match work {
+            Ok(Ok(bytes)) => SyncAnswer::Frames(bytes),
+            Ok(Err(a)) => a,
+            Err(e) => internal(&e),
+        }
     }
 
     fn sync_missing(&self, body: &[u8]) -> SyncAnswer {

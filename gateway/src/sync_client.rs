@@ -117,6 +117,8 @@ pub struct PullStats {
     pub seconds: f64,
     /// Layers applied (changed or restored).
     pub layers_applied: Vec<String>,
+    /// Files rebuilt from a delta.
+    pub delta_files: u64,
 }
 
 /// What a push did.
@@ -273,6 +275,128 @@ async fn fetch(
     Ok(fetched)
 }
 
+/// For files changed between `old` and `new` whose old chunks the store
+/// holds, ask the gateway for a delta or the missing chunks, whichever it
+/// finds smaller. Rebuilt files are re-chunked and must give exactly the
+/// manifest's chunk ids. Returns (files rebuilt from deltas, chunks stored).
+async fn fetch_deltas(
+    c: &GatewayClient,
+    image: &str,
+    store: &ChunkStore,
+    old: &[Entry],
+    new: &[Entry],
+    meter: &Meter,
+) -> Result<(u64, u64), SyncError> {
+    let before: BTreeMap<&str, &Vec<ChunkId>> = old
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => Some((e.path.as_str(), chunks)),
+            _ => None,
+        })
+        .collect();
+    let mut jobs: Vec<(&Vec<ChunkId>, &Vec<ChunkId>, Vec<ChunkId>, u64)> = Vec::new();
+    for e in new {
+        let Kind::File { chunks, size } = &e.kind else {
+            continue;
+        };
+        let Some(from) = before.get(e.path.as_str()) else {
+            continue;
+        };
+        let missing: Vec<ChunkId> = chunks
+            .iter()
+            .copied()
+            .filter(|id| !store.has(*id))
+            .collect();
+        if missing.is_empty()
+            || from.is_empty()
+            || from.len() > crate::sync_api::MAX_DELTA_CHUNKS
+            || chunks.len() > crate::sync_api::MAX_DELTA_CHUNKS
+            || !from.iter().all(|id| store.has(*id))
+        {
+            continue;
+        }
+        jobs.push((from, chunks, missing, *size));
+    }
+    let (mut files, mut stored) = (0u64, 0u64);
+    for batch in jobs.chunks(crate::sync_api::MAX_DELTA_FILES) {
+        let body = serde_json::json!({"files": batch.iter().map(|(from, to, missing, _)| {
+            serde_json::json!({"from": from, "to": to, "missing": missing})
+        }).collect::<Vec<_>>()});
+        let (status, bytes) = c
+            .send(
+                hyper::Method::POST,
+                &format!("/v1/sync/images/{image}/deltas"),
+                "application/json",
+                body.to_string().into_bytes(),
+                Some(meter),
+            )
+            .await?;
+        if status != 200 {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(SyncError::Refused {
+                status,
+                detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
+            });
+        }
+        let records =
+            sync::wire::read_records(&bytes).map_err(|e| SyncError::Untrusted(e.to_string()))?;
+        for r in records {
+            match r {
+                sync::wire::Record::Chunk {
+                    file,
+                    id,
+                    compressed,
+                } => {
+                    let wanted = batch
+                        .get(file as usize)
+                        .is_some_and(|(_, _, missing, _)| missing.contains(&id));
+                    if !wanted {
+                        return Err(SyncError::Untrusted(format!(
+                            "chunk {id}, which was not asked for"
+                        )));
+                    }
+                    store
+                        .put_compressed(id, &compressed)
+                        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+                    stored += 1;
+                }
+                sync::wire::Record::Delta { file, delta } => {
+                    let Some((from, to, _, size)) = batch.get(file as usize) else {
+                        return Err(SyncError::Untrusted("a delta for no file".to_owned()));
+                    };
+                    let mut old_bytes = Vec::new();
+                    for id in from.iter() {
+                        old_bytes.extend(store.get(*id).map_err(local)?);
+                    }
+                    let max = usize::try_from(*size).unwrap_or(usize::MAX);
+                    let new_bytes = sync::delta::apply(&old_bytes, &delta, max)
+                        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+                    // Re-chunk and check every id before storing any.
+                    let mut pieces = Vec::new();
+                    sync::chunk::chunk_stream(&new_bytes[..], |id, data| {
+                        pieces.push((id, data.to_vec()));
+                        Ok(())
+                    })
+                    .map_err(local)?;
+                    let ids: Vec<ChunkId> = pieces.iter().map(|(id, _)| *id).collect();
+                    if &ids != *to || new_bytes.len() as u64 != *size {
+                        return Err(SyncError::Untrusted(
+                            "a delta that does not rebuild the file the manifest names".to_owned(),
+                        ));
+                    }
+                    for (id, data) in pieces {
+                        if store.put(id, &data).map_err(local)? {
+                            stored += 1;
+                        }
+                    }
+                    files += 1;
+                }
+            }
+        }
+    }
+    Ok((files, stored))
+}
+
 fn files_changed(old: &[Entry], new: &[Entry]) -> u64 {
     let index = |v: &[Entry]| -> BTreeMap<String, Entry> {
         v.iter()
@@ -332,6 +456,24 @@ pub async fn pull(
             && dir.exists();
         if unchanged {
             continue;
+        }
+        // Changed files first as deltas against the version we have, then
+        // whatever is still missing as chunks.
+        if let Some(prev) = state.layers.get(&layer) {
+            let key = pinned_key(&state, image)?;
+            if let Ok(prev) = Signed::verify(&prev.manifest, &key) {
+                let (files, chunks) = fetch_deltas(
+                    c,
+                    image,
+                    &store,
+                    &prev.manifest.entries,
+                    &s.manifest.entries,
+                    meter,
+                )
+                .await?;
+                stats.delta_files += files;
+                stats.chunks_fetched += chunks;
+            }
         }
         stats.chunks_fetched += fetch(c, image, &store, &s.manifest.chunk_ids(), meter).await?;
         sync::tree::materialize(&s.manifest.entries, &store, &dir).map_err(local)?;

@@ -498,3 +498,39 @@ fn a_corrupt_chunk_or_a_missing_subscription_gets_nothing_applied() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("403"));
     assert!(!w.p("groot").exists());
 }
+
+#[test]
+fn an_update_travels_as_deltas_and_rebuilds_the_exact_files() {
+    let w = world();
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &[]);
+    // v2: a "security update" that patches bytes all over a binary.
+    let mut tool = std::fs::read(w.p("src/base-os/usr/bin/tool")).unwrap();
+    for i in (0..tool.len()).step_by(100_000) {
+        tool[i] ^= 0x5a;
+    }
+    std::fs::write(w.p("src/base-os/usr/bin/tool"), &tool).unwrap();
+    let out = ok(&[
+        "image",
+        "build",
+        "--data",
+        w.gw.to_str().unwrap(),
+        "--image",
+        "classroom",
+        "--layer",
+        &format!("base-os={}", w.s("src/base-os")),
+        "--json",
+    ]);
+    let built: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let new_bytes = built["layers"][0]["stats"]["new_bytes"].as_u64().unwrap();
+    assert!(new_bytes > 200_000, "{built}");
+    let st = w.pull_stats("c1", "root", &[]);
+    assert_eq!(st["delta_files"], 1, "{st}");
+    assert_eq!(st["files_changed"], 1, "{st}");
+    // The changed chunks would be about new_bytes; the delta is far less.
+    assert!(
+        st["bytes_received"].as_u64().unwrap() < new_bytes / 10,
+        "{st} vs {new_bytes} new bytes"
+    );
+    same_tree(&w.p("src/base-os"), &w.p("root/base-os"));
+}

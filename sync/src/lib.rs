@@ -8,6 +8,7 @@
 //! carries its chunks and manifests).
 
 pub mod chunk;
+pub mod delta;
 pub mod manifest;
 pub mod reconcile;
 pub mod store;

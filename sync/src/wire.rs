@@ -61,6 +61,90 @@ pub fn read_frames(mut input: &[u8]) -> Result<Vec<(ChunkId, &[u8])>, FrameError
     Ok(out)
 }
 
+/// Largest delta accepted in a record.
+pub const MAX_DELTA: usize = 64 << 20;
+
+/// One record of a delta answer: for the request's file `file`, either a
+/// delta of the whole new file or one of its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A delta (kind 0).
+    Delta {
+        /// Index of the file in the request.
+        file: u32,
+        /// The zstd delta.
+        delta: Vec<u8>,
+    },
+    /// A chunk (kind 1).
+    Chunk {
+        /// Index of the file in the request.
+        file: u32,
+        /// The chunk.
+        id: ChunkId,
+        /// Its compressed bytes.
+        compressed: Vec<u8>,
+    },
+}
+
+/// Append a record: `u32 file`, `u8 kind`, `u32 length`, then the payload
+/// (a delta, or a chunk's id and compressed bytes).
+pub fn write_record(out: &mut Vec<u8>, r: &Record) {
+    let (file, kind, parts): (u32, u8, [&[u8]; 2]) = match r {
+        Record::Delta { file, delta } => (*file, 0, [&[], delta]),
+        Record::Chunk {
+            file,
+            id,
+            compressed,
+        } => (*file, 1, [&id.0, compressed]),
+    };
+    out.extend_from_slice(&file.to_be_bytes());
+    out.push(kind);
+    let len = parts[0].len() + parts[1].len();
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(parts[0]);
+    out.extend_from_slice(parts[1]);
+}
+
+/// Parse a whole record stream (bounded, never panics).
+pub fn read_records(mut input: &[u8]) -> Result<Vec<Record>, FrameError> {
+    let total = input.len();
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let offset = total - input.len();
+        let err = |problem| FrameError { offset, problem };
+        if input.len() < 9 {
+            return Err(err("a record header is cut short"));
+        }
+        let (head, rest) = input.split_at(9);
+        let file = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let kind = head[4];
+        let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        if rest.len() < len {
+            return Err(err("a record's bytes are cut short"));
+        }
+        let (body, rest) = rest.split_at(len);
+        out.push(match kind {
+            0 if len <= MAX_DELTA => Record::Delta {
+                file,
+                delta: body.to_vec(),
+            },
+            1 if (32..=32 + MAX_FRAME).contains(&len) => {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&body[..32]);
+                Record::Chunk {
+                    file,
+                    id: ChunkId(id),
+                    compressed: body[32..].to_vec(),
+                }
+            }
+            0 | 1 => return Err(err("a record's length is out of bounds")),
+            _ => return Err(err("an unknown record kind")),
+        });
+        input = rest;
+    }
+    Ok(out)
+}
+
 /// Frames parsed as the bytes of a stream arrive: each complete frame is
 /// handed out at once (so a receiver can check and store it before the
 /// rest arrives).
@@ -148,6 +232,28 @@ mod tests {
         let mut fb = FrameBuffer::default();
         fb.push(&buf[..20]).unwrap();
         assert!(fb.finish().is_err());
+        // Records.
+        let mut rec = Vec::new();
+        let a = Record::Delta {
+            file: 3,
+            delta: b"dd".to_vec(),
+        };
+        let b = Record::Chunk {
+            file: 4,
+            id: ChunkId::of(b"x"),
+            compressed: b"cc".to_vec(),
+        };
+        write_record(&mut rec, &a);
+        write_record(&mut rec, &b);
+        assert_eq!(read_records(&rec).unwrap(), vec![a, b]);
+        for cut in 1..rec.len() {
+            if cut != 11 {
+                assert!(read_records(&rec[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        let mut bad_kind = rec.clone();
+        bad_kind[4] = 7;
+        assert!(read_records(&bad_kind).is_err());
         let mut huge = ChunkId::of(b"c").0.to_vec();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(read_frames(&huge).is_err());

@@ -390,6 +390,7 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
                 "chunks_fetched": stats.chunks_fetched,
                 "files_changed": stats.files_changed,
                 "seconds": stats.seconds,
+                "delta_files": stats.delta_files,
             })
         );
     } else if stats.layers_applied.is_empty() {
