@@ -294,7 +294,13 @@ async fn fetch_deltas(
             _ => None,
         })
         .collect();
-    let mut jobs: Vec<(&Vec<ChunkId>, &Vec<ChunkId>, Vec<ChunkId>, u64)> = Vec::new();
+    struct Job<'a> {
+        from: &'a [ChunkId],
+        to: &'a [ChunkId],
+        missing: Vec<ChunkId>,
+        size: u64,
+    }
+    let mut jobs: Vec<Job<'_>> = Vec::new();
     for e in new {
         let Kind::File { chunks, size } = &e.kind else {
             continue;
@@ -315,12 +321,17 @@ async fn fetch_deltas(
         {
             continue;
         }
-        jobs.push((from, chunks, missing, *size));
+        jobs.push(Job {
+            from,
+            to: chunks,
+            missing,
+            size: *size,
+        });
     }
     let (mut files, mut stored) = (0u64, 0u64);
     for batch in jobs.chunks(crate::sync_api::MAX_DELTA_FILES) {
-        let body = serde_json::json!({"files": batch.iter().map(|(from, to, missing, _)| {
-            serde_json::json!({"from": from, "to": to, "missing": missing})
+        let body = serde_json::json!({"files": batch.iter().map(|j| {
+            serde_json::json!({"from": j.from, "to": j.to, "missing": j.missing})
         }).collect::<Vec<_>>()});
         let (status, bytes) = c
             .send(
@@ -349,7 +360,7 @@ async fn fetch_deltas(
                 } => {
                     let wanted = batch
                         .get(file as usize)
-                        .is_some_and(|(_, _, missing, _)| missing.contains(&id));
+                        .is_some_and(|j| j.missing.contains(&id));
                     if !wanted {
                         return Err(SyncError::Untrusted(format!(
                             "chunk {id}, which was not asked for"
@@ -361,7 +372,7 @@ async fn fetch_deltas(
                     stored += 1;
                 }
                 sync::wire::Record::Delta { file, delta } => {
-                    let Some((from, to, _, size)) = batch.get(file as usize) else {
+                    let Some(Job { from, to, size, .. }) = batch.get(file as usize) else {
                         return Err(SyncError::Untrusted("a delta for no file".to_owned()));
                     };
                     let mut old_bytes = Vec::new();
@@ -379,7 +390,7 @@ async fn fetch_deltas(
                     })
                     .map_err(local)?;
                     let ids: Vec<ChunkId> = pieces.iter().map(|(id, _)| *id).collect();
-                    if &ids != *to || new_bytes.len() as u64 != *size {
+                    if ids != *to || new_bytes.len() as u64 != *size {
                         return Err(SyncError::Untrusted(
                             "a delta that does not rebuild the file the manifest names".to_owned(),
                         ));
