@@ -332,15 +332,22 @@ pub async fn build(
 /// reference is predicted from; the client measures the layers it holds
 /// the same way.
 pub fn layer_stages(image: &str, layers: &[StoredLayer]) -> String {
+    let digests: Vec<(Layer, String)> =
+        layers.iter().map(|l| (l.layer, l.digest.clone())).collect();
+    stages_toml(image, &digests)
+}
+
+/// The stages TOML for `(layer, digest)` pairs (system layers only).
+pub fn stages_toml(image: &str, digests: &[(Layer, String)]) -> String {
     let mut out = format!(
         "# The system layers of image {image:?} as measured boot stages (PCR 13).\n\
-         # Made by `satchel image build`; append to the boot chain before `satchel predict`.\n"
+         # Append to the boot chain: before `satchel predict` on the gateway side,\n\
+         # before `satchel measure` on the client (`satchel client sync stages`).\n"
     );
-    for l in layers.iter().filter(|l| l.layer.is_system()) {
+    for (layer, digest) in digests.iter().filter(|(l, _)| l.is_system()) {
         out.push_str(&format!(
-            "\n[[stage]]\nname = \"layer-{}\"\npcr = 13\ndata = \"{}\"\n",
-            l.layer,
-            stage_data(l.layer, &l.digest)
+            "\n[[stage]]\nname = \"layer-{layer}\"\npcr = 13\ndata = \"{}\"\n",
+            stage_data(*layer, digest)
         ));
     }
     out

@@ -792,3 +792,33 @@ pub fn revert(
     sync::tree::materialize(&m.entries, &store, &root.join(layer.as_str())).map_err(local)?;
     Ok(before)
 }
+
+/// The boot stages measuring the system layers `root` holds now: each
+/// layer's pushed digest if its tree still equals that version, else a
+/// digest of what is there (so the quote, and the gateway's verdict, name
+/// the layer that differs). No network.
+pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError> {
+    use sha2::Digest as _;
+    let state = SyncState::load(&state_path(cdir, image))?;
+    let key = pinned_key(&state, image)?;
+    let mut digests = Vec::new();
+    for (layer, base) in state.layers.iter().filter(|(l, _)| l.is_system()) {
+        let pushed = Signed::verify(&base.manifest, &key).map_err(local)?;
+        let dir = root.join(layer.as_str());
+        let now = if dir.exists() {
+            sync::tree::scan_into(&dir, None, &mut |_| {})
+                .map_err(local)?
+                .0
+        } else {
+            Vec::new()
+        };
+        let digest = if now == pushed.manifest.entries {
+            pushed.digest
+        } else {
+            let text = serde_json::to_vec(&now).map_err(local)?;
+            format!("local-{}", hex::encode(sha2::Sha256::digest(&text)))
+        };
+        digests.push((*layer, digest));
+    }
+    Ok(crate::images::stages_toml(image, &digests))
+}

@@ -344,6 +344,41 @@ fn pull_push_conflicts_violations_and_audit() {
     same_tree(&w.p("src/base-os"), &w.p("root1/base-os"));
     assert_eq!(status("c1", "root1").status.code(), Some(0));
 
+    // The client's layer stages equal the gateway's while base-os is as
+    // pushed, and differ (naming the layer) when it is not.
+    let stages = |out: &str| {
+        ok(&[
+            "client",
+            "sync",
+            "stages",
+            "--data",
+            &w.s("c1"),
+            "--image",
+            "classroom",
+            "--root",
+            &w.s("root1"),
+            "--out",
+            &w.s(out),
+        ]);
+        std::fs::read_to_string(w.p(out)).unwrap()
+    };
+    let gateway_stages =
+        std::fs::read_to_string(w.gw.join("images/classroom.stages.toml")).unwrap();
+    assert_eq!(stages("clean.toml"), gateway_stages);
+    assert!(
+        gateway_stages.contains("name = \"layer-base-os\""),
+        "{gateway_stages}"
+    );
+    std::fs::write(w.p("root1/base-os/etc/hostname"), "pwned again\n").unwrap();
+    let dirty = stages("dirty.toml");
+    assert_ne!(dirty, gateway_stages);
+    assert!(
+        dirty.contains("satchel.layer base-os sha256:local-"),
+        "{dirty}"
+    );
+    w.pull_stats("c1", "root1", &[]);
+    assert_eq!(stages("again.toml"), gateway_stages);
+
     // `revert` drops local user changes without the network.
     let before = std::fs::read(w.p("root1/user-data/Documents/notes.txt")).unwrap();
     std::fs::write(w.p("root1/user-data/Documents/notes.txt"), "scribbles\n").unwrap();

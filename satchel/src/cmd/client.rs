@@ -37,6 +37,32 @@ pub(crate) enum SyncCmd {
     Status(StatusArgs),
     /// Put a layer back to the last common version, dropping local changes.
     Revert(RevertArgs),
+    /// Write the boot stages that measure the system layers held now.
+    Stages(StagesArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync stages --data client --image classroom --root ./root --out layers.toml
+  cat chain.toml layers.toml > boot.toml && satchel measure --chain boot.toml --log boot.log
+
+One stage per system layer (PCR 13, named layer-base-os, layer-group-apps). A layer
+still equal to the version pushed measures that version's digest, as the gateway's
+DATA/images/IMAGE.stages.toml does; a changed layer measures something else, so
+attestation fails naming it.")]
+pub(crate) struct StagesArgs {
+    /// This device's directory.
+    #[arg(long, value_name = "CDIR")]
+    data: PathBuf,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The root holding the layers.
+    #[arg(long, value_name = "ROOT")]
+    root: PathBuf,
+    /// Where to write the stages (TOML).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +247,11 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
         ClientCmd::Sync(SyncCmd::Push(a)) => rt.block_on(sync_push(a)),
         ClientCmd::Sync(SyncCmd::Status(a)) => sync_status(a),
         ClientCmd::Sync(SyncCmd::Revert(a)) => sync_revert(a),
+        ClientCmd::Sync(SyncCmd::Stages(a)) => {
+            let text =
+                gateway::sync_client::stages(&a.data, &a.image, &a.root).map_err(sync_failed)?;
+            super::write_atomic(&a.out, text.as_bytes())
+        }
     }
 }
 
