@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod sync_api;
+pub mod sync_bundle;
 pub mod sync_client;
 
 pub use client::{ClientError, GatewayClient, Meter};

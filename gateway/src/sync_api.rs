@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
 use sync::ChunkId;
@@ -368,137 +368,203 @@ impl AppState {
     }
 
     async fn sync_checkin(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Req {
-            layer: Layer,
-            base_digest: Option<String>,
-            entries: Vec<Entry>,
-        }
-        let r: Req = match serde_json::from_slice(body) {
+        let r: CheckIn = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => return bad(format!("not a check-in: {e}")),
         };
-        // The client's tree must be a valid layer.
-        let client = LayerManifest {
-            format: FORMAT.to_owned(),
-            image: image.to_owned(),
-            layer: r.layer,
-            version: 0,
-            created: String::new(),
-            entries: r.entries,
-        };
-        if let Err(e) = client.validate() {
-            return bad(e.to_string());
-        }
-        let layers = match self.layers_for(device, image).await {
-            Ok(l) => l,
-            Err(a) => return a,
-        };
-        let key = self.manifest_key.verifying_key();
-        let open = |l: &StoredLayer| Signed::verify(&l.signed, &key).map(|s| s.manifest.entries);
-        let latest = layers.iter().find(|l| l.layer == r.layer);
-        let gateway_entries = match latest.map(open).transpose() {
-            Ok(e) => e.unwrap_or_default(),
-            Err(e) => return internal(&e),
-        };
-        // The base: the version the client last had (its own or the image's).
-        let base_entries = match &r.base_digest {
-            None => Vec::new(),
-            Some(d) => match self.images.history(image).await {
-                Ok(all) => match all.iter().find(|l| {
-                    &l.digest == d
-                        && l.layer == r.layer
-                        && (l.owner.is_empty() || l.owner == device.device_id)
-                }) {
-                    Some(l) => match open(l) {
-                        Ok(e) => e,
-                        Err(e) => return internal(&e),
-                    },
-                    None => {
-                        return fail(refuse(
-                            409,
-                            "unknown base",
-                            "the base_digest is not a version this device had; pull first",
-                            Value::Null,
-                        ))
-                    }
+        checkin(
+            &self.images,
+            &self.manifest_key,
+            &self.audit,
+            device,
+            image,
+            r,
+        )
+        .await
+    }
+}
+
+/// A layer's check-in: the client's tree and the version it started from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    /// The layer.
+    pub layer: Layer,
+    /// The digest of the last version both sides had (`None`: none).
+    pub base_digest: Option<String>,
+    /// The client's tree now.
+    pub entries: Vec<Entry>,
+}
+
+async fn record(
+    audit: &audit::store::Store,
+    kind: &str,
+    actor: &str,
+    subject: &str,
+    decision: &str,
+    details: Value,
+) {
+    let entry = audit::entry::NewEntry {
+        kind: kind.to_owned(),
+        actor: actor.to_owned(),
+        subject: subject.to_owned(),
+        decision: decision.to_owned(),
+        details,
+    };
+    if let Err(e) = audit.append(vec![entry], audit::batch::now_ms()).await {
+        tracing::error!(error = %e, "audit append failed");
+    }
+}
+
+async fn layers_for(
+    images: &crate::images::Images,
+    device: &Device,
+    image: &str,
+) -> Result<Vec<StoredLayer>, SyncAnswer> {
+    match images.for_device(image, &device.device_id).await {
+        Ok(v) if v.is_empty() => Err(fail(refuse(
+            404,
+            "unknown image",
+            format!("the gateway has no layers of image {image:?}"),
+            Value::Null,
+        ))),
+        Ok(v) => Ok(v),
+        Err(e) => Err(internal(&e)),
+    }
+}
+
+/// Reconcile one layer's check-in from `device` and store the result
+/// (online through the route, offline from a bundle).
+pub async fn checkin(
+    images: &crate::images::Images,
+    key: &ed25519_dalek::SigningKey,
+    audit: &audit::store::Store,
+    device: &Device,
+    image: &str,
+    r: CheckIn,
+) -> SyncAnswer {
+    // The client's tree must be a valid layer.
+    let client = LayerManifest {
+        format: FORMAT.to_owned(),
+        image: image.to_owned(),
+        layer: r.layer,
+        version: 0,
+        created: String::new(),
+        entries: r.entries,
+    };
+    if let Err(e) = client.validate() {
+        return bad(e.to_string());
+    }
+    let layers = match layers_for(images, device, image).await {
+        Ok(l) => l,
+        Err(a) => return a,
+    };
+    let public = key.verifying_key();
+    let open = |l: &StoredLayer| Signed::verify(&l.signed, &public).map(|s| s.manifest.entries);
+    let latest = layers.iter().find(|l| l.layer == r.layer);
+    let gateway_entries = match latest.map(open).transpose() {
+        Ok(e) => e.unwrap_or_default(),
+        Err(e) => return internal(&e),
+    };
+    // The base: the version the client last had (its own or the image's).
+    let base_entries = match &r.base_digest {
+        None => Vec::new(),
+        Some(d) => match images.history(image).await {
+            Ok(all) => match all.iter().find(|l| {
+                &l.digest == d
+                    && l.layer == r.layer
+                    && (l.owner.is_empty() || l.owner == device.device_id)
+            }) {
+                Some(l) => match open(l) {
+                    Ok(e) => e,
+                    Err(e) => return internal(&e),
                 },
-                Err(e) => return internal(&e),
+                None => {
+                    return fail(refuse(
+                        409,
+                        "unknown base",
+                        "the base_digest is not a version this device had; pull first",
+                        Value::Null,
+                    ))
+                }
             },
-        };
-        let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let merged = sync::reconcile::merge(
-            r.layer,
-            &base_entries,
-            &gateway_entries,
-            &client.entries,
+            Err(e) => return internal(&e),
+        },
+    };
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let merged = sync::reconcile::merge(
+        r.layer,
+        &base_entries,
+        &gateway_entries,
+        &client.entries,
+        &device.device_id,
+        date.get(..10).unwrap_or("0000-00-00"),
+    );
+    if !merged.violations.is_empty() {
+        record(
+            audit,
+            "sync",
             &device.device_id,
-            date.get(..10).unwrap_or("0000-00-00"),
-        );
-        if !merged.violations.is_empty() {
-            self.record(
-                "sync",
-                &device.device_id,
-                &format!("{image}/{}", r.layer),
-                "violation",
-                json!({"paths": merged.violations}),
-            )
-            .await;
+            &format!("{image}/{}", r.layer),
+            "violation",
+            json!({"paths": merged.violations}),
+        )
+        .await;
+    }
+    let (version, digest) = if r.layer.is_system() {
+        (
+            latest.map_or(0, |l| l.version),
+            latest.map(|l| l.digest.clone()),
+        )
+    } else {
+        let missing: Vec<String> = merged
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                sync::Kind::File { chunks, .. } => Some(chunks),
+                _ => None,
+            })
+            .flatten()
+            .filter(|id| !images.chunks.has(**id))
+            .map(ToString::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            return fail(refuse(
+                409,
+                "chunks missing",
+                "upload these chunks first",
+                json!({"missing": missing}),
+            ));
         }
-        let (version, digest) = if r.layer.is_system() {
-            (
-                latest.map_or(0, |l| l.version),
-                latest.map(|l| l.digest.clone()),
-            )
-        } else {
-            let missing: Vec<String> = merged
-                .entries
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    sync::Kind::File { chunks, .. } => Some(chunks),
-                    _ => None,
-                })
-                .flatten()
-                .filter(|id| !self.images.chunks.has(**id))
-                .map(ToString::to_string)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            if !missing.is_empty() {
-                return fail(refuse(
-                    409,
-                    "chunks missing",
-                    "upload these chunks first",
-                    json!({"missing": missing}),
-                ));
-            }
-            match self
-                .images
-                .commit(
-                    image,
-                    r.layer,
-                    &device.device_id,
-                    merged.entries.clone(),
-                    &self.manifest_key,
-                )
-                .await
-            {
-                Ok((stored, _)) => (stored.version, Some(stored.digest)),
-                Err(e) => return internal(&e),
-            }
-        };
-        if !merged.conflicts.is_empty() {
-            self.record(
-                "sync",
+        match images
+            .commit(
+                image,
+                r.layer,
                 &device.device_id,
-                &format!("{image}/{}", r.layer),
-                "conflict",
-                json!({"conflicts": merged.conflicts}),
+                merged.entries.clone(),
+                key,
             )
-            .await;
+            .await
+        {
+            Ok((stored, _)) => (stored.version, Some(stored.digest)),
+            Err(e) => return internal(&e),
         }
-        self.record(
+    };
+    if !merged.conflicts.is_empty() {
+        record(
+            audit,
+            "sync",
+            &device.device_id,
+            &format!("{image}/{}", r.layer),
+            "conflict",
+            json!({"conflicts": merged.conflicts}),
+        )
+        .await;
+    }
+    record(
+            audit,
             "sync",
             &device.device_id,
             &format!("{image}/{}", r.layer),
@@ -506,16 +572,15 @@ impl AppState {
             json!({"version": version, "from_client": merged.from_client.len(), "conflicts": merged.conflicts.len(), "violations": merged.violations.len()}),
         )
         .await;
-        SyncAnswer::Json(Answer {
-            status: 200,
-            body: json!({
-                "layer": r.layer,
-                "version": version,
-                "digest": digest,
-                "conflicts": merged.conflicts,
-                "violations": merged.violations,
-                "from_client": merged.from_client,
-            }),
-        })
-    }
+    SyncAnswer::Json(Answer {
+        status: 200,
+        body: json!({
+            "layer": r.layer,
+            "version": version,
+            "digest": digest,
+            "conflicts": merged.conflicts,
+            "violations": merged.violations,
+            "from_client": merged.from_client,
+        }),
+    })
 }

@@ -569,3 +569,93 @@ fn an_update_travels_as_deltas_and_rebuilds_the_exact_files() {
     );
     same_tree(&w.p("src/base-os"), &w.p("root/base-os"));
 }
+
+#[test]
+fn an_offline_bundle_checks_in_once_and_a_tampered_one_is_refused() {
+    let w = world();
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root1", &[]);
+    std::fs::write(
+        w.p("root1/user-data/Documents/offline.txt"),
+        noise(50_000, 4),
+    )
+    .unwrap();
+    std::fs::write(w.p("root1/base-os/etc/hostname"), "offline edit\n").unwrap();
+    let out = ok(&[
+        "client",
+        "sync",
+        "export-bundle",
+        "--data",
+        &w.s("c1"),
+        "--image",
+        "classroom",
+        "--root",
+        &w.s("root1"),
+        "--out",
+        &w.s("usb.bundle"),
+    ]);
+    assert!(out.contains("2 changed layer(s)"), "{out}");
+    let gw = w.gw.to_str().unwrap().to_owned();
+    // A flipped byte anywhere in the signed part: refused, nothing stored.
+    let bytes = std::fs::read(w.p("usb.bundle")).unwrap();
+    for at in [30, bytes.len() / 2, bytes.len() - 80] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        std::fs::write(w.p("bad.bundle"), &bad).unwrap();
+        let o = satchel(&[
+            "gateway",
+            "import-bundle",
+            "--data",
+            &gw,
+            &w.s("bad.bundle"),
+        ]);
+        assert!(!o.status.success(), "a bundle flipped at {at} was accepted");
+    }
+    // The real one: user-data checked in, base-os reported as a violation.
+    let out = ok(&[
+        "gateway",
+        "import-bundle",
+        "--data",
+        &gw,
+        &w.s("usb.bundle"),
+    ]);
+    assert!(out.contains("user-data: version 2"), "{out}");
+    assert!(
+        out.contains("base-os") && out.contains("1 violation(s)"),
+        "{out}"
+    );
+    // Imported twice: nothing new.
+    let again = ok(&[
+        "gateway",
+        "import-bundle",
+        "--data",
+        &gw,
+        &w.s("usb.bundle"),
+    ]);
+    assert!(again.contains("user-data: version 2"), "{again}");
+    // Another machine of the device sees the file.
+    w.device("c2", "laptop-1");
+    w.pull_stats("c2", "root2", &[]);
+    assert_eq!(
+        std::fs::read(w.p("root2/user-data/Documents/offline.txt")).unwrap(),
+        noise(50_000, 4)
+    );
+    // A revoked device's bundle is refused.
+    ok(&[
+        "gateway",
+        "revoke",
+        "--data",
+        &gw,
+        "--device-id",
+        "laptop-1",
+    ]);
+    let o = satchel(&[
+        "gateway",
+        "import-bundle",
+        "--data",
+        &gw,
+        &w.s("usb.bundle"),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("revoked"));
+}

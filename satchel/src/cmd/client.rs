@@ -39,6 +39,32 @@ pub(crate) enum SyncCmd {
     Revert(RevertArgs),
     /// Write the boot stages that measure the system layers held now.
     Stages(StagesArgs),
+    /// Write this device's pending changes as one signed file, for carrying offline.
+    ExportBundle(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync export-bundle --data client --image classroom --root ./root --out /media/usb/laptop-17.bundle
+  # at the gateway:
+  satchel gateway import-bundle --data ./gw /media/usb/laptop-17.bundle
+
+The bundle holds every changed layer (as a check-in against the last common version),
+the new chunks of the user layers, and the device certificate; it is signed with the
+device key. No network needed. Format: docs/sync.md.")]
+pub(crate) struct ExportArgs {
+    /// This device's directory.
+    #[arg(long, value_name = "CDIR")]
+    data: PathBuf,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The root holding the layers.
+    #[arg(long, value_name = "ROOT")]
+    root: PathBuf,
+    /// The bundle to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +273,12 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
         ClientCmd::Sync(SyncCmd::Push(a)) => rt.block_on(sync_push(a)),
         ClientCmd::Sync(SyncCmd::Status(a)) => sync_status(a),
         ClientCmd::Sync(SyncCmd::Revert(a)) => sync_revert(a),
+        ClientCmd::Sync(SyncCmd::ExportBundle(a)) => {
+            let n = gateway::sync_bundle::export(&a.data, &a.image, &a.root, &a.out)
+                .map_err(sync_failed)?;
+            println!("{}: {n} changed layer(s) in {}", a.image, a.out.display());
+            Ok(())
+        }
         ClientCmd::Sync(SyncCmd::Stages(a)) => {
             let text =
                 gateway::sync_client::stages(&a.data, &a.image, &a.root).map_err(sync_failed)?;

@@ -42,6 +42,73 @@ pub(crate) enum GatewayCmd {
     Revoke(RevokeArgs),
     /// Make an admin client certificate (for the /v1/admin routes).
     AdminCert(AdminCertArgs),
+    /// Check in a device's offline sync bundle as if it were online.
+    ImportBundle(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel gateway import-bundle --data ./gw /media/usb/laptop-17.bundle
+
+The bundle must be signed by the key of a device certificate this gateway issued (valid
+when the bundle was made), for an enrolled, unrevoked device subscribed to the image.
+Each layer is reconciled as an online push would be; conflicts and violations are
+reported and audited.")]
+pub(crate) struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The bundle (from `satchel client sync export-bundle`).
+    bundle: PathBuf,
+}
+
+fn import_bundle(a: ImportArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let len = std::fs::metadata(&a.bundle)
+        .with_context(|| format!("reading {}", a.bundle.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= gateway::sync_bundle::MAX_BUNDLE,
+        "{} is over the 1 GiB limit",
+        a.bundle.display()
+    );
+    let bytes =
+        std::fs::read(&a.bundle).with_context(|| format!("reading {}", a.bundle.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answers = rt.block_on(async {
+        let (db, url) = a.store.open().await?;
+        let (pool, _) = audit::store::connect(&url).await?;
+        let images = gateway::images::Images::open(pool.clone(), &a.store.data).await?;
+        let key = gateway::server::manifest_key(&a.store.data)?;
+        let audit = audit::store::Store::open(&url).await?;
+        let pki = gateway::Pki::init(&a.store.data, &[])?;
+        let rows = policy::PolicyStore::new(pool).await?.rows().await?;
+        let text: String = rows.iter().map(|r| r.join(", ") + "\n").collect();
+        let policy = policy::FastPolicy::compile(&policy::PolicyText::parse(&text)?);
+        let answers = gateway::sync_bundle::import(
+            &images,
+            &key,
+            &audit,
+            &db,
+            &pki.device_ca.cert_pem,
+            &policy,
+            &bytes,
+        )
+        .await
+        .map_err(|e| super::Exit::new(1, e.to_string()))?;
+        anyhow::Ok(answers)
+    })?;
+    for v in answers {
+        println!(
+            "{}: version {}, {} conflict(s), {} violation(s)",
+            v["layer"].as_str().unwrap_or("?"),
+            v["version"],
+            v["conflicts"].as_array().map_or(0, Vec::len),
+            v["violations"].as_array().map_or(0, Vec::len)
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +374,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
         GatewayCmd::EnrollToken(a) => token(a),
         GatewayCmd::Revoke(a) => revoke(a),
         GatewayCmd::AdminCert(a) => admin_cert(a),
+        GatewayCmd::ImportBundle(a) => import_bundle(a),
     }
 }
 
