@@ -30,31 +30,30 @@ B=${SATCHEL_BENCH_DIR:-/var/tmp/satchel-bench}
 MIRROR=${SATCHEL_MIRROR:-http://deb.debian.org/debian}
 mkdir -p "$B"
 
-# --- the two versions (only files, directories and symlinks: no /dev, /proc, ...)
-if [ ! -f "$B/v1.done" ]; then
-  rm -rf "$B/v1-raw" "$B/v1"
+# --- the two versions. The debootstrap roots are built once (marked *.done); the
+# measured trees are copies holding only files, directories and symlinks, without
+# /dev, /proc, /sys, /run, apt's package cache and its package lists (as images ship).
+if [ ! -f "$B/v1-raw.done" ]; then
+  rm -rf "$B/v1-raw"
   debootstrap --variant=minbase bookworm "$B/v1-raw" "$MIRROR" >/dev/null
-  rsync -a --exclude=/dev/ --exclude=/proc/ --exclude=/sys/ --exclude=/run/ \
-    --exclude=/var/cache/apt/archives/ "$B/v1-raw/" "$B/v1/"
-  touch "$B/v1.done"
+  touch "$B/v1-raw.done"
 fi
-if [ ! -f "$B/v2.done" ]; then
-  rm -rf "$B/v2-raw" "$B/v2"
+if [ ! -f "$B/v2-raw.done" ]; then
+  rm -rf "$B/v2-raw"
   cp -a "$B/v1-raw" "$B/v2-raw"
-  cat >"$B/v2-raw/etc/apt/sources.list" <<EOF
-deb $MIRROR bookworm main
-deb $MIRROR bookworm-updates main
-deb http://security.debian.org/debian-security bookworm-security main
-EOF
+  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://security.debian.org/debian-security bookworm-security main\n' \
+    "$MIRROR" "$MIRROR" >"$B/v2-raw/etc/apt/sources.list"
   mount --bind /proc "$B/v2-raw/proc"; trap 'umount "$B/v2-raw/proc" 2>/dev/null || true' EXIT
   cp /etc/resolv.conf "$B/v2-raw/etc/resolv.conf"
   chroot "$B/v2-raw" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null &&
     DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends less nano ca-certificates >/dev/null && apt-get clean'
   umount "$B/v2-raw/proc"; trap - EXIT
-  rsync -a --exclude=/dev/ --exclude=/proc/ --exclude=/sys/ --exclude=/run/ \
-    --exclude=/var/cache/apt/archives/ "$B/v2-raw/" "$B/v2/"
-  touch "$B/v2.done"
+  touch "$B/v2-raw.done"
 fi
+for v in v1 v2; do
+  rsync -a --delete --exclude=/dev/ --exclude=/proc/ --exclude=/sys/ --exclude=/run/ \
+    --exclude=/var/cache/apt/ --exclude=/var/lib/apt/lists/ "$B/$v-raw/" "$B/$v/"
+done
 size() { du -sb "$1" | cut -f1; }
 echo "v1: $(size "$B/v1") bytes, v2: $(size "$B/v2") bytes"
 

@@ -361,6 +361,9 @@ impl AppState {
                 Err(e) => return internal(&e),
             }
         }
+        if let Err(e) = self.images.chunks.sync() {
+            return internal(&e);
+        }
         SyncAnswer::Json(Answer {
             status: 200,
             body: json!({"stored": stored, "known": known}),

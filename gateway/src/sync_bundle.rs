@@ -312,6 +312,7 @@ pub async fn import(
             .put_compressed(id, data)
             .map_err(|e| err(e.to_string()))?;
     }
+    images.chunks.sync().map_err(|e| err(e.to_string()))?;
     let mut answers = Vec::new();
     for ci in h.checkins.clone() {
         let layer = ci.layer;

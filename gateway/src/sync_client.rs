@@ -268,6 +268,7 @@ async fn fetch(
         frames
             .finish()
             .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+        store.sync().map_err(local)?;
         if let Some(id) = batch.iter().find(|id| !store.has(**id)) {
             return Err(SyncError::Untrusted(format!("no chunk {id}")));
         }
@@ -404,6 +405,7 @@ async fn fetch_deltas(
                 }
             }
         }
+        store.sync().map_err(local)?;
     }
     Ok((files, stored))
 }

@@ -2,9 +2,12 @@
 //! `ROOT/ab/abcdef...` (the first two hex digits fan out the directory),
 //! shared by every image, layer and user.
 //!
-//! A chunk is written to a temporary file, synced, then renamed into place:
-//! after a crash a chunk is whole or absent, never half. Reading checks the
-//! bytes against the id, so a corrupt file is an error, never content.
+//! A chunk is written to a temporary file, then renamed into place; writers
+//! call [`ChunkStore::sync`] once per batch (one `syncfs`, not one fsync per
+//! chunk) before they record anything that depends on the batch. Reading
+//! checks the bytes against the id, so a chunk torn by a power cut is an
+//! error, never content, and [`ChunkStore::get`] removes it so that the next
+//! pull fetches it again.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -121,7 +124,6 @@ impl ChunkStore {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
         tmp.write_all(compressed).map_err(io(&path))?;
-        tmp.as_file().sync_all().map_err(io(&path))?;
         tmp.persist(&path).map_err(|e| StoreError::Io {
             path: path.clone(),
             source: e.error,
@@ -138,9 +140,24 @@ impl ChunkStore {
         })
     }
 
-    /// The plain bytes, checked against the id.
+    /// The plain bytes, checked against the id. A corrupt chunk is removed
+    /// (so it is fetched again) and reported.
     pub fn get(&self, id: ChunkId) -> Result<Vec<u8>, StoreError> {
-        open_chunk(id, &self.get_compressed(id)?)
+        let r = open_chunk(id, &self.get_compressed(id)?);
+        if let Err(StoreError::Corrupt { .. }) = &r {
+            let _ = self.remove(id);
+        }
+        r
+    }
+
+    /// Make every chunk written so far durable (one `syncfs` of the store's
+    /// file system).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let dir = std::fs::File::open(&self.root).map_err(io(&self.root))?;
+        rustix::fs::syncfs(&dir).map_err(|e| StoreError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })
     }
 
     /// Remove a chunk (a corrupt one, say). Absent is fine.

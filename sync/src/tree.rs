@@ -198,6 +198,9 @@ pub fn scan_into(
         });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
+    if let Some(store) = store {
+        store.sync()?;
+    }
     Ok((entries, stats))
 }
 
@@ -247,7 +250,6 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
                 }
                 f.set_permissions(std::fs::Permissions::from_mode(e.mode))
                     .map_err(io(&path))?;
-                f.sync_all().map_err(io(&path))?;
             }
         }
     }
@@ -256,9 +258,15 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
     for (path, mode) in dirs.iter().rev() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(io(path))?;
     }
+    // Everything written, durable in one call, before the swap.
     std::fs::File::open(root)
-        .and_then(|d| d.sync_all())
-        .map_err(io(root))?;
+        .map_err(io(root))
+        .and_then(|d| {
+            rustix::fs::syncfs(&d).map_err(|e| TreeError::Io {
+                path: root.to_owned(),
+                source: e.into(),
+            })
+        })?;
     let kept = staging.keep();
     if target.symlink_metadata().is_ok() {
         // Swap in one step; the old tree ends up at the staging path.
