@@ -52,7 +52,7 @@ if [ ! -f "$B/v2-raw.done" ]; then
 fi
 for v in v1 v2; do
   rsync -a --delete --exclude=/dev/ --exclude=/proc/ --exclude=/sys/ --exclude=/run/ \
-    --exclude=/var/cache/apt/ --exclude=/var/lib/apt/lists/ "$B/$v-raw/" "$B/$v/"
+    --exclude=/var/cache/apt/ --exclude=/var/lib/apt/lists/ --delete-excluded "$B/$v-raw/" "$B/$v/"
 done
 size() { du -sb "$1" | cut -f1; }
 echo "v1: $(size "$B/v1") bytes, v2: $(size "$B/v2") bytes"
