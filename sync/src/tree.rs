@@ -259,14 +259,12 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(io(path))?;
     }
     // Everything written, durable in one call, before the swap.
-    std::fs::File::open(root)
-        .map_err(io(root))
-        .and_then(|d| {
-            rustix::fs::syncfs(&d).map_err(|e| TreeError::Io {
-                path: root.to_owned(),
-                source: e.into(),
-            })
-        })?;
+    std::fs::File::open(root).map_err(io(root)).and_then(|d| {
+        rustix::fs::syncfs(&d).map_err(|e| TreeError::Io {
+            path: root.to_owned(),
+            source: e.into(),
+        })
+    })?;
     let kept = staging.keep();
     if target.symlink_metadata().is_ok() {
         // Swap in one step; the old tree ends up at the staging path.
