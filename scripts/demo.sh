@@ -5,7 +5,10 @@
 # with the offline prediction; the organisation signs a reference manifest; the
 # device attests (quote + verifier, cross-checked by tpm2_checkquote) and its
 # guest launches with a PCR-sealed disk key; a tampered boot is refused by both
-# the verifier and the launch gate, naming the stage; the outcomes go into the
+# the verifier and the launch gate, naming the stage; a vendor-provisioned swtpm
+# enrolls with the gateway, attests and gets a device certificate; the gateway's
+# proxy allows and denies URLs for it; the sample image is pulled, a user file
+# pushed back, a base-os change refused and restored; the outcomes go into the
 # tamper-evident audit log.
 # Installs what is missing and builds first. Output lands in ./demo-out/.
 set -euo pipefail
@@ -22,8 +25,10 @@ OUT=$ROOT/demo-out
 rm -rf "$OUT"; mkdir -p "$OUT"
 . scripts/swtpm-lib.sh
 GATEWAY_PID=
+WEB_PID=
 cleanup() {
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true; fi
+  if [ -n "$WEB_PID" ]; then kill "$WEB_PID" 2>/dev/null || true; fi
   stop_swtpm
 }
 trap cleanup EXIT
@@ -157,8 +162,17 @@ start_swtpm "$TPMDIR"
 export SATCHEL_TPM=$SWTPM_TCTI
 echo "client TPM provisioned like a vendor's: EK certificate from a local CA ($TPMDIR/localca)"
 "$SATCHEL" measure --chain "$CHAIN" --log "$OUT/boot-client.log" >/dev/null
-GW_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$SATCHEL" gateway serve --data "$OUT/gw" --listen "127.0.0.1:$GW_PORT" --ek-ca "$TPMDIR/localca" \
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+GW_PORT=$(free_port); PROXY_PORT=$(free_port); WEB_PORT=$(free_port)
+# A local web server stands in for the web; the school policy plus one rule for it.
+mkdir -p "$OUT/web/lessons" "$OUT/web/games"
+echo "lesson 1: fractions" > "$OUT/web/lessons/1.txt"; echo "not during class" > "$OUT/web/games/1.txt"
+(cd "$OUT/web" && exec python3 -m http.server "$WEB_PORT" --bind 127.0.0.1 >/dev/null 2>&1) &
+WEB_PID=$!
+cp examples/policy/school.csv "$OUT/gateway-policy.csv"
+echo "p, group:class-7a, url, http://127.0.0.1:$WEB_PORT/lessons/*, GET, allow" >> "$OUT/gateway-policy.csv"
+"$SATCHEL" gateway serve --data "$OUT/gw" --listen "127.0.0.1:$GW_PORT" --proxy-listen "127.0.0.1:$PROXY_PORT" \
+  --policy "$OUT/gateway-policy.csv" --ek-ca "$TPMDIR/localca" \
   --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" 2> "$OUT/gateway.log" &
 GATEWAY_PID=$!
 for _ in $(seq 1 100); do
@@ -177,6 +191,34 @@ echo "whoami over mTLS with the issued certificate (curl):"
 curl -sS --cacert "$OUT/gw/ca.crt" --cert "$OUT/client/device.crt" --key "$OUT/client/device.key" "$GW/v1/whoami"; echo
 echo "without a certificate:"
 curl -sS --cacert "$OUT/gw/ca.crt" "$GW/v1/whoami"; echo
+
+step "12b. the egress proxy: each URL decided for the device's groups"
+PROXY=(-x "https://127.0.0.1:$PROXY_PORT" --proxy-cacert "$OUT/gw/ca.crt"
+  --proxy-cert "$OUT/client/device.crt" --proxy-key "$OUT/client/device.key")
+for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$WEB_PORT/lessons/1.txt" >/dev/null && break; sleep 0.1; done
+echo "allowed (a rule for /lessons/*):"
+curl -sS "${PROXY[@]}" "http://127.0.0.1:$WEB_PORT/lessons/1.txt"
+echo "denied (no rule: the default), the 403 names what decided:"
+CODE=$(curl -sS "${PROXY[@]}" -o "$OUT/denied.json" -w '%{http_code}' "http://127.0.0.1:$WEB_PORT/games/1.txt")
+cat "$OUT/denied.json"; echo
+[ "$CODE" = 403 ] || { echo "the proxy let a denied URL through ($CODE)" >&2; exit 1; }
+
+step "12c. push-OS: build the sample image, pull it over mTLS, change a file, push it back"
+"$SATCHEL" image build --data "$OUT/gw" --image classroom-2026 \
+  --layer base-os=examples/image/base-os --layer user-data=examples/image/user-data
+SYNC=(--gateway "$GW" --ca "$OUT/gw/ca.crt" --data "$OUT/client" --image classroom-2026)
+echo "first pull (stats):"
+"$SATCHEL" client sync pull "${SYNC[@]}" --into "$OUT/root" --stats-json
+diff -r examples/image/base-os "$OUT/root/base-os" && echo "the pulled base-os equals the image"
+echo "a note written on the device, then pushed:"
+echo "my homework, written offline" > "$OUT/root/user-data/Documents/homework.txt"
+"$SATCHEL" client sync push "${SYNC[@]}" --from "$OUT/root"
+echo "a change to base-os on the device is refused and reported:"
+echo "tampered" > "$OUT/root/base-os/etc/hostname"
+"$SATCHEL" client sync push "${SYNC[@]}" --from "$OUT/root"
+echo "the next pull restores it (stats):"
+"$SATCHEL" client sync pull "${SYNC[@]}" --into "$OUT/root" --stats-json
+diff -r examples/image/base-os "$OUT/root/base-os" && echo "base-os is as pushed again"
 echo "the gateway's own audit log (it signs a checkpoint every minute; one more now):"
 GW_DB="sqlite:$OUT/gw/satchel.db"
 "$SATCHEL" audit checkpoint --db "$GW_DB" --key "$OUT/gw/audit.key" --origin satchel.gateway.audit >/dev/null

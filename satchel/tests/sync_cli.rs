@@ -659,3 +659,28 @@ fn an_offline_bundle_checks_in_once_and_a_tampered_one_is_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("revoked"));
 }
+
+/// A device pins the manifest key at its first pull: manifests signed by any
+/// other key (another gateway, a replaced key) are refused.
+#[test]
+fn manifests_signed_by_another_key_are_refused() {
+    let a = world();
+    a.device("c1", "laptop-1");
+    a.pull_stats("c1", "root", &[]);
+    // The same device directory, now talking to another gateway with the
+    // same image name but its own manifest key.
+    let b = world();
+    b.device("c1", "laptop-1");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(a.p("c1/sync"))
+        .arg(b.p("c1/sync"))
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let o = b.sync("pull", "c1", "root", &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pinned"), "{err}");
+    assert!(!b.p("root").exists(), "something was applied");
+}

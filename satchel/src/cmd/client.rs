@@ -487,7 +487,9 @@ async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
         println!("{}: nothing to push", a.image);
     }
     for (layer, version) in &report.layers {
-        println!("{}/{layer}: checked in, gateway version {version}", a.image);
+        if !report.violations.contains_key(layer) {
+            println!("{}/{layer}: checked in, gateway version {version}", a.image);
+        }
     }
     for (layer, conflicts) in &report.conflicts {
         for c in conflicts {
