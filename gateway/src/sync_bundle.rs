@@ -20,11 +20,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sync::manifest::{Kind, Signed};
-use sync::{ChunkId, ChunkStore};
+use sync::ChunkStore;
 
 use crate::sync_api::CheckIn;
-use crate::sync_client::{state_path, SyncError, SyncState};
+use crate::sync_client::SyncError;
 
 /// The first bytes of every bundle.
 pub const MAGIC: &[u8] = b"SATCHEL-SYNC-BUNDLE-1\n";
@@ -121,13 +120,6 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, BundleError> {
 /// device key in `cdir`. The number of layers it carries.
 pub fn export(cdir: &Path, image: &str, root: &Path, out: &Path) -> Result<usize, SyncError> {
     let local = |e: &dyn std::fmt::Display| SyncError::Local(e.to_string());
-    let state = SyncState::load(&state_path(cdir, image))?;
-    let pem = state
-        .manifest_key
-        .clone()
-        .ok_or_else(|| SyncError::Local(format!("no sync state for {image}: pull first")))?;
-    let key: ed25519_dalek::VerifyingKey =
-        ed25519_dalek::pkcs8::DecodePublicKey::from_public_key_pem(&pem).map_err(|e| local(&e))?;
     let store = ChunkStore::open(cdir.join("chunks")).map_err(|e| local(&e))?;
     let certificate = std::fs::read_to_string(cdir.join("device.crt"))
         .map_err(|e| SyncError::Local(format!("device.crt: {e} (attest first)")))?;
@@ -139,51 +131,15 @@ pub fn export(cdir: &Path, image: &str, root: &Path, out: &Path) -> Result<usize
         .ok_or_else(|| SyncError::Local("device.crt is not a device certificate".to_owned()))?;
     let mut checkins = Vec::new();
     let mut frames = Vec::new();
-    for (layer, base) in &state.layers {
-        let dir = root.join(layer.as_str());
-        if !dir.exists() {
-            continue;
-        }
-        let base_entries = Signed::verify(&base.manifest, &key)
-            .map_err(|e| local(&e))?
-            .manifest
-            .entries;
-        let (entries, _) = if layer.is_system() {
-            sync::tree::scan_into(&dir, None, &mut |_| {})
-        } else {
-            sync::tree::scan(&dir, &store, &mut |_| {})
-        }
-        .map_err(|e| local(&e))?;
-        if entries == base_entries {
-            continue;
-        }
-        if !layer.is_system() {
-            let old: std::collections::BTreeSet<ChunkId> = base_entries
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    Kind::File { chunks, .. } => Some(chunks.iter().copied()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let new: std::collections::BTreeSet<ChunkId> = entries
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    Kind::File { chunks, .. } => Some(chunks.iter().copied()),
-                    _ => None,
-                })
-                .flatten()
-                .filter(|id| !old.contains(id))
-                .collect();
-            for id in new {
-                let bytes = store.get_compressed(id).map_err(|e| local(&e))?;
-                sync::wire::write_frame(&mut frames, id, &bytes);
-            }
+    for p in crate::sync_client::pending(cdir, image, root, None, &store)? {
+        for id in &p.new_chunks {
+            let bytes = store.get_compressed(*id).map_err(|e| local(&e))?;
+            sync::wire::write_frame(&mut frames, *id, &bytes);
         }
         checkins.push(CheckIn {
-            layer: *layer,
-            base_digest: Some(base.digest.clone()),
-            entries,
+            layer: p.layer,
+            base_digest: Some(p.base_digest),
+            entries: p.entries,
         });
     }
     let header = Header {

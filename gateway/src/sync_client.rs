@@ -520,66 +520,18 @@ pub async fn push(
     meter: &Meter,
 ) -> Result<PushReport, SyncError> {
     let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
-    let path = state_path(cdir, image);
-    let state = SyncState::load(&path)?;
-    let key_pem = state
-        .manifest_key
-        .clone()
-        .ok_or_else(|| SyncError::Local(format!("no sync state for {image}: pull first")))?;
-    let key: ed25519_dalek::VerifyingKey =
-        ed25519_dalek::pkcs8::DecodePublicKey::from_public_key_pem(&key_pem).map_err(local)?;
     let mut report = PushReport::default();
     let mut changed_user_layers = Vec::new();
-    for (layer, base) in &state.layers {
-        if layers.is_some_and(|f| !f.contains(layer)) {
-            continue;
-        }
-        let dir = root.join(layer.as_str());
-        if !dir.exists() {
-            continue;
-        }
-        let base_entries = Signed::verify(&base.manifest, &key)
-            .map_err(local)?
-            .manifest
-            .entries;
-        // User layers' chunks go to the store (to upload); system layers'
-        // are only hashed (they are never uploaded).
-        let (entries, _) = if layer.is_system() {
-            sync::tree::scan_into(&dir, None, &mut |_| {})
-        } else {
-            sync::tree::scan(&dir, &store, &mut |_| {})
-        }
-        .map_err(local)?;
-        if entries == base_entries {
-            continue;
-        }
+    for p in pending(cdir, image, root, layers, &store)? {
+        let (layer, entries) = (&p.layer, p.entries);
         if !layer.is_system() {
-            let old: BTreeSet<ChunkId> = base_entries
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    Kind::File { chunks, .. } => Some(chunks.iter().copied()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let new: Vec<ChunkId> = entries
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    Kind::File { chunks, .. } => Some(chunks.iter().copied()),
-                    _ => None,
-                })
-                .flatten()
-                .filter(|id| !old.contains(id))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            report.chunks_sent += upload(c, image, &store, &new, meter).await?;
+            report.chunks_sent += upload(c, image, &store, &p.new_chunks, meter).await?;
         }
         let v = json_call(
             c,
             hyper::Method::POST,
             &format!("/v1/sync/images/{image}/checkin"),
-            &serde_json::json!({"layer": layer, "base_digest": base.digest, "entries": entries}),
+            &serde_json::json!({"layer": layer, "base_digest": p.base_digest, "entries": entries}),
             meter,
         )
         .await?;
@@ -621,6 +573,84 @@ pub async fn push(
     report.bytes_sent = meter.bytes_sent();
     report.seconds = (meter.seconds() * 1000.0).round() / 1000.0;
     Ok(report)
+}
+
+/// One layer changed since the last common version.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The layer.
+    pub layer: Layer,
+    /// The last common version's digest.
+    pub base_digest: String,
+    /// The tree now.
+    pub entries: Vec<Entry>,
+    /// Chunks of the tree the base did not have (user layers only; a
+    /// system layer's are never sent).
+    pub new_chunks: Vec<ChunkId>,
+}
+
+fn file_chunks(entries: &[Entry]) -> impl Iterator<Item = ChunkId> + '_ {
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => Some(chunks.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// The layers of `root` changed since the last common version. User
+/// layers are scanned into `store` (their new chunks are to be sent);
+/// system layers are only hashed.
+pub fn pending(
+    cdir: &Path,
+    image: &str,
+    root: &Path,
+    layers: LayerFilter<'_>,
+    store: &ChunkStore,
+) -> Result<Vec<Pending>, SyncError> {
+    let state = SyncState::load(&state_path(cdir, image))?;
+    let key = pinned_key(&state, image)?;
+    let mut out = Vec::new();
+    for (layer, base) in &state.layers {
+        if layers.is_some_and(|f| !f.contains(layer)) {
+            continue;
+        }
+        let dir = root.join(layer.as_str());
+        if !dir.exists() {
+            continue;
+        }
+        let base_entries = Signed::verify(&base.manifest, &key)
+            .map_err(local)?
+            .manifest
+            .entries;
+        let (entries, _) = if layer.is_system() {
+            sync::tree::scan_into(&dir, None, &mut |_| {})
+        } else {
+            sync::tree::scan(&dir, store, &mut |_| {})
+        }
+        .map_err(local)?;
+        if entries == base_entries {
+            continue;
+        }
+        let new_chunks = if layer.is_system() {
+            Vec::new()
+        } else {
+            let old: BTreeSet<ChunkId> = file_chunks(&base_entries).collect();
+            file_chunks(&entries)
+                .filter(|id| !old.contains(id))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        out.push(Pending {
+            layer: *layer,
+            base_digest: base.digest.clone(),
+            entries,
+            new_chunks,
+        });
+    }
+    Ok(out)
 }
 
 /// Upload the chunks of `ids` the gateway lacks. The number sent.
