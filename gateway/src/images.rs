@@ -114,7 +114,7 @@ impl Images {
         .map_err(db("creating gateway_layers"))?;
         Ok(Images {
             pool,
-            chunks: ChunkStore::open(data.join("chunks"))?,
+            chunks: ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
         })
     }
 

@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 
 use crate::chunk::{ChunkId, MAX_CHUNK};
 
-/// zstd level for stored chunks (fast, and most of zstd's gain).
+/// zstd level for chunks a device stores (fast, and most of zstd's gain).
 pub const LEVEL: i32 = 3;
+/// zstd level for chunks a gateway stores: compressed once, sent to every
+/// device, so worth the slower build.
+pub const GATEWAY_LEVEL: i32 = 19;
 
 /// A chunk store problem.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,7 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     root: PathBuf,
+    level: i32,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -79,7 +83,12 @@ impl ChunkStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<ChunkStore, StoreError> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(io(&root))?;
-        Ok(ChunkStore { root })
+        Ok(ChunkStore { root, level: LEVEL })
+    }
+
+    /// The same store, compressing new chunks at zstd `level`.
+    pub fn with_level(self, level: i32) -> ChunkStore {
+        ChunkStore { level, ..self }
     }
 
     /// Where the store lives.
@@ -102,7 +111,7 @@ impl ChunkStore {
         if self.has(id) {
             return Ok(false);
         }
-        let compressed = zstd::bulk::compress(plain, LEVEL).map_err(io(&self.root))?;
+        let compressed = zstd::bulk::compress(plain, self.level).map_err(io(&self.root))?;
         self.write(id, &compressed)?;
         Ok(true)
     }
