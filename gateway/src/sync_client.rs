@@ -140,6 +140,15 @@ pub struct PushReport {
     pub seconds: f64,
 }
 
+/// The gateway's refusal: its status and the problem body's detail.
+fn refused(status: u16, body: &[u8]) -> SyncError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    SyncError::Refused {
+        status,
+        detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
+    }
+}
+
 async fn json_call(
     c: &GatewayClient,
     method: hyper::Method,
@@ -160,14 +169,10 @@ async fn json_call(
             Some(meter),
         )
         .await?;
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if status != 200 {
-        return Err(SyncError::Refused {
-            status,
-            detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
-        });
+        return Err(refused(status, &bytes));
     }
-    Ok(v)
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 /// The image's layers as the gateway offers them, checked against the
@@ -259,11 +264,7 @@ async fn fetch(
             )
             .await?;
         if let Some(body) = refusal {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            return Err(SyncError::Refused {
-                status,
-                detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
-            });
+            return Err(refused(status, &body));
         }
         frames
             .finish()
@@ -344,11 +345,7 @@ async fn fetch_deltas(
             )
             .await?;
         if status != 200 {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(SyncError::Refused {
-                status,
-                detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
-            });
+            return Err(refused(status, &bytes));
         }
         let records =
             sync::wire::read_records(&bytes).map_err(|e| SyncError::Untrusted(e.to_string()))?;
@@ -709,11 +706,7 @@ async fn send_frames(
         )
         .await?;
     if status != 200 {
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(SyncError::Refused {
-            status,
-            detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
-        });
+        return Err(refused(status, &bytes));
     }
     Ok(())
 }
