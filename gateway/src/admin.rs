@@ -10,6 +10,8 @@
 //! | `PUT /v1/admin/policy` | new policy lines: validated, stored in the database, in force at once |
 //! | `GET /v1/admin/reference` | the signed reference manifest in force |
 //! | `PUT /v1/admin/reference` | a new signed reference manifest: its signature is checked with the gateway's reference key |
+//! | `GET /v1/admin/bundle` | the signed policy bundle relayed to devices' agents |
+//! | `PUT /v1/admin/bundle` | a new signed policy bundle (not older than the one held): see [`crate::agent_api`] |
 //!
 //! Every change is an audit entry (`kind` `admin`, `actor` `admin:NAME`).
 
@@ -111,13 +113,29 @@ pub async fn route(
             Err(e) => internal(e),
         },
         (&M::PUT, "/v1/admin/reference") => put_reference(state, &admin, body).await,
+        (&M::GET, "/v1/admin/bundle") => {
+            match state.db.setting(crate::agent_api::BUNDLE_SETTING).await {
+                Ok(Some(b)) => AdminAnswer::Text(b),
+                Ok(None) => fail(refuse(
+                    404,
+                    "no bundle",
+                    "no policy bundle is stored",
+                    Value::Null,
+                )),
+                Err(e) => internal(e),
+            }
+        }
+        (&M::PUT, "/v1/admin/bundle") => {
+            fail(crate::agent_api::put_bundle(state, &admin, body).await)
+        }
         (
             _,
             "/v1/admin/devices"
             | "/v1/admin/enroll-token"
             | "/v1/admin/revoke"
             | "/v1/admin/policy"
-            | "/v1/admin/reference",
+            | "/v1/admin/reference"
+            | "/v1/admin/bundle",
         ) => fail(refuse(
             405,
             "method not allowed",

@@ -68,6 +68,8 @@ pub struct AppState {
     pub images: crate::images::Images,
     /// The key layer manifests are signed with.
     pub manifest_key: ed25519_dalek::SigningKey,
+    /// One agent spool delivery at a time (see [`crate::agent_api`]).
+    pub spool_lock: tokio::sync::Mutex<()>,
 }
 
 /// Most outstanding nonces remembered per gateway (oldest forgotten first by

@@ -9,6 +9,7 @@
 //! proxy; [`state`] the database tables; [`client`] the device's side.
 
 pub mod admin;
+pub mod agent_api;
 pub mod api;
 pub mod client;
 pub mod images;

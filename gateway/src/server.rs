@@ -317,6 +317,7 @@ impl Gateway {
             body_timeout: config.body_timeout,
             images,
             manifest_key,
+            spool_lock: tokio::sync::Mutex::new(()),
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -632,6 +633,24 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response<Full<Bytes
     )
 }
 
+/// An admin or agent route's answer as a response.
+fn admin_answer(a: crate::admin::AdminAnswer) -> Response<Full<Bytes>> {
+    match a {
+        crate::admin::AdminAnswer::Json(a) => json_response(
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            a.body,
+        ),
+        crate::admin::AdminAnswer::Text(t) => {
+            let mut r = Response::new(Full::new(Bytes::from(t)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        }
+    }
+}
+
 /// Largest request body read (evidence with its event logs fits easily).
 pub const MAX_BODY: usize = 8 << 20;
 
@@ -672,17 +691,20 @@ async fn route(
             Err(r) => return r,
         };
         return match crate::admin::route(state, device, &method, &path, &bytes).await {
-            Some(crate::admin::AdminAnswer::Json(a)) => answer(a),
-            Some(crate::admin::AdminAnswer::Text(t)) => {
-                let mut r = Response::new(Full::new(Bytes::from(t)));
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                r
-            }
+            Some(a) => admin_answer(a),
             None => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
         };
+    }
+    if path.starts_with("/v1/agent/") {
+        let dev = match state.authorize_device(device).await {
+            Ok(d) => d,
+            Err(a) => return answer(a),
+        };
+        let bytes = match read_body().await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return admin_answer(crate::agent_api::route(state, &dev, &method, &path, &bytes).await);
     }
     if let Some(rest) = path.strip_prefix("/v1/sync/images/") {
         let dev = match state.authorize_device(device).await {

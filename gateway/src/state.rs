@@ -77,6 +77,9 @@ impl Db {
             "CREATE TABLE IF NOT EXISTS gateway_devices (device_id TEXT PRIMARY KEY, groups_csv TEXT NOT NULL, \
              ak_pem TEXT NOT NULL, enrolled_ms BIGINT NOT NULL, revoked_ms BIGINT)",
             "CREATE TABLE IF NOT EXISTS gateway_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS gateway_spool_marks (device_id TEXT NOT NULL, epoch TEXT NOT NULL, \
+             last_seq BIGINT NOT NULL, pending_through BIGINT, audit_from BIGINT, \
+             PRIMARY KEY (device_id, epoch))",
         ] {
             sqlx::query(ddl).execute(&pool).await.map_err(db("creating tables"))?;
         }
@@ -222,6 +225,71 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(db("storing a setting"))?;
+        tx.commit().await.map_err(db("committing"))
+    }
+}
+
+/// How far a device's spool (one spool file, named by its epoch) has been
+/// delivered; see [`crate::agent_api`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolMark {
+    /// Every entry up to this spool number is in the audit trail.
+    pub last_seq: i64,
+    /// An append of entries up to this number was begun and may not have
+    /// finished: entries from `audit_from` on tell.
+    pub pending_through: Option<i64>,
+    /// The audit sequence number the pending append starts at or after.
+    pub audit_from: Option<i64>,
+}
+
+impl Db {
+    /// The delivery mark of `device_id`'s spool `epoch` (zero if none).
+    pub async fn spool_mark(&self, device_id: &str, epoch: &str) -> Result<SpoolMark, DbError> {
+        let row = sqlx::query(
+            "SELECT last_seq, pending_through, audit_from FROM gateway_spool_marks \
+             WHERE device_id = $1 AND epoch = $2",
+        )
+        .bind(device_id.to_owned())
+        .bind(epoch.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a spool mark"))?;
+        Ok(match row {
+            None => SpoolMark::default(),
+            Some(r) => SpoolMark {
+                last_seq: r.try_get(0).unwrap_or_default(),
+                pending_through: r.try_get(1).ok().flatten(),
+                audit_from: r.try_get(2).ok().flatten(),
+            },
+        })
+    }
+
+    /// Store the mark, replacing the old one, in one transaction.
+    pub async fn set_spool_mark(
+        &self,
+        device_id: &str,
+        epoch: &str,
+        mark: SpoolMark,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
+        sqlx::query("DELETE FROM gateway_spool_marks WHERE device_id = $1 AND epoch = $2")
+            .bind(device_id.to_owned())
+            .bind(epoch.to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("replacing a spool mark"))?;
+        sqlx::query(
+            "INSERT INTO gateway_spool_marks (device_id, epoch, last_seq, pending_through, audit_from) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(device_id.to_owned())
+        .bind(epoch.to_owned())
+        .bind(mark.last_seq)
+        .bind(mark.pending_through)
+        .bind(mark.audit_from)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("storing a spool mark"))?;
         tx.commit().await.map_err(db("committing"))
     }
 }

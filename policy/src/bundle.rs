@@ -157,6 +157,29 @@ impl BundleManifest {
 }
 
 impl Bundle {
+    /// The version a bundle file claims, without checking its signature:
+    /// for a relay (the gateway) that stores bundles and refuses an older
+    /// one, but holds no bundle key. A client always calls [`Bundle::verify`].
+    pub fn claimed_version(bytes: &[u8]) -> Result<u64, BundleError> {
+        if bytes.len() > MAX_BUNDLE {
+            return Err(BundleError::Envelope(format!(
+                "{} bytes is over the limit",
+                bytes.len()
+            )));
+        }
+        let env: Envelope<'_> =
+            serde_json::from_slice(bytes).map_err(|e| BundleError::Envelope(e.to_string()))?;
+        let manifest: BundleManifest = serde_json::from_str(env.bundle.get())
+            .map_err(|e| BundleError::Envelope(e.to_string()))?;
+        if manifest.format != FORMAT {
+            return Err(BundleError::Envelope(format!(
+                "format {:?} is not {FORMAT}",
+                manifest.format
+            )));
+        }
+        Ok(manifest.version)
+    }
+
     /// Check a bundle file's signature with `key` and, when the client
     /// holds one, that it is not older than version `held`.
     pub fn verify(

@@ -81,6 +81,12 @@ impl FastPolicy {
         f
     }
 
+    /// Whether any app rule names a path (so a decision needs the path, not
+    /// only the hash).
+    pub fn has_app_path_rules(&self) -> bool {
+        !self.app_path.is_empty()
+    }
+
     /// Decide `request` for `subject`: the same answer, and the same rule
     /// named, as [`crate::Policy::decide`].
     pub fn decide(&self, subject: &str, request: &Request) -> Decision {

@@ -19,6 +19,60 @@ pub(crate) const DEFAULT_PATH: &str = "/etc/satchel/satchel.toml";
 struct RawConfig {
     #[serde(default)]
     tpm: RawTpm,
+    #[serde(default)]
+    agent: Option<AgentFile>,
+}
+
+/// The `[agent]` table: the options of `satchel agent`, each below its
+/// flag. Relative paths are relative to the file. See docs/agent.md.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct AgentFile {
+    pub(crate) bundle: Option<PathBuf>,
+    pub(crate) bundle_key: Option<PathBuf>,
+    pub(crate) subject: Option<String>,
+    #[serde(default)]
+    pub(crate) mount: Vec<PathBuf>,
+    pub(crate) mode: Option<String>,
+    pub(crate) gateway: Option<String>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) log: Vec<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) reattest_margin: Option<String>,
+    pub(crate) image: Option<String>,
+    pub(crate) into: Option<PathBuf>,
+    pub(crate) sync_interval: Option<String>,
+    pub(crate) deliver_interval: Option<String>,
+    pub(crate) refresh_interval: Option<String>,
+}
+
+impl AgentFile {
+    /// Make every relative path relative to `dir`.
+    fn rebase(mut self, dir: &Path) -> AgentFile {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for p in [
+            &mut self.bundle,
+            &mut self.bundle_key,
+            &mut self.ca,
+            &mut self.data,
+            &mut self.state_dir,
+            &mut self.into,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        self.mount.iter_mut().for_each(fix);
+        self.log.iter_mut().for_each(fix);
+        self
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +86,8 @@ struct RawTpm {
 pub(crate) struct Config {
     /// `[tpm] tcti`: the TPM's TCTI, below `--tpm` and `$SATCHEL_TPM`.
     pub(crate) tcti: Option<String>,
+    /// `[agent]`: the agent's options.
+    pub(crate) agent: AgentFile,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -45,7 +101,10 @@ impl TryFrom<RawConfig> for Config {
                 "[tpm] tcti = {t:?} is not a TCTI (e.g. \"device:/dev/tpmrm0\" or \"swtpm:host=127.0.0.1,port=2321\")"
             );
         }
-        Ok(Config { tcti })
+        Ok(Config {
+            tcti,
+            agent: raw.agent.unwrap_or_default(),
+        })
     }
 }
 
@@ -69,7 +128,11 @@ impl Config {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        Config::from_toml(&text).with_context(|| format!("config {}", path.display()))
+        let mut c =
+            Config::from_toml(&text).with_context(|| format!("config {}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        c.agent = c.agent.rebase(dir);
+        Ok(c)
     }
 }
 

@@ -183,3 +183,35 @@ pub(crate) fn audit_entries(db_url: &str) -> Vec<audit::entry::Entry> {
             .collect()
     })
 }
+
+/// `curl` with a client certificate and `extra` arguments (`-X PUT`,
+/// `--data-binary @FILE`, ...): the status and the body as text.
+pub(crate) fn api(
+    port: u16,
+    data: &Path,
+    path: &str,
+    cert: (&Path, &Path),
+    extra: &[&str],
+) -> (String, String) {
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(data.join("ca.crt"))
+        .arg("--cert")
+        .arg(cert.0)
+        .arg("--key")
+        .arg(cert.1)
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}

@@ -216,13 +216,13 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 pub(crate) struct GatewayArgs {
     /// The gateway, e.g. https://127.0.0.1:8443.
     #[arg(long, env = "SATCHEL_GATEWAY", value_name = "URL")]
-    gateway: String,
+    pub(crate) gateway: String,
     /// The gateway CA (its data directory's ca.crt).
     #[arg(long, value_name = "CA.crt")]
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
     /// This device's directory (AK, device certificate and key).
     #[arg(long, value_name = "CDIR")]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -362,18 +362,31 @@ async fn enroll(a: EnrollArgs, config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
-    let dev: serde_json::Value = super::attest::read_json(
-        &a.gw.data.join("device.json"),
-        "a device file (enroll first)",
-    )?;
+    let (device_id, expires_in) = attest_once(&a.gw, &a.tpm, &a.log, config).await?;
+    println!(
+        "attested: certificate for {device_id} in {} (valid {expires_in} s)",
+        a.gw.data.join("device.crt").display(),
+    );
+    Ok(())
+}
+
+/// Quote for the gateway and store the device certificate it issues:
+/// (device id, seconds the certificate is valid).
+pub(crate) async fn attest_once(
+    gw: &GatewayArgs,
+    tpm: &TpmArgs,
+    log: &[PathBuf],
+    config: Option<&Path>,
+) -> anyhow::Result<(String, u64)> {
+    let dev: serde_json::Value =
+        super::attest::read_json(&gw.data.join("device.json"), "a device file (enroll first)")?;
     let device_id = dev["device_id"].as_str().unwrap_or("").to_owned();
-    let ak: AkFile = super::attest::read_json(&a.gw.data.join("ak.json"), "an AK file")?;
-    let logs = a
-        .log
+    let ak: AkFile = super::attest::read_json(&gw.data.join("ak.json"), "an AK file")?;
+    let logs = log
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let c = client(&a.gw, None)?;
+    let c = client(gw, None)?;
     let (status, n) = c
         .post("/v1/attest/nonce", &json!({"device_id": device_id}))
         .await?;
@@ -383,7 +396,7 @@ async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let nonce = hex::decode(n["nonce"].as_str().unwrap_or("")).context("nonce")?;
     let pcrs: Vec<u32> = serde_json::from_value(n["pcrs"].clone()).context("pcrs")?;
     let bank = HashAlg::Sha256;
-    let mut tpm = a.tpm.open(config)?;
+    let mut tpm = tpm.open(config)?;
     let selection: BTreeMap<HashAlg, BTreeSet<u32>> =
         [(bank, pcrs.iter().copied().collect())].into();
     let evidence = tpm.evidence(&ak, &nonce, &selection, logs)?;
@@ -405,21 +418,13 @@ async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
         return Err(refused("attestation", status, &body));
     }
     let cert = body["certificate"].as_str().unwrap_or("");
-    super::write_secret(
-        &a.gw.data.join("device.key"),
-        key.serialize_pem().as_bytes(),
-    )?;
-    super::write_atomic(&a.gw.data.join("device.crt"), cert.as_bytes())?;
-    println!(
-        "attested: certificate for {device_id} in {} (valid {} s)",
-        a.gw.data.join("device.crt").display(),
-        body["expires_in_s"]
-    );
-    Ok(())
+    super::write_secret(&gw.data.join("device.key"), key.serialize_pem().as_bytes())?;
+    super::write_atomic(&gw.data.join("device.crt"), cert.as_bytes())?;
+    Ok((device_id, body["expires_in_s"].as_u64().unwrap_or(0)))
 }
 
 /// A client presenting this device's certificate.
-fn device_client(gw: &GatewayArgs) -> anyhow::Result<gateway::GatewayClient> {
+pub(crate) fn device_client(gw: &GatewayArgs) -> anyhow::Result<gateway::GatewayClient> {
     let read = |name: &str| {
         let p = gw.data.join(name);
         std::fs::read_to_string(&p).with_context(|| {

@@ -26,6 +26,11 @@ pub(crate) struct TpmArgs {
 }
 
 impl TpmArgs {
+    /// The TPM named by `tcti`, or found as the flag's help says.
+    pub(crate) fn with(tcti: Option<String>) -> TpmArgs {
+        TpmArgs { tpm: tcti }
+    }
+
     pub(crate) fn open(&self, config: Option<&std::path::Path>) -> anyhow::Result<Tpm> {
         let config = Config::load(config)?;
         let tcti = resolve_tcti(self.tpm.as_deref(), config.tcti.as_deref());

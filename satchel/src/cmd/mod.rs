@@ -1,14 +1,15 @@
 //! The command-line interface: the clap definitions and the dispatch to one
 //! module per subcommand. Help text teaches by example.
 
+mod agent;
 mod attest;
 mod audit;
-mod client;
+pub(crate) mod client;
 mod eventlog;
 mod gateway;
 mod image;
 mod launch;
-mod measure;
+pub(crate) mod measure;
 mod policy;
 
 use clap::{Parser, Subcommand};
@@ -73,6 +74,8 @@ enum Command {
     /// Layered push-OS images on the gateway: build, list, show.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// The client agent: exec allowlist enforcement, re-attestation, sync, audit spool.
+    Agent(agent::AgentArgs),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -115,6 +118,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Launch(a) => launch::launch(a, config),
         Command::Policy(c) => policy::run(c),
         Command::Run(a) => policy::run_program(a),
+        Command::Agent(a) => agent::run(a, config),
         Command::Gateway(c) => gateway::run(c),
         Command::Client(c) => client::run(c, config),
         Command::Image(c) => image::run(c),

@@ -1,0 +1,303 @@
+//! The routes the client agent (`satchel agent`) uses, with a device
+//! certificate:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/agent/bundle` | the signed policy bundle devices enforce (`404` if none is stored) |
+//! | `POST /v1/agent/spool` | audit entries the device spooled while offline |
+//!
+//! And for admins: `GET /v1/admin/bundle`, `PUT /v1/admin/bundle` (a signed
+//! bundle; the gateway relays it and refuses one older than the one it
+//! holds, and each device checks the signature with its bundle key).
+//!
+//! ## Exactly-once spool delivery
+//!
+//! A device's spool file has an epoch (a random id made with the file) and
+//! numbers its entries 1, 2, 3, ... in order. The gateway keeps a mark per
+//! (device, epoch): the highest number in the audit trail. A delivery is
+//! `{"epoch", "entries": [{"seq", "at_ms", "kind", "subject", "decision",
+//! "details"}]}`; entries at or below the mark are skipped (already there),
+//! the rest must continue the numbering without a gap, and are appended in
+//! one audit transaction as kind `agent.KIND`, actor `device:ID` (from the
+//! certificate, never from the body), with `details.spool = {epoch, seq,
+//! at_ms}`. The answer is `{"accepted_through": N}`.
+//!
+//! Crash safety: before appending, the mark records `pending_through` and
+//! the audit position the append starts at; after, the mark moves. A crash in
+//! between leaves `pending_through` set, and the next delivery for that spool
+//! reads the audit entries from that position to learn which landed. One
+//! delivery at a time (a lock), so two resends cannot both append.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::admin::AdminAnswer;
+use crate::api::{refuse, Answer, AppState};
+use crate::state::{Device, SpoolMark};
+
+/// The setting the relayed bundle is stored under.
+pub const BUNDLE_SETTING: &str = "policy-bundle";
+/// Most entries in one delivery.
+pub const MAX_SPOOL_BATCH: usize = 1000;
+
+fn bad(detail: impl Into<String>) -> Answer {
+    refuse(400, "bad request", detail, Value::Null)
+}
+
+fn internal(e: impl std::fmt::Display) -> Answer {
+    tracing::error!(error = %e, "agent route failed");
+    refuse(
+        500,
+        "internal error",
+        "the gateway's database is unavailable",
+        Value::Null,
+    )
+}
+
+/// Serve `/v1/agent/*` for an authorized device.
+pub async fn route(
+    state: &AppState,
+    dev: &Device,
+    method: &hyper::Method,
+    path: &str,
+    body: &[u8],
+) -> AdminAnswer {
+    use hyper::Method as M;
+    match (method, path) {
+        (&M::GET, "/v1/agent/bundle") => match state.db.setting(BUNDLE_SETTING).await {
+            Ok(Some(b)) => AdminAnswer::Text(b),
+            Ok(None) => AdminAnswer::Json(refuse(
+                404,
+                "no bundle",
+                "the gateway holds no policy bundle (PUT /v1/admin/bundle)",
+                Value::Null,
+            )),
+            Err(e) => AdminAnswer::Json(internal(e)),
+        },
+        (&M::POST, "/v1/agent/spool") => AdminAnswer::Json(deliver(state, dev, body).await),
+        (_, "/v1/agent/bundle") => {
+            AdminAnswer::Json(refuse(405, "method not allowed", "use GET", Value::Null))
+        }
+        (_, "/v1/agent/spool") => {
+            AdminAnswer::Json(refuse(405, "method not allowed", "use POST", Value::Null))
+        }
+        _ => AdminAnswer::Json(refuse(404, "not found", "no such agent route", Value::Null)),
+    }
+}
+
+/// `PUT /v1/admin/bundle`: store a newer signed bundle for devices.
+pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Answer {
+    let version = match policy::bundle::Bundle::claimed_version(body) {
+        Ok(v) => v,
+        Err(e) => return bad(e.to_string()),
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return bad("the bundle is not UTF-8");
+    };
+    let held = match state.db.setting(BUNDLE_SETTING).await {
+        Ok(b) => b.and_then(|b| policy::bundle::Bundle::claimed_version(b.as_bytes()).ok()),
+        Err(e) => return internal(e),
+    };
+    if let Some(held) = held {
+        if version < held {
+            state
+                .record(
+                    "admin",
+                    admin,
+                    "bundle",
+                    "refused",
+                    json!({"version": version, "held": held, "reason": "older than the bundle held"}),
+                )
+                .await;
+            return refuse(
+                409,
+                "older bundle",
+                format!("bundle version {version} is older than version {held}, which the gateway holds"),
+                Value::Null,
+            );
+        }
+    }
+    if let Err(e) = state.db.set_setting(BUNDLE_SETTING, text).await {
+        return internal(e);
+    }
+    state
+        .record(
+            "admin",
+            admin,
+            "bundle",
+            "replaced",
+            json!({"version": version}),
+        )
+        .await;
+    Answer {
+        status: 200,
+        body: json!({"version": version}),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delivery {
+    epoch: String,
+    entries: Vec<Spooled>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spooled {
+    seq: i64,
+    at_ms: i64,
+    kind: String,
+    subject: String,
+    decision: String,
+    #[serde(default)]
+    details: Value,
+}
+
+fn valid_word(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `POST /v1/agent/spool`.
+async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
+    let d: Delivery = match serde_json::from_slice(body) {
+        Ok(d) => d,
+        Err(e) => return bad(format!("not a spool delivery: {e}")),
+    };
+    if !valid_word(&d.epoch, 64) {
+        return bad("the epoch must be 1-64 letters, digits, - or _");
+    }
+    if d.entries.len() > MAX_SPOOL_BATCH {
+        return bad(format!(
+            "{} entries; at most {MAX_SPOOL_BATCH} per delivery",
+            d.entries.len()
+        ));
+    }
+    if let Some(e) = d.entries.iter().find(|e| !valid_word(&e.kind, 32)) {
+        return bad(format!("entry {}: kind {:?} is not a word", e.seq, e.kind));
+    }
+    if d.entries.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
+        return bad("entries must be in order, numbered without gaps");
+    }
+    let actor = format!("device:{}", dev.device_id);
+    let _one_at_a_time = state.spool_lock.lock().await;
+    let mut mark = match state.db.spool_mark(&dev.device_id, &d.epoch).await {
+        Ok(m) => m,
+        Err(e) => return internal(e),
+    };
+    if let (Some(through), Some(from)) = (mark.pending_through, mark.audit_from) {
+        // A crash between append and mark: see which entries landed.
+        let landed = match state
+            .audit
+            .entries(u64::try_from(from).unwrap_or(0), None, None)
+            .await
+        {
+            Ok(list) => list
+                .iter()
+                .map(|e| &e.entry)
+                .filter(|e| e.actor == actor && e.details["spool"]["epoch"] == d.epoch.as_str())
+                .filter_map(|e| e.details["spool"]["seq"].as_i64())
+                .filter(|s| *s <= through)
+                .max(),
+            Err(e) => return internal(e),
+        };
+        mark = SpoolMark {
+            last_seq: landed.unwrap_or(mark.last_seq).max(mark.last_seq),
+            pending_through: None,
+            audit_from: None,
+        };
+        if let Err(e) = state
+            .db
+            .set_spool_mark(&dev.device_id, &d.epoch, mark)
+            .await
+        {
+            return internal(e);
+        }
+    }
+    let fresh: Vec<Spooled> = d
+        .entries
+        .into_iter()
+        .filter(|e| e.seq > mark.last_seq)
+        .collect();
+    let Some(first) = fresh.first() else {
+        return Answer {
+            status: 200,
+            body: json!({"accepted_through": mark.last_seq, "appended": 0}),
+        };
+    };
+    if first.seq != mark.last_seq + 1 {
+        return refuse(
+            409,
+            "spool gap",
+            format!(
+                "the gateway holds this spool through entry {}; entry {} is next, not {}",
+                mark.last_seq,
+                mark.last_seq + 1,
+                first.seq
+            ),
+            json!({"accepted_through": mark.last_seq}),
+        );
+    }
+    let through = fresh.last().map_or(mark.last_seq, |e| e.seq);
+    let audit_from = match state.audit.seq_bounds().await {
+        Ok(b) => b.map_or(0, |(_, hi)| hi + 1),
+        Err(e) => return internal(e),
+    };
+    let pending = SpoolMark {
+        last_seq: mark.last_seq,
+        pending_through: Some(through),
+        audit_from: Some(audit_from),
+    };
+    if let Err(e) = state
+        .db
+        .set_spool_mark(&dev.device_id, &d.epoch, pending)
+        .await
+    {
+        return internal(e);
+    }
+    let n = fresh.len();
+    let batch = fresh
+        .into_iter()
+        .map(|e| {
+            let mut details = match e.details {
+                Value::Object(m) => m,
+                Value::Null => serde_json::Map::new(),
+                other => [("value".to_owned(), other)].into_iter().collect(),
+            };
+            details.insert(
+                "spool".to_owned(),
+                json!({"epoch": d.epoch, "seq": e.seq, "at_ms": e.at_ms}),
+            );
+            audit::entry::NewEntry {
+                kind: format!("agent.{}", e.kind),
+                actor: actor.clone(),
+                subject: e.subject,
+                decision: e.decision,
+                details: Value::Object(details),
+            }
+        })
+        .collect();
+    if let Err(e) = state.audit.append(batch, audit::batch::now_ms()).await {
+        return internal(e);
+    }
+    let done = SpoolMark {
+        last_seq: through,
+        pending_through: None,
+        audit_from: None,
+    };
+    if let Err(e) = state
+        .db
+        .set_spool_mark(&dev.device_id, &d.epoch, done)
+        .await
+    {
+        // The entries are in; the pending mark lets the next delivery see it.
+        return internal(e);
+    }
+    Answer {
+        status: 200,
+        body: json!({"accepted_through": through, "appended": n}),
+    }
+}

@@ -1,0 +1,224 @@
+//! `satchel agent`: run the client agent, or print its state.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use policy::bundle::Mode;
+
+use super::Exit;
+use crate::agent::Settings;
+use crate::config::Config;
+
+/// Where the agent keeps its state unless told.
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/satchel/agent";
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+#[command(after_help = "Examples:
+  # offline, on the signed bundle alone:
+  satchel agent --bundle /etc/satchel/policy.bundle --bundle-key /etc/satchel/org.key.pub \\
+      --subject device:laptop-17 --mount /home --mount /media
+  # online: re-attests, fetches newer bundles, delivers the spool, syncs the image
+  satchel agent --config /etc/satchel/satchel.toml
+  satchel agent status
+
+Every exec of a file on a marked mount waits for the agent's decision (fanotify,
+FAN_OPEN_EXEC_PERM; root). Lockdown: a program the bundle does not allow fails with
+\"Operation not permitted\". Monitor: it runs and the deny is reported. Only the mounts
+named are marked. SIGHUP re-reads the bundle; SIGUSR1 syncs now; SIGTERM stops.
+Options also come from the [agent] table of the config file (docs/agent.md).")]
+pub(crate) struct AgentArgs {
+    #[command(subcommand)]
+    cmd: Option<AgentCmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCmd {
+    /// Print the agent's state: attested until, bundle version, mode, last sync, spool.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel agent status
+  satchel agent status --state-dir /var/lib/satchel/agent --json
+
+Exit status 0 when an agent is running, 3 when none is (the state is still printed).")]
+struct StatusArgs {
+    /// The agent's state directory [default: the config's, else /var/lib/satchel/agent].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The signed policy bundle (`satchel policy bundle`).
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
+    /// The key bundles must be signed with.
+    #[arg(long, value_name = "KEY.pub")]
+    bundle_key: Option<PathBuf>,
+    /// This device's policy subject, e.g. device:laptop-17.
+    #[arg(long)]
+    subject: Option<String>,
+    /// A mount whose execs are decided. Repeatable; none means none.
+    #[arg(long, value_name = "PATH")]
+    mount: Vec<PathBuf>,
+    /// lockdown (deny) or monitor (report) [default: the bundle's mode for this subject].
+    #[arg(long, value_name = "MODE")]
+    mode: Option<Mode>,
+    /// The gateway; without it the agent runs offline.
+    #[arg(long, value_name = "URL")]
+    gateway: Option<String>,
+    /// The gateway CA.
+    #[arg(long, value_name = "CA.crt")]
+    ca: Option<PathBuf>,
+    /// This device's directory (AK, device certificate, sync state).
+    #[arg(long, value_name = "CDIR")]
+    data: Option<PathBuf>,
+    /// The TPM, for re-attestation [default: as `satchel client attest`].
+    #[arg(long, value_name = "TCTI")]
+    tpm: Option<String>,
+    /// Event logs of this boot, for re-attestation. Repeatable; none: no re-attestation.
+    #[arg(long, value_name = "LOG")]
+    log: Vec<PathBuf>,
+    /// Where the agent keeps its state [default: /var/lib/satchel/agent].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Re-attest this long before the certificate expires [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    reattest_margin: Option<String>,
+    /// The image to sync (with --into).
+    #[arg(long)]
+    image: Option<String>,
+    /// The root holding the image's layers.
+    #[arg(long, value_name = "ROOT")]
+    into: Option<PathBuf>,
+    /// How often to sync [default: 15m].
+    #[arg(long, value_name = "DURATION")]
+    sync_interval: Option<String>,
+    /// How often to deliver spooled audit entries [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    deliver_interval: Option<String>,
+    /// How often to look for a newer bundle [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    refresh_interval: Option<String>,
+}
+
+fn duration(
+    flag: Option<String>,
+    file: Option<String>,
+    default: &str,
+    name: &str,
+) -> anyhow::Result<Duration> {
+    let text = flag.or(file).unwrap_or_else(|| default.to_owned());
+    let d = humantime::parse_duration(&text)
+        .map_err(|e| Exit::new(2, format!("--{name} {text:?}: {e} (e.g. 30s, 10m)")))?;
+    if d.is_zero() {
+        return Err(Exit::new(2, format!("--{name} must be more than zero")).into());
+    }
+    Ok(d)
+}
+
+fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
+    let f = Config::load(config)?.agent;
+    let need = |v: Option<PathBuf>, name: &str| {
+        v.ok_or_else(|| {
+            Exit::new(
+                2,
+                format!("--{name} is required (or {name} in the config's [agent] table)"),
+            )
+        })
+    };
+    let mode = match (a.mode, f.mode) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => Some(
+            m.parse()
+                .map_err(|e: String| Exit::new(2, format!("[agent] mode: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let gateway = a.gateway.or(f.gateway);
+    let ca = a.ca.or(f.ca);
+    let data = a.data.or(f.data);
+    let gateway = match (gateway, ca, data) {
+        (Some(g), Some(c), Some(d)) => Some((g, c, d)),
+        (None, _, _) => None,
+        _ => return Err(Exit::new(2, "--gateway needs --ca and --data".to_owned()).into()),
+    };
+    let image = match (a.image.or(f.image), a.into.or(f.into)) {
+        (Some(i), Some(r)) => Some((i, r)),
+        (None, None) => None,
+        _ => return Err(Exit::new(2, "--image and --into go together".to_owned()).into()),
+    };
+    if image.is_some() && gateway.is_none() {
+        return Err(Exit::new(2, "--image needs --gateway".to_owned()).into());
+    }
+    let mounts = if a.mount.is_empty() { f.mount } else { a.mount };
+    if mounts.is_empty() {
+        return Err(Exit::new(2, "name at least one --mount to enforce on (the agent never marks the whole machine by default)".to_owned()).into());
+    }
+    Ok(Settings {
+        bundle: need(a.bundle.or(f.bundle), "bundle")?,
+        bundle_key: need(a.bundle_key.or(f.bundle_key), "bundle-key")?,
+        subject: a.subject.or(f.subject).ok_or_else(|| {
+            Exit::new(2, "--subject is required, e.g. device:laptop-17".to_owned())
+        })?,
+        mounts,
+        mode,
+        gateway,
+        tpm: a.tpm,
+        logs: if a.log.is_empty() { f.log } else { a.log },
+        state_dir: a
+            .state_dir
+            .or(f.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        reattest_margin: duration(
+            a.reattest_margin,
+            f.reattest_margin,
+            "10m",
+            "reattest-margin",
+        )?,
+        image,
+        sync_interval: duration(a.sync_interval, f.sync_interval, "15m", "sync-interval")?,
+        deliver_interval: duration(
+            a.deliver_interval,
+            f.deliver_interval,
+            "10s",
+            "deliver-interval",
+        )?,
+        refresh_interval: duration(
+            a.refresh_interval,
+            f.refresh_interval,
+            "60s",
+            "refresh-interval",
+        )?,
+        config: config.map(Path::to_path_buf),
+    })
+}
+
+pub(crate) fn run(a: AgentArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    match a.cmd {
+        Some(AgentCmd::Status(s)) => {
+            let dir = match s.state_dir {
+                Some(d) => d,
+                None => Config::load(config)?
+                    .agent
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            };
+            if crate::agent::status(&dir, s.json)? {
+                Ok(())
+            } else {
+                Err(Exit::new(3, String::new()).into())
+            }
+        }
+        None => crate::agent::run(settings(a.run, config)?),
+    }
+}
