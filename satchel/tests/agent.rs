@@ -571,3 +571,135 @@ fn offline_the_agent_spools_and_online_every_entry_lands_once() {
         .iter()
         .any(|e| e.kind == "agent.agent" && e.decision == "stop"));
 }
+
+#[test]
+fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
+    let Some(w) = World::new() else { return };
+    let swtpm = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
+    let t = swtpm.tcti();
+    let chain = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/boot-chain/chain.toml");
+    let s = |p: &str| w.p(p).to_string_lossy().into_owned();
+    let with_tpm = |args: &[&str]| {
+        let o = satchel()
+            .args(args)
+            .env("SATCHEL_TPM", &t)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    with_tpm(&[
+        "measure",
+        "--chain",
+        chain.to_str().unwrap(),
+        "--log",
+        &s("boot.log"),
+    ]);
+    with_tpm(&[
+        "predict",
+        "--chain",
+        chain.to_str().unwrap(),
+        "--banks",
+        "sha256",
+        "--sign-key",
+        &s("org.key"),
+        "--out",
+        &s("ref.json"),
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = s("gw");
+    let _g = Gateway(
+        satchel()
+            .args([
+                "gateway",
+                "serve",
+                "--data",
+                &gw,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--ek-ca", swtpm.ek_ca_dir().to_str().unwrap()])
+            .args([
+                "--reference",
+                &s("ref.json"),
+                "--reference-key",
+                &s("org.key.pub"),
+            ])
+            .args(["--cert-lifetime", "30s"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = format!("{gw}/ca.crt");
+    let token = with_tpm(&[
+        "gateway",
+        "enroll-token",
+        "--data",
+        &gw,
+        "--device-id",
+        "t1",
+    ]);
+    with_tpm(&[
+        "client",
+        "enroll",
+        "--gateway",
+        &url,
+        "--ca",
+        &ca,
+        "--data",
+        &s("client"),
+        "--device-id",
+        "t1",
+        "--token",
+        token.trim(),
+    ]);
+    // No certificate yet: the agent attests at once; with 30 s certificates
+    // and a 26 s margin it attests again about every 4 s.
+    let a = w.agent(&[
+        "--gateway",
+        &url,
+        "--ca",
+        &ca,
+        "--data",
+        &s("client"),
+        "--tpm",
+        &t,
+        "--log",
+        &s("boot.log"),
+        "--reattest-margin",
+        "26s",
+    ]);
+    let until = || w.status()["attested_until_ms"].as_i64();
+    eventually("the first attestation", || until().is_some());
+    let first = until().unwrap();
+    eventually("a second attestation", || {
+        until().is_some_and(|u| u > first)
+    });
+    assert!(w.status()["attest_error"].is_null());
+
+    // Tamper with the boot: the next attestation is refused, named, and retried later.
+    let mut tpm = attest::tpm::Tpm::open(&t).unwrap();
+    tpm.extend(8, &[(attest::HashAlg::Sha256, vec![0xab; 32])])
+        .unwrap();
+    drop(tpm);
+    eventually("the refusal", || w.status()["attest_error"].is_string());
+    let err = w.status()["attest_error"].as_str().unwrap().to_owned();
+    assert!(err.contains("PCR 8"), "{err}");
+    let log = a.stop();
+    assert!(log.contains("attestation failed, next try in 5 s"), "{log}");
+    assert!(log.contains("attested as t1"), "{log}");
+}
