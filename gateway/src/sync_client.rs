@@ -119,6 +119,9 @@ pub struct PullStats {
     pub layers_applied: Vec<String>,
     /// Files rebuilt from a delta.
     pub delta_files: u64,
+    /// User layers not pulled because they hold changes not pushed yet
+    /// (a pull never drops a user's work: push first, which merges).
+    pub layers_kept: Vec<String>,
 }
 
 /// What a push did.
@@ -437,6 +440,21 @@ pub async fn pull(
     layers: LayerFilter<'_>,
     meter: &Meter,
 ) -> Result<PullStats, SyncError> {
+    pull_layers(c, cdir, image, root, layers, meter, &[]).await
+}
+
+/// [`pull`], applying the layers in `checked_in` even where they differ
+/// from the version held: their local changes are in the gateway's new
+/// version already.
+async fn pull_layers(
+    c: &GatewayClient,
+    cdir: &Path,
+    image: &str,
+    root: &Path,
+    layers: LayerFilter<'_>,
+    meter: &Meter,
+    checked_in: &[Layer],
+) -> Result<PullStats, SyncError> {
     let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
     let path = state_path(cdir, image);
     let mut state = SyncState::load(&path)?;
@@ -466,6 +484,16 @@ pub async fn pull(
             && dir.exists();
         if unchanged {
             continue;
+        }
+        if !layer.is_system() && dir.exists() && !checked_in.contains(&layer) {
+            if let Some(prev) = state.layers.get(&layer) {
+                let key = pinned_key(&state, image)?;
+                let held = Signed::verify(&prev.manifest, &key).map_err(local)?;
+                if held.manifest.entries != old {
+                    stats.layers_kept.push(layer.to_string());
+                    continue;
+                }
+            }
         }
         // Changed files first as deltas against the version we have, then
         // whatever is still missing as chunks.
@@ -564,7 +592,8 @@ pub async fn push(
     // Apply what the gateway made of the check-ins (conflict copies
     // included), so client and gateway share the new version.
     if !changed_user_layers.is_empty() {
-        pull(c, cdir, image, root, Some(&changed_user_layers), meter).await?;
+        let only = Some(changed_user_layers.as_slice());
+        pull_layers(c, cdir, image, root, only, meter, &changed_user_layers).await?;
     }
     report.bytes_received = meter.bytes_received();
     report.bytes_sent = meter.bytes_sent();

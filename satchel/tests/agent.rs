@@ -455,6 +455,178 @@ fn serve(gw: &Path, port: u16) -> Gateway {
     Gateway(child)
 }
 
+/// Enroll `id` in the gateway's database and issue its certificate into
+/// `cdir` (enrollment and attestation against a swtpm are in
+/// `the_agent_re_attests_...` and gateway_cli.rs).
+fn device_with_cert(gw: &Path, cdir: &Path, id: &str) {
+    let db = format!("sqlite:{}", gw.join("satchel.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (pool, _) = audit::store::connect(&db).await.unwrap();
+        let db = gateway::state::Db::new(pool).await.unwrap();
+        let t = db
+            .make_token(id, &[], Duration::from_secs(60))
+            .await
+            .unwrap();
+        let d = gateway::state::Device {
+            device_id: id.into(),
+            groups: vec![],
+            ak_pem: String::new(),
+            enrolled_ms: audit::batch::now_ms(),
+            revoked_ms: None,
+        };
+        assert!(db.enroll(&t, &d).await.unwrap());
+    });
+    let pki = gateway::Pki::init(gw, &[]).unwrap();
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let pem = pki
+        .issue_device_cert(&gateway::DeviceCertRequest {
+            device_id: id,
+            public_key: &kp,
+            lifetime: Duration::from_secs(3600),
+            attestation_id: "test",
+            attested_at_ms: audit::batch::now_ms(),
+        })
+        .unwrap();
+    std::fs::create_dir_all(cdir).unwrap();
+    std::fs::write(cdir.join("device.crt"), pem).unwrap();
+    std::fs::write(cdir.join("device.key"), kp.serialize_pem()).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_agent_syncs_on_demand_and_checks_in_user_changes() {
+    let Some(w) = World::new() else { return };
+    let gw = w.p("gw");
+    let src = w.p("src");
+    std::fs::create_dir_all(src.join("base-os/etc")).unwrap();
+    std::fs::write(src.join("base-os/etc/motd"), "welcome\n").unwrap();
+    std::fs::create_dir_all(src.join("user-data/Documents")).unwrap();
+    std::fs::write(src.join("user-data/Documents/a.txt"), "a\n").unwrap();
+    ok(&[
+        "image",
+        "build",
+        "--data",
+        gw.to_str().unwrap(),
+        "--image",
+        "classroom",
+        "--layer",
+        &format!("base-os={}", src.join("base-os").display()),
+        "--layer",
+        &format!("user-data={}", src.join("user-data").display()),
+    ]);
+    std::fs::write(
+        w.p("gw-policy.csv"),
+        "p, device:t1, image, classroom, subscribe, allow\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _g = Gateway(
+        satchel()
+            .args([
+                "gateway",
+                "serve",
+                "--data",
+                gw.to_str().unwrap(),
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--policy")
+            .arg(w.p("gw-policy.csv"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let cdir = w.p("client");
+    device_with_cert(&gw, &cdir, "t1");
+    let root = w.p("root");
+    let a = w.agent(&[
+        "--gateway",
+        &format!("https://127.0.0.1:{port}"),
+        "--ca",
+        gw.join("ca.crt").to_str().unwrap(),
+        "--data",
+        cdir.to_str().unwrap(),
+        "--image",
+        "classroom",
+        "--into",
+        root.to_str().unwrap(),
+        "--sync-interval",
+        "1h",
+    ]);
+    // The first sync runs at start.
+    eventually("the first sync", || {
+        root.join("base-os/etc/motd").exists() && root.join("user-data/Documents/a.txt").exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(root.join("user-data/Documents/a.txt")).unwrap(),
+        "a\n"
+    );
+    eventually("the sync result", || {
+        w.status()["last_sync"]["result"] == "ok"
+    });
+    // A user change goes up on demand (SIGUSR1).
+    std::fs::write(root.join("user-data/Documents/b.txt"), "mine\n").unwrap();
+    let before = w.status()["last_sync"]["at_ms"].as_i64().unwrap();
+    a.signal(rustix::process::Signal::USR1);
+    eventually("the on-demand sync", || {
+        w.status()["last_sync"]["at_ms"]
+            .as_i64()
+            .is_some_and(|t| t > before)
+    });
+    assert_eq!(w.status()["last_sync"]["result"], "ok");
+    a.stop();
+    // The gateway holds the device's version of user-data, with b.txt.
+    let out = ok(&[
+        "audit",
+        "list",
+        "--json",
+        "--db",
+        &format!("sqlite:{}", gw.join("satchel.db").display()),
+    ]);
+    let entries: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let checkin = entries
+        .iter()
+        .find(|e| e["kind"] == "sync" && e["decision"] == "checkin")
+        .unwrap_or_else(|| panic!("no check-in: {out}"));
+    assert_eq!(checkin["subject"], "classroom/user-data");
+    assert_eq!(checkin["details"]["from_client"], 1);
+    let synced: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "agent.sync")
+        .collect();
+    assert_eq!(synced.len(), 2, "{out}");
+    assert_eq!(synced[1]["details"]["checked_in"]["user-data"], 2);
+    assert_eq!(synced[1]["details"]["kept"], serde_json::json!([]));
+    assert_eq!(
+        std::fs::read_to_string(root.join("user-data/Documents/b.txt")).unwrap(),
+        "mine\n",
+        "the sync lost the user's file"
+    );
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn offline_the_agent_spools_and_online_every_entry_lands_once() {
     let Some(w) = World::new() else { return };
@@ -465,44 +637,13 @@ fn offline_the_agent_spools_and_online_every_entry_lands_once() {
         .unwrap()
         .port();
     let g = serve(&gw, port);
-    // An enrolled device with a certificate (enrollment and attestation
-    // against a swtpm are in gateway_cli.rs).
+    let cdir = w.p("client");
+    device_with_cert(&gw, &cdir, "t1");
     let db = format!("sqlite:{}", gw.join("satchel.db").display());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let (pool, _) = audit::store::connect(&db).await.unwrap();
-        let db = gateway::state::Db::new(pool).await.unwrap();
-        let t = db
-            .make_token("t1", &[], Duration::from_secs(60))
-            .await
-            .unwrap();
-        let d = gateway::state::Device {
-            device_id: "t1".into(),
-            groups: vec![],
-            ak_pem: String::new(),
-            enrolled_ms: audit::batch::now_ms(),
-            revoked_ms: None,
-        };
-        assert!(db.enroll(&t, &d).await.unwrap());
-    });
-    let pki = gateway::Pki::init(&gw, &[]).unwrap();
-    let kp = rcgen::KeyPair::generate().unwrap();
-    let pem = pki
-        .issue_device_cert(&gateway::DeviceCertRequest {
-            device_id: "t1",
-            public_key: &kp,
-            lifetime: Duration::from_secs(3600),
-            attestation_id: "test",
-            attested_at_ms: audit::batch::now_ms(),
-        })
-        .unwrap();
-    let cdir = w.p("client");
-    std::fs::create_dir_all(&cdir).unwrap();
-    std::fs::write(cdir.join("device.crt"), pem).unwrap();
-    std::fs::write(cdir.join("device.key"), kp.serialize_pem()).unwrap();
 
     let a = w.agent(&[
         "--gateway",

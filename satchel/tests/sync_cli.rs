@@ -282,6 +282,19 @@ fn pull_push_conflicts_violations_and_audit() {
         "machine 1 again\n",
     )
     .unwrap();
+    // A pull before the push leaves the unpushed work alone, and says so.
+    let o = w.sync("pull", "c1", "root1", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("user-data: local changes not pushed yet"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.p("root1/user-data/Documents/notes.txt")).unwrap(),
+        "machine 1 again\n",
+        "a pull dropped unpushed work"
+    );
     let o = w.sync("push", "c1", "root1", &["--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -603,23 +603,38 @@ impl Loop<'_> {
                 return;
             }
         };
+        // Push first (it merges three-way and applies the result), then
+        // pull what is new; a first sync has nothing to push.
         let meter = gateway::Meter::new(None);
-        let pulled = gateway::sync_client::pull(&c, &gw.data, &image, &root, None, &meter).await;
-        let pushed = match &pulled {
-            Ok(_) => {
-                Some(gateway::sync_client::push(&c, &gw.data, &image, &root, None, &meter).await)
-            }
-            Err(_) => None,
+        let pushed = if gateway::sync_client::state_path(&gw.data, &image).exists() {
+            Some(gateway::sync_client::push(&c, &gw.data, &image, &root, None, &meter).await)
+        } else {
+            None
         };
-        let (result, details) = match (&pulled, &pushed) {
-            (Ok(p), Some(Ok(r))) => (
-                "ok".to_owned(),
-                json!({"applied": p.layers_applied, "bytes_received": meter.bytes_received(), "bytes_sent": meter.bytes_sent(), "checked_in": r.layers, "violations": r.violations}),
-            ),
-            (Err(e), _) | (_, Some(Err(e))) => {
+        let pulled = match &pushed {
+            Some(Err(_)) => None,
+            _ => Some(gateway::sync_client::pull(&c, &gw.data, &image, &root, None, &meter).await),
+        };
+        let (result, details) = match (&pushed, &pulled) {
+            (Some(Err(e)), _) | (_, Some(Err(e))) => {
                 (format!("failed: {e}"), json!({"error": e.to_string()}))
             }
-            (Ok(_), None) => ("failed".to_owned(), Value::Null),
+            (pushed, Some(Ok(p))) => {
+                let r = pushed.as_ref().and_then(|r| r.as_ref().ok());
+                (
+                    "ok".to_owned(),
+                    json!({
+                        "applied": p.layers_applied,
+                        "kept": p.layers_kept,
+                        "checked_in": r.map(|r| &r.layers),
+                        "conflicts": r.map(|r| &r.conflicts),
+                        "violations": r.map(|r| &r.violations),
+                        "bytes_received": meter.bytes_received(),
+                        "bytes_sent": meter.bytes_sent(),
+                    }),
+                )
+            }
+            (_, None) => ("failed".to_owned(), Value::Null),
         };
         self.status.last_sync = Some(json!({"at_ms": now_ms(), "image": image, "result": result}));
         self.record(

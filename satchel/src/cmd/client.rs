@@ -449,6 +449,12 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
     let stats = gateway::sync_client::pull(&c, &a.gw.data, &a.image, &a.into, layers, &meter)
         .await
         .map_err(sync_failed)?;
+    for layer in &stats.layers_kept {
+        eprintln!(
+            "{}/{layer}: local changes not pushed yet; this layer was left as it is (push first: satchel client sync push)",
+            a.image
+        );
+    }
     if a.stats_json {
         println!(
             "{}",
@@ -462,7 +468,9 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
             })
         );
     } else if stats.layers_applied.is_empty() {
-        println!("{}: up to date", a.image);
+        if stats.layers_kept.is_empty() {
+            println!("{}: up to date", a.image);
+        }
     } else {
         println!(
             "{}: applied {}; {} chunks fetched, {} files changed, {} bytes in {:.2} s",
