@@ -287,9 +287,25 @@ fn lockdown_allows_the_list_denies_the_rest_and_sees_a_rewrite() {
     assert_eq!(run(&w.m("allowed")), Ok(0));
     // Outside the mount nothing is decided.
     assert_eq!(run(Path::new("/bin/false")), Ok(1));
+    // A root-owned file no one else may write is allowed by the kernel
+    // until modified (an ignore mark); a group-writable one is asked about
+    // every time and answered from the agent's cache.
+    std::fs::copy("/bin/true", w.m("shared")).unwrap();
+    let sha_true = sha256(&w.m("shared"));
+    assert_eq!(sha_true, sha256(Path::new("/bin/true")));
+    std::fs::set_permissions(
+        w.m("shared"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o775),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(run(&w.m("shared")), Ok(0));
+    }
     eventually("the counters", || {
         let s = w.status();
-        s["exec"]["denied"] == 3 && s["exec"]["cache_hits"].as_u64().unwrap_or(0) >= 1
+        s["exec"]["denied"] == 3
+            && s["exec"]["cache_hits"].as_u64() >= Some(2)
+            && s["exec"]["kernel_cached"].as_u64() >= Some(1)
     });
     let st = w.status();
     assert_eq!(st["running"], true);
@@ -309,8 +325,8 @@ fn lockdown_allows_the_list_denies_the_rest_and_sees_a_rewrite() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("running:        no"));
     assert_eq!(run(&w.m("unlisted")), Ok(1));
     // Every deny and the first sight of each allowed file waits in the spool
-    // (no gateway): 3 denies, 2 hashed allows, start, stop.
-    assert_eq!(w.status()["spool_waiting"], 7);
+    // (no gateway): 3 denies, 3 hashed allows, start, stop.
+    assert_eq!(w.status()["spool_waiting"], 8);
 }
 
 #[test]
@@ -375,6 +391,21 @@ fn bad_or_older_bundles_are_refused_and_the_old_one_stays() {
     hup("the new bundle");
     eventually("version 7", || run(&w.m("later")) == Ok(0));
     eventually("the status", || w.status()["policy_version"] == 7);
+    // "allowed" ran under versions 5 and 7 and is allowed by the kernel now;
+    // version 8 drops it: the change reaches the kernel too.
+    assert_eq!(run(&w.m("allowed")), Ok(0));
+    w.bundle(8, "org.key", &["later"], "lockdown");
+    hup("version 8");
+    eventually("version 8", || w.status()["policy_version"] == 8);
+    assert_eq!(
+        run(&w.m("allowed")),
+        Err(EPERM),
+        "a cached allow outlived the policy"
+    );
+    assert_eq!(run(&w.m("later")), Ok(0));
+    w.bundle(9, "org.key", &["allowed", "later"], "lockdown");
+    hup("version 9");
+    eventually("version 9", || run(&w.m("allowed")) == Ok(0));
     a.stop();
 
     // A restart with an older file on disk keeps version 7 (kept in the
@@ -382,7 +413,7 @@ fn bad_or_older_bundles_are_refused_and_the_old_one_stays() {
     w.bundle(3, "org.key", &["allowed"], "lockdown");
     let a = w.agent(&[]);
     assert_eq!(run(&w.m("later")), Ok(0));
-    assert_eq!(w.status()["policy_version"], 7);
+    assert_eq!(w.status()["policy_version"], 9);
     let log = a.stop();
     assert!(log.contains("stays in force"), "{log}");
 }

@@ -77,6 +77,23 @@ pub(crate) struct Counters {
     pub(crate) denied: AtomicU64,
     /// Denies let through in monitor mode.
     pub(crate) monitored: AtomicU64,
+    /// Nanoseconds spent deciding (from the event read to the answer),
+    /// summed over all exec events the agent saw.
+    pub(crate) decide_ns: AtomicU64,
+    /// Files the kernel now allows without asking (until modified, or until
+    /// the policy changes).
+    pub(crate) kernel_cached: AtomicU64,
+}
+
+/// Drop every ignore mark (the inode marks; the mount marks stay), so the
+/// next exec of every file is decided again: called after a policy change.
+pub(crate) fn flush_kernel_cache(fan: &Fanotify) -> nix::Result<()> {
+    fan.mark(
+        MarkFlags::FAN_MARK_FLUSH,
+        MaskFlags::empty(),
+        rustix::fs::CWD,
+        None::<&Path>,
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +121,13 @@ pub(crate) enum StartError {
 
 /// The fanotify group and the cache.
 pub(crate) struct Enforcer {
-    fan: Fanotify,
+    fan: Arc<Fanotify>,
     cache: HashMap<(u64, u64), (Stamp, String)>,
     trusted: HashSet<(u64, u64)>,
     own_pid: i32,
     active: Arc<RwLock<Arc<Active>>>,
     counters: Arc<Counters>,
+    buf: Vec<u8>,
 }
 
 /// (device, inode) of a path, if it can be stat'ed.
@@ -145,7 +163,10 @@ impl Enforcer {
         counters: Arc<Counters>,
     ) -> Result<Enforcer, StartError> {
         let fan = Fanotify::init(
-            InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
+            InitFlags::FAN_CLASS_CONTENT
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_NONBLOCK
+                | InitFlags::FAN_UNLIMITED_MARKS,
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(StartError::Init)?;
@@ -164,12 +185,13 @@ impl Enforcer {
         let (trusted, paths) = trusted_files();
         tracing::info!(?paths, "never denied");
         Ok(Enforcer {
-            fan,
+            fan: Arc::new(fan),
             cache: HashMap::new(),
             trusted,
             own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
             active,
             counters,
+            buf: vec![0u8; 256 << 10],
         })
     }
 
@@ -209,14 +231,21 @@ impl Enforcer {
                 };
                 let mask = ev.mask();
                 if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) {
-                    let (allow, rep) = self.decide(fd, ev.pid());
+                    let t = std::time::Instant::now();
+                    let active = self.current();
+                    let (allow, rep, kernel_cache) = self.decide(&active, fd, ev.pid());
                     let response = if allow {
                         Response::FAN_ALLOW
                     } else {
                         Response::FAN_DENY
                     };
+                    let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.counters.decide_ns.fetch_add(ns, Ordering::Relaxed);
                     if let Err(e) = self.fan.write_response(FanotifyResponse::new(fd, response)) {
                         tracing::error!(error = %e, "answering an exec event failed");
+                    }
+                    if kernel_cache {
+                        self.ignore_until_modified(fd, &active);
                     }
                     if let Some(r) = rep {
                         report(r);
@@ -231,16 +260,19 @@ impl Enforcer {
     }
 
     /// Decide one exec: allow?, and what to report.
-    fn decide(&mut self, fd: BorrowedFd<'_>, pid: i32) -> (bool, Option<ExecReport>) {
+    /// Decide one exec: (allow?, what to report, whether the kernel may
+    /// answer this file's next execs itself).
+    fn decide(
+        &mut self,
+        active: &Active,
+        fd: BorrowedFd<'_>,
+        pid: i32,
+    ) -> (bool, Option<ExecReport>, bool) {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
-        let active = match self.active.read() {
-            Ok(a) => Arc::clone(&a),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
         let st = rustix::fs::fstat(fd);
         let id = st.as_ref().ok().map(|s| (s.st_dev, s.st_ino));
         if pid == self.own_pid || id.is_some_and(|id| self.trusted.contains(&id)) {
-            return (true, None);
+            return (true, None, false);
         }
         let path = || {
             std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -260,7 +292,7 @@ impl Enforcer {
                         self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                         Ok((hash.clone(), true))
                     }
-                    _ => hash_fd(fd).map(|h| {
+                    _ => hash_fd(fd, &mut self.buf).map(|h| {
                         self.cache.insert(key, (stamp, h.clone()));
                         (h, false)
                     }),
@@ -284,6 +316,7 @@ impl Enforcer {
                         decision,
                         why: format!("the program could not be read: {e}"),
                     }),
+                    false,
                 );
             }
         };
@@ -293,21 +326,30 @@ impl Enforcer {
             path: need_path.then(path),
         };
         let d = active.policy.decide(&active.subject, &req);
-        let why = d
-            .rule
-            .as_ref()
-            .map(|r| format!("policy line {}: {r}", r.line))
-            .unwrap_or_else(|| "no rule: default deny".to_owned());
+        let why = || {
+            d.rule
+                .as_ref()
+                .map(|r| format!("policy line {}: {r}", r.line))
+                .unwrap_or_else(|| "no rule: default deny".to_owned())
+        };
         if d.allow {
+            // Only root can change a root-owned file no one else may write
+            // (with ACLs, the group bits are the ACL mask): the kernel may
+            // answer its next execs until it is modified. Not with path
+            // rules: the same inode may be run under another path.
+            let kernel = !need_path
+                && st
+                    .as_ref()
+                    .is_ok_and(|s| s.st_uid == 0 && s.st_mode & 0o022 == 0);
             let rep = (!hit).then(|| ExecReport {
                 at_ms: audit::batch::now_ms(),
                 path: path(),
                 sha256: hash,
                 pid,
                 decision: "allow",
-                why,
+                why: why(),
             });
-            return (true, rep);
+            return (true, rep, kernel);
         }
         self.count(enforce);
         (
@@ -318,9 +360,55 @@ impl Enforcer {
                 sha256: hash,
                 pid,
                 decision: if enforce { "deny" } else { "deny-monitored" },
-                why,
+                why: why(),
             }),
+            false,
         )
+    }
+
+    /// Let the kernel allow this file's execs without asking, until the
+    /// file is modified: an ignore mark on its inode, without
+    /// `FAN_MARK_IGNORED_SURV_MODIFY`, so the kernel clears it on the first
+    /// write. [`flush_kernel_cache`] drops them all when the policy changes.
+    ///
+    /// `decided_with` is the policy the allow came from. The holder swaps
+    /// the policy, then flushes; this adds the mark, then checks the policy
+    /// is still the same, and takes the mark back if not. Either the flush
+    /// comes after the mark, or the swap came before the check: no allow
+    /// from an old policy stays in the kernel.
+    fn ignore_until_modified(&self, fd: BorrowedFd<'_>, decided_with: &Arc<Active>) {
+        let add = MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK;
+        if let Err(e) = self
+            .fan
+            .mark(add, MaskFlags::FAN_OPEN_EXEC_PERM, fd, None::<&Path>)
+        {
+            tracing::debug!(error = %e, "no ignore mark: the agent keeps deciding this file");
+            return;
+        }
+        if Arc::ptr_eq(&self.current(), decided_with) {
+            self.counters.kernel_cached.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let remove = MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK;
+        if let Err(e) = self
+            .fan
+            .mark(remove, MaskFlags::FAN_OPEN_EXEC_PERM, fd, None::<&Path>)
+        {
+            tracing::error!(error = %e, "taking back an ignore mark failed; flushing all");
+            let _ = flush_kernel_cache(&self.fan);
+        }
+    }
+
+    fn current(&self) -> Arc<Active> {
+        match self.active.read() {
+            Ok(a) => Arc::clone(&a),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The group, for [`flush_kernel_cache`].
+    pub(crate) fn group(&self) -> Arc<Fanotify> {
+        Arc::clone(&self.fan)
     }
 
     fn count(&self, enforced: bool) {
@@ -335,12 +423,11 @@ impl Enforcer {
 
 /// SHA-256 of the whole file behind `fd`, read with `pread` (the event's
 /// descriptor is ours; its offset is not the program's).
-fn hash_fd(fd: BorrowedFd<'_>) -> std::io::Result<String> {
+fn hash_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<String> {
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
     let mut off = 0u64;
     loop {
-        let n = rustix::io::pread(fd, &mut buf[..], off)?;
+        let n = rustix::io::pread(fd, &mut *buf, off)?;
         if n == 0 {
             break;
         }
