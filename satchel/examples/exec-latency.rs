@@ -7,7 +7,7 @@
 //! Usage: exec-latency PAIRS A... -- B... (each list cycled); prints one
 //! JSON line {"pairs", "a_median_us", "b_median_us", "added_median_us"}.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
