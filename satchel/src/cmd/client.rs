@@ -300,10 +300,15 @@ fn refused(what: &str, status: u16, body: &serde_json::Value) -> anyhow::Error {
     let detail = body["detail"].as_str().unwrap_or("no detail");
     let mut msg = format!("{what} refused ({status}): {detail}");
     if let Some(f) = body["failures"].as_array() {
+        let mut seen = std::collections::BTreeSet::new();
         for x in f {
-            msg.push_str(&format!("\n  {}", x["message"].as_str().unwrap_or("?")));
+            let mut line = format!("\n  {}", x["message"].as_str().unwrap_or("?"));
             if let (Some(e), Some(g)) = (x["expected"].as_str(), x["found"].as_str()) {
-                msg.push_str(&format!("; expected {e}, found {g}"));
+                line.push_str(&format!("; expected {e}, found {g}"));
+            }
+            // The verifier may name one difference from two checks.
+            if seen.insert(line.clone()) {
+                msg.push_str(&line);
             }
         }
     }
