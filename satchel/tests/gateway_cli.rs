@@ -486,3 +486,64 @@ fn serve_takes_a_config_file_below_env_and_admin_certs_open_admin_routes() {
     assert!(through.ends_with("\n403"), "{through}");
     assert!(through.contains("not a device"), "{through}");
 }
+
+#[test]
+fn a_tpm_whose_ek_certificate_another_ca_signed_cannot_enroll() {
+    // The gateway trusts the CA of TPM A; the device holds TPM B, whose EK
+    // certificate a CA of its own signed (as a foreign or counterfeit TPM).
+    let a = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
+    let b = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = dir.path().join("gw");
+    let port = free_port();
+    let _served = Served(
+        Command::new(env!("CARGO_BIN_EXE_satchel"))
+            .args(["gateway", "serve", "--data", gw.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--ek-ca", a.ek_ca_dir().to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = gw.join("ca.crt");
+    wait_up(&ca, port);
+    let token = ok(
+        &[
+            "gateway",
+            "enroll-token",
+            "--data",
+            gw.to_str().unwrap(),
+            "--device-id",
+            "laptop-17",
+        ],
+        &b.tcti(),
+    );
+    let cdir = dir.path().join("client");
+    let enroll = |tcti: &str| {
+        satchel(
+            &[
+                "client",
+                "enroll",
+                "--gateway",
+                &format!("https://127.0.0.1:{port}"),
+                "--ca",
+                ca.to_str().unwrap(),
+                "--data",
+                cdir.to_str().unwrap(),
+                "--device-id",
+                "laptop-17",
+                "--token",
+                token.trim(),
+            ],
+            tcti,
+        )
+    };
+    let o = enroll(&b.tcti());
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("EK"), "{err}");
+    assert!(!cdir.join("device.json").exists());
+    // The refusal did not spend the token: the genuine TPM still enrolls.
+    let o = enroll(&a.tcti());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -58,6 +58,12 @@ pub(crate) enum AuditCmd {
   satchel audit append --kind admin --actor alice --subject policy --decision change --details '{\"rule\": 4}' --key audit.key")]
     Append(AppendArgs),
     /// Append every entry of a JSON Lines file ({"kind","actor","subject","decision","details"} per line).
+    #[command(after_help = "Examples:
+  satchel audit import --db sqlite:/var/lib/satchel/audit.db --key audit.key decisions.jsonl
+  printf '%s\\n' '{\"kind\":\"admin\",\"actor\":\"alice\",\"subject\":\"policy\",\"decision\":\"change\",\"details\":{}}' > one.jsonl
+  satchel audit import one.jsonl
+
+The whole file is appended as one batch (one transaction, one fsync), in file order.")]
     Import(ImportArgs),
     /// List entries (one per line, or one JSON object per line).
     #[command(after_help = "Examples:
@@ -65,8 +71,20 @@ pub(crate) enum AuditCmd {
   satchel audit list --json | jq 'select(.decision == \"deny\")'")]
     List(ListArgs),
     /// Write every entry and checkpoint to a JSON Lines file.
+    #[command(after_help = "Examples:
+  satchel audit export --db sqlite:/var/lib/satchel-gateway/satchel.db --out audit-2026-11.jsonl
+  satchel audit verify --export audit-2026-11.jsonl --pubkey audit.key.pub
+
+Anyone holding the export and the public key can verify it: no database needed.")]
     Export(ExportArgs),
     /// Sign and print a checkpoint of the log as it is now (C2SP signed note).
+    #[command(after_help = "Examples:
+  satchel audit checkpoint --db sqlite:audit.db --key audit.key
+  satchel audit checkpoint --db sqlite:/var/lib/satchel-gateway/satchel.db \\
+      --key /var/lib/satchel-gateway/audit.key --origin satchel.gateway.audit
+
+The checkpoint (origin, tree size, root hash, ed25519 signature line) is stored in the
+log and printed; transparency-log tooling that reads C2SP signed notes can check it.")]
     Checkpoint(CheckpointArgs),
     /// Print an inclusion proof (--index) or a consistency proof (--consistency), as JSON.
     #[command(after_help = "Examples:

@@ -24,6 +24,11 @@ pub(crate) enum ClientCmd {
     Attest(AttestArgs),
     /// Push-OS sync: pull an image's layers, push this device's changes.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel client sync pull --gateway https://gw:8443 --ca ca.crt --data client --image classroom-2026 --into ./root
+  satchel client sync status --data client --image classroom-2026 --root ./root
+  satchel client sync push --gateway https://gw:8443 --ca ca.crt --data client --image classroom-2026 --from ./root
+  satchel client sync revert --data client --image classroom-2026 --root ./root --layer user-data")]
     Sync(SyncCmd),
 }
 

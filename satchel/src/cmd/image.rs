@@ -13,8 +13,15 @@ pub(crate) enum ImageCmd {
     /// Build new versions of an image's layers from directories.
     Build(BuildArgs),
     /// List the images and their newest layer versions.
+    #[command(after_help = "Examples:
+  satchel image list --data /var/lib/satchel-gateway")]
     List(ListArgs),
     /// Show every version of an image's layers.
+    #[command(after_help = "Examples:
+  satchel image show --data /var/lib/satchel-gateway classroom-2026
+
+One line per layer version: the layer, its version, whose it is (the image's, or a
+device's user layer), the manifest digest and when it was made.")]
     Show(ShowArgs),
 }
 

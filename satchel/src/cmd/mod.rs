@@ -20,10 +20,23 @@ use clap::{Parser, Subcommand};
 /// admits a device only when a fresh quote proves that chain.
 #[derive(Debug, Parser)]
 #[command(name = "satchel", version, propagate_version = true)]
-#[command(after_help = "Examples:
-  satchel eventlog replay /sys/kernel/security/tpm0/binary_bios_measurements
-  satchel measure --chain examples/boot-chain/chain.toml --tpm swtpm:host=127.0.0.1,port=2321 --log boot.log
-  satchel predict --chain examples/boot-chain/chain.toml --json")]
+#[command(
+    after_help = "Examples (./scripts/demo.sh runs the whole story on 127.0.0.1):
+  # the organisation: an image, and the reference its devices must match
+  satchel image build --data gw --image classroom-2026 --layer base-os=./rootfs --layer user-data=./skel
+  satchel predict --chain chain.toml --sign-key org.key --out reference.json
+  # the branch office: the gateway, and a token for a new device
+  satchel gateway serve --data gw --reference reference.json --reference-key org.key.pub
+  satchel gateway enroll-token --data gw --device-id laptop-17 --groups group:class-7a
+  # the device: measure, enroll, attest, sync, run the agent
+  satchel measure --chain chain.toml --log boot.log
+  satchel client enroll --gateway https://gw:8443 --ca ca.crt --data client --device-id laptop-17 --token TOKEN
+  satchel client attest --gateway https://gw:8443 --ca ca.crt --data client --log boot.log
+  satchel client sync pull --gateway https://gw:8443 --ca ca.crt --data client --image classroom-2026 --into ./root
+  satchel agent --config /etc/satchel/satchel.toml
+  # anyone with the public key: check the audit trail
+  satchel audit verify --export audit.jsonl --pubkey audit.key.pub"
+)]
 pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug); SATCHEL_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -39,6 +52,9 @@ pub(crate) struct Cli {
 enum Command {
     /// Read TCG firmware event logs: list events, replay PCRs.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel eventlog show /sys/kernel/security/tpm0/binary_bios_measurements
+  satchel eventlog replay --json boot.log")]
     Eventlog(eventlog::EventlogCmd),
     /// Measure a boot chain into the TPM and append its events to a log.
     Measure(measure::MeasureArgs),
@@ -48,11 +64,19 @@ enum Command {
     Pcrs(measure::PcrsArgs),
     /// The tamper-evident audit log: append, list, export, checkpoint, prove, verify.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel audit list --db sqlite:/var/lib/satchel-gateway/satchel.db --kind attestation
+  satchel audit prove --db sqlite:audit.db --index 17
+  satchel audit verify --export audit.jsonl --pubkey audit.key.pub")]
     Audit(audit::AuditCmd),
     /// Make an ed25519 signing key (PKCS#8 PEM) and its public key (KEY.pub).
     Keygen(audit::KeygenArgs),
     /// Remote attestation: attestation keys, quotes, the verifier, EK certificates.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel attest ak --out ak.json
+  satchel attest quote --ak ak.json --nonce NONCE --pcrs 0-9,13 --log boot.log --out evidence.json
+  satchel attest verify --evidence evidence.json --nonce NONCE --reference reference.json --reference-key org.key.pub")]
     Attest(attest::AttestCmd),
     /// Seal a secret (a disk key) to the current values of some PCRs.
     Seal(launch::SealArgs),
@@ -62,17 +86,34 @@ enum Command {
     Launch(launch::LaunchArgs),
     /// The closed-computing policy: check a request, test a table, sign a bundle.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel policy check --policy examples/policy/school.csv --subject device:laptop-17 --url https://en.wikipedia.org/wiki/Rust
+  satchel policy test --policy examples/policy/school.csv --cases examples/policy/school-cases.csv
+  satchel policy bundle --policy examples/policy/school.csv --sign-key org.key --version 1 --out policy.bundle")]
     Policy(policy::PolicyCmd),
     /// Run a program only if the signed policy bundle allows it.
     Run(policy::RunArgs),
     /// The branch-office gateway.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel gateway serve --config /etc/satchel/gateway.toml
+  satchel gateway enroll-token --data /var/lib/satchel-gateway --device-id laptop-17 --groups group:class-7a
+  satchel gateway revoke --data /var/lib/satchel-gateway --device-id laptop-17
+  satchel gateway admin-cert --data /var/lib/satchel-gateway --name alice --out-dir ./alice")]
     Gateway(gateway::GatewayCmd),
     /// The device side: enroll, attest, sync images with the gateway.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel client enroll --gateway https://gw:8443 --ca ca.crt --data client --device-id laptop-17 --token TOKEN
+  satchel client attest --gateway https://gw:8443 --ca ca.crt --data client --log boot.log
+  satchel client sync pull --gateway https://gw:8443 --ca ca.crt --data client --image classroom-2026 --into ./root")]
     Client(client::ClientCmd),
     /// Layered push-OS images on the gateway: build, list, show.
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel image build --data gw --image classroom-2026 --layer base-os=./rootfs --layer user-data=./skel
+  satchel image list --data gw
+  satchel image show --data gw classroom-2026")]
     Image(image::ImageCmd),
     /// The client agent: exec allowlist enforcement, re-attestation, sync, audit spool.
     Agent(agent::AgentArgs),
