@@ -169,6 +169,53 @@ pub struct DeviceCertRequest<'a, K> {
     pub attested_at_ms: i64,
 }
 
+/// The DNS names and IP addresses a PEM server certificate is for.
+fn server_cert_names(pem: &str) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, p)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return Vec::new();
+    };
+    let Ok(cert) = p.parse_x509() else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Replace `path` atomically (a temporary file in the same directory, then
+/// rename), with `mode`.
+fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(path))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(path))?;
+    tmp.write_all(bytes).map_err(io(path))?;
+    tmp.as_file().sync_all().map_err(io(path))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
+}
+
 impl Pki {
     /// Load the PKI from `dir`, making what is missing. `server_names`
     /// adds DNS names or IP addresses to the server certificate.
@@ -178,15 +225,32 @@ impl Pki {
         let device_ca = Ca::load_or_make(dir, "device-ca", DEVICE_CA_NAME)?;
         let admin_ca = Ca::load_or_make(dir, "admin-ca", ADMIN_CA_NAME)?;
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
-        let (server_cert_pem, server_key_pem) = if crt.exists() && key.exists() {
-            (read(&crt)?, read(&key)?)
+        let held = if crt.exists() && key.exists() {
+            let pem = read(&crt)?;
+            let names = server_cert_names(&pem);
+            Some((pem, names))
         } else {
+            None
+        };
+        let covered = |names: &[String]| server_names.iter().all(|n| names.contains(n));
+        let (server_cert_pem, server_key_pem) = if let Some((pem, _)) =
+            held.as_ref().filter(|(_, names)| covered(names))
+        {
+            (pem.clone(), read(&key)?)
+        } else {
+            // First start, or a name asked for that the certificate lacks:
+            // a new server certificate from the same CA (clients pin the CA,
+            // so nothing changes for them).
             let mut names = vec![
                 "localhost".to_owned(),
                 "127.0.0.1".to_owned(),
                 "::1".to_owned(),
             ];
-            names.extend(server_names.iter().cloned());
+            for n in held.iter().flat_map(|(_, names)| names).chain(server_names) {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
             let mut p = CertificateParams::new(names).map_err(cert_err("server certificate"))?;
             p.distinguished_name
                 .push(DnType::CommonName, "Satchel gateway");
@@ -197,8 +261,13 @@ impl Pki {
             let cert = p
                 .signed_by(&kp, &ca.issuer()?)
                 .map_err(cert_err("server certificate"))?;
-            write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
-            write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+            if held.is_some() {
+                replace(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+                replace(&crt, cert.pem().as_bytes(), 0o644)?;
+            } else {
+                write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+                write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+            }
             (cert.pem(), kp.serialize_pem())
         };
         Ok(Pki {

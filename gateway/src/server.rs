@@ -145,6 +145,10 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// How long a client may take to send a request body.
     pub body_timeout: Duration,
+    /// DNS names and IP addresses the server certificate is for, besides
+    /// localhost, 127.0.0.1 and ::1 (a missing one makes a new certificate
+    /// from the same CA at start).
+    pub server_names: Vec<String>,
 }
 
 impl ServeConfig {
@@ -163,6 +167,7 @@ impl ServeConfig {
             drain: Duration::from_secs(10),
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            server_names: Vec::new(),
         }
     }
 
@@ -256,7 +261,7 @@ fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
 impl Gateway {
     /// Load (or make) the data directory and bind the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Gateway, ServeError> {
-        let pki = Pki::init(&config.data, &[])?;
+        let pki = Pki::init(&config.data, &config.server_names)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
         let url = config.db_url();
         let (pool, _) = audit::store::connect(&url).await?;

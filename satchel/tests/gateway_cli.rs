@@ -547,3 +547,64 @@ fn a_tpm_whose_ek_certificate_another_ca_signed_cannot_enroll() {
     let o = enroll(&a.tcti());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn server_names_reach_the_certificate_and_a_new_one_keeps_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = dir.path().join("gw");
+    let ca = gw.join("ca.crt");
+    let health = |port: u16, name: &str| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .arg("--resolve")
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .arg(format!("https://{name}:{port}/v1/health"))
+            .output()
+            .unwrap()
+    };
+    let serve = |names: &[&str]| {
+        let port = free_port();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_satchel"));
+        c.args(["gateway", "serve", "--data", gw.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        for n in names {
+            c.args(["--server-name", n]);
+        }
+        let s = Served(c.stderr(Stdio::null()).spawn().unwrap());
+        wait_up(&ca, port);
+        (s, port)
+    };
+    let (s, port) = serve(&["gw.school.example"]);
+    assert_eq!(
+        String::from_utf8_lossy(&health(port, "gw.school.example").stdout),
+        "200"
+    );
+    let o = health(port, "other.school.example");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a name not in the certificate was accepted"
+    );
+    drop(s);
+    let ca_before = std::fs::read(&ca).unwrap();
+    let (_s, port) = serve(&["other.school.example"]);
+    assert_eq!(
+        String::from_utf8_lossy(&health(port, "other.school.example").stdout),
+        "200"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&health(port, "gw.school.example").stdout),
+        "200"
+    );
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_before, "the CA changed");
+}

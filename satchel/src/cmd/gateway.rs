@@ -177,6 +177,8 @@ pub(crate) struct TokenArgs {
   satchel gateway serve --data ./gw --listen 127.0.0.1:8443 --proxy-listen 127.0.0.1:3128 \\
       --policy school.csv --ek-ca ./ek-ca --reference ref.json --reference-key org.key.pub
   satchel gateway serve --config /etc/satchel/gateway.toml
+  satchel gateway serve --data /var/lib/satchel-gateway --listen 0.0.0.0:8443 \\
+      --server-name gateway.school.example --server-name 10.1.2.3
   curl --cacert ./gw/ca.crt https://127.0.0.1:8443/v1/health
 
 Every option can also come from the environment (SATCHEL_LISTEN, ...) or from the
@@ -224,6 +226,16 @@ pub(crate) struct ServeArgs {
     /// How long shutdown waits for open requests [default: 10s].
     #[arg(long, env = "SATCHEL_DRAIN", value_parser = humantime::parse_duration)]
     drain: Option<std::time::Duration>,
+    /// A DNS name or IP address clients reach the gateway by, for its server
+    /// certificate (besides localhost, 127.0.0.1, ::1). Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "SATCHEL_SERVER_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    server_name: Vec<String>,
 }
 
 /// `--config FILE`: the same options in TOML.
@@ -240,6 +252,8 @@ struct ServeFile {
     reference_key: Option<PathBuf>,
     cert_lifetime: Option<String>,
     drain: Option<String>,
+    #[serde(default)]
+    server_names: Vec<String>,
 }
 
 impl ServeArgs {
@@ -299,6 +313,11 @@ impl ServeArgs {
             3600,
         )?;
         c.drain = duration(self.drain, file.drain, "drain", 10)?;
+        c.server_names = if self.server_name.is_empty() {
+            file.server_names
+        } else {
+            self.server_name
+        };
         anyhow::ensure!(
             c.reference.is_none() || c.reference_key.is_some(),
             "--reference needs --reference-key (the key it is signed with)"
