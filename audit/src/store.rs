@@ -15,12 +15,8 @@
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
 use sqlx::{Any, AnyPool, Executor, Row};
 
 use crate::entry::{canonical_json, encode_leaf, Entry, NewEntry};
@@ -127,10 +123,6 @@ pub struct Store {
     /// the insert hits the primary key and the batch is retried after
     /// reading the real value.
     next_seq: Arc<Mutex<Option<u64>>>,
-    /// On SQLite, a pool of the native driver for the hot paths (appends
-    /// and verification reads): the `Any` driver converts and copies every
-    /// value, which costs more than SQLite's own work on a batch.
-    native: Option<SqlitePool>,
 }
 
 fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -193,15 +185,10 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate { url: shown, source })?;
-        let native = match backend {
-            Backend::Sqlite => Some(native_sqlite(url).await?),
-            Backend::Postgres => None,
-        };
         Ok(Store {
             pool,
             backend,
             next_seq: Arc::default(),
-            native,
         })
     }
 
@@ -232,9 +219,6 @@ impl Store {
     /// One attempt: a transaction writing `rows` from `first` (read inside
     /// the transaction when `None`).
     async fn append_at(&self, rows: &Rows, first: Option<u64>) -> Result<Vec<u64>, StoreError> {
-        if let Some(native) = &self.native {
-            return append_sqlite(native, rows, first).await;
-        }
         let mut conn = self
             .pool
             .acquire()
@@ -350,20 +334,6 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<(u64, Hash, Hash)>, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM audit_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq"
-        );
-        if let Some(native) = &self.native {
-            let rows = sqlx::query(SQL)
-                .bind(from)
-                .bind(to)
-                .fetch_all(native)
-                .await
-                .map_err(query("reading entries"))?;
-            return rows.iter().map(leaf_check).collect();
-        }
         let rows = sqlx::query(concat!(
             "SELECT ",
             entry_columns!(),
@@ -381,21 +351,6 @@ impl Store {
     /// The stored leaf hashes of entries `0..size`, in order.
     pub async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StoreError> {
         let size = i64::try_from(size).unwrap_or(i64::MAX);
-        if let Some(native) = &self.native {
-            let rows =
-                sqlx::query("SELECT seq, leaf_hash FROM audit_entries WHERE seq < $1 ORDER BY seq")
-                    .bind(size)
-                    .fetch_all(native)
-                    .await
-                    .map_err(query("reading leaf hashes"))?;
-            return rows
-                .iter()
-                .map(|r| {
-                    let seq: i64 = r.try_get(0).map_err(query("decoding a leaf hash"))?;
-                    hash_column(r, 1, seq)
-                })
-                .collect();
-        }
         let rows =
             sqlx::query("SELECT seq, leaf_hash FROM audit_entries WHERE seq < $1 ORDER BY seq")
                 .bind(size)
@@ -453,9 +408,6 @@ impl Store {
 
     /// Close the pool, waiting for connections to finish.
     pub async fn close(&self) {
-        if let Some(native) = &self.native {
-            native.close().await;
-        }
         self.pool.close().await;
     }
 }
@@ -572,107 +524,7 @@ fn insert_sql(rows: usize, backend: Backend) -> String {
     sql
 }
 
-/// The native SQLite pool: the same file and settings as [`connect`].
-async fn native_sqlite(url: &str) -> Result<SqlitePool, StoreError> {
-    let (_, url) = normalise(url)?;
-    let shown = redact(&url);
-    let opts = SqliteConnectOptions::from_str(&url)
-        .map_err(|source| StoreError::Open {
-            url: shown.clone(),
-            source,
-        })?
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(std::time::Duration::from_secs(10));
-    SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await
-        .map_err(|source| StoreError::Open { url: shown, source })
-}
-
-/// [`Store::append_at`] on SQLite's native driver.
-async fn append_sqlite(
-    pool: &SqlitePool,
-    rows: &Rows,
-    first: Option<u64>,
-) -> Result<Vec<u64>, StoreError> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(query("acquiring a connection"))?;
-    if first.is_some() && rows.entries.len() <= ROWS_PER_INSERT {
-        // One statement is its own transaction: one round trip, one fsync.
-        return insert_sqlite(&mut conn, rows, first).await;
-    }
-    conn.execute("BEGIN IMMEDIATE")
-        .await
-        .map_err(query("beginning a write"))?;
-    match insert_sqlite(&mut conn, rows, first).await {
-        Ok(seqs) => {
-            conn.execute("COMMIT").await.map_err(query("committing"))?;
-            Ok(seqs)
-        }
-        Err(e) => {
-            if conn.execute("ROLLBACK").await.is_err() {
-                conn.detach();
-            }
-            Err(e)
-        }
-    }
-}
-
-/// [`insert`] on SQLite's native driver: the values are bound borrowed.
-async fn insert_sqlite(
-    conn: &mut SqliteConnection,
-    rows: &Rows,
-    first: Option<u64>,
-) -> Result<Vec<u64>, StoreError> {
-    let first = match first {
-        Some(f) => f,
-        None => {
-            let next: i64 =
-                sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(query("finding the next sequence number"))?;
-            u64::try_from(next).unwrap_or(0)
-        }
-    };
-    let seqs: Vec<u64> = (first..).take(rows.entries.len()).collect();
-    for (chunk, seq_chunk) in rows
-        .entries
-        .chunks(ROWS_PER_INSERT)
-        .zip(seqs.chunks(ROWS_PER_INSERT))
-    {
-        let sql = insert_sql(chunk.len(), Backend::Sqlite);
-        let mut q = sqlx::query(&sql);
-        for ((new, details), &seq) in chunk.iter().zip(seq_chunk) {
-            let fields = [&*new.kind, &new.actor, &new.subject, &new.decision, details];
-            let leaf = leaf_hash(&encode_leaf(seq, rows.ts_ms, fields));
-            q = q
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .bind(rows.ts_ms)
-                .bind(new.kind.as_str())
-                .bind(new.actor.as_str())
-                .bind(new.subject.as_str())
-                .bind(new.decision.as_str())
-                .bind(details.as_str())
-                .bind(leaf.to_vec());
-        }
-        q.execute(&mut *conn)
-            .await
-            .map_err(query("inserting entries"))?;
-    }
-    Ok(seqs)
-}
-
-fn hash_column<R>(r: &R, i: usize, seq: i64) -> Result<Hash, StoreError>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+fn hash_column(r: &AnyRow, i: usize, seq: i64) -> Result<Hash, StoreError> {
     let bytes: Vec<u8> = r.try_get(i).map_err(query("decoding a hash"))?;
     Hash::try_from(bytes.as_slice()).map_err(|_| StoreError::BadRow {
         seq,
@@ -680,14 +532,7 @@ where
     })
 }
 
-fn leaf_check<R>(r: &R) -> Result<(u64, Hash, Hash), StoreError>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+fn leaf_check(r: &AnyRow) -> Result<(u64, Hash, Hash), StoreError> {
     let dec = || query("decoding an entry");
     let seq: i64 = r.try_get(0).map_err(dec())?;
     let ts_ms: i64 = r.try_get(1).map_err(dec())?;
@@ -698,7 +543,7 @@ where
     Ok((seq_u, leaf, hash_column(r, 7, seq)?))
 }
 
-fn stored_entry(r: &sqlx::any::AnyRow) -> Result<StoredEntry, StoreError> {
+fn stored_entry(r: &AnyRow) -> Result<StoredEntry, StoreError> {
     let dec = || query("decoding an entry");
     let seq: i64 = r.try_get(0).map_err(dec())?;
     let details_text: String = r.try_get(6).map_err(dec())?;
