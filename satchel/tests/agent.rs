@@ -849,7 +849,7 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
                 "--reference-key",
                 &s("org.key.pub"),
             ])
-            .args(["--cert-lifetime", "30s"])
+            .args(["--cert-lifetime", "16s"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -883,8 +883,9 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
         "--token",
         token.trim(),
     ]);
-    // No certificate yet: the agent attests at once; with 30 s certificates
-    // and a 26 s margin it attests again about every 4 s.
+    // No certificate yet: the agent attests at once. With 16 s certificates
+    // and a 15 s margin every 5 s check finds it due, but after a success
+    // the agent waits half the validity (8 s) before the next.
     let a = w.agent(&[
         "--gateway",
         &url,
@@ -897,7 +898,7 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
         "--log",
         &s("boot.log"),
         "--reattest-margin",
-        "26s",
+        "15s",
     ]);
     let until = || w.status()["attested_until_ms"].as_i64();
     eventually("the first attestation", || until().is_some());
@@ -905,6 +906,12 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
     eventually("a second attestation", || {
         until().is_some_and(|u| u > first)
     });
+    let second = until().unwrap();
+    assert!(
+        second - first >= 7_000,
+        "attested again after {} ms, before half the validity",
+        second - first
+    );
     assert!(w.status()["attest_error"].is_null());
 
     // Tamper with the boot: the next attestation is refused, named, and retried later.

@@ -1,9 +1,14 @@
 //! Exec enforcement with fanotify: every `execve` of a file on a marked mount
 //! waits for this module's answer.
 //!
-//! - The group is `FAN_CLASS_CONTENT`; each configured mount gets a
-//!   `FAN_MARK_MOUNT` mark for `FAN_OPEN_EXEC_PERM` (the decision) and
-//!   `FAN_CLOSE_WRITE` (a file written on the mount drops out of the cache).
+//! - The group is `FAN_CLASS_CONTENT` with an unlimited queue (a full queue
+//!   would make the kernel allow without asking). Each configured mount
+//!   point's file system gets a `FAN_MARK_FILESYSTEM` mark for
+//!   `FAN_OPEN_EXEC_PERM` (the decision) and `FAN_CLOSE_WRITE` (a file
+//!   written there drops out of the cache). A file-system mark covers every
+//!   mount of that file system, also the copies in other mount namespaces
+//!   (`unshare -m` does not escape it). A path that is not a mount point is
+//!   refused: marking it would mark the file system holding it.
 //! - The file behind the event's descriptor is hashed (SHA-256) and decided
 //!   with the policy fast path for the device's subject. The hash is cached
 //!   by (device, inode) together with the change time, modification time and
@@ -109,6 +114,12 @@ pub(crate) enum StartError {
     /// `fanotify_init` failed (not root, or no fanotify in this kernel).
     #[error("fanotify is unavailable here ({0}); run as root on a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS")]
     Init(nix::Error),
+    /// A configured path is not a mount point.
+    #[error("{path} is not a mount point; name the mount points whose file systems the agent decides for (see /proc/self/mountinfo)")]
+    NotAMount {
+        /// The path.
+        path: String,
+    },
     /// A mount could not be marked.
     #[error("cannot mark {path} for exec decisions: {source}")]
     Mark {
@@ -166,13 +177,21 @@ impl Enforcer {
             InitFlags::FAN_CLASS_CONTENT
                 | InitFlags::FAN_CLOEXEC
                 | InitFlags::FAN_NONBLOCK
+                | InitFlags::FAN_UNLIMITED_QUEUE
                 | InitFlags::FAN_UNLIMITED_MARKS,
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(StartError::Init)?;
+        let points = mount_points();
         for m in mounts {
+            let canonical = std::fs::canonicalize(m).unwrap_or_else(|_| m.clone());
+            if !points.contains(&canonical) {
+                return Err(StartError::NotAMount {
+                    path: m.display().to_string(),
+                });
+            }
             fan.mark(
-                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
                 MaskFlags::FAN_OPEN_EXEC_PERM | MaskFlags::FAN_CLOSE_WRITE,
                 rustix::fs::CWD,
                 Some(m.as_path()),
@@ -226,7 +245,11 @@ impl Enforcer {
             for ev in events {
                 // The descriptor is closed when `ev` drops, after the answer.
                 let Some(fd) = ev.fd() else {
-                    tracing::warn!("fanotify queue overflow: events were lost");
+                    // Only an overflow comes without a descriptor (the queue is
+                    // unlimited, so it should not happen): close-write events
+                    // may be lost, so nothing cached can be trusted.
+                    tracing::warn!("fanotify queue overflow: dropping the hash cache");
+                    self.cache.clear();
                     continue;
                 };
                 let mask = ev.mask();
@@ -340,7 +363,8 @@ impl Enforcer {
             let kernel = !need_path
                 && st
                     .as_ref()
-                    .is_ok_and(|s| s.st_uid == 0 && s.st_mode & 0o022 == 0);
+                    .is_ok_and(|s| s.st_uid == 0 && s.st_mode & 0o022 == 0)
+                && local_file_system(fd);
             let rep = (!hit).then(|| ExecReport {
                 at_ms: audit::batch::now_ms(),
                 path: path(),
@@ -400,10 +424,7 @@ impl Enforcer {
     }
 
     fn current(&self) -> Arc<Active> {
-        match self.active.read() {
-            Ok(a) => Arc::clone(&a),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        super::current(&self.active)
     }
 
     /// The group, for [`flush_kernel_cache`].
@@ -421,6 +442,60 @@ impl Enforcer {
     }
 }
 
+/// Largest program the agent hashes: a bigger one is treated as unreadable
+/// (denied in lockdown), so no one can stall every exec with a huge file.
+pub(crate) const MAX_PROGRAM: u64 = 1 << 30;
+
+/// The mount points of this mount namespace.
+fn mount_points() -> HashSet<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether every change to a file on this file system raises a modify event
+/// here: local disk and memory file systems, and read-only images. Not
+/// network or FUSE file systems (a change on the server raises none), nor
+/// overlayfs (a change to a lower layer raises none).
+fn local_file_system(fd: BorrowedFd<'_>) -> bool {
+    const LOCAL: [i64; 8] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x7371_7368, // squashfs (read-only)
+        0xE0F5_E1E2, // erofs (read-only)
+        0x2FC1_2FC1, // zfs
+    ];
+    rustix::fs::fstatfs(fd).is_ok_and(|s| LOCAL.contains(&(s.f_type as i64)))
+}
+
 /// SHA-256 of the whole file behind `fd`, read with `pread` (the event's
 /// descriptor is ours; its offset is not the program's).
 fn hash_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<String> {
@@ -433,6 +508,25 @@ fn hash_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
         off += n as u64;
+        if off > MAX_PROGRAM {
+            return Err(std::io::Error::other(format!(
+                "over {MAX_PROGRAM} bytes, the most the agent hashes"
+            )));
+        }
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/media/my\\040stick"), "/media/my stick");
+        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
+        assert_eq!(unescape_mountinfo("/odd\\777"), "/odd\\777");
+        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
+        assert!(mount_points().contains(Path::new("/")));
+    }
 }

@@ -14,7 +14,7 @@
 //! | `bundle.accepted` | the bundle in force, kept for the next start |
 //! | `spool.db` | entries waiting for the gateway (SQLite) |
 //! | `status.json` | what `satchel agent status` prints; rewritten every 2 s |
-//! | `agent.pid` | present while an agent runs; found at start, it means the last one died |
+//! | `agent.pid` | locked and holding the pid while an agent runs; emptied on a clean stop. Found holding a pid and unlocked at start, it means the last agent died |
 
 pub(crate) mod exec;
 pub(crate) mod spool;
@@ -111,56 +111,86 @@ struct Holder {
     accepted: Vec<u8>,
     /// The fanotify group, to drop the kernel's cached allows on a change.
     group: Option<Arc<nix::sys::fanotify::Fanotify>>,
+    /// A policy change whose flush of the kernel's cached allows failed:
+    /// retried on every refresh until it succeeds.
+    flush_pending: bool,
+}
+
+/// The policy in force, read through a poisoned lock too (the writer
+/// replaces the value whole, so it is never half-written).
+pub(crate) fn current(active: &RwLock<Arc<Active>>) -> Arc<Active> {
+    match active.read() {
+        Ok(a) => Arc::clone(&a),
+        Err(p) => Arc::clone(&p.into_inner()),
+    }
+}
+
+/// The highest bundle version accepted, from `STATE/bundle.version`.
+fn held_version(state_dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(state_dir.join("bundle.version"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Accept a verified bundle: keep its bytes first, then record its version,
+/// so a crash between the two leaves a kept bundle at least as new as the
+/// recorded version.
+fn keep(
+    state_dir: &Path,
+    key: &ed25519_dalek::VerifyingKey,
+    bytes: &[u8],
+) -> Result<Bundle, String> {
+    Bundle::verify(bytes, key, held_version(state_dir)).map_err(|e| e.to_string())?;
+    crate::cmd::write_atomic(&state_dir.join("bundle.accepted"), bytes)
+        .map_err(|e| format!("keeping the bundle: {e:#}"))?;
+    Bundle::accept(bytes, key, &state_dir.join("bundle.version")).map_err(|e| e.to_string())
 }
 
 impl Holder {
-    fn version_file(&self) -> PathBuf {
-        self.state_dir.join("bundle.version")
-    }
-
-    /// Offer bundle bytes from `source`: Ok(true) if it is now in force,
-    /// Ok(false) if it is the one already held, Err(reason) if refused.
+    /// Offer bundle bytes: Ok(true) if it is now in force, Ok(false) if it
+    /// is the one already held, Err(reason) if refused.
     fn offer(&mut self, bytes: &[u8]) -> Result<bool, String> {
         if bytes == self.accepted.as_slice() {
             return Ok(false);
         }
-        let bundle =
-            Bundle::accept(bytes, &self.key, &self.version_file()).map_err(|e| e.to_string())?;
-        let current = self.current_version();
-        if bundle.manifest.version == current && !self.accepted.is_empty() {
+        let offered = Bundle::verify(bytes, &self.key, Some(self.current_version()))
+            .map_err(|e| e.to_string())?;
+        if offered.manifest.version == self.current_version() {
             // Same version, other bytes: keep what is held.
             return Ok(false);
         }
-        crate::cmd::write_atomic(&self.state_dir.join("bundle.accepted"), bytes)
-            .map_err(|e| format!("keeping the bundle: {e:#}"))?;
+        let bundle = keep(&self.state_dir, &self.key, bytes)?;
         let a = Arc::new(activate(&bundle, &self.subject, self.forced));
         match self.active.write() {
             Ok(mut slot) => *slot = a,
             Err(p) => *p.into_inner() = a,
         }
-        if let Some(g) = &self.group {
-            if let Err(e) = exec::flush_kernel_cache(g) {
-                return Err(format!(
-                    "the new policy is in force, but the kernel's cached allows could not be dropped: {e}"
-                ));
-            }
-        }
         self.accepted = bytes.to_vec();
+        self.flush_pending = true;
+        self.flush();
         Ok(true)
     }
 
-    fn current_version(&self) -> u64 {
-        match self.active.read() {
-            Ok(a) => a.version,
-            Err(p) => p.into_inner().version,
+    /// Drop the kernel's cached allows after a policy change (retried until
+    /// it works; until then an allow from the old policy may stand).
+    fn flush(&mut self) {
+        if !self.flush_pending {
+            return;
+        }
+        match self.group.as_deref().map(exec::flush_kernel_cache) {
+            None | Some(Ok(())) => self.flush_pending = false,
+            Some(Err(e)) => eprintln!(
+                "satchel agent: the kernel's cached allows could not be dropped after the policy change (retrying): {e}"
+            ),
         }
     }
 
+    fn current_version(&self) -> u64 {
+        current(&self.active).version
+    }
+
     fn current_mode(&self) -> Mode {
-        match self.active.read() {
-            Ok(a) => a.mode,
-            Err(p) => p.into_inner().mode,
-        }
+        current(&self.active).mode
     }
 }
 
@@ -171,11 +201,8 @@ fn first_bundle(
 ) -> anyhow::Result<(Bundle, Vec<u8>, Option<String>)> {
     let version_file = s.state_dir.join("bundle.version");
     let refused = match std::fs::read(&s.bundle) {
-        Ok(bytes) => match Bundle::accept(&bytes, key, &version_file) {
-            Ok(b) => {
-                crate::cmd::write_atomic(&s.state_dir.join("bundle.accepted"), &bytes)?;
-                return Ok((b, bytes, None));
-            }
+        Ok(bytes) => match keep(&s.state_dir, key, &bytes) {
+            Ok(b) => return Ok((b, bytes, None)),
             Err(e) => format!("{}: {e}", s.bundle.display()),
         },
         Err(e) => format!("{}: {e}", s.bundle.display()),
@@ -219,37 +246,79 @@ pub(crate) fn run(s: Settings) -> anyhow::Result<()> {
         active: Arc::clone(&active),
         accepted: bytes,
         group: None,
+        flush_pending: false,
     };
 
-    // A pid file left behind means the last agent died: exec went
-    // unenforced from its last heartbeat until now.
+    // The pid file is locked while an agent runs. Found unlocked with a pid
+    // in it, it means the last agent died: exec went unenforced from its
+    // last heartbeat until now.
     let pid_path = s.state_dir.join(PID_FILE);
-    let gap = std::fs::read_to_string(&pid_path).ok().map(|old| {
+    let mut pid_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&pid_path)
+        .with_context(|| format!("opening {}", pid_path.display()))?;
+    if rustix::fs::flock(
+        &pid_file,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .is_err()
+    {
+        let other = std::fs::read_to_string(&pid_path).unwrap_or_default();
+        return Err(Exit::new(
+            2,
+            format!(
+                "another agent (pid {}) runs with the state directory {}",
+                other.trim(),
+                s.state_dir.display()
+            ),
+        )
+        .into());
+    }
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut pid_file, &mut old)?;
+    let gap = (!old.trim().is_empty()).then(|| {
         let last: Option<Status> = std::fs::read(s.state_dir.join(STATUS_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let from = last.as_ref().map_or(0, |st| st.heartbeat_ms);
+        let from = last.map(|st| st.heartbeat_ms).filter(|h| *h > 0);
         json!({"previous_pid": old.trim(), "from_ms": from, "to_ms": now_ms()})
     });
     if let Some(g) = &gap {
         eprintln!(
-            "satchel agent: the previous agent (pid {}) stopped without shutting down: exec was not enforced for {:.1} s (the kernel allows every exec while no agent answers)",
+            "satchel agent: the previous agent (pid {}) stopped without shutting down: exec was not enforced {} (the kernel allows every exec while no agent answers)",
             g["previous_pid"].as_str().unwrap_or("?"),
-            (g["to_ms"].as_i64().unwrap_or(0) - g["from_ms"].as_i64().unwrap_or(0)) as f64 / 1000.0
+            gap_text(g)
         );
     }
-    crate::cmd::write_atomic(&pid_path, format!("{}\n", std::process::id()).as_bytes())?;
 
     let counters = Arc::new(Counters::default());
     let mut enforcer = Enforcer::start(&s.mounts, Arc::clone(&active), Arc::clone(&counters))
         .map_err(|e| Exit::new(2, e.to_string()))?;
     holder.group = Some(enforcer.group());
+    pid_file.set_len(0)?;
+    std::io::Write::write_all(
+        &mut std::io::Seek::seek(&mut pid_file, std::io::SeekFrom::Start(0)).map(|_| &pid_file)?,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
+    pid_file.sync_all()?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ExecReport>();
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
+    let alive = Arc::new(AtomicBool::new(true));
+    let (stop2, alive2) = (Arc::clone(&stop), Arc::clone(&alive));
     let worker = std::thread::Builder::new()
         .name("exec-decisions".into())
         .spawn(move || {
+            // Set on the way out, also when unwinding from a panic.
+            struct Dead(Arc<AtomicBool>);
+            impl Drop for Dead {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Relaxed);
+                }
+            }
+            let _dead = Dead(alive2);
             enforcer.run(&stop2, &mut |r| {
                 let _ = tx.send(r);
             })
@@ -268,15 +337,49 @@ pub(crate) fn run(s: Settings) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(service(&s, holder, rx, counters, gap, refused));
-    stop.store(true, Ordering::Relaxed);
-    let _ = worker.join();
-    // A clean stop: no gap to report next time.
-    let _ = std::fs::remove_file(&pid_path);
+    let worker = Worker {
+        stop,
+        alive,
+        thread: Some(worker),
+    };
+    let result = rt.block_on(service(&s, holder, rx, counters, gap, refused, worker));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if result.is_ok() {
+        // A clean stop: no gap to report next time.
+        let _ = pid_file.set_len(0);
+    }
     result
 }
 
+/// The exec decision thread, as the service loop sees it.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Stop it and wait (it polls every 200 ms).
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long a gap lasted, for messages.
+fn gap_text(g: &Value) -> String {
+    match (g["from_ms"].as_i64(), g["to_ms"].as_i64()) {
+        (Some(from), Some(to)) => format!("for {:.1} s", (to - from) as f64 / 1000.0),
+        _ => "for an unknown time (no heartbeat was recorded)".to_owned(),
+    }
+}
+
 struct Loop<'a> {
+    /// A sync running on its own thread (a large pull must not stall the
+    /// heartbeat, the spool or bundle refresh).
+    sync_task: Option<tokio::sync::oneshot::Receiver<(String, Value)>>,
     s: &'a Settings,
     holder: Holder,
     spool: Spool,
@@ -293,10 +396,12 @@ async fn service(
     counters: Arc<Counters>,
     gap: Option<Value>,
     refused: Option<String>,
+    mut worker: Worker,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let spool = Spool::open(&s.state_dir.join("spool.db")).await?;
     let mut l = Loop {
+        sync_task: None,
         s,
         status: Status {
             pid: std::process::id(),
@@ -368,14 +473,28 @@ async fn service(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { l.refresh(true).await; l.write_status().await; }
-            _ = usr1.recv() => { l.sync().await; l.write_status().await; }
-            _ = heartbeat.tick() => l.write_status().await,
+            _ = usr1.recv() => l.start_sync(),
+            _ = heartbeat.tick() => {
+                if !worker.alive.load(Ordering::Relaxed) {
+                    // Exit, so the kernel stops waiting for answers that
+                    // will never come (and allows, as with any dead agent).
+                    return Err(anyhow::anyhow!("the exec decision thread stopped"));
+                }
+                l.write_status().await;
+            }
             _ = deliver.tick() => l.deliver().await,
             _ = refresh.tick() => l.refresh(false).await,
-            _ = sync.tick() => l.sync().await,
+            _ = sync.tick() => l.start_sync(),
+            Some(done) = async { l.sync_task.as_mut()?.await.ok() }, if l.sync_task.is_some() => {
+                l.sync_task = None;
+                l.sync_done(done).await;
+                l.write_status().await;
+            }
             _ = attest.tick() => l.attest().await,
         }
     }
+    // Stop deciding first, so every decision made is spooled.
+    worker.stop();
     while let Ok(r) = rx.try_recv() {
         l.exec_reports(vec![r]).await;
     }
@@ -495,6 +614,7 @@ impl Loop<'_> {
 
     /// Look for a newer bundle: in the configured file, and at the gateway.
     async fn refresh(&mut self, verbose: bool) {
+        self.holder.flush();
         let mut offers: Vec<(String, Vec<u8>)> = Vec::new();
         match std::fs::read(&self.s.bundle) {
             Ok(b) => offers.push((self.s.bundle.display().to_string(), b)),
@@ -524,6 +644,13 @@ impl Loop<'_> {
             match self.holder.offer(&bytes) {
                 Ok(true) => {
                     let v = self.holder.current_version();
+                    if source == "the gateway" {
+                        // Where an offline start looks first (the state
+                        // directory keeps a copy too).
+                        if let Err(e) = crate::cmd::write_atomic(&self.s.bundle, &bytes) {
+                            eprintln!("satchel agent: {e:#}");
+                        }
+                    }
                     eprintln!("satchel agent: policy bundle version {v} from {source} is in force (was {before})");
                     self.status.bundle_refused = None;
                     self.record(
@@ -533,12 +660,6 @@ impl Loop<'_> {
                         json!({"version": v, "previous": before, "source": source}),
                     )
                     .await;
-                    if source == "the gateway" {
-                        // Keep it for an offline start.
-                        if let Err(e) = crate::cmd::write_atomic(&self.s.bundle, &bytes) {
-                            eprintln!("satchel agent: {e:#}");
-                        }
-                    }
                 }
                 Ok(false) => {}
                 Err(reason) => {
@@ -582,6 +703,11 @@ impl Loop<'_> {
         match attest_once(&gw, &tpm, &self.s.logs, self.s.config.as_deref()).await {
             Ok((id, valid)) => {
                 self.attest_backoff = Duration::from_secs(5);
+                // Not again before half the validity is gone, whatever the
+                // margin says (a margin longer than the lifetime would
+                // otherwise attest on every check).
+                let half = i64::try_from(valid.saturating_mul(500)).unwrap_or(i64::MAX);
+                self.next_attest_ms = now_ms().saturating_add(half.max(5_000));
                 self.status.attest_error = None;
                 self.status.attested_until_ms = cert_not_after(&gw.data.join("device.crt"));
                 eprintln!("satchel agent: attested as {id}; certificate valid {valid} s");
@@ -604,60 +730,39 @@ impl Loop<'_> {
         }
     }
 
-    /// Pull the pushed layers, then push this device's user changes.
-    async fn sync(&mut self) {
+    /// Start a sync on its own thread unless one is running.
+    fn start_sync(&mut self) {
+        if self.sync_task.is_some() {
+            return;
+        }
         let (Some(gw), Some((image, root))) = (self.gateway_args(), self.s.image.clone()) else {
             return;
         };
-        let c = match device_client(&gw) {
-            Ok(c) => c,
-            Err(e) => {
-                self.status.last_sync =
-                    Some(json!({"at_ms": now_ms(), "result": format!("not attested: {e:#}")}));
-                return;
-            }
-        };
-        // Push first (it merges three-way and applies the result), then
-        // pull what is new; a first sync has nothing to push.
-        let meter = gateway::Meter::new(None);
-        let pushed = if gateway::sync_client::state_path(&gw.data, &image).exists() {
-            Some(gateway::sync_client::push(&c, &gw.data, &image, &root, None, &meter).await)
-        } else {
-            None
-        };
-        let pulled = match &pushed {
-            Some(Err(_)) => None,
-            _ => Some(gateway::sync_client::pull(&c, &gw.data, &image, &root, None, &meter).await),
-        };
-        let (result, details) = match (&pushed, &pulled) {
-            (Some(Err(e)), _) | (_, Some(Err(e))) => {
-                (format!("failed: {e}"), json!({"error": e.to_string()}))
-            }
-            (pushed, Some(Ok(p))) => {
-                let r = pushed.as_ref().and_then(|r| r.as_ref().ok());
-                (
-                    "ok".to_owned(),
-                    json!({
-                        "applied": p.layers_applied,
-                        "kept": p.layers_kept,
-                        "checked_in": r.map(|r| &r.layers),
-                        "conflicts": r.map(|r| &r.conflicts),
-                        "violations": r.map(|r| &r.violations),
-                        "bytes_received": meter.bytes_received(),
-                        "bytes_sent": meter.bytes_sent(),
-                    }),
-                )
-            }
-            (_, None) => ("failed".to_owned(), Value::Null),
-        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || {
+                let done = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(sync_once(&gw, &image, &root)),
+                    Err(e) => (format!("failed: {e}"), json!({"image": image})),
+                };
+                let _ = tx.send(done);
+            });
+        match spawned {
+            Ok(_) => self.sync_task = Some(rx),
+            Err(e) => eprintln!("satchel agent: cannot start a sync: {e}"),
+        }
+    }
+
+    /// Record a finished sync.
+    async fn sync_done(&mut self, (result, details): (String, Value)) {
+        let image = details["image"].as_str().unwrap_or("").to_owned();
         self.status.last_sync = Some(json!({"at_ms": now_ms(), "image": image, "result": result}));
-        self.record(
-            "sync",
-            &image,
-            if result == "ok" { "synced" } else { "failed" },
-            details,
-        )
-        .await;
+        let decision = if result == "ok" { "synced" } else { "failed" };
+        self.record("sync", &image, decision, details).await;
     }
 
     async fn write_status(&mut self) {
@@ -708,7 +813,8 @@ pub(crate) fn status(state_dir: &Path, as_json: bool) -> anyhow::Result<bool> {
         )
     })?;
     let alive = std::path::Path::new(&format!("/proc/{}", st.pid)).exists()
-        && state_dir.join(PID_FILE).exists()
+        && std::fs::read_to_string(state_dir.join(PID_FILE))
+            .is_ok_and(|p| p.trim() == st.pid.to_string())
         && now_ms() - st.heartbeat_ms < 10_000;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -775,10 +881,53 @@ pub(crate) fn status(state_dir: &Path, as_json: bool) -> anyhow::Result<bool> {
     );
     if let Some(g) = &st.last_gap {
         println!(
-            "last gap:       the agent before pid {} died; exec unenforced for {:.1} s",
+            "last gap:       the agent before pid {} died; exec unenforced {}",
             st.pid,
-            (g["to_ms"].as_i64().unwrap_or(0) - g["from_ms"].as_i64().unwrap_or(0)) as f64 / 1000.0
+            gap_text(g)
         );
     }
     Ok(alive)
+}
+
+/// One sync: push this device's changes first (the push merges three-way
+/// and applies the result), then pull what is new; a first sync has nothing
+/// to push. (result, audit details).
+async fn sync_once(gw: &GatewayArgs, image: &str, root: &Path) -> (String, Value) {
+    let c = match device_client(gw) {
+        Ok(c) => c,
+        Err(e) => return (format!("not attested: {e:#}"), json!({"image": image})),
+    };
+    let meter = gateway::Meter::new(None);
+    let pushed = if gateway::sync_client::state_path(&gw.data, image).exists() {
+        Some(gateway::sync_client::push(&c, &gw.data, image, root, None, &meter).await)
+    } else {
+        None
+    };
+    let pulled = match &pushed {
+        Some(Err(_)) => None,
+        _ => Some(gateway::sync_client::pull(&c, &gw.data, image, root, None, &meter).await),
+    };
+    match (&pushed, &pulled) {
+        (Some(Err(e)), _) | (_, Some(Err(e))) => (
+            format!("failed: {e}"),
+            json!({"image": image, "error": e.to_string()}),
+        ),
+        (pushed, Some(Ok(p))) => {
+            let r = pushed.as_ref().and_then(|r| r.as_ref().ok());
+            (
+                "ok".to_owned(),
+                json!({
+                    "image": image,
+                    "applied": p.layers_applied,
+                    "kept": p.layers_kept,
+                    "checked_in": r.map(|r| &r.layers),
+                    "conflicts": r.map(|r| &r.conflicts),
+                    "violations": r.map(|r| &r.violations),
+                    "bytes_received": meter.bytes_received(),
+                    "bytes_sent": meter.bytes_sent(),
+                }),
+            )
+        }
+        (_, None) => ("failed".to_owned(), json!({"image": image})),
+    }
 }
