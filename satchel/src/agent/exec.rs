@@ -493,6 +493,8 @@ fn local_file_system(fd: BorrowedFd<'_>) -> bool {
         0xE0F5_E1E2, // erofs (read-only)
         0x2FC1_2FC1, // zfs
     ];
+    // `f_type` is i64 here, a narrower integer on some architectures.
+    #[allow(clippy::unnecessary_cast)]
     rustix::fs::fstatfs(fd).is_ok_and(|s| LOCAL.contains(&(s.f_type as i64)))
 }
 
