@@ -16,8 +16,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection as _, Executor, Row};
 
 use crate::entry::{canonical_json, encode_leaf, Entry, NewEntry};
 use crate::merkle::{leaf_hash, Hash};
@@ -228,43 +227,21 @@ impl Store {
             // One statement is its own transaction: one round trip, one fsync.
             return insert(&mut conn, self.backend, rows, first).await;
         }
-        self.begin_write(&mut conn).await?;
-        match insert(&mut conn, self.backend, rows, first).await {
-            Ok(seqs) => {
-                conn.execute("COMMIT").await.map_err(query("committing"))?;
-                Ok(seqs)
-            }
-            Err(e) => {
-                if conn.execute("ROLLBACK").await.is_err() {
-                    conn.detach();
-                }
-                Err(e)
-            }
+        // A transaction object: if this future is dropped half-way, the
+        // transaction is rolled back, never left open on a pooled connection.
+        let mut tx = match self.backend {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => conn.begin().await,
         }
-    }
-
-    async fn begin_write(&self, conn: &mut PoolConnection<Any>) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => {
-                conn.execute("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(query("beginning a write"))?;
-            }
-            Backend::Postgres => {
-                conn.execute("BEGIN")
-                    .await
-                    .map_err(query("beginning a write"))?;
-                let lock = conn
-                    .execute("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
-                    .await
-                    .map_err(query("locking the log"));
-                if let Err(e) = lock {
-                    let _ = conn.execute("ROLLBACK").await;
-                    return Err(e);
-                }
-            }
+        .map_err(query("beginning a write"))?;
+        if self.backend == Backend::Postgres {
+            tx.execute("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
+                .await
+                .map_err(query("locking the log"))?;
         }
-        Ok(())
+        let seqs = insert(&mut tx, self.backend, rows, first).await?;
+        tx.commit().await.map_err(query("committing"))?;
+        Ok(seqs)
     }
 
     /// Number of entries (the tree size).
@@ -456,7 +433,7 @@ fn is_conflict(e: &sqlx::Error) -> bool {
 }
 
 async fn insert(
-    conn: &mut PoolConnection<Any>,
+    conn: &mut sqlx::AnyConnection,
     backend: Backend,
     rows: &Rows,
     first: Option<u64>,
@@ -466,7 +443,7 @@ async fn insert(
         None => {
             let next: i64 =
                 sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
-                    .fetch_one(&mut **conn)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err(query("finding the next sequence number"))?;
             u64::try_from(next).unwrap_or(0)
@@ -493,7 +470,7 @@ async fn insert(
                 .bind(details.clone())
                 .bind(leaf.to_vec());
         }
-        q.execute(&mut **conn)
+        q.execute(&mut *conn)
             .await
             .map_err(query("inserting entries"))?;
     }

@@ -113,18 +113,7 @@ pub async fn route(
             Err(e) => internal(e),
         },
         (&M::PUT, "/v1/admin/reference") => put_reference(state, &admin, body).await,
-        (&M::GET, "/v1/admin/bundle") => {
-            match state.db.setting(crate::agent_api::BUNDLE_SETTING).await {
-                Ok(Some(b)) => AdminAnswer::Text(b),
-                Ok(None) => fail(refuse(
-                    404,
-                    "no bundle",
-                    "no policy bundle is stored",
-                    Value::Null,
-                )),
-                Err(e) => internal(e),
-            }
-        }
+        (&M::GET, "/v1/admin/bundle") => crate::agent_api::get_bundle(state).await,
         (&M::PUT, "/v1/admin/bundle") => {
             fail(crate::agent_api::put_bundle(state, &admin, body).await)
         }

@@ -17,7 +17,8 @@
 //! (device, epoch): the highest number in the audit trail. A delivery is
 //! `{"epoch", "entries": [{"seq", "at_ms", "kind", "subject", "decision",
 //! "details"}]}`; entries at or below the mark are skipped (already there),
-//! the rest must continue the numbering without a gap, and are appended in
+//! the rest should continue the numbering (a gap, which means the gateway
+//! lost entries, is recorded as an `agent.spool-gap` entry and accepted), and are appended in
 //! one audit transaction as kind `agent.KIND`, actor `device:ID` (from the
 //! certificate, never from the body), with `details.spool = {epoch, seq,
 //! at_ms}`. The answer is `{"accepted_through": N}`.
@@ -39,6 +40,8 @@ use crate::state::{Device, SpoolMark};
 pub const BUNDLE_SETTING: &str = "policy-bundle";
 /// Most entries in one delivery.
 pub const MAX_SPOOL_BATCH: usize = 1000;
+/// Most audit entries read to learn what a crashed append left.
+const MAX_RECOVERY_SCAN: u64 = 1_000_000;
 
 fn bad(detail: impl Into<String>) -> Answer {
     refuse(400, "bad request", detail, Value::Null)
@@ -64,16 +67,7 @@ pub async fn route(
 ) -> AdminAnswer {
     use hyper::Method as M;
     match (method, path) {
-        (&M::GET, "/v1/agent/bundle") => match state.db.setting(BUNDLE_SETTING).await {
-            Ok(Some(b)) => AdminAnswer::Text(b),
-            Ok(None) => AdminAnswer::Json(refuse(
-                404,
-                "no bundle",
-                "the gateway holds no policy bundle (PUT /v1/admin/bundle)",
-                Value::Null,
-            )),
-            Err(e) => AdminAnswer::Json(internal(e)),
-        },
+        (&M::GET, "/v1/agent/bundle") => get_bundle(state).await,
         (&M::POST, "/v1/agent/spool") => AdminAnswer::Json(deliver(state, dev, body).await),
         (_, "/v1/agent/bundle") => {
             AdminAnswer::Json(refuse(405, "method not allowed", "use GET", Value::Null))
@@ -82,6 +76,20 @@ pub async fn route(
             AdminAnswer::Json(refuse(405, "method not allowed", "use POST", Value::Null))
         }
         _ => AdminAnswer::Json(refuse(404, "not found", "no such agent route", Value::Null)),
+    }
+}
+
+/// `GET /v1/agent/bundle` and `GET /v1/admin/bundle`: the stored bundle.
+pub async fn get_bundle(state: &AppState) -> AdminAnswer {
+    match state.db.setting(BUNDLE_SETTING).await {
+        Ok(Some(b)) => AdminAnswer::Text(b),
+        Ok(None) => AdminAnswer::Json(refuse(
+            404,
+            "no bundle",
+            "the gateway holds no policy bundle (PUT /v1/admin/bundle)",
+            Value::Null,
+        )),
+        Err(e) => AdminAnswer::Json(internal(e)),
     }
 }
 
@@ -179,7 +187,10 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
     if let Some(e) = d.entries.iter().find(|e| !valid_word(&e.kind, 32)) {
         return bad(format!("entry {}: kind {:?} is not a word", e.seq, e.kind));
     }
-    if d.entries.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
+    if d.entries
+        .windows(2)
+        .any(|w| w[0].seq.checked_add(1) != Some(w[1].seq))
+    {
         return bad("entries must be in order, numbered without gaps");
     }
     let actor = format!("device:{}", dev.device_id);
@@ -190,9 +201,16 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
     };
     if let (Some(through), Some(from)) = (mark.pending_through, mark.audit_from) {
         // A crash between append and mark: see which entries landed.
+        // The crashed append was the last thing this device's delivery did;
+        // what follows it in the trail is bounded by the gateway's traffic
+        // since, so a generous limit covers it.
         let landed = match state
             .audit
-            .entries(u64::try_from(from).unwrap_or(0), None, None)
+            .entries(
+                u64::try_from(from).unwrap_or(0),
+                None,
+                Some(MAX_RECOVERY_SCAN),
+            )
             .await
         {
             Ok(list) => list
@@ -228,19 +246,12 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
             body: json!({"accepted_through": mark.last_seq, "appended": 0}),
         };
     };
-    if first.seq != mark.last_seq + 1 {
-        return refuse(
-            409,
-            "spool gap",
-            format!(
-                "the gateway holds this spool through entry {}; entry {} is next, not {}",
-                mark.last_seq,
-                mark.last_seq + 1,
-                first.seq
-            ),
-            json!({"accepted_through": mark.last_seq}),
-        );
-    }
+    // Entries the gateway should hold but does not: the device deletes an
+    // entry only after the gateway acknowledged it, so this means the
+    // gateway lost them (a database restored from an old backup). Recorded
+    // as a gap, then accepted, so the device's spool does not stall.
+    let gap = (first.seq > mark.last_seq.saturating_add(1))
+        .then(|| (mark.last_seq.saturating_add(1), first.seq - 1));
     let through = fresh.last().map_or(mark.last_seq, |e| e.seq);
     let audit_from = match state.audit.seq_bounds().await {
         Ok(b) => b.map_or(0, |(_, hi)| hi + 1),
@@ -259,9 +270,17 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
         return internal(e);
     }
     let n = fresh.len();
-    let batch = fresh
+    let gap_entry = gap.map(|(from, to)| audit::entry::NewEntry {
+        kind: "agent.spool-gap".to_owned(),
+        actor: actor.clone(),
+        subject: "spool".to_owned(),
+        decision: "missing".to_owned(),
+        details: json!({"epoch": d.epoch, "from_seq": from, "to_seq": to,
+            "reason": "the gateway lacks entries the device was told it had (a restored database?)"}),
+    });
+    let batch: Vec<_> = gap_entry
         .into_iter()
-        .map(|e| {
+        .chain(fresh.into_iter().map(|e| {
             let mut details = match e.details {
                 Value::Object(m) => m,
                 Value::Null => serde_json::Map::new(),
@@ -278,7 +297,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
                 decision: e.decision,
                 details: Value::Object(details),
             }
-        })
+        }))
         .collect();
     if let Err(e) = state.audit.append(batch, audit::batch::now_ms()).await {
         return internal(e);

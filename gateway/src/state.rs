@@ -254,12 +254,13 @@ impl Db {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a spool mark"))?;
+        let dec = db("decoding a spool mark");
         Ok(match row {
             None => SpoolMark::default(),
             Some(r) => SpoolMark {
-                last_seq: r.try_get(0).unwrap_or_default(),
-                pending_through: r.try_get(1).ok().flatten(),
-                audit_from: r.try_get(2).ok().flatten(),
+                last_seq: r.try_get(0).map_err(db("decoding a spool mark"))?,
+                pending_through: r.try_get(1).map_err(db("decoding a spool mark"))?,
+                audit_from: r.try_get(2).map_err(dec)?,
             },
         })
     }
