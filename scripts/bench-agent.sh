@@ -27,12 +27,14 @@ LAT=$PWD/target/release/examples/exec-latency
 TMP=$(mktemp -d)
 AGENT=
 cleanup() {
-  if [ -n "$AGENT" ]; then kill "$AGENT" 2>/dev/null; wait "$AGENT" 2>/dev/null || true; fi
-  umount -l "$TMP/a" 2>/dev/null || true
-  umount -l "$TMP/b" 2>/dev/null || true
+  set +e
+  if [ -n "$AGENT" ]; then kill "$AGENT" 2>/dev/null; wait "$AGENT" 2>/dev/null; fi
+  umount -l "$TMP/a" 2>/dev/null
+  umount -l "$TMP/b" 2>/dev/null
   rm -rf "$TMP"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 mkdir -p "$TMP/a" "$TMP/b" "$TMP/state"
 mount -t tmpfs -o size=512m tmpfs "$TMP/a"
 mount -t tmpfs -o size=512m tmpfs "$TMP/b"
@@ -61,7 +63,7 @@ start_agent() {
   cat "$TMP/agent.log" >&2; exit 1
 }
 stop_agent() {
-  kill "$AGENT"; wait "$AGENT" || true; AGENT=
+  kill "$AGENT" 2>/dev/null || true; wait "$AGENT" || true; AGENT=
   { "$SATCHEL" agent status --state-dir "$TMP/state" --json 2>/dev/null || true; } \
     | sed -E 's/.*"events":([0-9]+).*"decide_ns_total":([0-9]+).*"kernel_cached":([0-9]+).*/\1 \2 \3/' \
     | awk '{printf "  the agent saw %d exec events (%.1f us each from read to answer); %d files left to the kernel\n", $1, $2 / $1 / 1000, $3}'

@@ -31,10 +31,11 @@ rm -rf "$OUT"; mkdir -p "$OUT/logs"
 . scripts/swtpm-lib.sh
 GATEWAY_PID=; WEB_PID=; AGENT_PID=; MNT=
 cleanup() {
-  [ -n "$AGENT_PID" ] && { kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null || true; }
-  [ -n "$MNT" ] && { umount -l "$MNT" 2>/dev/null || true; }
-  [ -n "$GATEWAY_PID" ] && { kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null || true; }
-  [ -n "$WEB_PID" ] && { kill "$WEB_PID" 2>/dev/null; wait "$WEB_PID" 2>/dev/null || true; }
+  set +e
+  [ -n "$AGENT_PID" ] && { kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null; }
+  [ -n "$MNT" ] && umount -l "$MNT" 2>/dev/null
+  [ -n "$GATEWAY_PID" ] && { kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null; }
+  [ -n "$WEB_PID" ] && { kill "$WEB_PID" 2>/dev/null; wait "$WEB_PID" 2>/dev/null; }
   stop_swtpm
 }
 trap cleanup EXIT
@@ -195,13 +196,20 @@ if [ "$(id -u)" -eq 0 ]; then
     "$SATCHEL" agent --bundle "$OUT/agent.bundle" --bundle-key "$OUT/org.key.pub" --subject "device:$DEVICE" \
       --mount "$MNT" --state-dir "$OUT/agent-state" "${CLIENT[@]}" --deliver-interval 1s 2> "$OUT/logs/agent.log" &
     AGENT_PID=$!
-    for _ in $(seq 1 200); do grep -qs "\"pid\": $AGENT_PID," "$OUT/agent-state/status.json" && break; sleep 0.05; done
+    for i in $(seq 1 200); do
+      grep -qs "\"pid\": $AGENT_PID," "$OUT/agent-state/status.json" && break
+      kill -0 "$AGENT_PID" 2>/dev/null && [ "$i" -lt 200 ] || { LOG=$OUT/logs/agent.log; fail "the agent did not start"; }
+      sleep 0.05
+    done
     run "$MNT/lesson-app" "lesson app ran"
     if "$MNT/game" >> "$LOG" 2>&1; then fail "the agent let a program outside the allowlist run"; fi
     grep -q "Operation not permitted" "$LOG" || fail "the refused exec did not fail with EPERM"
+    DRAINED=
     for _ in $(seq 1 100); do
-      [ "$("$SATCHEL" agent status --state-dir "$OUT/agent-state" --json | json spool_waiting)" = 0 ] && break; sleep 0.1
+      [ "$("$SATCHEL" agent status --state-dir "$OUT/agent-state" --json | json spool_waiting)" = 0 ] && { DRAINED=1; break; }
+      sleep 0.1
     done
+    [ -n "$DRAINED" ] || fail "the agent's audit spool did not reach the gateway"
     kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
     umount -l "$MNT"; MNT=
     AGENT_LINE="agent (fanotify on a tmpfs): lesson-app ran, game refused with EPERM, its audit spool delivered to the gateway"

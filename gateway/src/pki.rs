@@ -169,6 +169,29 @@ pub struct DeviceCertRequest<'a, K> {
     pub attested_at_ms: i64,
 }
 
+/// A name as certificates hold it: DNS names in lower case without a
+/// trailing dot, IP addresses in their canonical form.
+fn normalise_name(name: &str) -> String {
+    match name.trim().parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.trim().trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
+/// Whether the key file holds the key of the certificate (a crash between
+/// replacing one and the other leaves a pair that does not match).
+fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(kp) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok((_, p)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    p.parse_x509().is_ok_and(|c| {
+        c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(&kp).as_slice()
+    })
+}
+
 /// The DNS names and IP addresses a PEM server certificate is for.
 fn server_cert_names(pem: &str) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
@@ -185,7 +208,7 @@ fn server_cert_names(pem: &str) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|g| match g {
-            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::DNSName(d) => Some(normalise_name(d)),
             GeneralName::IPAddress(b) => match b.len() {
                 4 => <[u8; 4]>::try_from(*b)
                     .ok()
@@ -227,16 +250,20 @@ impl Pki {
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
         let held = if crt.exists() && key.exists() {
             let pem = read(&crt)?;
+            let key_pem = read(&key)?;
             let names = server_cert_names(&pem);
-            Some((pem, names))
+            let paired = key_matches(&pem, &key_pem);
+            Some((pem, key_pem, names, paired))
         } else {
             None
         };
-        let covered = |names: &[String]| server_names.iter().all(|n| names.contains(n));
-        let (server_cert_pem, server_key_pem) = if let Some((pem, _)) =
-            held.as_ref().filter(|(_, names)| covered(names))
+        let wanted: Vec<String> = server_names.iter().map(|n| normalise_name(n)).collect();
+        let covered = |names: &[String]| wanted.iter().all(|n| names.contains(n));
+        let (server_cert_pem, server_key_pem) = if let Some((pem, key_pem, _, _)) = held
+            .as_ref()
+            .filter(|(_, _, names, paired)| *paired && covered(names))
         {
-            (pem.clone(), read(&key)?)
+            (pem.clone(), key_pem.clone())
         } else {
             // First start, or a name asked for that the certificate lacks:
             // a new server certificate from the same CA (clients pin the CA,
@@ -246,7 +273,11 @@ impl Pki {
                 "127.0.0.1".to_owned(),
                 "::1".to_owned(),
             ];
-            for n in held.iter().flat_map(|(_, names)| names).chain(server_names) {
+            for n in held
+                .iter()
+                .flat_map(|(_, _, names, _)| names)
+                .chain(&wanted)
+            {
                 if !names.contains(n) {
                     names.push(n.clone());
                 }

@@ -139,6 +139,10 @@ pub struct PushReport {
     pub conflicts: BTreeMap<String, Vec<Conflict>>,
     /// Refused changes to system layers, by layer.
     pub violations: BTreeMap<String, Vec<String>>,
+    /// User layers checked in but changed again before the gateway's new
+    /// version could be applied: left as they are (the next push sends the
+    /// newer changes).
+    pub layers_kept: Vec<String>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -444,8 +448,10 @@ pub async fn pull(
 }
 
 /// [`pull`], applying the layers in `checked_in` even where they differ
-/// from the version held: their local changes are in the gateway's new
-/// version already.
+/// from the version held, as long as the tree is still the one checked in:
+/// those local changes are in the gateway's new version already. (A file
+/// changed since the check-in keeps the layer as it is, as for any
+/// unpushed work.)
 async fn pull_layers(
     c: &GatewayClient,
     cdir: &Path,
@@ -453,7 +459,7 @@ async fn pull_layers(
     root: &Path,
     layers: LayerFilter<'_>,
     meter: &Meter,
-    checked_in: &[Layer],
+    checked_in: &[(Layer, Vec<Entry>)],
 ) -> Result<PullStats, SyncError> {
     let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
     let path = state_path(cdir, image);
@@ -485,7 +491,13 @@ async fn pull_layers(
         if unchanged {
             continue;
         }
-        if !layer.is_system() && dir.exists() && !checked_in.contains(&layer) {
+        let sent = checked_in.iter().find(|(l, _)| *l == layer).map(|(_, e)| e);
+        if let Some(sent) = sent {
+            if *sent != old {
+                stats.layers_kept.push(layer.to_string());
+                continue;
+            }
+        } else if !layer.is_system() && dir.exists() {
             if let Some(prev) = state.layers.get(&layer) {
                 let key = pinned_key(&state, image)?;
                 let held = Signed::verify(&prev.manifest, &key).map_err(local)?;
@@ -586,14 +598,24 @@ pub async fn push(
             report.violations.insert(layer.to_string(), violations);
         }
         if !layer.is_system() {
-            changed_user_layers.push(*layer);
+            changed_user_layers.push((*layer, entries));
         }
     }
     // Apply what the gateway made of the check-ins (conflict copies
     // included), so client and gateway share the new version.
     if !changed_user_layers.is_empty() {
-        let only = Some(changed_user_layers.as_slice());
-        pull_layers(c, cdir, image, root, only, meter, &changed_user_layers).await?;
+        let only: Vec<Layer> = changed_user_layers.iter().map(|(l, _)| *l).collect();
+        let pulled = pull_layers(
+            c,
+            cdir,
+            image,
+            root,
+            Some(&only),
+            meter,
+            &changed_user_layers,
+        )
+        .await?;
+        report.layers_kept = pulled.layers_kept;
     }
     report.bytes_received = meter.bytes_received();
     report.bytes_sent = meter.bytes_sent();

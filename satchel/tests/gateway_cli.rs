@@ -596,6 +596,25 @@ fn server_names_reach_the_certificate_and_a_new_one_keeps_the_ca() {
         "a name not in the certificate was accepted"
     );
     drop(s);
+    // The same name spelled otherwise: the certificate is kept.
+    let crt_before = std::fs::read(gw.join("server.crt")).unwrap();
+    let (s, _) = serve(&["GW.School.Example."]);
+    drop(s);
+    assert_eq!(std::fs::read(gw.join("server.crt")).unwrap(), crt_before);
+    // A key that does not match the certificate (a crash between replacing
+    // the two): a new pair at start.
+    std::fs::write(
+        gw.join("server.key"),
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let (s, port) = serve(&[]);
+    assert_eq!(
+        String::from_utf8_lossy(&health(port, "gw.school.example").stdout),
+        "200"
+    );
+    assert_ne!(std::fs::read(gw.join("server.crt")).unwrap(), crt_before);
+    drop(s);
     let ca_before = std::fs::read(&ca).unwrap();
     let (_s, port) = serve(&["other.school.example"]);
     assert_eq!(

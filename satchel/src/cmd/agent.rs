@@ -18,15 +18,15 @@ pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/satchel/agent";
 #[command(after_help = "Examples:
   # offline, on the signed bundle alone:
   satchel agent --bundle /etc/satchel/policy.bundle --bundle-key /etc/satchel/org.key.pub \\
-      --subject device:laptop-17 --mount /home --mount /media
+      --subject device:laptop-17 --mount /home --mount /srv/guest
   # online: re-attests, fetches newer bundles, delivers the spool, syncs the image
   satchel agent --config /etc/satchel/satchel.toml
   satchel agent status
 
 Every exec of a file on a marked mount waits for the agent's decision (fanotify,
 FAN_OPEN_EXEC_PERM; root). Lockdown: a program the bundle does not allow fails with
-\"Operation not permitted\". Monitor: it runs and the deny is reported. Only the mounts
-named are marked. SIGHUP re-reads the bundle; SIGUSR1 syncs now; SIGTERM stops.
+\"Operation not permitted\". Monitor: it runs and the deny is reported. Only the file
+systems of the mount points named are marked. SIGHUP re-reads the bundle; SIGUSR1 syncs now; SIGTERM stops.
 Options also come from the [agent] table of the config file (docs/agent.md).")]
 pub(crate) struct AgentArgs {
     #[command(subcommand)]
@@ -67,7 +67,8 @@ struct RunArgs {
     /// This device's policy subject, e.g. device:laptop-17.
     #[arg(long)]
     subject: Option<String>,
-    /// A mount whose execs are decided. Repeatable; none means none.
+    /// A mount point whose file system's execs are decided (the whole file
+    /// system, in every mount namespace). Repeatable; none means none.
     #[arg(long, value_name = "PATH")]
     mount: Vec<PathBuf>,
     /// lockdown (deny) or monitor (report) [default: the bundle's mode for this subject].
