@@ -14,11 +14,14 @@
 # The control run does the same with no agent: A and B should then differ
 # by nothing but noise. Also printed: what reached the agent (a hit the
 # kernel answers from an ignore mark never does) and its time per decision.
-# Usage: scripts/bench-agent.sh [PAIRS]
+# With PIN=CPU the agent and the load tool share that one CPU (taskset), so
+# a decision costs a local context switch, not a wake-up across CPUs.
+# Usage: [PIN=CPU] scripts/bench-agent.sh [PAIRS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 PAIRS=${1:-3000}
+TASKSET=; [ -n "${PIN:-}" ] && TASKSET="taskset -c $PIN"
 [ "$(id -u)" -eq 0 ] || { echo "bench-agent: run as root (fanotify permission events)" >&2; exit 2; }
 bash scripts/setup.sh >/dev/null
 cargo build --release --quiet -p satchel --bin satchel --example exec-latency
@@ -53,7 +56,7 @@ list() { for i in $(seq 1 "$PAIRS"); do echo "$TMP/$1/miss/$i"; done; }
 field() { sed -E "s/.*\"$1\": (-?[0-9.]+).*/\1/"; }
 
 start_agent() {
-  "$SATCHEL" agent --bundle "$TMP/policy.bundle" --bundle-key "$TMP/org.key.pub" \
+  $TASKSET "$SATCHEL" agent --bundle "$TMP/policy.bundle" --bundle-key "$TMP/org.key.pub" \
     --subject device:bench --mount "$TMP/a" --state-dir "$TMP/state" 2>"$TMP/agent.log" &
   AGENT=$!
   for _ in $(seq 1 200); do
@@ -71,11 +74,11 @@ stop_agent() {
 
 run_case() { # label: prints a line per case
   local hit gw miss
-  hit=$("$LAT" "$PAIRS" "$TMP/a/hit" -- "$TMP/b/hit")
-  gw=$("$LAT" "$PAIRS" "$TMP/a/hit-gw" -- "$TMP/b/hit-gw")
+  hit=$($TASKSET "$LAT" "$PAIRS" "$TMP/a/hit" -- "$TMP/b/hit")
+  gw=$($TASKSET "$LAT" "$PAIRS" "$TMP/a/hit-gw" -- "$TMP/b/hit-gw")
   copies
   # shellcheck disable=SC2046
-  miss=$("$LAT" "$PAIRS" $(list a) -- $(list b))
+  miss=$($TASKSET "$LAT" "$PAIRS" $(list a) -- $(list b))
   printf '%-10s kernel hit: marked %7.1f us  unmarked %7.1f us  added %6.1f us per exec\n' "$1" \
     "$(echo "$hit" | field a_median_us)" "$(echo "$hit" | field b_median_us)" "$(echo "$hit" | field added_median_us)"
   printf '%-10s agent hit:  marked %7.1f us  unmarked %7.1f us  added %6.1f us per exec\n' "$1" \
@@ -84,7 +87,7 @@ run_case() { # label: prints a line per case
     "$(echo "$miss" | field a_median_us)" "$(echo "$miss" | field b_median_us)" "$(echo "$miss" | field added_median_us)"
 }
 
-echo "exec latency: $PAIRS pairs of execs of $BIN copies per case (medians)"
+echo "exec latency: $PAIRS pairs of execs of $BIN copies per case (medians)${PIN:+, agent and load on CPU $PIN}"
 run_case "no agent"
 start_agent
 run_case "agent"
