@@ -414,27 +414,7 @@ fn admin_routes_change_the_policy_at_once_and_only_for_admins() {
     std::fs::write(&acrt, admin.cert_pem).unwrap();
     std::fs::write(&akey, admin.key_pem).unwrap();
     let api = |path: &str, cert: (&Path, &Path), extra: &[&str]| {
-        let o = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code}",
-                "--cacert",
-            ])
-            .arg(s.data.join("ca.crt"))
-            .arg("--cert")
-            .arg(cert.0)
-            .arg("--key")
-            .arg(cert.1)
-            .args(extra)
-            .arg(format!("https://127.0.0.1:{}{path}", s.gw.port))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').unwrap();
-        (status.to_owned(), body.to_owned())
+        common::api(s.gw.port, &s.data, path, cert, extra)
     };
     let alice = (acrt.as_path(), akey.as_path());
     let device = (s.crt.as_path(), s.key.as_path());

@@ -156,28 +156,36 @@ impl BundleManifest {
     }
 }
 
+/// The file's envelope, within the size limit.
+fn envelope(bytes: &[u8]) -> Result<Envelope<'_>, BundleError> {
+    if bytes.len() > MAX_BUNDLE {
+        return Err(BundleError::Envelope(format!(
+            "{} bytes is over the limit",
+            bytes.len()
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| BundleError::Envelope(e.to_string()))
+}
+
+/// The signed part, of this format.
+fn manifest_of(env: &Envelope<'_>) -> Result<BundleManifest, BundleError> {
+    let manifest: BundleManifest =
+        serde_json::from_str(env.bundle.get()).map_err(|e| BundleError::Envelope(e.to_string()))?;
+    if manifest.format != FORMAT {
+        return Err(BundleError::Envelope(format!(
+            "format {:?} is not {FORMAT}",
+            manifest.format
+        )));
+    }
+    Ok(manifest)
+}
+
 impl Bundle {
     /// The version a bundle file claims, without checking its signature:
     /// for a relay (the gateway) that stores bundles and refuses an older
     /// one, but holds no bundle key. A client always calls [`Bundle::verify`].
     pub fn claimed_version(bytes: &[u8]) -> Result<u64, BundleError> {
-        if bytes.len() > MAX_BUNDLE {
-            return Err(BundleError::Envelope(format!(
-                "{} bytes is over the limit",
-                bytes.len()
-            )));
-        }
-        let env: Envelope<'_> =
-            serde_json::from_slice(bytes).map_err(|e| BundleError::Envelope(e.to_string()))?;
-        let manifest: BundleManifest = serde_json::from_str(env.bundle.get())
-            .map_err(|e| BundleError::Envelope(e.to_string()))?;
-        if manifest.format != FORMAT {
-            return Err(BundleError::Envelope(format!(
-                "format {:?} is not {FORMAT}",
-                manifest.format
-            )));
-        }
-        Ok(manifest.version)
+        Ok(manifest_of(&envelope(bytes)?)?.version)
     }
 
     /// Check a bundle file's signature with `key` and, when the client
@@ -187,14 +195,7 @@ impl Bundle {
         key: &VerifyingKey,
         held: Option<u64>,
     ) -> Result<Bundle, BundleError> {
-        if bytes.len() > MAX_BUNDLE {
-            return Err(BundleError::Envelope(format!(
-                "{} bytes is over the limit",
-                bytes.len()
-            )));
-        }
-        let env: Envelope<'_> =
-            serde_json::from_slice(bytes).map_err(|e| BundleError::Envelope(e.to_string()))?;
+        let env = envelope(bytes)?;
         if env.signature.alg != "ed25519" {
             return Err(BundleError::Envelope(format!(
                 "signature algorithm {:?} is not ed25519",
@@ -217,14 +218,7 @@ impl Bundle {
         msg.extend_from_slice(env.bundle.get().as_bytes());
         key.verify(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
             .map_err(|_| BundleError::BadSignature)?;
-        let manifest: BundleManifest = serde_json::from_str(env.bundle.get())
-            .map_err(|e| BundleError::Envelope(e.to_string()))?;
-        if manifest.format != FORMAT {
-            return Err(BundleError::Envelope(format!(
-                "format {:?} is not {FORMAT}",
-                manifest.format
-            )));
-        }
+        let manifest = manifest_of(&env)?;
         if let Some(held) = held {
             if manifest.version < held {
                 return Err(BundleError::Rollback {

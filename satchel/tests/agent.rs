@@ -16,6 +16,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,6 +145,28 @@ impl World {
     }
 
     fn agent(&self, extra: &[&str]) -> Agent {
+        self.agent_with(extra.iter().copied())
+    }
+
+    /// An agent that talks to the gateway on `port` as the device in `cdir`.
+    fn agent_online(&self, gw: &Path, port: u16, cdir: &Path, extra: &[&str]) -> Agent {
+        let online = [
+            "--gateway".to_owned(),
+            format!("https://127.0.0.1:{port}"),
+            "--ca".to_owned(),
+            gw.join("ca.crt").to_string_lossy().into_owned(),
+            "--data".to_owned(),
+            cdir.to_string_lossy().into_owned(),
+        ];
+        self.agent_with(
+            online
+                .iter()
+                .map(String::as_str)
+                .chain(extra.iter().copied()),
+        )
+    }
+
+    fn agent_with<'a>(&self, extra: impl Iterator<Item = &'a str>) -> Agent {
         let log = self.p(&format!("agent-{}.log", rand_suffix()));
         let child = satchel()
             .args(["agent", "--bundle"])
@@ -456,85 +480,6 @@ fn sigkill_leaves_exec_working_and_the_restart_reports_the_gap() {
     a.stop();
 }
 
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(gw: &Path, port: u16) -> Gateway {
-    let child = satchel()
-        .args([
-            "gateway",
-            "serve",
-            "--data",
-            gw.to_str().unwrap(),
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Gateway(child)
-}
-
-/// Enroll `id` in the gateway's database and issue its certificate into
-/// `cdir` (enrollment and attestation against a swtpm are in
-/// `the_agent_re_attests_...` and gateway_cli.rs).
-fn device_with_cert(gw: &Path, cdir: &Path, id: &str) {
-    let db = format!("sqlite:{}", gw.join("satchel.db").display());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (pool, _) = audit::store::connect(&db).await.unwrap();
-        let db = gateway::state::Db::new(pool).await.unwrap();
-        let t = db
-            .make_token(id, &[], Duration::from_secs(60))
-            .await
-            .unwrap();
-        let d = gateway::state::Device {
-            device_id: id.into(),
-            groups: vec![],
-            ak_pem: String::new(),
-            enrolled_ms: audit::batch::now_ms(),
-            revoked_ms: None,
-        };
-        assert!(db.enroll(&t, &d).await.unwrap());
-    });
-    let pki = gateway::Pki::init(gw, &[]).unwrap();
-    let kp = rcgen::KeyPair::generate().unwrap();
-    let pem = pki
-        .issue_device_cert(&gateway::DeviceCertRequest {
-            device_id: id,
-            public_key: &kp,
-            lifetime: Duration::from_secs(3600),
-            attestation_id: "test",
-            attested_at_ms: audit::batch::now_ms(),
-        })
-        .unwrap();
-    std::fs::create_dir_all(cdir).unwrap();
-    std::fs::write(cdir.join("device.crt"), pem).unwrap();
-    std::fs::write(cdir.join("device.key"), kp.serialize_pem()).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_agent_syncs_on_demand_and_checks_in_user_changes() {
     let Some(w) = World::new() else { return };
@@ -561,41 +506,25 @@ fn the_agent_syncs_on_demand_and_checks_in_user_changes() {
         "p, device:t1, image, classroom, subscribe, allow\n",
     )
     .unwrap();
-    let port = free_port();
-    let _g = Gateway(
-        satchel()
-            .args([
-                "gateway",
-                "serve",
-                "--data",
-                gw.to_str().unwrap(),
-                "--listen",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--policy")
-            .arg(w.p("gw-policy.csv"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port);
+    let port = common::free_port();
+    let policy = w.p("gw-policy.csv");
+    let _g = common::serve(&gw, port, &["--policy", policy.to_str().unwrap()]);
     let cdir = w.p("client");
-    device_with_cert(&gw, &cdir, "t1");
+    common::device_cert(&gw, &cdir, "t1", &[]);
     let root = w.p("root");
-    let a = w.agent(&[
-        "--gateway",
-        &format!("https://127.0.0.1:{port}"),
-        "--ca",
-        gw.join("ca.crt").to_str().unwrap(),
-        "--data",
-        cdir.to_str().unwrap(),
-        "--image",
-        "classroom",
-        "--into",
-        root.to_str().unwrap(),
-        "--sync-interval",
-        "1h",
-    ]);
+    let a = w.agent_online(
+        &gw,
+        port,
+        &cdir,
+        &[
+            "--image",
+            "classroom",
+            "--into",
+            root.to_str().unwrap(),
+            "--sync-interval",
+            "1h",
+        ],
+    );
     // The first sync runs at start.
     eventually("the first sync", || {
         root.join("base-os/etc/motd").exists() && root.join("user-data/Documents/a.txt").exists()
@@ -650,44 +579,26 @@ fn the_agent_syncs_on_demand_and_checks_in_user_changes() {
     );
 }
 
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn offline_the_agent_spools_and_online_every_entry_lands_once() {
     let Some(w) = World::new() else { return };
     let gw = w.p("gw");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let g = serve(&gw, port);
+    let port = common::free_port();
+    let g = common::serve(&gw, port, &[]);
     let cdir = w.p("client");
-    device_with_cert(&gw, &cdir, "t1");
+    common::device_cert(&gw, &cdir, "t1", &[]);
     let db = format!("sqlite:{}", gw.join("satchel.db").display());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
 
-    let a = w.agent(&[
-        "--gateway",
-        &format!("https://127.0.0.1:{port}"),
-        "--ca",
-        gw.join("ca.crt").to_str().unwrap(),
-        "--data",
-        cdir.to_str().unwrap(),
-        "--deliver-interval",
-        "300ms",
-        "--refresh-interval",
-        "300ms",
-    ]);
+    let a = w.agent_online(
+        &gw,
+        port,
+        &cdir,
+        &["--deliver-interval", "300ms", "--refresh-interval", "300ms"],
+    );
     assert_eq!(run(&w.m("unlisted")), Err(EPERM));
     eventually("delivery while online", || {
         let s = w.status();
@@ -707,7 +618,7 @@ fn offline_the_agent_spools_and_online_every_entry_lands_once() {
             .as_str()
             .is_some_and(|g| g.starts_with("offline"))
     });
-    let _g = serve(&gw, port);
+    let _g = common::serve(&gw, port, &[]);
     eventually("the spool to drain", || w.status()["spool_waiting"] == 0);
 
     // An admin puts a newer bundle on the gateway: the agent fetches it,
@@ -826,39 +737,22 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
         "--out",
         &s("ref.json"),
     ]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let gw = s("gw");
-    let _g = Gateway(
-        satchel()
-            .args([
-                "gateway",
-                "serve",
-                "--data",
-                &gw,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--ek-ca", swtpm.ek_ca_dir().to_str().unwrap()])
-            .args([
-                "--reference",
-                &s("ref.json"),
-                "--reference-key",
-                &s("org.key.pub"),
-            ])
-            .args(["--cert-lifetime", "16s"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _g = common::serve(
+        Path::new(&gw),
+        port,
+        &[
+            "--ek-ca",
+            swtpm.ek_ca_dir().to_str().unwrap(),
+            "--reference",
+            &s("ref.json"),
+            "--reference-key",
+            &s("org.key.pub"),
+            "--cert-lifetime",
+            "16s",
+        ],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let url = format!("https://127.0.0.1:{port}");
     let ca = format!("{gw}/ca.crt");
     let token = with_tpm(&[
@@ -886,20 +780,19 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
     // No certificate yet: the agent attests at once. With 16 s certificates
     // and a 15 s margin every 5 s check finds it due, but after a success
     // the agent waits half the validity (8 s) before the next.
-    let a = w.agent(&[
-        "--gateway",
-        &url,
-        "--ca",
-        &ca,
-        "--data",
-        &s("client"),
-        "--tpm",
-        &t,
-        "--log",
-        &s("boot.log"),
-        "--reattest-margin",
-        "15s",
-    ]);
+    let a = w.agent_online(
+        Path::new(&gw),
+        port,
+        &w.p("client"),
+        &[
+            "--tpm",
+            &t,
+            "--log",
+            &s("boot.log"),
+            "--reattest-margin",
+            "15s",
+        ],
+    );
     let until = || w.status()["attested_until_ms"].as_i64();
     eventually("the first attestation", || until().is_some());
     let first = until().unwrap();

@@ -18,13 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::{free_port, Served};
 
 /// Deterministic noise, so chunking behaves as on real files.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -57,15 +53,6 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct World {
     dir: tempfile::TempDir,
     gw: PathBuf,
@@ -84,47 +71,7 @@ impl World {
 
     /// A device directory with a certificate for `device` (enrolled now).
     fn device(&self, cdir: &str, device: &str) {
-        let db = format!("sqlite:{}/satchel.db", self.gw.display());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (pool, _) = audit::store::connect(&db).await.unwrap();
-            let db = gateway::state::Db::new(pool).await.unwrap();
-            if db.device(device).await.unwrap().is_none() {
-                let t = db
-                    .make_token(
-                        device,
-                        &["group:class-7a".to_owned()],
-                        Duration::from_secs(60),
-                    )
-                    .await
-                    .unwrap();
-                let d = gateway::state::Device {
-                    device_id: device.to_owned(),
-                    groups: vec!["group:class-7a".to_owned()],
-                    ak_pem: String::new(),
-                    enrolled_ms: audit::batch::now_ms(),
-                    revoked_ms: None,
-                };
-                assert!(db.enroll(&t, &d).await.unwrap());
-            }
-        });
-        let pki = gateway::Pki::init(&self.gw, &[]).unwrap();
-        let kp = rcgen::KeyPair::generate().unwrap();
-        let pem = pki
-            .issue_device_cert(&gateway::DeviceCertRequest {
-                device_id: device,
-                public_key: &kp,
-                lifetime: Duration::from_secs(3600),
-                attestation_id: "test",
-                attested_at_ms: audit::batch::now_ms(),
-            })
-            .unwrap();
-        std::fs::create_dir_all(self.p(cdir)).unwrap();
-        std::fs::write(self.p(cdir).join("device.crt"), pem).unwrap();
-        std::fs::write(self.p(cdir).join("device.key"), kp.serialize_pem()).unwrap();
+        common::device_cert(&self.gw, &self.p(cdir), device, &["group:class-7a"]);
     }
 
     fn sync(&self, verb: &str, cdir: &str, root: &str, extra: &[&str]) -> std::process::Output {
