@@ -343,3 +343,37 @@ fn the_checkpointer_signs_whenever_the_log_has_grown() {
         store.close().await;
     });
 }
+
+/// SQLite stores whatever type an UPDATE gives it. A column turned into
+/// another type (a blob where text belongs, text in a number or hash column)
+/// must never pass as intact, whichever way the page is read.
+#[test]
+fn a_column_given_another_type_is_never_intact_on_sqlite() {
+    let edits = [
+        "kind = x'61646d696e'",
+        "ts_ms = 'yesterday'",
+        "details = 42.5",
+        "leaf_hash = 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'",
+    ];
+    rt().block_on(async {
+        for edit in edits {
+            let db = TestDb::sqlite();
+            let key = checkpoint::generate_key();
+            let store = seeded(&db.url(), &key).await;
+            raw(
+                &db.url(),
+                &format!("UPDATE audit_entries SET {edit} WHERE seq = 5"),
+            )
+            .await;
+            match verify_store(&store, &verifier(&key)).await {
+                Ok(report) => assert!(
+                    report.problems.contains(&Problem::LeafHash { seq: 5 }),
+                    "{edit}: {:?}",
+                    report.problems
+                ),
+                Err(e) => assert!(e.to_string().contains("audit database"), "{edit}: {e}"),
+            }
+            store.close().await;
+        }
+    });
+}
