@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Push-OS sync against rsync and casync, in one run, on the same data:
-#   v1 = debootstrap --variant=minbase bookworm
-#   v2 = v1 after `apt-get upgrade` with bookworm-security and bookworm-updates, plus a
-#        few package installs (the security-update step)
-# For the first full pull (empty -> v1) and the update (v1 -> v2) it measures bytes
-# over the wire and wall time for:
+#   v1  = debootstrap --variant=minbase bookworm
+#   v1u = v1 after `apt-get upgrade` with bookworm-security and bookworm-updates
+#         (the security-update step)
+#   v2  = v1u plus a few package installs
+# For the first full pull (empty -> v1), the security update (v1 -> v1u) and the
+# installs (v1u -> v2) it measures bytes over the wire and wall time for:
 #   satchel   image build on a local gateway, then client sync pull over mTLS
-#             (bytes_received from --stats-json: HTTP bodies)
-#   rsync     rsync -a --no-whole-file -z, local, "Total bytes received" + sent
-#   casync    casync make into one store; the update's bytes are the new chunk files
+#             (bytes_received + bytes_sent from --stats-json: HTTP bodies)
+#   rsync     rsync -a --no-whole-file -z, local, with zlib and with zstd,
+#             "Total bytes received" + sent
+#   casync    casync make into one store; each step's bytes are the new chunk files
 # then chunking+hashing throughput (criterion, in memory).
 # The root file systems are kept in $SATCHEL_BENCH_DIR (default /var/tmp/satchel-bench)
 # and rebuilt when missing. Needs root and Debian's mirror.
@@ -30,32 +32,44 @@ B=${SATCHEL_BENCH_DIR:-/var/tmp/satchel-bench}
 MIRROR=${SATCHEL_MIRROR:-http://deb.debian.org/debian}
 mkdir -p "$B"
 
-# --- the two versions. The debootstrap roots are built once (marked *.done); the
+# --- the three versions. The debootstrap roots are built once (marked *.done); the
 # measured trees are copies holding only files, directories and symlinks, without
 # /dev, /proc, /sys, /run, apt's package cache and its package lists (as images ship).
+#   v1  = debootstrap --variant=minbase bookworm
+#   v1u = v1 after `apt-get upgrade` with bookworm-security and bookworm-updates:
+#         the security-update step (v1 -> v1u)
+#   v2  = v1u plus a few package installs (less, nano, ca-certificates)
+chroot_run() { # DIR COMMAND
+  mount --bind /proc "$1/proc"; trap 'umount "$1/proc" 2>/dev/null || true' EXIT
+  cp /etc/resolv.conf "$1/etc/resolv.conf"
+  chroot "$1" sh -c "$2"
+  umount "$1/proc"; trap - EXIT
+}
 if [ ! -f "$B/v1-raw.done" ]; then
   rm -rf "$B/v1-raw"
   debootstrap --variant=minbase bookworm "$B/v1-raw" "$MIRROR" >/dev/null
   touch "$B/v1-raw.done"
 fi
+if [ ! -f "$B/v1u-raw.done" ]; then
+  rm -rf "$B/v1u-raw"
+  cp -a "$B/v1-raw" "$B/v1u-raw"
+  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://security.debian.org/debian-security bookworm-security main\n' \
+    "$MIRROR" "$MIRROR" >"$B/v1u-raw/etc/apt/sources.list"
+  chroot_run "$B/v1u-raw" 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null && apt-get clean'
+  touch "$B/v1u-raw.done"
+fi
 if [ ! -f "$B/v2-raw.done" ]; then
   rm -rf "$B/v2-raw"
-  cp -a "$B/v1-raw" "$B/v2-raw"
-  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://security.debian.org/debian-security bookworm-security main\n' \
-    "$MIRROR" "$MIRROR" >"$B/v2-raw/etc/apt/sources.list"
-  mount --bind /proc "$B/v2-raw/proc"; trap 'umount "$B/v2-raw/proc" 2>/dev/null || true' EXIT
-  cp /etc/resolv.conf "$B/v2-raw/etc/resolv.conf"
-  chroot "$B/v2-raw" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null &&
-    DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends less nano ca-certificates >/dev/null && apt-get clean'
-  umount "$B/v2-raw/proc"; trap - EXIT
+  cp -a "$B/v1u-raw" "$B/v2-raw"
+  chroot_run "$B/v2-raw" 'DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends less nano ca-certificates >/dev/null && apt-get clean'
   touch "$B/v2-raw.done"
 fi
-for v in v1 v2; do
+for v in v1 v1u v2; do
   rsync -a --delete --exclude=/dev/ --exclude=/proc/ --exclude=/sys/ --exclude=/run/ \
     --exclude=/var/cache/apt/ --exclude=/var/lib/apt/lists/ --delete-excluded "$B/$v-raw/" "$B/$v/"
 done
 size() { du -sb "$1" | cut -f1; }
-echo "v1: $(size "$B/v1") bytes, v2: $(size "$B/v2") bytes"
+echo "v1: $(size "$B/v1") bytes, v1u: $(size "$B/v1u") bytes, v2: $(size "$B/v2") bytes"
 
 TMP=$(mktemp -d "$B/run.XXXXXX")
 GW_PID=
@@ -80,40 +94,62 @@ pull() {
     --data "$TMP/client" --image bench --into "$TMP/root" --stats-json
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
-S1=$(pull)
-"$SATCHEL" image build --data "$GW" --image bench --layer "base-os=$B/v2" >/dev/null
-S2=$(pull)
-diff -r --no-dereference "$B/v2" "$TMP/root/base-os" >/dev/null || { echo "satchel: the pulled tree differs from v2" >&2; exit 1; }
+wire() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d['bytes_received'] + d['bytes_sent'])"; }
+S=(); ST=(); SD=()
+step=0
+for v in v1 v1u v2; do
+  [ "$step" -gt 0 ] && "$SATCHEL" image build --data "$GW" --image bench --layer "base-os=$B/$v" >/dev/null
+  out=$(pull)
+  S[step]=$(echo "$out" | wire); ST[step]=$(echo "$out" | field seconds); SD[step]=$(echo "$out" | field delta_files)
+  diff -r --no-dereference "$B/$v" "$TMP/root/base-os" >/dev/null || { echo "satchel: the pulled tree differs from $v" >&2; exit 1; }
+  step=$((step + 1))
+done
 
-# --- rsync (-z, delta transfer forced even locally)
-rsync_run() { # SRC DST -> "bytes seconds"
+# --- rsync (delta transfer forced even locally), with zlib (-z) and with zstd
+rsync_run() { # SRC DST COMPRESS-CHOICE -> "bytes seconds"
   local t0 t1 out; t0=$(now)
-  out=$(rsync -a --no-whole-file -z --stats "$1/" "$2/")
+  out=$(rsync -a --no-whole-file -z --compress-choice="$3" --stats "$1/" "$2/")
   t1=$(now)
   local r s
   r=$(echo "$out" | awk -F': ' '/^Total bytes received/ { gsub(",", "", $2); print $2 }')
   s=$(echo "$out" | awk -F': ' '/^Total bytes sent/ { gsub(",", "", $2); print $2 }')
   echo "$((r + s)) $(secs "$t0" "$t1")"
 }
-read -r R1 R1T < <(rsync_run "$B/v1" "$TMP/rsync")
-read -r R2 R2T < <(rsync_run "$B/v2" "$TMP/rsync")
+declare -A R RT
+for c in zlib zstd; do
+  step=0
+  for v in v1 v1u v2; do
+    read -r R[$c$step] RT[$c$step] < <(rsync_run "$B/$v" "$TMP/rsync-$c" "$c")
+    step=$((step + 1))
+  done
+done
 
-# --- casync (one store; the update ships the chunks v1's store lacks, plus the index)
-t0=$(now); casync make --store="$TMP/castore" "$TMP/v1.caidx" "$B/v1" >/dev/null; t1=$(now)
-C1=$(( $(size "$TMP/castore") + $(stat -c %s "$TMP/v1.caidx") )); C1T=$(secs "$t0" "$t1")
-find "$TMP/castore" -type f | sort >"$TMP/before"
-t0=$(now); casync make --store="$TMP/castore" "$TMP/v2.caidx" "$B/v2" >/dev/null; t1=$(now)
-find "$TMP/castore" -type f | sort >"$TMP/after"
-C2=$(comm -13 "$TMP/before" "$TMP/after" | xargs -r stat -c %s | awk '{ s += $1 } END { print s + 0 }')
-C2=$(( C2 + $(stat -c %s "$TMP/v2.caidx") )); C2T=$(secs "$t0" "$t1")
+# --- casync (one store; each step ships the chunks the store lacked, plus the index)
+C=(); CT=()
+step=0
+for v in v1 v1u v2; do
+  { find "$TMP/castore" -type f 2>/dev/null || true; } | sort >"$TMP/before"
+  t0=$(now); casync make --store="$TMP/castore" "$TMP/$v.caidx" "$B/$v" >/dev/null; t1=$(now)
+  find "$TMP/castore" -type f | sort >"$TMP/after"
+  n=$(comm -13 "$TMP/before" "$TMP/after" | xargs -r stat -c %s | awk '{ s += $1 } END { print s + 0 }')
+  C[step]=$(( n + $(stat -c %s "$TMP/$v.caidx") )); CT[step]=$(secs "$t0" "$t1")
+  step=$((step + 1))
+done
 
 mb() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1e6 }'; }
 echo
-printf '%-8s %-26s %-26s\n' "" "first pull (empty -> v1)" "update (v1 -> v2)"
-printf '%-8s %-26s %-26s\n' satchel "$(mb "$(echo "$S1" | field bytes_received)"), $(echo "$S1" | field seconds) s" \
-  "$(mb "$(echo "$S2" | field bytes_received)"), $(echo "$S2" | field seconds) s ($(echo "$S2" | field delta_files) deltas)"
-printf '%-8s %-26s %-26s\n' rsync "$(mb "$R1"), $R1T s" "$(mb "$R2"), $R2T s"
-printf '%-8s %-26s %-26s\n' casync "$(mb "$C1"), $C1T s (make)" "$(mb "$C2"), $C2T s (make)"
+echo "bytes over the wire (both directions) and wall time:"
+printf '%-12s %-24s %-32s %-24s\n' "" "first pull (-> v1)" "security update (v1 -> v1u)" "installs (v1u -> v2)"
+printf '%-12s %-24s %-32s %-24s\n' satchel "$(mb "${S[0]}"), ${ST[0]} s" \
+  "$(mb "${S[1]}"), ${ST[1]} s (${SD[1]} deltas)" "$(mb "${S[2]}"), ${ST[2]} s (${SD[2]} deltas)"
+for c in zlib zstd; do
+  printf '%-12s %-24s %-32s %-24s\n' "rsync $c" "$(mb "${R[${c}0]}"), ${RT[${c}0]} s" \
+    "$(mb "${R[${c}1]}"), ${RT[${c}1]} s" "$(mb "${R[${c}2]}"), ${RT[${c}2]} s"
+done
+printf '%-12s %-24s %-32s %-24s\n' casync "$(mb "${C[0]}"), ${CT[0]} s (make)" \
+  "$(mb "${C[1]}"), ${CT[1]} s (make)" "$(mb "${C[2]}"), ${CT[2]} s (make)"
+echo "ratios (satchel / rsync zstd): first pull time $(awk -v a="${ST[0]}" -v b="${RT[zstd0]}" 'BEGIN { printf "%.2f", a / b }')x," \
+  "security update bytes $(awk -v a="${S[1]}" -v b="${R[zstd1]}" 'BEGIN { printf "%.2f", a / b }')x"
 
 if [ "$CRITERION" = yes ]; then
   echo

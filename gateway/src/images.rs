@@ -8,13 +8,14 @@
 //! one, it gets the image's template (the version `satchel image build`
 //! made, owner `""`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sqlx::{AnyPool, Row};
 use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
 use sync::tree::ScanStats;
-use sync::ChunkStore;
+use sync::{ChunkId, ChunkStore};
 
 use crate::state::DbError;
 
@@ -68,7 +69,13 @@ pub struct Images {
     pool: AnyPool,
     /// The chunk store.
     pub chunks: ChunkStore,
+    /// The chunk ids of layer versions, by digest, verified once: a pull
+    /// asks for a large image's chunks in many requests.
+    chunk_sets: Arc<std::sync::Mutex<HashMap<String, Arc<HashSet<ChunkId>>>>>,
 }
+
+/// Layer versions whose chunk sets are kept; beyond it the cache starts over.
+const CHUNK_SETS_KEPT: usize = 64;
 
 /// Check an image name: 1-64 characters of letters, digits, `-`, `_`, `.`.
 pub fn check_image_name(name: &str) -> Result<(), ImageError> {
@@ -115,7 +122,31 @@ impl Images {
         Ok(Images {
             pool,
             chunks: ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
+            chunk_sets: Arc::default(),
         })
+    }
+
+    /// The chunk ids of `layer`, its manifest verified with `key` the first
+    /// time this version is asked for.
+    pub fn chunk_set(
+        &self,
+        layer: &StoredLayer,
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Result<Arc<HashSet<ChunkId>>, sync::manifest::ManifestError> {
+        let lock = || self.chunk_sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = lock().get(&layer.digest) {
+            return Ok(set.clone());
+        }
+        let signed = Signed::verify(&layer.signed, key)?;
+        let set: Arc<HashSet<ChunkId>> =
+            Arc::new(signed.manifest.chunk_ids().into_iter().collect());
+        let mut sets = lock();
+        if sets.len() >= CHUNK_SETS_KEPT {
+            sets.clear();
+        }
+        // Keyed by the digest of the bytes just verified, not the stored column.
+        sets.insert(signed.digest, set.clone());
+        Ok(set)
     }
 
     /// The newest version of `layer` of `image` owned by `owner`.

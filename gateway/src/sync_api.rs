@@ -35,6 +35,16 @@ pub const MAX_DELTA_CHUNKS: usize = 2048;
 /// Most chunk ids in one `missing` request.
 pub const MAX_ASK: usize = 4096;
 
+/// The chunk ids a device may be sent: those of the layers it gets.
+#[derive(Debug, Clone)]
+struct Allowed(Vec<std::sync::Arc<HashSet<ChunkId>>>);
+
+impl Allowed {
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.0.iter().any(|s| s.contains(id))
+    }
+}
+
 /// A sync answer: JSON, or a chunk frame stream.
 #[derive(Debug)]
 pub enum SyncAnswer {
@@ -194,39 +204,45 @@ impl AppState {
             Ok(a) => a,
             Err(a) => return a,
         };
-        let mut out = Vec::new();
-        for id in ids.ids {
-            if !allowed.contains(&id) {
-                return fail(refuse(
-                    403,
-                    "not in this image",
-                    format!("chunk {id} is not part of the layers this device gets"),
-                    Value::Null,
-                ));
-            }
-            match self.images.chunks.get_compressed(id) {
-                Ok(bytes) => sync::wire::write_frame(&mut out, id, &bytes),
-                Err(e) => return internal(&e),
-            }
+        if let Some(id) = ids.ids.iter().find(|id| !allowed.contains(id)) {
+            return fail(refuse(
+                403,
+                "not in this image",
+                format!("chunk {id} is not part of the layers this device gets"),
+                Value::Null,
+            ));
         }
-        SyncAnswer::Frames(out)
+        // Reading the store is blocking file I/O: off the async threads, so
+        // a device's overlapping requests are served side by side.
+        let chunks = self.images.chunks.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for id in ids.ids {
+                let bytes = chunks.get_compressed(id)?;
+                sync::wire::write_frame(&mut out, id, &bytes);
+            }
+            Ok::<_, sync::store::StoreError>(out)
+        })
+        .await;
+        match work {
+            Ok(Ok(out)) => SyncAnswer::Frames(out),
+            Ok(Err(e)) => internal(&e),
+            Err(e) => internal(&e),
+        }
     }
 
     /// The chunk ids of the layers `device` gets of `image`.
-    async fn allowed_chunks(
-        &self,
-        device: &Device,
-        image: &str,
-    ) -> Result<HashSet<ChunkId>, SyncAnswer> {
+    async fn allowed_chunks(&self, device: &Device, image: &str) -> Result<Allowed, SyncAnswer> {
         let layers = self.layers_for(device, image).await?;
-        let mut allowed = HashSet::new();
+        let key = self.manifest_key.verifying_key();
+        let mut sets = Vec::with_capacity(layers.len());
         for l in &layers {
-            match Signed::verify(&l.signed, &self.manifest_key.verifying_key()) {
-                Ok(s) => allowed.extend(s.manifest.chunk_ids()),
+            match self.images.chunk_set(l, &key) {
+                Ok(set) => sets.push(set),
                 Err(e) => return Err(internal(&e)),
             }
         }
-        Ok(allowed)
+        Ok(Allowed(sets))
     }
 
     async fn sync_deltas(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {

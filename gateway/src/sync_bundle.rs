@@ -120,7 +120,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, BundleError> {
 /// device key in `cdir`. The number of layers it carries.
 pub fn export(cdir: &Path, image: &str, root: &Path, out: &Path) -> Result<usize, SyncError> {
     let local = |e: &dyn std::fmt::Display| SyncError::Local(e.to_string());
-    let store = ChunkStore::open(cdir.join("chunks")).map_err(|e| local(&e))?;
+    let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(|e| local(&e))?;
     let certificate = std::fs::read_to_string(cdir.join("device.crt"))
         .map_err(|e| SyncError::Local(format!("device.crt: {e} (attest first)")))?;
     let device_key = std::fs::read(cdir.join("device.key"))

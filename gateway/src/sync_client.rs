@@ -227,8 +227,13 @@ async fn offered(
     Ok(out)
 }
 
-/// Fetch every chunk of `ids` the store lacks, in batches; each is checked
-/// and stored as it arrives. The number fetched.
+/// Requests for chunks in flight at once: the gateway reads the next batch
+/// while this side checks and stores the last.
+const FETCH_LANES: usize = 3;
+const _: () = assert!(FETCH_LANES == 3, "fetch joins three lanes");
+
+/// Fetch every chunk of `ids` the store lacks, in batches, a few at once;
+/// each chunk is checked and stored as it arrives. The number fetched.
 async fn fetch(
     c: &GatewayClient,
     image: &str,
@@ -237,49 +242,73 @@ async fn fetch(
     meter: &Meter,
 ) -> Result<u64, SyncError> {
     let missing: Vec<ChunkId> = ids.iter().copied().filter(|id| !store.has(*id)).collect();
+    let batches: Vec<&[ChunkId]> = missing.chunks(MAX_FETCH).collect();
+    // Lane k takes batches k, k + LANES, ...; the lanes run side by side.
+    let lane = |k: usize| {
+        let batches = &batches;
+        async move {
+            let mut fetched = 0;
+            for batch in batches.iter().skip(k).step_by(FETCH_LANES) {
+                fetched += fetch_batch(c, image, store, batch, meter).await?;
+            }
+            Ok::<u64, SyncError>(fetched)
+        }
+    };
+    let (a, b, d) = tokio::join!(lane(0), lane(1), lane(2));
+    let fetched = a? + b? + d?;
+    store.sync().map_err(local)?;
+    Ok(fetched)
+}
+
+/// Fetch one batch of chunk ids; each is checked and stored as soon as its
+/// frame is complete, so a cut loses at most the frames in flight.
+async fn fetch_batch(
+    c: &GatewayClient,
+    image: &str,
+    store: &ChunkStore,
+    batch: &[ChunkId],
+    meter: &Meter,
+) -> Result<u64, SyncError> {
+    let body = serde_json::json!({ "ids": batch });
+    let wanted: BTreeSet<ChunkId> = batch.iter().copied().collect();
+    let mut frames = sync::wire::FrameBuffer::default();
     let mut fetched = 0;
-    for batch in missing.chunks(MAX_FETCH) {
-        let body = serde_json::json!({ "ids": batch });
-        let wanted: BTreeSet<ChunkId> = batch.iter().copied().collect();
-        let mut frames = sync::wire::FrameBuffer::default();
-        let (status, refusal) = c
-            .send_streaming(
-                hyper::Method::POST,
-                &format!("/v1/sync/images/{image}/chunks"),
-                "application/json",
-                body.to_string().into_bytes(),
-                Some(meter),
-                &mut |data| {
-                    // Each chunk is checked and stored as soon as its frame
-                    // is complete: a cut loses at most the frame in flight.
-                    for (id, bytes) in frames
-                        .push(data)
-                        .map_err(|e| format!("the gateway sent {e}"))?
-                    {
-                        if !wanted.contains(&id) {
-                            return Err(format!(
-                                "the gateway sent chunk {id}, which was not asked for"
-                            ));
-                        }
-                        store
-                            .put_compressed(id, &bytes)
-                            .map_err(|e| format!("the gateway sent {e}"))?;
-                        fetched += 1;
+    let (status, refusal) = c
+        .send_streaming(
+            hyper::Method::POST,
+            &format!("/v1/sync/images/{image}/chunks"),
+            "application/json",
+            body.to_string().into_bytes(),
+            Some(meter),
+            &mut |data| {
+                for (id, bytes) in frames
+                    .push(data)
+                    .map_err(|e| format!("the gateway sent {e}"))?
+                {
+                    if !wanted.contains(&id) {
+                        return Err(format!(
+                            "the gateway sent chunk {id}, which was not asked for"
+                        ));
                     }
-                    Ok(())
-                },
-            )
-            .await?;
-        if let Some(body) = refusal {
-            return Err(refused(status, &body));
-        }
-        frames
-            .finish()
-            .map_err(|e| SyncError::Untrusted(e.to_string()))?;
-        store.sync().map_err(local)?;
-        if let Some(id) = batch.iter().find(|id| !store.has(**id)) {
-            return Err(SyncError::Untrusted(format!("no chunk {id}")));
-        }
+                    store
+                        .put_compressed(id, &bytes)
+                        .map_err(|e| format!("the gateway sent {e}"))?;
+                    fetched += 1;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    if let Some(body) = refusal {
+        return Err(refused(status, &body));
+    }
+    frames
+        .finish()
+        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+    // Durable before anything records that the batch is here.
+    store.sync().map_err(local)?;
+    if let Some(id) = batch.iter().find(|id| !store.has(**id)) {
+        return Err(SyncError::Untrusted(format!("no chunk {id}")));
     }
     Ok(fetched)
 }
@@ -461,7 +490,7 @@ async fn pull_layers(
     meter: &Meter,
     checked_in: &[(Layer, Vec<Entry>)],
 ) -> Result<PullStats, SyncError> {
-    let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
+    let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
     let path = state_path(cdir, image);
     let mut state = SyncState::load(&path)?;
     let offered = offered(c, image, &mut state, meter).await?;
@@ -556,7 +585,7 @@ pub async fn push(
     layers: LayerFilter<'_>,
     meter: &Meter,
 ) -> Result<PushReport, SyncError> {
-    let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
+    let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
     let mut report = PushReport::default();
     let mut changed_user_layers = Vec::new();
     for p in pending(cdir, image, root, layers, &store)? {
@@ -858,7 +887,7 @@ pub fn revert(
     let m = Signed::verify(&base.manifest, &key)
         .map_err(local)?
         .manifest;
-    let store = ChunkStore::open(cdir.join("chunks")).map_err(local)?;
+    let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
     if let Some(id) = m.chunk_ids().into_iter().find(|id| !store.has(*id)) {
         return Err(SyncError::Local(format!(
             "chunk {id} of {layer} is no longer in {}: pull instead",

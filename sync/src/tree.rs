@@ -218,41 +218,34 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
         .tempdir_in(parent)
         .map_err(io(parent))?;
     let root = staging.path();
+    // Directories first (entries are sorted, so parents come first), then
+    // files and symlinks on a few threads: creating inodes is most of the
+    // work, and the kernel does it in parallel.
     let mut dirs = Vec::new();
-    for e in entries {
+    for e in entries.iter().filter(|e| matches!(e.kind, Kind::Dir)) {
         let path = root.join(&e.path);
-        match &e.kind {
-            Kind::Dir => {
-                std::fs::create_dir(&path).map_err(io(&path))?;
-                dirs.push((path, e.mode));
-            }
-            Kind::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
-            }
-            Kind::File { size, chunks } => {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                let mut written = 0u64;
-                for id in chunks {
-                    let data = store.get(*id)?;
-                    f.write_all(&data).map_err(io(&path))?;
-                    written += data.len() as u64;
-                }
-                if written != *size {
-                    return Err(TreeError::Size {
-                        path: e.path.clone(),
-                        got: written,
-                        want: *size,
-                    });
-                }
-                f.set_permissions(std::fs::Permissions::from_mode(e.mode))
-                    .map_err(io(&path))?;
-            }
-        }
+        std::fs::create_dir(&path).map_err(io(&path))?;
+        dirs.push((path, e.mode));
     }
+    let leaves: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| !matches!(e.kind, Kind::Dir))
+        .collect();
+    let per_thread = leaves.len().div_ceil(WRITERS).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = leaves
+            .chunks(per_thread)
+            .map(|part| s.spawn(move || part.iter().try_for_each(|e| write_leaf(e, store, root))))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join().unwrap_or_else(|_| {
+                Err(TreeError::Unsupported {
+                    path: root.to_owned(),
+                    problem: "a writer thread failed".to_owned(),
+                })
+            })
+        })
+    })?;
     // Directory modes last (deepest first), so a read-only directory is
     // filled before it becomes read-only.
     for (path, mode) in dirs.iter().rev() {
@@ -287,6 +280,40 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
         .and_then(|d| d.sync_all())
         .map_err(io(parent))?;
     Ok(())
+}
+
+/// Threads writing a layer's files.
+const WRITERS: usize = 2;
+
+/// Write one file or symlink of a layer under `root`.
+fn write_leaf(e: &Entry, store: &ChunkStore, root: &Path) -> Result<(), TreeError> {
+    let path = root.join(&e.path);
+    match &e.kind {
+        Kind::Dir => Ok(()),
+        Kind::Symlink { target } => std::os::unix::fs::symlink(target, &path).map_err(io(&path)),
+        Kind::File { size, chunks } => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            let mut written = 0u64;
+            for id in chunks {
+                let data = store.get(*id)?;
+                f.write_all(&data).map_err(io(&path))?;
+                written += data.len() as u64;
+            }
+            if written != *size {
+                return Err(TreeError::Size {
+                    path: e.path.clone(),
+                    got: written,
+                    want: *size,
+                });
+            }
+            f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+                .map_err(io(&path))
+        }
+    }
 }
 
 /// Remove a tree even where directories are read-only.
