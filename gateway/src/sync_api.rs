@@ -5,6 +5,7 @@
 //! | route | body | answer |
 //! |---|---|---|
 //! | `GET /v1/sync/images/NAME` | | `{"image", "manifest_key", "layers": [{"layer", "version", "digest", "manifest"}]}` |
+//! | `POST /v1/sync/images/NAME/offer` | `{"have": [DIGEST, ...]}` (the layer versions the device holds) | as `GET`, but each layer's `manifest` replaced by `manifest_delta`: `{"base": DIGEST or null, "zstd": BASE64}`, the signed manifest as a zstd delta against the held version of that layer (or compressed whole) |
 //! | `POST /v1/sync/images/NAME/chunks` | `{"ids": [...]}` (at most 256) | chunk frames ([`sync::wire`]) |
 //! | `POST /v1/sync/images/NAME/deltas` | `{"files": [{"from", "to", "missing"}]}` (at most 64 files; chunk id lists) | delta records ([`sync::wire::Record`]): per file, a zstd delta of the new file against the old one, or its missing chunks, whichever is smaller |
 //! | `POST /v1/sync/images/NAME/missing` | `{"ids": [...]}` (at most 4096) | `{"missing": [...]}`: the ones the gateway lacks |
@@ -16,6 +17,7 @@
 
 use std::collections::HashSet;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
@@ -113,17 +115,20 @@ impl AppState {
         use hyper::Method as M;
         match (method, action) {
             (&M::GET, "") => self.sync_image(device, image).await,
+            (&M::POST, "offer") => self.sync_offer(device, image, body).await,
             (&M::POST, "chunks") => self.sync_chunks(device, image, body).await,
             (&M::POST, "missing") => self.sync_missing(body),
             (&M::POST, "deltas") => self.sync_deltas(device, image, body).await,
             (&M::POST, "upload") => self.sync_upload(body),
             (&M::POST, "checkin") => self.sync_checkin(device, image, body).await,
-            (_, "" | "chunks" | "deltas" | "missing" | "upload" | "checkin") => fail(refuse(
-                405,
-                "method not allowed",
-                "see docs/sync.md for the sync routes",
-                Value::Null,
-            )),
+            (_, "" | "offer" | "chunks" | "deltas" | "missing" | "upload" | "checkin") => {
+                fail(refuse(
+                    405,
+                    "method not allowed",
+                    "see docs/sync.md for the sync routes",
+                    Value::Null,
+                ))
+            }
             _ => fail(refuse(404, "not found", "no such sync route", Value::Null)),
         }
     }
@@ -158,6 +163,35 @@ impl AppState {
     }
 
     async fn sync_image(&self, device: &Device, image: &str) -> SyncAnswer {
+        self.offer(device, image, Vec::new(), false).await
+    }
+
+    /// `POST .../offer {"have": [DIGEST, ...]}`: the image as `GET` gives it,
+    /// but each manifest as a zstd delta against the version of that layer
+    /// the device says it holds (or compressed whole when it holds none).
+    async fn sync_offer(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Have {
+            have: Vec<String>,
+        }
+        let have: Have = match serde_json::from_slice(body) {
+            Ok(h) => h,
+            Err(e) => return bad(format!("expected {{\"have\": [digest, ...]}}: {e}")),
+        };
+        if have.have.len() > Layer::ALL.len() * 4 {
+            return bad("at most 20 digests");
+        }
+        self.offer(device, image, have.have, true).await
+    }
+
+    async fn offer(
+        &self,
+        device: &Device,
+        image: &str,
+        have: Vec<String>,
+        packed: bool,
+    ) -> SyncAnswer {
         let layers = match self.layers_for(device, image).await {
             Ok(l) => l,
             Err(a) => return a,
@@ -169,6 +203,20 @@ impl AppState {
             Ok(p) => p,
             Err(e) => return internal(&e),
         };
+        // The bases: versions of this image the device may hold (its own or
+        // the image's), by digest. Another device's versions are never bases.
+        let bases: Vec<StoredLayer> = if have.is_empty() {
+            Vec::new()
+        } else {
+            match self.images.history(image).await {
+                Ok(h) => h
+                    .into_iter()
+                    .filter(|l| l.owner.is_empty() || l.owner == device.device_id)
+                    .filter(|l| have.contains(&l.digest))
+                    .collect(),
+                Err(e) => return internal(&e),
+            }
+        };
         self.record(
             "sync",
             &device.device_id,
@@ -177,18 +225,40 @@ impl AppState {
             json!({"layers": layers.iter().map(|l| json!({"layer": l.layer, "version": l.version, "digest": l.digest})).collect::<Vec<_>>()}),
         )
         .await;
+        let work = tokio::task::spawn_blocking(move || {
+            layers
+                .iter()
+                .map(|l| {
+                    let mut v = json!({"layer": l.layer, "version": l.version, "digest": l.digest});
+                    if !packed {
+                        v["manifest"] = json!(l.signed);
+                        return Ok(v);
+                    }
+                    let base = bases.iter().find(|b| b.layer == l.layer);
+                    let base_text = base.map_or("", |b| b.signed.as_str());
+                    let delta = sync::delta::make(base_text.as_bytes(), l.signed.as_bytes())?;
+                    match delta {
+                        Some(d) => {
+                            v["manifest_delta"] = json!({
+                                "base": base.map(|b| b.digest.clone()),
+                                "zstd": base64::engine::general_purpose::STANDARD.encode(d),
+                            });
+                        }
+                        None => v["manifest"] = json!(l.signed),
+                    }
+                    Ok(v)
+                })
+                .collect::<std::io::Result<Vec<Value>>>()
+        })
+        .await;
+        let layers = match work {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return internal(&e),
+            Err(e) => return internal(&e),
+        };
         SyncAnswer::Json(Answer {
             status: 200,
-            body: json!({
-                "image": image,
-                "manifest_key": pem,
-                "layers": layers.iter().map(|l| json!({
-                    "layer": l.layer,
-                    "version": l.version,
-                    "digest": l.digest,
-                    "manifest": l.signed,
-                })).collect::<Vec<_>>(),
-            }),
+            body: json!({"image": image, "manifest_key": pem, "layers": layers}),
         })
     }
 

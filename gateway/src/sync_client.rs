@@ -190,11 +190,13 @@ async fn offered(
     state: &mut SyncState,
     meter: &Meter,
 ) -> Result<Vec<Signed>, SyncError> {
+    // The versions held: the gateway sends each manifest as a delta against them.
+    let have: Vec<&str> = state.layers.values().map(|l| l.digest.as_str()).collect();
     let v = json_call(
         c,
-        hyper::Method::GET,
-        &format!("/v1/sync/images/{image}"),
-        &Value::Null,
+        hyper::Method::POST,
+        &format!("/v1/sync/images/{image}/offer"),
+        &serde_json::json!({ "have": have }),
         meter,
     )
     .await?;
@@ -213,8 +215,8 @@ async fn offered(
         .map_err(|e| SyncError::Untrusted(format!("a bad manifest key: {e}")))?;
     let mut out = Vec::new();
     for l in v["layers"].as_array().into_iter().flatten() {
-        let text = l["manifest"].as_str().unwrap_or("");
-        let s = Signed::verify(text, &key)
+        let text = offered_text(l, state)?;
+        let s = Signed::verify(&text, &key)
             .map_err(|e| SyncError::Untrusted(format!("a layer manifest that fails: {e}")))?;
         if s.manifest.image != image || l["digest"].as_str() != Some(s.digest.as_str()) {
             return Err(SyncError::Untrusted(format!(
@@ -225,6 +227,33 @@ async fn offered(
         out.push(s);
     }
     Ok(out)
+}
+
+/// One offered layer's signed manifest: as sent, or rebuilt from its delta
+/// against the held version it names. Trusted no more than a manifest sent
+/// whole: the caller verifies it.
+fn offered_text(l: &Value, state: &SyncState) -> Result<String, SyncError> {
+    if let Some(text) = l["manifest"].as_str() {
+        return Ok(text.to_owned());
+    }
+    let d = &l["manifest_delta"];
+    let untrusted = |what: &str| SyncError::Untrusted(format!("a manifest delta {what}"));
+    let base = match d["base"].as_str() {
+        None => "",
+        Some(digest) => state
+            .layers
+            .values()
+            .find(|h| h.digest == digest)
+            .map(|h| h.manifest.as_str())
+            .ok_or_else(|| untrusted("against a version this device does not hold"))?,
+    };
+    let zstd = d["zstd"]
+        .as_str()
+        .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok())
+        .ok_or_else(|| untrusted("that is not base64"))?;
+    let text = sync::delta::apply(base.as_bytes(), &zstd, sync::manifest::MAX_MANIFEST)
+        .map_err(|e| untrusted(&e.to_string()))?;
+    String::from_utf8(text).map_err(|_| untrusted("that is not UTF-8"))
 }
 
 /// Requests for chunks in flight at once: the gateway reads the next batch
@@ -339,6 +368,9 @@ async fn fetch_deltas(
         size: u64,
     }
     let mut jobs: Vec<Job<'_>> = Vec::new();
+    // Files with the same content (hard links, copies) need one delta: the
+    // chunks it rebuilds serve them all.
+    let mut wanted: std::collections::HashSet<&[ChunkId]> = std::collections::HashSet::new();
     for e in new {
         let Kind::File { chunks, size } = &e.kind else {
             continue;
@@ -356,6 +388,7 @@ async fn fetch_deltas(
             || from.len() > crate::sync_api::MAX_DELTA_CHUNKS
             || chunks.len() > crate::sync_api::MAX_DELTA_CHUNKS
             || !from.iter().all(|id| store.has(*id))
+            || !wanted.insert(chunks.as_slice())
         {
             continue;
         }
@@ -926,4 +959,53 @@ pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError
         digests.push((*layer, digest));
     }
     Ok(crate::images::stages_toml(image, &digests))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn b64(d: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(d)
+    }
+
+    #[test]
+    fn a_manifest_delta_rebuilds_only_against_a_held_version() {
+        let old = r#"{"manifest": {"entries": ["a", "b"]}, "signature": "s1"}"#;
+        let new = r#"{"manifest": {"entries": ["a", "b", "c"]}, "signature": "s2"}"#;
+        let mut state = SyncState::default();
+        state.layers.insert(
+            Layer::BaseOs,
+            LayerState {
+                version: 1,
+                digest: "d1".into(),
+                manifest: old.into(),
+            },
+        );
+        let delta = sync::delta::make(old.as_bytes(), new.as_bytes())
+            .unwrap()
+            .unwrap();
+        let l = serde_json::json!({"manifest_delta": {"base": "d1", "zstd": b64(&delta)}});
+        assert_eq!(offered_text(&l, &state).unwrap(), new);
+        // Whole, against no base.
+        let whole = sync::delta::make(b"", new.as_bytes()).unwrap().unwrap();
+        let l = serde_json::json!({"manifest_delta": {"base": null, "zstd": b64(&whole)}});
+        assert_eq!(offered_text(&l, &state).unwrap(), new);
+        // Against a version not held, garbage, bad base64, or the wrong base:
+        // refused, never a manifest made up of the wrong bytes.
+        for l in [
+            serde_json::json!({"manifest_delta": {"base": "d2", "zstd": b64(&delta)}}),
+            serde_json::json!({"manifest_delta": {"base": "d1", "zstd": b64(b"garbage")}}),
+            serde_json::json!({"manifest_delta": {"base": "d1", "zstd": "%%%"}}),
+            serde_json::json!({"manifest_delta": {"base": null, "zstd": b64(&delta)}}),
+            serde_json::json!({}),
+        ] {
+            match offered_text(&l, &state) {
+                Err(SyncError::Untrusted(_)) => {}
+                Ok(t) => assert_ne!(t, new, "{l}"),
+                Err(e) => panic!("{l}: {e}"),
+            }
+        }
+    }
 }
