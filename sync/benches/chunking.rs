@@ -31,6 +31,19 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("sha256_only", |b| b.iter(|| sync::ChunkId::of(&data)));
+    // The cut points alone (FastCDC over the slice, no hashing, no copies):
+    // with sha256_only, the two costs that chunking and hashing add up to.
+    g.bench_function("fastcdc_only", |b| {
+        b.iter(|| {
+            fastcdc::v2020::FastCDC::new(
+                &data,
+                sync::chunk::MIN_CHUNK,
+                sync::chunk::AVG_CHUNK,
+                sync::chunk::MAX_CHUNK,
+            )
+            .count()
+        })
+    });
     g.finish();
 }
 
