@@ -399,81 +399,94 @@ async fn fetch_deltas(
             size: *size,
         });
     }
-    let (mut files, mut stored) = (0u64, 0u64);
-    for batch in jobs.chunks(crate::sync_api::MAX_DELTA_FILES) {
-        let body = serde_json::json!({"files": batch.iter().map(|j| {
-            serde_json::json!({"from": j.from, "to": j.to, "missing": j.missing})
-        }).collect::<Vec<_>>()});
-        let (status, bytes) = c
-            .send(
-                hyper::Method::POST,
-                &format!("/v1/sync/images/{image}/deltas"),
-                "application/json",
-                body.to_string().into_bytes(),
-                Some(meter),
-            )
-            .await?;
-        if status != 200 {
-            return Err(refused(status, &bytes));
-        }
-        let records =
-            sync::wire::read_records(&bytes).map_err(|e| SyncError::Untrusted(e.to_string()))?;
-        for r in records {
-            match r {
-                sync::wire::Record::Chunk {
-                    file,
-                    id,
-                    compressed,
-                } => {
-                    let wanted = batch
-                        .get(file as usize)
-                        .is_some_and(|j| j.missing.contains(&id));
-                    if !wanted {
-                        return Err(SyncError::Untrusted(format!(
-                            "chunk {id}, which was not asked for"
-                        )));
-                    }
-                    store
-                        .put_compressed(id, &compressed)
-                        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
-                    stored += 1;
+    // Two requests at once: the gateway makes the deltas of one while this
+    // side applies the other's.
+    let batches: Vec<&[Job<'_>]> = jobs.chunks(crate::sync_api::MAX_DELTA_FILES).collect();
+    let lane = |k: usize| {
+        let batches = &batches;
+        async move {
+            let (mut files, mut stored) = (0u64, 0u64);
+            for batch in batches.iter().skip(k).step_by(2) {
+                let batch: &[Job<'_>] = batch;
+                let body = serde_json::json!({"files": batch.iter().map(|j| {
+                    serde_json::json!({"from": j.from, "to": j.to, "missing": j.missing})
+                }).collect::<Vec<_>>()});
+                let (status, bytes) = c
+                    .send(
+                        hyper::Method::POST,
+                        &format!("/v1/sync/images/{image}/deltas"),
+                        "application/json",
+                        body.to_string().into_bytes(),
+                        Some(meter),
+                    )
+                    .await?;
+                if status != 200 {
+                    return Err(refused(status, &bytes));
                 }
-                sync::wire::Record::Delta { file, delta } => {
-                    let Some(Job { from, to, size, .. }) = batch.get(file as usize) else {
-                        return Err(SyncError::Untrusted("a delta for no file".to_owned()));
-                    };
-                    let mut old_bytes = Vec::new();
-                    for id in from.iter() {
-                        old_bytes.extend(store.get(*id).map_err(local)?);
-                    }
-                    let max = usize::try_from(*size).unwrap_or(usize::MAX);
-                    let new_bytes = sync::delta::apply(&old_bytes, &delta, max)
-                        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
-                    // Re-chunk and check every id before storing any.
-                    let mut pieces = Vec::new();
-                    sync::chunk::chunk_stream(&new_bytes[..], |id, data| {
-                        pieces.push((id, data.to_vec()));
-                        Ok(())
-                    })
-                    .map_err(local)?;
-                    let ids: Vec<ChunkId> = pieces.iter().map(|(id, _)| *id).collect();
-                    if ids != *to || new_bytes.len() as u64 != *size {
-                        return Err(SyncError::Untrusted(
-                            "a delta that does not rebuild the file the manifest names".to_owned(),
-                        ));
-                    }
-                    for (id, data) in pieces {
-                        if store.put(id, &data).map_err(local)? {
+                let records = sync::wire::read_records(&bytes)
+                    .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+                for r in records {
+                    match r {
+                        sync::wire::Record::Chunk {
+                            file,
+                            id,
+                            compressed,
+                        } => {
+                            let wanted = batch
+                                .get(file as usize)
+                                .is_some_and(|j| j.missing.contains(&id));
+                            if !wanted {
+                                return Err(SyncError::Untrusted(format!(
+                                    "chunk {id}, which was not asked for"
+                                )));
+                            }
+                            store
+                                .put_compressed(id, &compressed)
+                                .map_err(|e| SyncError::Untrusted(e.to_string()))?;
                             stored += 1;
                         }
+                        sync::wire::Record::Delta { file, delta } => {
+                            let Some(Job { from, to, size, .. }) = batch.get(file as usize) else {
+                                return Err(SyncError::Untrusted("a delta for no file".to_owned()));
+                            };
+                            let mut old_bytes = Vec::new();
+                            for id in from.iter() {
+                                old_bytes.extend(store.get(*id).map_err(local)?);
+                            }
+                            let max = usize::try_from(*size).unwrap_or(usize::MAX);
+                            let new_bytes = sync::delta::apply(&old_bytes, &delta, max)
+                                .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+                            // Re-chunk and check every id before storing any.
+                            let mut pieces = Vec::new();
+                            sync::chunk::chunk_stream(&new_bytes[..], |id, data| {
+                                pieces.push((id, data.to_vec()));
+                                Ok(())
+                            })
+                            .map_err(local)?;
+                            let ids: Vec<ChunkId> = pieces.iter().map(|(id, _)| *id).collect();
+                            if ids != *to || new_bytes.len() as u64 != *size {
+                                return Err(SyncError::Untrusted(
+                                    "a delta that does not rebuild the file the manifest names"
+                                        .to_owned(),
+                                ));
+                            }
+                            for (id, data) in pieces {
+                                if store.put(id, &data).map_err(local)? {
+                                    stored += 1;
+                                }
+                            }
+                            files += 1;
+                        }
                     }
-                    files += 1;
                 }
+                store.sync().map_err(local)?;
             }
+            Ok::<(u64, u64), SyncError>((files, stored))
         }
-        store.sync().map_err(local)?;
-    }
-    Ok((files, stored))
+    };
+    let (a, b) = tokio::join!(lane(0), lane(1));
+    let (a, b) = (a?, b?);
+    Ok((a.0 + b.0, a.1 + b.1))
 }
 
 fn files_changed(old: &[Entry], new: &[Entry]) -> u64 {
@@ -588,7 +601,8 @@ async fn pull_layers(
             }
         }
         stats.chunks_fetched += fetch(c, image, &store, &s.manifest.chunk_ids(), meter).await?;
-        sync::tree::materialize(&s.manifest.entries, &store, &dir).map_err(local)?;
+        // What is unchanged in the tree now is linked, not written again.
+        sync::tree::materialize_reusing(&s.manifest.entries, &store, &dir, &old).map_err(local)?;
         stats.files_changed += files_changed(&old, &s.manifest.entries);
         stats.layers_applied.push(layer.to_string());
         state.layers.insert(

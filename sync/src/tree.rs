@@ -6,6 +6,7 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::chunk::{chunk_stream, ChunkId};
@@ -207,6 +208,39 @@ pub fn scan_into(
 /// Write `entries` as the directory `target` (replacing what is there,
 /// atomically), taking file content from `store`.
 pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Result<(), TreeError> {
+    materialize_reusing(entries, store, target, &[])
+}
+
+/// [`materialize`], taking files and symlinks that `current` (a scan of
+/// `target` as it is now) shows unchanged from the target as hard links
+/// instead of writing them again: an update makes new inodes only for what
+/// changed. Every linked file is read back and must give exactly its
+/// entry's chunk ids (so a file changed since the scan is written afresh),
+/// and every linked symlink its target.
+pub fn materialize_reusing(
+    entries: &[Entry],
+    store: &ChunkStore,
+    target: &Path,
+    current: &[Entry],
+) -> Result<(), TreeError> {
+    let reuse: HashMap<&str, &Entry> = current.iter().map(|e| (e.path.as_str(), e)).collect();
+    let from = if current.is_empty() {
+        None
+    } else {
+        rustix::fs::open(
+            target,
+            rustix::fs::OFlags::PATH
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    };
+    let reuse = Reuse {
+        from,
+        entries: reuse,
+    };
     let parent = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let name = target
@@ -235,7 +269,13 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
     std::thread::scope(|s| {
         let workers: Vec<_> = leaves
             .chunks(per_thread)
-            .map(|part| s.spawn(move || part.iter().try_for_each(|e| write_leaf(e, store, root))))
+            .map(|part| {
+                let reuse = &reuse;
+                s.spawn(move || {
+                    part.iter()
+                        .try_for_each(|e| write_leaf(e, store, root, reuse))
+                })
+            })
             .collect();
         workers.into_iter().try_for_each(|w| {
             w.join().unwrap_or_else(|_| {
@@ -285,9 +325,87 @@ pub fn materialize(entries: &[Entry], store: &ChunkStore, target: &Path) -> Resu
 /// Threads writing a layer's files.
 const WRITERS: usize = 2;
 
+/// The tree being replaced, and what a scan found in it.
+struct Reuse<'a> {
+    /// The tree, opened once; `None` when there is nothing to reuse.
+    from: Option<std::os::fd::OwnedFd>,
+    entries: HashMap<&'a str, &'a Entry>,
+}
+
+impl Reuse<'_> {
+    /// Hard-link `e` from the tree being replaced if it is there unchanged;
+    /// true if `path` now holds it. The old path is resolved beneath the
+    /// old tree with no symlink and no mount crossing on the way, so a
+    /// directory swapped for a symlink since the scan links nothing from
+    /// outside the layer.
+    fn link(&self, e: &Entry, path: &Path) -> bool {
+        use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+        let Some(from) = &self.from else {
+            return false;
+        };
+        if self.entries.get(e.path.as_str()) != Some(&e) {
+            return false;
+        }
+        let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV;
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let parent = if dir.is_empty() {
+            rustix::fs::openat2(from, ".", flags, Mode::empty(), resolve)
+        } else {
+            rustix::fs::openat2(from, dir, flags, Mode::empty(), resolve)
+        };
+        let linked = parent.and_then(|p| {
+            rustix::fs::linkat(&p, name, rustix::fs::CWD, path, AtFlags::empty())
+        });
+        if linked.is_err() {
+            return false;
+        }
+        let same = match &e.kind {
+            Kind::File { size, chunks } => holds(path, *size, chunks),
+            Kind::Symlink { target } => {
+                std::fs::read_link(path).is_ok_and(|t| t.as_os_str() == target.as_str())
+            }
+            Kind::Dir => false,
+        };
+        if !same {
+            let _ = std::fs::remove_file(path);
+        }
+        same
+    }
+}
+
+/// Whether the file at `path` is a regular file of `size` bytes cut into
+/// exactly `chunks`.
+fn holds(path: &Path, size: u64, chunks: &[ChunkId]) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file() && m.len() == size) {
+        return false;
+    }
+    let mut ids = chunks.iter();
+    let read = chunk_stream(std::io::BufReader::with_capacity(1 << 20, f), |id, _| {
+        if ids.next() == Some(&id) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("changed"))
+        }
+    });
+    read.is_ok_and(|n| n == size) && ids.next().is_none()
+}
+
 /// Write one file or symlink of a layer under `root`.
-fn write_leaf(e: &Entry, store: &ChunkStore, root: &Path) -> Result<(), TreeError> {
+fn write_leaf(e: &Entry, store: &ChunkStore, root: &Path, reuse: &Reuse<'_>) -> Result<(), TreeError> {
     let path = root.join(&e.path);
+    if reuse.link(e, &path) {
+        // A file's mode is its inode's: the entry's, as the scan found it;
+        // set again in case it changed since. (A symlink has none to set.)
+        if matches!(e.kind, Kind::File { .. }) {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
+                .map_err(io(&path))?;
+        }
+        return Ok(());
+    }
     match &e.kind {
         Kind::Dir => Ok(()),
         Kind::Symlink { target } => std::os::unix::fs::symlink(target, &path).map_err(io(&path)),
@@ -366,5 +484,57 @@ mod tests {
         assert!(!out.join("big").exists() && out.join("empty").exists());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "staging left behind");
+    }
+
+    #[test]
+    fn an_update_links_what_is_unchanged_and_writes_the_rest() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("lib")).unwrap();
+        for n in ["a", "b", "c"] {
+            std::fs::write(src.join("lib").join(n), format!("{n} content").repeat(999)).unwrap();
+        }
+        std::os::unix::fs::symlink("lib/a", src.join("link")).unwrap();
+        let store = ChunkStore::open(dir.path().join("chunks")).unwrap();
+        let (v1, _) = scan(&src, &store, &mut |_| {}).unwrap();
+        let out = dir.path().join("out/base-os");
+        materialize(&v1, &store, &out).unwrap();
+        let ino = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().ino();
+        let before: Vec<u64> = ["lib/a", "lib/b", "lib/c", "link"].map(ino).to_vec();
+
+        // v2 changes lib/b. After the scan of the live tree, lib/c is edited
+        // in place, and an outside directory holding a file equal to lib/a
+        // takes lib's place through a symlink.
+        std::fs::write(src.join("lib/b"), "new b").unwrap();
+        let (v2, _) = scan(&src, &store, &mut |_| {}).unwrap();
+        let (current, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        std::fs::write(out.join("lib/c"), "edited after the scan").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::copy(src.join("lib/a"), outside.join("a")).unwrap();
+        materialize_reusing(&v2, &store, &out, &current).unwrap();
+        let (again, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        assert_eq!(again, v2);
+        assert_eq!(ino("link"), before[3], "the unchanged symlink is linked");
+        assert_ne!(ino("lib/b"), before[1], "the changed file is new");
+        assert_ne!(ino("lib/c"), before[2], "the file edited after the scan is written afresh");
+        assert_eq!(std::fs::read(out.join("lib/c")).unwrap(), std::fs::read(src.join("lib/c")).unwrap());
+
+        // The unchanged file is linked when its directory is the real one...
+        let (current, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        let a = ino("lib/a");
+        materialize_reusing(&v2, &store, &out, &current).unwrap();
+        assert_eq!(ino("lib/a"), a);
+        // ...and never through a symlink put in its place after the scan.
+        let real_lib = dir.path().join("real-lib");
+        std::fs::rename(out.join("lib"), &real_lib).unwrap();
+        std::os::unix::fs::symlink(&outside, out.join("lib")).unwrap();
+        materialize_reusing(&v2, &store, &out, &current).unwrap();
+        assert_ne!(ino("lib/a"), std::fs::metadata(outside.join("a")).unwrap().ino());
+        assert!(std::fs::symlink_metadata(out.join("lib")).unwrap().is_dir());
+        assert!(outside.join("a").is_file(), "the swap removed what the symlink pointed at");
+        let (again, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        assert_eq!(again, v2);
     }
 }
