@@ -4,9 +4,9 @@
 //! swapped in with one `renameat2(RENAME_EXCHANGE)`, so a reader sees the
 //! old layer or the new one, never half of either.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::chunk::{chunk_stream, ChunkId};
@@ -354,9 +354,8 @@ impl Reuse<'_> {
         } else {
             rustix::fs::openat2(from, dir, flags, Mode::empty(), resolve)
         };
-        let linked = parent.and_then(|p| {
-            rustix::fs::linkat(&p, name, rustix::fs::CWD, path, AtFlags::empty())
-        });
+        let linked = parent
+            .and_then(|p| rustix::fs::linkat(&p, name, rustix::fs::CWD, path, AtFlags::empty()));
         if linked.is_err() {
             return false;
         }
@@ -395,7 +394,12 @@ fn holds(path: &Path, size: u64, chunks: &[ChunkId]) -> bool {
 }
 
 /// Write one file or symlink of a layer under `root`.
-fn write_leaf(e: &Entry, store: &ChunkStore, root: &Path, reuse: &Reuse<'_>) -> Result<(), TreeError> {
+fn write_leaf(
+    e: &Entry,
+    store: &ChunkStore,
+    root: &Path,
+    reuse: &Reuse<'_>,
+) -> Result<(), TreeError> {
     let path = root.join(&e.path);
     if reuse.link(e, &path) {
         // A file's mode is its inode's: the entry's, as the scan found it;
@@ -518,8 +522,15 @@ mod tests {
         assert_eq!(again, v2);
         assert_eq!(ino("link"), before[3], "the unchanged symlink is linked");
         assert_ne!(ino("lib/b"), before[1], "the changed file is new");
-        assert_ne!(ino("lib/c"), before[2], "the file edited after the scan is written afresh");
-        assert_eq!(std::fs::read(out.join("lib/c")).unwrap(), std::fs::read(src.join("lib/c")).unwrap());
+        assert_ne!(
+            ino("lib/c"),
+            before[2],
+            "the file edited after the scan is written afresh"
+        );
+        assert_eq!(
+            std::fs::read(out.join("lib/c")).unwrap(),
+            std::fs::read(src.join("lib/c")).unwrap()
+        );
 
         // The unchanged file is linked when its directory is the real one...
         let (current, _) = scan_into(&out, None, &mut |_| {}).unwrap();
@@ -531,9 +542,15 @@ mod tests {
         std::fs::rename(out.join("lib"), &real_lib).unwrap();
         std::os::unix::fs::symlink(&outside, out.join("lib")).unwrap();
         materialize_reusing(&v2, &store, &out, &current).unwrap();
-        assert_ne!(ino("lib/a"), std::fs::metadata(outside.join("a")).unwrap().ino());
+        assert_ne!(
+            ino("lib/a"),
+            std::fs::metadata(outside.join("a")).unwrap().ino()
+        );
         assert!(std::fs::symlink_metadata(out.join("lib")).unwrap().is_dir());
-        assert!(outside.join("a").is_file(), "the swap removed what the symlink pointed at");
+        assert!(
+            outside.join("a").is_file(),
+            "the swap removed what the symlink pointed at"
+        );
         let (again, _) = scan_into(&out, None, &mut |_| {}).unwrap();
         assert_eq!(again, v2);
     }
