@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 FIX=${SATCHEL_FIXTURES:-../../shared/fixtures/eventlogs}
 mkdir -p corpus/eventlog_parse corpus/boot_chain corpus/tpm2_structures \
-  corpus/evidence_verify corpus/reference_manifest corpus/url_canonical corpus/policy_text corpus/sync_wire
+  corpus/evidence_verify corpus/reference_manifest corpus/url_canonical corpus/policy_text corpus/sync_wire \
+  corpus/chunk_pack
 cp "$FIX"/*.bin corpus/eventlog_parse/
 cp ../examples/boot-chain/chain.toml corpus/boot_chain/
 # The swtpm-made evidence: its quote, signature and AK public area, whole.
@@ -29,5 +30,6 @@ import struct, sys
 d = sys.argv[1]
 open(f"{d}/frames", "wb").write(bytes(32) + struct.pack(">I", 3) + b"abc")
 open(f"{d}/records", "wb").write(struct.pack(">IBI", 0, 0, 2) + b"dd" + struct.pack(">IBI", 1, 1, 34) + bytes(32) + b"cc")
+open(f"{d}/../chunk_pack/one", "wb").write(b"SCK1" + bytes(32) + struct.pack(">I", 3) + b"abc")
 open(f"{d}/bundle", "wb").write(b"SATCHEL-SYNC-BUNDLE-1\n" + struct.pack(">I", 2) + b"{}" + struct.pack(">Q", 0) + struct.pack(">I", 0))
 PY
