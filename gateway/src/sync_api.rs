@@ -185,12 +185,14 @@ impl AppState {
         self.offer(device, image, have.have, true).await
     }
 
+    /// The image's layers for `device`: each manifest whole, or with
+    /// `as_deltas` as a delta against the version in `have` of its layer.
     async fn offer(
         &self,
         device: &Device,
         image: &str,
         have: Vec<String>,
-        packed: bool,
+        as_deltas: bool,
     ) -> SyncAnswer {
         let layers = match self.layers_for(device, image).await {
             Ok(l) => l,
@@ -230,7 +232,7 @@ impl AppState {
                 .iter()
                 .map(|l| {
                     let mut v = json!({"layer": l.layer, "version": l.version, "digest": l.digest});
-                    if !packed {
+                    if !as_deltas {
                         v["manifest"] = json!(l.signed);
                         return Ok(v);
                     }

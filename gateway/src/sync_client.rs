@@ -260,6 +260,9 @@ fn offered_text(l: &Value, state: &SyncState) -> Result<String, SyncError> {
 /// while this side checks and stores the last.
 const FETCH_LANES: usize = 3;
 const _: () = assert!(FETCH_LANES == 3, "fetch joins three lanes");
+/// Delta requests in flight at once (each is a batch of the gateway's CPU).
+const DELTA_LANES: usize = 2;
+const _: () = assert!(DELTA_LANES == 2, "fetch_deltas joins two lanes");
 
 /// Fetch every chunk of `ids` the store lacks, in batches, a few at once;
 /// each chunk is checked and stored as it arrives. The number fetched.
@@ -284,9 +287,8 @@ async fn fetch(
         }
     };
     let (a, b, d) = tokio::join!(lane(0), lane(1), lane(2));
-    let fetched = a? + b? + d?;
-    store.sync().map_err(local)?;
-    Ok(fetched)
+    // Each batch made its chunks durable before it returned.
+    Ok(a? + b? + d?)
 }
 
 /// Fetch one batch of chunk ids; each is checked and stored as soon as its
@@ -406,7 +408,7 @@ async fn fetch_deltas(
         let batches = &batches;
         async move {
             let (mut files, mut stored) = (0u64, 0u64);
-            for batch in batches.iter().skip(k).step_by(2) {
+            for batch in batches.iter().skip(k).step_by(DELTA_LANES) {
                 let batch: &[Job<'_>] = batch;
                 let body = serde_json::json!({"files": batch.iter().map(|j| {
                     serde_json::json!({"from": j.from, "to": j.to, "missing": j.missing})
