@@ -460,7 +460,7 @@ async fn fetch_deltas(
                                 .map_err(|e| SyncError::Untrusted(e.to_string()))?;
                             // Re-chunk and check every id before storing any.
                             let mut pieces = Vec::new();
-                            sync::chunk::chunk_stream(&new_bytes[..], |id, data| {
+                            sync::chunk::chunk_slice(&new_bytes, |id, data| {
                                 pieces.push((id, data.to_vec()));
                                 Ok(())
                             })

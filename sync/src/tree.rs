@@ -155,7 +155,7 @@ pub fn scan_into(
             let f = std::fs::File::open(full).map_err(io(full))?;
             let mut chunks = Vec::new();
             let mut store_err = None;
-            let size = chunk_stream(std::io::BufReader::with_capacity(1 << 20, f), |id, data| {
+            let size = chunk_stream(f, |id, data| {
                 chunks.push(id);
                 stats.chunks += 1;
                 if seen.insert(id) {
@@ -383,7 +383,7 @@ fn holds(path: &Path, size: u64, chunks: &[ChunkId]) -> bool {
         return false;
     }
     let mut ids = chunks.iter();
-    let read = chunk_stream(std::io::BufReader::with_capacity(1 << 20, f), |id, _| {
+    let read = chunk_stream(f, |id, _| {
         if ids.next() == Some(&id) {
             Ok(())
         } else {
