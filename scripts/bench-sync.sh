@@ -11,7 +11,9 @@
 #   rsync     rsync -a --no-whole-file -z, local, with zlib and with zstd,
 #             "Total bytes received" + sent
 #   casync    casync make into one store; each step's bytes are the new chunk files
-# then chunking+hashing throughput (criterion, in memory).
+# Every tool writes into a fresh journaled ext4 (a loop device). Then the first pull
+# again, five alternating runs each, with rsync timed as it returns and until its
+# writes are on disk; then chunking+hashing throughput (criterion, in memory).
 # The root file systems are kept in $SATCHEL_BENCH_DIR (default /var/tmp/satchel-bench)
 # and rebuilt when missing. Needs root and Debian's mirror.
 # Usage: scripts/bench-sync.sh [--no-criterion]
@@ -73,8 +75,24 @@ echo "v1: $(size "$B/v1") bytes, v1u: $(size "$B/v1u") bytes, v2: $(size "$B/v2"
 
 TMP=$(mktemp -d "$B/run.XXXXXX")
 GW_PID=
-cleanup() { [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null; rm -rf "$TMP"; }
+cleanup() {
+  [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null
+  mountpoint -q "$TMP/dest" && umount "$TMP/dest"
+  rm -rf "$TMP"
+}
 trap cleanup EXIT INT TERM
+# Every tool writes into a fresh ext4 file system with a journal, as a device's disk
+# has (a loop device on a sparse file): the machine's own file system may lack the
+# journal, and then ext4 scans for recently deleted inodes on every create, which
+# makes whichever tool runs after a cleanup slow. Without loop devices, $TMP is used.
+D=$TMP/dest
+mkdir -p "$D"
+truncate -s 4G "$TMP/dest.img"
+if mkfs.ext4 -q -F "$TMP/dest.img" && mount -o loop "$TMP/dest.img" "$D" 2>/dev/null; then
+  echo "destinations: a fresh journaled ext4 on a loop device"
+else
+  echo "destinations: $TMP (no loop device)"
+fi
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
@@ -90,9 +108,10 @@ for _ in $(seq 100); do curl -fsS --cacert "$GW/ca.crt" "https://127.0.0.1:$PORT
 # attestation, which needs a TPM: see scripts/demo.sh for the attested path).
 cargo run --release --quiet -p gateway --example bench-device -- "$GW" bench-1 "$TMP/client"
 cp -a "$TMP/client" "$TMP/client0"
+mv "$TMP/client" "$D/client"
 pull() {
   "$SATCHEL" client sync pull --gateway "https://127.0.0.1:$PORT" --ca "$GW/ca.crt" \
-    --data "$TMP/client" --image bench --into "$TMP/root" --stats-json
+    --data "$D/client" --image bench --into "$D/root" --stats-json
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 wire() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d['bytes_received'] + d['bytes_sent'])"; }
@@ -102,7 +121,7 @@ for v in v1 v1u v2; do
   [ "$step" -gt 0 ] && "$SATCHEL" image build --data "$GW" --image bench --layer "base-os=$B/$v" >/dev/null
   out=$(pull)
   S[step]=$(echo "$out" | wire); ST[step]=$(echo "$out" | field seconds); SD[step]=$(echo "$out" | field delta_files)
-  diff -r --no-dereference "$B/$v" "$TMP/root/base-os" >/dev/null || { echo "satchel: the pulled tree differs from $v" >&2; exit 1; }
+  diff -r --no-dereference "$B/$v" "$D/root/base-os" >/dev/null || { echo "satchel: the pulled tree differs from $v" >&2; exit 1; }
   step=$((step + 1))
 done
 
@@ -120,7 +139,7 @@ declare -A R RT
 for c in zlib zstd; do
   step=0
   for v in v1 v1u v2; do
-    read -r R[$c$step] RT[$c$step] < <(rsync_run "$B/$v" "$TMP/rsync-$c" "$c")
+    read -r R[$c$step] RT[$c$step] < <(rsync_run "$B/$v" "$D/rsync-$c" "$c")
     step=$((step + 1))
   done
 done
@@ -137,19 +156,29 @@ for v in v1 v1u v2; do
   step=$((step + 1))
 done
 
-# --- the first pull again, three times each, alternating, into fresh directories (the
-# file system's state after one run weighs on the next, so neither always goes first)
+# --- the first pull again, five times each, alternating, into fresh directories (the
+# file system's state after one run weighs on the next, so neither always goes first).
+# A satchel pull returns once what it wrote is on disk (fdatasync, syncfs); rsync
+# returns with its writes still in the page cache. So rsync is timed both ways: as it
+# returns, and until a `sync` after it returns (the same durability). Each run starts
+# after a `sync`, so nobody flushes what the run before left.
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-FS=(); FR=()
-for r in 1 2 3; do
-  cp -a "$TMP/client0" "$TMP/fp-client$r"
+FS=(); FR=(); FRS=()
+for r in 1 2 3 4 5; do
+  cp -a "$TMP/client0" "$D/fp-client$r"
+  sync
   t0=$(now)
   "$SATCHEL" client sync pull --gateway "https://127.0.0.1:$PORT" --ca "$GW/ca.crt" \
-    --data "$TMP/fp-client$r" --image bench --into "$TMP/fp-root$r" >/dev/null
+    --data "$D/fp-client$r" --image bench --into "$D/fp-root$r" >/dev/null
   t1=$(now)
-  rsync -a --no-whole-file -z --compress-choice=zstd "$B/v2/" "$TMP/fp-rs$r/"
+  sync
   t2=$(now)
-  FS+=("$(secs "$t0" "$t1")"); FR+=("$(secs "$t1" "$t2")")
+  rsync -a --no-whole-file -z --compress-choice=zstd "$B/v2/" "$D/fp-rs$r/"
+  t3=$(now)
+  sync
+  t4=$(now)
+  FS+=("$(secs "$t0" "$t1")"); FR+=("$(secs "$t2" "$t3")"); FRS+=("$(secs "$t2" "$t4")")
+  rm -rf "$D/fp-client$r" "$D/fp-root$r" "$D/fp-rs$r"
 done
 
 mb() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1e6 }'; }
@@ -164,8 +193,11 @@ for c in zlib zstd; do
 done
 printf '%-12s %-24s %-32s %-24s\n' casync "$(mb "${C[0]}"), ${CT[0]} s (make)" \
   "$(mb "${C[1]}"), ${CT[1]} s (make)" "$(mb "${C[2]}"), ${CT[2]} s (make)"
-echo "first pull of v2 (whole commands, 3 alternating runs): satchel ${FS[*]} s, rsync zstd ${FR[*]} s"
-echo "ratios (satchel / rsync zstd): first pull time (medians) $(awk -v a="$(median "${FS[@]}")" -v b="$(median "${FR[@]}")" 'BEGIN { printf "%.2f", a / b }')x,"
+echo "first pull of v2 (whole commands, 5 alternating runs): satchel ${FS[*]} s;"
+echo "  rsync zstd ${FR[*]} s as it returns, ${FRS[*]} s until its writes are on disk"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "ratios (satchel / rsync zstd): first pull time (medians) $(ratio "$(median "${FS[@]}")" "$(median "${FR[@]}")")x" \
+  "against rsync's return, $(ratio "$(median "${FS[@]}")" "$(median "${FRS[@]}")")x against its writes on disk,"
 echo "ratios (satchel / rsync zstd): first pull time (above) $(awk -v a="${ST[0]}" -v b="${RT[zstd0]}" 'BEGIN { printf "%.2f", a / b }')x," \
   "security update bytes $(awk -v a="${S[1]}" -v b="${R[zstd1]}" 'BEGIN { printf "%.2f", a / b }')x"
 

@@ -157,6 +157,11 @@ pub async fn connect(url: &str) -> Result<(AnyPool, Backend), StoreError> {
     })?;
     let pool = AnyPoolOptions::new()
         .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+        // A pooled SQLite connection is a file handle in this process: it
+        // cannot go stale the way a server's socket can, so it is not
+        // pinged before each use (a round trip to its worker thread per
+        // batch of appends).
+        .test_before_acquire(backend == Backend::Postgres)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {

@@ -14,8 +14,9 @@
 //! only when all its chunks are there, by an atomic swap of its directory,
 //! and the state file is replaced (write, sync, rename) after it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -264,30 +265,134 @@ const _: () = assert!(FETCH_LANES == 3, "fetch joins three lanes");
 const DELTA_LANES: usize = 2;
 const _: () = assert!(DELTA_LANES == 2, "fetch_deltas joins two lanes");
 
-/// Fetch every chunk of `ids` the store lacks, in batches, a few at once;
-/// each chunk is checked and stored as it arrives. The number fetched.
+/// The chunks of `entries` the store lacks, in the order the files need
+/// them (each once), so that files can be written as their chunks land.
+fn missing_in_order(entries: &[Entry], store: &ChunkStore) -> Vec<ChunkId> {
+    let mut seen = HashSet::new();
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => Some(chunks.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|id| seen.insert(*id) && !store.has(*id))
+        .collect()
+}
+
+/// Which fetch batches have landed (durably), shared between the fetch
+/// lanes and the threads writing the tree, which wait for a file's last
+/// batch before they take its content from the store.
+struct Arrivals {
+    /// The batch each missing chunk comes in.
+    batch_of: HashMap<ChunkId, usize>,
+    landed: Mutex<Landed>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Landed {
+    done: Vec<bool>,
+    /// Batches `0..prefix` have all landed.
+    prefix: usize,
+    /// Why the fetch or the write stopped.
+    failed: Option<String>,
+}
+
+impl Arrivals {
+    fn new(missing: &[ChunkId]) -> Arrivals {
+        let batch_of = missing
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i / MAX_FETCH))
+            .collect();
+        let landed = Landed {
+            done: vec![false; missing.len().div_ceil(MAX_FETCH)],
+            ..Landed::default()
+        };
+        Arrivals {
+            batch_of,
+            landed: Mutex::new(landed),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Landed> {
+        self.landed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn landed(&self, batch: usize) {
+        let mut l = self.lock();
+        if let Some(d) = l.done.get_mut(batch) {
+            *d = true;
+        }
+        while l.done.get(l.prefix) == Some(&true) {
+            l.prefix += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    fn fail(&self, why: String) {
+        self.lock().failed.get_or_insert(why);
+        self.changed.notify_all();
+    }
+
+    fn failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    /// Block until every chunk of `e` is in the store.
+    fn wait(&self, e: &Entry) -> Result<(), sync::tree::TreeError> {
+        let Kind::File { chunks, .. } = &e.kind else {
+            return Ok(());
+        };
+        let Some(last) = chunks.iter().filter_map(|id| self.batch_of.get(id)).max() else {
+            return Ok(());
+        };
+        let mut l = self.lock();
+        loop {
+            if let Some(why) = &l.failed {
+                return Err(sync::tree::TreeError::Io {
+                    path: PathBuf::from(&e.path),
+                    source: std::io::Error::other(format!("its chunks did not arrive: {why}")),
+                });
+            }
+            if l.prefix > *last {
+                return Ok(());
+            }
+            l = self.changed.wait(l).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Fetch `missing` in batches, a few at once; each chunk is checked and
+/// stored as it arrives, and each batch is made durable and reported to
+/// `arrivals` as it completes. The number fetched.
 async fn fetch(
     c: &GatewayClient,
     image: &str,
     store: &ChunkStore,
-    ids: &BTreeSet<ChunkId>,
+    missing: &[ChunkId],
+    arrivals: &Arrivals,
     meter: &Meter,
 ) -> Result<u64, SyncError> {
-    let missing: Vec<ChunkId> = ids.iter().copied().filter(|id| !store.has(*id)).collect();
     let batches: Vec<&[ChunkId]> = missing.chunks(MAX_FETCH).collect();
     // Lane k takes batches k, k + LANES, ...; the lanes run side by side.
     let lane = |k: usize| {
         let batches = &batches;
         async move {
             let mut fetched = 0;
-            for batch in batches.iter().skip(k).step_by(FETCH_LANES) {
+            for (i, batch) in batches.iter().enumerate().skip(k).step_by(FETCH_LANES) {
+                if arrivals.failed() {
+                    return Err(local("the layer could not be written"));
+                }
                 fetched += fetch_batch(c, image, store, batch, meter).await?;
+                arrivals.landed(i);
             }
             Ok::<u64, SyncError>(fetched)
         }
     };
     let (a, b, d) = tokio::join!(lane(0), lane(1), lane(2));
-    // Each batch made its chunks durable before it returned.
     Ok(a? + b? + d?)
 }
 
@@ -602,9 +707,50 @@ async fn pull_layers(
                 stats.chunks_fetched += chunks;
             }
         }
-        stats.chunks_fetched += fetch(c, image, &store, &s.manifest.chunk_ids(), meter).await?;
-        // What is unchanged in the tree now is linked, not written again.
-        sync::tree::materialize_reusing(&s.manifest.entries, &store, &dir, &old).map_err(local)?;
+        // The tree is written while its chunks arrive: each file as soon
+        // as its last chunk has landed. What is unchanged in the tree now
+        // is linked, not written again.
+        let started = std::time::Instant::now();
+        let missing = missing_in_order(&s.manifest.entries, &store);
+        let arrivals = Arc::new(Arrivals::new(&missing));
+        let write = {
+            let (entries, store, dir, old) = (
+                s.manifest.entries.clone(),
+                store.clone(),
+                dir.clone(),
+                old.clone(),
+            );
+            let arrivals = arrivals.clone();
+            tokio::task::spawn_blocking(move || {
+                let written =
+                    sync::tree::materialize_arriving(&entries, &store, &dir, &old, &|e| {
+                        arrivals.wait(e)
+                    });
+                if let Err(e) = &written {
+                    arrivals.fail(e.to_string());
+                }
+                written
+            })
+        };
+        let fetched = fetch(c, image, &store, &missing, &arrivals, meter).await;
+        if let Err(e) = &fetched {
+            arrivals.fail(e.to_string());
+        }
+        let fetch_ms = started.elapsed().as_millis();
+        let written = write
+            .await
+            .map_err(|e| local(format!("the layer writer stopped: {e}")))?;
+        // A fetch error explains a write that stopped for want of chunks.
+        let fetched = fetched?;
+        written.map_err(local)?;
+        stats.chunks_fetched += fetched;
+        tracing::debug!(
+            %layer,
+            fetched,
+            fetch_ms,
+            total_ms = started.elapsed().as_millis(),
+            "layer fetched and written"
+        );
         stats.files_changed += files_changed(&old, &s.manifest.entries);
         stats.layers_applied.push(layer.to_string());
         state.layers.insert(
@@ -984,6 +1130,53 @@ mod tests {
 
     fn b64(d: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(d)
+    }
+
+    fn file(chunks: &[ChunkId]) -> Entry {
+        Entry {
+            path: "f".into(),
+            mode: 0o644,
+            kind: Kind::File {
+                size: 0,
+                chunks: chunks.to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_file_waits_for_its_last_batch_and_a_failure_releases_it() {
+        let ids: Vec<ChunkId> = (0..MAX_FETCH * 2 + 1)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .collect();
+        let held = ChunkId::of(b"already in the store");
+        let arrivals = Arc::new(Arrivals::new(&ids));
+        // Nothing to wait for: chunks the store held, or not a file.
+        arrivals.wait(&file(&[held])).unwrap();
+        let needs_last = file(&[ids[0], ids[MAX_FETCH * 2]]);
+        let waiter = {
+            let arrivals = arrivals.clone();
+            let e = needs_last.clone();
+            std::thread::spawn(move || arrivals.wait(&e))
+        };
+        // Batches landing out of order: the file's batch (2) alone is not
+        // enough while batch 1 is still on its way.
+        arrivals.landed(2);
+        arrivals.landed(0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        arrivals.wait(&file(&[ids[1]])).unwrap();
+        arrivals.landed(1);
+        waiter.join().unwrap().unwrap();
+
+        let arrivals = Arc::new(Arrivals::new(&ids));
+        let waiter = {
+            let arrivals = arrivals.clone();
+            std::thread::spawn(move || arrivals.wait(&needs_last))
+        };
+        arrivals.fail("the gateway went away".into());
+        let e = waiter.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("the gateway went away"), "{e}");
+        assert!(arrivals.failed());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::chunk::{chunk_stream, ChunkId};
 use crate::manifest::{check_path, Entry, Kind};
@@ -223,6 +224,22 @@ pub fn materialize_reusing(
     target: &Path,
     current: &[Entry],
 ) -> Result<(), TreeError> {
+    materialize_arriving(entries, store, target, current, &|_| Ok(()))
+}
+
+/// [`materialize_reusing`] while the chunks are still arriving: before a
+/// file's content is taken from the store, `arrived(entry)` must return,
+/// once every chunk of that file is in the store (or with an error, which
+/// stops the write and leaves `target` as it was). Files are written
+/// roughly in `entries` order, so a fetch in that order and this write
+/// overlap.
+pub fn materialize_arriving(
+    entries: &[Entry],
+    store: &ChunkStore,
+    target: &Path,
+    current: &[Entry],
+    arrived: &(dyn Fn(&Entry) -> Result<(), TreeError> + Sync),
+) -> Result<(), TreeError> {
     let reuse: HashMap<&str, &Entry> = current.iter().map(|e| (e.path.as_str(), e)).collect();
     let from = if current.is_empty() {
         None
@@ -265,15 +282,25 @@ pub fn materialize_reusing(
         .iter()
         .filter(|e| !matches!(e.kind, Kind::Dir))
         .collect();
-    let per_thread = leaves.len().div_ceil(WRITERS).max(1);
+    // The writers take the next leaf in order, so together they follow
+    // the order the chunks arrive in; the first error stops them all.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let workers: Vec<_> = leaves
-            .chunks(per_thread)
-            .map(|part| {
-                let reuse = &reuse;
+        let workers: Vec<_> = (0..WRITERS.min(leaves.len()))
+            .map(|_| {
+                let (reuse, next, failed, leaves) = (&reuse, &next, &failed, &leaves);
                 s.spawn(move || {
-                    part.iter()
-                        .try_for_each(|e| write_leaf(e, store, root, reuse))
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(e) = leaves.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        if let Err(err) = write_leaf(e, store, root, reuse, arrived) {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(err);
+                        }
+                    }
+                    Ok(())
                 })
             })
             .collect();
@@ -399,6 +426,7 @@ fn write_leaf(
     store: &ChunkStore,
     root: &Path,
     reuse: &Reuse<'_>,
+    arrived: &(dyn Fn(&Entry) -> Result<(), TreeError> + Sync),
 ) -> Result<(), TreeError> {
     let path = root.join(&e.path);
     if reuse.link(e, &path) {
@@ -414,6 +442,7 @@ fn write_leaf(
         Kind::Dir => Ok(()),
         Kind::Symlink { target } => std::os::unix::fs::symlink(target, &path).map_err(io(&path)),
         Kind::File { size, chunks } => {
+            arrived(e)?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -488,6 +517,48 @@ mod tests {
         assert!(!out.join("big").exists() && out.join("empty").exists());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "staging left behind");
+    }
+
+    #[test]
+    fn a_write_whose_chunks_never_arrive_leaves_the_old_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        for i in 0..40 {
+            std::fs::write(src.join(format!("d/f{i:02}")), format!("file {i}\n")).unwrap();
+        }
+        let store = ChunkStore::open(dir.path().join("chunks")).unwrap();
+        let (entries, _) = scan(&src, &store, &mut |_| {}).unwrap();
+        let out = dir.path().join("out/base-os");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("old"), "old\n").unwrap();
+        // The fetch fails at the 20th file: the writers stop, nothing is swapped.
+        let asked = AtomicUsize::new(0);
+        let failing = |e: &Entry| {
+            if asked.fetch_add(1, Ordering::SeqCst) == 19 {
+                Err(TreeError::Unsupported {
+                    path: PathBuf::from(&e.path),
+                    problem: "the gateway went away".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let e = materialize_arriving(&entries, &store, &out, &[], &failing).unwrap_err();
+        assert!(e.to_string().contains("the gateway went away"), "{e}");
+        assert!(asked.load(Ordering::SeqCst) < 40, "the writers went on");
+        assert_eq!(std::fs::read_to_string(out.join("old")).unwrap(), "old\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
+        assert_eq!(names.len(), 1, "staging left behind");
+        // Every file asked for before it is written.
+        let seen = std::sync::Mutex::new(Vec::new());
+        materialize_arriving(&entries, &store, &out, &[], &|e| {
+            seen.lock().unwrap().push(e.path.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.into_inner().unwrap().len(), 40);
+        assert!(!out.join("old").exists() && out.join("d/f39").is_file());
     }
 
     #[test]
