@@ -26,10 +26,15 @@ const ORIGIN: &str = "test.satchel/audit";
 
 fn entry(i: usize) -> NewEntry {
     NewEntry {
-        kind: if i % 3 == 0 { "policy" } else { "attestation" }.into(),
+        kind: if i.is_multiple_of(3) {
+            "policy"
+        } else {
+            "attestation"
+        }
+        .into(),
         actor: format!("device:laptop-{i}"),
         subject: format!("https://example.org/{i}"),
-        decision: if i % 2 == 0 { "allow" } else { "deny" }.into(),
+        decision: if i.is_multiple_of(2) { "allow" } else { "deny" }.into(),
         details: json!({"rule": i, "mode": "lockdown"}),
     }
 }

@@ -399,7 +399,7 @@ fn text(data: &[u8]) -> Option<String> {
 
 /// UTF-16LE text (every other byte zero, printable), trailing NULs dropped.
 fn utf16_text(data: &[u8]) -> Option<String> {
-    if data.len() < 2 || data.len() % 2 != 0 || data.chunks(2).any(|c| c[1] != 0) {
+    if data.len() < 2 || !data.len().is_multiple_of(2) || data.chunks(2).any(|c| c[1] != 0) {
         return None;
     }
     let s = utf16_lossy(data);
