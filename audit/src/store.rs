@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, Connection as _, Executor, Row};
 
 use crate::entry::{canonical_json, encode_leaf, Entry, NewEntry};
@@ -124,6 +125,11 @@ pub struct Store {
     /// the insert hits the primary key and the batch is retried after
     /// reading the real value.
     next_seq: Arc<Mutex<Option<u64>>>,
+    /// The connection appends go through, kept between SQLite batches: its
+    /// page cache and prepared statements are per connection, and a batch
+    /// on a connection that did not write the last one first reads back
+    /// the pages that one changed. Given back to the pool after an error.
+    writer: Arc<tokio::sync::Mutex<Option<PoolConnection<sqlx::Any>>>>,
 }
 
 fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -195,6 +201,7 @@ impl Store {
             pool,
             backend,
             next_seq: Arc::default(),
+            writer: Arc::default(),
         })
     }
 
@@ -225,14 +232,36 @@ impl Store {
     /// One attempt: a transaction writing `rows` from `first` (read inside
     /// the transaction when `None`).
     async fn append_at(&self, rows: &Rows, first: Option<u64>) -> Result<Vec<u64>, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(query("acquiring a connection"))?;
+        let mut slot = self.writer.lock().await;
+        let conn = match &mut *slot {
+            Some(c) => c,
+            empty => empty.insert(
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(query("acquiring a connection"))?,
+            ),
+        };
+        let result = self.append_on(conn, rows, first).await;
+        // After an error, whatever state it left the connection in, the
+        // pool sorts out. A PostgreSQL connection goes back after every
+        // batch: a server's socket can die between batches, and the pool
+        // checks it before handing it out again.
+        if result.is_err() || self.backend == Backend::Postgres {
+            *slot = None;
+        }
+        result
+    }
+
+    async fn append_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        rows: &Rows,
+        first: Option<u64>,
+    ) -> Result<Vec<u64>, StoreError> {
         if first.is_some() && rows.entries.len() <= ROWS_PER_INSERT {
             // One statement is its own transaction: one round trip, one fsync.
-            return insert(&mut conn, self.backend, rows, first).await;
+            return insert(conn, self.backend, rows, first).await;
         }
         // A transaction object: if this future is dropped half-way, the
         // transaction is rolled back, never left open on a pooled connection.
@@ -426,6 +455,8 @@ impl Store {
 
     /// Close the pool, waiting for connections to finish.
     pub async fn close(&self) {
+        // The pool waits for every connection to come back, the writer's too.
+        self.writer.lock().await.take();
         self.pool.close().await;
     }
 }
