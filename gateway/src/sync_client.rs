@@ -269,13 +269,7 @@ const _: () = assert!(DELTA_LANES == 2, "fetch_deltas joins two lanes");
 /// them (each once), so that files can be written as their chunks land.
 fn missing_in_order(entries: &[Entry], store: &ChunkStore) -> Vec<ChunkId> {
     let mut seen = HashSet::new();
-    entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Kind::File { chunks, .. } => Some(chunks.iter().copied()),
-            _ => None,
-        })
-        .flatten()
+    file_chunks(entries)
         .filter(|id| seen.insert(*id) && !store.has(*id))
         .collect()
 }
