@@ -261,6 +261,9 @@ fn offered_text(l: &Value, state: &SyncState) -> Result<String, SyncError> {
 /// while this side checks and stores the last.
 const FETCH_LANES: usize = 3;
 const _: () = assert!(FETCH_LANES == 3, "fetch joins three lanes");
+/// Plain bytes of fetched chunks a pull holds for the files being written
+/// behind it (each chunk is then decompressed and hashed once, not twice).
+const FRESH_BUDGET: usize = 64 << 20;
 /// Delta requests in flight at once (each is a batch of the gateway's CPU).
 const DELTA_LANES: usize = 2;
 const _: () = assert!(DELTA_LANES == 2, "fetch_deltas joins two lanes");
@@ -637,7 +640,11 @@ async fn pull_layers(
     meter: &Meter,
     checked_in: &[(Layer, Vec<Entry>)],
 ) -> Result<PullStats, SyncError> {
-    let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
+    // The files are written just behind the fetch, so the chunks it checks
+    // are mostly still held when their files take them.
+    let store = ChunkStore::open_packed(cdir.join("chunks"))
+        .map_err(local)?
+        .holding_fresh(FRESH_BUDGET);
     let path = state_path(cdir, image);
     let mut state = SyncState::load(&path)?;
     let offered = offered(c, image, &mut state, meter).await?;

@@ -18,7 +18,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::chunk::{ChunkId, MAX_CHUNK};
 
@@ -62,6 +63,40 @@ pub struct ChunkStore {
     root: PathBuf,
     level: i32,
     packs: Option<Arc<pack::Packs>>,
+    /// Whether loose chunk files may be there to look for: always for a
+    /// loose store; for a packed one, only if it held some when opened
+    /// (it never writes any), which spares a `stat` per chunk asked for.
+    loose: bool,
+    fresh: Option<Arc<Fresh>>,
+}
+
+/// Plain bytes of chunks checked on their way into the store, kept for
+/// their next read (see [`ChunkStore::holding_fresh`]).
+#[derive(Debug)]
+struct Fresh {
+    budget: usize,
+    held: Mutex<(HashMap<ChunkId, Vec<u8>>, usize)>,
+}
+
+impl Fresh {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<ChunkId, Vec<u8>>, usize)> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, id: ChunkId, plain: Vec<u8>) {
+        let mut held = self.lock();
+        if held.1 + plain.len() <= self.budget && !held.0.contains_key(&id) {
+            held.1 += plain.len();
+            held.0.insert(id, plain);
+        }
+    }
+
+    fn take(&self, id: ChunkId) -> Option<Vec<u8>> {
+        let mut held = self.lock();
+        let plain = held.0.remove(&id)?;
+        held.1 -= plain.len();
+        Some(plain)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -69,6 +104,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Whether a name in the store's root is one of its fan-out directories.
+fn is_fan(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|f| f.len() == 2 && f.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Decompress a stored chunk, refusing more than [`MAX_CHUNK`] bytes, and
@@ -111,6 +152,8 @@ impl ChunkStore {
             root,
             level: LEVEL,
             packs: None,
+            loose: true,
+            fresh: None,
         })
     }
 
@@ -120,12 +163,35 @@ impl ChunkStore {
         let mut store = ChunkStore::open(root)?;
         let dir = store.root.join("packs");
         store.packs = Some(Arc::new(pack::Packs::open(dir.clone()).map_err(io(&dir))?));
+        store.loose = std::fs::read_dir(&store.root)
+            .map_err(io(&store.root))?
+            .filter_map(Result::ok)
+            .any(|e| is_fan(&e.file_name()));
         Ok(store)
     }
 
     /// The same store, compressing new chunks at zstd `level`.
     pub fn with_level(self, level: i32) -> ChunkStore {
         ChunkStore { level, ..self }
+    }
+
+    /// The same store, keeping the plain bytes of chunks that
+    /// [`put_compressed`](Self::put_compressed) checks (up to `budget`
+    /// bytes at a time) for the next [`get`](Self::get) of each, which then
+    /// neither decompresses nor hashes them again. For a pull, which stores
+    /// chunks and then writes files from them: the bytes it writes are the
+    /// bytes it checked. A chunk read twice is read from the store the
+    /// second time; one never read holds its share of the budget until the
+    /// store is dropped.
+    pub fn holding_fresh(self, budget: usize) -> ChunkStore {
+        let fresh = Fresh {
+            budget,
+            held: Mutex::new((HashMap::new(), 0)),
+        };
+        ChunkStore {
+            fresh: Some(Arc::new(fresh)),
+            ..self
+        }
     }
 
     /// Where the store lives.
@@ -140,7 +206,7 @@ impl ChunkStore {
 
     /// Whether the store holds `id`.
     pub fn has(&self, id: ChunkId) -> bool {
-        self.packs.as_ref().is_some_and(|p| p.has(id)) || self.path(id).is_file()
+        self.packs.as_ref().is_some_and(|p| p.has(id)) || (self.loose && self.path(id).is_file())
     }
 
     /// How many chunks the store holds (packed and loose; a chunk in both counts once
@@ -149,11 +215,7 @@ impl ChunkStore {
         let mut n = self.packs.as_ref().map_or(0, |p| p.len() as u64);
         for fan in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
             let fan = fan.map_err(io(&self.root))?.path();
-            let is_fan = fan
-                .file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.len() == 2 && f.bytes().all(|b| b.is_ascii_hexdigit()));
-            if is_fan && fan.is_dir() {
+            if fan.file_name().is_some_and(is_fan) && fan.is_dir() {
                 for e in std::fs::read_dir(&fan).map_err(io(&fan))? {
                     let name = e.map_err(io(&fan))?.file_name();
                     n += u64::from(name.to_str().is_some_and(|n| n.parse::<ChunkId>().is_ok()));
@@ -179,8 +241,11 @@ impl ChunkStore {
         if self.has(id) {
             return Ok(false);
         }
-        open_chunk(id, compressed)?;
+        let plain = open_chunk(id, compressed)?;
         self.write(id, compressed)?;
+        if let Some(f) = &self.fresh {
+            f.keep(id, plain);
+        }
         Ok(true)
     }
 
@@ -218,6 +283,9 @@ impl ChunkStore {
     /// The plain bytes, checked against the id. A corrupt chunk is removed
     /// (so it is fetched again) and reported.
     pub fn get(&self, id: ChunkId) -> Result<Vec<u8>, StoreError> {
+        if let Some(plain) = self.fresh.as_ref().and_then(|f| f.take(id)) {
+            return Ok(plain);
+        }
         let r = open_chunk(id, &self.get_compressed(id)?);
         if let Err(StoreError::Corrupt { .. }) = &r {
             let _ = self.remove(id);
@@ -240,6 +308,9 @@ impl ChunkStore {
 
     /// Remove a chunk (a corrupt one, say). Absent is fine.
     pub fn remove(&self, id: ChunkId) -> Result<(), StoreError> {
+        if let Some(f) = &self.fresh {
+            f.take(id);
+        }
         if let Some(p) = &self.packs {
             p.forget(id);
         }
@@ -291,6 +362,41 @@ mod tests {
     }
 
     #[test]
+    fn fresh_chunks_are_read_once_from_memory_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000]).collect();
+        let s = ChunkStore::open(dir.path()).unwrap().holding_fresh(2000);
+        for p in &plain {
+            let c = zstd::bulk::compress(p, 3).unwrap();
+            assert!(s.put_compressed(ChunkId::of(p), &c).unwrap());
+        }
+        // Spoil every stored copy: what is read from disk now fails its check.
+        for p in &plain {
+            let path = s.path(ChunkId::of(p));
+            std::fs::write(&path, zstd::bulk::compress(b"spoilt", 3).unwrap()).unwrap();
+        }
+        // The first two fit the budget and are read as they were checked, once.
+        for p in &plain[..2] {
+            assert_eq!(s.get(ChunkId::of(p)).unwrap(), *p);
+            assert!(matches!(
+                s.get(ChunkId::of(p)),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        // The third did not fit, so it came from disk.
+        assert!(matches!(
+            s.get(ChunkId::of(&plain[2])),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // Taking them freed the budget for the next ones.
+        let more = vec![9u8; 1500];
+        let c = zstd::bulk::compress(&more, 3).unwrap();
+        assert!(s.put_compressed(ChunkId::of(&more), &c).unwrap());
+        std::fs::remove_file(s.path(ChunkId::of(&more))).unwrap();
+        assert_eq!(s.get(ChunkId::of(&more)).unwrap(), more);
+    }
+
+    #[test]
     fn a_packed_store_keeps_its_chunks_and_catches_a_flipped_byte() {
         let dir = tempfile::tempdir().unwrap();
         // A chunk stored loose before the store was packed is still read.
@@ -300,6 +406,7 @@ mod tests {
             .put(ChunkId::of(&old), &old)
             .unwrap();
         let s = ChunkStore::open_packed(dir.path()).unwrap();
+        assert!(s.has(ChunkId::of(&old)));
         assert_eq!(s.get(ChunkId::of(&old)).unwrap(), old);
         let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 5000 + usize::from(i)]).collect();
         for c in &chunks {
