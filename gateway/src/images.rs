@@ -72,6 +72,28 @@ pub struct Images {
     /// The chunk ids of layer versions, by digest, verified once: a pull
     /// asks for a large image's chunks in many requests.
     chunk_sets: Arc<std::sync::Mutex<HashMap<String, Arc<HashSet<ChunkId>>>>>,
+    /// File deltas made, by (old chunk ids, new chunk ids): every device of
+    /// a branch asks for the same ones after an update.
+    deltas: Arc<DeltaCache>,
+    deltas_made: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Deltas the gateway keeps, by the SHA-256 of a file's old and new chunk
+/// ids; `None` where the files were too large for a delta. Least recently
+/// used go first past [`DELTAS_KEPT`] bytes.
+type DeltaCache = quick_cache::sync::Cache<[u8; 32], Arc<Option<Vec<u8>>>, DeltaWeight>;
+
+/// Bytes of deltas kept in memory.
+pub const DELTAS_KEPT: u64 = 64 << 20;
+
+#[derive(Clone)]
+struct DeltaWeight;
+
+impl quick_cache::Weighter<[u8; 32], Arc<Option<Vec<u8>>>> for DeltaWeight {
+    fn weight(&self, _: &[u8; 32], delta: &Arc<Option<Vec<u8>>>) -> u64 {
+        // What a delta holds, and what an entry costs besides.
+        delta.as_ref().as_ref().map_or(0, Vec::len) as u64 + 96
+    }
 }
 
 /// Layer versions whose chunk sets are kept; beyond it the cache starts over.
@@ -123,7 +145,48 @@ impl Images {
             pool,
             chunks: ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
             chunk_sets: Arc::default(),
+            deltas: Arc::new(DeltaCache::with_weighter(4096, DELTAS_KEPT, DeltaWeight)),
+            deltas_made: Arc::default(),
         })
+    }
+
+    /// The delta ([`sync::delta::make`]) from the file made of the chunks
+    /// `from` to the file made of `to`, made once and then kept. `None` if
+    /// the files are too large for one, or the store lacks a chunk of
+    /// either (that answer is not kept: the chunk may arrive later).
+    pub fn delta(&self, from: &[ChunkId], to: &[ChunkId]) -> Option<Arc<Option<Vec<u8>>>> {
+        use sha2::Digest as _;
+        let mut key = sha2::Sha256::new();
+        for (side, ids) in [(b'f', from), (b't', to)] {
+            key.update([side]);
+            key.update((ids.len() as u64).to_be_bytes());
+            for id in ids {
+                key.update(id.0);
+            }
+        }
+        let key: [u8; 32] = key.finalize().into();
+        let concat = |ids: &[ChunkId]| -> Option<Vec<u8>> {
+            let mut v = Vec::new();
+            for id in ids {
+                v.extend(self.chunks.get(*id).ok()?);
+            }
+            Some(v)
+        };
+        self.deltas
+            .get_or_insert_with(&key, || {
+                let (Some(old), Some(new)) = (concat(from), concat(to)) else {
+                    return Err(());
+                };
+                self.deltas_made
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Arc::new(sync::delta::make(&old, &new).ok().flatten()))
+            })
+            .ok()
+    }
+
+    /// How many deltas [`delta`](Self::delta) has made (not taken from those kept).
+    pub fn deltas_made(&self) -> u64 {
+        self.deltas_made.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The chunk ids of `layer`, its manifest verified with `key` the first
@@ -392,4 +455,50 @@ pub fn stage_data(layer: Layer, digest: &str) -> String {
 /// Where `satchel image build` writes an image's layer stages.
 pub fn stages_path(data: &Path, image: &str) -> PathBuf {
     data.join("images").join(format!("{image}.stages.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delta_is_made_once_per_pair_of_files_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("gw.db").display());
+        let (pool, _) = audit::store::connect(&url).await.unwrap();
+        let images = Images::open(pool, dir.path()).await.unwrap();
+        let put = |bytes: &[u8]| {
+            let id = ChunkId::of(bytes);
+            images.chunks.put(id, bytes).unwrap();
+            id
+        };
+        let old: Vec<u8> = (0..15_000u32).flat_map(|i| (i * 7).to_le_bytes()).collect();
+        let mut new = old.clone();
+        new[12_345] ^= 1;
+        let (old_id, new_id) = (put(&old), put(&new));
+        let made = images.delta(&[old_id], &[new_id]).unwrap();
+        let made = made.as_ref().as_ref().unwrap();
+        assert_eq!(sync::delta::apply(&old, made, new.len()).unwrap(), new);
+        assert!(
+            made.len() < 200,
+            "a one-byte change gave a {}-byte delta",
+            made.len()
+        );
+        assert_eq!(images.deltas_made(), 1);
+        // Asked again (another device, another clone of the gateway's state):
+        // the same bytes, not made again.
+        let again = images.clone().delta(&[old_id], &[new_id]).unwrap();
+        assert_eq!(again.as_ref().as_ref(), Some(made));
+        assert_eq!(images.deltas_made(), 1);
+        // Other files are another delta; the reverse direction too.
+        assert!(images.delta(&[new_id], &[old_id]).is_some());
+        assert_eq!(images.deltas_made(), 2);
+        // A chunk the store lacks: no delta, and that answer is not kept.
+        let later = b"arrives later".repeat(100);
+        let later_id = ChunkId::of(&later);
+        assert!(images.delta(&[later_id], &[new_id]).is_none());
+        put(&later);
+        assert!(images.delta(&[later_id], &[new_id]).is_some());
+        assert_eq!(images.deltas_made(), 3);
+    }
 }

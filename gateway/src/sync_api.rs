@@ -341,6 +341,7 @@ impl AppState {
             Ok(a) => a,
             Err(a) => return a,
         };
+        let images = self.images.clone();
         let chunks = self.images.chunks.clone();
         // Compression is CPU work: off the async threads.
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SyncAnswer> {
@@ -371,23 +372,19 @@ impl AppState {
                 }
                 // The old file may hold chunks the gateway no longer has
                 // (or never had): then no delta.
-                let concat = |ids: &[ChunkId]| -> Option<Vec<u8>> {
-                    let mut v = Vec::new();
-                    for id in ids {
-                        v.extend(chunks.get(*id).ok()?);
-                    }
-                    Some(v)
+                let delta = if f.missing.is_empty() {
+                    None
+                } else {
+                    images.delta(&f.from, &f.to)
                 };
-                let delta = match (concat(&f.from), concat(&f.to)) {
-                    (Some(old), Some(new)) if !f.missing.is_empty() => {
-                        sync::delta::make(&old, &new).ok().flatten()
-                    }
-                    _ => None,
-                };
+                let delta = delta.as_deref().and_then(Option::as_ref);
                 match delta {
                     Some(d) if d.len() + 9 < cost => sync::wire::write_record(
                         &mut out,
-                        &sync::wire::Record::Delta { file, delta: d },
+                        &sync::wire::Record::Delta {
+                            file,
+                            delta: d.clone(),
+                        },
                     ),
                     _ => {
                         for (id, c) in missing {

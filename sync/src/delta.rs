@@ -14,7 +14,7 @@ use std::io;
 /// must fit, or no delta is made.
 pub const MAX_WINDOW_LOG: u32 = 27;
 /// zstd level for deltas.
-pub const LEVEL: i32 = 12;
+pub const LEVEL: i32 = 9;
 
 /// A delta that cannot be applied.
 #[derive(Debug, thiserror::Error)]
