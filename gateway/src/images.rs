@@ -81,7 +81,7 @@ pub struct Images {
 /// Deltas the gateway keeps, by the SHA-256 of a file's old and new chunk
 /// ids; `None` where the files were too large for a delta. Least recently
 /// used go first past [`DELTAS_KEPT`] bytes.
-type DeltaCache = quick_cache::sync::Cache<[u8; 32], Arc<Option<Vec<u8>>>, DeltaWeight>;
+type DeltaCache = quick_cache::sync::Cache<[u8; 32], Option<Arc<[u8]>>, DeltaWeight>;
 
 /// Bytes of deltas kept in memory.
 pub const DELTAS_KEPT: u64 = 64 << 20;
@@ -89,10 +89,10 @@ pub const DELTAS_KEPT: u64 = 64 << 20;
 #[derive(Clone)]
 struct DeltaWeight;
 
-impl quick_cache::Weighter<[u8; 32], Arc<Option<Vec<u8>>>> for DeltaWeight {
-    fn weight(&self, _: &[u8; 32], delta: &Arc<Option<Vec<u8>>>) -> u64 {
+impl quick_cache::Weighter<[u8; 32], Option<Arc<[u8]>>> for DeltaWeight {
+    fn weight(&self, _: &[u8; 32], delta: &Option<Arc<[u8]>>) -> u64 {
         // What a delta holds, and what an entry costs besides.
-        delta.as_ref().as_ref().map_or(0, Vec::len) as u64 + 96
+        delta.as_ref().map_or(0, |d| d.len()) as u64 + 96
     }
 }
 
@@ -154,7 +154,7 @@ impl Images {
     /// `from` to the file made of `to`, made once and then kept. `None` if
     /// the files are too large for one, or the store lacks a chunk of
     /// either (that answer is not kept: the chunk may arrive later).
-    pub fn delta(&self, from: &[ChunkId], to: &[ChunkId]) -> Option<Arc<Option<Vec<u8>>>> {
+    pub fn delta(&self, from: &[ChunkId], to: &[ChunkId]) -> Option<Arc<[u8]>> {
         use sha2::Digest as _;
         let mut key = sha2::Sha256::new();
         for (side, ids) in [(b'f', from), (b't', to)] {
@@ -179,9 +179,10 @@ impl Images {
                 };
                 self.deltas_made
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(Arc::new(sync::delta::make(&old, &new).ok().flatten()))
+                Ok(sync::delta::make(&old, &new).ok().flatten().map(Arc::from))
             })
             .ok()
+            .flatten()
     }
 
     /// How many deltas [`delta`](Self::delta) has made (not taken from those kept).
@@ -477,8 +478,7 @@ mod tests {
         new[12_345] ^= 1;
         let (old_id, new_id) = (put(&old), put(&new));
         let made = images.delta(&[old_id], &[new_id]).unwrap();
-        let made = made.as_ref().as_ref().unwrap();
-        assert_eq!(sync::delta::apply(&old, made, new.len()).unwrap(), new);
+        assert_eq!(sync::delta::apply(&old, &made, new.len()).unwrap(), new);
         assert!(
             made.len() < 200,
             "a one-byte change gave a {}-byte delta",
@@ -488,7 +488,7 @@ mod tests {
         // Asked again (another device, another clone of the gateway's state):
         // the same bytes, not made again.
         let again = images.clone().delta(&[old_id], &[new_id]).unwrap();
-        assert_eq!(again.as_ref().as_ref(), Some(made));
+        assert_eq!(again, made);
         assert_eq!(images.deltas_made(), 1);
         // Other files are another delta; the reverse direction too.
         assert!(images.delta(&[new_id], &[old_id]).is_some());

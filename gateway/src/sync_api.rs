@@ -342,7 +342,6 @@ impl AppState {
             Err(a) => return a,
         };
         let images = self.images.clone();
-        let chunks = self.images.chunks.clone();
         // Compression is CPU work: off the async threads.
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SyncAnswer> {
             let mut out = Vec::new();
@@ -366,7 +365,10 @@ impl AppState {
                 let mut cost = 0usize;
                 let mut missing = Vec::with_capacity(f.missing.len());
                 for id in &f.missing {
-                    let c = chunks.get_compressed(*id).map_err(|e| internal(&e))?;
+                    let c = images
+                        .chunks
+                        .get_compressed(*id)
+                        .map_err(|e| internal(&e))?;
                     cost += c.len() + 41;
                     missing.push((*id, c));
                 }
@@ -377,13 +379,12 @@ impl AppState {
                 } else {
                     images.delta(&f.from, &f.to)
                 };
-                let delta = delta.as_deref().and_then(Option::as_ref);
                 match delta {
                     Some(d) if d.len() + 9 < cost => sync::wire::write_record(
                         &mut out,
                         &sync::wire::Record::Delta {
                             file,
-                            delta: d.clone(),
+                            delta: d.to_vec(),
                         },
                     ),
                     _ => {

@@ -75,26 +75,36 @@ pub struct ChunkStore {
 #[derive(Debug)]
 struct Fresh {
     budget: usize,
-    held: Mutex<(HashMap<ChunkId, Vec<u8>>, usize)>,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    chunks: HashMap<ChunkId, Vec<u8>>,
+    /// The plain bytes in `chunks`, all told.
+    bytes: usize,
 }
 
 impl Fresh {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<ChunkId, Vec<u8>>, usize)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn keep(&self, id: ChunkId, plain: Vec<u8>) {
         let mut held = self.lock();
-        if held.1 + plain.len() <= self.budget && !held.0.contains_key(&id) {
-            held.1 += plain.len();
-            held.0.insert(id, plain);
+        let bytes = held.bytes + plain.len();
+        if bytes <= self.budget {
+            if let std::collections::hash_map::Entry::Vacant(e) = held.chunks.entry(id) {
+                e.insert(plain);
+                held.bytes = bytes;
+            }
         }
     }
 
     fn take(&self, id: ChunkId) -> Option<Vec<u8>> {
         let mut held = self.lock();
-        let plain = held.0.remove(&id)?;
-        held.1 -= plain.len();
+        let plain = held.chunks.remove(&id)?;
+        held.bytes -= plain.len();
         Some(plain)
     }
 }
@@ -186,7 +196,7 @@ impl ChunkStore {
     pub fn holding_fresh(self, budget: usize) -> ChunkStore {
         let fresh = Fresh {
             budget,
-            held: Mutex::new((HashMap::new(), 0)),
+            held: Mutex::default(),
         };
         ChunkStore {
             fresh: Some(Arc::new(fresh)),
