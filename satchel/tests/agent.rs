@@ -262,14 +262,27 @@ impl Drop for Agent {
 }
 
 /// Run a program: Ok(exit code) or the exec error's errno.
+///
+/// ETXTBSY is retried for a while: the tests in this binary run on several
+/// threads, and a child forked by another test between this thread's open
+/// and close of a file it rewrites holds a copy of the writable descriptor
+/// until that child execs. The agent opens what it checks read-only, so the
+/// busy file is never its doing.
 fn run(path: &Path) -> Result<i32, i32> {
-    match Command::new(path)
-        .arg("hello")
-        .stdout(Stdio::null())
-        .status()
-    {
-        Ok(s) => Ok(s.code().unwrap_or(-1)),
-        Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
+    const ETXTBSY: i32 = 26;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Command::new(path)
+            .arg("hello")
+            .stdout(Stdio::null())
+            .status()
+        {
+            Ok(s) => return Ok(s.code().unwrap_or(-1)),
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.raw_os_error().unwrap_or(-1)),
+        }
     }
 }
 
