@@ -417,7 +417,10 @@ fn an_interrupted_pull_resumes_and_the_rate_cap_holds() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while chunks() == 0 {
         assert!(Instant::now() < deadline, "the capped pull stored no chunk");
-        assert!(child.try_wait().unwrap().is_none(), "the capped pull ended early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the capped pull ended early"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
