@@ -7,6 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
+# The event-log tests read real firmware logs that live beside the
+# repository: say so now rather than after a quarter of an hour of building.
+fixtures=${SATCHEL_FIXTURES:-../shared/fixtures/eventlogs}
+if ! compgen -G "$fixtures/*.bin" >/dev/null; then
+    echo "error: no firmware event logs in $fixtures" >&2
+    echo "  the tests need the shared fixtures: clone next to shared/, or set SATCHEL_FIXTURES to their directory" >&2
+    exit 1
+fi
+export SATCHEL_FIXTURES=$(cd "$fixtures" && pwd)
+
 bash scripts/setup.sh
 export TSS2_LOG=${TSS2_LOG:-all+none}
 

@@ -5,7 +5,12 @@ pub(crate) use tpm_sim_tests::fixtures_dir;
 /// The bytes of one fixture.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
     let path = fixtures_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()))
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading fixture {}: {e} (set SATCHEL_FIXTURES to the event-log fixtures)",
+            path.display()
+        )
+    })
 }
 
 /// Every firmware-log fixture (`*.bin` that is not an IMA log or junk).
