@@ -318,8 +318,15 @@ fn run_enforces_the_bundle_lockdown_monitor_rollback_and_audit() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "ran\n");
     // A program outside the allowlist: refused in lockdown (126), decision audited.
     let tool = d("tool.sh");
-    std::fs::write(&tool, "#!/bin/sh\necho tool-ran\n").unwrap();
-    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Written by a child process: a child another test thread forks while
+    // this process held the script open for writing would keep it busy
+    // (ETXTBSY) for the exec below.
+    std::fs::write(d("tool.src"), "#!/bin/sh\necho tool-ran\n").unwrap();
+    let st = Command::new("install")
+        .args(["-m", "0755", &d("tool.src"), &tool])
+        .status()
+        .unwrap();
+    assert!(st.success());
     let db = format!("sqlite:{}", d("audit.db"));
     let o = satchel(&[
         "run",
