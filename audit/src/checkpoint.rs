@@ -1,29 +1,20 @@
 //! Signed checkpoints in the C2SP formats (`c2sp.org/tlog-checkpoint` body
 //! inside a `c2sp.org/signed-note` note, Ed25519 signature type 0x01), the
-//! verifier-key (`vkey`) text form, and the log key's PEM files.
+//! verifier-key (`vkey`) text form. The log key's PEM files are
+//! `persist::keys`'s.
 //!
 //! Parsing is strict and bounded: a note over [`MAX_NOTE_BYTES`] or with
 //! more than [`MAX_SIGNATURES`] signature lines is refused before any
 //! signature is checked, and the body is read only after a signature by the
 //! expected key has verified. This module never trusts a note it could not
-//! verify, never writes a private key readable by anyone but its owner, and
-//! never overwrites an existing private key file.
+//! verify.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{
-    spki, DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
-};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use rand_core::OsRng;
 use sha2::{Digest as _, Sha256};
 
 use crate::merkle::Hash;
@@ -32,8 +23,6 @@ use crate::merkle::Hash;
 pub const MAX_NOTE_BYTES: usize = 1 << 20;
 /// Most signature lines [`parse_and_verify`] reads (the Go `note` limit).
 pub const MAX_SIGNATURES: usize = 100;
-/// Largest key file the readers open, in bytes.
-pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// Largest vkey text [`Verifier::from_vkey`] reads, in bytes.
 const MAX_VKEY_BYTES: usize = 4096;
 /// Signed-note signature type of Ed25519.
@@ -179,49 +168,6 @@ pub enum CheckpointError {
         stated: KeyId,
         /// The id computed from name and key.
         computed: KeyId,
-    },
-    /// Reading or writing a key file failed.
-    #[error("key file {}: {source}", .path.display())]
-    KeyFileIo {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: io::Error,
-    },
-    /// Refused to overwrite an existing private key file.
-    #[error("key file {} already exists; refusing to overwrite a signing key", .path.display())]
-    KeyFileExists {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A key file is larger than [`MAX_KEY_FILE_BYTES`].
-    #[error("key file {} is {len} bytes, more than the {max} allowed", .path.display())]
-    KeyFileTooLarge {
-        /// The file.
-        path: PathBuf,
-        /// Its length.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// A private key file is not (or could not be made) Ed25519 PKCS#8 PEM.
-    #[error("key file {}: not an Ed25519 PKCS#8 PEM private key", .path.display())]
-    PrivateKeyPem {
-        /// The file.
-        path: PathBuf,
-        /// The PKCS#8 codec's complaint.
-        #[source]
-        source: ed25519_dalek::pkcs8::Error,
-    },
-    /// A public key file is not (or could not be made) Ed25519 SPKI PEM.
-    #[error("key file {}: not an Ed25519 SPKI PEM public key", .path.display())]
-    PublicKeyPem {
-        /// The file.
-        path: PathBuf,
-        /// The SPKI codec's complaint.
-        #[source]
-        source: spki::Error,
     },
 }
 
@@ -621,186 +567,6 @@ fn parse_root(text: &str) -> Result<Hash, CheckpointError> {
         .as_slice()
         .try_into()
         .map_err(|_| CheckpointError::RootLength { len: bytes.len() })
-}
-
-/// A fresh Ed25519 log key from the operating system's random source
-/// (which, as for every Ed25519 key generator here, must not fail).
-pub fn generate_key() -> SigningKey {
-    SigningKey::generate(&mut OsRng)
-}
-
-/// Write `key` to `path` as PKCS#8 PEM, mode 0600, atomically; refuses to
-/// overwrite an existing file.
-pub fn write_key_pem(path: &Path, key: &SigningKey) -> Result<(), CheckpointError> {
-    let pem =
-        key.to_pkcs8_pem(LineEnding::LF)
-            .map_err(|source| CheckpointError::PrivateKeyPem {
-                path: path.to_owned(),
-                source,
-            })?;
-    write_atomically(path, pem.as_bytes(), 0o600, Replace::Never)
-}
-
-/// Read a PKCS#8 PEM Ed25519 private key. Warns when the file is readable
-/// by group or others.
-pub fn read_signing_key(path: &Path) -> Result<SigningKey, CheckpointError> {
-    let text = read_key_file(path)?;
-    warn_if_exposed(path);
-    SigningKey::from_pkcs8_pem(&text).map_err(|source| CheckpointError::PrivateKeyPem {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Write `key` to `path` as SPKI PEM, mode 0644, atomically (replacing any
-/// file there).
-pub fn write_public_pem(path: &Path, key: &VerifyingKey) -> Result<(), CheckpointError> {
-    let pem =
-        key.to_public_key_pem(LineEnding::LF)
-            .map_err(|source| CheckpointError::PublicKeyPem {
-                path: path.to_owned(),
-                source,
-            })?;
-    write_atomically(path, pem.as_bytes(), 0o644, Replace::Allowed)
-}
-
-/// Read an SPKI PEM Ed25519 public key.
-pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, CheckpointError> {
-    let text = read_key_file(path)?;
-    VerifyingKey::from_public_key_pem(&text).map_err(|source| CheckpointError::PublicKeyPem {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Whether [`write_atomically`] may replace an existing file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replace {
-    Never,
-    Allowed,
-}
-
-/// The error for an I/O failure on `path`.
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::KeyFileIo {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Read a key file of at most [`MAX_KEY_FILE_BYTES`] as text.
-fn read_key_file(path: &Path) -> Result<String, CheckpointError> {
-    let file = File::open(path).map_err(io_error(path))?;
-    let len = file.metadata().map_err(io_error(path))?.len();
-    if len > MAX_KEY_FILE_BYTES {
-        return Err(CheckpointError::KeyFileTooLarge {
-            path: path.to_owned(),
-            len,
-            max: MAX_KEY_FILE_BYTES,
-        });
-    }
-    let mut text = String::new();
-    file.take(MAX_KEY_FILE_BYTES)
-        .read_to_string(&mut text)
-        .map_err(io_error(path))?;
-    Ok(text)
-}
-
-/// Log a warning when a private key file is readable by group or others.
-#[cfg(unix)]
-fn warn_if_exposed(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format_args!("{mode:o}"),
-                "signing key file is readable by group or others");
-        }
-    }
-}
-
-/// Permissions are not checked off Unix.
-#[cfg(not(unix))]
-fn warn_if_exposed(_path: &Path) {}
-
-/// Write `contents` to a fresh temporary file beside `path`, sync it, then
-/// move it into place (rename, or hard link when replacing is not allowed)
-/// and sync the directory.
-fn write_atomically(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    replace: Replace,
-) -> Result<(), CheckpointError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| CheckpointError::KeyFileIo {
-        path: path.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
-    })?;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = write_new_file(&tmp, contents, mode)
-        .map_err(io_error(path))
-        .and_then(|()| move_into_place(&tmp, path, replace));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir);
-    Ok(())
-}
-
-/// Create `path` (which must not exist) with `mode`, write and sync it.
-fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-/// Move the synced temporary file `tmp` to `path`.
-fn move_into_place(tmp: &Path, path: &Path, replace: Replace) -> Result<(), CheckpointError> {
-    if replace == Replace::Allowed {
-        return fs::rename(tmp, path).map_err(io_error(path));
-    }
-    match fs::hard_link(tmp, path) {
-        Ok(()) => {
-            if let Err(e) = fs::remove_file(tmp) {
-                tracing::warn!(path = %tmp.display(), error = %e, "could not remove temporary key file");
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(CheckpointError::KeyFileExists {
-            path: path.to_owned(),
-        }),
-        Err(e) => Err(io_error(path)(e)),
-    }
-}
-
-/// Make a rename in `dir` durable; failure only costs durability, so warn.
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "could not sync key file directory");
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 #[cfg(test)]

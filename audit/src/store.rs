@@ -12,10 +12,9 @@
 //! to one database and sequence numbers stay dense.
 //! The store never updates or deletes an entry.
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, Connection as _, Executor, Row};
 
@@ -38,21 +37,9 @@ const ROWS_PER_INSERT: usize = 500;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The URL is neither `sqlite:` nor `postgres://`.
-    #[error("database URL {url:?} is not supported: use sqlite:PATH or postgres://...")]
-    Url {
-        /// The URL as given (credentials included only if the caller put them there).
-        url: String,
-    },
-    /// Opening or migrating the database failed.
-    #[error("opening audit database {url}")]
-    Open {
-        /// The URL, without password.
-        url: String,
-        /// The driver's error.
-        #[source]
-        source: sqlx::Error,
-    },
+    /// The database could not be opened.
+    #[error(transparent)]
+    Db(#[from] persist::DbError),
     /// Migrations failed.
     #[error("migrating audit database {url}")]
     Migrate {
@@ -80,15 +67,6 @@ pub enum StoreError {
         /// What is wrong.
         problem: &'static str,
     },
-}
-
-/// Which database is behind the URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// A SQLite file.
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
 }
 
 /// An entry as stored, with the leaf hash stored beside it.
@@ -136,59 +114,13 @@ fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { what, source }
 }
 
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Connect to the database at `url` (`sqlite:PATH`, created if missing, in
-/// WAL mode with `synchronous = FULL`; or `postgres://...`): the pool every
-/// part of Satchel that stores something shares. Does not migrate.
-pub async fn connect(url: &str) -> Result<(AnyPool, Backend), StoreError> {
-    sqlx::any::install_default_drivers();
-    let (backend, url) = normalise(url)?;
-    let shown = redact(&url);
-    let opts = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Open {
-        url: shown.clone(),
-        source,
-    })?;
-    let pool = AnyPoolOptions::new()
-        .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-        // A pooled SQLite connection is a file handle in this process: it
-        // cannot go stale the way a server's socket can, so it is not
-        // pinged before each use (a round trip to its worker thread per
-        // batch of appends).
-        .test_before_acquire(backend == Backend::Postgres)
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                }
-                Ok(())
-            })
-        })
-        .connect_with(opts)
-        .await
-        .map_err(|source| StoreError::Open { url: shown, source })?;
-    Ok((pool, backend))
-}
+pub use persist::db::{connect, Backend};
 
 impl Store {
     /// Open (creating a SQLite file if needed) and migrate the database at `url`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let (pool, backend) = connect(url).await?;
-        let shown = redact(&normalise(url)?.1);
+        let shown = persist::db::redact(url);
         let migrator = match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
@@ -461,24 +393,6 @@ impl Store {
     }
 }
 
-/// `sqlite:PATH` gets `mode=rwc` (create if missing); `postgres://` is kept.
-fn normalise(url: &str) -> Result<(Backend, String), StoreError> {
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let rest = rest.trim_start_matches("//");
-        let sep = if rest.contains('?') { '&' } else { '?' };
-        let with_mode = if rest.contains("mode=") {
-            format!("sqlite://{rest}")
-        } else {
-            format!("sqlite://{rest}{sep}mode=rwc")
-        };
-        return Ok((Backend::Sqlite, with_mode));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok((Backend::Postgres, url.to_owned()));
-    }
-    Err(StoreError::Url { url: redact(url) })
-}
-
 /// Entries ready to insert: details canonicalised once.
 struct Rows {
     ts_ms: i64,
@@ -619,30 +533,6 @@ fn stored_entry(r: &AnyRow) -> Result<StoredEntry, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_normalised_and_redacted() {
-        assert_eq!(
-            normalise("sqlite:/tmp/a.db").unwrap().1,
-            "sqlite:///tmp/a.db?mode=rwc"
-        );
-        assert_eq!(
-            normalise("sqlite:a.db?mode=ro").unwrap().1,
-            "sqlite://a.db?mode=ro"
-        );
-        assert_eq!(
-            normalise("postgres://u:p@h/db").unwrap().0,
-            Backend::Postgres
-        );
-        assert!(matches!(
-            normalise("mysql://x"),
-            Err(StoreError::Url { .. })
-        ));
-        assert_eq!(
-            redact("postgres://user:secret@host/db"),
-            "postgres://user:***@host/db"
-        );
-    }
 
     #[test]
     fn insert_sql_numbers_every_parameter() {

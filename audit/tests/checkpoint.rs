@@ -9,8 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use audit::checkpoint::{
-    generate_key, key_id, parse_and_verify, read_signing_key, read_verifying_key, sign_note,
-    verify_note, vkey, write_key_pem, write_public_pem, Checkpoint, CheckpointError, Verifier,
+    key_id, parse_and_verify, sign_note, verify_note, vkey, Checkpoint, CheckpointError, Verifier,
     MAX_NOTE_BYTES, MAX_SIGNATURES,
 };
 use audit::merkle::{empty_root, leaf_hash, Hash};
@@ -657,111 +656,6 @@ fn malformed_vkeys_are_rejected() {
 // ---- Key files ----
 
 #[cfg(unix)]
-fn mode(path: &std::path::Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-#[test]
-fn key_files_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let private = dir.path().join("log.key");
-    let public = dir.path().join("log.pub");
-    let k = generate_key();
-    write_key_pem(&private, &k).unwrap();
-    write_public_pem(&public, &k.verifying_key()).unwrap();
-    #[cfg(unix)]
-    assert_eq!(mode(&private), 0o600);
-    let text = std::fs::read_to_string(&private).unwrap();
-    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
-    let text = std::fs::read_to_string(&public).unwrap();
-    assert!(text.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{text}");
-    assert_eq!(read_signing_key(&private).unwrap().to_bytes(), k.to_bytes());
-    assert_eq!(read_verifying_key(&public).unwrap(), k.verifying_key());
-    // Only the two files: no temporary left behind.
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["log.key", "log.pub"]);
-}
-
-#[test]
-fn generated_keys_differ() {
-    assert_ne!(generate_key().to_bytes(), generate_key().to_bytes());
-}
-
-#[test]
-fn private_key_is_never_overwritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.key");
-    let first = generate_key();
-    write_key_pem(&path, &first).unwrap();
-    let err = write_key_pem(&path, &generate_key()).unwrap_err();
-    assert!(matches!(err, CheckpointError::KeyFileExists { .. }));
-    assert!(err.to_string().contains(&path.display().to_string()));
-    assert_eq!(
-        read_signing_key(&path).unwrap().to_bytes(),
-        first.to_bytes()
-    );
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "no temp left"
-    );
-    // The public key may be replaced.
-    let public = dir.path().join("log.pub");
-    write_public_pem(&public, &generate_key().verifying_key()).unwrap();
-    write_public_pem(&public, &first.verifying_key()).unwrap();
-    assert_eq!(read_verifying_key(&public).unwrap(), first.verifying_key());
-}
-
-#[test]
-fn key_file_errors_name_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing.key");
-    let garbage = dir.path().join("garbage.key");
-    let big = dir.path().join("big.key");
-    let public = dir.path().join("log.pub");
-    std::fs::write(&garbage, "not a key\n").unwrap();
-    std::fs::write(&big, vec![b'a'; 100_000]).unwrap();
-    write_public_pem(&public, &generate_key().verifying_key()).unwrap();
-    let shown = |e: CheckpointError, p: &std::path::Path| {
-        let text = e.to_string();
-        assert!(text.contains(&p.display().to_string()), "{text}");
-        e
-    };
-    assert!(matches!(
-        shown(read_signing_key(&missing).unwrap_err(), &missing),
-        CheckpointError::KeyFileIo { .. }
-    ));
-    assert!(matches!(
-        shown(read_signing_key(&garbage).unwrap_err(), &garbage),
-        CheckpointError::PrivateKeyPem { .. }
-    ));
-    assert!(matches!(
-        shown(read_verifying_key(&garbage).unwrap_err(), &garbage),
-        CheckpointError::PublicKeyPem { .. }
-    ));
-    assert!(matches!(
-        shown(read_signing_key(&public).unwrap_err(), &public),
-        CheckpointError::PrivateKeyPem { .. }
-    ));
-    assert!(matches!(
-        shown(read_verifying_key(&big).unwrap_err(), &big),
-        CheckpointError::KeyFileTooLarge { len: 100_000, .. }
-    ));
-    let nowhere = dir.path().join("no/such/dir/log.key");
-    assert!(matches!(
-        shown(
-            write_key_pem(&nowhere, &generate_key()).unwrap_err(),
-            &nowhere
-        ),
-        CheckpointError::KeyFileIo { .. }
-    ));
-}
-
 #[test]
 fn hash_type_is_shared_with_merkle() {
     let root: Hash = checkpoint(1).root;

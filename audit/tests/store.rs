@@ -8,7 +8,7 @@
 mod common;
 
 use audit::batch::{now_ms, Appender};
-use audit::checkpoint::{self, Verifier};
+use audit::checkpoint::Verifier;
 use audit::entry::NewEntry;
 use audit::log::{
     make_checkpoint, prove_consistency, prove_inclusion, spawn_checkpointer, verify_store,
@@ -87,7 +87,7 @@ fn verifier(key: &SigningKey) -> Verifier {
 fn appends_are_dense_listed_and_verified_on_both_backends() {
     rt().block_on(async {
         for db in TestDb::both() {
-            let key = checkpoint::generate_key();
+            let key = persist::keys::generate();
             let store = seeded(&db.url(), &key).await;
             assert_eq!(store.size().await.unwrap(), 20);
             let all = store.entries(0, None, None).await.unwrap();
@@ -113,7 +113,7 @@ fn appends_are_dense_listed_and_verified_on_both_backends() {
 fn proofs_from_the_store_verify_against_its_checkpoints() {
     rt().block_on(async {
         for db in TestDb::both() {
-            let key = checkpoint::generate_key();
+            let key = persist::keys::generate();
             let store = seeded(&db.url(), &key).await;
             let cps = store.checkpoints().await.unwrap();
             for i in 0..20 {
@@ -173,7 +173,7 @@ fn sixty_four_concurrent_appenders_share_batches_and_lose_nothing() {
 
 /// Tamper with a copy of the seeded log and return what verify reports.
 async fn tampered(db: &TestDb, sql: &[&str]) -> Vec<Problem> {
-    let key = checkpoint::generate_key();
+    let key = persist::keys::generate();
     let store = seeded(&db.url(), &key).await;
     for s in sql {
         raw(&db.url(), s).await;
@@ -270,7 +270,7 @@ fn attacks_on_rows_and_checkpoints_are_reported_on_both_backends() {
 fn an_edit_with_a_recomputed_leaf_hash_is_caught_by_the_signed_root() {
     rt().block_on(async {
         for db in TestDb::both() {
-            let key = checkpoint::generate_key();
+            let key = persist::keys::generate();
             let store = seeded(&db.url(), &key).await;
             // Rewrite entry 12 consistently: new decision and its matching leaf hash.
             let mut e = store
@@ -296,9 +296,9 @@ fn an_edit_with_a_recomputed_leaf_hash_is_caught_by_the_signed_root() {
 fn checkpoints_re_signed_by_another_key_are_rejected() {
     rt().block_on(async {
         for db in TestDb::both() {
-            let key = checkpoint::generate_key();
+            let key = persist::keys::generate();
             let store = seeded(&db.url(), &key).await;
-            let other = checkpoint::generate_key();
+            let other = persist::keys::generate();
             raw(&db.url(), "DELETE FROM audit_checkpoints").await;
             make_checkpoint(&store, &other, ORIGIN).await.unwrap();
             let report = verify_store(&store, &verifier(&key)).await.unwrap();
@@ -316,7 +316,7 @@ fn checkpoints_re_signed_by_another_key_are_rejected() {
 fn the_checkpointer_signs_whenever_the_log_has_grown() {
     rt().block_on(async {
         let db = TestDb::sqlite();
-        let key = checkpoint::generate_key();
+        let key = persist::keys::generate();
         let store = Store::open(&db.url()).await.unwrap();
         let task = spawn_checkpointer(
             store.clone(),
@@ -363,7 +363,7 @@ fn a_column_given_another_type_is_never_intact_on_sqlite() {
     rt().block_on(async {
         for edit in edits {
             let db = TestDb::sqlite();
-            let key = checkpoint::generate_key();
+            let key = persist::keys::generate();
             let store = seeded(&db.url(), &key).await;
             raw(
                 &db.url(),

@@ -6,7 +6,7 @@
 //! A crash between an extend and its append leaves a log that replays short
 //! of the TPM: detectable by comparing, never silently wrong.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -160,21 +160,7 @@ fn check_log(path: &Path, log: &EventLog, banks: &[HashAlg]) -> Result<(), Measu
     Ok(())
 }
 
-/// Write `bytes` to a temporary file beside `path`, sync it, and rename it into place.
+/// Write `bytes` to `path` durably (see `persist::file`).
 fn create_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    persist::write_atomic(path, bytes).map_err(std::io::Error::other)
 }

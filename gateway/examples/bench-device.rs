@@ -22,7 +22,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(&url)
+        let (pool, _) = persist::db::connect(&url)
             .await
             .expect("the gateway database");
         let db = gateway::state::Db::new(pool).await.unwrap();

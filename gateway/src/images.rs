@@ -407,15 +407,11 @@ pub async fn build(
     }
     let current = images.for_device(image, "").await?;
     let path = stages_path(data, image);
-    let write = || -> std::io::Result<()> {
+    let write = || -> Result<(), persist::FileError> {
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)?;
+            persist::file::create_dir_all(p)?;
         }
-        let mut tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
-        std::io::Write::write_all(&mut tmp, layer_stages(image, &current).as_bytes())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        persist::write_atomic(&path, layer_stages(image, &current).as_bytes())
     };
     write().map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))?;
     Ok(out)
@@ -466,7 +462,7 @@ mod tests {
     async fn a_delta_is_made_once_per_pair_of_files_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("gw.db").display());
-        let (pool, _) = audit::store::connect(&url).await.unwrap();
+        let (pool, _) = persist::db::connect(&url).await.unwrap();
         let images = Images::open(pool, dir.path()).await.unwrap();
         let put = |bytes: &[u8]| {
             let id = ChunkId::of(bytes);

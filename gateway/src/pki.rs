@@ -37,6 +37,9 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
+    /// A key or certificate cannot be written.
+    #[error(transparent)]
+    Write(#[from] persist::FileError),
     /// A key or certificate cannot be made or read.
     #[error("{what}: {source}")]
     Cert {
@@ -88,18 +91,9 @@ pub struct Pki {
     pub server_key_pem: String,
 }
 
-/// Write `bytes` to a new file with `mode` (never over an existing one).
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+/// Write `bytes` to a new file with `mode` (never over an existing one), durably.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    persist::write_new(path, bytes, mode).map_err(PkiError::from)
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -223,20 +217,9 @@ fn server_cert_names(pem: &str) -> Vec<String> {
         .collect()
 }
 
-/// Replace `path` atomically (a temporary file in the same directory, then
-/// rename), with `mode`.
+/// Replace `path` durably, with `mode`.
 fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(path))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io(path))?;
-    tmp.write_all(bytes).map_err(io(path))?;
-    tmp.as_file().sync_all().map_err(io(path))?;
-    tmp.persist(path).map_err(|e| io(path)(e.error))?;
-    Ok(())
+    persist::file::write_mode(path, bytes, mode).map_err(PkiError::from)
 }
 
 impl Pki {

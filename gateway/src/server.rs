@@ -52,14 +52,15 @@ pub enum ServeError {
     /// The audit store.
     #[error(transparent)]
     Audit(#[from] audit::store::StoreError),
-    /// A signing key in the data directory.
-    #[error("key {path}: {problem}")]
-    Key {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
+    /// The data directory cannot be made.
+    #[error(transparent)]
+    Data(#[from] persist::FileError),
+    /// The database cannot be opened.
+    #[error(transparent)]
+    Open(#[from] persist::DbError),
+    /// A key file.
+    #[error(transparent)]
+    Key(#[from] persist::KeyError),
     /// The EK CA directory.
     #[error(transparent)]
     EkCa(#[from] attest::ekcert::EkError),
@@ -93,10 +94,7 @@ pub const AUDIT_ORIGIN: &str = "satchel.gateway.audit";
 
 /// The data directory's manifest key (`DATA/manifest.key`), made if missing.
 pub fn manifest_key(data: &std::path::Path) -> Result<ed25519_dalek::SigningKey, ServeError> {
-    std::fs::create_dir_all(data).map_err(|e| ServeError::Key {
-        path: data.to_owned(),
-        problem: e.to_string(),
-    })?;
+    persist::file::create_dir_all(data)?;
     signing_key(data, "manifest")
 }
 
@@ -104,16 +102,7 @@ pub fn manifest_key(data: &std::path::Path) -> Result<ed25519_dalek::SigningKey,
 fn signing_key(dir: &std::path::Path, name: &str) -> Result<ed25519_dalek::SigningKey, ServeError> {
     let path = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.key.pub"));
-    let bad = |e: audit::checkpoint::CheckpointError| ServeError::Key {
-        path: path.clone(),
-        problem: e.to_string(),
-    };
-    if !path.exists() {
-        let key = audit::checkpoint::generate_key();
-        audit::checkpoint::write_key_pem(&path, &key).map_err(bad)?;
-        audit::checkpoint::write_public_pem(&public, &key.verifying_key()).map_err(bad)?;
-    }
-    audit::checkpoint::read_signing_key(&path).map_err(bad)
+    Ok(persist::keys::load_or_generate(&path, &public)?)
 }
 
 /// Where and what to serve.
@@ -264,7 +253,7 @@ impl Gateway {
         let pki = Pki::init(&config.data, &config.server_names)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
         let url = config.db_url();
-        let (pool, _) = audit::store::connect(&url).await?;
+        let (pool, _) = persist::db::connect(&url).await?;
         let db = Db::new(pool.clone()).await?;
         let audit = audit::store::Store::open(&url).await?;
         let audit_key = signing_key(&config.data, "audit")?;
@@ -546,10 +535,7 @@ async fn load_reference(
             None => Ok((None, None)),
         };
     };
-    let key = audit::checkpoint::read_verifying_key(key_path).map_err(|e| ServeError::Key {
-        path: key_path.clone(),
-        problem: e.to_string(),
-    })?;
+    let key = persist::keys::read_public(key_path)?;
     let Some(path) = &config.reference else {
         // The stored one, if any (an admin may have put it there).
         return match db.setting(crate::admin::REFERENCE_SETTING).await? {

@@ -172,11 +172,7 @@ pub fn export(cdir: &Path, image: &str, root: &Path, out: &Path) -> Result<usize
     bytes.extend_from_slice(&u32::try_from(sig.as_ref().len()).unwrap_or(0).to_be_bytes());
     bytes.extend_from_slice(sig.as_ref());
     let n = header_count(&bytes);
-    let dir = out.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| local(&e))?;
-    std::io::Write::write_all(&mut tmp, &bytes).map_err(|e| local(&e))?;
-    tmp.as_file().sync_all().map_err(|e| local(&e))?;
-    tmp.persist(out).map_err(|e| local(&e.error))?;
+    persist::write_atomic(out, &bytes).map_err(|e| local(&e))?;
     Ok(n)
 }
 

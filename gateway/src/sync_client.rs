@@ -92,14 +92,11 @@ impl SyncState {
 
     /// Replace the state file atomically.
     pub fn save(&self, path: &Path) -> Result<(), SyncError> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(local)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(local)?;
+        if let Some(dir) = path.parent() {
+            persist::file::create_dir_all(dir).map_err(local)?;
+        }
         let text = serde_json::to_vec_pretty(self).map_err(local)?;
-        std::io::Write::write_all(&mut tmp, &text).map_err(local)?;
-        tmp.as_file().sync_all().map_err(local)?;
-        tmp.persist(path).map_err(|e| local(e.error))?;
-        Ok(())
+        persist::write_atomic(path, &text).map_err(local)
     }
 }
 

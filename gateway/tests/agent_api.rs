@@ -176,7 +176,7 @@ fn a_crash_between_append_and_mark_does_not_duplicate() {
             })
             .collect();
         store.append(batch, audit::batch::now_ms()).await.unwrap();
-        let (pool, _) = audit::store::connect(&s.db).await.unwrap();
+        let (pool, _) = persist::db::connect(&s.db).await.unwrap();
         let db = gateway::state::Db::new(pool).await.unwrap();
         db.set_spool_mark(
             "laptop-1",

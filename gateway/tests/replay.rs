@@ -31,7 +31,7 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         firmware_measure::reference(&chain, None, &[HashAlg::Sha256], "sample", "t".into())
             .unwrap();
     std::fs::write(dir.path().join("ref.json"), reference.sign(&org).unwrap()).unwrap();
-    audit::checkpoint::write_public_pem(&dir.path().join("org.pub"), &org.verifying_key()).unwrap();
+    persist::keys::write_public(&dir.path().join("org.pub"), &org.verifying_key()).unwrap();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -50,7 +50,7 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         let server = tokio::spawn(g.run(async {
             let _ = stopped.await;
         }));
-        let (pool, _) = audit::store::connect(&config.db_url()).await.unwrap();
+        let (pool, _) = persist::db::connect(&config.db_url()).await.unwrap();
         let token = gateway::state::Db::new(pool).await.unwrap().make_token("d1", &[], std::time::Duration::from_secs(60)).await.unwrap();
         let c = GatewayClient::new(&url, &std::fs::read_to_string(data.join("ca.crt")).unwrap(), None).unwrap();
 
@@ -70,7 +70,7 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
 
         // A second device, d2 (the same TPM and AK, enrolled with its own token).
         let token2 = {
-            let (pool, _) = audit::store::connect(&config.db_url()).await.unwrap();
+            let (pool, _) = persist::db::connect(&config.db_url()).await.unwrap();
             gateway::state::Db::new(pool).await.unwrap().make_token("d2", &[], std::time::Duration::from_secs(60)).await.unwrap()
         };
         let (s, b) = c

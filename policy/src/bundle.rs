@@ -15,7 +15,6 @@ use std::path::Path;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::model::{PolicyError, PolicyText};
 
@@ -131,9 +130,7 @@ struct Envelope<'a> {
 }
 
 /// The key id in signature blocks: the first 8 bytes of SHA-256 of the key.
-pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&sha2::Sha256::digest(key.as_bytes())[..8])
-}
+pub use persist::keys::key_id;
 
 impl BundleManifest {
     /// The signed bundle file.
@@ -250,18 +247,8 @@ impl Bundle {
         };
         let bundle = Bundle::verify(bytes, key, held)?;
         if held != Some(bundle.manifest.version) {
-            let dir = match state.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(e.to_string()))?;
-            std::io::Write::write_all(
-                &mut tmp,
-                format!("{}\n", bundle.manifest.version).as_bytes(),
-            )
-            .map_err(|e| err(e.to_string()))?;
-            tmp.as_file().sync_all().map_err(|e| err(e.to_string()))?;
-            tmp.persist(state).map_err(|e| err(e.error.to_string()))?;
+            let text = format!("{}\n", bundle.manifest.version);
+            persist::write_atomic(state, text.as_bytes()).map_err(|e| err(e.to_string()))?;
         }
         Ok(bundle)
     }

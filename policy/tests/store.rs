@@ -30,7 +30,7 @@ fn content(t: &PolicyText) -> (Vec<String>, Vec<(String, String)>) {
 }
 
 async fn exercise(url: &str) {
-    let (pool, _) = audit::store::connect(url).await.unwrap();
+    let (pool, _) = persist::db::connect(url).await.unwrap();
     let store = PolicyStore::new(pool.clone()).await.unwrap();
     assert_eq!(store.load().await.unwrap(), PolicyText::default());
     store.replace(&sample()).await.unwrap();

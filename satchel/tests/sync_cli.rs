@@ -480,7 +480,7 @@ fn a_corrupt_chunk_or_a_missing_subscription_gets_nothing_applied() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(&db).await.unwrap();
+        let (pool, _) = persist::db::connect(&db).await.unwrap();
         let db = gateway::state::Db::new(pool).await.unwrap();
         let t = db
             .make_token(

@@ -14,7 +14,6 @@
 //! of its pack makes a batch durable. It still reads loose chunks, so a
 //! store written before packs keeps working.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use std::cell::RefCell;
@@ -43,6 +42,13 @@ pub enum StoreError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// A chunk could not be written durably.
+    #[error("chunk store: {source}")]
+    Write {
+        /// What failed, naming the file.
+        #[source]
+        source: persist::FileError,
     },
     /// Not in the store.
     #[error("chunk {0} is not in the store")]
@@ -265,14 +271,12 @@ impl ChunkStore {
         }
         let path = self.path(id);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
-        tmp.write_all(compressed).map_err(io(&path))?;
-        tmp.persist(&path).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
-        Ok(())
+        persist::file::create_dir_all(&dir).map_err(|source| StoreError::Write { source })?;
+        // Content-addressed: a chunk another writer stored first is this one.
+        match persist::write_new(&path, compressed, 0o644) {
+            Ok(()) | Err(persist::FileError::Exists { .. }) => Ok(()),
+            Err(source) => Err(StoreError::Write { source }),
+        }
     }
 
     /// The stored (compressed) bytes, unchecked: for sending on.

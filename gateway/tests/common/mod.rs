@@ -135,7 +135,7 @@ pub(crate) fn enroll_directly(db_url: &str, device_id: &str, groups: &[&str]) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(db_url).await.unwrap();
+        let (pool, _) = persist::db::connect(db_url).await.unwrap();
         let db = gateway::state::Db::new(pool).await.unwrap();
         let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
         let token = db
@@ -160,7 +160,7 @@ pub(crate) fn revoke_directly(db_url: &str, device_id: &str) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(db_url).await.unwrap();
+        let (pool, _) = persist::db::connect(db_url).await.unwrap();
         let db = gateway::state::Db::new(pool).await.unwrap();
         assert!(db.revoke(device_id).await.unwrap());
     });

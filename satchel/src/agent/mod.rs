@@ -234,7 +234,7 @@ fn first_bundle(
 pub(crate) fn run(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.state_dir)
         .with_context(|| format!("creating {}", s.state_dir.display()))?;
-    let key = audit::checkpoint::read_verifying_key(&s.bundle_key)
+    let key = persist::keys::read_public(&s.bundle_key)
         .map_err(|e| Exit::new(2, format!("the bundle key: {e}")))?;
     let (bundle, bytes, refused) = first_bundle(&s, &key)?;
     let active = Arc::new(RwLock::new(Arc::new(activate(&bundle, &s.subject, s.mode))));

@@ -249,7 +249,7 @@ fn quote(a: QuoteArgs, config: Option<&Path>) -> anyhow::Result<()> {
 /// Read the reference manifest and check its signature. Every failure here
 /// is "not trusted" (exit 1) except an unreadable file (exit 2).
 pub(crate) fn load_reference(path: &Path, key: &Path) -> Result<Reference, Exit> {
-    let key = audit::checkpoint::read_verifying_key(key)
+    let key = persist::keys::read_public(key)
         .map_err(|e| Exit::new(2, format!("reference key {}: {e}", key.display())))?;
     let bytes = std::fs::read(path)
         .map_err(|e| Exit::new(2, format!("reading {}: {e}", path.display())))?;

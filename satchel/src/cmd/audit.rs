@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use audit::checkpoint::{self, Verifier};
+use audit::checkpoint::Verifier;
 use audit::entry::NewEntry;
 use audit::export::{self, Line};
 use audit::log;
@@ -275,15 +275,15 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<()> {
 }
 
 pub(crate) fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
-    let key = checkpoint::generate_key();
+    let key = persist::keys::generate();
     let public = pub_path(&a.out);
     anyhow::ensure!(
         !a.out.exists(),
         "{} exists; refusing to overwrite a key",
         a.out.display()
     );
-    checkpoint::write_key_pem(&a.out, &key)?;
-    checkpoint::write_public_pem(&public, &key.verifying_key())?;
+    persist::keys::write_private(&a.out, &key)?;
+    persist::keys::write_public(&public, &key.verifying_key())?;
     println!("wrote {} and {}", a.out.display(), public.display());
     Ok(())
 }
@@ -297,7 +297,7 @@ fn pub_path(key: &Path) -> PathBuf {
 /// Sign a checkpoint if a key was given.
 async fn maybe_checkpoint(store: &Store, key: &KeyArgs) -> anyhow::Result<()> {
     if let Some(path) = &key.key {
-        let signing = checkpoint::read_signing_key(path)?;
+        let signing = persist::keys::read_private(path)?;
         log::make_checkpoint(store, &signing, &key.origin).await?;
     }
     Ok(())
@@ -389,16 +389,10 @@ async fn export_log(a: ExportArgs) -> anyhow::Result<()> {
     // Checkpoints first: entries only grow, so every checkpoint read now is
     // covered by the entries read after it, even while appends go on.
     let checkpoints = store.checkpoints().await?;
-    let dir = a
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let mut tmp = persist::AtomicFile::create(&a.out, 0o644)?;
     let (mut entries, mut since) = (0u64, 0u64);
     {
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let mut w = std::io::BufWriter::new(&mut tmp);
         loop {
             let page = store.entries(since, None, Some(EXPORT_PAGE)).await?;
             for e in &page {
@@ -417,9 +411,7 @@ async fn export_log(a: ExportArgs) -> anyhow::Result<()> {
         }
         w.flush()?;
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(&a.out)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    tmp.commit()?;
     println!(
         "exported {} entries and {} checkpoints to {}",
         entries,
@@ -436,7 +428,7 @@ async fn make_checkpoint(a: CheckpointArgs) -> anyhow::Result<()> {
         .key
         .as_ref()
         .context("--key KEY (or SATCHEL_AUDIT_KEY) is needed to sign")?;
-    let signing = checkpoint::read_signing_key(path)?;
+    let signing = persist::keys::read_private(path)?;
     let store = a.db.open().await?;
     let (_, note) = log::make_checkpoint(&store, &signing, &a.key.origin).await?;
     print!("{note}");
@@ -512,7 +504,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
 /// Exit 0 intact, 1 tampered, 2 unusable input.
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let unusable = |e: anyhow::Error| Exit::new(2, format!("{e:#}"));
-    let key = checkpoint::read_verifying_key(&a.pubkey).map_err(|e| unusable(e.into()))?;
+    let key = persist::keys::read_public(&a.pubkey).map_err(|e| unusable(e.into()))?;
     let verifier = Verifier::new(&a.origin, key).map_err(|e| unusable(e.into()))?;
     let report = match (&a.db, &a.export) {
         (_, Some(path)) => export::verify_file(path, &verifier)

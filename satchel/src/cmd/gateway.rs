@@ -27,7 +27,7 @@ impl StoreArgs {
     /// The device and token tables, and the database URL.
     async fn open(&self) -> anyhow::Result<(gateway::state::Db, String)> {
         let url = self.url();
-        let (pool, _) = audit::store::connect(&url).await?;
+        let (pool, _) = persist::db::connect(&url).await?;
         Ok((gateway::state::Db::new(pool).await?, url))
     }
 }
@@ -78,7 +78,7 @@ fn import_bundle(a: ImportArgs) -> anyhow::Result<()> {
         .build()?;
     let answers = rt.block_on(async {
         let (db, url) = a.store.open().await?;
-        let (pool, _) = audit::store::connect(&url).await?;
+        let (pool, _) = persist::db::connect(&url).await?;
         let images = gateway::images::Images::open(pool.clone(), &a.store.data).await?;
         let key = gateway::server::manifest_key(&a.store.data)?;
         let audit = audit::store::Store::open(&url).await?;

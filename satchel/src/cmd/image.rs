@@ -90,7 +90,7 @@ pub(crate) fn run(cmd: ImageCmd) -> anyhow::Result<()> {
 async fn open(store: &StoreArgs) -> anyhow::Result<gateway::images::Images> {
     std::fs::create_dir_all(&store.data)
         .with_context(|| format!("creating {}", store.data.display()))?;
-    let (pool, _) = audit::store::connect(&store.url()).await?;
+    let (pool, _) = persist::db::connect(&store.url()).await?;
     Ok(gateway::images::Images::open(pool, &store.data).await?)
 }
 

@@ -191,7 +191,7 @@ pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let base = a.base_log.as_ref().map(read_log).transpose()?;
     anyhow::ensure!(!a.banks.is_empty(), "--banks names no bank");
     if let (Some(key), Some(out)) = (&a.sign_key, &a.out) {
-        let key = audit::checkpoint::read_signing_key(key)?;
+        let key = persist::keys::read_private(key)?;
         let name = a.name.clone().unwrap_or_else(|| {
             a.chain
                 .file_stem()

@@ -166,34 +166,15 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Write `bytes` to `path` (mode 0644) through a temporary file in the same
-/// directory, synced and renamed into place: a crash leaves the old file or
-/// the new one, never half of either.
+/// Write `bytes` to `path` (mode 0644) durably: a crash leaves the old
+/// file or the new one, never half of either (see `persist::file`).
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    write_atomic_mode(path, bytes, 0o644)
+    Ok(persist::write_atomic(path, bytes)?)
 }
 
 /// [`write_atomic`] for secrets: mode 0600.
 pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    write_atomic_mode(path, bytes, 0o600)
-}
-
-fn write_atomic_mode(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| anyhow::anyhow!("cannot write in {}: {e}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
+    Ok(persist::write_secret(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ fn load_db(db: &str) -> anyhow::Result<PolicyText> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(db).await?;
+        let (pool, _) = persist::db::connect(db).await?;
         Ok(policy::PolicyStore::new(pool).await?.load().await?)
     })
 }
@@ -59,7 +59,7 @@ fn import(a: ImportArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(&a.db).await?;
+        let (pool, _) = persist::db::connect(&a.db).await?;
         policy::PolicyStore::new(pool)
             .await?
             .replace(&parsed)
@@ -113,7 +113,7 @@ impl Source {
                 "give --policy FILE or --bundle FILE --bundle-key KEY.pub".to_owned(),
             ));
         };
-        let key = audit::checkpoint::read_verifying_key(k)
+        let key = persist::keys::read_public(k)
             .map_err(|e| Exit::new(2, format!("{}: {e}", k.display())))?;
         let bytes =
             std::fs::read(b).map_err(|e| Exit::new(2, format!("reading {}: {e}", b.display())))?;
@@ -439,7 +439,7 @@ fn bundle(a: BundleArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.policy)
         .with_context(|| format!("reading {}", a.policy.display()))?;
     PolicyText::parse(&text).with_context(|| a.policy.display().to_string())?;
-    let key = audit::checkpoint::read_signing_key(&a.sign_key)?;
+    let key = persist::keys::read_private(&a.sign_key)?;
     let manifest = BundleManifest {
         format: policy::bundle::FORMAT.to_owned(),
         version: a.version,
@@ -473,7 +473,7 @@ fn resolve(program: &str) -> Option<PathBuf> {
 }
 
 pub(crate) fn run_program(a: RunArgs) -> anyhow::Result<()> {
-    let key = audit::checkpoint::read_verifying_key(&a.bundle_key)?;
+    let key = persist::keys::read_public(&a.bundle_key)?;
     let bytes =
         std::fs::read(&a.bundle).with_context(|| format!("reading {}", a.bundle.display()))?;
     let bundle = match &a.state {

@@ -67,7 +67,7 @@ pub(crate) fn device_cert(gw: &Path, cdir: &Path, id: &str, groups: &[&str]) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pool, _) = audit::store::connect(&db).await.unwrap();
+        let (pool, _) = persist::db::connect(&db).await.unwrap();
         let db = gateway::state::Db::new(pool).await.unwrap();
         if db.device(id).await.unwrap().is_none() {
             let t = db
