@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(whole.len(), streamed.len());
     }
     let _ = sync::wire::read_records(data);
-    let _ = gateway::sync_bundle::parse(data);
+    let _ = protocol::bundle::parse(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let _ = sync::Signed::verify(text, &key.verifying_key());

@@ -428,26 +428,7 @@ pub fn layer_stages(image: &str, layers: &[StoredLayer]) -> String {
     stages_toml(image, &digests)
 }
 
-/// The stages TOML for `(layer, digest)` pairs (system layers only).
-pub fn stages_toml(image: &str, digests: &[(Layer, String)]) -> String {
-    let mut out = format!(
-        "# The system layers of image {image:?} as measured boot stages (PCR 13).\n\
-         # Append to the boot chain: before `satchel predict` on the gateway side,\n\
-         # before `satchel measure` on the client (`satchel client sync stages`).\n"
-    );
-    for (layer, digest) in digests.iter().filter(|(l, _)| l.is_system()) {
-        out.push_str(&format!(
-            "\n[[stage]]\nname = \"layer-{layer}\"\npcr = 13\ndata = \"{}\"\n",
-            stage_data(*layer, digest)
-        ));
-    }
-    out
-}
-
-/// The bytes a layer's stage measures.
-pub fn stage_data(layer: Layer, digest: &str) -> String {
-    format!("satchel.layer {layer} sha256:{digest}")
-}
+pub use protocol::stages::{stage_data, stages_toml};
 
 /// Where `satchel image build` writes an image's layer stages.
 pub fn stages_path(data: &Path, image: &str) -> PathBuf {

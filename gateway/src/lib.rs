@@ -11,7 +11,6 @@
 pub mod admin;
 pub mod agent_api;
 pub mod api;
-pub mod client;
 pub mod images;
 pub mod pki;
 pub mod proxy;
@@ -19,8 +18,6 @@ pub mod server;
 pub mod state;
 pub mod sync_api;
 pub mod sync_bundle;
-pub mod sync_client;
 
-pub use client::{ClientError, GatewayClient, Meter};
 pub use pki::{DeviceCertRequest, Pki, PkiError};
 pub use server::{DeviceIdentity, Gateway, Role, ServeConfig, ServeError};

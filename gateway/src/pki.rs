@@ -21,8 +21,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-/// The OID arc of Satchel's certificate extensions (a private-use arc).
-pub const ATTESTATION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 58888, 1, 1];
+pub use protocol::certificate::{ADMIN_CA_NAME, ATTESTATION_OID, DEVICE_CA_NAME};
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -357,11 +356,6 @@ impl Pki {
         })
     }
 }
-
-/// The device CA's common name (the issuer of every device certificate).
-pub const DEVICE_CA_NAME: &str = "Satchel device CA";
-/// The admin CA's common name (the issuer of every admin certificate).
-pub const ADMIN_CA_NAME: &str = "Satchel admin CA";
 
 /// A DER UTF8String.
 fn der_utf8(s: &str) -> Vec<u8> {

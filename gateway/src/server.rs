@@ -168,28 +168,7 @@ impl ServeConfig {
     }
 }
 
-/// What a client certificate's holder may do: which CA issued it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A device certificate (device CA), issued after an attestation.
-    Device,
-    /// An admin certificate (admin CA).
-    Admin,
-}
-
-/// The device (or admin) a connection's client certificate names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceIdentity {
-    /// The device id (for an admin, the admin's name).
-    pub device_id: String,
-    /// Device or admin.
-    pub role: Role,
-    /// When its attestation was verified (ms since the epoch), from the
-    /// certificate's Satchel extension.
-    pub attested_at_ms: Option<i64>,
-    /// When the certificate expires (seconds since the epoch).
-    pub cert_expires: i64,
-}
+pub use protocol::certificate::{identity, DeviceIdentity, Role};
 
 /// A bound, not yet running gateway.
 pub struct Gateway {
@@ -563,46 +542,6 @@ async fn load_reference(
     Ok((Some(r), Some(key)))
 }
 
-/// The device a (verified) client certificate names.
-pub fn identity(der: &[u8]) -> Option<DeviceIdentity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let issuer = cert
-        .issuer()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    let role = match issuer.as_str() {
-        crate::pki::DEVICE_CA_NAME => Role::Device,
-        crate::pki::ADMIN_CA_NAME => Role::Admin,
-        _ => return None,
-    };
-    let device_id = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    let oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 58888, 1, 1]).ok()?;
-    let attested_at_ms = cert
-        .extensions()
-        .iter()
-        .find(|e| e.oid == oid)
-        .and_then(|e| {
-            let (_, s) = x509_parser::der_parser::der::parse_der_utf8string(e.value).ok()?;
-            let text = s.as_str().ok()?;
-            serde_json::from_str::<serde_json::Value>(text).ok()?["attested_at_ms"].as_i64()
-        });
-    Some(DeviceIdentity {
-        device_id,
-        role,
-        attested_at_ms,
-        cert_expires: cert.validity().not_after.timestamp(),
-    })
-}
-
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let ctype = if status.is_success() {
         "application/json"
@@ -643,7 +582,7 @@ fn admin_answer(a: crate::admin::AdminAnswer) -> Response<Full<Bytes>> {
 }
 
 /// Largest request body read (evidence with its event logs fits easily).
-pub const MAX_BODY: usize = 8 << 20;
+pub use protocol::limits::MAX_BODY;
 
 async fn route(
     req: Request<Incoming>,

@@ -18,24 +18,16 @@
 use std::collections::HashSet;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
+use sync::manifest::{Layer, LayerManifest, Signed, FORMAT};
 use sync::ChunkId;
 
 use crate::api::{refuse, Answer, AppState};
 use crate::images::StoredLayer;
 use crate::state::Device;
 
-/// Most chunk ids in one `chunks` request.
-pub const MAX_FETCH: usize = 256;
-/// Most files in one `deltas` request.
-pub const MAX_DELTA_FILES: usize = 64;
-/// Most chunks of one file (old or new) a delta is made for (128 MiB).
-pub const MAX_DELTA_CHUNKS: usize = 2048;
-
-/// Most chunk ids in one `missing` request.
-pub const MAX_ASK: usize = 4096;
+pub use protocol::limits::{MAX_ASK, MAX_DELTA_CHUNKS, MAX_DELTA_FILES, MAX_FETCH};
 
 /// The chunk ids a device may be sent: those of the layers it gets.
 #[derive(Debug, Clone)]
@@ -473,17 +465,7 @@ impl AppState {
     }
 }
 
-/// A layer's check-in: the client's tree and the version it started from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckIn {
-    /// The layer.
-    pub layer: Layer,
-    /// The digest of the last version both sides had (`None`: none).
-    pub base_digest: Option<String>,
-    /// The client's tree now.
-    pub entries: Vec<Entry>,
-}
+pub use protocol::sync::CheckIn;
 
 async fn record(
     audit: &audit::store::Store,

@@ -13,7 +13,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway::{GatewayClient, Pki, ServeConfig};
+use device::GatewayClient;
+use gateway::{Pki, ServeConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod common;

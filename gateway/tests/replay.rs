@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use attest::tpm::{AkAlg, Tpm};
 use attest::HashAlg;
 use base64::Engine as _;
-use gateway::{Gateway, GatewayClient, ServeConfig};
+use device::GatewayClient;
+use gateway::{Gateway, ServeConfig};
 use serde_json::{json, Value};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;

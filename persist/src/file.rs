@@ -80,6 +80,17 @@ pub fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError>
     write(path, bytes, mode, Replace::Allowed)
 }
 
+/// [`write_new`] for stores that make many files durable at once (one
+/// `syncfs` per batch, before the batch is reported stored): the file
+/// appears whole or not at all, but neither it nor its directory entry is
+/// synced here.
+pub fn write_new_batched(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let mut file = AtomicFile::create(path, mode)?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.file = None;
+    move_into_place(&file.tmp, path, Replace::Never)
+}
+
 fn write(path: &Path, bytes: &[u8], mode: u32, replace: Replace) -> Result<(), FileError> {
     let mut file = AtomicFile::create(path, mode)?;
     file.write_all(bytes).map_err(io_error(path))?;

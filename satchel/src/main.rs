@@ -3,7 +3,6 @@
 //! sets up logging, and turns errors into a message on stderr and exit code 1
 //! (2 for a usage error, as clap reports it).
 
-mod agent;
 mod cmd;
 mod config;
 

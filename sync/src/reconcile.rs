@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::manifest::{Entry, Kind, Layer};
 
 /// A path both sides changed differently, in a user layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Conflict {
     /// The path.
     pub path: String,

@@ -272,8 +272,9 @@ impl ChunkStore {
         let path = self.path(id);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         persist::file::create_dir_all(&dir).map_err(|source| StoreError::Write { source })?;
-        // Content-addressed: a chunk another writer stored first is this one.
-        match persist::write_new(&path, compressed, 0o644) {
+        // Content-addressed: a chunk another writer stored first is this
+        // one. Made durable in batches by `sync`.
+        match persist::file::write_new_batched(&path, compressed, 0o644) {
             Ok(()) | Err(persist::FileError::Exists { .. }) => Ok(()),
             Err(source) => Err(StoreError::Write { source }),
         }

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use policy::bundle::Mode;
 
 use super::Exit;
-use crate::agent::Settings;
 use crate::config::Config;
+use device::agent::Settings;
 
 /// Where the agent keeps its state unless told.
 pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/satchel/agent";
@@ -149,7 +149,7 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
     let ca = a.ca.or(f.ca);
     let data = a.data.or(f.data);
     let gateway = match (gateway, ca, data) {
-        (Some(g), Some(c), Some(d)) => Some((g, c, d)),
+        (Some(url), Some(ca), Some(data)) => Some(device::GatewayConfig { url, ca, data }),
         (None, _, _) => None,
         _ => return Err(Exit::new(2, "--gateway needs --ca and --data".to_owned()).into()),
     };
@@ -174,7 +174,7 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
         mounts,
         mode,
         gateway,
-        tpm: a.tpm,
+        tcti: super::measure::TpmArgs::with(a.tpm).tcti(config)?,
         logs: if a.log.is_empty() { f.log } else { a.log },
         state_dir: a
             .state_dir
@@ -200,7 +200,6 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
             "60s",
             "refresh-interval",
         )?,
-        config: config.map(Path::to_path_buf),
     })
 }
 
@@ -214,12 +213,91 @@ pub(crate) fn run(a: AgentArgs, config: Option<&Path>) -> anyhow::Result<()> {
                     .state_dir
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             };
-            if crate::agent::status(&dir, s.json)? {
+            let st = device::agent::read_status(&dir).map_err(agent_failed)?;
+            print_status(&st, s.json)?;
+            if st.running {
                 Ok(())
             } else {
                 Err(Exit::new(3, String::new()).into())
             }
         }
-        None => crate::agent::run(settings(a.run, config)?),
+        None => device::agent::run(settings(a.run, config)?).map_err(agent_failed),
     }
+}
+
+fn agent_failed(e: device::agent::AgentError) -> anyhow::Error {
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    Exit::new(e.exit_code(), msg).into()
+}
+
+/// Print what `satchel agent status` shows.
+fn print_status(a: &device::agent::AgentStatus, as_json: bool) -> anyhow::Result<()> {
+    let (st, alive) = (&a.status, a.running);
+    if as_json {
+        let mut v = serde_json::to_value(st)?;
+        v["running"] = serde_json::json!(alive);
+        println!("{v}");
+        return Ok(());
+    }
+    let ago = |ms: i64| {
+        humantime::format_duration(Duration::from_secs(
+            u64::try_from((audit::batch::now_ms() - ms) / 1000).unwrap_or(0),
+        ))
+    };
+    println!(
+        "running:        {}",
+        if alive {
+            format!("yes (pid {})", st.pid)
+        } else {
+            format!("no (last heartbeat {} ago)", ago(st.heartbeat_ms))
+        }
+    );
+    println!("subject:        {}", st.subject);
+    println!("mode:           {} on {}", st.mode, st.mounts.join(", "));
+    println!("policy bundle:  version {}", st.policy_version);
+    if let Some(r) = &st.bundle_refused {
+        println!("bundle refused: {r}");
+    }
+    println!("gateway:        {}", st.gateway);
+    println!(
+        "attested until: {}",
+        st.attested_until_ms.map_or("-".to_owned(), |u| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(u).unwrap_or(0)),
+            )
+            .to_string()
+        })
+    );
+    if let Some(e) = &st.attest_error {
+        println!("attestation:    failing: {e}");
+    }
+    println!(
+        "last sync:      {}",
+        st.last_sync.as_ref().map_or("-".to_owned(), |s| format!(
+            "{} ({} ago)",
+            s["result"].as_str().unwrap_or("?"),
+            ago(s["at_ms"].as_i64().unwrap_or(0))
+        ))
+    );
+    println!("spool:          {} entries waiting", st.spool_waiting);
+    let events = st.exec["events"].as_u64().unwrap_or(0);
+    let avg_us =
+        st.exec["decide_ns_total"].as_u64().unwrap_or(0) as f64 / events.max(1) as f64 / 1000.0;
+    println!(
+        "exec:           {events} decided ({avg_us:.1} us each in the agent), {} from cache, {} denied, {} let through (monitor); {} files allowed by the kernel until modified",
+        st.exec["cache_hits"], st.exec["denied"], st.exec["monitored"], st.exec["kernel_cached"]
+    );
+    if let Some(g) = &st.last_gap {
+        println!(
+            "last gap:       the agent before pid {} died; exec unenforced {}",
+            st.pid,
+            device::agent::gap_text(g)
+        );
+    }
+    Ok(())
 }

@@ -1,20 +1,13 @@
 //! `satchel client enroll` and `satchel client attest`: the device side of
 //! enrollment and attestation against the gateway.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-use attest::tpm::{AkAlg, AkFile};
-use attest::HashAlg;
-use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::measure::TpmArgs;
 use super::Exit;
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientCmd {
@@ -279,100 +272,56 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
         ClientCmd::Sync(SyncCmd::Status(a)) => sync_status(a),
         ClientCmd::Sync(SyncCmd::Revert(a)) => sync_revert(a),
         ClientCmd::Sync(SyncCmd::ExportBundle(a)) => {
-            let n = gateway::sync_bundle::export(&a.data, &a.image, &a.root, &a.out)
-                .map_err(sync_failed)?;
+            let n =
+                device::bundle::export(&a.data, &a.image, &a.root, &a.out).map_err(sync_failed)?;
             println!("{}: {n} changed layer(s) in {}", a.image, a.out.display());
             Ok(())
         }
         ClientCmd::Sync(SyncCmd::Stages(a)) => {
-            let text =
-                gateway::sync_client::stages(&a.data, &a.image, &a.root).map_err(sync_failed)?;
+            let text = device::sync::stages(&a.data, &a.image, &a.root).map_err(sync_failed)?;
             super::write_atomic(&a.out, text.as_bytes())
         }
     }
 }
 
-fn client(
-    gw: &GatewayArgs,
-    identity: Option<(&str, &str)>,
-) -> anyhow::Result<gateway::GatewayClient> {
-    let ca =
-        std::fs::read_to_string(&gw.ca).with_context(|| format!("reading {}", gw.ca.display()))?;
-    Ok(gateway::GatewayClient::new(&gw.gateway, &ca, identity)?)
-}
-
-fn refused(what: &str, status: u16, body: &serde_json::Value) -> anyhow::Error {
-    let detail = body["detail"].as_str().unwrap_or("no detail");
-    let mut msg = format!("{what} refused ({status}): {detail}");
-    if let Some(f) = body["failures"].as_array() {
-        let mut seen = std::collections::BTreeSet::new();
-        for x in f {
-            let mut line = format!("\n  {}", x["message"].as_str().unwrap_or("?"));
-            if let (Some(e), Some(g)) = (x["expected"].as_str(), x["found"].as_str()) {
-                line.push_str(&format!("; expected {e}, found {g}"));
-            }
-            // The verifier may name one difference from two checks.
-            if seen.insert(line.clone()) {
-                msg.push_str(&line);
-            }
+impl GatewayArgs {
+    /// The device crate's view of these flags.
+    pub(crate) fn config(&self) -> device::GatewayConfig {
+        device::GatewayConfig {
+            url: self.gateway.clone(),
+            ca: self.ca.clone(),
+            data: self.data.clone(),
         }
     }
-    Exit::new(1, msg).into()
+}
+
+/// A failed enrollment or attestation, exit 1, with every reason the
+/// gateway gave.
+fn flow_failed(e: device::FlowError) -> anyhow::Error {
+    if e.is_refusal() {
+        return Exit::new(1, e.to_string()).into();
+    }
+    anyhow::Error::new(e)
 }
 
 async fn enroll(a: EnrollArgs, config: Option<&Path>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.gw.data)
-        .with_context(|| format!("creating {}", a.gw.data.display()))?;
     let mut tpm = a.tpm.open(config)?;
-    let ek = tpm.ek_certificate().context("reading the EK certificate")?;
-    let ak = tpm.create_ak(AkAlg::EccP256)?;
-    let c = client(&a.gw, None)?;
-    let (status, body) = c
-        .post(
-            "/v1/enroll",
-            &json!({
-                "device_id": a.device_id,
-                "token": a.token,
-                "ek_cert": B64.encode(&ek),
-                "ak_pem": ak.public_pem,
-                "ak_public": ak.tpm2b_public,
-            }),
-        )
-        .await?;
-    if status != 200 {
-        return Err(refused("enrollment", status, &body));
-    }
-    let id = B64
-        .decode(body["id_object"].as_str().unwrap_or(""))
-        .context("id_object")?;
-    let secret = B64
-        .decode(body["encrypted_secret"].as_str().unwrap_or(""))
-        .context("encrypted_secret")?;
-    let recovered = tpm.activate_credential(&ak, &id, &secret)?;
-    let (status, done) = c
-        .post(
-            "/v1/enroll/finish",
-            &json!({"challenge": body["challenge"], "secret": B64.encode(&recovered)}),
-        )
-        .await?;
-    if status != 200 {
-        return Err(refused("enrollment", status, &done));
-    }
-    super::write_atomic(
-        &a.gw.data.join("ak.json"),
-        serde_json::to_string_pretty(&ak)?.as_bytes(),
-    )?;
-    super::write_atomic(
-        &a.gw.data.join("device.json"),
-        serde_json::to_string_pretty(&json!({"device_id": a.device_id, "gateway": a.gw.gateway}))?
-            .as_bytes(),
-    )?;
-    println!("enrolled {} (groups {})", a.device_id, done["groups"]);
+    let done = device::enrollment::enroll(&a.gw.config(), &mut tpm, &a.device_id, &a.token)
+        .await
+        .map_err(flow_failed)?;
+    println!(
+        "enrolled {} (groups {})",
+        a.device_id,
+        serde_json::json!(done.groups)
+    );
     Ok(())
 }
 
 async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
-    let (device_id, expires_in) = attest_once(&a.gw, &a.tpm, &a.log, config).await?;
+    let tcti = a.tpm.tcti(config)?;
+    let (device_id, expires_in) = device::attestation::attest_once(&a.gw.config(), &tcti, &a.log)
+        .await
+        .map_err(flow_failed)?;
     println!(
         "attested: certificate for {device_id} in {} (valid {expires_in} s)",
         a.gw.data.join("device.crt").display(),
@@ -380,83 +329,15 @@ async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Quote for the gateway and store the device certificate it issues:
-/// (device id, seconds the certificate is valid).
-pub(crate) async fn attest_once(
-    gw: &GatewayArgs,
-    tpm: &TpmArgs,
-    log: &[PathBuf],
-    config: Option<&Path>,
-) -> anyhow::Result<(String, u64)> {
-    let dev: serde_json::Value =
-        super::attest::read_json(&gw.data.join("device.json"), "a device file (enroll first)")?;
-    let device_id = dev["device_id"].as_str().unwrap_or("").to_owned();
-    let ak: AkFile = super::attest::read_json(&gw.data.join("ak.json"), "an AK file")?;
-    let logs = log
-        .iter()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let c = client(gw, None)?;
-    let (status, n) = c
-        .post("/v1/attest/nonce", &json!({"device_id": device_id}))
-        .await?;
-    if status != 200 {
-        return Err(refused("attestation", status, &n));
-    }
-    let nonce = hex::decode(n["nonce"].as_str().unwrap_or("")).context("nonce")?;
-    let pcrs: Vec<u32> = serde_json::from_value(n["pcrs"].clone()).context("pcrs")?;
-    let bank = HashAlg::Sha256;
-    let mut tpm = tpm.open(config)?;
-    let selection: BTreeMap<HashAlg, BTreeSet<u32>> =
-        [(bank, pcrs.iter().copied().collect())].into();
-    let evidence = tpm.evidence(&ak, &nonce, &selection, logs)?;
-    drop(tpm);
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, device_id.clone());
-    let csr = params.serialize_request(&key)?.pem()?;
-    let evidence_json: serde_json::Value = serde_json::from_str(&evidence.to_json())?;
-    let (status, body) = c
-        .post(
-            "/v1/attest",
-            &json!({"device_id": device_id, "evidence": evidence_json, "csr": csr}),
-        )
-        .await?;
-    if status != 200 {
-        return Err(refused("attestation", status, &body));
-    }
-    let cert = body["certificate"].as_str().unwrap_or("");
-    super::write_secret(&gw.data.join("device.key"), key.serialize_pem().as_bytes())?;
-    super::write_atomic(&gw.data.join("device.crt"), cert.as_bytes())?;
-    Ok((device_id, body["expires_in_s"].as_u64().unwrap_or(0)))
-}
-
-/// A client presenting this device's certificate.
-pub(crate) fn device_client(gw: &GatewayArgs) -> anyhow::Result<gateway::GatewayClient> {
-    let read = |name: &str| {
-        let p = gw.data.join(name);
-        std::fs::read_to_string(&p).with_context(|| {
-            format!(
-                "reading {} (attest first: satchel client attest)",
-                p.display()
-            )
-        })
-    };
-    let (crt, key) = (read("device.crt")?, read("device.key")?);
-    client(gw, Some((&crt, &key)))
-}
-
-fn sync_failed(e: gateway::sync_client::SyncError) -> anyhow::Error {
+fn sync_failed(e: device::sync::SyncError) -> anyhow::Error {
     Exit::new(1, format!("sync: {e}")).into()
 }
 
 async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
-    let c = device_client(&a.gw)?;
-    let meter = gateway::Meter::new(a.max_rate);
+    let c = a.gw.config().device_client()?;
+    let meter = device::Meter::new(a.max_rate);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let stats = gateway::sync_client::pull(&c, &a.gw.data, &a.image, &a.into, layers, &meter)
+    let stats = device::sync::pull(&c, &a.gw.data, &a.image, &a.into, layers, &meter)
         .await
         .map_err(sync_failed)?;
     for layer in &stats.layers_kept {
@@ -496,10 +377,10 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
 }
 
 async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
-    let c = device_client(&a.gw)?;
-    let meter = gateway::Meter::new(None);
+    let c = a.gw.config().device_client()?;
+    let meter = device::Meter::new(None);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let report = gateway::sync_client::push(&c, &a.gw.data, &a.image, &a.from, layers, &meter)
+    let report = device::sync::push(&c, &a.gw.data, &a.image, &a.from, layers, &meter)
         .await
         .map_err(sync_failed)?;
     if a.json {
@@ -538,7 +419,7 @@ async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
 }
 
 fn sync_status(a: StatusArgs) -> anyhow::Result<()> {
-    let st = gateway::sync_client::status(&a.data, &a.image, &a.root).map_err(sync_failed)?;
+    let st = device::sync::status(&a.data, &a.image, &a.root).map_err(sync_failed)?;
     let dirty = st.values().any(|s| !s.clean());
     if a.json {
         println!("{}", serde_json::to_string(&st)?);
@@ -569,8 +450,7 @@ fn sync_status(a: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn sync_revert(a: RevertArgs) -> anyhow::Result<()> {
-    let before =
-        gateway::sync_client::revert(&a.data, &a.image, &a.root, a.layer).map_err(sync_failed)?;
+    let before = device::sync::revert(&a.data, &a.image, &a.root, a.layer).map_err(sync_failed)?;
     println!(
         "{}/{}: back to version {} ({} added, {} changed, {} removed paths undone)",
         a.image,

@@ -32,9 +32,13 @@ impl TpmArgs {
     }
 
     pub(crate) fn open(&self, config: Option<&std::path::Path>) -> anyhow::Result<Tpm> {
+        Ok(Tpm::open(&self.tcti(config)?)?)
+    }
+
+    /// The TCTI, resolved as the flag's help says.
+    pub(crate) fn tcti(&self, config: Option<&std::path::Path>) -> anyhow::Result<String> {
         let config = Config::load(config)?;
-        let tcti = resolve_tcti(self.tpm.as_deref(), config.tcti.as_deref());
-        Ok(Tpm::open(&tcti)?)
+        Ok(resolve_tcti(self.tpm.as_deref(), config.tcti.as_deref()))
     }
 }
 

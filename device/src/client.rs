@@ -29,6 +29,47 @@ pub enum ClientError {
     },
 }
 
+/// A typed exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The gateway refused; the message lists its reasons.
+    #[error("{}", .problem.explain(what))]
+    Refused {
+        /// The step refused.
+        what: &'static str,
+        /// The gateway's problem body.
+        problem: Box<protocol::Problem>,
+    },
+    /// A 2xx answer that is not the protocol's.
+    #[error("the gateway's answer to the {what} is not the expected JSON")]
+    Answer {
+        /// The step.
+        what: &'static str,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request could not be encoded.
+    #[error("encoding the request")]
+    Encode(#[source] serde_json::Error),
+}
+
+fn typed<A: serde::de::DeserializeOwned>(
+    what: &'static str,
+    status: u16,
+    answer: Value,
+) -> Result<A, CallError> {
+    if !(200..300).contains(&status) {
+        let problem = Box::new(protocol::Problem::from_answer(status, &answer));
+        return Err(CallError::Refused { what, problem });
+    }
+    serde_json::from_value(answer).map_err(|source| CallError::Answer { what, source })
+}
+
 /// A gateway endpoint with its pinned CA.
 #[derive(Clone)]
 pub struct GatewayClient {
@@ -108,6 +149,30 @@ impl GatewayClient {
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<(u16, Value), ClientError> {
         self.request(hyper::Method::GET, path, None).await
+    }
+
+    /// `POST path` with the typed `request`; the typed answer, or the
+    /// gateway's refusal as [`CallError::Refused`] (`what` names the step
+    /// for the message: "enrollment", "attestation").
+    pub async fn call<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+        request: &Q,
+    ) -> Result<A, CallError> {
+        let body = serde_json::to_value(request).map_err(CallError::Encode)?;
+        let (status, answer) = self.post(path, &body).await?;
+        typed(what, status, answer)
+    }
+
+    /// `GET path`, typed as [`GatewayClient::call`].
+    pub async fn fetch<A: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+    ) -> Result<A, CallError> {
+        let (status, answer) = self.get(path).await?;
+        typed(what, status, answer)
     }
 
     /// A TLS connection to the gateway (the pinned CA, the identity if

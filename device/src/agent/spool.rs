@@ -11,28 +11,12 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::Row as _;
 
 /// One spooled entry, as sent to the gateway (`POST /v1/agent/spool`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct SpoolEntry {
-    /// Spool sequence number (set when read back).
-    #[serde(default)]
-    pub(crate) seq: i64,
-    /// When it happened on the device, ms since the epoch.
-    pub(crate) at_ms: i64,
-    /// Audit kind: `exec`, `attest`, `sync`, `agent`.
-    pub(crate) kind: String,
-    /// What it is about.
-    pub(crate) subject: String,
-    /// The decision or outcome.
-    pub(crate) decision: String,
-    /// Anything else.
-    pub(crate) details: Value,
-}
+pub(crate) use protocol::agent::Spooled as SpoolEntry;
 
 /// The spool file.
 #[derive(Debug, Clone)]
@@ -41,10 +25,28 @@ pub(crate) struct Spool {
     epoch: String,
 }
 
+/// The spool failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// The spool file could not be opened or set up.
+    #[error("opening the spool {}", .path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("the spool")]
+    Query(#[from] sqlx::Error),
+}
+
 impl Spool {
     /// Open (and create) the spool at `path`. Writes are durable when
     /// `add` returns (WAL, `synchronous=FULL`).
-    pub(crate) async fn open(path: &Path) -> anyhow::Result<Spool> {
+    pub(crate) async fn open(path: &Path) -> Result<Spool, SpoolError> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -55,7 +57,10 @@ impl Spool {
             .max_connections(2)
             .connect_with(opts)
             .await
-            .map_err(|e| anyhow::anyhow!("opening the spool {}: {e}", path.display()))?;
+            .map_err(|source| SpoolError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
              at_ms INTEGER NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, \
@@ -63,7 +68,10 @@ impl Spool {
         )
         .execute(&pool)
         .await
-        .map_err(|e| anyhow::anyhow!("creating the spool table in {}: {e}", path.display()))?;
+        .map_err(|source| SpoolError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         // The epoch names this spool file: numbers restart with a new file,
         // and the gateway keeps a mark per epoch.
         let mut fresh = [0u8; 16];
@@ -89,7 +97,7 @@ impl Spool {
     }
 
     /// Append entries in one transaction.
-    pub(crate) async fn add(&self, entries: &[SpoolEntry]) -> anyhow::Result<()> {
+    pub(crate) async fn add(&self, entries: &[SpoolEntry]) -> Result<(), SpoolError> {
         let mut tx = self.pool.begin().await?;
         for e in entries {
             sqlx::query(
@@ -108,7 +116,7 @@ impl Spool {
     }
 
     /// The oldest `limit` entries, in order.
-    pub(crate) async fn oldest(&self, limit: i64) -> anyhow::Result<Vec<SpoolEntry>> {
+    pub(crate) async fn oldest(&self, limit: i64) -> Result<Vec<SpoolEntry>, SpoolError> {
         let rows = sqlx::query(
             "SELECT seq, at_ms, kind, subject, decision, details FROM spool ORDER BY seq LIMIT ?",
         )
@@ -131,7 +139,7 @@ impl Spool {
     }
 
     /// Drop every entry up to and including `seq` (the gateway has them).
-    pub(crate) async fn delivered_through(&self, seq: i64) -> anyhow::Result<()> {
+    pub(crate) async fn delivered_through(&self, seq: i64) -> Result<(), SpoolError> {
         sqlx::query("DELETE FROM spool WHERE seq <= ?")
             .bind(seq)
             .execute(&self.pool)
@@ -140,7 +148,7 @@ impl Spool {
     }
 
     /// Entries waiting.
-    pub(crate) async fn waiting(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn waiting(&self) -> Result<i64, SpoolError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM spool")
             .fetch_one(&self.pool)
             .await?)

@@ -25,7 +25,7 @@ use sync::reconcile::Conflict;
 use sync::{ChunkId, ChunkStore};
 
 use crate::client::{GatewayClient, Meter};
-use crate::sync_api::MAX_FETCH;
+use protocol::limits::MAX_FETCH;
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -486,8 +486,8 @@ async fn fetch_deltas(
             .collect();
         if missing.is_empty()
             || from.is_empty()
-            || from.len() > crate::sync_api::MAX_DELTA_CHUNKS
-            || chunks.len() > crate::sync_api::MAX_DELTA_CHUNKS
+            || from.len() > protocol::limits::MAX_DELTA_CHUNKS
+            || chunks.len() > protocol::limits::MAX_DELTA_CHUNKS
             || !from.iter().all(|id| store.has(*id))
             || !wanted.insert(chunks.as_slice())
         {
@@ -502,7 +502,7 @@ async fn fetch_deltas(
     }
     // Two requests at once: the gateway makes the deltas of one while this
     // side applies the other's.
-    let batches: Vec<&[Job<'_>]> = jobs.chunks(crate::sync_api::MAX_DELTA_FILES).collect();
+    let batches: Vec<&[Job<'_>]> = jobs.chunks(protocol::limits::MAX_DELTA_FILES).collect();
     let lane = |k: usize| {
         let batches = &batches;
         async move {
@@ -932,7 +932,7 @@ async fn upload(
     meter: &Meter,
 ) -> Result<u64, SyncError> {
     let mut sent = 0;
-    for ask in ids.chunks(crate::sync_api::MAX_ASK) {
+    for ask in ids.chunks(protocol::limits::MAX_ASK) {
         let v = json_call(
             c,
             hyper::Method::POST,
@@ -1118,7 +1118,7 @@ pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError
         };
         digests.push((*layer, digest));
     }
-    Ok(crate::images::stages_toml(image, &digests))
+    Ok(protocol::stages::stages_toml(image, &digests))
 }
 
 #[cfg(test)]

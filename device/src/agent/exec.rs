@@ -110,7 +110,7 @@ struct Stamp {
 
 /// Why enforcement could not start.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StartError {
+pub enum StartError {
     /// `fanotify_init` failed (not root, or no fanotify in this kernel).
     #[error("fanotify is unavailable here ({0}); run as root on a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS")]
     Init(nix::Error),

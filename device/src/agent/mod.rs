@@ -1,0 +1,380 @@
+//! The agent (`satchel agent`): the client's long-running service. It enforces the
+//! application allowlist at exec ([`exec`]), holds the signed policy bundle,
+//! keeps the device attested, syncs the pushed image, and spools its audit
+//! entries ([`spool`]) until the gateway has them. `docs/agent.md` is the
+//! operator's guide.
+//!
+//! Threads: the exec decisions run on their own thread (a blocked exec
+//! waits for nothing else); everything else is one tokio task loop on the
+//! main thread. The state directory holds:
+//!
+//! | file | what |
+//! |---|---|
+//! | `bundle.version` | the highest bundle version accepted (rollback protection) |
+//! | `bundle.accepted` | the bundle in force, kept for the next start |
+//! | `spool.db` | entries waiting for the gateway (SQLite) |
+//! | `status.json` | what `satchel agent status` prints; rewritten every 2 s |
+//! | `agent.pid` | locked and holding the pid while an agent runs; emptied on a clean stop. Found holding a pid and unlocked at start, it means the last agent died |
+
+mod exec;
+mod holder;
+mod service;
+mod spool;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use policy::bundle::Mode;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::identity::GatewayConfig;
+pub use exec::StartError;
+use exec::{Counters, Enforcer, ExecReport};
+pub(crate) use holder::current;
+use holder::{activate, first_bundle, Holder};
+pub use spool::SpoolError;
+pub use status::{read_status, AgentStatus};
+
+/// Everything the agent is told (the command line over the `[agent]`
+/// table of the configuration, resolved by the caller).
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct Settings {
+    pub bundle: PathBuf,
+    pub bundle_key: PathBuf,
+    pub subject: String,
+    pub mounts: Vec<PathBuf>,
+    pub mode: Option<Mode>,
+    pub gateway: Option<GatewayConfig>,
+    pub tcti: String,
+    pub logs: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    pub reattest_margin: Duration,
+    pub image: Option<(String, PathBuf)>,
+    pub sync_interval: Duration,
+    pub deliver_interval: Duration,
+    pub refresh_interval: Duration,
+}
+
+/// What `status.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Status {
+    pub pid: u32,
+    pub started_ms: i64,
+    pub heartbeat_ms: i64,
+    pub subject: String,
+    pub mode: String,
+    pub mounts: Vec<String>,
+    pub policy_version: u64,
+    pub bundle_refused: Option<String>,
+    pub gateway: String,
+    pub attested_until_ms: Option<i64>,
+    pub attest_error: Option<String>,
+    pub last_sync: Option<Value>,
+    pub spool_waiting: i64,
+    pub last_gap: Option<Value>,
+    pub exec: Value,
+}
+
+/// Why the agent could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The state directory or a file in it.
+    #[error("{}", .path.display())]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bundle key cannot be read.
+    #[error("the bundle key")]
+    BundleKey(#[from] persist::KeyError),
+    /// No bundle to enforce: the configured one is refused and none was kept.
+    #[error("{refused}; no bundle was accepted before, so there is no policy to enforce")]
+    NoBundle {
+        /// Why the configured bundle was refused.
+        refused: String,
+    },
+    /// The configured bundle is refused and the kept one is unusable.
+    #[error("{refused}; and the bundle kept in {}: {source}", .kept.display())]
+    KeptBundle {
+        /// Why the configured bundle was refused.
+        refused: String,
+        /// The kept bundle.
+        kept: PathBuf,
+        /// Why it is unusable.
+        #[source]
+        source: policy::bundle::BundleError,
+    },
+    /// Another agent holds the state directory.
+    #[error("another agent (pid {pid}) runs with the state directory {}", .state_dir.display())]
+    AlreadyRunning {
+        /// Its pid, as its pid file says.
+        pid: String,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// Exec enforcement could not start (fanotify, marks).
+    #[error(transparent)]
+    Enforcer(#[from] exec::StartError),
+    /// The spool.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// The runtime, a signal handler or a thread could not be set up.
+    #[error("setting up the agent")]
+    Runtime(#[source] std::io::Error),
+    /// The exec decision thread stopped (the kernel now allows every exec).
+    #[error("the exec decision thread stopped")]
+    DecisionsStopped,
+    /// `status.json` is missing or unreadable.
+    #[error("{}: {source} (has an agent run with --state-dir {}?)", .path.display(), .state_dir.display())]
+    NoStatus {
+        /// The status file.
+        path: PathBuf,
+        /// The state directory.
+        state_dir: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `status.json` does not parse.
+    #[error("{}: not an agent status file", .path.display())]
+    BadStatus {
+        /// The status file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl AgentError {
+    /// The exit status for the command line: 2 when the agent could not
+    /// start with what it was given, 1 when it stopped.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::State { .. }
+            | AgentError::DecisionsStopped
+            | AgentError::Spool(_)
+            | AgentError::Runtime(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+const PID_FILE: &str = "agent.pid";
+const STATUS_FILE: &str = "status.json";
+
+pub(crate) fn now_ms() -> i64 {
+    audit::batch::now_ms()
+}
+
+pub(crate) fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Lockdown => "lockdown",
+        Mode::Monitor => "monitor",
+    }
+}
+
+fn state_error(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::State {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Run the agent until SIGTERM or SIGINT.
+pub fn run(s: Settings) -> Result<(), AgentError> {
+    persist::file::create_dir_all(&s.state_dir).map_err(|e| AgentError::State {
+        path: s.state_dir.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let key = persist::keys::read_public(&s.bundle_key)?;
+    let (bundle, bytes, refused) = first_bundle(&s, &key)?;
+    let active = Arc::new(RwLock::new(Arc::new(activate(&bundle, &s.subject, s.mode))));
+    let mut holder = Holder {
+        key,
+        state_dir: s.state_dir.clone(),
+        subject: s.subject.clone(),
+        forced: s.mode,
+        active: Arc::clone(&active),
+        accepted: bytes,
+        group: None,
+        flush_pending: false,
+    };
+    let mut pid = PidFile::lock(&s.state_dir)?;
+    let gap = pid.gap(&s.state_dir);
+    let counters = Arc::new(Counters::default());
+    let enforcer = Enforcer::start(&s.mounts, Arc::clone(&active), Arc::clone(&counters))?;
+    holder.group = Some(enforcer.group());
+    pid.claim()?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ExecReport>();
+    let worker = Worker::spawn(enforcer, tx)?;
+    announce(&s, &holder);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    let result = rt.block_on(service::service(
+        &s, holder, rx, counters, gap, refused, worker,
+    ));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if result.is_ok() {
+        // A clean stop: no gap to report next time.
+        pid.release();
+    }
+    result
+}
+
+fn announce(s: &Settings, holder: &Holder) {
+    let mounts: Vec<String> = s.mounts.iter().map(|m| m.display().to_string()).collect();
+    eprintln!(
+        "satchel agent: enforcing {} for {} on {} (policy version {})",
+        mode_name(holder.current_mode()),
+        s.subject,
+        mounts.join(", "),
+        holder.current_version()
+    );
+}
+
+/// `agent.pid`: locked while an agent runs. Found unlocked with a pid in
+/// it, it means the last agent died: exec went unenforced from its last
+/// heartbeat until now.
+struct PidFile {
+    path: PathBuf,
+    file: std::fs::File,
+    previous: String,
+}
+
+impl PidFile {
+    fn lock(state_dir: &Path) -> Result<PidFile, AgentError> {
+        let path = state_dir.join(PID_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(state_error(&path))?;
+        let lock = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+        if rustix::fs::flock(&file, lock).is_err() {
+            let other = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(AgentError::AlreadyRunning {
+                pid: other.trim().to_owned(),
+                state_dir: state_dir.to_owned(),
+            });
+        }
+        let mut previous = String::new();
+        std::io::Read::read_to_string(&mut file, &mut previous).map_err(state_error(&path))?;
+        Ok(PidFile {
+            path,
+            file,
+            previous,
+        })
+    }
+
+    /// The gap the last agent left, if it died (said on stderr too).
+    fn gap(&self, state_dir: &Path) -> Option<Value> {
+        let old = self.previous.trim();
+        if old.is_empty() {
+            return None;
+        }
+        let last: Option<Status> = std::fs::read(state_dir.join(STATUS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let from = last.map(|st| st.heartbeat_ms).filter(|h| *h > 0);
+        let g = json!({"previous_pid": old, "from_ms": from, "to_ms": now_ms()});
+        eprintln!(
+            "satchel agent: the previous agent (pid {old}) stopped without shutting down: exec was not enforced {} (the kernel allows every exec while no agent answers)",
+            gap_text(&g)
+        );
+        Some(g)
+    }
+
+    /// Write this process's pid, durably.
+    fn claim(&mut self) -> Result<(), AgentError> {
+        use std::io::{Seek as _, Write as _};
+        let pid = format!("{}\n", std::process::id());
+        let write = |f: &mut std::fs::File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            f.write_all(pid.as_bytes())?;
+            f.sync_all()
+        };
+        write(&mut self.file).map_err(state_error(&self.path))
+    }
+
+    /// Empty the file: the agent stopped cleanly.
+    fn release(&self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// The exec decision thread, as the service loop sees it.
+pub(crate) struct Worker {
+    stop: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Run `enforcer` on its own thread, sending each decision to `tx`.
+    fn spawn(
+        mut enforcer: Enforcer,
+        tx: tokio::sync::mpsc::UnboundedSender<ExecReport>,
+    ) -> Result<Worker, AgentError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let alive = Arc::new(AtomicBool::new(true));
+        let (stop2, alive2) = (Arc::clone(&stop), Arc::clone(&alive));
+        let thread = std::thread::Builder::new()
+            .name("exec-decisions".into())
+            .spawn(move || {
+                // Set on the way out, also when unwinding from a panic.
+                struct Dead(Arc<AtomicBool>);
+                impl Drop for Dead {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Relaxed);
+                    }
+                }
+                let _dead = Dead(alive2);
+                enforcer.run(&stop2, &mut |r| {
+                    let _ = tx.send(r);
+                })
+            })
+            .map_err(AgentError::Runtime)?;
+        Ok(Worker {
+            stop,
+            alive,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the thread still decides.
+    pub(crate) fn alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Stop it and wait (it polls every 200 ms).
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long a gap (`status.last_gap`) lasted, for messages.
+pub fn gap_text(g: &Value) -> String {
+    match (g["from_ms"].as_i64(), g["to_ms"].as_i64()) {
+        (Some(from), Some(to)) => format!("for {:.1} s", (to - from) as f64 / 1000.0),
+        _ => "for an unknown time (no heartbeat was recorded)".to_owned(),
+    }
+}
