@@ -8,15 +8,14 @@
 //! attestation routes; [`admin`] the admin routes; [`proxy`] the egress
 //! proxy; [`state`] the database tables; [`client`] the device's side.
 
-pub mod admin;
-pub mod agent_api;
-pub mod api;
+pub mod app;
 pub mod images;
 pub mod pki;
 pub mod proxy;
+pub mod reply;
+pub mod routes;
 pub mod server;
 pub mod state;
-pub mod sync_api;
 pub mod sync_bundle;
 
 pub use pki::{DeviceCertRequest, Pki, PkiError};

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use policy::url::Host;
 use policy::{CanonicalUrl, Rule};
 
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::server::DeviceIdentity;
 use crate::state::Device;
 
@@ -268,17 +268,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let dev = match state.authorize_device(device).await {
         Ok(d) => d,
-        Err(a) => {
-            let status =
-                StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut r = Response::new(boxed(Full::new(Bytes::from(a.body.to_string()))));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/problem+json"),
-            );
-            return r;
-        }
+        Err(refusal) => return refusal.into_response().map(boxed),
     };
     if req.method() == Method::CONNECT {
         connect(req, dev, state, guard).await

@@ -8,13 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -22,7 +18,7 @@ use attest::ekcert::CaSet;
 use attest::verify::Nonces;
 use attest::Reference;
 
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::pki::{Pki, PkiError};
 use crate::state::{Challenges, Db};
 
@@ -471,7 +467,7 @@ async fn serve_conn(
         let guard = conn_guard.clone();
         async move {
             let resp = match kind {
-                Listener::Api => route(req, device.as_ref(), &state)
+                Listener::Api => crate::routes::route(req, device.as_ref(), &state)
                     .await
                     .map(crate::proxy::boxed),
                 Listener::Proxy => crate::proxy::handle(req, device.as_ref(), state, guard).await,
@@ -517,7 +513,7 @@ async fn load_reference(
     let key = persist::keys::read_public(key_path)?;
     let Some(path) = &config.reference else {
         // The stored one, if any (an admin may have put it there).
-        return match db.setting(crate::admin::REFERENCE_SETTING).await? {
+        return match db.setting(crate::routes::admin::REFERENCE_SETTING).await? {
             Some(text) => {
                 let r = Reference::verify_signed(text.as_bytes(), &key).map_err(|e| {
                     ServeError::Reference {
@@ -537,162 +533,10 @@ async fn load_reference(
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let r = Reference::verify_signed(&bytes, &key).map_err(|e| bad(e.to_string()))?;
     let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".to_owned()))?;
-    db.set_setting(crate::admin::REFERENCE_SETTING, &text)
+    db.set_setting(crate::routes::admin::REFERENCE_SETTING, &text)
         .await?;
     Ok((Some(r), Some(key)))
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let ctype = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
-}
-
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail}),
-    )
-}
-
-/// An admin or agent route's answer as a response.
-fn admin_answer(a: crate::admin::AdminAnswer) -> Response<Full<Bytes>> {
-    match a {
-        crate::admin::AdminAnswer::Json(a) => json_response(
-            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            a.body,
-        ),
-        crate::admin::AdminAnswer::Text(t) => {
-            let mut r = Response::new(Full::new(Bytes::from(t)));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            r
-        }
-    }
-}
-
 /// Largest request body read (evidence with its event logs fits easily).
 pub use protocol::limits::MAX_BODY;
-
-async fn route(
-    req: Request<Incoming>,
-    device: Option<&DeviceIdentity>,
-    state: &AppState,
-) -> Response<Full<Bytes>> {
-    use http_body_util::BodyExt as _;
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_owned();
-    let method = parts.method.clone();
-    let answer = |a: crate::api::Answer| {
-        json_response(
-            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            a.body,
-        )
-    };
-    let read_body = || async {
-        let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
-        match tokio::time::timeout(state.body_timeout, collect).await {
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(_)) => Err(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request too large",
-                "the body is over the limit or broken off",
-            )),
-            Err(_) => Err(problem(
-                StatusCode::REQUEST_TIMEOUT,
-                "request timeout",
-                "the body did not arrive in time",
-            )),
-        }
-    };
-    if path.starts_with("/v1/admin/") {
-        let bytes = match read_body().await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        return match crate::admin::route(state, device, &method, &path, &bytes).await {
-            Some(a) => admin_answer(a),
-            None => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
-        };
-    }
-    if path.starts_with("/v1/agent/") {
-        let dev = match state.authorize_device(device).await {
-            Ok(d) => d,
-            Err(a) => return answer(a),
-        };
-        let bytes = match read_body().await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        return admin_answer(crate::agent_api::route(state, &dev, &method, &path, &bytes).await);
-    }
-    if let Some(rest) = path.strip_prefix("/v1/sync/images/") {
-        let dev = match state.authorize_device(device).await {
-            Ok(d) => d,
-            Err(a) => return answer(a),
-        };
-        let bytes = match read_body().await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        return match state.sync_route(&dev, &method, rest, &bytes).await {
-            crate::sync_api::SyncAnswer::Json(a) => answer(a),
-            crate::sync_api::SyncAnswer::Frames(f) => {
-                let mut r = Response::new(Full::new(Bytes::from(f)));
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/octet-stream"),
-                );
-                r
-            }
-        };
-    }
-    match (method, path.as_str()) {
-        (Method::GET, "/v1/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
-        (Method::GET, "/v1/whoami") => match state.authorize_device(device).await {
-            Ok(dev) => json_response(
-                StatusCode::OK,
-                json!({
-                    "device_id": dev.device_id,
-                    "groups": dev.groups,
-                    "attested_at": device.and_then(|d| d.attested_at_ms),
-                    "cert_expires": device.map(|d| d.cert_expires),
-                }),
-            ),
-            Err(a) => answer(a),
-        },
-        (Method::POST, "/v1/enroll" | "/v1/enroll/finish" | "/v1/attest/nonce" | "/v1/attest") => {
-            let bytes = match read_body().await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            answer(match path.as_str() {
-                "/v1/enroll" => state.enroll(&bytes).await,
-                "/v1/enroll/finish" => state.enroll_finish(&bytes).await,
-                "/v1/attest/nonce" => state.nonce(&bytes).await,
-                _ => state.attest(&bytes).await,
-            })
-        }
-        (_, "/v1/health" | "/v1/whoami") => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            "use GET",
-        ),
-        (_, "/v1/enroll" | "/v1/enroll/finish" | "/v1/attest/nonce" | "/v1/attest") => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            "use POST",
-        ),
-        _ => problem(StatusCode::NOT_FOUND, "not found", "no such route"),
-    }
-}

@@ -230,7 +230,7 @@ impl Db {
 }
 
 /// How far a device's spool (one spool file, named by its epoch) has been
-/// delivered; see [`crate::agent_api`].
+/// delivered; see [`crate::routes::agent`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolMark {
     /// Every entry up to this spool number is in the audit trail.

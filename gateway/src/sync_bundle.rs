@@ -105,15 +105,16 @@ pub async fn import(
     let mut answers = Vec::new();
     for ci in h.checkins.clone() {
         let layer = ci.layer;
-        match crate::sync_api::checkin(images, manifest_key, audit, &device, &h.image, ci).await {
-            crate::sync_api::SyncAnswer::Json(a) if a.status == 200 => answers.push(a.body),
-            crate::sync_api::SyncAnswer::Json(a) => {
+        match crate::routes::sync::checkin(images, manifest_key, audit, &device, &h.image, ci).await
+        {
+            crate::reply::Reply::Json { status: 200, body } => answers.push(body),
+            crate::reply::Reply::Json { body, .. } => {
                 return Err(err(format!(
                     "{layer}: {}",
-                    a.body["detail"].as_str().unwrap_or("refused")
+                    body["detail"].as_str().unwrap_or("refused")
                 )))
             }
-            crate::sync_api::SyncAnswer::Frames(_) => return Err(err("unexpected answer")),
+            _ => return Err(err("unexpected answer")),
         }
     }
     let entry = audit::entry::NewEntry {

@@ -32,8 +32,8 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::admin::AdminAnswer;
-use crate::api::{refuse, Answer, AppState};
+use crate::app::AppState;
+use crate::reply::{bad, internal, ok, refuse, Reply};
 use crate::state::{Device, SpoolMark};
 
 /// The setting the relayed bundle is stored under.
@@ -43,20 +43,6 @@ pub const MAX_SPOOL_BATCH: usize = 1000;
 /// Most audit entries read to learn what a crashed append left.
 const MAX_RECOVERY_SCAN: u64 = 1_000_000;
 
-fn bad(detail: impl Into<String>) -> Answer {
-    refuse(400, "bad request", detail, Value::Null)
-}
-
-fn internal(e: impl std::fmt::Display) -> Answer {
-    tracing::error!(error = %e, "agent route failed");
-    refuse(
-        500,
-        "internal error",
-        "the gateway's database is unavailable",
-        Value::Null,
-    )
-}
-
 /// Serve `/v1/agent/*` for an authorized device.
 pub async fn route(
     state: &AppState,
@@ -64,37 +50,33 @@ pub async fn route(
     method: &hyper::Method,
     path: &str,
     body: &[u8],
-) -> AdminAnswer {
+) -> Reply {
     use hyper::Method as M;
     match (method, path) {
         (&M::GET, "/v1/agent/bundle") => get_bundle(state).await,
-        (&M::POST, "/v1/agent/spool") => AdminAnswer::Json(deliver(state, dev, body).await),
-        (_, "/v1/agent/bundle") => {
-            AdminAnswer::Json(refuse(405, "method not allowed", "use GET", Value::Null))
-        }
-        (_, "/v1/agent/spool") => {
-            AdminAnswer::Json(refuse(405, "method not allowed", "use POST", Value::Null))
-        }
-        _ => AdminAnswer::Json(refuse(404, "not found", "no such agent route", Value::Null)),
+        (&M::POST, "/v1/agent/spool") => deliver(state, dev, body).await,
+        (_, "/v1/agent/bundle") => refuse(405, "method not allowed", "use GET", Value::Null),
+        (_, "/v1/agent/spool") => refuse(405, "method not allowed", "use POST", Value::Null),
+        _ => refuse(404, "not found", "no such agent route", Value::Null),
     }
 }
 
 /// `GET /v1/agent/bundle` and `GET /v1/admin/bundle`: the stored bundle.
-pub async fn get_bundle(state: &AppState) -> AdminAnswer {
+pub async fn get_bundle(state: &AppState) -> Reply {
     match state.db.setting(BUNDLE_SETTING).await {
-        Ok(Some(b)) => AdminAnswer::Text(b),
-        Ok(None) => AdminAnswer::Json(refuse(
+        Ok(Some(b)) => Reply::Text(b),
+        Ok(None) => refuse(
             404,
             "no bundle",
             "the gateway holds no policy bundle (PUT /v1/admin/bundle)",
             Value::Null,
-        )),
-        Err(e) => AdminAnswer::Json(internal(e)),
+        ),
+        Err(e) => internal(&e),
     }
 }
 
 /// `PUT /v1/admin/bundle`: store a newer signed bundle for devices.
-pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Answer {
+pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let version = match policy::bundle::Bundle::claimed_version(body) {
         Ok(v) => v,
         Err(e) => return bad(e.to_string()),
@@ -104,7 +86,7 @@ pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Answer {
     };
     let held = match state.db.setting(BUNDLE_SETTING).await {
         Ok(b) => b.and_then(|b| policy::bundle::Bundle::claimed_version(b.as_bytes()).ok()),
-        Err(e) => return internal(e),
+        Err(e) => return internal(&e),
     };
     if let Some(held) = held {
         if version < held {
@@ -126,7 +108,7 @@ pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Answer {
         }
     }
     if let Err(e) = state.db.set_setting(BUNDLE_SETTING, text).await {
-        return internal(e);
+        return internal(&e);
     }
     state
         .record(
@@ -137,10 +119,7 @@ pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Answer {
             json!({"version": version}),
         )
         .await;
-    Answer {
-        status: 200,
-        body: json!({"version": version}),
-    }
+    ok(json!({"version": version}))
 }
 
 #[derive(Deserialize)]
@@ -170,7 +149,7 @@ fn valid_word(s: &str, max: usize) -> bool {
 }
 
 /// `POST /v1/agent/spool`.
-async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
+async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Reply {
     let d: Delivery = match serde_json::from_slice(body) {
         Ok(d) => d,
         Err(e) => return bad(format!("not a spool delivery: {e}")),
@@ -197,7 +176,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
     let _one_at_a_time = state.spool_lock.lock().await;
     let mut mark = match state.db.spool_mark(&dev.device_id, &d.epoch).await {
         Ok(m) => m,
-        Err(e) => return internal(e),
+        Err(e) => return internal(&e),
     };
     if let (Some(through), Some(from)) = (mark.pending_through, mark.audit_from) {
         // A crash between append and mark: see which entries landed.
@@ -220,7 +199,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
                 .filter_map(|e| e.details["spool"]["seq"].as_i64())
                 .filter(|s| *s <= through)
                 .max(),
-            Err(e) => return internal(e),
+            Err(e) => return internal(&e),
         };
         mark = SpoolMark {
             last_seq: landed.unwrap_or(mark.last_seq).max(mark.last_seq),
@@ -232,7 +211,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
             .set_spool_mark(&dev.device_id, &d.epoch, mark)
             .await
         {
-            return internal(e);
+            return internal(&e);
         }
     }
     let fresh: Vec<Spooled> = d
@@ -241,10 +220,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
         .filter(|e| e.seq > mark.last_seq)
         .collect();
     let Some(first) = fresh.first() else {
-        return Answer {
-            status: 200,
-            body: json!({"accepted_through": mark.last_seq, "appended": 0}),
-        };
+        return ok(json!({"accepted_through": mark.last_seq, "appended": 0}));
     };
     // Entries the gateway should hold but does not: the device deletes an
     // entry only after the gateway acknowledged it, so this means the
@@ -255,7 +231,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
     let through = fresh.last().map_or(mark.last_seq, |e| e.seq);
     let audit_from = match state.audit.seq_bounds().await {
         Ok(b) => b.map_or(0, |(_, hi)| hi + 1),
-        Err(e) => return internal(e),
+        Err(e) => return internal(&e),
     };
     let pending = SpoolMark {
         last_seq: mark.last_seq,
@@ -267,7 +243,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
         .set_spool_mark(&dev.device_id, &d.epoch, pending)
         .await
     {
-        return internal(e);
+        return internal(&e);
     }
     let n = fresh.len();
     let gap_entry = gap.map(|(from, to)| audit::entry::NewEntry {
@@ -300,7 +276,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
         }))
         .collect();
     if let Err(e) = state.audit.append(batch, audit::batch::now_ms()).await {
-        return internal(e);
+        return internal(&e);
     }
     let done = SpoolMark {
         last_seq: through,
@@ -313,10 +289,7 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Answer {
         .await
     {
         // The entries are in; the pending mark lets the next delivery see it.
-        return internal(e);
+        return internal(&e);
     }
-    Answer {
-        status: 200,
-        body: json!({"accepted_through": through, "appended": n}),
-    }
+    ok(json!({"accepted_through": through, "appended": n}))
 }

@@ -23,8 +23,9 @@ use serde_json::{json, Value};
 use sync::manifest::{Layer, LayerManifest, Signed, FORMAT};
 use sync::ChunkId;
 
-use crate::api::{refuse, Answer, AppState};
+use crate::app::AppState;
 use crate::images::StoredLayer;
+use crate::reply::{bad, internal, ok, refuse, Reply};
 use crate::state::Device;
 
 pub use protocol::limits::{MAX_ASK, MAX_DELTA_CHUNKS, MAX_DELTA_FILES, MAX_FETCH};
@@ -37,33 +38,6 @@ impl Allowed {
     fn contains(&self, id: &ChunkId) -> bool {
         self.0.iter().any(|s| s.contains(id))
     }
-}
-
-/// A sync answer: JSON, or a chunk frame stream.
-#[derive(Debug)]
-pub enum SyncAnswer {
-    /// JSON.
-    Json(Answer),
-    /// `application/octet-stream` chunk frames.
-    Frames(Vec<u8>),
-}
-
-fn fail(a: Answer) -> SyncAnswer {
-    SyncAnswer::Json(a)
-}
-
-fn internal(e: &dyn std::fmt::Display) -> SyncAnswer {
-    tracing::error!(error = %e, "sync route failed");
-    fail(refuse(
-        500,
-        "internal error",
-        "the gateway could not complete the request; its log says why",
-        Value::Null,
-    ))
-}
-
-fn bad(detail: impl Into<String>) -> SyncAnswer {
-    fail(refuse(400, "bad request", detail, Value::Null))
 }
 
 #[derive(Deserialize)]
@@ -80,13 +54,13 @@ impl AppState {
         method: &hyper::Method,
         rest: &str,
         body: &[u8],
-    ) -> SyncAnswer {
+    ) -> Reply {
         let (image, action) = match rest.split_once('/') {
             Some((i, a)) => (i, a),
             None => (rest, ""),
         };
         if crate::images::check_image_name(image).is_err() {
-            return fail(refuse(404, "unknown image", "no such image", Value::Null));
+            return refuse(404, "unknown image", "no such image", Value::Null);
         }
         if !self.subscribed(device, image) {
             self.record(
@@ -97,12 +71,12 @@ impl AppState {
                 json!({"reason": "not subscribed", "action": action}),
             )
             .await;
-            return fail(refuse(
+            return refuse(
                 403,
                 "not subscribed",
                 format!("no policy rule lets this device subscribe to image {image:?}"),
                 Value::Null,
-            ));
+            );
         }
         use hyper::Method as M;
         match (method, action) {
@@ -113,15 +87,13 @@ impl AppState {
             (&M::POST, "deltas") => self.sync_deltas(device, image, body).await,
             (&M::POST, "upload") => self.sync_upload(body),
             (&M::POST, "checkin") => self.sync_checkin(device, image, body).await,
-            (_, "" | "offer" | "chunks" | "deltas" | "missing" | "upload" | "checkin") => {
-                fail(refuse(
-                    405,
-                    "method not allowed",
-                    "see docs/sync.md for the sync routes",
-                    Value::Null,
-                ))
-            }
-            _ => fail(refuse(404, "not found", "no such sync route", Value::Null)),
+            (_, "" | "offer" | "chunks" | "deltas" | "missing" | "upload" | "checkin") => refuse(
+                405,
+                "method not allowed",
+                "see docs/sync.md for the sync routes",
+                Value::Null,
+            ),
+            _ => refuse(404, "not found", "no such sync route", Value::Null),
         }
     }
 
@@ -137,31 +109,27 @@ impl AppState {
             .allow
     }
 
-    async fn layers_for(
-        &self,
-        device: &Device,
-        image: &str,
-    ) -> Result<Vec<StoredLayer>, SyncAnswer> {
+    async fn layers_for(&self, device: &Device, image: &str) -> Result<Vec<StoredLayer>, Reply> {
         match self.images.for_device(image, &device.device_id).await {
-            Ok(v) if v.is_empty() => Err(fail(refuse(
+            Ok(v) if v.is_empty() => Err(refuse(
                 404,
                 "unknown image",
                 format!("the gateway has no layers of image {image:?}"),
                 Value::Null,
-            ))),
+            )),
             Ok(v) => Ok(v),
             Err(e) => Err(internal(&e)),
         }
     }
 
-    async fn sync_image(&self, device: &Device, image: &str) -> SyncAnswer {
+    async fn sync_image(&self, device: &Device, image: &str) -> Reply {
         self.offer(device, image, Vec::new(), false).await
     }
 
     /// `POST .../offer {"have": [DIGEST, ...]}`: the image as `GET` gives it,
     /// but each manifest as a zstd delta against the version of that layer
     /// the device says it holds (or compressed whole when it holds none).
-    async fn sync_offer(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+    async fn sync_offer(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Have {
@@ -185,7 +153,7 @@ impl AppState {
         image: &str,
         have: Vec<String>,
         as_deltas: bool,
-    ) -> SyncAnswer {
+    ) -> Reply {
         let layers = match self.layers_for(device, image).await {
             Ok(l) => l,
             Err(a) => return a,
@@ -250,13 +218,10 @@ impl AppState {
             Ok(Err(e)) => return internal(&e),
             Err(e) => return internal(&e),
         };
-        SyncAnswer::Json(Answer {
-            status: 200,
-            body: json!({"image": image, "manifest_key": pem, "layers": layers}),
-        })
+        ok(json!({"image": image, "manifest_key": pem, "layers": layers}))
     }
 
-    async fn sync_chunks(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+    async fn sync_chunks(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
         let ids: Ids = match serde_json::from_slice(body) {
             Ok(i) => i,
             Err(e) => return bad(format!("expected {{\"ids\": [...]}}: {e}")),
@@ -269,12 +234,12 @@ impl AppState {
             Err(a) => return a,
         };
         if let Some(id) = ids.ids.iter().find(|id| !allowed.contains(id)) {
-            return fail(refuse(
+            return refuse(
                 403,
                 "not in this image",
                 format!("chunk {id} is not part of the layers this device gets"),
                 Value::Null,
-            ));
+            );
         }
         // Reading the store is blocking file I/O: off the async threads, so
         // a device's overlapping requests are served side by side.
@@ -289,14 +254,14 @@ impl AppState {
         })
         .await;
         match work {
-            Ok(Ok(out)) => SyncAnswer::Frames(out),
+            Ok(Ok(out)) => Reply::Frames(out),
             Ok(Err(e)) => internal(&e),
             Err(e) => internal(&e),
         }
     }
 
     /// The chunk ids of the layers `device` gets of `image`.
-    async fn allowed_chunks(&self, device: &Device, image: &str) -> Result<Allowed, SyncAnswer> {
+    async fn allowed_chunks(&self, device: &Device, image: &str) -> Result<Allowed, Reply> {
         let layers = self.layers_for(device, image).await?;
         let key = self.manifest_key.verifying_key();
         let mut sets = Vec::with_capacity(layers.len());
@@ -309,7 +274,7 @@ impl AppState {
         Ok(Allowed(sets))
     }
 
-    async fn sync_deltas(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+    async fn sync_deltas(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct File {
@@ -335,7 +300,7 @@ impl AppState {
         };
         let images = self.images.clone();
         // Compression is CPU work: off the async threads.
-        let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SyncAnswer> {
+        let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Reply> {
             let mut out = Vec::new();
             for (i, f) in r.files.iter().enumerate() {
                 let file = u32::try_from(i).unwrap_or(u32::MAX);
@@ -347,12 +312,12 @@ impl AppState {
                         .chain(&f.missing)
                         .find(|id| !allowed.contains(id))
                 {
-                    return Err(fail(refuse(
+                    return Err(refuse(
                         403,
                         "not in this image",
                         format!("chunk {id} is not part of the layers this device gets"),
                         Value::Null,
-                    )));
+                    ));
                 }
                 let mut cost = 0usize;
                 let mut missing = Vec::with_capacity(f.missing.len());
@@ -397,13 +362,13 @@ impl AppState {
         })
         .await;
         match work {
-            Ok(Ok(bytes)) => SyncAnswer::Frames(bytes),
+            Ok(Ok(bytes)) => Reply::Frames(bytes),
             Ok(Err(a)) => a,
             Err(e) => internal(&e),
         }
     }
 
-    fn sync_missing(&self, body: &[u8]) -> SyncAnswer {
+    fn sync_missing(&self, body: &[u8]) -> Reply {
         let ids: Ids = match serde_json::from_slice(body) {
             Ok(i) => i,
             Err(e) => return bad(format!("expected {{\"ids\": [...]}}: {e}")),
@@ -417,13 +382,10 @@ impl AppState {
             .filter(|id| !self.images.chunks.has(**id))
             .map(ToString::to_string)
             .collect();
-        SyncAnswer::Json(Answer {
-            status: 200,
-            body: json!({ "missing": missing }),
-        })
+        ok(json!({ "missing": missing }))
     }
 
-    fn sync_upload(&self, body: &[u8]) -> SyncAnswer {
+    fn sync_upload(&self, body: &[u8]) -> Reply {
         let frames = match sync::wire::read_frames(body) {
             Ok(f) => f,
             Err(e) => return bad(e.to_string()),
@@ -434,7 +396,7 @@ impl AppState {
                 Ok(true) => stored += 1,
                 Ok(false) => known += 1,
                 Err(e @ sync::store::StoreError::Corrupt { .. }) => {
-                    return fail(refuse(400, "bad chunk", e.to_string(), Value::Null))
+                    return refuse(400, "bad chunk", e.to_string(), Value::Null)
                 }
                 Err(e) => return internal(&e),
             }
@@ -442,13 +404,10 @@ impl AppState {
         if let Err(e) = self.images.chunks.sync() {
             return internal(&e);
         }
-        SyncAnswer::Json(Answer {
-            status: 200,
-            body: json!({"stored": stored, "known": known}),
-        })
+        ok(json!({"stored": stored, "known": known}))
     }
 
-    async fn sync_checkin(&self, device: &Device, image: &str, body: &[u8]) -> SyncAnswer {
+    async fn sync_checkin(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
         let r: CheckIn = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => return bad(format!("not a check-in: {e}")),
@@ -491,14 +450,14 @@ async fn layers_for(
     images: &crate::images::Images,
     device: &Device,
     image: &str,
-) -> Result<Vec<StoredLayer>, SyncAnswer> {
+) -> Result<Vec<StoredLayer>, Reply> {
     match images.for_device(image, &device.device_id).await {
-        Ok(v) if v.is_empty() => Err(fail(refuse(
+        Ok(v) if v.is_empty() => Err(refuse(
             404,
             "unknown image",
             format!("the gateway has no layers of image {image:?}"),
             Value::Null,
-        ))),
+        )),
         Ok(v) => Ok(v),
         Err(e) => Err(internal(&e)),
     }
@@ -513,7 +472,7 @@ pub async fn checkin(
     device: &Device,
     image: &str,
     r: CheckIn,
-) -> SyncAnswer {
+) -> Reply {
     // The client's tree must be a valid layer.
     let client = LayerManifest {
         format: FORMAT.to_owned(),
@@ -551,12 +510,12 @@ pub async fn checkin(
                     Err(e) => return internal(&e),
                 },
                 None => {
-                    return fail(refuse(
+                    return refuse(
                         409,
                         "unknown base",
                         "the base_digest is not a version this device had; pull first",
                         Value::Null,
-                    ))
+                    )
                 }
             },
             Err(e) => return internal(&e),
@@ -602,12 +561,12 @@ pub async fn checkin(
             .into_iter()
             .collect();
         if !missing.is_empty() {
-            return fail(refuse(
+            return refuse(
                 409,
                 "chunks missing",
                 "upload these chunks first",
                 json!({"missing": missing}),
-            ));
+            );
         }
         match images
             .commit(
@@ -643,15 +602,12 @@ pub async fn checkin(
             json!({"version": version, "from_client": merged.from_client.len(), "conflicts": merged.conflicts.len(), "violations": merged.violations.len()}),
         )
         .await;
-    SyncAnswer::Json(Answer {
-        status: 200,
-        body: json!({
-            "layer": r.layer,
-            "version": version,
-            "digest": digest,
-            "conflicts": merged.conflicts,
-            "violations": merged.violations,
-            "from_client": merged.from_client,
-        }),
-    })
+    ok(json!({
+        "layer": r.layer,
+        "version": version,
+        "digest": digest,
+        "conflicts": merged.conflicts,
+        "violations": merged.violations,
+        "from_client": merged.from_client,
+    }))
 }

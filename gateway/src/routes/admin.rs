@@ -11,7 +11,7 @@
 //! | `GET /v1/admin/reference` | the signed reference manifest in force |
 //! | `PUT /v1/admin/reference` | a new signed reference manifest: its signature is checked with the gateway's reference key |
 //! | `GET /v1/admin/bundle` | the signed policy bundle relayed to devices' agents |
-//! | `PUT /v1/admin/bundle` | a new signed policy bundle (not older than the one held): see [`crate::agent_api`] |
+//! | `PUT /v1/admin/bundle` | a new signed policy bundle (not older than the one held): see [`crate::routes::agent`] |
 //!
 //! Every change is an audit entry (`kind` `admin`, `actor` `admin:NAME`).
 
@@ -21,102 +21,61 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{refuse, Answer, AppState};
+use crate::app::AppState;
+use crate::reply::{internal, ok, parse, refuse, Reply};
 use crate::server::{DeviceIdentity, Role};
 
 /// The setting name the signed reference manifest is stored under.
 pub const REFERENCE_SETTING: &str = "reference";
 
-/// What an admin route answers: JSON, or plain text (the policy).
-#[derive(Debug)]
-pub enum AdminAnswer {
-    /// A JSON answer.
-    Json(Answer),
-    /// A `text/plain` body.
-    Text(String),
-}
-
-fn json_ok(body: Value) -> AdminAnswer {
-    AdminAnswer::Json(Answer { status: 200, body })
-}
-
-fn fail(a: Answer) -> AdminAnswer {
-    AdminAnswer::Json(a)
-}
-
-fn internal(e: impl std::fmt::Display) -> AdminAnswer {
-    tracing::error!(error = %e, "admin route failed");
-    fail(refuse(
-        500,
-        "internal error",
-        "the gateway's database is unavailable",
-        Value::Null,
-    ))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminAnswer> {
-    serde_json::from_slice(body).map_err(|e| {
-        fail(refuse(
-            400,
-            "bad request",
-            format!("not the expected JSON: {e}"),
+/// The admin behind a connection (`admin:NAME`), or the refusal: 401
+/// without a certificate, 403 with a device's. Checked before the body is read.
+pub fn authorize(who: Option<&DeviceIdentity>) -> Result<String, Reply> {
+    match who {
+        Some(w) if w.role == Role::Admin => Ok(format!("admin:{}", w.device_id)),
+        Some(_) => Err(refuse(
+            403,
+            "admin certificate required",
+            "a device certificate does not open admin routes",
             Value::Null,
-        ))
-    })
+        )),
+        None => Err(refuse(
+            401,
+            "admin certificate required",
+            "present an admin client certificate (satchel gateway admin-cert)",
+            Value::Null,
+        )),
+    }
 }
 
-/// Serve an admin route. `None` if no admin route has this path.
+/// Serve an admin route for `admin` (see [`authorize`]).
 pub async fn route(
     state: &AppState,
-    who: Option<&DeviceIdentity>,
+    admin: &str,
     method: &hyper::Method,
     path: &str,
     body: &[u8],
-) -> Option<AdminAnswer> {
-    if !path.starts_with("/v1/admin/") {
-        return None;
-    }
-    let admin = match who {
-        Some(w) if w.role == Role::Admin => format!("admin:{}", w.device_id),
-        Some(_) => {
-            return Some(fail(refuse(
-                403,
-                "admin certificate required",
-                "a device certificate does not open admin routes",
-                Value::Null,
-            )))
-        }
-        None => {
-            return Some(fail(refuse(
-                401,
-                "admin certificate required",
-                "present an admin client certificate (satchel gateway admin-cert)",
-                Value::Null,
-            )))
-        }
-    };
+) -> Reply {
     use hyper::Method as M;
-    let answer = match (method, path) {
+    match (method, path) {
         (&M::GET, "/v1/admin/devices") => devices(state).await,
-        (&M::POST, "/v1/admin/enroll-token") => enroll_token(state, &admin, body).await,
-        (&M::POST, "/v1/admin/revoke") => revoke(state, &admin, body).await,
-        (&M::GET, "/v1/admin/policy") => AdminAnswer::Text(state.policy_text()),
-        (&M::PUT, "/v1/admin/policy") => put_policy(state, &admin, body).await,
+        (&M::POST, "/v1/admin/enroll-token") => enroll_token(state, admin, body).await,
+        (&M::POST, "/v1/admin/revoke") => revoke(state, admin, body).await,
+        (&M::GET, "/v1/admin/policy") => Reply::Text(state.policy_text()),
+        (&M::PUT, "/v1/admin/policy") => put_policy(state, admin, body).await,
         (&M::GET, "/v1/admin/reference") => match state.db.setting(REFERENCE_SETTING).await {
-            Ok(Some(r)) => AdminAnswer::Text(r),
-            Ok(None) => fail(refuse(
+            Ok(Some(r)) => Reply::Text(r),
+            Ok(None) => refuse(
                 404,
                 "no reference",
                 "no reference manifest is stored",
                 Value::Null,
-            )),
-            Err(e) => internal(e),
+            ),
+            Err(e) => internal(&e),
         },
-        (&M::PUT, "/v1/admin/reference") => put_reference(state, &admin, body).await,
-        (&M::GET, "/v1/admin/bundle") => crate::agent_api::get_bundle(state).await,
-        (&M::PUT, "/v1/admin/bundle") => {
-            fail(crate::agent_api::put_bundle(state, &admin, body).await)
-        }
+        (&M::PUT, "/v1/admin/reference") => put_reference(state, admin, body).await,
+        (&M::GET, "/v1/admin/bundle") => crate::routes::agent::get_bundle(state).await,
+        (&M::PUT, "/v1/admin/bundle") => crate::routes::agent::put_bundle(state, admin, body).await,
         (
             _,
             "/v1/admin/devices"
@@ -125,30 +84,29 @@ pub async fn route(
             | "/v1/admin/policy"
             | "/v1/admin/reference"
             | "/v1/admin/bundle",
-        ) => fail(refuse(
+        ) => refuse(
             405,
             "method not allowed",
             "see docs/gateway.md for the admin routes",
             Value::Null,
-        )),
-        _ => fail(refuse(404, "not found", "no such admin route", Value::Null)),
-    };
-    Some(answer)
+        ),
+        _ => refuse(404, "not found", "no such admin route", Value::Null),
+    }
 }
 
-async fn devices(state: &AppState) -> AdminAnswer {
+async fn devices(state: &AppState) -> Reply {
     match state.db.devices().await {
-        Ok(list) => json_ok(json!({"devices": list.iter().map(|d| json!({
+        Ok(list) => ok(json!({"devices": list.iter().map(|d| json!({
             "device_id": d.device_id,
             "groups": d.groups,
             "enrolled_ms": d.enrolled_ms,
             "revoked_ms": d.revoked_ms,
         })).collect::<Vec<_>>()})),
-        Err(e) => internal(e),
+        Err(e) => internal(&e),
     }
 }
 
-async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     #[derive(Deserialize)]
     struct Req {
         device_id: String,
@@ -161,12 +119,12 @@ async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer
         Err(a) => return a,
     };
     if r.device_id.is_empty() || r.device_id.len() > 128 || r.device_id.contains(['/', ',', '\n']) {
-        return fail(refuse(
+        return refuse(
             400,
             "bad request",
             "device_id must be 1-128 characters without '/', ',' or newlines",
             Value::Null,
-        ));
+        );
     }
     let ttl = Duration::from_secs(r.ttl_s.unwrap_or(86_400).min(30 * 86_400));
     match state.db.make_token(&r.device_id, &r.groups, ttl).await {
@@ -180,15 +138,13 @@ async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer
                     json!({"groups": r.groups, "ttl_s": ttl.as_secs()}),
                 )
                 .await;
-            json_ok(
-                json!({"token": token, "device_id": r.device_id, "expires_in_s": ttl.as_secs()}),
-            )
+            ok(json!({"token": token, "device_id": r.device_id, "expires_in_s": ttl.as_secs()}))
         }
-        Err(e) => internal(e),
+        Err(e) => internal(&e),
     }
 }
 
-async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     #[derive(Deserialize)]
     struct Req {
         device_id: String,
@@ -202,33 +158,28 @@ async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
             state
                 .record("admin", admin, &r.device_id, "revoked", Value::Null)
                 .await;
-            json_ok(json!({"revoked": r.device_id}))
+            ok(json!({"revoked": r.device_id}))
         }
-        Ok(false) => fail(refuse(
+        Ok(false) => refuse(
             404,
             "unknown device",
             "no enrolled, unrevoked device has this id",
             Value::Null,
-        )),
-        Err(e) => internal(e),
+        ),
+        Err(e) => internal(&e),
     }
 }
 
-async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let Ok(text) = std::str::from_utf8(body) else {
-        return fail(refuse(
-            400,
-            "bad policy",
-            "the policy is not UTF-8",
-            Value::Null,
-        ));
+        return refuse(400, "bad policy", "the policy is not UTF-8", Value::Null);
     };
     let parsed = match policy::PolicyText::parse(text) {
         Ok(p) => p,
-        Err(e) => return fail(refuse(400, "bad policy", e.to_string(), Value::Null)),
+        Err(e) => return refuse(400, "bad policy", e.to_string(), Value::Null),
     };
     if let Err(e) = state.policy_store.replace(&parsed).await {
-        return internal(e);
+        return internal(&e);
     }
     let (rules, memberships) = (parsed.rules.len(), parsed.memberships.len());
     state.set_policy(&parsed, text.to_owned());
@@ -241,17 +192,17 @@ async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
             json!({"rules": rules, "memberships": memberships}),
         )
         .await;
-    json_ok(json!({"rules": rules, "memberships": memberships}))
+    ok(json!({"rules": rules, "memberships": memberships}))
 }
 
-async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswer {
+async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let Some(key) = &state.reference_key else {
-        return fail(refuse(
+        return refuse(
             409,
             "no reference key",
             "the gateway has no --reference-key to check references with",
             Value::Null,
-        ));
+        );
     };
     let reference = match attest::Reference::verify_signed(body, key) {
         Ok(r) => r,
@@ -265,14 +216,14 @@ async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswe
                     json!({"reason": e.to_string()}),
                 )
                 .await;
-            return fail(refuse(400, "bad reference", e.to_string(), Value::Null));
+            return refuse(400, "bad reference", e.to_string(), Value::Null);
         }
     };
     let Ok(text) = std::str::from_utf8(body) else {
-        return fail(refuse(400, "bad reference", "not UTF-8", Value::Null));
+        return refuse(400, "bad reference", "not UTF-8", Value::Null);
     };
     if let Err(e) = state.db.set_setting(REFERENCE_SETTING, text).await {
-        return internal(e);
+        return internal(&e);
     }
     let name = reference.name.clone();
     if let Ok(mut slot) = state.reference.write() {
@@ -287,5 +238,5 @@ async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> AdminAnswe
             json!({"name": name}),
         )
         .await;
-    json_ok(json!({"reference": name}))
+    ok(json!({"reference": name}))
 }
