@@ -123,8 +123,8 @@ pub struct CheckedIn {
     pub layer: Layer,
     /// The gateway's version after the merge.
     pub version: u64,
-    /// Its digest.
-    pub digest: String,
+    /// Its digest (`None` when the gateway holds no version of a system layer).
+    pub digest: Option<String>,
     /// Paths both sides changed differently, and what was done.
     pub conflicts: Vec<Conflict>,
     /// Paths changed in a system layer (refused, audited).

@@ -26,6 +26,10 @@ use sync::{ChunkId, ChunkStore};
 
 use crate::client::{GatewayClient, Meter};
 use protocol::limits::MAX_FETCH;
+use protocol::paths::{self, SyncAction};
+use protocol::sync::{
+    CheckIn, CheckedIn, DeltaFile, DeltasRequest, Ids, Missing, Offer, OfferRequest, OfferedLayer,
+};
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,36 +152,43 @@ pub struct PushReport {
 /// The gateway's refusal: its status and the problem body's detail.
 fn refused(status: u16, body: &[u8]) -> SyncError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let problem = protocol::Problem::from_answer(status, &v);
     SyncError::Refused {
         status,
-        detail: v["detail"].as_str().unwrap_or("no detail").to_owned(),
+        detail: if problem.detail.is_empty() {
+            "no detail".to_owned()
+        } else {
+            problem.detail
+        },
     }
 }
 
-async fn json_call(
+/// `POST` the typed `body` to `image`'s sync `action`; the typed answer.
+async fn json_call<Q: Serialize, A: serde::de::DeserializeOwned>(
     c: &GatewayClient,
-    method: hyper::Method,
-    path: &str,
-    body: &Value,
+    image: &str,
+    action: SyncAction,
+    body: &Q,
     meter: &Meter,
-) -> Result<Value, SyncError> {
+) -> Result<A, SyncError> {
     let (status, bytes) = c
         .send(
-            method,
-            path,
+            hyper::Method::POST,
+            &paths::sync(image, action),
             "application/json",
-            if body.is_null() {
-                Vec::new()
-            } else {
-                body.to_string().into_bytes()
-            },
+            serde_json::to_vec(body).map_err(local)?,
             Some(meter),
         )
         .await?;
     if status != 200 {
         return Err(refused(status, &bytes));
     }
-    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        SyncError::Untrusted(format!(
+            "an answer to {} that is not the protocol's: {e}",
+            action.segment()
+        ))
+    })
 }
 
 /// The image's layers as the gateway offers them, checked against the
@@ -189,18 +200,9 @@ async fn offered(
     meter: &Meter,
 ) -> Result<Vec<Signed>, SyncError> {
     // The versions held: the gateway sends each manifest as a delta against them.
-    let have: Vec<&str> = state.layers.values().map(|l| l.digest.as_str()).collect();
-    let v = json_call(
-        c,
-        hyper::Method::POST,
-        &format!("/v1/sync/images/{image}/offer"),
-        &serde_json::json!({ "have": have }),
-        meter,
-    )
-    .await?;
-    let pem = v["manifest_key"]
-        .as_str()
-        .ok_or_else(|| SyncError::Untrusted("no manifest key".to_owned()))?;
+    let have = state.layers.values().map(|l| l.digest.clone()).collect();
+    let v: Offer = json_call(c, image, SyncAction::Offer, &OfferRequest { have }, meter).await?;
+    let pem = v.manifest_key.as_str();
     match &state.manifest_key {
         Some(p) if p != pem => {
             return Err(SyncError::Untrusted(
@@ -212,11 +214,11 @@ async fn offered(
     let key = ed25519_dalek::pkcs8::DecodePublicKey::from_public_key_pem(pem)
         .map_err(|e| SyncError::Untrusted(format!("a bad manifest key: {e}")))?;
     let mut out = Vec::new();
-    for l in v["layers"].as_array().into_iter().flatten() {
+    for l in &v.layers {
         let text = offered_text(l, state)?;
         let s = Signed::verify(&text, &key)
             .map_err(|e| SyncError::Untrusted(format!("a layer manifest that fails: {e}")))?;
-        if s.manifest.image != image || l["digest"].as_str() != Some(s.digest.as_str()) {
+        if s.manifest.image != image || l.digest != s.digest {
             return Err(SyncError::Untrusted(format!(
                 "a manifest for {}/{} under {image}",
                 s.manifest.image, s.manifest.layer
@@ -230,13 +232,16 @@ async fn offered(
 /// One offered layer's signed manifest: as sent, or rebuilt from its delta
 /// against the held version it names. Trusted no more than a manifest sent
 /// whole: the caller verifies it.
-fn offered_text(l: &Value, state: &SyncState) -> Result<String, SyncError> {
-    if let Some(text) = l["manifest"].as_str() {
-        return Ok(text.to_owned());
+fn offered_text(l: &OfferedLayer, state: &SyncState) -> Result<String, SyncError> {
+    if let Some(text) = &l.manifest {
+        return Ok(text.clone());
     }
-    let d = &l["manifest_delta"];
     let untrusted = |what: &str| SyncError::Untrusted(format!("a manifest delta {what}"));
-    let base = match d["base"].as_str() {
+    let d = l
+        .manifest_delta
+        .as_ref()
+        .ok_or_else(|| untrusted("missing (no manifest either)"))?;
+    let base = match d.base.as_deref() {
         None => "",
         Some(digest) => state
             .layers
@@ -245,10 +250,8 @@ fn offered_text(l: &Value, state: &SyncState) -> Result<String, SyncError> {
             .map(|h| h.manifest.as_str())
             .ok_or_else(|| untrusted("against a version this device does not hold"))?,
     };
-    let zstd = d["zstd"]
-        .as_str()
-        .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok())
-        .ok_or_else(|| untrusted("that is not base64"))?;
+    let zstd = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &d.zstd)
+        .map_err(|_| untrusted("that is not base64"))?;
     let text = sync::delta::apply(base.as_bytes(), &zstd, sync::manifest::MAX_MANIFEST)
         .map_err(|e| untrusted(&e.to_string()))?;
     String::from_utf8(text).map_err(|_| untrusted("that is not UTF-8"))
@@ -399,16 +402,19 @@ async fn fetch_batch(
     batch: &[ChunkId],
     meter: &Meter,
 ) -> Result<u64, SyncError> {
-    let body = serde_json::json!({ "ids": batch });
+    let body = serde_json::to_vec(&Ids {
+        ids: batch.to_vec(),
+    })
+    .map_err(local)?;
     let wanted: BTreeSet<ChunkId> = batch.iter().copied().collect();
     let mut frames = sync::wire::FrameBuffer::default();
     let mut fetched = 0;
     let (status, refusal) = c
         .send_streaming(
             hyper::Method::POST,
-            &format!("/v1/sync/images/{image}/chunks"),
+            &paths::sync(image, SyncAction::Chunks),
             "application/json",
-            body.to_string().into_bytes(),
+            body,
             Some(meter),
             &mut |data| {
                 for (id, bytes) in frames
@@ -509,15 +515,21 @@ async fn fetch_deltas(
             let (mut files, mut stored) = (0u64, 0u64);
             for batch in batches.iter().skip(k).step_by(DELTA_LANES) {
                 let batch: &[Job<'_>] = batch;
-                let body = serde_json::json!({"files": batch.iter().map(|j| {
-                    serde_json::json!({"from": j.from, "to": j.to, "missing": j.missing})
-                }).collect::<Vec<_>>()});
+                let asked = batch
+                    .iter()
+                    .map(|j| DeltaFile {
+                        from: j.from.to_vec(),
+                        to: j.to.to_vec(),
+                        missing: j.missing.to_vec(),
+                    })
+                    .collect();
+                let body = serde_json::to_vec(&DeltasRequest { files: asked }).map_err(local)?;
                 let (status, bytes) = c
                     .send(
                         hyper::Method::POST,
-                        &format!("/v1/sync/images/{image}/deltas"),
+                        &paths::sync(image, SyncAction::Deltas),
                         "application/json",
-                        body.to_string().into_bytes(),
+                        body,
                         Some(meter),
                     )
                     .await?;
@@ -786,38 +798,19 @@ pub async fn push(
         if !layer.is_system() {
             report.chunks_sent += upload(c, image, &store, &p.new_chunks, meter).await?;
         }
-        let v = json_call(
-            c,
-            hyper::Method::POST,
-            &format!("/v1/sync/images/{image}/checkin"),
-            &serde_json::json!({"layer": layer, "base_digest": p.base_digest, "entries": entries}),
-            meter,
-        )
-        .await?;
-        report
-            .layers
-            .insert(layer.to_string(), v["version"].as_u64().unwrap_or(0));
-        let conflicts: Vec<Conflict> = v["conflicts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| Conflict {
-                path: c["path"].as_str().unwrap_or("").to_owned(),
-                kept_as: c["kept_as"].as_str().map(str::to_owned),
-                resolution: c["resolution"].as_str().unwrap_or("").to_owned(),
-            })
-            .collect();
-        if !conflicts.is_empty() {
-            report.conflicts.insert(layer.to_string(), conflicts);
+        let checkin = CheckIn {
+            layer: *layer,
+            base_digest: Some(p.base_digest),
+            entries,
+        };
+        let v: CheckedIn = json_call(c, image, SyncAction::Checkin, &checkin, meter).await?;
+        let entries = checkin.entries;
+        report.layers.insert(layer.to_string(), v.version);
+        if !v.conflicts.is_empty() {
+            report.conflicts.insert(layer.to_string(), v.conflicts);
         }
-        let violations: Vec<String> = v["violations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str().map(str::to_owned))
-            .collect();
-        if !violations.is_empty() {
-            report.violations.insert(layer.to_string(), violations);
+        if !v.violations.is_empty() {
+            report.violations.insert(layer.to_string(), v.violations);
         }
         if !layer.is_system() {
             changed_user_layers.push((*layer, entries));
@@ -933,20 +926,8 @@ async fn upload(
 ) -> Result<u64, SyncError> {
     let mut sent = 0;
     for ask in ids.chunks(protocol::limits::MAX_ASK) {
-        let v = json_call(
-            c,
-            hyper::Method::POST,
-            &format!("/v1/sync/images/{image}/missing"),
-            &serde_json::json!({ "ids": ask }),
-            meter,
-        )
-        .await?;
-        let missing: Vec<ChunkId> = v["missing"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m.as_str()?.parse().ok())
-            .collect();
+        let ask = Ids { ids: ask.to_vec() };
+        let Missing { missing } = json_call(c, image, SyncAction::Missing, &ask, meter).await?;
         let mut body = Vec::new();
         for id in missing {
             let bytes = store.get_compressed(id).map_err(local)?;
@@ -972,7 +953,7 @@ async fn send_frames(
     let (status, bytes) = c
         .send(
             hyper::Method::POST,
-            &format!("/v1/sync/images/{image}/upload"),
+            &paths::sync(image, SyncAction::Upload),
             "application/octet-stream",
             body,
             Some(meter),
@@ -1124,6 +1105,15 @@ pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An offered layer from the JSON of its manifest members.
+    fn as_layer(v: &Value) -> OfferedLayer {
+        let mut v = v.clone();
+        v["layer"] = serde_json::json!("user-data");
+        v["version"] = serde_json::json!(1);
+        v["digest"] = serde_json::json!("d");
+        serde_json::from_value(v).unwrap()
+    }
     use base64::Engine as _;
 
     fn b64(d: &[u8]) -> String {
@@ -1194,11 +1184,11 @@ mod tests {
             .unwrap()
             .unwrap();
         let l = serde_json::json!({"manifest_delta": {"base": "d1", "zstd": b64(&delta)}});
-        assert_eq!(offered_text(&l, &state).unwrap(), new);
+        assert_eq!(offered_text(&as_layer(&l), &state).unwrap(), new);
         // Whole, against no base.
         let whole = sync::delta::make(b"", new.as_bytes()).unwrap().unwrap();
         let l = serde_json::json!({"manifest_delta": {"base": null, "zstd": b64(&whole)}});
-        assert_eq!(offered_text(&l, &state).unwrap(), new);
+        assert_eq!(offered_text(&as_layer(&l), &state).unwrap(), new);
         // Against a version not held, garbage, bad base64, or the wrong base:
         // refused, never a manifest made up of the wrong bytes.
         for l in [
@@ -1208,7 +1198,7 @@ mod tests {
             serde_json::json!({"manifest_delta": {"base": null, "zstd": b64(&delta)}}),
             serde_json::json!({}),
         ] {
-            match offered_text(&l, &state) {
+            match offered_text(&as_layer(&l), &state) {
                 Err(SyncError::Untrusted(_)) => {}
                 Ok(t) => assert_ne!(t, new, "{l}"),
                 Err(e) => panic!("{l}: {e}"),

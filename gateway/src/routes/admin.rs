@@ -18,12 +18,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::reply::{internal, ok, parse, refuse, Reply};
 use crate::server::{DeviceIdentity, Role};
+use protocol::admin::{
+    DeviceRow, Devices, PolicyPut, ReferencePut, RevokeRequest, Revoked, Token, TokenRequest,
+};
+use protocol::paths;
 
 /// The setting name the signed reference manifest is stored under.
 pub const REFERENCE_SETTING: &str = "reference";
@@ -58,12 +61,12 @@ pub async fn route(
 ) -> Reply {
     use hyper::Method as M;
     match (method, path) {
-        (&M::GET, "/v1/admin/devices") => devices(state).await,
-        (&M::POST, "/v1/admin/enroll-token") => enroll_token(state, admin, body).await,
-        (&M::POST, "/v1/admin/revoke") => revoke(state, admin, body).await,
-        (&M::GET, "/v1/admin/policy") => Reply::Text(state.policy_text()),
-        (&M::PUT, "/v1/admin/policy") => put_policy(state, admin, body).await,
-        (&M::GET, "/v1/admin/reference") => match state.db.setting(REFERENCE_SETTING).await {
+        (&M::GET, paths::ADMIN_DEVICES) => devices(state).await,
+        (&M::POST, paths::ADMIN_ENROLL_TOKEN) => enroll_token(state, admin, body).await,
+        (&M::POST, paths::ADMIN_REVOKE) => revoke(state, admin, body).await,
+        (&M::GET, paths::ADMIN_POLICY) => Reply::Text(state.policy_text()),
+        (&M::PUT, paths::ADMIN_POLICY) => put_policy(state, admin, body).await,
+        (&M::GET, paths::ADMIN_REFERENCE) => match state.db.setting(REFERENCE_SETTING).await {
             Ok(Some(r)) => Reply::Text(r),
             Ok(None) => refuse(
                 404,
@@ -73,48 +76,37 @@ pub async fn route(
             ),
             Err(e) => internal(&e),
         },
-        (&M::PUT, "/v1/admin/reference") => put_reference(state, admin, body).await,
-        (&M::GET, "/v1/admin/bundle") => crate::routes::agent::get_bundle(state).await,
-        (&M::PUT, "/v1/admin/bundle") => crate::routes::agent::put_bundle(state, admin, body).await,
-        (
-            _,
-            "/v1/admin/devices"
-            | "/v1/admin/enroll-token"
-            | "/v1/admin/revoke"
-            | "/v1/admin/policy"
-            | "/v1/admin/reference"
-            | "/v1/admin/bundle",
-        ) => refuse(
-            405,
-            "method not allowed",
-            "see docs/gateway.md for the admin routes",
-            Value::Null,
-        ),
+        (&M::PUT, paths::ADMIN_REFERENCE) => put_reference(state, admin, body).await,
+        (&M::GET, paths::ADMIN_BUNDLE) => crate::routes::agent::get_bundle(state).await,
+        (&M::PUT, paths::ADMIN_BUNDLE) => {
+            crate::routes::agent::put_bundle(state, admin, body).await
+        }
+        (_, p) if paths::ADMIN_ROUTES.contains(&p) => {
+            crate::routes::not_allowed("see docs/gateway.md for the admin routes")
+        }
         _ => refuse(404, "not found", "no such admin route", Value::Null),
     }
 }
 
 async fn devices(state: &AppState) -> Reply {
     match state.db.devices().await {
-        Ok(list) => ok(json!({"devices": list.iter().map(|d| json!({
-            "device_id": d.device_id,
-            "groups": d.groups,
-            "enrolled_ms": d.enrolled_ms,
-            "revoked_ms": d.revoked_ms,
-        })).collect::<Vec<_>>()})),
+        Ok(list) => ok(Devices {
+            devices: list
+                .into_iter()
+                .map(|d| DeviceRow {
+                    device_id: d.device_id,
+                    groups: d.groups,
+                    enrolled_ms: d.enrolled_ms,
+                    revoked_ms: d.revoked_ms,
+                })
+                .collect(),
+        }),
         Err(e) => internal(&e),
     }
 }
 
 async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> Reply {
-    #[derive(Deserialize)]
-    struct Req {
-        device_id: String,
-        #[serde(default)]
-        groups: Vec<String>,
-        ttl_s: Option<u64>,
-    }
-    let r: Req = match parse(body) {
+    let r: TokenRequest = match parse(body) {
         Ok(r) => r,
         Err(a) => return a,
     };
@@ -138,18 +130,18 @@ async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> Reply {
                     json!({"groups": r.groups, "ttl_s": ttl.as_secs()}),
                 )
                 .await;
-            ok(json!({"token": token, "device_id": r.device_id, "expires_in_s": ttl.as_secs()}))
+            ok(Token {
+                token,
+                device_id: r.device_id,
+                expires_in_s: ttl.as_secs(),
+            })
         }
         Err(e) => internal(&e),
     }
 }
 
 async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> Reply {
-    #[derive(Deserialize)]
-    struct Req {
-        device_id: String,
-    }
-    let r: Req = match parse(body) {
+    let r: RevokeRequest = match parse(body) {
         Ok(r) => r,
         Err(a) => return a,
     };
@@ -158,7 +150,9 @@ async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> Reply {
             state
                 .record("admin", admin, &r.device_id, "revoked", Value::Null)
                 .await;
-            ok(json!({"revoked": r.device_id}))
+            ok(Revoked {
+                revoked: r.device_id,
+            })
         }
         Ok(false) => refuse(
             404,
@@ -192,7 +186,7 @@ async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> Reply {
             json!({"rules": rules, "memberships": memberships}),
         )
         .await;
-    ok(json!({"rules": rules, "memberships": memberships}))
+    ok(PolicyPut { rules, memberships })
 }
 
 async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> Reply {
@@ -238,5 +232,5 @@ async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> Reply {
             json!({"name": name}),
         )
         .await;
-    ok(json!({"reference": name}))
+    ok(ReferencePut { reference: name })
 }

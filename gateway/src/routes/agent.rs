@@ -29,17 +29,19 @@
 //! reads the audit entries from that position to learn which landed. One
 //! delivery at a time (a lock), so two resends cannot both append.
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::reply::{bad, internal, ok, refuse, Reply};
 use crate::state::{Device, SpoolMark};
+use protocol::admin::BundlePut;
+use protocol::agent::{Delivered, Delivery, Spooled};
+use protocol::paths;
 
 /// The setting the relayed bundle is stored under.
 pub const BUNDLE_SETTING: &str = "policy-bundle";
 /// Most entries in one delivery.
-pub const MAX_SPOOL_BATCH: usize = 1000;
+pub use protocol::limits::MAX_SPOOL_BATCH;
 /// Most audit entries read to learn what a crashed append left.
 const MAX_RECOVERY_SCAN: u64 = 1_000_000;
 
@@ -53,10 +55,10 @@ pub async fn route(
 ) -> Reply {
     use hyper::Method as M;
     match (method, path) {
-        (&M::GET, "/v1/agent/bundle") => get_bundle(state).await,
-        (&M::POST, "/v1/agent/spool") => deliver(state, dev, body).await,
-        (_, "/v1/agent/bundle") => refuse(405, "method not allowed", "use GET", Value::Null),
-        (_, "/v1/agent/spool") => refuse(405, "method not allowed", "use POST", Value::Null),
+        (&M::GET, paths::AGENT_BUNDLE) => get_bundle(state).await,
+        (&M::POST, paths::AGENT_SPOOL) => deliver(state, dev, body).await,
+        (_, paths::AGENT_BUNDLE) => crate::routes::not_allowed("use GET"),
+        (_, paths::AGENT_SPOOL) => crate::routes::not_allowed("use POST"),
         _ => refuse(404, "not found", "no such agent route", Value::Null),
     }
 }
@@ -119,26 +121,7 @@ pub async fn put_bundle(state: &AppState, admin: &str, body: &[u8]) -> Reply {
             json!({"version": version}),
         )
         .await;
-    ok(json!({"version": version}))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Delivery {
-    epoch: String,
-    entries: Vec<Spooled>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Spooled {
-    seq: i64,
-    at_ms: i64,
-    kind: String,
-    subject: String,
-    decision: String,
-    #[serde(default)]
-    details: Value,
+    ok(BundlePut { version })
 }
 
 fn valid_word(s: &str, max: usize) -> bool {
@@ -220,7 +203,10 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Reply {
         .filter(|e| e.seq > mark.last_seq)
         .collect();
     let Some(first) = fresh.first() else {
-        return ok(json!({"accepted_through": mark.last_seq, "appended": 0}));
+        return ok(Delivered {
+            accepted_through: mark.last_seq,
+            appended: 0,
+        });
     };
     // Entries the gateway should hold but does not: the device deletes an
     // entry only after the gateway acknowledged it, so this means the
@@ -291,5 +277,8 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Reply {
         // The entries are in; the pending mark lets the next delivery see it.
         return internal(&e);
     }
-    ok(json!({"accepted_through": through, "appended": n}))
+    ok(Delivered {
+        accepted_through: through,
+        appended: n as u64,
+    })
 }

@@ -6,13 +6,13 @@
 
 use attest::evidence::Evidence;
 use attest::tpm2::PublicKey;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::pki::DeviceCertRequest;
 use crate::reply::{bad, internal, ok, parse, refuse, Reply};
 use crate::state::Device;
+use protocol::attest::{AttestRequest, Attested, Nonce, NonceRequest};
 
 /// Most outstanding nonces remembered per gateway (oldest forgotten first by
 /// the window; this map is cleared when it grows past this).
@@ -35,11 +35,7 @@ impl AppState {
 
     /// `POST /v1/attest/nonce`: a nonce, and what to quote.
     pub async fn nonce(&self, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        struct Req {
-            device_id: String,
-        }
-        let r: Req = match parse(body) {
+        let r: NonceRequest = match parse(body) {
             Ok(r) => r,
             Err(a) => return a,
         };
@@ -71,18 +67,16 @@ impl AppState {
             owners.insert(n, r.device_id.clone());
         }
         let pcrs: Vec<u32> = reference.pcrs.keys().copied().collect();
-        ok(json!({"nonce": hex::encode(n), "pcrs": pcrs, "banks": ["sha256"]}))
+        ok(Nonce {
+            nonce: hex::encode(n),
+            pcrs,
+            banks: vec!["sha256".to_owned()],
+        })
     }
 
     /// `POST /v1/attest`: verify, then issue a device certificate.
     pub async fn attest(&self, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        struct Req {
-            device_id: String,
-            evidence: Value,
-            csr: String,
-        }
-        let r: Req = match parse(body) {
+        let r: AttestRequest = match parse(body) {
             Ok(r) => r,
             Err(a) => return a,
         };
@@ -159,10 +153,10 @@ impl AppState {
             Err(e) => return internal(&e),
         };
         self.record("attestation", &r.device_id, &reference.name, "trusted", json!({"attestation": attestation_id, "certificate_lifetime_s": self.cert_lifetime.as_secs()})).await;
-        ok(json!({
-            "certificate": cert,
-            "attestation": attestation_id,
-            "expires_in_s": self.cert_lifetime.as_secs(),
-        }))
+        ok(Attested {
+            certificate: cert,
+            attestation: attestation_id,
+            expires_in_s: self.cert_lifetime.as_secs(),
+        })
     }
 }

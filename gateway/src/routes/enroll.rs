@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use attest::tpm2::{AkPublic, PublicKey};
 use base64::Engine as _;
 use rand_core::RngCore as _;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::reply::{bad, internal, ok, parse, refuse, Reply};
 use crate::state::{Challenge, Device};
+use protocol::enroll as wire;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -27,15 +27,7 @@ fn b64(s: &str, what: &str) -> Result<Vec<u8>, Reply> {
 impl AppState {
     /// `POST /v1/enroll`.
     pub async fn enroll(&self, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        struct Req {
-            device_id: String,
-            token: String,
-            ek_cert: String,
-            ak_pem: String,
-            ak_public: String,
-        }
-        let r: Req = match parse(body) {
+        let r: wire::EnrollRequest = match parse(body) {
             Ok(r) => r,
             Err(a) => return a,
         };
@@ -113,21 +105,16 @@ impl AppState {
             secret,
             expires: Instant::now() + Duration::from_secs(300),
         });
-        ok(json!({
-            "challenge": challenge,
-            "id_object": B64.encode(&made.id_object),
-            "encrypted_secret": B64.encode(&made.encrypted_secret),
-        }))
+        ok(wire::Challenge {
+            challenge,
+            id_object: B64.encode(&made.id_object),
+            encrypted_secret: B64.encode(&made.encrypted_secret),
+        })
     }
 
     /// `POST /v1/enroll/finish`.
     pub async fn enroll_finish(&self, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        struct Req {
-            challenge: String,
-            secret: String,
-        }
-        let r: Req = match parse(body) {
+        let r: wire::FinishRequest = match parse(body) {
             Ok(r) => r,
             Err(a) => return a,
         };
@@ -170,7 +157,10 @@ impl AppState {
                     json!({"groups": c.device.groups}),
                 )
                 .await;
-                ok(json!({"device_id": id, "groups": c.device.groups}))
+                ok(wire::Enrolled {
+                    device_id: id,
+                    groups: c.device.groups,
+                })
             }
             Ok(false) => refuse(
                 403,

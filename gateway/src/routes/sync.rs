@@ -18,9 +18,8 @@
 use std::collections::HashSet;
 
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use sync::manifest::{Layer, LayerManifest, Signed, FORMAT};
+use sync::manifest::{LayerManifest, Signed, FORMAT};
 use sync::ChunkId;
 
 use crate::app::AppState;
@@ -40,11 +39,12 @@ impl Allowed {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Ids {
-    ids: Vec<ChunkId>,
-}
+use hyper::Method;
+use protocol::paths::SyncAction;
+use protocol::sync::{
+    CheckedIn, DeltasRequest, Ids, ManifestDelta, Missing, Offer, OfferRequest, OfferedLayer,
+    Uploaded,
+};
 
 impl AppState {
     /// Serve a `/v1/sync/images/...` route for `device`.
@@ -55,10 +55,8 @@ impl AppState {
         rest: &str,
         body: &[u8],
     ) -> Reply {
-        let (image, action) = match rest.split_once('/') {
-            Some((i, a)) => (i, a),
-            None => (rest, ""),
-        };
+        let (image, action) = protocol::paths::parse_sync(rest);
+        let segment = action.map_or("?", SyncAction::segment);
         if crate::images::check_image_name(image).is_err() {
             return refuse(404, "unknown image", "no such image", Value::Null);
         }
@@ -68,7 +66,7 @@ impl AppState {
                 &device.device_id,
                 image,
                 "deny",
-                json!({"reason": "not subscribed", "action": action}),
+                json!({"reason": "not subscribed", "action": segment}),
             )
             .await;
             return refuse(
@@ -78,22 +76,25 @@ impl AppState {
                 Value::Null,
             );
         }
-        use hyper::Method as M;
-        match (method, action) {
-            (&M::GET, "") => self.sync_image(device, image).await,
-            (&M::POST, "offer") => self.sync_offer(device, image, body).await,
-            (&M::POST, "chunks") => self.sync_chunks(device, image, body).await,
-            (&M::POST, "missing") => self.sync_missing(body),
-            (&M::POST, "deltas") => self.sync_deltas(device, image, body).await,
-            (&M::POST, "upload") => self.sync_upload(body),
-            (&M::POST, "checkin") => self.sync_checkin(device, image, body).await,
-            (_, "" | "offer" | "chunks" | "deltas" | "missing" | "upload" | "checkin") => refuse(
-                405,
-                "method not allowed",
-                "see docs/sync.md for the sync routes",
-                Value::Null,
-            ),
-            _ => refuse(404, "not found", "no such sync route", Value::Null),
+        let Some(action) = action else {
+            return refuse(404, "not found", "no such sync route", Value::Null);
+        };
+        let expected = if action.is_get() {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        if method != expected {
+            return crate::routes::not_allowed("see docs/sync.md for the sync routes");
+        }
+        match action {
+            SyncAction::Image => self.sync_image(device, image).await,
+            SyncAction::Offer => self.sync_offer(device, image, body).await,
+            SyncAction::Chunks => self.sync_chunks(device, image, body).await,
+            SyncAction::Missing => self.sync_missing(body),
+            SyncAction::Deltas => self.sync_deltas(device, image, body).await,
+            SyncAction::Upload => self.sync_upload(body),
+            SyncAction::Checkin => self.sync_checkin(device, image, body).await,
         }
     }
 
@@ -130,17 +131,15 @@ impl AppState {
     /// but each manifest as a zstd delta against the version of that layer
     /// the device says it holds (or compressed whole when it holds none).
     async fn sync_offer(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Have {
-            have: Vec<String>,
-        }
-        let have: Have = match serde_json::from_slice(body) {
+        let have: OfferRequest = match serde_json::from_slice(body) {
             Ok(h) => h,
             Err(e) => return bad(format!("expected {{\"have\": [digest, ...]}}: {e}")),
         };
-        if have.have.len() > Layer::ALL.len() * 4 {
-            return bad("at most 20 digests");
+        if have.have.len() > protocol::limits::MAX_OFFER_DIGESTS {
+            return bad(format!(
+                "at most {} digests",
+                protocol::limits::MAX_OFFER_DIGESTS
+            ));
         }
         self.offer(device, image, have.have, true).await
     }
@@ -190,27 +189,8 @@ impl AppState {
         let work = tokio::task::spawn_blocking(move || {
             layers
                 .iter()
-                .map(|l| {
-                    let mut v = json!({"layer": l.layer, "version": l.version, "digest": l.digest});
-                    if !as_deltas {
-                        v["manifest"] = json!(l.signed);
-                        return Ok(v);
-                    }
-                    let base = bases.iter().find(|b| b.layer == l.layer);
-                    let base_text = base.map_or("", |b| b.signed.as_str());
-                    let delta = sync::delta::make(base_text.as_bytes(), l.signed.as_bytes())?;
-                    match delta {
-                        Some(d) => {
-                            v["manifest_delta"] = json!({
-                                "base": base.map(|b| b.digest.clone()),
-                                "zstd": base64::engine::general_purpose::STANDARD.encode(d),
-                            });
-                        }
-                        None => v["manifest"] = json!(l.signed),
-                    }
-                    Ok(v)
-                })
-                .collect::<std::io::Result<Vec<Value>>>()
+                .map(|l| offered(l, as_deltas.then_some(bases.as_slice())))
+                .collect::<std::io::Result<Vec<OfferedLayer>>>()
         })
         .await;
         let layers = match work {
@@ -218,7 +198,11 @@ impl AppState {
             Ok(Err(e)) => return internal(&e),
             Err(e) => return internal(&e),
         };
-        ok(json!({"image": image, "manifest_key": pem, "layers": layers}))
+        ok(Offer {
+            image: image.to_owned(),
+            manifest_key: pem,
+            layers,
+        })
     }
 
     async fn sync_chunks(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
@@ -275,19 +259,7 @@ impl AppState {
     }
 
     async fn sync_deltas(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            from: Vec<ChunkId>,
-            to: Vec<ChunkId>,
-            missing: Vec<ChunkId>,
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Req {
-            files: Vec<File>,
-        }
-        let r: Req = match serde_json::from_slice(body) {
+        let r: DeltasRequest = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => return bad(format!("expected {{\"files\": [...]}}: {e}")),
         };
@@ -376,13 +348,12 @@ impl AppState {
         if ids.ids.len() > MAX_ASK {
             return bad(format!("at most {MAX_ASK} ids per request"));
         }
-        let missing: Vec<String> = ids
+        let missing = ids
             .ids
-            .iter()
-            .filter(|id| !self.images.chunks.has(**id))
-            .map(ToString::to_string)
+            .into_iter()
+            .filter(|id| !self.images.chunks.has(*id))
             .collect();
-        ok(json!({ "missing": missing }))
+        ok(Missing { missing })
     }
 
     fn sync_upload(&self, body: &[u8]) -> Reply {
@@ -404,7 +375,7 @@ impl AppState {
         if let Err(e) = self.images.chunks.sync() {
             return internal(&e);
         }
-        ok(json!({"stored": stored, "known": known}))
+        ok(Uploaded { stored, known })
     }
 
     async fn sync_checkin(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
@@ -422,6 +393,35 @@ impl AppState {
         )
         .await
     }
+}
+
+/// One layer as offered: its manifest whole, or (with `bases`, the
+/// versions the device holds) as a zstd delta against the held version of
+/// that layer, or compressed whole when it holds none.
+fn offered(l: &StoredLayer, bases: Option<&[StoredLayer]>) -> std::io::Result<OfferedLayer> {
+    let mut v = OfferedLayer {
+        layer: l.layer,
+        version: l.version,
+        digest: l.digest.clone(),
+        manifest: None,
+        manifest_delta: None,
+    };
+    let Some(bases) = bases else {
+        v.manifest = Some(l.signed.clone());
+        return Ok(v);
+    };
+    let base = bases.iter().find(|b| b.layer == l.layer);
+    let base_text = base.map_or("", |b| b.signed.as_str());
+    match sync::delta::make(base_text.as_bytes(), l.signed.as_bytes())? {
+        Some(d) => {
+            v.manifest_delta = Some(ManifestDelta {
+                base: base.map(|b| b.digest.clone()),
+                zstd: base64::engine::general_purpose::STANDARD.encode(d),
+            })
+        }
+        None => v.manifest = Some(l.signed.clone()),
+    }
+    Ok(v)
 }
 
 pub use protocol::sync::CheckIn;
@@ -602,12 +602,12 @@ pub async fn checkin(
             json!({"version": version, "from_client": merged.from_client.len(), "conflicts": merged.conflicts.len(), "violations": merged.violations.len()}),
         )
         .await;
-    ok(json!({
-        "layer": r.layer,
-        "version": version,
-        "digest": digest,
-        "conflicts": merged.conflicts,
-        "violations": merged.violations,
-        "from_client": merged.from_client,
-    }))
+    ok(CheckedIn {
+        layer: r.layer,
+        version,
+        digest,
+        conflicts: merged.conflicts,
+        violations: merged.violations,
+        from_client: merged.from_client,
+    })
 }
