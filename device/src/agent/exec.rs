@@ -130,6 +130,33 @@ pub enum StartError {
     },
 }
 
+/// The decision word of a deny: enforced, or only reported (monitor mode).
+fn denial(enforce: bool) -> &'static str {
+    if enforce {
+        "deny"
+    } else {
+        "deny-monitored"
+    }
+}
+
+/// A decision as reported to the service loop.
+fn report(
+    path: String,
+    sha256: String,
+    pid: i32,
+    decision: &'static str,
+    why: String,
+) -> ExecReport {
+    ExecReport {
+        at_ms: audit::batch::now_ms(),
+        path,
+        sha256,
+        pid,
+        decision,
+        why,
+    }
+}
+
 /// The fanotify group and the cache.
 pub(crate) struct Enforcer {
     fan: Arc<Fanotify>,
@@ -302,45 +329,15 @@ impl Enforcer {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        let hashed = match &st {
-            Ok(s) => {
-                let stamp = Stamp {
-                    ctime: (s.st_ctime, s.st_ctime_nsec as i64),
-                    mtime: (s.st_mtime, s.st_mtime_nsec as i64),
-                    size: s.st_size,
-                };
-                let key = (s.st_dev, s.st_ino);
-                match self.cache.get(&key) {
-                    Some((cached, hash)) if *cached == stamp => {
-                        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                        Ok((hash.clone(), true))
-                    }
-                    _ => hash_fd(fd, &mut self.buf).map(|h| {
-                        self.cache.insert(key, (stamp, h.clone()));
-                        (h, false)
-                    }),
-                }
-            }
-            Err(e) => Err(std::io::Error::from(*e)),
-        };
+        let hashed = self.hash_cached(&st, fd);
         let enforce = active.mode == Mode::Lockdown;
         let (hash, hit) = match hashed {
             Ok(h) => h,
             Err(e) => {
-                let decision = if enforce { "deny" } else { "deny-monitored" };
                 self.count(enforce);
-                return (
-                    !enforce,
-                    Some(ExecReport {
-                        at_ms: audit::batch::now_ms(),
-                        path: path(),
-                        sha256: String::new(),
-                        pid,
-                        decision,
-                        why: format!("the program could not be read: {e}"),
-                    }),
-                    false,
-                );
+                let why = format!("the program could not be read: {e}");
+                let rep = report(path(), String::new(), pid, denial(enforce), why);
+                return (!enforce, Some(rep), false);
             }
         };
         let need_path = active.policy.has_app_path_rules();
@@ -365,29 +362,37 @@ impl Enforcer {
                     .as_ref()
                     .is_ok_and(|s| s.st_uid == 0 && s.st_mode & 0o022 == 0)
                 && local_file_system(fd);
-            let rep = (!hit).then(|| ExecReport {
-                at_ms: audit::batch::now_ms(),
-                path: path(),
-                sha256: hash,
-                pid,
-                decision: "allow",
-                why: why(),
-            });
+            let rep = (!hit).then(|| report(path(), hash, pid, "allow", why()));
             return (true, rep, kernel);
         }
         self.count(enforce);
-        (
-            !enforce,
-            Some(ExecReport {
-                at_ms: audit::batch::now_ms(),
-                path: path(),
-                sha256: hash,
-                pid,
-                decision: if enforce { "deny" } else { "deny-monitored" },
-                why: why(),
-            }),
-            false,
-        )
+        let rep = report(path(), hash, pid, denial(enforce), why());
+        (!enforce, Some(rep), false)
+    }
+
+    /// The file's SHA-256 (hex), from the cache while its inode, size and
+    /// times are unchanged; and whether it came from the cache.
+    fn hash_cached(
+        &mut self,
+        st: &rustix::io::Result<rustix::fs::Stat>,
+        fd: BorrowedFd<'_>,
+    ) -> std::io::Result<(String, bool)> {
+        let s = st.as_ref().map_err(|e| std::io::Error::from(*e))?;
+        let stamp = Stamp {
+            ctime: (s.st_ctime, s.st_ctime_nsec as i64),
+            mtime: (s.st_mtime, s.st_mtime_nsec as i64),
+            size: s.st_size,
+        };
+        let key = (s.st_dev, s.st_ino);
+        if let Some((cached, hash)) = self.cache.get(&key) {
+            if *cached == stamp {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((hash.clone(), true));
+            }
+        }
+        let h = hash_fd(fd, &mut self.buf)?;
+        self.cache.insert(key, (stamp, h.clone()));
+        Ok((h, false))
     }
 
     /// Let the kernel allow this file's execs without asking, until the

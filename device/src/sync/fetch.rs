@@ -211,10 +211,9 @@ pub(super) async fn fetch_batch(
     Ok(fetched)
 }
 
-/// For files changed between `old` and `new` whose old chunks the store
-/// holds, ask the gateway for a delta or the missing chunks, whichever it
-/// finds smaller. Rebuilt files are re-chunked and must give exactly the
-/// manifest's chunk ids. Returns (files rebuilt from deltas, chunks stored).
+/// Fetch the changed files of a layer as deltas against the version held
+/// (`old`), two requests in flight: the gateway makes the deltas of one
+/// while this side applies the other's. (files rebuilt, chunks stored).
 pub(super) async fn fetch_deltas(
     c: &GatewayClient,
     image: &str,
@@ -223,6 +222,36 @@ pub(super) async fn fetch_deltas(
     new: &[Entry],
     meter: &Meter,
 ) -> Result<(u64, u64), SyncError> {
+    let jobs = delta_jobs(store, old, new);
+    let batches: Vec<&[Job<'_>]> = jobs.chunks(protocol::limits::MAX_DELTA_FILES).collect();
+    let lane = |k: usize| {
+        let batches = &batches;
+        async move {
+            let mut done = (0u64, 0u64);
+            for batch in batches.iter().skip(k).step_by(DELTA_LANES) {
+                let (files, stored) = delta_batch(c, image, store, batch, meter).await?;
+                done = (done.0 + files, done.1 + stored);
+            }
+            Ok::<(u64, u64), SyncError>(done)
+        }
+    };
+    let (a, b) = tokio::join!(lane(0), lane(1));
+    let (a, b) = (a?, b?);
+    Ok((a.0 + b.0, a.1 + b.1))
+}
+
+/// One file to fetch as a delta: the chunks held and wanted, those missing.
+struct Job<'a> {
+    from: &'a [ChunkId],
+    to: &'a [ChunkId],
+    missing: Vec<ChunkId>,
+    size: u64,
+}
+
+/// The files of `new` worth a delta: changed, with some chunks missing, the
+/// old version whole in the store, within the size limits, and each
+/// content once (hard links and copies are rebuilt by one delta).
+fn delta_jobs<'a>(store: &ChunkStore, old: &'a [Entry], new: &'a [Entry]) -> Vec<Job<'a>> {
     let before: BTreeMap<&str, &Vec<ChunkId>> = old
         .iter()
         .filter_map(|e| match &e.kind {
@@ -230,16 +259,9 @@ pub(super) async fn fetch_deltas(
             _ => None,
         })
         .collect();
-    struct Job<'a> {
-        from: &'a [ChunkId],
-        to: &'a [ChunkId],
-        missing: Vec<ChunkId>,
-        size: u64,
-    }
-    let mut jobs: Vec<Job<'_>> = Vec::new();
-    // Files with the same content (hard links, copies) need one delta: the
-    // chunks it rebuilds serve them all.
-    let mut wanted: std::collections::HashSet<&[ChunkId]> = std::collections::HashSet::new();
+    let too_big = |ids: &[ChunkId]| ids.len() > protocol::limits::MAX_DELTA_CHUNKS;
+    let mut wanted: HashSet<&[ChunkId]> = HashSet::new();
+    let mut jobs = Vec::new();
     for e in new {
         let Kind::File { chunks, size } = &e.kind else {
             continue;
@@ -254,8 +276,8 @@ pub(super) async fn fetch_deltas(
             .collect();
         if missing.is_empty()
             || from.is_empty()
-            || from.len() > protocol::limits::MAX_DELTA_CHUNKS
-            || chunks.len() > protocol::limits::MAX_DELTA_CHUNKS
+            || too_big(from)
+            || too_big(chunks)
             || !from.iter().all(|id| store.has(*id))
             || !wanted.insert(chunks.as_slice())
         {
@@ -268,100 +290,114 @@ pub(super) async fn fetch_deltas(
             size: *size,
         });
     }
-    // Two requests at once: the gateway makes the deltas of one while this
-    // side applies the other's.
-    let batches: Vec<&[Job<'_>]> = jobs.chunks(protocol::limits::MAX_DELTA_FILES).collect();
-    let lane = |k: usize| {
-        let batches = &batches;
-        async move {
-            let (mut files, mut stored) = (0u64, 0u64);
-            for batch in batches.iter().skip(k).step_by(DELTA_LANES) {
-                let batch: &[Job<'_>] = batch;
-                let asked = batch
-                    .iter()
-                    .map(|j| DeltaFile {
-                        from: j.from.to_vec(),
-                        to: j.to.to_vec(),
-                        missing: j.missing.to_vec(),
-                    })
-                    .collect();
-                let body = serde_json::to_vec(&DeltasRequest { files: asked }).map_err(local)?;
-                let (status, bytes) = c
-                    .send(
-                        hyper::Method::POST,
-                        &paths::sync(image, SyncAction::Deltas),
-                        "application/json",
-                        body,
-                        Some(meter),
-                    )
-                    .await?;
-                if status != 200 {
-                    return Err(refused(status, &bytes));
-                }
-                let records = sync::wire::read_records(&bytes)
-                    .map_err(|e| SyncError::Untrusted(e.to_string()))?;
-                for r in records {
-                    match r {
-                        sync::wire::Record::Chunk {
-                            file,
-                            id,
-                            compressed,
-                        } => {
-                            let wanted = batch
-                                .get(file as usize)
-                                .is_some_and(|j| j.missing.contains(&id));
-                            if !wanted {
-                                return Err(SyncError::Untrusted(format!(
-                                    "chunk {id}, which was not asked for"
-                                )));
-                            }
-                            store
-                                .put_compressed(id, &compressed)
-                                .map_err(|e| SyncError::Untrusted(e.to_string()))?;
-                            stored += 1;
-                        }
-                        sync::wire::Record::Delta { file, delta } => {
-                            let Some(Job { from, to, size, .. }) = batch.get(file as usize) else {
-                                return Err(SyncError::Untrusted("a delta for no file".to_owned()));
-                            };
-                            let mut old_bytes = Vec::new();
-                            for id in from.iter() {
-                                old_bytes.extend(store.get(*id).map_err(local)?);
-                            }
-                            let max = usize::try_from(*size).unwrap_or(usize::MAX);
-                            let new_bytes = sync::delta::apply(&old_bytes, &delta, max)
-                                .map_err(|e| SyncError::Untrusted(e.to_string()))?;
-                            // Re-chunk and check every id before storing any.
-                            let mut pieces = Vec::new();
-                            sync::chunk::chunk_slice(&new_bytes, |id, data| {
-                                pieces.push((id, data.to_vec()));
-                                Ok(())
-                            })
-                            .map_err(local)?;
-                            let ids: Vec<ChunkId> = pieces.iter().map(|(id, _)| *id).collect();
-                            if ids != *to || new_bytes.len() as u64 != *size {
-                                return Err(SyncError::Untrusted(
-                                    "a delta that does not rebuild the file the manifest names"
-                                        .to_owned(),
-                                ));
-                            }
-                            for (id, data) in pieces {
-                                if store.put(id, &data).map_err(local)? {
-                                    stored += 1;
-                                }
-                            }
-                            files += 1;
-                        }
-                    }
-                }
-                store.sync().map_err(local)?;
+    jobs
+}
+
+/// Ask for one batch of deltas and apply the answer; the store is synced
+/// after. (files rebuilt, chunks stored).
+async fn delta_batch(
+    c: &GatewayClient,
+    image: &str,
+    store: &ChunkStore,
+    batch: &[Job<'_>],
+    meter: &Meter,
+) -> Result<(u64, u64), SyncError> {
+    let asked = batch
+        .iter()
+        .map(|j| DeltaFile {
+            from: j.from.to_vec(),
+            to: j.to.to_vec(),
+            missing: j.missing.clone(),
+        })
+        .collect();
+    let body = serde_json::to_vec(&DeltasRequest { files: asked }).map_err(local)?;
+    let (status, bytes) = c
+        .send(
+            hyper::Method::POST,
+            &paths::sync(image, SyncAction::Deltas),
+            "application/json",
+            body,
+            Some(meter),
+        )
+        .await?;
+    if status != 200 {
+        return Err(refused(status, &bytes));
+    }
+    let records =
+        sync::wire::read_records(&bytes).map_err(|e| SyncError::Untrusted(e.to_string()))?;
+    let (mut files, mut stored) = (0u64, 0u64);
+    for r in records {
+        match r {
+            sync::wire::Record::Chunk {
+                file,
+                id,
+                compressed,
+            } => stored += take_chunk(store, batch, file, id, &compressed)?,
+            sync::wire::Record::Delta { file, delta } => {
+                let job = batch
+                    .get(file as usize)
+                    .ok_or_else(|| SyncError::Untrusted("a delta for no file".to_owned()))?;
+                stored += apply_delta(store, job, &delta)?;
+                files += 1;
             }
-            Ok::<(u64, u64), SyncError>((files, stored))
         }
-    };
-    let (a, b) = tokio::join!(lane(0), lane(1));
-    let (a, b) = (a?, b?);
-    Ok((a.0 + b.0, a.1 + b.1))
+    }
+    store.sync().map_err(local)?;
+    Ok((files, stored))
+}
+
+/// Store a chunk sent for `file` of the batch, if it was asked for.
+fn take_chunk(
+    store: &ChunkStore,
+    batch: &[Job<'_>],
+    file: u32,
+    id: ChunkId,
+    compressed: &[u8],
+) -> Result<u64, SyncError> {
+    let wanted = batch
+        .get(file as usize)
+        .is_some_and(|j| j.missing.contains(&id));
+    if !wanted {
+        return Err(SyncError::Untrusted(format!(
+            "chunk {id}, which was not asked for"
+        )));
+    }
+    store
+        .put_compressed(id, compressed)
+        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+    Ok(1)
+}
+
+/// Rebuild `job`'s new file from the old one and `delta`, re-chunk it and
+/// check every id and the size against the manifest before storing any
+/// chunk. The chunks stored.
+fn apply_delta(store: &ChunkStore, job: &Job<'_>, delta: &[u8]) -> Result<u64, SyncError> {
+    let mut old_bytes = Vec::new();
+    for id in job.from {
+        old_bytes.extend(store.get(*id).map_err(local)?);
+    }
+    let max = usize::try_from(job.size).unwrap_or(usize::MAX);
+    let new_bytes = sync::delta::apply(&old_bytes, delta, max)
+        .map_err(|e| SyncError::Untrusted(e.to_string()))?;
+    let mut pieces = Vec::new();
+    sync::chunk::chunk_slice(&new_bytes, |id, data| {
+        pieces.push((id, data.to_vec()));
+        Ok(())
+    })
+    .map_err(local)?;
+    let ids: Vec<ChunkId> = pieces.iter().map(|(id, _)| *id).collect();
+    if ids != job.to || new_bytes.len() as u64 != job.size {
+        return Err(SyncError::Untrusted(
+            "a delta that does not rebuild the file the manifest names".to_owned(),
+        ));
+    }
+    let mut stored = 0;
+    for (id, data) in pieces {
+        if store.put(id, &data).map_err(local)? {
+            stored += 1;
+        }
+    }
+    Ok(stored)
 }
 
 #[cfg(test)]

@@ -71,6 +71,12 @@ pub(super) async fn pull_layers(
     let path = state_path(cdir, image);
     let mut state = SyncState::load(&path)?;
     let offered = offered(c, image, &mut state, meter).await?;
+    let puller = Puller {
+        c,
+        image,
+        store: &store,
+        meter,
+    };
     let mut stats = PullStats::default();
     for s in offered {
         let layer = s.manifest.layer;
@@ -78,105 +84,16 @@ pub(super) async fn pull_layers(
             continue;
         }
         let dir = root.join(layer.as_str());
-        let old: Vec<Entry> = match state.layers.get(&layer) {
-            Some(_) if dir.exists() => {
-                // What is there now (a system layer may have been changed
-                // locally: the pull restores it).
-                sync::tree::scan_into(&dir, None, &mut |_| {})
-                    .map_err(local)?
-                    .0
-            }
-            _ => Vec::new(),
-        };
-        let unchanged = state
-            .layers
-            .get(&layer)
-            .is_some_and(|l| l.digest == s.digest)
-            && old == s.manifest.entries
-            && dir.exists();
-        if unchanged {
-            continue;
-        }
-        let sent = checked_in.iter().find(|(l, _)| *l == layer).map(|(_, e)| e);
-        if let Some(sent) = sent {
-            if *sent != old {
+        let old = tree_now(&state, layer, &dir)?;
+        match plan(&state, image, &s, &dir, &old, checked_in)? {
+            Plan::UpToDate => continue,
+            Plan::Keep => {
                 stats.layers_kept.push(layer.to_string());
                 continue;
             }
-        } else if !layer.is_system() && dir.exists() {
-            if let Some(prev) = state.layers.get(&layer) {
-                let key = pinned_key(&state, image)?;
-                let held = Signed::verify(&prev.manifest, &key).map_err(local)?;
-                if held.manifest.entries != old {
-                    stats.layers_kept.push(layer.to_string());
-                    continue;
-                }
-            }
+            Plan::Apply => {}
         }
-        // Changed files first as deltas against the version we have, then
-        // whatever is still missing as chunks.
-        if let Some(prev) = state.layers.get(&layer) {
-            let key = pinned_key(&state, image)?;
-            if let Ok(prev) = Signed::verify(&prev.manifest, &key) {
-                let (files, chunks) = fetch_deltas(
-                    c,
-                    image,
-                    &store,
-                    &prev.manifest.entries,
-                    &s.manifest.entries,
-                    meter,
-                )
-                .await?;
-                stats.delta_files += files;
-                stats.chunks_fetched += chunks;
-            }
-        }
-        // The tree is written while its chunks arrive: each file as soon
-        // as its last chunk has landed. What is unchanged in the tree now
-        // is linked, not written again.
-        let started = std::time::Instant::now();
-        let missing = missing_in_order(&s.manifest.entries, &store);
-        let arrivals = Arc::new(Arrivals::new(&missing));
-        let write = {
-            let (entries, store, dir, old) = (
-                s.manifest.entries.clone(),
-                store.clone(),
-                dir.clone(),
-                old.clone(),
-            );
-            let arrivals = arrivals.clone();
-            tokio::task::spawn_blocking(move || {
-                let written =
-                    sync::tree::materialize_arriving(&entries, &store, &dir, &old, &|e| {
-                        arrivals.wait(e)
-                    });
-                if let Err(e) = &written {
-                    arrivals.fail(e.to_string());
-                }
-                written
-            })
-        };
-        let fetched = fetch(c, image, &store, &missing, &arrivals, meter).await;
-        if let Err(e) = &fetched {
-            arrivals.fail(e.to_string());
-        }
-        let fetch_ms = started.elapsed().as_millis();
-        let written = write
-            .await
-            .map_err(|e| local(format!("the layer writer stopped: {e}")))?;
-        // A fetch error explains a write that stopped for want of chunks.
-        let fetched = fetched?;
-        written.map_err(local)?;
-        stats.chunks_fetched += fetched;
-        tracing::debug!(
-            %layer,
-            fetched,
-            fetch_ms,
-            total_ms = started.elapsed().as_millis(),
-            "layer fetched and written"
-        );
-        stats.files_changed += files_changed(&old, &s.manifest.entries);
-        stats.layers_applied.push(layer.to_string());
+        puller.apply(&state, &s, &dir, &old, &mut stats).await?;
         state.layers.insert(
             layer,
             LayerState {
@@ -192,4 +109,151 @@ pub(super) async fn pull_layers(
     stats.bytes_sent = meter.bytes_sent();
     stats.seconds = (meter.seconds() * 1000.0).round() / 1000.0;
     Ok(stats)
+}
+
+/// What a pull does with one offered layer.
+enum Plan {
+    /// The tree already is the offered version.
+    UpToDate,
+    /// The tree holds changes not pushed yet: left as it is.
+    Keep,
+    /// Bring the tree to the offered version.
+    Apply,
+}
+
+/// What is in the layer's directory now, if the device had a version of it
+/// (a system layer may have been changed locally: the pull restores it).
+fn tree_now(state: &SyncState, layer: Layer, dir: &Path) -> Result<Vec<Entry>, SyncError> {
+    match state.layers.get(&layer) {
+        Some(_) if dir.exists() => Ok(sync::tree::scan_into(dir, None, &mut |_| {})
+            .map_err(local)?
+            .0),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Whether to apply the offered version `s` over the tree `old`.
+fn plan(
+    state: &SyncState,
+    image: &str,
+    s: &Signed,
+    dir: &Path,
+    old: &[Entry],
+    checked_in: &[(Layer, Vec<Entry>)],
+) -> Result<Plan, SyncError> {
+    let layer = s.manifest.layer;
+    let held = state.layers.get(&layer);
+    if held.is_some_and(|l| l.digest == s.digest) && old == s.manifest.entries && dir.exists() {
+        return Ok(Plan::UpToDate);
+    }
+    if let Some((_, sent)) = checked_in.iter().find(|(l, _)| *l == layer) {
+        return Ok(if sent == old { Plan::Apply } else { Plan::Keep });
+    }
+    if layer.is_system() || !dir.exists() {
+        return Ok(Plan::Apply);
+    }
+    let Some(prev) = held else {
+        return Ok(Plan::Apply);
+    };
+    let key = pinned_key(state, image)?;
+    let held = Signed::verify(&prev.manifest, &key).map_err(local)?;
+    Ok(if held.manifest.entries == old {
+        Plan::Apply
+    } else {
+        Plan::Keep
+    })
+}
+
+/// The parts of a pull every layer uses.
+struct Puller<'a> {
+    c: &'a GatewayClient,
+    image: &'a str,
+    store: &'a ChunkStore,
+    meter: &'a Meter,
+}
+
+impl Puller<'_> {
+    /// Bring `dir` from `old` to the offered version `s`: changed files
+    /// first as deltas against the version held, then whatever is still
+    /// missing as chunks, while the tree is written behind them.
+    async fn apply(
+        &self,
+        state: &SyncState,
+        s: &Signed,
+        dir: &Path,
+        old: &[Entry],
+        stats: &mut PullStats,
+    ) -> Result<(), SyncError> {
+        if let Some(prev) = state.layers.get(&s.manifest.layer) {
+            let key = pinned_key(state, self.image)?;
+            if let Ok(prev) = Signed::verify(&prev.manifest, &key) {
+                let (files, chunks) = fetch_deltas(
+                    self.c,
+                    self.image,
+                    self.store,
+                    &prev.manifest.entries,
+                    &s.manifest.entries,
+                    self.meter,
+                )
+                .await?;
+                stats.delta_files += files;
+                stats.chunks_fetched += chunks;
+            }
+        }
+        stats.chunks_fetched += self.write_while_fetching(s, dir, old).await?;
+        stats.files_changed += files_changed(old, &s.manifest.entries);
+        stats.layers_applied.push(s.manifest.layer.to_string());
+        Ok(())
+    }
+
+    /// Write the tree while its chunks arrive: each file as soon as its
+    /// last chunk has landed; what is unchanged in the tree now is linked,
+    /// not written again. The chunks fetched.
+    async fn write_while_fetching(
+        &self,
+        s: &Signed,
+        dir: &Path,
+        old: &[Entry],
+    ) -> Result<u64, SyncError> {
+        let started = std::time::Instant::now();
+        let missing = missing_in_order(&s.manifest.entries, self.store);
+        let arrivals = Arc::new(Arrivals::new(&missing));
+        let write = {
+            let entries = s.manifest.entries.clone();
+            let (store, dir, old) = (self.store.clone(), dir.to_owned(), old.to_vec());
+            let arrivals = arrivals.clone();
+            tokio::task::spawn_blocking(move || {
+                let written =
+                    sync::tree::materialize_arriving(&entries, &store, &dir, &old, &|e| {
+                        arrivals.wait(e)
+                    });
+                if let Err(e) = &written {
+                    arrivals.fail(e.to_string());
+                }
+                written
+            })
+        };
+        let fetched = fetch(
+            self.c, self.image, self.store, &missing, &arrivals, self.meter,
+        )
+        .await;
+        if let Err(e) = &fetched {
+            arrivals.fail(e.to_string());
+        }
+        let fetch_ms = started.elapsed().as_millis();
+        let written = write
+            .await
+            .map_err(|e| local(format!("the layer writer stopped: {e}")))?;
+        // A fetch error explains a write that stopped for want of chunks.
+        let fetched = fetched?;
+        written.map_err(local)?;
+        tracing::debug!(
+            layer = %s.manifest.layer,
+            fetched,
+            fetch_ms,
+            total_ms = started.elapsed().as_millis(),
+            "layer fetched and written"
+        );
+        Ok(fetched)
+    }
 }
