@@ -530,14 +530,21 @@ async fn sync_once(gw: &GatewayConfig, image: &str, root: &Path) -> (String, Val
         Err(e) => return (format!("not attested: {e}"), json!({"image": image})),
     };
     let meter = crate::Meter::new(None);
+    let target = crate::sync::Target {
+        client: &c,
+        cdir: &gw.data,
+        image,
+        root,
+        meter: &meter,
+    };
     let pushed = if crate::sync::state_path(&gw.data, image).exists() {
-        Some(crate::sync::push(&c, &gw.data, image, root, None, &meter).await)
+        Some(crate::sync::push(&target, None).await)
     } else {
         None
     };
     let pulled = match &pushed {
         Some(Err(_)) => None,
-        _ => Some(crate::sync::pull(&c, &gw.data, image, root, None, &meter).await),
+        _ => Some(crate::sync::pull(&target, None).await),
     };
     match (&pushed, &pulled) {
         (Some(Err(e)), _) | (_, Some(Err(e))) => (

@@ -66,14 +66,7 @@ pub fn status(
             .map_err(local)?
             .manifest
             .entries;
-        let dir = root.join(layer.as_str());
-        let now = if dir.exists() {
-            sync::tree::scan_into(&dir, None, &mut |_| {})
-                .map_err(local)?
-                .0
-        } else {
-            Vec::new()
-        };
+        let now = tree_of(root, *layer)?;
         out.insert(*layer, diff(&base_entries, &now, base.version));
     }
     Ok(out)
@@ -132,14 +125,7 @@ pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError
     let mut digests = Vec::new();
     for (layer, base) in state.layers.iter().filter(|(l, _)| l.is_system()) {
         let pushed = Signed::verify(&base.manifest, &key).map_err(local)?;
-        let dir = root.join(layer.as_str());
-        let now = if dir.exists() {
-            sync::tree::scan_into(&dir, None, &mut |_| {})
-                .map_err(local)?
-                .0
-        } else {
-            Vec::new()
-        };
+        let now = tree_of(root, *layer)?;
         let digest = if now == pushed.manifest.entries {
             pushed.digest
         } else {
@@ -149,4 +135,15 @@ pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError
         digests.push((*layer, digest));
     }
     Ok(protocol::stages::stages_toml(image, &digests))
+}
+
+/// The tree of `layer` under `root` as it is now (empty if absent).
+pub(super) fn tree_of(root: &Path, layer: Layer) -> Result<Vec<Entry>, SyncError> {
+    let dir = root.join(layer.as_str());
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(sync::tree::scan_into(&dir, None, &mut |_| {})
+        .map_err(local)?
+        .0)
 }

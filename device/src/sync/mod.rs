@@ -22,7 +22,7 @@ mod push;
 mod state;
 
 pub use local::{revert, stages, status, LayerStatus};
-pub use pull::{pull, LayerFilter};
+pub use pull::{pull, LayerFilter, Target};
 pub use push::{pending, push, Pending};
 pub use state::{state_path, LayerState, PullStats, PushReport, SyncState};
 

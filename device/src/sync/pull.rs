@@ -37,16 +37,24 @@ pub(super) fn files_changed(old: &[Entry], new: &[Entry]) -> u64 {
 /// Which layers to take (`None`: all the gateway offers).
 pub type LayerFilter<'a> = Option<&'a [Layer]>;
 
-/// Bring `root` to the gateway's newest versions of `image`.
-pub async fn pull(
-    c: &GatewayClient,
-    cdir: &Path,
-    image: &str,
-    root: &Path,
-    layers: LayerFilter<'_>,
-    meter: &Meter,
-) -> Result<PullStats, SyncError> {
-    pull_layers(c, cdir, image, root, layers, meter, &[]).await
+/// One image synced between a gateway and a root on this device.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The gateway, presenting this device's certificate.
+    pub client: &'a GatewayClient,
+    /// This device's directory (`chunks/`, `sync/`).
+    pub cdir: &'a Path,
+    /// The image.
+    pub image: &'a str,
+    /// The root holding one directory per layer.
+    pub root: &'a Path,
+    /// Counts (and may cap) the bytes both ways.
+    pub meter: &'a Meter,
+}
+
+/// Bring the target's root to the gateway's newest versions of its image.
+pub async fn pull(t: &Target<'_>, layers: LayerFilter<'_>) -> Result<PullStats, SyncError> {
+    pull_layers(t, layers, &[]).await
 }
 
 /// [`pull`], applying the layers in `checked_in` even where they differ
@@ -55,14 +63,17 @@ pub async fn pull(
 /// changed since the check-in keeps the layer as it is, as for any
 /// unpushed work.)
 pub(super) async fn pull_layers(
-    c: &GatewayClient,
-    cdir: &Path,
-    image: &str,
-    root: &Path,
+    t: &Target<'_>,
     layers: LayerFilter<'_>,
-    meter: &Meter,
     checked_in: &[(Layer, Vec<Entry>)],
 ) -> Result<PullStats, SyncError> {
+    let &Target {
+        client: c,
+        cdir,
+        image,
+        root,
+        meter,
+    } = t;
     // The files are written just behind the fetch, so the chunks it checks
     // are mostly still held when their files take them.
     let store = ChunkStore::open_packed(cdir.join("chunks"))

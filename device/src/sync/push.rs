@@ -14,20 +14,20 @@ use protocol::sync::{CheckIn, CheckedIn, Ids, Missing};
 
 use super::local::pinned_key;
 use super::offer::{json_call, refused};
-use super::pull::{pull_layers, LayerFilter};
+use super::pull::{pull_layers, LayerFilter, Target};
 use super::state::{state_path, PushReport, SyncState};
 use super::{local, SyncError};
 
 /// Check in the client's changes to `root` since the last common version
 /// of each layer, then apply what the gateway made of them.
-pub async fn push(
-    c: &GatewayClient,
-    cdir: &Path,
-    image: &str,
-    root: &Path,
-    layers: LayerFilter<'_>,
-    meter: &Meter,
-) -> Result<PushReport, SyncError> {
+pub async fn push(t: &Target<'_>, layers: LayerFilter<'_>) -> Result<PushReport, SyncError> {
+    let &Target {
+        client: c,
+        cdir,
+        image,
+        root,
+        meter,
+    } = t;
     let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
     let mut report = PushReport::default();
     let mut changed_user_layers = Vec::new();
@@ -58,16 +58,7 @@ pub async fn push(
     // included), so client and gateway share the new version.
     if !changed_user_layers.is_empty() {
         let only: Vec<Layer> = changed_user_layers.iter().map(|(l, _)| *l).collect();
-        let pulled = pull_layers(
-            c,
-            cdir,
-            image,
-            root,
-            Some(&only),
-            meter,
-            &changed_user_layers,
-        )
-        .await?;
+        let pulled = pull_layers(t, Some(&only), &changed_user_layers).await?;
         report.layers_kept = pulled.layers_kept;
     }
     report.bytes_received = meter.bytes_received();

@@ -337,9 +337,18 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
     let c = a.gw.config().device_client()?;
     let meter = device::Meter::new(a.max_rate);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let stats = device::sync::pull(&c, &a.gw.data, &a.image, &a.into, layers, &meter)
-        .await
-        .map_err(sync_failed)?;
+    let stats = device::sync::pull(
+        &device::sync::Target {
+            client: &c,
+            cdir: &a.gw.data,
+            image: &a.image,
+            root: &a.into,
+            meter: &meter,
+        },
+        layers,
+    )
+    .await
+    .map_err(sync_failed)?;
     for layer in &stats.layers_kept {
         eprintln!(
             "{}/{layer}: local changes not pushed yet; this layer was left as it is (push first: satchel client sync push)",
@@ -380,9 +389,18 @@ async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
     let c = a.gw.config().device_client()?;
     let meter = device::Meter::new(None);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let report = device::sync::push(&c, &a.gw.data, &a.image, &a.from, layers, &meter)
-        .await
-        .map_err(sync_failed)?;
+    let report = device::sync::push(
+        &device::sync::Target {
+            client: &c,
+            cdir: &a.gw.data,
+            image: &a.image,
+            root: &a.from,
+            meter: &meter,
+        },
+        layers,
+    )
+    .await
+    .map_err(sync_failed)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
