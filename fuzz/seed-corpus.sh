@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Seed the fuzz corpora from the real firmware logs in shared/fixtures and the
+# Seed the fuzz corpora from the real firmware logs in fixtures/eventlogs and the
 # sample boot chain. Usage: fuzz/seed-corpus.sh; then
 #   cargo fuzz run -s none eventlog_parse -- -max_total_time=60
 set -euo pipefail
 cd "$(dirname "$0")"
-FIX=${SATCHEL_FIXTURES:-../../shared/fixtures/eventlogs}
+FIX=${SATCHEL_FIXTURES:-../fixtures/eventlogs}
 mkdir -p corpus/eventlog_parse corpus/boot_chain corpus/tpm2_structures \
   corpus/evidence_verify corpus/reference_manifest corpus/url_canonical corpus/policy_text corpus/sync_wire \
   corpus/chunk_pack

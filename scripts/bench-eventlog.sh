@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 RUNS=${1:-100}
-FIX=${SATCHEL_FIXTURES:-../shared/fixtures/eventlogs}
+FIX=${SATCHEL_FIXTURES:-fixtures/eventlogs}
 bash scripts/setup.sh >/dev/null
 if ! command -v hyperfine >/dev/null; then
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo

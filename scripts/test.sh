@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
-# The event-log tests read real firmware logs that live beside the
-# repository: say so now rather than after a quarter of an hour of building.
-fixtures=${SATCHEL_FIXTURES:-../shared/fixtures/eventlogs}
+# The event-log tests read real firmware logs (fixtures/eventlogs, in the
+# repository; SATCHEL_FIXTURES may name another copy): say so now if they
+# are missing rather than after a quarter of an hour of building.
+fixtures=${SATCHEL_FIXTURES:-fixtures/eventlogs}
 if ! compgen -G "$fixtures/*.bin" >/dev/null; then
     echo "error: no firmware event logs in $fixtures" >&2
-    echo "  the tests need the shared fixtures: clone next to shared/, or set SATCHEL_FIXTURES to their directory" >&2
+    echo "  the repository's fixtures/eventlogs is missing or SATCHEL_FIXTURES names an empty directory" >&2
     exit 1
 fi
 export SATCHEL_FIXTURES=$(cd "$fixtures" && pwd)

@@ -1,5 +1,5 @@
 //! Golden tests: every PCR value the source projects assert for the real
-//! firmware logs in `shared/fixtures/eventlogs` must come out of our replay.
+//! firmware logs in `fixtures/eventlogs` must come out of our replay.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -111,3 +111,26 @@ fn the_cli_holds_no_daemon_or_protocol_logic() {
         }
     }
 }
+
+#[test]
+fn a_clone_holds_the_firmware_logs_its_tests_read() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/eventlogs");
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST.md")).unwrap();
+    let mut listed = 0;
+    for line in manifest.lines().filter(|l| l.starts_with("| ")) {
+        let Some(name) = line.split('|').nth(2).map(str::trim) else {
+            continue;
+        };
+        for file in name.split(" (+ ").map(|n| n.trim_end_matches(')')) {
+            if file.ends_with(".bin") || file.ends_with(".json") || file.ends_with(".txt") {
+                assert!(
+                    dir.join(file).is_file(),
+                    "{file} is listed in MANIFEST.md but not in the repository"
+                );
+                listed += 1;
+            }
+        }
+    }
+    assert!(listed >= 20, "MANIFEST.md lists {listed} files");
+    assert!(dir.join("expected/expected_values.json").is_file());
+}

@@ -15,12 +15,11 @@ mod postgres;
 pub use postgres::Postgres;
 
 /// The real firmware event logs the tests run against: `$SATCHEL_FIXTURES`,
-/// else `shared/fixtures/eventlogs` beside the project checkout.
+/// else the repository's own `fixtures/eventlogs`.
 pub fn fixtures_dir() -> std::path::PathBuf {
     match std::env::var_os("SATCHEL_FIXTURES") {
         Some(d) => std::path::PathBuf::from(d),
-        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/eventlogs"),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/eventlogs"),
     }
 }
 
