@@ -656,3 +656,52 @@ fn manifests_signed_by_another_key_are_refused() {
     assert!(err.contains("pinned"), "{err}");
     assert!(!b.p("root").exists(), "something was applied");
 }
+
+/// Regression (issue 22, item 2): a validly signed but older layer version
+/// offered by the gateway is refused as a rollback, and the tree keeps the
+/// newer version.
+#[test]
+fn an_older_version_offered_is_refused_as_a_rollback() {
+    let w = world();
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &[]);
+    std::fs::write(w.p("src/base-os/etc/hostname"), "classroom-v2\n").unwrap();
+    ok(&[
+        "image",
+        "build",
+        "--data",
+        w.gw.to_str().unwrap(),
+        "--image",
+        "classroom",
+        "--layer",
+        &format!("base-os={}", w.s("src/base-os")),
+    ]);
+    w.pull_stats("c1", "root", &[]);
+    let hostname = || std::fs::read_to_string(w.p("root/base-os/etc/hostname")).unwrap();
+    assert_eq!(hostname(), "classroom-v2\n");
+    // Behind the gateway's back its newest base-os goes: it now offers v1.
+    let db = format!("sqlite:{}", w.gw.join("satchel.db").display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (pool, _) = persist::db::connect(&db).await.unwrap();
+            let gone = sqlx::query(
+                "DELETE FROM gateway_layers WHERE image = 'classroom' AND layer = 'base-os' AND version = 2",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            assert_eq!(gone.rows_affected(), 1);
+        });
+    let o = w.sync("pull", "c1", "root", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("classroom/base-os version 1, older than version 2")
+            && err.contains("rollback"),
+        "{err}"
+    );
+    assert_eq!(hostname(), "classroom-v2\n", "the rollback was applied");
+}

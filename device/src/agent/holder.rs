@@ -71,7 +71,9 @@ fn keep(
 impl Holder {
     /// Offer bundle bytes: Ok(true) if it is now in force, Ok(false) if it
     /// is the one already held, Err(reason) if refused.
-    pub(super) fn offer(&mut self, bytes: &[u8]) -> Result<bool, String> {
+    /// With `keep_as`, a newer bundle is also written there (durably)
+    /// before it is put in force: an offline start then finds it.
+    pub(super) fn offer(&mut self, bytes: &[u8], keep_as: Option<&Path>) -> Result<bool, String> {
         if bytes == self.accepted.as_slice() {
             return Ok(false);
         }
@@ -80,6 +82,10 @@ impl Holder {
         if offered.manifest.version == self.current_version() {
             // Same version, other bytes: keep what is held.
             return Ok(false);
+        }
+        if let Some(path) = keep_as {
+            persist::write_atomic(path, bytes)
+                .map_err(|e| format!("keeping the bundle as {}: {e}", path.display()))?;
         }
         let bundle = keep(&self.state_dir, &self.key, bytes)?;
         let a = Arc::new(activate(&bundle, &self.subject, self.forced));
@@ -146,5 +152,63 @@ pub(super) fn first_bundle(
             Ok((b, bytes, Some(refused)))
         }
         Err(_) => Err(AgentError::NoBundle { refused }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::bundle::BundleManifest;
+
+    fn signed(key: &ed25519_dalek::SigningKey, version: u64) -> Vec<u8> {
+        let m = BundleManifest {
+            format: policy::bundle::FORMAT.to_owned(),
+            version,
+            created: "2026-12-05T00:00:00Z".to_owned(),
+            default_mode: Mode::Lockdown,
+            group_modes: Default::default(),
+            policy: format!(
+                "p, device:d, app, sha256:{}, exec, allow\n",
+                "ab".repeat(32)
+            ),
+        };
+        m.sign(key).unwrap().into_bytes()
+    }
+
+    fn holder(key: &ed25519_dalek::SigningKey, state_dir: &Path, first: &[u8]) -> Holder {
+        let bundle = keep(state_dir, &key.verifying_key(), first).unwrap();
+        Holder {
+            key: key.verifying_key(),
+            state_dir: state_dir.to_owned(),
+            subject: "device:d".to_owned(),
+            forced: None,
+            active: Arc::new(RwLock::new(Arc::new(activate(&bundle, "device:d", None)))),
+            accepted: first.to_vec(),
+            group: None,
+            flush_pending: false,
+        }
+    }
+
+    /// Regression (issue 22, item 14): a bundle fetched from the gateway is
+    /// on disk where an offline start looks before it is in force, and one
+    /// that cannot be kept there is not put in force.
+    #[test]
+    fn a_fetched_bundle_is_kept_before_it_is_enforced() {
+        let key = persist::keys::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = holder(&key, dir.path(), &signed(&key, 1));
+        let v2 = signed(&key, 2);
+        let nowhere = dir.path().join("no/such/dir/policy.bundle");
+        let refused = h.offer(&v2, Some(&nowhere)).unwrap_err();
+        assert!(refused.contains("keeping the bundle"), "{refused}");
+        assert_eq!(h.current_version(), 1, "enforced without being kept");
+        assert_eq!(held_version(dir.path()), Some(1));
+        let kept = dir.path().join("policy.bundle");
+        assert!(h.offer(&v2, Some(&kept)).unwrap());
+        assert_eq!(h.current_version(), 2);
+        assert_eq!(std::fs::read(&kept).unwrap(), v2);
+        // An older one is refused and changes nothing on disk.
+        assert!(h.offer(&signed(&key, 1), Some(&kept)).is_err());
+        assert_eq!(std::fs::read(&kept).unwrap(), v2);
     }
 }

@@ -370,16 +370,13 @@ impl Loop<'_> {
         }
         for (source, bytes) in offers {
             let before = self.holder.current_version();
-            match self.holder.offer(&bytes) {
+            // A bundle from the gateway is kept where an offline start looks
+            // first, durably, before it is in force (the state directory
+            // keeps a copy too).
+            let keep_as = (source == "the gateway").then_some(self.s.bundle.as_path());
+            match self.holder.offer(&bytes, keep_as) {
                 Ok(true) => {
                     let v = self.holder.current_version();
-                    if source == "the gateway" {
-                        // Where an offline start looks first (the state
-                        // directory keeps a copy too).
-                        if let Err(e) = persist::write_atomic(&self.s.bundle, &bytes) {
-                            eprintln!("satchel agent: {e}");
-                        }
-                    }
                     eprintln!("satchel agent: policy bundle version {v} from {source} is in force (was {before})");
                     self.status.bundle_refused = None;
                     self.record(

@@ -44,6 +44,19 @@ pub enum SyncError {
     /// The gateway sent something that does not check out.
     #[error("the gateway sent {0}")]
     Untrusted(String),
+    /// The gateway offers a layer version older than the one this device
+    /// holds (a rollback to a version with known flaws, say): refused.
+    #[error("the gateway offers {image}/{layer} version {offered}, older than version {held} this device holds: refused as a rollback")]
+    Rollback {
+        /// The image.
+        image: String,
+        /// The layer.
+        layer: String,
+        /// The version offered.
+        offered: u64,
+        /// The version held.
+        held: u64,
+    },
     /// The local state, store or tree.
     #[error("{0}")]
     Local(String),

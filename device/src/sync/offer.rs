@@ -82,6 +82,7 @@ pub(super) async fn offered(
         let text = offered_text(l, state)?;
         let s = Signed::verify(&text, &key)
             .map_err(|e| SyncError::Untrusted(format!("a layer manifest that fails: {e}")))?;
+        refuse_rollback(state, image, &s)?;
         if s.manifest.image != image || l.digest != s.digest {
             return Err(SyncError::Untrusted(format!(
                 "a manifest for {}/{} under {image}",
@@ -91,6 +92,22 @@ pub(super) async fn offered(
         out.push(s);
     }
     Ok(out)
+}
+
+/// A verified offer older than the version of its layer this device holds
+/// is refused: a signed manifest stays valid forever, so without this a
+/// gateway (or whoever holds its key) could push back a version with known
+/// flaws.
+fn refuse_rollback(state: &SyncState, image: &str, s: &Signed) -> Result<(), SyncError> {
+    match state.layers.get(&s.manifest.layer) {
+        Some(held) if s.manifest.version < held.version => Err(SyncError::Rollback {
+            image: image.to_owned(),
+            layer: s.manifest.layer.to_string(),
+            offered: s.manifest.version,
+            held: held.version,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// One offered layer's signed manifest: as sent, or rebuilt from its delta
