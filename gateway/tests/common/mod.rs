@@ -215,3 +215,34 @@ pub(crate) fn api(
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
     (status.to_owned(), body.to_owned())
 }
+
+/// A TLS client configuration trusting `data`'s gateway CA, presenting no
+/// certificate.
+pub(crate) fn anonymous_tls(data: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    let ca = std::fs::read(data.join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A blocking TLS stream to the gateway on `port`, reads timing out after `timeout`.
+pub(crate) fn tls_stream(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+    timeout: Duration,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let conn = rustls::ClientConnection::new(tls.clone(), "localhost".try_into().unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(timeout)).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
