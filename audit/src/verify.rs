@@ -49,6 +49,17 @@ pub enum Problem {
         /// Why.
         reason: String,
     },
+    /// A checkpoint names another log (its note's origin line) than the
+    /// one being verified: the wrong `--origin` was given, or a checkpoint
+    /// of another log was put here. Says nothing of the entries.
+    Origin {
+        /// The checkpoint's tree size as stored.
+        size: u64,
+        /// The origin its note names.
+        signed_as: String,
+        /// The origin being verified.
+        expected: String,
+    },
     /// A checkpoint's stored size or root differ from its signed note.
     CheckpointColumns {
         /// The checkpoint's tree size as stored.
@@ -80,6 +91,14 @@ impl fmt::Display for Problem {
             Problem::Signature { size, reason } => {
                 write!(f, "checkpoint at size {size}: signature does not verify: {reason}")
             }
+            Problem::Origin {
+                size,
+                signed_as,
+                expected,
+            } => write!(
+                f,
+                "checkpoint at size {size}: signed as log {signed_as:?}, not {expected:?}"
+            ),
             Problem::CheckpointColumns { size } => {
                 write!(f, "checkpoint at size {size}: stored size or root differ from its signed note")
             }
@@ -227,9 +246,23 @@ fn check_note(c: &StoredCheckpoint, verifier: &Verifier, problems: &mut Vec<Prob
             false
         }
         Err(e) => {
-            problems.push(Problem::Signature {
-                size: c.size,
-                reason: e.to_string(),
+            // Signed by this key under another log name: the wrong name was
+            // asked for. A note whose name was edited verifies under neither.
+            let origin = c.note.lines().next().unwrap_or_default();
+            let signed_as_other = origin != verifier.name()
+                && Verifier::new(origin, *verifier.key())
+                    .is_ok_and(|other| checkpoint::parse_and_verify(&c.note, &other).is_ok());
+            problems.push(if signed_as_other {
+                Problem::Origin {
+                    size: c.size,
+                    signed_as: origin.to_owned(),
+                    expected: verifier.name().to_owned(),
+                }
+            } else {
+                Problem::Signature {
+                    size: c.size,
+                    reason: e.to_string(),
+                }
             });
             false
         }

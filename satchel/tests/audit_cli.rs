@@ -321,3 +321,54 @@ fn sigkill_mid_batch_loses_no_acknowledged_entry_on_postgres() {
     let pg = tpm_sim_tests::Postgres::start().unwrap();
     sigkill_loses_nothing(&log, &pg.url());
 }
+
+/// Regression (issue 22, item 5): verifying an intact log under the wrong
+/// `--origin` is unusable input (exit 2) that names the origin the
+/// checkpoints are signed as; a checkpoint whose origin line was edited is
+/// still tampering (exit 1).
+#[test]
+fn a_wrong_origin_is_unusable_input_and_an_edited_origin_is_tampering() {
+    let log = Log::new();
+    log.append(0);
+    log.append(1);
+    let verify = |origin: &str| {
+        satchel(&[
+            "audit",
+            "verify",
+            "--db",
+            &log.db(),
+            "--pubkey",
+            &log.path("audit.key.pub"),
+            "--origin",
+            origin,
+        ])
+    };
+    let out = verify("satchel.gateway.audit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("signed as \"satchel.audit\""), "{err}");
+    assert!(err.contains("--origin satchel.audit"), "{err}");
+    assert_eq!(verify("satchel.audit").status.code(), Some(0));
+
+    let db = log.db();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (pool, _) = persist::db::connect(&db).await.unwrap();
+            sqlx::query("UPDATE audit_checkpoints SET note = replace(note, 'satchel.audit', 'satchel.gateway.audit')")
+                .execute(&pool)
+                .await
+                .unwrap();
+        });
+    for origin in ["satchel.audit", "satchel.gateway.audit"] {
+        let out = verify(origin);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

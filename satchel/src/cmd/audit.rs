@@ -501,6 +501,18 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one origin every checkpoint is signed under, when the only problems
+/// are checkpoints of another origin than the one asked for (a wrong
+/// `--origin`, not a tampered log).
+fn other_origin(report: &audit::verify::Report) -> Option<String> {
+    let mut origins = report.problems.iter().map(|p| match p {
+        audit::verify::Problem::Origin { signed_as, .. } => Some(signed_as.as_str()),
+        _ => None,
+    });
+    let first = origins.next()??;
+    origins.all(|o| o == Some(first)).then(|| first.to_owned())
+}
+
 /// Exit 0 intact, 1 tampered, 2 unusable input.
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let unusable = |e: anyhow::Error| Exit::new(2, format!("{e:#}"));
@@ -530,6 +542,16 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             "intact: {} entries, {} checkpoints verified, root {}",
             report.entries, report.checkpoints_verified, report.root
         );
+    }
+    if let Some(signed_as) = other_origin(&report) {
+        return Err(Exit::new(
+            2,
+            format!(
+                "the log's checkpoints are signed as {signed_as:?}, not {:?}: verify with --origin {signed_as} (nothing was found tampered)",
+                a.origin
+            ),
+        )
+        .into());
     }
     if !report.intact() {
         let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
