@@ -4,11 +4,10 @@
 //! key; and the checks every device route makes first (is this
 //! certificate's device still admitted?).
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use attest::ekcert::CaSet;
-use attest::verify::Nonces;
 use attest::Reference;
 use policy::FastPolicy;
 use serde_json::Value;
@@ -44,10 +43,8 @@ pub struct AppState {
     pub cert_lifetime: Duration,
     /// Pending enrollments.
     pub challenges: Challenges,
-    /// Issued nonces.
-    pub nonces: Mutex<Nonces>,
-    /// Which device each outstanding nonce was issued to.
-    pub nonce_owners: Mutex<std::collections::HashMap<[u8; 32], String>>,
+    /// Issued nonces, each for one device.
+    pub nonces: crate::nonces::NonceBook,
     /// How long a client may take to send a request body.
     pub body_timeout: Duration,
     /// Layer versions and the chunk store.

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod images;
+pub mod nonces;
 pub mod pki;
 pub mod proxy;
 pub mod reply;

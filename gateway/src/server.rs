@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use attest::ekcert::CaSet;
-use attest::verify::Nonces;
 use attest::Reference;
 
 use crate::app::AppState;
@@ -281,8 +280,7 @@ impl Gateway {
             policy_store,
             cert_lifetime: config.cert_lifetime,
             challenges: Challenges::default(),
-            nonces: std::sync::Mutex::new(Nonces::new(Duration::from_secs(120), 100_000)),
-            nonce_owners: std::sync::Mutex::default(),
+            nonces: crate::nonces::NonceBook::new(Duration::from_secs(120), 100_000),
             body_timeout: config.body_timeout,
             images,
             manifest_key,
@@ -467,7 +465,7 @@ async fn serve_conn(
         let guard = conn_guard.clone();
         async move {
             let resp = match kind {
-                Listener::Api => crate::routes::route(req, device.as_ref(), &state)
+                Listener::Api => crate::routes::route(req, device.as_ref(), peer.ip(), &state)
                     .await
                     .map(crate::proxy::boxed),
                 Listener::Proxy => crate::proxy::handle(req, device.as_ref(), state, guard).await,

@@ -96,6 +96,17 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
         let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap().pem().unwrap();
         let (_, n) = c.post("/v1/attest/nonce", &json!({"device_id": "d1"})).await.unwrap();
         let nonce = hex::decode(n["nonce"].as_str().unwrap()).unwrap();
+        // Strangers asking for nonces in d1's name (issue 22, item 11): refused
+        // once d1 holds its quota, and the nonce d1 holds stays good.
+        let mut refused = 0;
+        for _ in 0..10 {
+            let (s, b) = c.post("/v1/attest/nonce", &json!({"device_id": "d1"})).await.unwrap();
+            if s == 429 {
+                assert!(b["detail"].as_str().unwrap().contains("outstanding nonces"), "{b}");
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 10 - (gateway::nonces::PER_DEVICE - 1));
         let body = json!({"device_id": "d1", "evidence": evidence_for(&nonce), "csr": csr});
         let (s, b) = c.post("/v1/attest", &body).await.unwrap();
         assert_eq!(s, 200, "{b}");

@@ -14,10 +14,6 @@ use crate::reply::{bad, internal, ok, parse, refuse, Reply};
 use crate::state::Device;
 use protocol::attest::{AttestRequest, Attested, Nonce, NonceRequest};
 
-/// Most outstanding nonces remembered per gateway (oldest forgotten first by
-/// the window; this map is cleared when it grows past this).
-const MAX_NONCE_OWNERS: usize = 100_000;
-
 impl AppState {
     async fn enrolled(&self, device_id: &str) -> Result<Device, Reply> {
         match self.db.device(device_id).await {
@@ -34,7 +30,7 @@ impl AppState {
     }
 
     /// `POST /v1/attest/nonce`: a nonce, and what to quote.
-    pub async fn nonce(&self, body: &[u8]) -> Reply {
+    pub async fn nonce(&self, body: &[u8], peer: std::net::IpAddr) -> Reply {
         let r: NonceRequest = match parse(body) {
             Ok(r) => r,
             Err(a) => return a,
@@ -50,22 +46,25 @@ impl AppState {
                 Value::Null,
             );
         };
-        let Ok(mut nonces) = self.nonces.lock() else {
-            return refuse(
-                500,
-                "internal error",
-                "nonce window unavailable",
-                Value::Null,
-            );
-        };
-        let n = nonces.issue();
-        drop(nonces);
-        if let Ok(mut owners) = self.nonce_owners.lock() {
-            if owners.len() >= MAX_NONCE_OWNERS {
-                owners.clear();
+        let n = match self.nonces.issue(&r.device_id, peer) {
+            Ok(n) => n,
+            Err(e) => {
+                self.record(
+                    "attestation",
+                    &r.device_id,
+                    "nonce",
+                    "refused",
+                    json!({"reason": e.to_string(), "peer": peer.to_string()}),
+                )
+                .await;
+                let status = if e == crate::nonces::Refusal::Full {
+                    503
+                } else {
+                    429
+                };
+                return refuse(status, "no nonce", e.to_string(), Value::Null);
             }
-            owners.insert(n, r.device_id.clone());
-        }
+        };
         let pcrs: Vec<u32> = reference.pcrs.keys().copied().collect();
         ok(Nonce {
             nonce: hex::encode(n),
@@ -100,19 +99,12 @@ impl AppState {
             Ok(c) => c,
             Err(e) => return bad(format!("csr: {e}")),
         };
-        let owner = <[u8; 32]>::try_from(evidence.nonce.as_slice())
-            .ok()
-            .and_then(|n| self.nonce_owners.lock().ok()?.remove(&n));
-        let fresh = match self.nonces.lock() {
-            Ok(mut n) => n.consume(&evidence.nonce).is_ok(),
-            Err(_) => false,
-        };
-        let nonce_problem = if !fresh {
-            Some("the nonce is unknown, expired or already used (a replayed quote)")
-        } else if owner.as_deref() != Some(r.device_id.as_str()) {
-            Some("the nonce was issued to another device")
-        } else {
-            None
+        let nonce_problem = match self.nonces.take(&evidence.nonce, &r.device_id) {
+            Ok(()) => None,
+            Err(crate::nonces::Spent::Stale) => {
+                Some("the nonce is unknown, expired or already used (a replayed quote)")
+            }
+            Err(_) => Some("the nonce was issued to another device"),
         };
         let pinned = PublicKey::from_pem(&device.ak_pem).ok();
         let verdict = attest::verify(&evidence, &reference, &evidence.nonce, pinned.as_ref());

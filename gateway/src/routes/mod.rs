@@ -35,6 +35,7 @@ use crate::server::DeviceIdentity;
 pub(crate) async fn route(
     req: Request<Incoming>,
     who: Option<&DeviceIdentity>,
+    peer: std::net::IpAddr,
     state: &AppState,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
@@ -61,7 +62,7 @@ pub(crate) async fn route(
             },
             Err(r) => r,
         },
-        Concern::Open => open(state, who, method, path, body).await,
+        Concern::Open => open(state, who, peer, method, path, body).await,
     };
     reply.into_response()
 }
@@ -92,6 +93,7 @@ impl Concern {
 async fn open(
     state: &AppState,
     who: Option<&DeviceIdentity>,
+    peer: std::net::IpAddr,
     method: &Method,
     path: &str,
     body: Incoming,
@@ -109,7 +111,7 @@ async fn open(
             Ok(bytes) => match p {
                 paths::ENROLL => state.enroll(&bytes).await,
                 paths::ENROLL_FINISH => state.enroll_finish(&bytes).await,
-                paths::ATTEST_NONCE => state.nonce(&bytes).await,
+                paths::ATTEST_NONCE => state.nonce(&bytes, peer).await,
                 _ => state.attest(&bytes).await,
             },
             Err(r) => r,
