@@ -346,6 +346,16 @@ impl Pki {
         let now = SystemTime::now();
         p.not_before = (now - Duration::from_secs(60)).into();
         p.not_after = (now + lifetime).into();
+        // The exact issue time: a revocation of NAME covers the
+        // certificates issued before it, not the replacement made after.
+        let issued_at_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let content = serde_json::json!({ "issued_at_ms": issued_at_ms }).to_string();
+        p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            ATTESTATION_OID,
+            der_utf8(&content),
+        )];
         let kp = KeyPair::generate().map_err(cert_err(what.clone()))?;
         let cert = p
             .signed_by(&kp, &self.admin_ca.issuer()?)

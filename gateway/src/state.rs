@@ -77,6 +77,7 @@ impl Db {
             "CREATE TABLE IF NOT EXISTS gateway_devices (device_id TEXT PRIMARY KEY, groups_csv TEXT NOT NULL, \
              ak_pem TEXT NOT NULL, enrolled_ms BIGINT NOT NULL, revoked_ms BIGINT)",
             "CREATE TABLE IF NOT EXISTS gateway_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS gateway_admin_revocations (name TEXT PRIMARY KEY, revoked_ms BIGINT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS gateway_spool_marks (device_id TEXT NOT NULL, epoch TEXT NOT NULL, \
              last_seq BIGINT NOT NULL, pending_through BIGINT, audit_from BIGINT, \
              PRIMARY KEY (device_id, epoch))",
@@ -163,6 +164,33 @@ impl Db {
             .await
             .map_err(db("revoking a device"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Revoke every admin certificate issued to `name` until now (a
+    /// certificate issued later is honoured). Returns when it was recorded.
+    pub async fn revoke_admin(&self, name: &str) -> Result<i64, DbError> {
+        let at = now_ms();
+        sqlx::query("DELETE FROM gateway_admin_revocations WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db("revoking an admin"))?;
+        sqlx::query("INSERT INTO gateway_admin_revocations (name, revoked_ms) VALUES ($1, $2)")
+            .bind(name.to_owned())
+            .bind(at)
+            .execute(&self.pool)
+            .await
+            .map_err(db("revoking an admin"))?;
+        Ok(at)
+    }
+
+    /// When `name`'s admin certificates were last revoked, if ever.
+    pub async fn admin_revoked_ms(&self, name: &str) -> Result<Option<i64>, DbError> {
+        sqlx::query_scalar("SELECT revoked_ms FROM gateway_admin_revocations WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading admin revocations"))
     }
 
     /// An enrolled device.

@@ -12,7 +12,10 @@ use std::time::Duration;
 use gateway::Pki;
 
 mod common;
-use common::{anonymous_tls, curl, device_cert_at, status_and_body, tls_stream, Running};
+use common::{
+    anonymous_tls, client_tls, curl, device_cert_at, get_status, status_and_body, tls_stream,
+    Running,
+};
 
 /// A device certificate from `pki` for an attestation made now.
 fn device_cert(
@@ -218,5 +221,72 @@ fn admin_routes_refuse_before_reading_the_body() {
         start.elapsed() < Duration::from_secs(5),
         "answered after {:?}",
         start.elapsed()
+    );
+}
+
+/// Regression (issue 22, item 12): an admin certificate is checked on every
+/// request of a kept-alive connection: once it expires, and once its holder
+/// is revoked, the same connection is refused; a certificate issued after
+/// the revocation works.
+#[test]
+fn admin_certificates_expire_and_are_revoked_on_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let mut config = gateway::ServeConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    config.header_timeout = Duration::from_secs(30);
+    let gw = Running::with(config);
+    let pki = Pki::init(&data, &[]).unwrap();
+    let open = |cert: &gateway::pki::AdminCert| {
+        let tls = client_tls(&data, Some((&cert.cert_pem, &cert.key_pem)));
+        tls_stream(&tls, gw.port, Duration::from_secs(10))
+    };
+
+    // Expiry on a kept-alive connection.
+    let short = pki
+        .issue_admin_cert("alice", Duration::from_secs(2))
+        .unwrap();
+    let mut s = open(&short);
+    assert_eq!(get_status(&mut s, "/v1/admin/devices"), "HTTP/1.1 200 OK");
+    std::thread::sleep(Duration::from_millis(3200));
+    assert_eq!(
+        get_status(&mut s, "/v1/admin/devices"),
+        "HTTP/1.1 401 Unauthorized"
+    );
+
+    // Revocation, on the open connection and on a new one.
+    let bob = pki
+        .issue_admin_cert("bob", Duration::from_secs(3600))
+        .unwrap();
+    let mut s = open(&bob);
+    assert_eq!(get_status(&mut s, "/v1/admin/devices"), "HTTP/1.1 200 OK");
+    let db_url = format!("sqlite:{}", data.join("satchel.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (pool, _) = persist::db::connect(&db_url).await.unwrap();
+        gateway::state::Db::new(pool)
+            .await
+            .unwrap()
+            .revoke_admin("bob")
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        get_status(&mut s, "/v1/admin/devices"),
+        "HTTP/1.1 403 Forbidden"
+    );
+    assert_eq!(
+        get_status(&mut open(&bob), "/v1/admin/devices"),
+        "HTTP/1.1 403 Forbidden"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let again = pki
+        .issue_admin_cert("bob", Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(
+        get_status(&mut open(&again), "/v1/admin/devices"),
+        "HTTP/1.1 200 OK"
     );
 }

@@ -32,6 +32,9 @@ pub struct DeviceIdentity {
     pub attested_at_ms: Option<i64>,
     /// When the certificate expires (seconds since the epoch).
     pub cert_expires: i64,
+    /// When it was issued (ms since the epoch): the Satchel extension's
+    /// `issued_at_ms`, else its attestation's time, else `notBefore`.
+    pub issued_at_ms: i64,
 }
 
 /// The device a certificate (DER) names, if it is a Satchel client certificate.
@@ -42,11 +45,16 @@ pub fn identity(der: &[u8]) -> Option<DeviceIdentity> {
         ADMIN_CA_NAME => Role::Admin,
         _ => return None,
     };
+    let attested_at_ms = extension_ms(&cert, "attested_at_ms");
+    let not_before_ms = cert.validity().not_before.timestamp().saturating_mul(1000);
     Some(DeviceIdentity {
         device_id: first_cn(cert.subject())?,
         role,
-        attested_at_ms: attested_at_ms(&cert),
+        attested_at_ms,
         cert_expires: cert.validity().not_after.timestamp(),
+        issued_at_ms: extension_ms(&cert, "issued_at_ms")
+            .or(attested_at_ms)
+            .unwrap_or(not_before_ms),
     })
 }
 
@@ -54,10 +62,10 @@ fn first_cn(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
     Some(name.iter_common_name().next()?.as_str().ok()?.to_owned())
 }
 
-/// `attested_at_ms` of the Satchel extension, if present.
-fn attested_at_ms(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<i64> {
+/// The member `name` (ms since the epoch) of the Satchel extension, if present.
+fn extension_ms(cert: &x509_parser::certificate::X509Certificate<'_>, name: &str) -> Option<i64> {
     let oid = x509_parser::oid_registry::Oid::from(ATTESTATION_OID).ok()?;
     let ext = cert.extensions().iter().find(|e| e.oid == oid)?;
     let (_, s) = x509_parser::der_parser::der::parse_der_utf8string(ext.value).ok()?;
-    serde_json::from_str::<serde_json::Value>(s.as_str().ok()?).ok()?["attested_at_ms"].as_i64()
+    serde_json::from_str::<serde_json::Value>(s.as_str().ok()?).ok()?[name].as_i64()
 }

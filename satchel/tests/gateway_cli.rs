@@ -471,6 +471,27 @@ fn serve_takes_a_config_file_below_env_and_admin_certs_open_admin_routes() {
     ]);
     assert!(through.ends_with("\n403"), "{through}");
     assert!(through.contains("not a device"), "{through}");
+    // Revoked from the command line: refused from the next request on.
+    let out = ok(
+        &[
+            "gateway",
+            "revoke-admin",
+            "--data",
+            gw.to_str().unwrap(),
+            "--name",
+            "alice",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("revoked the admin certificates of alice"),
+        "{out}"
+    );
+    let devices = curl(&[&format!("https://127.0.0.1:{env_port}/v1/admin/devices")]);
+    assert!(
+        devices.ends_with("\n403") && devices.contains("revoked"),
+        "{devices}"
+    );
 }
 
 #[test]

@@ -32,22 +32,60 @@ use protocol::paths;
 pub const REFERENCE_SETTING: &str = "reference";
 
 /// The admin behind a connection (`admin:NAME`), or the refusal: 401
-/// without a certificate, 403 with a device's. Checked before the body is read.
-pub fn authorize(who: Option<&DeviceIdentity>) -> Result<String, Reply> {
-    match who {
-        Some(w) if w.role == Role::Admin => Ok(format!("admin:{}", w.device_id)),
-        Some(_) => Err(refuse(
-            403,
-            "admin certificate required",
-            "a device certificate does not open admin routes",
-            Value::Null,
-        )),
-        None => Err(refuse(
+/// without a certificate or with one that has expired (checked on every
+/// request, so a kept-alive connection does not outlive its certificate),
+/// 403 with a device's or a revoked one. Checked before the body is read.
+pub async fn authorize(state: &AppState, who: Option<&DeviceIdentity>) -> Result<String, Reply> {
+    let w = match who {
+        Some(w) if w.role == Role::Admin => w,
+        Some(_) => {
+            return Err(refuse(
+                403,
+                "admin certificate required",
+                "a device certificate does not open admin routes",
+                Value::Null,
+            ))
+        }
+        None => {
+            return Err(refuse(
+                401,
+                "admin certificate required",
+                "present an admin client certificate (satchel gateway admin-cert)",
+                Value::Null,
+            ))
+        }
+    };
+    if w.cert_expires.saturating_mul(1000) <= audit::batch::now_ms() {
+        return Err(refuse(
             401,
-            "admin certificate required",
-            "present an admin client certificate (satchel gateway admin-cert)",
+            "admin certificate expired",
+            "this admin certificate has expired; make a new one (satchel gateway admin-cert)",
             Value::Null,
-        )),
+        ));
+    }
+    match state.db.admin_revoked_ms(&w.device_id).await {
+        Ok(Some(at)) if w.issued_at_ms <= at => {
+            state
+                .record(
+                    "admin",
+                    &format!("admin:{}", w.device_id),
+                    "admin-certificate",
+                    "refused",
+                    json!({"reason": "revoked", "revoked_ms": at}),
+                )
+                .await;
+            Err(refuse(
+                403,
+                "admin certificate revoked",
+                format!(
+                    "the admin certificates of {:?} issued before their revocation are refused",
+                    w.device_id
+                ),
+                Value::Null,
+            ))
+        }
+        Ok(_) => Ok(format!("admin:{}", w.device_id)),
+        Err(e) => Err(internal(&e)),
     }
 }
 

@@ -42,7 +42,7 @@ pub(crate) async fn route(
     let path = parts.uri.path();
     let method = &parts.method;
     let reply = match Concern::of(path) {
-        Concern::Admin => match admin::authorize(who) {
+        Concern::Admin => match admin::authorize(state, who).await {
             Ok(admin) => match read(body, state).await {
                 Ok(bytes) => admin::route(state, &admin, method, path, &bytes).await,
                 Err(r) => r,

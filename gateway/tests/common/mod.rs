@@ -219,20 +219,63 @@ pub(crate) fn api(
 /// A TLS client configuration trusting `data`'s gateway CA, presenting no
 /// certificate.
 pub(crate) fn anonymous_tls(data: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    client_tls(data, None)
+}
+
+/// A TLS client configuration trusting `data`'s gateway CA, presenting
+/// `identity` (certificate PEM, key PEM) when given.
+pub(crate) fn client_tls(
+    data: &Path,
+    identity: Option<(&str, &str)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
     let ca = std::fs::read(data.join("ca.crt")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
         roots.add(c.unwrap()).unwrap();
     }
-    std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    std::sync::Arc::new(match identity {
+        None => builder.with_no_client_auth(),
+        Some((crt, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(crt.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    })
+}
+
+/// Send a GET of `path` on an open connection (kept alive) and read the
+/// answer's status line.
+pub(crate) fn get_status<S: std::io::Read + std::io::Write>(s: &mut S, path: &str) -> String {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    s.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // The status line, then the rest of the head and the body by length.
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    text.lines().next().unwrap_or_default().to_owned()
 }
 
 /// A blocking TLS stream to the gateway on `port`, reads timing out after `timeout`.

@@ -42,6 +42,8 @@ pub(crate) enum GatewayCmd {
     Revoke(RevokeArgs),
     /// Make an admin client certificate (for the /v1/admin routes).
     AdminCert(AdminCertArgs),
+    /// Revoke an admin's certificates: every one issued to NAME until now.
+    RevokeAdmin(RevokeAdminArgs),
     /// Check in a device's offline sync bundle as if it were online.
     ImportBundle(ImportArgs),
 }
@@ -130,24 +132,68 @@ fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
         let (db, url) = a.store.open().await?;
         let done = db.revoke(&a.device_id).await?;
         if done {
-            let store = audit::store::Store::open(&url).await?;
-            store
-                .append(
-                    vec![audit::entry::NewEntry {
-                        kind: "admin".to_owned(),
-                        actor: "gateway-cli".to_owned(),
-                        subject: a.device_id.clone(),
-                        decision: "revoked".to_owned(),
-                        details: serde_json::Value::Null,
-                    }],
-                    audit::batch::now_ms(),
-                )
-                .await?;
+            audit_cli_action(&url, &a.device_id, "revoked", serde_json::Value::Null).await?;
         }
         anyhow::Ok(done)
     })?;
     anyhow::ensure!(done, "no enrolled, unrevoked device {:?}", a.device_id);
     println!("revoked {}", a.device_id);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel gateway revoke-admin --data ./gw --name alice
+
+Every admin certificate issued to NAME before now is refused from the next request on,
+on connections already open too (403); a certificate made for NAME afterwards works.")]
+pub(crate) struct RevokeAdminArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The admin whose certificates to revoke (their CN).
+    #[arg(long)]
+    name: String,
+}
+
+fn revoke_admin(a: RevokeAdminArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (db, url) = a.store.open().await?;
+        let at = db.revoke_admin(&a.name).await?;
+        let subject = format!("admin:{}", a.name);
+        audit_cli_action(
+            &url,
+            &subject,
+            "revoked",
+            serde_json::json!({"revoked_ms": at}),
+        )
+        .await
+    })?;
+    println!(
+        "revoked the admin certificates of {} issued until now",
+        a.name
+    );
+    Ok(())
+}
+
+/// One audit entry for an admin action taken from this command line.
+async fn audit_cli_action(
+    url: &str,
+    subject: &str,
+    decision: &str,
+    details: serde_json::Value,
+) -> anyhow::Result<()> {
+    let store = audit::store::Store::open(url).await?;
+    let entry = audit::entry::NewEntry {
+        kind: "admin".to_owned(),
+        actor: "gateway-cli".to_owned(),
+        subject: subject.to_owned(),
+        decision: decision.to_owned(),
+        details,
+    };
+    store.append(vec![entry], audit::batch::now_ms()).await?;
     Ok(())
 }
 
@@ -393,6 +439,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
         GatewayCmd::EnrollToken(a) => token(a),
         GatewayCmd::Revoke(a) => revoke(a),
         GatewayCmd::AdminCert(a) => admin_cert(a),
+        GatewayCmd::RevokeAdmin(a) => revoke_admin(a),
         GatewayCmd::ImportBundle(a) => import_bundle(a),
     }
 }
