@@ -62,6 +62,13 @@ pub struct Reference {
     pub format: String,
     /// A label: the image or chain this describes.
     pub name: String,
+    /// Increases with every reference the organisation signs for a fleet:
+    /// a gateway refuses a reference older than the one it holds (a signed
+    /// reference stays valid forever, so without this an old one, for a
+    /// boot chain with known flaws, could be put back). 0 in references
+    /// made before references had versions.
+    #[serde(default)]
+    pub version: u64,
     /// When it was made (RFC 3339, UTC).
     pub created: String,
     /// The banks every PCR has values for.
@@ -170,6 +177,7 @@ impl Reference {
         Reference {
             format: FORMAT.to_owned(),
             name: name.to_owned(),
+            version: 0,
             created,
             banks,
             pcrs: out,

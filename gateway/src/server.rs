@@ -531,6 +531,16 @@ async fn load_reference(
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let r = Reference::verify_signed(&bytes, &key).map_err(|e| bad(e.to_string()))?;
     let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".to_owned()))?;
+    // Never go back to an older reference than the one stored.
+    let stored = db.setting(crate::routes::admin::REFERENCE_SETTING).await?;
+    if let Some(held) = stored.and_then(|t| Reference::verify_signed(t.as_bytes(), &key).ok()) {
+        if r.version < held.version {
+            return Err(bad(format!(
+                "version {} is older than version {} stored in the database; sign a newer one (satchel predict --reference-version)",
+                r.version, held.version
+            )));
+        }
+    }
     db.set_setting(crate::routes::admin::REFERENCE_SETTING, &text)
         .await?;
     Ok((Some(r), Some(key)))

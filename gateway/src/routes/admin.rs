@@ -254,10 +254,25 @@ async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let Ok(text) = std::str::from_utf8(body) else {
         return refuse(400, "bad reference", "not UTF-8", Value::Null);
     };
+    let held = state.reference().map_or(0, |r| r.version);
+    if reference.version < held {
+        let version = reference.version;
+        state
+            .record("admin", admin, "reference", "refused", json!({"reason": "older than the reference held", "version": version, "held": held}))
+            .await;
+        return refuse(
+            409,
+            "older reference",
+            format!(
+                "reference version {version} is older than version {held}, which the gateway holds"
+            ),
+            Value::Null,
+        );
+    }
     if let Err(e) = state.db.set_setting(REFERENCE_SETTING, text).await {
         return internal(&e);
     }
-    let name = reference.name.clone();
+    let (name, version) = (reference.name.clone(), reference.version);
     if let Ok(mut slot) = state.reference.write() {
         *slot = Some(Arc::new(reference));
     }
@@ -267,7 +282,7 @@ async fn put_reference(state: &AppState, admin: &str, body: &[u8]) -> Reply {
             admin,
             "reference",
             "replaced",
-            json!({"name": name}),
+            json!({"name": name, "version": version, "previous": held}),
         )
         .await;
     ok(ReferencePut { reference: name })

@@ -99,6 +99,10 @@ pub(crate) struct PredictArgs {
     /// The manifest's name [default: the chain file's stem].
     #[arg(long)]
     name: Option<String>,
+    /// The reference's version: gateways refuse one older than they hold
+    /// [default: the time now, in seconds since 1970, so each new one is newer].
+    #[arg(long, value_name = "N", requires = "sign_key")]
+    reference_version: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -203,14 +207,20 @@ pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 .unwrap_or_default()
         });
         let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let reference =
+        let mut reference =
             firmware_measure::reference(&chain, base.as_ref(), &a.banks, &name, created)
                 .with_context(|| format!("predicting {}", a.chain.display()))?;
+        reference.version = a.reference_version.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
         let signed = reference.sign(&key)?;
         super::write_atomic(out, signed.as_bytes())?;
         println!(
-            "wrote reference manifest {} ({} PCRs, banks {}), key id {}",
+            "wrote reference manifest {} version {} ({} PCRs, banks {}), key id {}",
             out.display(),
+            reference.version,
             reference.pcrs.len(),
             reference
                 .banks
