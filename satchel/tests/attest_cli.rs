@@ -288,51 +288,95 @@ fn a_changed_stage_fails_verification_and_launch_naming_it() {
         b"0123456789abcdef0123456789abcdef"
     );
 
-    // The honest launch: the command gets the key through a memfd path.
+    // The honest launch: the command gets the key through a memfd path, and
+    // its exit status is passed on.
     let script = "test \"$(cat \"$SATCHEL_KEY_FILE\")\" = 0123456789abcdef0123456789abcdef && \
-                  readlink \"$SATCHEL_KEY_FILE\" && echo launched";
-    let out = satchel(
-        &t,
-        &[
-            "launch",
-            "--log",
-            &c.p("boot.log"),
-            "--reference",
-            &c.p("ref.json"),
-            "--reference-key",
-            &c.p("org.key.pub"),
-            "--sealed",
-            &c.p("disk.sealed"),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
+                  readlink \"$SATCHEL_KEY_FILE\" && echo launched; exit 7";
+    let launch_with = |run_file: &str, script: &str| {
+        satchel(
+            &t,
+            &[
+                "launch",
+                "--log",
+                &c.p("boot.log"),
+                "--reference",
+                &c.p("ref.json"),
+                "--reference-key",
+                &c.p("org.key.pub"),
+                "--sealed",
+                &c.p("disk.sealed"),
+                "--run-file",
+                &format!("hypervisor={run_file}"),
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    };
+    let hv = c.p("chain/hypervisor.bin");
+    let launch = |script: &str| launch_with(&hv, script);
+
+    // Regression (issue 22, item 8): what runs is what was measured. A file
+    // swapped since the measurement is refused, naming the stage, before the
+    // key is unsealed.
+    let mut swapped = std::fs::read(&hv).unwrap();
+    swapped[0] ^= 1;
+    std::fs::write(c.p("hv-swapped.bin"), &swapped).unwrap();
+    let out = launch_with(&c.p("hv-swapped.bin"), "echo ran");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not what stage \"hypervisor\" measured"),
+        "{}",
+        stderr(&out)
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    std::fs::copy(&hv, c.p("hv-original.bin")).unwrap();
+    // Rewriting the file after the check changes nothing the command reads.
+    let rewrite = format!(
+        "echo replaced > {hv} && cmp \"$SATCHEL_FILE_HYPERVISOR\" {} && echo same-content; cp {} {hv}",
+        c.p("hv-original.bin"),
+        c.p("hv-original.bin")
+    );
+    let script = format!("{script}; {rewrite}; exit 7");
+    let script = script.replace("echo launched; exit 7;", "echo launched;");
+    let out = launch(&script);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("/memfd:satchel-disk-key"), "{stdout}");
     assert!(stdout.contains("launched"));
-    // The guest's exit status is passed on.
-    let out = satchel(
+    assert!(stdout.contains("same-content"), "{stdout}");
+
+    // Regression (issue 22, item 7): once launched, this boot cannot unseal
+    // the key again (the launch PCR is closed), through launch or unseal;
+    // and the closing separator is logged, so the boot still attests.
+    let out = launch("echo second launch");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not unseal"), "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("second launch"));
+    assert_eq!(
+        code(&satchel(&t, &["unseal", "--in", &c.p("disk.sealed")])),
+        1
+    );
+    ok(
         &t,
         &[
-            "launch",
+            "attest",
+            "quote",
+            "--ak",
+            &c.p("ak.json"),
+            "--nonce",
+            NONCE,
+            "--pcrs",
+            "0-9,13",
             "--log",
             &c.p("boot.log"),
-            "--reference",
-            &c.p("ref.json"),
-            "--reference-key",
-            &c.p("org.key.pub"),
-            "--sealed",
-            &c.p("disk.sealed"),
-            "--",
-            "sh",
-            "-c",
-            "exit 7",
+            "--out",
+            &c.p("after-launch.json"),
         ],
     );
-    assert_eq!(code(&out), 7);
+    let out = c.verify(&c.p("after-launch.json"), NONCE, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
 
     // A second boot with a changed hypervisor: a fresh TPM, same sealed key
     // file is of no use, and both verify and launch name the stage.

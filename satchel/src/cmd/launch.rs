@@ -19,13 +19,20 @@ use super::Exit;
 /// The variable that names the unsealed key's file for the launched command.
 pub(crate) const KEY_FILE_ENV: &str = "SATCHEL_KEY_FILE";
 
+/// The PCR `seal` always adds to the policy and `launch` closes with a
+/// separator once the key is handed over: outside every reference, reset
+/// only by a reboot, so the same boot cannot unseal the key again.
+pub(crate) const LAUNCH_PCR: u32 = 15;
+
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   head -c 32 /dev/urandom > disk.key
   satchel seal --tpm swtpm:host=127.0.0.1,port=2321 --pcrs 4,8,9 --in disk.key --out disk.sealed
 
 The secret (1 to 128 bytes) is bound to the PCRs' values now: measure the boot chain
-first. The sealed file is useless on another TPM or after any of those PCRs change.")]
+first. The launch PCR (15 unless --launch-pcr says otherwise) is always added: `satchel
+launch` extends a separator into it once it has handed the key over, so the key unseals
+once per boot. The sealed file is useless on another TPM or after any of those PCRs change.")]
 pub(crate) struct SealArgs {
     #[command(flatten)]
     tpm: TpmArgs,
@@ -35,6 +42,9 @@ pub(crate) struct SealArgs {
     /// The bank whose values count.
     #[arg(long, default_value = "sha256")]
     bank: HashAlg,
+    /// The PCR `satchel launch` closes after unsealing (added to --pcrs).
+    #[arg(long, default_value_t = LAUNCH_PCR, value_name = "PCR")]
+    launch_pcr: u32,
     /// The secret.
     #[arg(long = "in", value_name = "SECRET")]
     input: PathBuf,
@@ -64,9 +74,16 @@ pub(crate) struct UnsealArgs {
 
 Before CMD runs: the logs are replayed and must equal the TPM's PCRs; the TPM's PCRs
 must equal the reference (each differing stage is named); the disk key must unseal.
-CMD then gets the key through $SATCHEL_KEY_FILE, a path to an in-memory file (memfd),
-never a file on disk. Any failure: CMD does not run, exit 1. Otherwise the exit status
-is CMD's.")]
+Then a separator is extended into the launch PCR (15) and appended to the last --log,
+so the key cannot be unsealed again in this boot. CMD gets the key through
+$SATCHEL_KEY_FILE, a path to an in-memory file (memfd), never a file on disk. Any
+failure: CMD does not run, exit 1. Otherwise the exit status is CMD's.
+
+--run-file STAGE=PATH hands CMD the content that was measured, not whatever is at PATH
+when CMD opens it: the file is read once, its digest must be the reference's for STAGE,
+and CMD gets that content as $SATCHEL_FILE_<STAGE> (an in-memory file; STAGE in upper
+case, other characters as _), e.g. --run-file hypervisor=/boot/hv.bin and
+$SATCHEL_FILE_HYPERVISOR.")]
 pub(crate) struct LaunchArgs {
     #[command(flatten)]
     tpm: TpmArgs,
@@ -82,6 +99,14 @@ pub(crate) struct LaunchArgs {
     /// The sealed disk key.
     #[arg(long, value_name = "SEALED")]
     sealed: PathBuf,
+    /// A measured file CMD runs or loads, handed on as the content checked
+    /// against the reference's stage (repeatable).
+    #[arg(long = "run-file", value_name = "STAGE=PATH", value_parser = parse_run_file)]
+    run_files: Vec<(String, PathBuf)>,
+    /// The PCR to close once the key is handed over (must be in the sealed
+    /// policy, outside the reference).
+    #[arg(long, default_value_t = LAUNCH_PCR, value_name = "PCR")]
+    launch_pcr: u32,
     /// The guest command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -91,12 +116,16 @@ pub(crate) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let secret =
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let mut tpm = a.tpm.open(config)?;
-    let sealed = tpm.seal(a.bank, &a.pcrs.0, &secret)?;
+    let mut pcrs = a.pcrs.0.clone();
+    if !pcrs.contains(&a.launch_pcr) {
+        pcrs.push(a.launch_pcr);
+    }
+    let sealed = tpm.seal(a.bank, &pcrs, &secret)?;
     super::write_atomic(&a.out, serde_json::to_string_pretty(&sealed)?.as_bytes())?;
     println!(
         "sealed {} bytes to PCRs {:?} ({}) in {}",
         secret.len(),
-        a.pcrs.0,
+        pcrs,
         a.bank,
         a.out.display()
     );
@@ -124,6 +153,12 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
     let refused = |msg: String| -> anyhow::Error { Exit::new(1, msg).into() };
     let reference = load_reference(&a.reference, &a.reference_key)
         .map_err(|e| refused(format!("launch refused: {e}")))?;
+    check_launch_pcr(&a, &reference)?;
+    let files = a
+        .run_files
+        .iter()
+        .map(|(stage, path)| measured_file(&reference, stage, path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let logs = a
         .log
         .iter()
@@ -167,6 +202,7 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
             "launch refused: the disk key did not unseal: {e:#}"
         ))
     })?;
+    close_launch_pcr(&mut tpm, a.launch_pcr, &a.log)?;
     drop(tpm);
     let memfd = key_memfd(&key)?;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&memfd));
@@ -179,12 +215,18 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
         reference.name,
         pcrs.len()
     );
-    let status = Command::new(program)
+    let mut cmd = Command::new(program);
+    for (stage, fd) in &files {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+        cmd.env(run_file_env(stage), format!("/proc/self/fd/{fd}"));
+    }
+    let status = cmd
         .args(args)
         .env(KEY_FILE_ENV, &path)
         .status()
         .with_context(|| format!("starting {program}"))?;
     drop(memfd);
+    drop(files);
     match status.code() {
         Some(0) => Ok(()),
         Some(c) => Err(Exit::new(
@@ -196,13 +238,121 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
     }
 }
 
+/// The launch PCR must be in the sealed policy (else closing it would not
+/// stop a second unseal) and outside the reference (else closing it would
+/// fail the next attestation).
+fn check_launch_pcr(a: &LaunchArgs, reference: &attest::Reference) -> anyhow::Result<()> {
+    let sealed: SealedFile = read_json(&a.sealed, "a sealed file")?;
+    let pcr = a.launch_pcr;
+    if !sealed.pcrs.contains(&pcr) {
+        return Err(Exit::new(
+            1,
+            format!("launch refused: {} is not sealed to the launch PCR {pcr}, so the key could be unsealed again after the launch; seal it again with satchel seal", a.sealed.display()),
+        )
+        .into());
+    }
+    if reference.pcrs.contains_key(&pcr) {
+        return Err(Exit::new(
+            2,
+            format!("the launch PCR {pcr} is one the reference measures; choose another with --launch-pcr"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Extend a separator into `pcr` and append it to the last log (Satchel's
+/// own, which `satchel measure` writes): the key is handed over, and this
+/// boot cannot unseal it again. Logged, so later attestations still replay.
+fn close_launch_pcr(tpm: &mut attest::tpm::Tpm, pcr: u32, logs: &[PathBuf]) -> anyhow::Result<()> {
+    let log = logs
+        .last()
+        .ok_or_else(|| Exit::new(2, "no --log to record the launch separator in".to_owned()))?;
+    let chain = firmware_measure::Chain::from_toml(
+        &format!("[[stage]]\nname = \"launch\"\nseparator = [{pcr}]\n"),
+        log,
+    )?;
+    firmware_measure::measure(&chain, tpm, log)
+        .with_context(|| format!("closing the launch PCR {pcr} (log {})", log.display()))?;
+    Ok(())
+}
+
+/// `STAGE=PATH`.
+fn parse_run_file(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((stage, path)) if !stage.is_empty() && !path.is_empty() => {
+            Ok((stage.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "{s:?}: expected STAGE=PATH, e.g. hypervisor=/boot/hv.bin"
+        )),
+    }
+}
+
+/// The variable that names a run file of `stage` for the command.
+fn run_file_env(stage: &str) -> String {
+    let name: String = stage
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SATCHEL_FILE_{name}")
+}
+
+/// Read `path` once and check it is what the reference measured for
+/// `stage`; the content, in a sealed in-memory file the command inherits.
+/// What the command then reads is what was checked, whatever happens to
+/// `path` meanwhile.
+fn measured_file(
+    reference: &attest::Reference,
+    stage: &str,
+    path: &Path,
+) -> anyhow::Result<(String, std::os::fd::OwnedFd)> {
+    let refused =
+        |why: String| -> anyhow::Error { Exit::new(1, format!("launch refused: {why}")).into() };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let expected: Vec<_> = reference
+        .pcrs
+        .values()
+        .flat_map(|p| &p.events)
+        .filter(|e| e.stage == stage)
+        .collect();
+    if expected.is_empty() {
+        return Err(refused(format!(
+            "the reference has no stage {stage:?} to check {} against",
+            path.display()
+        )));
+    }
+    let matches = expected.iter().any(|e| {
+        !e.digests.is_empty() && e.digests.iter().all(|(bank, d)| bank.hash(&bytes) == d.0)
+    });
+    if !matches {
+        return Err(refused(format!(
+            "{} is not what stage {stage:?} measured (changed since the boot was measured)",
+            path.display()
+        )));
+    }
+    Ok((stage.to_owned(), sealed_memfd("satchel-run-file", &bytes)?))
+}
+
 /// The key in a sealed, read-only in-memory file the child inherits (no
 /// close-on-exec), so it never touches a disk.
 fn key_memfd(key: &[u8]) -> anyhow::Result<std::os::fd::OwnedFd> {
+    sealed_memfd("satchel-disk-key", key)
+}
+
+/// `bytes` in an in-memory file sealed against any change, inherited by
+/// the command (no close-on-exec).
+fn sealed_memfd(name: &str, bytes: &[u8]) -> anyhow::Result<std::os::fd::OwnedFd> {
     use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
-    let fd = memfd_create("satchel-disk-key", MemfdFlags::ALLOW_SEALING).context("memfd_create")?;
+    let fd = memfd_create(name, MemfdFlags::ALLOW_SEALING).context("memfd_create")?;
     let mut file = std::fs::File::from(fd);
-    file.write_all(key)?;
+    file.write_all(bytes)?;
     let fd = std::os::fd::OwnedFd::from(file);
     fcntl_add_seals(
         &fd,
