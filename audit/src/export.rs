@@ -186,8 +186,19 @@ fn hash(text: &str, line: usize) -> Result<Hash, ExportError> {
 /// memory: a first pass collects the checkpoints, a second streams the
 /// entries through [`LogVerifier`].
 pub fn verify_file(path: &Path, verifier: &Verifier) -> Result<Report, ExportError> {
+    verify_file_witnessed(path, verifier, Vec::new())
+}
+
+/// [`verify_file`], also against `witnessed` checkpoints kept outside the
+/// export (a device's, say): an export shorter than, or another tree than,
+/// a witnessed checkpoint is reported as for its own.
+pub fn verify_file_witnessed(
+    path: &Path,
+    verifier: &Verifier,
+    witnessed: Vec<crate::store::StoredCheckpoint>,
+) -> Result<Report, ExportError> {
     let open = || File::open(path).map(BufReader::new);
-    let mut checkpoints = Vec::new();
+    let mut checkpoints = witnessed;
     for_each_line(open()?, |n, line| {
         // Our entry lines start so; anything else is parsed in full.
         if !line.starts_with("{\"type\":\"entry\"") {

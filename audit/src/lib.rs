@@ -13,5 +13,6 @@ pub mod entry;
 pub mod export;
 pub mod log;
 pub mod merkle;
+pub mod signer;
 pub mod store;
 pub mod verify;

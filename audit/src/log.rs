@@ -193,7 +193,21 @@ pub async fn prove_consistency(
 
 /// Verify every entry and checkpoint in the store against `verifier`'s key.
 pub async fn verify_store(store: &Store, verifier: &Verifier) -> Result<Report, LogError> {
-    let mut v = LogVerifier::new(store.checkpoints().await?, verifier);
+    verify_store_witnessed(store, verifier, Vec::new()).await
+}
+
+/// [`verify_store`], also against `witnessed` checkpoints kept outside the
+/// database: a log cut short below, or rewritten under, a witnessed
+/// checkpoint is reported as for a stored one, even when the stored
+/// checkpoints were cut with it.
+pub async fn verify_store_witnessed(
+    store: &Store,
+    verifier: &Verifier,
+    witnessed: Vec<StoredCheckpoint>,
+) -> Result<Report, LogError> {
+    let mut checkpoints = store.checkpoints().await?;
+    checkpoints.extend(witnessed);
+    let mut v = LogVerifier::new(checkpoints, verifier);
     let Some((min, max)) = store.seq_bounds().await? else {
         return Ok(v.finish());
     };

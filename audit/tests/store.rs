@@ -10,10 +10,9 @@ mod common;
 use audit::batch::{now_ms, Appender};
 use audit::checkpoint::Verifier;
 use audit::entry::NewEntry;
-use audit::log::{
-    make_checkpoint, prove_consistency, prove_inclusion, spawn_checkpointer, verify_store,
-};
+use audit::log::{make_checkpoint, prove_consistency, prove_inclusion, verify_store};
 use audit::merkle::{self, Hash};
+use audit::signer::{Signer, SignerError};
 use audit::store::Store;
 use audit::verify::Problem;
 use common::TestDb;
@@ -313,17 +312,17 @@ fn checkpoints_re_signed_by_another_key_are_rejected() {
 }
 
 #[test]
-fn the_checkpointer_signs_whenever_the_log_has_grown() {
+fn the_signer_signs_whenever_the_log_has_grown() {
     rt().block_on(async {
         let db = TestDb::sqlite();
         let key = persist::keys::generate();
         let store = Store::open(&db.url()).await.unwrap();
-        let task = spawn_checkpointer(
-            store.clone(),
-            key.clone(),
-            ORIGIN.into(),
-            std::time::Duration::from_millis(20),
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::open(&dir.path().join("audit.tree"), key.clone(), ORIGIN, &store)
+            .await
+            .unwrap();
+        let (view, task) =
+            audit::signer::spawn(signer, store.clone(), std::time::Duration::from_millis(20));
         store
             .append((0..3).map(entry).collect(), now_ms())
             .await
@@ -343,8 +342,135 @@ fn the_checkpointer_signs_whenever_the_log_has_grown() {
             .map(|c| c.size)
             .collect();
         assert!(sizes.contains(&3) && sizes.last() == Some(&5), "{sizes:?}");
-        let report = verify_store(&store, &verifier(&key)).await.unwrap();
-        assert!(report.intact() && report.checkpoints_verified == sizes.len());
+        let latest = view.latest().unwrap();
+        assert_eq!(
+            audit::checkpoint::parse_and_verify(&latest, &verifier(&key))
+                .unwrap()
+                .size,
+            5
+        );
+        assert!(view.alarm().is_none());
+        store.close().await;
+    });
+}
+
+/// Regression (issue 22, item 4): the signer keeps its last signed tree
+/// outside the database and never signs over a log cut short, an entry
+/// edited after it, or a gap; its state survives a restart.
+#[test]
+fn the_signer_refuses_a_truncated_or_edited_log() {
+    rt().block_on(async {
+        for db in TestDb::both() {
+            let key = persist::keys::generate();
+            let store = Store::open(&db.url()).await.unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("audit.tree");
+            let mut signer = Signer::open(&state, key.clone(), ORIGIN, &store)
+                .await
+                .unwrap();
+            store
+                .append((0..5).map(entry).collect(), now_ms())
+                .await
+                .unwrap();
+            assert_eq!(signer.checkpoint(&store).await.unwrap().unwrap().size, 5);
+            assert!(
+                signer.checkpoint(&store).await.unwrap().is_none(),
+                "nothing new"
+            );
+
+            // The issue's reproduction: cut the log and its checkpoints short.
+            raw(&db.url(), "DELETE FROM audit_entries WHERE seq >= 3").await;
+            raw(
+                &db.url(),
+                "DELETE FROM audit_checkpoints WHERE tree_size > 3",
+            )
+            .await;
+            let e = signer.checkpoint(&store).await.unwrap_err();
+            assert!(
+                matches!(e, SignerError::Shrunk { signed: 5, now: 3 }),
+                "{e}"
+            );
+            // Refilled with other entries to the same size and beyond: the
+            // last entry signed is not what it was, before or after a restart.
+            store
+                .append((10..14).map(entry).collect(), now_ms())
+                .await
+                .unwrap();
+            let e = signer.checkpoint(&store).await.unwrap_err();
+            assert!(matches!(e, SignerError::Entry { seq: 4, .. }), "{e}");
+            let mut signer = Signer::open(&state, key.clone(), ORIGIN, &store)
+                .await
+                .unwrap();
+            assert_eq!(signer.size(), 5);
+            let e = signer.checkpoint(&store).await.unwrap_err();
+            assert!(matches!(e, SignerError::Entry { seq: 4, .. }), "{e}");
+            let sizes: Vec<u64> = store
+                .checkpoints()
+                .await
+                .unwrap()
+                .iter()
+                .map(|c| c.size)
+                .collect();
+            assert!(
+                sizes.iter().all(|s| *s <= 3),
+                "signed over the rewrite: {sizes:?}"
+            );
+            store.close().await;
+        }
+    });
+}
+
+#[test]
+fn the_signer_refuses_an_entry_edited_after_its_last_checkpoint() {
+    rt().block_on(async {
+        let db = TestDb::sqlite();
+        let key = persist::keys::generate();
+        let store = Store::open(&db.url()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("audit.tree");
+        let mut signer = Signer::open(&state, key.clone(), ORIGIN, &store)
+            .await
+            .unwrap();
+        store
+            .append((0..4).map(entry).collect(), now_ms())
+            .await
+            .unwrap();
+        signer.checkpoint(&store).await.unwrap();
+        store
+            .append((4..8).map(entry).collect(), now_ms())
+            .await
+            .unwrap();
+        raw(
+            &db.url(),
+            "UPDATE audit_entries SET decision = 'tampered' WHERE seq = 6",
+        )
+        .await;
+        let e = signer.checkpoint(&store).await.unwrap_err();
+        assert!(matches!(e, SignerError::Entry { seq: 6, .. }), "{e}");
+        let sizes: Vec<u64> = store
+            .checkpoints()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.size)
+            .collect();
+        assert_eq!(sizes, [4], "nothing signed over the edit");
+        // A signer without state trusts the database only as far as its own
+        // last checkpoint verifies: a rewritten prefix is refused.
+        raw(
+            &db.url(),
+            "UPDATE audit_entries SET decision = 'allow' WHERE seq = 6",
+        )
+        .await;
+        raw(&db.url(), "DELETE FROM audit_entries WHERE seq >= 1").await;
+        store
+            .append((20..24).map(entry).collect(), now_ms())
+            .await
+            .unwrap();
+        let e = Signer::open(&dir.path().join("fresh.tree"), key, ORIGIN, &store)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SignerError::Mismatch { size: 4 }), "{e}");
         store.close().await;
     });
 }

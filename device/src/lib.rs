@@ -5,7 +5,7 @@
 //! push-OS layers (and [`bundle`] carries them offline); [`agent`] is the
 //! long-running service that enforces the allowlist at exec, holds the
 //! signed policy bundle, keeps the device attested and spools its audit
-//! entries.
+//! entries; [`witness`] checks that its gateway's audit log only grows.
 //!
 //! It takes plain configuration structs (never command-line types) and
 //! returns typed errors; the `satchel` binary parses, loads configuration,
@@ -19,6 +19,7 @@ pub mod client;
 pub mod enrollment;
 pub mod identity;
 pub mod sync;
+pub mod witness;
 
 pub use client::{CallError, ClientError, GatewayClient, Meter};
 pub use identity::{DeviceDir, GatewayConfig, IdentityError};

@@ -51,6 +51,10 @@ pub struct AppState {
     pub images: crate::images::Images,
     /// The key layer manifests are signed with.
     pub manifest_key: ed25519_dalek::SigningKey,
+    /// The audit signer's last checkpoint and alarm.
+    pub audit_view: audit::signer::SignerView,
+    /// The audit key as a C2SP verifier key (`origin+id+key`).
+    pub audit_vkey: String,
     /// One agent spool delivery at a time (see [`crate::routes::agent`]).
     pub spool_lock: tokio::sync::Mutex<()>,
 }

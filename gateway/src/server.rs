@@ -47,6 +47,9 @@ pub enum ServeError {
     /// The audit store.
     #[error(transparent)]
     Audit(#[from] audit::store::StoreError),
+    /// The audit log is not what its signer last signed: an alarm.
+    #[error(transparent)]
+    Signer(#[from] audit::signer::SignerError),
     /// The data directory cannot be made.
     #[error(transparent)]
     Data(#[from] persist::FileError),
@@ -129,6 +132,8 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// How long a client may take to send a request body.
     pub body_timeout: Duration,
+    /// How often the audit log is checkpointed when it has grown.
+    pub checkpoint_every: Duration,
     /// DNS names and IP addresses the server certificate is for, besides
     /// localhost, 127.0.0.1 and ::1 (a missing one makes a new certificate
     /// from the same CA at start).
@@ -151,6 +156,7 @@ impl ServeConfig {
             drain: Duration::from_secs(10),
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            checkpoint_every: Duration::from_secs(60),
             server_names: Vec::new(),
         }
     }
@@ -235,12 +241,17 @@ impl Gateway {
         let images = crate::images::Images::open(pool.clone(), &config.data)
             .await
             .map_err(|e| ServeError::Images(e.to_string()))?;
-        audit::log::spawn_checkpointer(
-            audit.clone(),
+        let audit_vkey = audit::checkpoint::Verifier::new(AUDIT_ORIGIN, audit_key.verifying_key())
+            .map(|v| v.vkey())
+            .map_err(|e| ServeError::Tls(format!("the audit key: {e}")))?;
+        let signer = audit::signer::Signer::open(
+            &config.data.join("audit.tree"),
             audit_key,
-            AUDIT_ORIGIN.to_owned(),
-            Duration::from_secs(60),
-        );
+            AUDIT_ORIGIN,
+            &audit,
+        )
+        .await?;
+        let (audit_view, _) = audit::signer::spawn(signer, audit.clone(), config.checkpoint_every);
         let ek_cas = config.ek_ca.as_deref().map(CaSet::from_dir).transpose()?;
         let (reference, reference_key) = load_reference(config, &db).await?;
         let policy_store = policy::PolicyStore::new(pool.clone())
@@ -285,6 +296,8 @@ impl Gateway {
             images,
             manifest_key,
             spool_lock: tokio::sync::Mutex::new(()),
+            audit_view,
+            audit_vkey,
         });
         let listener =
             TcpListener::bind(config.listen)

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod agent;
 pub mod attest;
+pub mod audit;
 pub mod bundle;
 pub mod certificate;
 pub mod enroll;

@@ -46,6 +46,15 @@ pub const ADMIN_ROUTES: [&str; 6] = [
     ADMIN_BUNDLE,
 ];
 
+/// Every audit route starts so.
+pub const AUDIT_PREFIX: &str = "/v1/audit/";
+/// `GET` -> [`crate::audit::AuditCheckpoint`]: the audit log's latest
+/// signed checkpoint (devices and admins).
+pub const AUDIT_CHECKPOINT: &str = "/v1/audit/checkpoint";
+/// `GET ?from=N&to=M` -> [`crate::audit::Consistency`]: a proof that the
+/// tree of N entries is a prefix of the tree of M (devices and admins).
+pub const AUDIT_CONSISTENCY: &str = "/v1/audit/consistency";
+
 /// Every sync route starts so, then the image name.
 pub const SYNC_PREFIX: &str = "/v1/sync/images/";
 

@@ -372,3 +372,66 @@ fn a_wrong_origin_is_unusable_input_and_an_edited_origin_is_tampering() {
         );
     }
 }
+
+/// Regression (issue 22, item 4): the log and its checkpoints cut short
+/// together verify as intact on their own; against a checkpoint witnessed
+/// before the cut, the log is reported truncated (exit 1).
+#[test]
+fn a_log_cut_short_with_its_checkpoints_fails_against_a_witness() {
+    let log = Log::new();
+    for i in 0..5 {
+        log.append(i);
+    }
+    let note = ok(&[
+        "audit",
+        "checkpoint",
+        "--db",
+        &log.db(),
+        "--key",
+        &log.path("audit.key"),
+    ]);
+    std::fs::write(log.path("witness.note"), &note).unwrap();
+    let db = log.db();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (pool, _) = persist::db::connect(&db).await.unwrap();
+            for sql in [
+                "DELETE FROM audit_entries WHERE seq >= 3",
+                "DELETE FROM audit_checkpoints WHERE tree_size > 3",
+            ] {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        });
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", "--db", &db, "--pubkey"];
+        let key = log.path("audit.key.pub");
+        args.push(&key);
+        args.extend_from_slice(extra);
+        satchel(&args)
+    };
+    // What the issue saw: on its own, the cut log looks intact.
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 3 entries"));
+    // Against the witness, it is not.
+    let witness = log.path("witness.note");
+    let out = verify(&["--witness", &witness]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("signed 5 entries but the log holds 3"),
+        "{err}"
+    );
+    // A witness signed by another key is unusable input, not a verdict.
+    ok(&["keygen", "--out", &log.path("other.key")]);
+    let forged = log.path("forged.note");
+    std::fs::write(
+        &forged,
+        note.replace("satchel.audit\n5\n", "satchel.audit\n9\n"),
+    )
+    .unwrap();
+    assert_eq!(verify(&["--witness", &forged]).status.code(), Some(2));
+}

@@ -26,6 +26,13 @@ impl CompactRange {
         CompactRange::default()
     }
 
+    /// A range restored from its size and subtree roots (as
+    /// [`CompactRange::subtrees`] gave them); `None` unless there is one
+    /// subtree per set bit of `size`.
+    pub fn from_parts(size: u64, subtrees: Vec<Hash>) -> Option<CompactRange> {
+        (subtrees.len() == size.count_ones() as usize).then_some(CompactRange { size, subtrees })
+    }
+
     /// Append the next leaf hash.
     pub fn push(&mut self, leaf_hash: Hash) {
         let mut hash = leaf_hash;

@@ -78,6 +78,9 @@ pub struct Status {
     pub last_sync: Option<Value>,
     pub spool_waiting: i64,
     pub last_gap: Option<Value>,
+    /// The last alarm about the gateway's audit log ([`crate::witness`]).
+    #[serde(default)]
+    pub audit_alarm: Option<String>,
     pub exec: Value,
 }
 

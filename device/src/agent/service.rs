@@ -51,7 +51,7 @@ pub(super) async fn service(
                 l.write_status().await;
             }
             _ = t.deliver.tick() => l.deliver().await,
-            _ = t.refresh.tick() => l.refresh(false).await,
+            _ = t.refresh.tick() => { l.refresh(false).await; l.witness().await; }
             _ = t.sync.tick() => l.start_sync(),
             Some(done) = async { l.sync_task.as_mut()?.await.ok() }, if l.sync_task.is_some() => {
                 l.sync_task = None;
@@ -405,6 +405,27 @@ impl Loop<'_> {
                     self.status.bundle_refused = Some(msg);
                 }
             }
+        }
+    }
+
+    /// Witness the gateway's audit log: a shrunk, forked or unprovable log
+    /// is an alarm, shown in the status and spooled (once per distinct alarm).
+    async fn witness(&mut self) {
+        let Some(gw) = self.s.gateway.clone() else {
+            return;
+        };
+        match crate::witness::witness(&gw).await {
+            Ok(_) => self.status.audit_alarm = None,
+            Err(crate::witness::WitnessError::Alarm(alarm)) => {
+                let msg = alarm.to_string();
+                if self.status.audit_alarm.as_deref() != Some(msg.as_str()) {
+                    eprintln!("satchel agent: {msg}");
+                    self.record("audit", "gateway-audit-log", "alarm", json!({"alarm": msg}))
+                        .await;
+                }
+                self.status.audit_alarm = Some(msg);
+            }
+            Err(e) => tracing::debug!(error = %e, "audit witness: gateway not asked"),
         }
     }
 

@@ -13,10 +13,12 @@
 //! | `/v1/agent/` | an honoured device certificate | [`agent`] |
 //! | `/v1/sync/images/` | an honoured device certificate | [`sync`] |
 //! | `/v1/admin/` | an admin certificate | [`admin`] |
+//! | `/v1/audit/` | an honoured device certificate or an admin's | [`audit`] |
 
 pub mod admin;
 pub mod agent;
 pub mod attest;
+pub mod audit;
 pub mod enroll;
 pub mod sync;
 
@@ -41,7 +43,9 @@ pub(crate) async fn route(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let method = &parts.method;
+    let query = parts.uri.query();
     let reply = match Concern::of(path) {
+        Concern::Audit => audit::route(state, who, method, path, query).await,
         Concern::Admin => match admin::authorize(state, who).await {
             Ok(admin) => match read(body, state).await {
                 Ok(bytes) => admin::route(state, &admin, method, path, &bytes).await,
@@ -70,6 +74,7 @@ pub(crate) async fn route(
 /// Which part of the gateway a path belongs to.
 enum Concern {
     Admin,
+    Audit,
     Agent,
     Sync,
     Open,
@@ -79,6 +84,8 @@ impl Concern {
     fn of(path: &str) -> Concern {
         if path.starts_with(paths::ADMIN_PREFIX) {
             Concern::Admin
+        } else if path.starts_with(paths::AUDIT_PREFIX) {
+            Concern::Audit
         } else if path.starts_with(paths::AGENT_PREFIX) {
             Concern::Agent
         } else if path.starts_with(paths::SYNC_PREFIX) {

@@ -231,6 +231,10 @@ pub(crate) struct VerifyArgs {
     /// The log's name (key name in its checkpoints).
     #[arg(long, env = "SATCHEL_AUDIT_ORIGIN", default_value = "satchel.audit")]
     origin: String,
+    /// A checkpoint note kept outside the log (as `satchel audit checkpoint`
+    /// prints it, or a device's witness): the log must hold it (repeatable).
+    #[arg(long, value_name = "NOTE_FILE")]
+    witness: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -513,18 +517,41 @@ fn other_origin(report: &audit::verify::Report) -> Option<String> {
     origins.all(|o| o == Some(first)).then(|| first.to_owned())
 }
 
+/// The witnessed checkpoint notes, each verified with `verifier`.
+fn witnessed(
+    files: &[PathBuf],
+    verifier: &Verifier,
+) -> anyhow::Result<Vec<audit::store::StoredCheckpoint>> {
+    files
+        .iter()
+        .map(|f| {
+            let note =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let cp = audit::checkpoint::parse_and_verify(&note, verifier)
+                .with_context(|| format!("witness {}", f.display()))?;
+            Ok(audit::store::StoredCheckpoint {
+                size: cp.size,
+                root: cp.root,
+                note,
+                created_ms: 0,
+            })
+        })
+        .collect()
+}
+
 /// Exit 0 intact, 1 tampered, 2 unusable input.
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let unusable = |e: anyhow::Error| Exit::new(2, format!("{e:#}"));
     let key = persist::keys::read_public(&a.pubkey).map_err(|e| unusable(e.into()))?;
     let verifier = Verifier::new(&a.origin, key).map_err(|e| unusable(e.into()))?;
+    let witnessed = witnessed(&a.witness, &verifier).map_err(unusable)?;
     let report = match (&a.db, &a.export) {
-        (_, Some(path)) => export::verify_file(path, &verifier)
+        (_, Some(path)) => export::verify_file_witnessed(path, &verifier, witnessed)
             .with_context(|| format!("reading export {}", path.display()))
             .map_err(unusable)?,
         (Some(db), None) => {
             let store = Store::open(db).await.map_err(|e| unusable(e.into()))?;
-            let r = log::verify_store(&store, &verifier)
+            let r = log::verify_store_witnessed(&store, &verifier, witnessed)
                 .await
                 .map_err(|e| unusable(e.into()))?;
             store.close().await;

@@ -23,6 +23,22 @@ pub(crate) enum ClientCmd {
   satchel client sync push --gateway https://gw:8443 --ca ca.crt --data client --image classroom-2026 --from ./root
   satchel client sync revert --data client --image classroom-2026 --root ./root --layer user-data")]
     Sync(SyncCmd),
+    /// Check the gateway's audit log against the checkpoint this device saw last.
+    AuditWitness(WitnessArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client audit-witness --gateway https://gw:8443 --ca ca.crt --data client
+
+Fetches the gateway's latest signed audit checkpoint and checks it against the one kept
+in CDIR/audit-witness.json (the first one pins the log's key): the log may only grow, and
+the gateway must prove it did. A log that shrank, forked, changed key or cannot be proven
+to extend the old one is an alarm: exit 1, and the old checkpoint is kept. The agent does
+the same on every refresh and reports an alarm in its status and audit spool.")]
+pub(crate) struct WitnessArgs {
+    #[command(flatten)]
+    gw: GatewayArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +283,7 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
     match cmd {
         ClientCmd::Enroll(a) => rt.block_on(enroll(a, config)),
         ClientCmd::Attest(a) => rt.block_on(attest(a, config)),
+        ClientCmd::AuditWitness(a) => rt.block_on(audit_witness(a)),
         ClientCmd::Sync(SyncCmd::Pull(a)) => rt.block_on(sync_pull(a)),
         ClientCmd::Sync(SyncCmd::Push(a)) => rt.block_on(sync_push(a)),
         ClientCmd::Sync(SyncCmd::Status(a)) => sync_status(a),
@@ -326,6 +343,23 @@ async fn attest(a: AttestArgs, config: Option<&Path>) -> anyhow::Result<()> {
         "attested: certificate for {device_id} in {} (valid {expires_in} s)",
         a.gw.data.join("device.crt").display(),
     );
+    Ok(())
+}
+
+async fn audit_witness(a: WitnessArgs) -> anyhow::Result<()> {
+    use device::witness::{WitnessError, Witnessed};
+    match device::witness::witness(&a.gw.config()).await {
+        Ok(Witnessed::First { size }) => {
+            println!("audit log witnessed: {size} entries (its key is pinned now)")
+        }
+        Ok(Witnessed::Same { size }) => println!("audit log unchanged: {size} entries"),
+        Ok(Witnessed::Grew { from, to }) => {
+            println!("audit log grew from {from} to {to} entries, proven consistent")
+        }
+        Ok(_) => println!("audit log witnessed"),
+        Err(WitnessError::Alarm(alarm)) => return Err(Exit::new(1, alarm.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 
