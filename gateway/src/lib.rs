@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod special;
 pub mod state;
 pub mod sync_bundle;
 
