@@ -150,6 +150,40 @@ pub fn verify(
     let mut failures = Vec::new();
 
     // 1. The attestation key.
+    let ak = check_attestation_key(evidence, pinned_ak, &mut failures);
+
+    // 2. The quote and its signature.
+    let quote = check_quote(evidence, ak.as_ref(), &mut failures);
+    // 3. The nonce.
+    check_nonce(evidence, quote.as_ref(), nonce, &mut failures);
+
+    // 4. Reported values against the selection and the digest.
+    let mut quoted = PcrBanks::new();
+    if let Some(q) = &quote {
+        quoted = check_selection(q, evidence, &mut failures);
+    }
+
+    // 5. The event logs.
+    let log = check_logs(evidence, &quoted, &mut failures);
+
+    // 6. The reference.
+    if quote.is_some() {
+        failures.extend(compare_reference(reference, &quoted, log.as_ref()));
+    }
+
+    Verdict {
+        trusted: failures.is_empty(),
+        failures,
+        quote,
+    }
+}
+
+/// Check 1: the key in `ak_pem` is usable, is `pinned_ak` if given, and agrees with `ak_public`; return it.
+fn check_attestation_key(
+    evidence: &Evidence,
+    pinned_ak: Option<&PublicKey>,
+    failures: &mut Vec<Failure>,
+) -> Option<PublicKey> {
     let ak = match PublicKey::from_pem(&evidence.ak_pem) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -165,32 +199,42 @@ pub fn verify(
             ));
         }
     }
-    let ak_public = evidence
-        .ak_public
-        .as_deref()
-        .and_then(|b| match AkPublic::parse_tpm2b(b) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                failures.push(Failure::new(
-                    Check::AttestationKey,
-                    format!("ak_public: {e}"),
-                ));
-                None
-            }
-        });
-    if let Some(p) = &ak_public {
-        if let Some(problem) = p.attestation_problem() {
-            failures.push(Failure::new(Check::AttestationKey, problem));
-        }
-        if ak.as_ref().is_some_and(|k| *k != p.key) {
+    check_ak_public(evidence, ak.as_ref(), failures);
+    ak
+}
+
+/// Check 1, continued: `ak_public`, if given, parses, is an attestation key, and is `ak`.
+fn check_ak_public(evidence: &Evidence, ak: Option<&PublicKey>, failures: &mut Vec<Failure>) {
+    let Some(bytes) = evidence.ak_public.as_deref() else {
+        return;
+    };
+    let p = match AkPublic::parse_tpm2b(bytes) {
+        Ok(p) => p,
+        Err(e) => {
             failures.push(Failure::new(
                 Check::AttestationKey,
-                "ak_pem and ak_public are different keys",
+                format!("ak_public: {e}"),
             ));
+            return;
         }
+    };
+    if let Some(problem) = p.attestation_problem() {
+        failures.push(Failure::new(Check::AttestationKey, problem));
     }
+    if ak.is_some_and(|k| *k != p.key) {
+        failures.push(Failure::new(
+            Check::AttestationKey,
+            "ak_pem and ak_public are different keys",
+        ));
+    }
+}
 
-    // 2. The quote and its signature.
+/// Check 2: the quote parses and its signature verifies with `ak`; return the quote.
+fn check_quote(
+    evidence: &Evidence,
+    ak: Option<&PublicKey>,
+    failures: &mut Vec<Failure>,
+) -> Option<Quote> {
     let quote = match Quote::parse(&evidence.quote) {
         Ok(q) => Some(q),
         Err(e) => {
@@ -200,7 +244,7 @@ pub fn verify(
     };
     match Signature::parse(&evidence.signature) {
         Ok(sig) => {
-            if let Some(ak) = &ak {
+            if let Some(ak) = ak {
                 if let Err(e) = sig.verify(ak, &evidence.quote) {
                     failures.push(Failure::new(Check::Signature, e.to_string()));
                 }
@@ -208,8 +252,17 @@ pub fn verify(
         }
         Err(e) => failures.push(Failure::new(Check::Signature, e.to_string())),
     }
-    // 3. The nonce.
-    if let Some(q) = &quote {
+    quote
+}
+
+/// Check 3: the quote and the evidence are both over `nonce`.
+fn check_nonce(
+    evidence: &Evidence,
+    quote: Option<&Quote>,
+    nonce: &[u8],
+    failures: &mut Vec<Failure>,
+) {
+    if let Some(q) = quote {
         if q.extra_data != nonce {
             failures.push(
                 Failure::new(
@@ -226,34 +279,23 @@ pub fn verify(
                 .values(Some(nonce), Some(&evidence.nonce)),
         );
     }
+}
 
-    // 4. Reported values against the selection and the digest.
-    let mut quoted = PcrBanks::new();
-    if let Some(q) = &quote {
-        quoted = check_selection(q, evidence, &mut failures);
-    }
-
-    // 5. The event logs.
-    let log = match combine_logs(&evidence.event_logs) {
-        Ok(l) => Some(l),
+/// Check 5: the event logs parse and replay to the `quoted` values; return the combined log.
+fn check_logs<'e>(
+    evidence: &'e Evidence,
+    quoted: &PcrBanks,
+    failures: &mut Vec<Failure>,
+) -> Option<BorrowedLog<'e>> {
+    match combine_logs(&evidence.event_logs) {
+        Ok(log) => {
+            failures.extend(compare_replay(&log, quoted, "quoted"));
+            Some(log)
+        }
         Err(f) => {
             failures.push(f);
             None
         }
-    };
-    if let Some(log) = &log {
-        failures.extend(compare_replay(log, &quoted, "quoted"));
-    }
-
-    // 6. The reference.
-    if quote.is_some() {
-        failures.extend(compare_reference(reference, &quoted, log.as_ref()));
-    }
-
-    Verdict {
-        trusted: failures.is_empty(),
-        failures,
-        quote,
     }
 }
 

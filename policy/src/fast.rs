@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::glob::glob_match;
 use crate::model::{Effect, Kind, PolicyText, Rule};
-use crate::url::{Host, HostPattern, UrlPattern};
+use crate::url::{CanonicalUrl, Host, HostPattern, UrlPattern};
 use crate::{closure, Decision, Request};
 
 /// A compiled policy.
@@ -102,106 +102,177 @@ impl FastPolicy {
         extra: &[String],
         request: &Request,
     ) -> Decision {
-        let groups = self.groups.get(subject);
-        let in_extra = |g: &String| {
-            extra
-                .iter()
-                .any(|e| e == g || self.groups.get(e).is_some_and(|s| s.contains(g)))
+        let who = Asker {
+            policy: self,
+            subject,
+            groups: self.groups.get(subject),
+            extra,
+            action: request.action(),
         };
-        let applies = |r: &Rule| {
-            (r.subject == "group:all"
-                || r.subject == subject
-                || groups.is_some_and(|g| g.contains(&r.subject))
-                || (!extra.is_empty() && in_extra(&r.subject)))
-                && (r.action == "*" || r.action == request.action())
-        };
-        let mut best_allow: Option<usize> = None;
-        let mut best_deny: Option<usize> = None;
-        let mut consider = |i: usize| {
-            let r = &self.rules[i];
-            let slot = match r.effect {
-                Effect::Allow => &mut best_allow,
-                Effect::Deny => &mut best_deny,
-            };
-            let better = match *slot {
-                None => true,
-                Some(j) => rank(r) < rank(&self.rules[j]),
-            };
-            if better {
-                *slot = Some(i);
-            }
-        };
+        let mut best = Best::default();
         match request {
             Request::App { sha256, path } => {
-                if let Some(h) = sha256 {
-                    for &i in self
-                        .app_hash
-                        .get(&h.to_ascii_lowercase())
-                        .into_iter()
-                        .flatten()
-                    {
-                        if applies(&self.rules[i]) {
-                            consider(i);
-                        }
-                    }
-                }
-                if let Some(p) = path.as_deref().filter(|p| !p.is_empty()) {
-                    for &i in &self.app_path {
-                        let r = &self.rules[i];
-                        let glob = r.object.strip_prefix("path:").unwrap_or("");
-                        if applies(r) && glob_match(glob, p) {
-                            consider(i);
-                        }
-                    }
-                }
+                self.match_app(sha256.as_deref(), path.as_deref(), &who, &mut best)
             }
             Request::Image { name } => {
                 for &i in self.image.get(name).into_iter().flatten() {
-                    if applies(&self.rules[i]) {
-                        consider(i);
+                    if who.applies(&self.rules[i]) {
+                        best.consider(&self.rules, i);
                     }
                 }
             }
-            Request::Url { url, .. } => {
-                let mut check = |ids: Option<&Vec<usize>>| {
-                    for &i in ids.into_iter().flatten() {
-                        let ok = self.url_patterns[i]
-                            .as_ref()
-                            .is_some_and(|p| glob_match(&p.path, &url.path));
-                        if ok && applies(&self.rules[i]) {
-                            consider(i);
-                        }
-                    }
-                };
-                check(
-                    self.url_exact
-                        .get(&(url.scheme.clone(), url.host.clone(), url.port)),
-                );
-                if let Host::Name(n) = &url.host {
-                    // Every proper suffix after a dot: a.b.example.org ->
-                    // b.example.org, example.org, org.
-                    let mut rest = n.as_str();
-                    while let Some(dot) = rest.find('.') {
-                        rest = &rest[dot + 1..];
-                        if rest.is_empty() {
-                            break;
-                        }
-                        check(
-                            self.url_under
-                                .get(&(url.scheme.clone(), rest.to_owned(), url.port)),
-                        );
-                    }
+            Request::Url { url, .. } => self.match_url(url, &who, &mut best),
+        }
+        best.decision(&self.rules)
+    }
+
+    /// Consider the app rules for a program's hash and its path.
+    fn match_app(
+        &self,
+        sha256: Option<&str>,
+        path: Option<&str>,
+        who: &Asker<'_>,
+        best: &mut Best,
+    ) {
+        if let Some(h) = sha256 {
+            for &i in self
+                .app_hash
+                .get(&h.to_ascii_lowercase())
+                .into_iter()
+                .flatten()
+            {
+                if who.applies(&self.rules[i]) {
+                    best.consider(&self.rules, i);
                 }
             }
         }
-        match (best_deny, best_allow) {
+        if let Some(p) = path.filter(|p| !p.is_empty()) {
+            for &i in &self.app_path {
+                let r = &self.rules[i];
+                let glob = r.object.strip_prefix("path:").unwrap_or("");
+                if who.applies(r) && glob_match(glob, p) {
+                    best.consider(&self.rules, i);
+                }
+            }
+        }
+    }
+
+    /// Consider the URL rules for the exact host, then for each suffix of its name.
+    fn match_url(&self, url: &CanonicalUrl, who: &Asker<'_>, best: &mut Best) {
+        self.match_url_rules(
+            self.url_exact
+                .get(&(url.scheme.clone(), url.host.clone(), url.port)),
+            url,
+            who,
+            best,
+        );
+        if let Host::Name(n) = &url.host {
+            // Every proper suffix after a dot: a.b.example.org ->
+            // b.example.org, example.org, org.
+            let mut rest = n.as_str();
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if rest.is_empty() {
+                    break;
+                }
+                self.match_url_rules(
+                    self.url_under
+                        .get(&(url.scheme.clone(), rest.to_owned(), url.port)),
+                    url,
+                    who,
+                    best,
+                );
+            }
+        }
+    }
+
+    /// Consider the URL rules `ids` whose path pattern matches the URL's path.
+    fn match_url_rules(
+        &self,
+        ids: Option<&Vec<usize>>,
+        url: &CanonicalUrl,
+        who: &Asker<'_>,
+        best: &mut Best,
+    ) {
+        for &i in ids.into_iter().flatten() {
+            let ok = self.url_patterns[i]
+                .as_ref()
+                .is_some_and(|p| glob_match(&p.path, &url.path));
+            if ok && who.applies(&self.rules[i]) {
+                best.consider(&self.rules, i);
+            }
+        }
+    }
+}
+
+/// Who asks and for what: decides which rules apply.
+struct Asker<'a> {
+    /// The policy, for the groups of `extra`.
+    policy: &'a FastPolicy,
+    /// The subject.
+    subject: &'a str,
+    /// The subject's groups, as the policy names them.
+    groups: Option<&'a BTreeSet<String>>,
+    /// Groups the subject is in besides.
+    extra: &'a [String],
+    /// The request's action.
+    action: &'a str,
+}
+
+impl Asker<'_> {
+    /// Whether `r` names this subject (or a group it is in) and this action.
+    fn applies(&self, r: &Rule) -> bool {
+        (r.subject == "group:all"
+            || r.subject == self.subject
+            || self.groups.is_some_and(|g| g.contains(&r.subject))
+            || (!self.extra.is_empty() && self.in_extra(&r.subject)))
+            && (r.action == "*" || r.action == self.action)
+    }
+
+    /// Whether `g` is one of the extra groups or a group one of them is in.
+    fn in_extra(&self, g: &str) -> bool {
+        self.extra
+            .iter()
+            .any(|e| e == g || self.policy.groups.get(e).is_some_and(|s| s.contains(g)))
+    }
+}
+
+/// The best-ranked matching allow and deny rules so far, by index.
+#[derive(Default)]
+struct Best {
+    /// The best allow rule.
+    allow: Option<usize>,
+    /// The best deny rule.
+    deny: Option<usize>,
+}
+
+impl Best {
+    /// Take rule `i` of `rules` if it ranks before the best of its effect so far.
+    fn consider(&mut self, rules: &[Rule], i: usize) {
+        let r = &rules[i];
+        let slot = match r.effect {
+            Effect::Allow => &mut self.allow,
+            Effect::Deny => &mut self.deny,
+        };
+        let better = match *slot {
+            None => true,
+            Some(j) => rank(r) < rank(&rules[j]),
+        };
+        if better {
+            *slot = Some(i);
+        }
+    }
+
+    /// The decision: deny overrides allow; no matching rule is deny.
+    fn decision(self, rules: &[Rule]) -> Decision {
+        match (self.deny, self.allow) {
             (Some(d), _) => Decision {
                 allow: false,
-                rule: Some(self.rules[d].clone()),
+                rule: Some(rules[d].clone()),
             },
             (None, Some(a)) => Decision {
                 allow: true,
-                rule: Some(self.rules[a].clone()),
+                rule: Some(rules[a].clone()),
             },
             (None, None) => Decision {
                 allow: false,

@@ -69,119 +69,181 @@ pub fn merge(
     device: &str,
     date: &str,
 ) -> Merge {
-    let index = |v: &[Entry]| -> BTreeMap<String, Entry> {
-        v.iter().map(|e| (e.path.clone(), e.clone())).collect()
-    };
     let (b, g, c) = (index(base), index(gateway), index(client));
     let paths: BTreeSet<&String> = b.keys().chain(g.keys()).chain(c.keys()).collect();
-    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut m = Merge::default();
+    let mut run = Merging {
+        device,
+        date,
+        out: Index::new(),
+        m: Merge::default(),
+    };
     for path in paths {
-        let (eb, eg, ec) = (b.get(path), g.get(path), c.get(path));
-        let client_changed = differs(eb, ec);
-        let gateway_changed = differs(eb, eg);
+        let sides = (b.get(path), g.get(path), c.get(path));
         if layer.is_system() {
-            if client_changed && differs(ec, eg) {
-                m.violations.push(path.clone());
-            }
-            if let Some(e) = eg {
-                out.insert(path.clone(), e.clone());
-            }
-            continue;
+            run.system_path(path, sides);
+        } else {
+            run.user_path(path, sides);
         }
-        let take = |e: Option<&Entry>, out: &mut BTreeMap<String, Entry>| {
-            if let Some(e) = e {
-                out.insert(path.clone(), e.clone());
-            }
-        };
-        if !client_changed || !differs(eg, ec) {
-            take(eg, &mut out);
-            continue;
+    }
+    // Every kept entry needs its directories.
+    run.add_parent_dirs(&[&g, &c, &b]);
+    run.finish()
+}
+
+/// One side's entries, by path.
+type Index = BTreeMap<String, Entry>;
+
+/// One path's entry on each side: base, gateway, client.
+type Sides<'a> = (Option<&'a Entry>, Option<&'a Entry>, Option<&'a Entry>);
+
+/// Index a side's entries by path.
+fn index(v: &[Entry]) -> Index {
+    v.iter().map(|e| (e.path.clone(), e.clone())).collect()
+}
+
+/// A reconciliation under way: the merged tree so far and the report.
+struct Merging<'a> {
+    /// The device, to name conflict copies.
+    device: &'a str,
+    /// The date (`YYYY-MM-DD`), to name conflict copies.
+    date: &'a str,
+    /// The merged tree so far.
+    out: Index,
+    /// The report so far (its `entries` filled in by [`Merging::finish`]).
+    m: Merge,
+}
+
+impl Merging<'_> {
+    /// Put `e`, if there is one, at `path` in the merged tree.
+    fn take(&mut self, path: &str, e: Option<&Entry>) {
+        if let Some(e) = e {
+            self.out.insert(path.to_owned(), e.clone());
         }
-        if !gateway_changed {
-            take(ec, &mut out);
-            m.from_client.push(path.clone());
-            continue;
+    }
+
+    /// A path of a system layer: the gateway's entry; a client change is a violation.
+    fn system_path(&mut self, path: &str, (eb, eg, ec): Sides<'_>) {
+        if differs(eb, ec) && differs(ec, eg) {
+            self.m.violations.push(path.to_owned());
         }
-        // Both changed, differently.
+        self.take(path, eg);
+    }
+
+    /// A path of a user layer: the side that changed, or a conflict if both did.
+    fn user_path(&mut self, path: &str, (eb, eg, ec): Sides<'_>) {
+        if !differs(eb, ec) || !differs(eg, ec) {
+            self.take(path, eg);
+        } else if !differs(eb, eg) {
+            self.take(path, ec);
+            self.m.from_client.push(path.to_owned());
+        } else {
+            self.both_changed(path, eg, ec);
+        }
+    }
+
+    /// Both sides changed `path`, differently: keep what can be kept and report it.
+    fn both_changed(&mut self, path: &str, eg: Option<&Entry>, ec: Option<&Entry>) {
         match (eg, ec) {
             (None, Some(e)) => {
-                out.insert(path.clone(), e.clone());
-                m.from_client.push(path.clone());
-                m.conflicts.push(Conflict {
-                    path: path.clone(),
-                    kept_as: None,
-                    resolution: "deleted on the gateway, changed on the client: the client's version is kept".to_owned(),
-                });
+                self.take(path, Some(e));
+                self.m.from_client.push(path.to_owned());
+                self.conflict(
+                    path,
+                    None,
+                    "deleted on the gateway, changed on the client: the client's version is kept"
+                        .to_owned(),
+                );
             }
             (Some(e), None) => {
-                out.insert(path.clone(), e.clone());
-                m.conflicts.push(Conflict {
-                    path: path.clone(),
-                    kept_as: None,
-                    resolution: "changed on the gateway, deleted on the client: the gateway's version is kept".to_owned(),
-                });
+                self.take(path, Some(e));
+                self.conflict(
+                    path,
+                    None,
+                    "changed on the gateway, deleted on the client: the gateway's version is kept"
+                        .to_owned(),
+                );
             }
             (Some(gv), Some(cv))
                 if matches!(gv.kind, Kind::Dir) && matches!(cv.kind, Kind::Dir) =>
             {
                 // Two directories that differ in mode only: the gateway's.
-                out.insert(path.clone(), gv.clone());
+                self.take(path, Some(gv));
             }
-            (Some(gv), Some(cv)) => {
-                // A directory keeps the path (its children live under it);
-                // otherwise the gateway's version does.
-                let (stay, moved, client_moved) = if matches!(cv.kind, Kind::Dir) {
-                    (cv, gv, false)
-                } else {
-                    (gv, cv, true)
-                };
-                let copy = conflict_name(path, device, date);
-                out.insert(path.clone(), stay.clone());
-                out.insert(
-                    copy.clone(),
-                    Entry {
-                        path: copy.clone(),
-                        ..moved.clone()
-                    },
-                );
-                m.conflicts.push(Conflict {
-                    path: path.clone(),
-                    kept_as: client_moved.then(|| copy.clone()),
-                    resolution: if client_moved {
-                        format!("changed on both sides: the client's version is kept as {copy:?}")
-                    } else {
-                        format!("changed on both sides: the gateway's version is kept as {copy:?}")
-                    },
-                });
-            }
+            (Some(gv), Some(cv)) => self.keep_both(path, gv, cv),
             (None, None) => {}
         }
     }
-    // Every kept entry needs its directories.
-    let kept: Vec<String> = out.keys().cloned().collect();
-    for path in kept {
-        let mut p = path.as_str();
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            let need = !matches!(out.get(parent).map(|e| &e.kind), Some(Kind::Dir));
-            if need {
-                let dir = [g.get(parent), c.get(parent), b.get(parent)]
-                    .into_iter()
-                    .flatten()
-                    .find(|e| matches!(e.kind, Kind::Dir))
-                    .cloned()
-                    .unwrap_or(Entry {
-                        path: parent.to_owned(),
-                        mode: 0o755,
-                        kind: Kind::Dir,
-                    });
-                out.insert(parent.to_owned(), dir);
+
+    /// Both sides hold a different entry at `path`: one stays, the other moves to a conflict copy.
+    fn keep_both(&mut self, path: &str, gv: &Entry, cv: &Entry) {
+        // A directory keeps the path (its children live under it);
+        // otherwise the gateway's version does.
+        let (stay, moved, client_moved) = if matches!(cv.kind, Kind::Dir) {
+            (cv, gv, false)
+        } else {
+            (gv, cv, true)
+        };
+        let copy = conflict_name(path, self.device, self.date);
+        self.out.insert(path.to_owned(), stay.clone());
+        self.out.insert(
+            copy.clone(),
+            Entry {
+                path: copy.clone(),
+                ..moved.clone()
+            },
+        );
+        let resolution = if client_moved {
+            format!("changed on both sides: the client's version is kept as {copy:?}")
+        } else {
+            format!("changed on both sides: the gateway's version is kept as {copy:?}")
+        };
+        self.conflict(path, client_moved.then(|| copy.clone()), resolution);
+    }
+
+    /// Report a conflict at `path`.
+    fn conflict(&mut self, path: &str, kept_as: Option<String>, resolution: String) {
+        self.m.conflicts.push(Conflict {
+            path: path.to_owned(),
+            kept_as,
+            resolution,
+        });
+    }
+
+    /// Give every entry kept so far the directories above it, taken from `sides` in order.
+    fn add_parent_dirs(&mut self, sides: &[&Index; 3]) {
+        let kept: Vec<String> = self.out.keys().cloned().collect();
+        for path in kept {
+            let mut p = path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                let need = !matches!(self.out.get(parent).map(|e| &e.kind), Some(Kind::Dir));
+                if need {
+                    self.out
+                        .insert(parent.to_owned(), parent_dir(parent, sides));
+                }
+                p = parent;
             }
-            p = parent;
         }
     }
-    m.entries = out.into_values().collect();
-    m
+
+    /// The report, with the merged tree sorted.
+    fn finish(mut self) -> Merge {
+        self.m.entries = self.out.into_values().collect();
+        self.m
+    }
+}
+
+/// The directory entry for `parent`: the first side's that is a directory, else a new `0755` one.
+fn parent_dir(parent: &str, sides: &[&Index; 3]) -> Entry {
+    sides
+        .iter()
+        .filter_map(|side| side.get(parent))
+        .find(|e| matches!(e.kind, Kind::Dir))
+        .cloned()
+        .unwrap_or(Entry {
+            path: parent.to_owned(),
+            mode: 0o755,
+            kind: Kind::Dir,
+        })
 }
 
 #[cfg(test)]

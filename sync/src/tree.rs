@@ -4,7 +4,7 @@
 //! swapped in with one `renameat2(RENAME_EXCHANGE)`, so a reader sees the
 //! old layer or the new one, never half of either.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -109,101 +109,155 @@ pub fn scan_into(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Vec<Entry>, ScanStats), TreeError> {
     let mut entries = Vec::new();
-    let mut stats = ScanStats::default();
-    let mut seen = std::collections::HashSet::<ChunkId>::new();
+    let mut scanner = Scanner {
+        store,
+        stats: ScanStats::default(),
+        seen: HashSet::new(),
+    };
     for item in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
-        let item = item.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_owned();
-            TreeError::Io {
-                path,
-                source: e
-                    .into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("a loop")),
-            }
-        })?;
-        let full = item.path();
-        let rel = full
-            .strip_prefix(dir)
-            .ok()
-            .and_then(|r| r.to_str())
-            .ok_or_else(|| TreeError::Unsupported {
-                path: full.to_owned(),
-                problem: "the name is not UTF-8".to_owned(),
-            })?
-            .to_owned();
-        check_path(&rel).map_err(|problem| TreeError::Unsupported {
-            path: full.to_owned(),
-            problem,
-        })?;
-        let meta = item.path().symlink_metadata().map_err(io(full))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            stats.dirs += 1;
-            Kind::Dir
-        } else if ft.is_symlink() {
-            stats.symlinks += 1;
-            let target = std::fs::read_link(full).map_err(io(full))?;
-            let target = target.to_str().ok_or_else(|| TreeError::Unsupported {
-                path: full.to_owned(),
-                problem: "the link target is not UTF-8".to_owned(),
-            })?;
-            Kind::Symlink {
-                target: target.to_owned(),
-            }
-        } else if ft.is_file() {
-            stats.files += 1;
-            let f = std::fs::File::open(full).map_err(io(full))?;
-            let mut chunks = Vec::new();
-            let mut store_err = None;
-            let size = chunk_stream(f, |id, data| {
-                chunks.push(id);
-                stats.chunks += 1;
-                if seen.insert(id) {
-                    stats.unique_chunks += 1;
-                    stats.unique_bytes += data.len() as u64;
-                    let Some(store) = store else {
-                        return Ok(());
-                    };
-                    match store.put(id, data) {
-                        Ok(true) => {
-                            stats.new_chunks += 1;
-                            stats.new_bytes += data.len() as u64;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            store_err = Some(e);
-                            return Err(std::io::Error::other("chunk store"));
-                        }
-                    }
-                }
-                Ok(())
-            });
-            if let Some(e) = store_err {
-                return Err(e.into());
-            }
-            let size = size.map_err(io(full))?;
-            stats.bytes += size;
-            progress(size);
-            Kind::File { size, chunks }
-        } else {
-            return Err(TreeError::Unsupported {
-                path: full.to_owned(),
-                problem: "a device, FIFO or socket: layers hold files, directories and symlinks"
-                    .to_owned(),
-            });
-        };
-        entries.push(Entry {
-            path: rel,
-            mode,
-            kind,
-        });
+        let item = item.map_err(|e| walk_error(dir, e))?;
+        entries.push(scanner.entry(dir, item.path(), progress)?);
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some(store) = store {
         store.sync()?;
     }
-    Ok((entries, stats))
+    Ok((entries, scanner.stats))
+}
+
+/// A walk error as a [`TreeError::Io`] naming its path (or `dir`).
+fn walk_error(dir: &Path, e: walkdir::Error) -> TreeError {
+    let path = e.path().unwrap_or(dir).to_owned();
+    TreeError::Io {
+        path,
+        source: e
+            .into_io_error()
+            .unwrap_or_else(|| std::io::Error::other("a loop")),
+    }
+}
+
+/// The layer path of `full` under `dir`: UTF-8 and acceptable in a manifest.
+fn relative(dir: &Path, full: &Path) -> Result<String, TreeError> {
+    let rel = full
+        .strip_prefix(dir)
+        .ok()
+        .and_then(|r| r.to_str())
+        .ok_or_else(|| TreeError::Unsupported {
+            path: full.to_owned(),
+            problem: "the name is not UTF-8".to_owned(),
+        })?
+        .to_owned();
+    check_path(&rel).map_err(|problem| TreeError::Unsupported {
+        path: full.to_owned(),
+        problem,
+    })?;
+    Ok(rel)
+}
+
+/// The symlink at `full`, with its UTF-8 target.
+fn symlink_kind(full: &Path) -> Result<Kind, TreeError> {
+    let target = std::fs::read_link(full).map_err(io(full))?;
+    let target = target.to_str().ok_or_else(|| TreeError::Unsupported {
+        path: full.to_owned(),
+        problem: "the link target is not UTF-8".to_owned(),
+    })?;
+    Ok(Kind::Symlink {
+        target: target.to_owned(),
+    })
+}
+
+/// A scan under way: where chunks go and what has been counted.
+struct Scanner<'a> {
+    /// Where chunks are put; `None` to only hash.
+    store: Option<&'a ChunkStore>,
+    /// The counts so far.
+    stats: ScanStats,
+    /// The distinct chunks so far.
+    seen: HashSet<ChunkId>,
+}
+
+impl Scanner<'_> {
+    /// The entry for `full` (found under `dir`), storing a file's chunks.
+    fn entry(
+        &mut self,
+        dir: &Path,
+        full: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Entry, TreeError> {
+        let rel = relative(dir, full)?;
+        let meta = full.symlink_metadata().map_err(io(full))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let kind = self.kind(full, meta.file_type(), progress)?;
+        Ok(Entry {
+            path: rel,
+            mode,
+            kind,
+        })
+    }
+
+    /// What `full` is, counted; anything but a file, directory or symlink is refused.
+    fn kind(
+        &mut self,
+        full: &Path,
+        ft: std::fs::FileType,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Kind, TreeError> {
+        if ft.is_dir() {
+            self.stats.dirs += 1;
+            Ok(Kind::Dir)
+        } else if ft.is_symlink() {
+            self.stats.symlinks += 1;
+            symlink_kind(full)
+        } else if ft.is_file() {
+            self.stats.files += 1;
+            self.file_kind(full, progress)
+        } else {
+            Err(TreeError::Unsupported {
+                path: full.to_owned(),
+                problem: "a device, FIFO or socket: layers hold files, directories and symlinks"
+                    .to_owned(),
+            })
+        }
+    }
+
+    /// Cut the file at `full` into chunks, storing them; `progress` is told its size.
+    fn file_kind(&mut self, full: &Path, progress: &mut dyn FnMut(u64)) -> Result<Kind, TreeError> {
+        let f = std::fs::File::open(full).map_err(io(full))?;
+        let mut chunks = Vec::new();
+        let mut store_err = None;
+        let size = chunk_stream(f, |id, data| {
+            chunks.push(id);
+            self.chunk(id, data).map_err(|e| {
+                store_err = Some(e);
+                std::io::Error::other("chunk store")
+            })
+        });
+        if let Some(e) = store_err {
+            return Err(e.into());
+        }
+        let size = size.map_err(io(full))?;
+        self.stats.bytes += size;
+        progress(size);
+        Ok(Kind::File { size, chunks })
+    }
+
+    /// Count one chunk of a file; the first time it is seen, put it in the store.
+    fn chunk(&mut self, id: ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        self.stats.chunks += 1;
+        if !self.seen.insert(id) {
+            return Ok(());
+        }
+        self.stats.unique_chunks += 1;
+        self.stats.unique_bytes += data.len() as u64;
+        let Some(store) = self.store else {
+            return Ok(());
+        };
+        if store.put(id, data)? {
+            self.stats.new_chunks += 1;
+            self.stats.new_bytes += data.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Write `entries` as the directory `target` (replacing what is there,
@@ -240,44 +294,61 @@ pub fn materialize_arriving(
     current: &[Entry],
     arrived: &(dyn Fn(&Entry) -> Result<(), TreeError> + Sync),
 ) -> Result<(), TreeError> {
-    let reuse: HashMap<&str, &Entry> = current.iter().map(|e| (e.path.as_str(), e)).collect();
-    let from = if current.is_empty() {
-        None
-    } else {
-        rustix::fs::open(
-            target,
-            rustix::fs::OFlags::PATH
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .ok()
-    };
-    let reuse = Reuse {
-        from,
-        entries: reuse,
-    };
+    let reuse = Reuse::open(target, current);
     let parent = target.parent().unwrap_or(Path::new("."));
+    let staging = staging_dir(target, parent)?;
+    let root = staging.path();
+    // Directories first (entries are sorted, so parents come first), then
+    // files and symlinks on a few threads: creating inodes is most of the
+    // work, and the kernel does it in parallel.
+    let dirs = make_dirs(entries, root)?;
+    write_leaves(entries, store, root, &reuse, arrived)?;
+    // Directory modes last (deepest first), so a read-only directory is
+    // filled before it becomes read-only.
+    for (path, mode) in dirs.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(io(path))?;
+    }
+    // Everything written, durable in one call, before the swap.
+    sync_fs(root)?;
+    swap_in(&staging.keep(), target)?;
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io(parent))?;
+    Ok(())
+}
+
+/// Create `parent` and, in it, an empty staging directory named after `target`.
+fn staging_dir(target: &Path, parent: &Path) -> Result<tempfile::TempDir, TreeError> {
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("layer");
-    let staging = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(&format!(".staging-{name}-"))
         .tempdir_in(parent)
-        .map_err(io(parent))?;
-    let root = staging.path();
-    // Directories first (entries are sorted, so parents come first), then
-    // files and symlinks on a few threads: creating inodes is most of the
-    // work, and the kernel does it in parallel.
+        .map_err(io(parent))
+}
+
+/// Create the directories of `entries` under `root`, in order; return each with its mode, still to set.
+fn make_dirs(entries: &[Entry], root: &Path) -> Result<Vec<(PathBuf, u32)>, TreeError> {
     let mut dirs = Vec::new();
     for e in entries.iter().filter(|e| matches!(e.kind, Kind::Dir)) {
         let path = root.join(&e.path);
         std::fs::create_dir(&path).map_err(io(&path))?;
         dirs.push((path, e.mode));
     }
+    Ok(dirs)
+}
+
+/// Write the files and symlinks of `entries` under `root` on [`WRITERS`] threads.
+fn write_leaves(
+    entries: &[Entry],
+    store: &ChunkStore,
+    root: &Path,
+    reuse: &Reuse<'_>,
+    arrived: &(dyn Fn(&Entry) -> Result<(), TreeError> + Sync),
+) -> Result<(), TreeError> {
     let leaves: Vec<&Entry> = entries
         .iter()
         .filter(|e| !matches!(e.kind, Kind::Dir))
@@ -289,18 +360,11 @@ pub fn materialize_arriving(
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..WRITERS.min(leaves.len()))
             .map(|_| {
-                let (reuse, next, failed, leaves) = (&reuse, &next, &failed, &leaves);
+                let (next, failed, leaves) = (&next, &failed, &leaves);
                 s.spawn(move || {
-                    while !failed.load(Ordering::Relaxed) {
-                        let Some(e) = leaves.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
-                        };
-                        if let Err(err) = write_leaf(e, store, root, reuse, arrived) {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(err);
-                        }
-                    }
-                    Ok(())
+                    write_in_turn(leaves, next, failed, |e| {
+                        write_leaf(e, store, root, reuse, arrived)
+                    })
                 })
             })
             .collect();
@@ -312,25 +376,45 @@ pub fn materialize_arriving(
                 })
             })
         })
-    })?;
-    // Directory modes last (deepest first), so a read-only directory is
-    // filled before it becomes read-only.
-    for (path, mode) in dirs.iter().rev() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(io(path))?;
+    })
+}
+
+/// One writer: take the next leaf and `write` it, until none is left or a writer has failed.
+fn write_in_turn(
+    leaves: &[&Entry],
+    next: &AtomicUsize,
+    failed: &AtomicBool,
+    write: impl Fn(&Entry) -> Result<(), TreeError>,
+) -> Result<(), TreeError> {
+    while !failed.load(Ordering::Relaxed) {
+        let Some(e) = leaves.get(next.fetch_add(1, Ordering::Relaxed)) else {
+            break;
+        };
+        if let Err(err) = write(e) {
+            failed.store(true, Ordering::Relaxed);
+            return Err(err);
+        }
     }
-    // Everything written, durable in one call, before the swap.
+    Ok(())
+}
+
+/// Make everything written on the file system holding `root` durable, in one `syncfs`.
+fn sync_fs(root: &Path) -> Result<(), TreeError> {
     std::fs::File::open(root).map_err(io(root)).and_then(|d| {
         rustix::fs::syncfs(&d).map_err(|e| TreeError::Io {
             path: root.to_owned(),
             source: e.into(),
         })
-    })?;
-    let kept = staging.keep();
+    })
+}
+
+/// Put the staged tree `kept` at `target`: exchanged with the old tree in one step (then removed), or renamed there if none.
+fn swap_in(kept: &Path, target: &Path) -> Result<(), TreeError> {
     if target.symlink_metadata().is_ok() {
         // Swap in one step; the old tree ends up at the staging path.
         rustix::fs::renameat_with(
             rustix::fs::CWD,
-            &kept,
+            kept,
             rustix::fs::CWD,
             target,
             rustix::fs::RenameFlags::EXCHANGE,
@@ -339,14 +423,10 @@ pub fn materialize_arriving(
             path: target.to_owned(),
             source: e.into(),
         })?;
-        remove_tree(&kept).map_err(io(&kept))?;
+        remove_tree(kept).map_err(io(kept))
     } else {
-        std::fs::rename(&kept, target).map_err(io(target))?;
+        std::fs::rename(kept, target).map_err(io(target))
     }
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io(parent))?;
-    Ok(())
 }
 
 /// Threads writing a layer's files.
@@ -359,7 +439,26 @@ struct Reuse<'a> {
     entries: HashMap<&'a str, &'a Entry>,
 }
 
-impl Reuse<'_> {
+impl<'a> Reuse<'a> {
+    /// The entries of `current`, and `target` opened once to link them from.
+    fn open(target: &Path, current: &'a [Entry]) -> Reuse<'a> {
+        let entries = current.iter().map(|e| (e.path.as_str(), e)).collect();
+        let from = if current.is_empty() {
+            None
+        } else {
+            rustix::fs::open(
+                target,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        };
+        Reuse { from, entries }
+    }
+
     /// Hard-link `e` from the tree being replaced if it is there unchanged;
     /// true if `path` now holds it. The old path is resolved beneath the
     /// old tree with no symlink and no mount crossing on the way, so a

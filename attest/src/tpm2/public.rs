@@ -170,87 +170,13 @@ impl AkPublic {
         let name_id = w.u16("nameAlg")?;
         let name_alg = HashAlg::from_id(name_id)
             .ok_or_else(|| w.invalid("nameAlg", 2, format!("unknown hash 0x{name_id:04x}")))?;
-        let attributes = ObjectAttributes(w.u32("objectAttributes")?);
-        let reserved = attributes.0 & ObjectAttributes::RESERVED;
-        if reserved != 0 {
-            return Err(w.invalid(
-                "objectAttributes",
-                4,
-                format!("reserved bits 0x{reserved:08x} are set"),
-            ));
-        }
+        let attributes = object_attributes(&mut w)?;
         w.sized(MAX_DIGEST, "authPolicy")?;
-        // TPMT_SYM_DEF_OBJECT: a signing key has none, but parse any.
-        if w.u16("symmetric.algorithm")? != TPM_ALG_NULL {
-            w.u16("symmetric.keyBits")?;
-            w.u16("symmetric.mode")?;
-        }
-        let at = w.offset();
-        let scheme = w.u16("scheme")?;
-        let allowed: &[u16] = match ty {
-            TPM_ALG_ECC => &[TPM_ALG_NULL, TPM_ALG_ECDSA],
-            _ => &[TPM_ALG_NULL, TPM_ALG_RSASSA, TPM_ALG_RSAPSS],
-        };
-        if !allowed.contains(&scheme) {
-            return Err(w.invalid(
-                "scheme",
-                at,
-                format!(
-                    "0x{scheme:04x} is not a signing scheme Satchel verifies for this key type"
-                ),
-            ));
-        }
-        let scheme_hash = if scheme == TPM_ALG_NULL {
-            None
-        } else {
-            let id = w.u16("scheme.hashAlg")?;
-            Some(
-                HashAlg::from_id(id)
-                    .ok_or_else(|| w.invalid("scheme", at, format!("unknown hash 0x{id:04x}")))?,
-            )
-        };
+        skip_symmetric(&mut w)?;
+        let scheme_hash = signing_scheme(&mut w, ty)?;
         let (params, key) = match ty {
-            TPM_ALG_RSA => {
-                let bits = w.u16("keyBits")?;
-                let exponent = w.u32("exponent")?;
-                let at = w.offset();
-                let n = w.sized(MAX_RSA, "unique.rsa")?;
-                if n.len() < 256 || n.first() == Some(&0) {
-                    return Err(w.invalid(
-                        "unique.rsa",
-                        at,
-                        format!(
-                            "a {}-byte modulus is not an RSA key of 2048 bits or more",
-                            n.len()
-                        ),
-                    ));
-                }
-                let e = if exponent == 0 { 65537 } else { exponent };
-                let e = e.to_be_bytes();
-                let e = e[e.iter().take_while(|&&b| b == 0).count()..].to_vec();
-                let key = PublicKey::Rsa { n: n.to_vec(), e };
-                (KeyParams::Rsa { bits }, key)
-            }
-            TPM_ALG_ECC => {
-                let at = w.offset();
-                let curve = w.u16("curveID")?;
-                if curve != TPM_ECC_NIST_P256 {
-                    return Err(w.invalid(
-                        "curveID",
-                        at,
-                        format!("curve 0x{curve:04x} is not NIST P-256"),
-                    ));
-                }
-                if w.u16("kdf.scheme")? != TPM_ALG_NULL {
-                    w.u16("kdf.hashAlg")?;
-                }
-                let at = w.offset();
-                let x = w.sized(MAX_ECC, "unique.x")?;
-                let y = w.sized(MAX_ECC, "unique.y")?;
-                let sec1 = point(x, y)
-                    .ok_or_else(|| w.invalid("unique", at, "not a P-256 point".to_owned()))?;
-                (KeyParams::EccP256, PublicKey::EcdsaP256 { sec1 })
-            }
+            TPM_ALG_RSA => rsa_key(&mut w)?,
+            TPM_ALG_ECC => ecc_key(&mut w)?,
             _ => return Err(w.invalid("type", 0, format!("0x{ty:04x} is not an RSA or ECC key"))),
         };
         w.finish()?;
@@ -282,6 +208,98 @@ impl AkPublic {
             None
         }
     }
+}
+
+/// Read `objectAttributes`, refusing reserved bits.
+fn object_attributes(w: &mut Wire<'_>) -> Result<ObjectAttributes, WireError> {
+    let attributes = ObjectAttributes(w.u32("objectAttributes")?);
+    let reserved = attributes.0 & ObjectAttributes::RESERVED;
+    if reserved != 0 {
+        return Err(w.invalid(
+            "objectAttributes",
+            4,
+            format!("reserved bits 0x{reserved:08x} are set"),
+        ));
+    }
+    Ok(attributes)
+}
+
+/// Skip the `TPMT_SYM_DEF_OBJECT`: a signing key has none, but parse any.
+fn skip_symmetric(w: &mut Wire<'_>) -> Result<(), WireError> {
+    if w.u16("symmetric.algorithm")? != TPM_ALG_NULL {
+        w.u16("symmetric.keyBits")?;
+        w.u16("symmetric.mode")?;
+    }
+    Ok(())
+}
+
+/// Read the signing scheme, one Satchel verifies for key type `ty`; return its hash, if it fixes one.
+fn signing_scheme(w: &mut Wire<'_>, ty: u16) -> Result<Option<HashAlg>, WireError> {
+    let at = w.offset();
+    let scheme = w.u16("scheme")?;
+    let allowed: &[u16] = match ty {
+        TPM_ALG_ECC => &[TPM_ALG_NULL, TPM_ALG_ECDSA],
+        _ => &[TPM_ALG_NULL, TPM_ALG_RSASSA, TPM_ALG_RSAPSS],
+    };
+    if !allowed.contains(&scheme) {
+        return Err(w.invalid(
+            "scheme",
+            at,
+            format!("0x{scheme:04x} is not a signing scheme Satchel verifies for this key type"),
+        ));
+    }
+    if scheme == TPM_ALG_NULL {
+        return Ok(None);
+    }
+    let id = w.u16("scheme.hashAlg")?;
+    HashAlg::from_id(id)
+        .map(Some)
+        .ok_or_else(|| w.invalid("scheme", at, format!("unknown hash 0x{id:04x}")))
+}
+
+/// Read the RSA parameters and modulus (2048 bits or more).
+fn rsa_key(w: &mut Wire<'_>) -> Result<(KeyParams, PublicKey), WireError> {
+    let bits = w.u16("keyBits")?;
+    let exponent = w.u32("exponent")?;
+    let at = w.offset();
+    let n = w.sized(MAX_RSA, "unique.rsa")?;
+    if n.len() < 256 || n.first() == Some(&0) {
+        return Err(w.invalid(
+            "unique.rsa",
+            at,
+            format!(
+                "a {}-byte modulus is not an RSA key of 2048 bits or more",
+                n.len()
+            ),
+        ));
+    }
+    let e = if exponent == 0 { 65537 } else { exponent };
+    let e = e.to_be_bytes();
+    let e = e[e.iter().take_while(|&&b| b == 0).count()..].to_vec();
+    let key = PublicKey::Rsa { n: n.to_vec(), e };
+    Ok((KeyParams::Rsa { bits }, key))
+}
+
+/// Read the ECC parameters (NIST P-256 only) and the point.
+fn ecc_key(w: &mut Wire<'_>) -> Result<(KeyParams, PublicKey), WireError> {
+    let at = w.offset();
+    let curve = w.u16("curveID")?;
+    if curve != TPM_ECC_NIST_P256 {
+        return Err(w.invalid(
+            "curveID",
+            at,
+            format!("curve 0x{curve:04x} is not NIST P-256"),
+        ));
+    }
+    if w.u16("kdf.scheme")? != TPM_ALG_NULL {
+        w.u16("kdf.hashAlg")?;
+    }
+    let at = w.offset();
+    let x = w.sized(MAX_ECC, "unique.x")?;
+    let y = w.sized(MAX_ECC, "unique.y")?;
+    let sec1 =
+        point(x, y).ok_or_else(|| w.invalid("unique", at, "not a P-256 point".to_owned()))?;
+    Ok((KeyParams::EccP256, PublicKey::EcdsaP256 { sec1 }))
 }
 
 /// A P-256 point (uncompressed SEC1, checked on the curve) from TPM
