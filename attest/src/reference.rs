@@ -42,6 +42,12 @@ pub struct ReferenceEvent {
     pub event_type: String,
     /// Digest per bank.
     pub digests: BTreeMap<HashAlg, Hex>,
+    /// The digest is the hash of the event's data (a `data` stage, a
+    /// separator, an action string): a verifier checks that the logged data
+    /// still hashes to it, so the log cannot show text that was never
+    /// measured.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub of_data: bool,
 }
 
 /// What one PCR must hold.
@@ -164,6 +170,10 @@ impl Reference {
                 .push(ReferenceEvent {
                     stage: stage_of(e.index),
                     event_type: e.event_type.to_string(),
+                    of_data: !e.digests.is_empty()
+                        && e.digests.iter().all(|d| {
+                            HashAlg::from_id(d.alg_id).is_some_and(|b| b.hash(&e.data) == d.digest)
+                        }),
                     digests,
                 });
         }

@@ -56,6 +56,9 @@ pub enum Check {
     Replay,
     /// The PCR values and events against the reference manifest.
     Reference,
+    /// An event's data against its digest, for events whose digest is the
+    /// hash of their data: the log shows data that was never measured.
+    EventData,
 }
 
 /// One failed check.
@@ -491,7 +494,67 @@ pub fn compare_reference(
             out.extend(stages);
         }
     }
+    if let Some(log) = log {
+        out.extend(data_failures(reference, log, &banks));
+    }
     out
+}
+
+/// Events of the reference's PCRs whose digest is the hash of their data
+/// (by the reference, or by their TCG type) but whose logged data no longer
+/// hashes to it: the data was edited after it was measured.
+fn data_failures(reference: &Reference, log: &BorrowedLog<'_>, banks: &[HashAlg]) -> Vec<Failure> {
+    let mut out = Vec::new();
+    for (&pcr, want) in &reference.pcrs {
+        let logged = log.measured_events().filter(|e| e.pcr == pcr);
+        for (i, e) in logged.enumerate() {
+            let Some(bank) = banks.iter().copied().find(|b| e.digest_of(*b).is_some()) else {
+                continue;
+            };
+            let digest = e.digest_of(bank).unwrap_or_default();
+            // The reference's event at this place, if this is it (a moved or
+            // changed event is named by the reference check instead).
+            let r = want
+                .events
+                .get(i)
+                .filter(|r| r.digests.get(&bank).is_some_and(|d| d.0 == digest));
+            let of_data = r.is_some_and(|r| r.of_data) || digest_is_of_data(e.event_type);
+            if !of_data || data_hashes_to(e.event_type, e.data, bank, digest) {
+                continue;
+            }
+            let stage = r.map_or_else(|| format!("event #{}", e.index), |r| r.stage.clone());
+            out.push(
+                Failure::new(
+                    Check::EventData,
+                    format!(
+                        "event {} (PCR {pcr}, {}, stage {stage:?}): its data is not what was measured (the {bank} digest is not the hash of the logged data)",
+                        e.index, e.event_type
+                    ),
+                )
+                .at(pcr, bank)
+                .stage(&stage),
+            );
+        }
+    }
+    out
+}
+
+/// TCG event types whose digest is defined as the hash of their data.
+fn digest_is_of_data(t: eventlog::EventType) -> bool {
+    use eventlog::EventType as T;
+    t.is_efi_variable()
+        || matches!(
+            t,
+            T::EV_SEPARATOR | T::EV_ACTION | T::EV_EFI_ACTION | T::EV_S_CRTM_VERSION
+        )
+}
+
+/// Whether `data` hashes to `digest` (for EFI variables, edk2's hash of the
+/// variable's data alone counts too).
+fn data_hashes_to(t: eventlog::EventType, data: &[u8], bank: HashAlg, digest: &[u8]) -> bool {
+    bank.hash(data) == digest
+        || (t.is_efi_variable()
+            && eventlog::efi_variable_data(data).is_some_and(|v| bank.hash(v) == digest))
 }
 
 /// The stages of `pcr` whose logged digest differs from the reference's.

@@ -549,3 +549,37 @@ fn ek_certificate_and_credential_round_trip_through_the_cli() {
         0
     );
 }
+
+/// Regression (issue 22, item 6): the text of a data stage (the hypervisor's
+/// command line, whose digest is the hash of that text) edited in the
+/// evidence's log: the PCRs still replay, but the evidence is untrusted,
+/// naming the event and its stage.
+#[test]
+fn data_that_was_never_measured_makes_the_evidence_untrusted() {
+    let c = Client::new();
+    c.quote(NONCE, "0-9,13", "e.json");
+    assert_eq!(code(&c.verify(&c.p("e.json"), NONCE, &[])), 0);
+    let mut evidence: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("e.json")).unwrap()).unwrap();
+    let log = evidence["event_logs"][0].as_str().unwrap().to_owned();
+    let mut bytes = b64(&log);
+    let measured = b"satchel.mode=closed";
+    let at = bytes
+        .windows(measured.len())
+        .position(|w| w == measured)
+        .expect("the command line is in the log");
+    bytes[at..at + measured.len()].copy_from_slice(b"satchel.mode=open!!");
+    evidence["event_logs"][0] = serde_json::json!(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &bytes
+    ));
+    std::fs::write(c.p("edited.json"), evidence.to_string()).unwrap();
+    let out = c.verify(&c.p("edited.json"), NONCE, &[]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stage \"hypervisor-cmdline\"")
+            && stderr(&out).contains("not what was measured"),
+        "{}",
+        stderr(&out)
+    );
+}

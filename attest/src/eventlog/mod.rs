@@ -22,6 +22,7 @@ mod write;
 
 use serde::Serialize;
 
+pub(crate) use decode::efi_variable_data;
 pub use decode::{EventData, GptPartition};
 pub use error::ParseError;
 pub use event_type::{EventType, UnknownEventType};

@@ -271,9 +271,10 @@ fn pcr0_locality<E: LogEvent>(events: &[E]) -> Option<u8> {
 /// For types whose digest is the hash of their own data, check each bank.
 fn check_digests<E: LogEvent>(event: &E, findings: &mut Vec<Finding>) {
     let alternatives: Vec<&[u8]> = match event.event_type() {
-        EventType::EV_SEPARATOR | EventType::EV_ACTION | EventType::EV_EFI_ACTION => {
-            vec![event.data()]
-        }
+        EventType::EV_SEPARATOR
+        | EventType::EV_ACTION
+        | EventType::EV_EFI_ACTION
+        | EventType::EV_S_CRTM_VERSION => vec![event.data()],
         // edk2 hashes only the variable's data for Boot#### variables; the
         // specification hashes the whole UEFI_VARIABLE_DATA. Accept both.
         t if t.is_efi_variable() => {
