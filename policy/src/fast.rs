@@ -197,7 +197,7 @@ impl FastPolicy {
         for &i in ids.into_iter().flatten() {
             let ok = self.url_patterns[i]
                 .as_ref()
-                .is_some_and(|p| glob_match(&p.path, &url.path));
+                .is_some_and(|p| p.matches_path(url));
             if ok && who.applies(&self.rules[i]) {
                 best.consider(&self.rules, i);
             }

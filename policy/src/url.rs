@@ -3,11 +3,23 @@
 //! A request URL is parsed with the WHATWG URL parser (the `url` crate, as
 //! browsers do), then made canonical so that one resource has one spelling:
 //! scheme and host lower-cased, IDNA labels in punycode, one trailing dot
-//! dropped, the port made explicit, `.`/`..` (also `%2e`) resolved,
-//! percent-escapes of unreserved characters decoded and the rest upper-cased,
-//! and IP literals in every form (decimal `2130706433`, octal `0177.0.0.1`,
-//! hex `0x7f.1`, short forms, IPv6, IPv4-mapped IPv6) reduced to one address.
+//! dropped, the port made explicit, `.`/`..` (also `%2e`) resolved, and IP
+//! literals in every form (decimal `2130706433`, octal `0177.0.0.1`, hex
+//! `0x7f.1`, short forms, IPv6, IPv4-mapped IPv6) reduced to one address.
 //! URLs with user info (`https://good.example@evil.example/`) are refused.
+//!
+//! Paths and queries have one spelling too ([`canonical_path`]): every
+//! percent-escape is decoded, then exactly the bytes that may not stand
+//! raw are escaped again, in upper case. So `%3A`, `%53` and `:`/`S` are one
+//! spelling. Escapes that would change the structure stay: `%25` (a `%`),
+//! `%3F` and `%23` in a path, and in a query `%26`, `%3D`, `%2B`, `%3B`.
+//! An encoded slash (`%2F`) or backslash (`%5C`) in a path is refused: the
+//! servers behind a proxy disagree about whether it separates segments.
+//!
+//! Rules and requests go through the same canonicalisation. A rule matches
+//! the path only unless it has a query part (`/w/index.php?*title=Special:*`),
+//! then the query too; case matters unless the rule starts with `nocase:`
+//! (`nocase:https://en.wikipedia.org/wiki/Special:*`).
 //!
 //! A rule's host is a name (exact, or `*.suffix` for any name strictly under
 //! the suffix) or an IP literal. A request whose host is an IP literal never
@@ -47,6 +59,12 @@ pub enum UrlError {
     /// No host.
     #[error("{url:?} has no host")]
     NoHost {
+        /// The input.
+        url: String,
+    },
+    /// An encoded `/` or `\` in the path.
+    #[error("{url:?}: an encoded slash (%2F or %5C) in the path is refused")]
+    EncodedSlash {
         /// The input.
         url: String,
     },
@@ -90,9 +108,10 @@ pub struct CanonicalUrl {
     pub host: Host,
     /// The port, always explicit.
     pub port: u16,
-    /// The path: absolute, dot segments resolved, escapes normalised. The
-    /// query is not part of it (rules match paths).
+    /// The path: absolute, dot segments resolved, one spelling of escapes.
     pub path: String,
+    /// The query, in one spelling of escapes, without its `?`.
+    pub query: Option<String>,
 }
 
 impl fmt::Display for CanonicalUrl {
@@ -101,7 +120,11 @@ impl fmt::Display for CanonicalUrl {
             f,
             "{}://{}:{}{}",
             self.scheme, self.host, self.port, self.path
-        )
+        )?;
+        match &self.query {
+            Some(q) => write!(f, "?{q}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -140,11 +163,19 @@ impl CanonicalUrl {
             }
         };
         let port = url.port_or_known_default().unwrap_or(0);
+        let path =
+            canonical_path(url.path(), Part::Path).ok_or_else(|| UrlError::EncodedSlash {
+                url: input.to_owned(),
+            })?;
+        let query = url
+            .query()
+            .map(|q| canonical_path(q, Part::Query).unwrap_or_default());
         Ok(CanonicalUrl {
             scheme,
             host,
             port,
-            path: normalise_escapes(url.path()),
+            path,
+            query,
         })
     }
 }
@@ -172,44 +203,88 @@ fn name_or_ip(d: &str) -> Option<Host> {
     })
 }
 
-/// Decode `%XX` escapes of unreserved characters (RFC 3986 §2.3) and
-/// upper-case the hex digits of the others.
-fn normalise_escapes(path: &str) -> String {
-    let b = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+/// Which part of a URL is being made canonical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The path of a request.
+    Path,
+    /// A query.
+    Query,
+    /// The path glob of a rule (`*` kept as the glob's wildcard).
+    Glob,
+}
+
+/// The one spelling of a path or query (see the module documentation);
+/// `None` for a path with an encoded slash or backslash.
+fn canonical_path(text: &str, part: Part) -> Option<String> {
+    let decoded = percent_decode(text, part)?;
+    let mut out = String::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Decoded::Kept(b) => push_escape(&mut out, b),
+            Decoded::Byte(b) if stands_raw(b, part) => out.push(char::from(b)),
+            Decoded::Byte(b) => push_escape(&mut out, b),
+        }
+    }
+    Some(out)
+}
+
+/// A byte of a decoded path: one to spell as it may stand, or one whose
+/// escape must stay.
+enum Decoded {
+    Byte(u8),
+    Kept(u8),
+}
+
+/// Decode every `%XX`; a `%` that starts no escape is a literal `%`.
+fn percent_decode(text: &str, part: Part) -> Option<Vec<Decoded>> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && b[i + 1].is_ascii_hexdigit()
-            && b[i + 2].is_ascii_hexdigit()
-        {
-            let hex = &path[i + 1..i + 3];
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(v));
-                } else {
-                    out.push('%');
-                    out.push_str(&hex.to_ascii_uppercase());
-                }
+        let escaped = (b[i] == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match escaped {
+            Some(v) if part != Part::Query && matches!(v, b'/' | b'\\') => return None,
+            Some(v) if keeps_escape(v, part) => {
+                out.push(Decoded::Kept(v));
                 i += 3;
-                continue;
+            }
+            Some(v) => {
+                out.push(Decoded::Byte(v));
+                i += 3;
+            }
+            None => {
+                out.push(Decoded::Byte(b[i]));
+                i += 1;
             }
         }
-        if b[i] == b'%' {
-            // A '%' that starts no escape is itself escaped, so that the
-            // result is a fixed point ("%%35" must not become "%5").
-            out.push_str("%25");
-            i += 1;
-            continue;
-        }
-        // Multi-byte characters are already escaped by the parser; copy
-        // byte-wise safely through chars.
-        let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
-        out.push(ch);
-        i += ch.len_utf8();
     }
-    out
+    Some(out)
+}
+
+/// Escapes that stand for a character that would change the structure.
+fn keeps_escape(v: u8, part: Part) -> bool {
+    match part {
+        Part::Path | Part::Glob => matches!(v, b'%' | b'?' | b'#' | b'*'),
+        Part::Query => matches!(v, b'%' | b'#' | b'&' | b'=' | b'+' | b';' | b'*'),
+    }
+}
+
+/// Whether `b` may stand raw: RFC 3986 `pchar` and `/` (and `?` in a
+/// query); a rule glob's `*` too.
+fn stands_raw(b: u8, part: Part) -> bool {
+    b.is_ascii_alphanumeric()
+        || b"-._~!$&'()+,;=:@/".contains(&b)
+        || (b == b'*' && part == Part::Glob)
+        || (part == Part::Query && b == b'?')
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    out.push_str(&format!("%{b:02X}"));
 }
 
 /// A rule's host.
@@ -233,11 +308,20 @@ pub struct UrlPattern {
     pub port: u16,
     /// The path glob (`*` matches anything, `/` included).
     pub path: String,
+    /// The query glob: when given, the request's query must match it too
+    /// (an absent query matches as empty).
+    pub query: Option<String>,
+    /// Paths and queries compared without regard to ASCII case (`nocase:`).
+    pub nocase: bool,
 }
 
 impl UrlPattern {
     /// Parse a rule object.
     pub fn parse(rule: &str) -> Result<UrlPattern, UrlError> {
+        let (rule, nocase) = match rule.strip_prefix("nocase:") {
+            Some(r) => (r, true),
+            None => (rule, false),
+        };
         let err = |reason: &str| UrlError::Rule {
             rule: rule.to_owned(),
             reason: reason.to_owned(),
@@ -267,11 +351,14 @@ impl UrlPattern {
                 return Err(err("*. must be followed by a DNS name"));
             };
             let suffix = n.strip_prefix("x.").unwrap_or(&n).to_owned();
+            let (path, query) = glob_parts(path).map_err(|r| err(&r))?;
             return Ok(UrlPattern {
                 scheme,
                 host: HostPattern::Under(suffix),
                 port: port.unwrap_or(default_port),
-                path: path.to_owned(),
+                path,
+                query,
+                nocase,
             });
         }
         if authority.contains('*') {
@@ -281,11 +368,14 @@ impl UrlPattern {
         }
         let probe = CanonicalUrl::parse(&format!("{scheme}://{authority}/"))
             .map_err(|e| err(&e.to_string()))?;
+        let (path, query) = glob_parts(path).map_err(|r| err(&r))?;
         Ok(UrlPattern {
             scheme,
             host: HostPattern::Exact(probe.host),
             port: probe.port,
-            path: canonical_glob(path),
+            path,
+            query,
+            nocase,
         })
     }
 
@@ -302,7 +392,24 @@ impl UrlPattern {
             // An IP literal never matches a name rule.
             (HostPattern::Under(_), _) => false,
         };
-        host_ok && glob_match(&self.path, &url.path)
+        host_ok && self.matches_path(url)
+    }
+
+    /// Whether the request's path (and, for a rule with a query part, its
+    /// query) matches, in the case the rule says.
+    pub fn matches_path(&self, url: &CanonicalUrl) -> bool {
+        let fits = |glob: &str, text: &str| {
+            if self.nocase {
+                glob_match(&glob.to_ascii_lowercase(), &text.to_ascii_lowercase())
+            } else {
+                glob_match(glob, text)
+            }
+        };
+        fits(&self.path, &url.path)
+            && self
+                .query
+                .as_deref()
+                .is_none_or(|q| fits(q, url.query.as_deref().unwrap_or("")))
     }
 }
 
@@ -317,9 +424,24 @@ fn split_port(a: &str) -> Result<(&str, Option<u16>), String> {
     }
 }
 
-/// A rule's path glob normalised like request paths (escapes), keeping `*`.
-fn canonical_glob(path: &str) -> String {
-    normalise_escapes(path)
+/// A rule's path glob and query glob, spelled as requests are, keeping `*`.
+fn glob_parts(path: &str) -> Result<(String, Option<String>), String> {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let path = canonical_path(path, Part::Glob)
+        .ok_or_else(|| "an encoded slash (%2F or %5C) never matches: write /".to_owned())?;
+    let query = query.map(|q| canonical_glob_query(q));
+    Ok((path, query))
+}
+
+/// A query glob spelled as request queries are, keeping `*`.
+fn canonical_glob_query(q: &str) -> String {
+    q.split('*')
+        .map(|piece| canonical_path(piece, Part::Query).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("*")
 }
 
 #[cfg(test)]
@@ -358,8 +480,12 @@ mod tests {
                 "https://example.org/%7euser/%41",
                 "https://example.org:443/~user/A",
             ),
-            ("https://example.org/a%2fb", "https://example.org:443/a%2Fb"),
-            ("https://example.org/a?x=1#f", "https://example.org:443/a"),
+            ("https://example.org/a%2fb", "ERR \"https://example.org/a%2fb\": an encoded slash (%2F or %5C) in the path is refused"),
+            ("https://example.org/a?x=1#f", "https://example.org:443/a?x=1"),
+            ("https://example.org/wiki/Special%3aRandom", "https://example.org:443/wiki/Special:Random"),
+            ("https://example.org/a%20b/%C3%A9", "https://example.org:443/a%20b/%C3%A9"),
+            ("https://example.org/a*b%2a", "https://example.org:443/a%2Ab%2A"),
+            ("https://example.org/a?t=Special%3ARandom&x=%3d%26", "https://example.org:443/a?t=Special:Random&x=%3D%26"),
             ("https://example.org/%%353", "https://example.org:443/%2553"),
             ("https://example.org/100%", "https://example.org:443/100%25"),
             ("http://2130706433/", "http://127.0.0.1:80/"),
@@ -448,5 +574,98 @@ mod tests {
             "https://en.wikipedia.org/wiki/foo/../Special:Random"
         ));
         assert!(m(deny, "https://en.wikipedia.org/wiki/%53pecial:Random"));
+    }
+
+    /// Issue 21: path spellings that must not get around a rule, as
+    /// documented (docs/policy.md, "Paths and queries").
+    #[test]
+    fn path_spellings_table() {
+        let deny = "https://en.wikipedia.org/wiki/Special:*";
+        let nocase = "nocase:https://en.wikipedia.org/wiki/Special:*";
+        let query = "nocase:https://en.wikipedia.org/w/index.php?*title=Special:*";
+        let secret = "https://files.example/public/*";
+        for (rule, url, matches) in [
+            (deny, "https://en.wikipedia.org/wiki/Special:Random", true),
+            (deny, "https://en.wikipedia.org/wiki/Special%3ARandom", true),
+            (deny, "https://en.wikipedia.org/wiki/Special%3aRandom", true),
+            (deny, "https://en.wikipedia.org/wiki/%53pecial:Random", true),
+            (
+                deny,
+                "https://en.wikipedia.org/wiki/x/../Special:Random",
+                true,
+            ),
+            (
+                deny,
+                "https://en.wikipedia.org/wiki/x/%2e%2e/Special:Random",
+                true,
+            ),
+            (deny, "https://en.wikipedia.org/wiki/special:Random", false),
+            (nocase, "https://en.wikipedia.org/wiki/special:Random", true),
+            (
+                nocase,
+                "https://en.wikipedia.org/WIKI/SPECIAL%3ARANDOM",
+                true,
+            ),
+            (
+                deny,
+                "https://en.wikipedia.org/w/index.php?title=Special:Random",
+                false,
+            ),
+            (
+                query,
+                "https://en.wikipedia.org/w/index.php?title=Special:Random",
+                true,
+            ),
+            (
+                query,
+                "https://en.wikipedia.org/w/index.php?title=Special%3ARandom",
+                true,
+            ),
+            (
+                query,
+                "https://en.wikipedia.org/w/index.php?action=x&title=special:random",
+                true,
+            ),
+            (
+                query,
+                "https://en.wikipedia.org/w/index.php?title=Main_Page",
+                false,
+            ),
+            (query, "https://en.wikipedia.org/w/index.php", false),
+            (
+                secret,
+                "https://files.example/public/x/../../secret.txt",
+                false,
+            ),
+            (secret, "https://files.example/public/a.txt", true),
+        ] {
+            assert_eq!(m(rule, url), matches, "{rule} ~ {url}");
+        }
+        // Encoded slashes are refused, never decided.
+        for url in [
+            "https://files.example/public/x/..%2Fsecret.txt",
+            "https://files.example/public/x/..%2fsecret.txt",
+            "https://files.example/public%5C..%5Csecret.txt",
+        ] {
+            assert!(
+                matches!(CanonicalUrl::parse(url), Err(UrlError::EncodedSlash { .. })),
+                "{url}"
+            );
+        }
+        assert!(UrlPattern::parse("https://files.example/a%2Fb/*").is_err());
+    }
+
+    #[test]
+    fn canonical_forms_are_fixed_points() {
+        for u in [
+            "https://example.org/%%353?q=%%26&r=a+b",
+            "https://example.org/a%20b/%C3%A9?x=%2f%3F",
+            "https://example.org/wiki/Special%3aRandom",
+            "https://example.org/a*b?c*d",
+        ] {
+            let once = CanonicalUrl::parse(u).unwrap();
+            let twice = CanonicalUrl::parse(&once.to_string()).unwrap();
+            assert_eq!(once, twice, "{u}");
+        }
     }
 }

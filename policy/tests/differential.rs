@@ -77,9 +77,14 @@ fn random_policy(rng: &mut Rng) -> String {
                     "/a/*/c",
                     "/",
                     "/%7Euser/*",
+                    "/wiki/special:*",
+                    "/w/index.php?*title=Special:*",
+                    "/w/index.php?*title=special:*",
+                    "/wiki/Special%3A*",
                 ]);
                 let act = rng.pick(&["GET", "POST", "*"]);
-                format!("p, {sub}, url, {scheme}://{host}{port}{path}, {act}, {eft}")
+                let case = rng.pick(&["", "", "nocase:"]);
+                format!("p, {sub}, url, {case}{scheme}://{host}{port}{path}, {act}, {eft}")
             }
             1 => {
                 let obj = if rng.below(2) == 0 {
@@ -147,6 +152,12 @@ fn random_request(rng: &mut Rng) -> (String, Request) {
                 "/~user/page",
                 "/%7euser/page",
                 "/a/%2e%2e/submit",
+                "/wiki/Special%3aRandom",
+                "/WIKI/SPECIAL:RANDOM",
+                "/w/index.php?title=Special:Random",
+                "/w/index.php?action=raw&title=special%3Arandom",
+                "/w/index.php?title=Main_Page",
+                "/submit?x=1",
             ]);
             let url = CanonicalUrl::parse(&format!("{scheme}://{host}{port}{path}")).unwrap();
             Request::Url {
