@@ -432,7 +432,7 @@ fn glob_parts(path: &str) -> Result<(String, Option<String>), String> {
     };
     let path = canonical_path(path, Part::Glob)
         .ok_or_else(|| "an encoded slash (%2F or %5C) never matches: write /".to_owned())?;
-    let query = query.map(|q| canonical_glob_query(q));
+    let query = query.map(canonical_glob_query);
     Ok((path, query))
 }
 
