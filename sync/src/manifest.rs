@@ -79,6 +79,31 @@ impl Layer {
     pub fn is_system(self) -> bool {
         matches!(self, Layer::BaseOs | Layer::GroupApps)
     }
+
+    /// The mode bits an entry of this layer may carry: all of them in a
+    /// system layer (built by the organisation), only the permission bits
+    /// in a user layer (written on a device, so never setuid, setgid or
+    /// sticky: a user could otherwise plant a setuid program that a later
+    /// restore writes as root).
+    pub fn allowed_mode_bits(self) -> u32 {
+        if self.is_system() {
+            0o7777
+        } else {
+            0o777
+        }
+    }
+
+    /// `entries` with every mode cut to what this layer may carry; the
+    /// paths whose modes were cut.
+    pub fn strip_special_bits(self, entries: &mut [Entry]) -> Vec<String> {
+        let allowed = self.allowed_mode_bits();
+        let mut cut = Vec::new();
+        for e in entries.iter_mut().filter(|e| e.mode & !allowed != 0) {
+            e.mode &= allowed;
+            cut.push(e.path.clone());
+        }
+        cut
+    }
 }
 
 impl fmt::Display for Layer {

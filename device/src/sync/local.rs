@@ -100,9 +100,11 @@ pub fn revert(
         .layers
         .get(&layer)
         .ok_or_else(|| SyncError::Local(format!("{image} has no {layer} layer here")))?;
-    let m = Signed::verify(&base.manifest, &key)
+    let mut m = Signed::verify(&base.manifest, &key)
         .map_err(local)?
         .manifest;
+    // A user layer never brings setuid, setgid or sticky bits back.
+    layer.strip_special_bits(&mut m.entries);
     let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
     if let Some(id) = m.chunk_ids().into_iter().find(|id| !store.has(*id)) {
         return Err(SyncError::Local(format!(

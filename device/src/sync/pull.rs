@@ -230,7 +230,10 @@ impl Puller<'_> {
         let missing = missing_in_order(&s.manifest.entries, self.store);
         let arrivals = Arc::new(Arrivals::new(&missing));
         let write = {
-            let entries = s.manifest.entries.clone();
+            let mut entries = s.manifest.entries.clone();
+            // A user layer never brings setuid, setgid or sticky bits,
+            // whatever its manifest says.
+            s.manifest.layer.strip_special_bits(&mut entries);
             let (store, dir, old) = (self.store.clone(), dir.to_owned(), old.to_vec());
             let arrivals = arrivals.clone();
             tokio::task::spawn_blocking(move || {
