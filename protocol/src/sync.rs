@@ -131,4 +131,8 @@ pub struct CheckedIn {
     pub violations: Vec<String>,
     /// Paths taken from the device.
     pub from_client: Vec<String>,
+    /// Paths of a user layer whose setuid, setgid or sticky bits the
+    /// gateway stripped (a user layer never carries them).
+    #[serde(default)]
+    pub stripped: Vec<String>,
 }

@@ -705,3 +705,60 @@ fn an_older_version_offered_is_refused_as_a_rollback() {
     );
     assert_eq!(hostname(), "classroom-v2\n", "the rollback was applied");
 }
+
+/// Issue 21: a user layer never carries setuid, setgid or sticky bits: a
+/// device that sets them on its own files and pushes gets them stripped at
+/// check-in (and told so), and no pull, fresh or not, and no revert, writes
+/// them back.
+#[test]
+fn user_layers_never_carry_setuid_or_setgid() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = world();
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &[]);
+    let tool = w.p("root/user-data/Documents/tool");
+    std::fs::write(&tool, b"#!/bin/sh\nid\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let shared = w.p("root/user-data/shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o3775)).unwrap();
+    let o = w.sync("push", "c1", "root", &["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stripped = report["stripped"]["user-data"].to_string();
+    assert!(
+        stripped.contains("Documents/tool") && stripped.contains("shared"),
+        "{report}"
+    );
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}; push said {report}", p.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    // The pushing device now holds the gateway's version: no special bits.
+    assert_eq!(mode(&tool), 0o755);
+    assert_eq!(mode(&shared), 0o775);
+    // A fresh pull of this device's layers into a new root: none either.
+    w.pull_stats("c1", "root2", &[]);
+    assert_eq!(mode(&w.p("root2/user-data/Documents/tool")), 0o755);
+    assert_eq!(mode(&w.p("root2/user-data/shared")), 0o775);
+    // Set again and revert: the last common version comes back without them.
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args([
+            "client",
+            "sync",
+            "revert",
+            "--data",
+            &w.s("c1"),
+            "--image",
+            "classroom",
+        ])
+        .args(["--root", &w.s("root"), "--layer", "user-data"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&tool), 0o755);
+}

@@ -50,6 +50,9 @@ pub async fn push(t: &Target<'_>, layers: LayerFilter<'_>) -> Result<PushReport,
         if !v.violations.is_empty() {
             report.violations.insert(layer.to_string(), v.violations);
         }
+        if !v.stripped.is_empty() {
+            report.stripped.insert(layer.to_string(), v.stripped);
+        }
         if !layer.is_system() {
             changed_user_layers.push((*layer, entries));
         }

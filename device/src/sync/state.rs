@@ -93,6 +93,9 @@ pub struct PushReport {
     pub conflicts: BTreeMap<String, Vec<Conflict>>,
     /// Refused changes to system layers, by layer.
     pub violations: BTreeMap<String, Vec<String>>,
+    /// Per user layer, the paths whose setuid, setgid or sticky bits the
+    /// gateway stripped.
+    pub stripped: BTreeMap<String, Vec<String>>,
     /// User layers checked in but changed again before the gateway's new
     /// version could be applied: left as they are (the next push sends the
     /// newer changes).

@@ -473,14 +473,28 @@ pub async fn checkin(
     image: &str,
     r: CheckIn,
 ) -> Reply {
-    // The client's tree must be a valid layer.
+    // The client's tree must be a valid layer; a user layer never carries
+    // setuid, setgid or sticky bits (stripped, reported, audited).
+    let mut entries = r.entries;
+    let stripped = r.layer.strip_special_bits(&mut entries);
+    if !stripped.is_empty() {
+        record(
+            audit,
+            "sync",
+            &device.device_id,
+            &format!("{image}/{}", r.layer),
+            "stripped",
+            json!({"reason": "setuid, setgid or sticky bits in a user layer", "paths": stripped}),
+        )
+        .await;
+    }
     let client = LayerManifest {
         format: FORMAT.to_owned(),
         image: image.to_owned(),
         layer: r.layer,
         version: 0,
         created: String::new(),
-        entries: r.entries,
+        entries,
     };
     if let Err(e) = client.validate() {
         return bad(e.to_string());
@@ -609,5 +623,6 @@ pub async fn checkin(
         conflicts: merged.conflicts,
         violations: merged.violations,
         from_client: merged.from_client,
+        stripped,
     })
 }
