@@ -74,37 +74,10 @@ fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Respo
     r
 }
 
-/// Whether an address is one a name must not lead to: loopback, private,
-/// link-local, unique-local, shared (CGNAT), multicast, broadcast,
-/// unspecified or documentation space.
+/// Whether an address is one a name must not lead to: any block of the IANA
+/// special-purpose registries ([`crate::special`]).
 pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-        }
-        IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let s = a.segments();
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-        }
-    }
+    crate::special::is_internal(ip)
 }
 
 /// A refusal, as answered and audited.
@@ -347,7 +320,9 @@ async fn forward(req: Request<Incoming>, dev: Device, state: &AppState) -> Respo
         }
     });
     let (mut parts, body) = req.into_parts();
-    let target = match uri.query() {
+    // Forward the spelling that was decided on, so the upstream serves what
+    // the rule allowed.
+    let target = match &url.query {
         Some(q) => format!("{}?{q}", url.path),
         None => url.path.clone(),
     };
