@@ -60,6 +60,10 @@ pub struct Db {
     pool: AnyPool,
 }
 
+/// Chunk ids per upload query (two bound parameters a row at most; far
+/// below both backends' limits).
+const UPLOAD_BATCH: usize = 500;
+
 fn now_ms() -> i64 {
     audit::batch::now_ms()
 }
@@ -78,6 +82,8 @@ impl Db {
              ak_pem TEXT NOT NULL, enrolled_ms BIGINT NOT NULL, revoked_ms BIGINT)",
             "CREATE TABLE IF NOT EXISTS gateway_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS gateway_admin_revocations (name TEXT PRIMARY KEY, revoked_ms BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS gateway_uploads (device_id TEXT NOT NULL, chunk_id TEXT NOT NULL, \
+             PRIMARY KEY (device_id, chunk_id))",
             "CREATE TABLE IF NOT EXISTS gateway_spool_marks (device_id TEXT NOT NULL, epoch TEXT NOT NULL, \
              last_seq BIGINT NOT NULL, pending_through BIGINT, audit_from BIGINT, \
              PRIMARY KEY (device_id, epoch))",
@@ -191,6 +197,58 @@ impl Db {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading admin revocations"))
+    }
+
+    /// Record that `device_id` uploaded `ids` (it may reference them in its
+    /// check-ins from now on).
+    pub async fn record_uploads(
+        &self,
+        device_id: &str,
+        ids: &[sync::ChunkId],
+    ) -> Result<(), DbError> {
+        for batch in ids.chunks(UPLOAD_BATCH) {
+            let values: Vec<String> = (0..batch.len())
+                .map(|i| format!("($1, ${})", i + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO gateway_uploads (device_id, chunk_id) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(device_id.to_owned());
+            for id in batch {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&self.pool)
+                .await
+                .map_err(db("recording uploads"))?;
+        }
+        Ok(())
+    }
+
+    /// Which of `ids` `device_id` uploaded.
+    pub async fn uploaded(
+        &self,
+        device_id: &str,
+        ids: &[sync::ChunkId],
+    ) -> Result<std::collections::HashSet<sync::ChunkId>, DbError> {
+        let mut out = std::collections::HashSet::new();
+        for batch in ids.chunks(UPLOAD_BATCH) {
+            let marks: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT chunk_id FROM gateway_uploads WHERE device_id = $1 AND chunk_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql).bind(device_id.to_owned());
+            for id in batch {
+                q = q.bind(id.to_string());
+            }
+            let rows = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading uploads"))?;
+            out.extend(rows.iter().filter_map(|r| r.parse::<sync::ChunkId>().ok()));
+        }
+        Ok(out)
     }
 
     /// An enrolled device.

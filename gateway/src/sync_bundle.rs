@@ -95,6 +95,7 @@ pub async fn import(
     }
     // The chunks, each checked against its id.
     let frames = sync::wire::read_frames(p.frames).map_err(|e| err(e.to_string()))?;
+    let ids: Vec<sync::ChunkId> = frames.iter().map(|(id, _)| *id).collect();
     for (id, data) in frames {
         images
             .chunks
@@ -102,10 +103,15 @@ pub async fn import(
             .map_err(|e| err(e.to_string()))?;
     }
     images.chunks.sync().map_err(|e| err(e.to_string()))?;
+    // The bundle's chunks come from the device, as an upload would.
+    db.record_uploads(&device.device_id, &ids)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let mut answers = Vec::new();
     for ci in h.checkins.clone() {
         let layer = ci.layer;
-        match crate::routes::sync::checkin(images, manifest_key, audit, &device, &h.image, ci).await
+        match crate::routes::sync::checkin(images, db, manifest_key, audit, &device, &h.image, ci)
+            .await
         {
             crate::reply::Reply::Json { status: 200, body } => answers.push(body),
             crate::reply::Reply::Json { body, .. } => {

@@ -762,3 +762,101 @@ fn user_layers_never_carry_setuid_or_setgid() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(mode(&tool), 0o755);
 }
+
+/// Regression (issue 22, item 1): a device cannot make another image's
+/// chunk its own by checking it in, cannot learn whether the gateway holds
+/// a chunk it may not read, and cannot have a delta made against one.
+#[test]
+fn a_device_cannot_claim_or_probe_chunks_of_images_it_does_not_get() {
+    let w = world();
+    // A second image the device does not subscribe to, holding a secret.
+    std::fs::create_dir_all(w.p("secret/user-data")).unwrap();
+    let secret = b"the answers to tomorrow's exam\n";
+    std::fs::write(w.p("secret/user-data/answers.txt"), secret).unwrap();
+    ok(&[
+        "image",
+        "build",
+        "--data",
+        w.gw.to_str().unwrap(),
+        "--image",
+        "staffroom",
+        "--layer",
+        &format!("user-data={}", w.s("secret/user-data")),
+    ]);
+    let id = sync::ChunkId::of(secret);
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &[]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.p("c1/sync/classroom.json")).unwrap()).unwrap();
+    let base = state["layers"]["user-data"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gw = device::GatewayConfig {
+        url: w.url.clone(),
+        ca: w.gw.join("ca.crt"),
+        data: w.p("c1"),
+    };
+    let c = gw.device_client().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Not subscribed: the chunk is not served through its own image.
+        let (s, _) = c
+            .post(
+                "/v1/sync/images/staffroom/chunks",
+                &serde_json::json!({"ids": [id]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 403);
+        // The probe: "missing", though the gateway has it.
+        let (s, b) = c
+            .post(
+                "/v1/sync/images/classroom/missing",
+                &serde_json::json!({"ids": [id]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["missing"], serde_json::json!([id]), "{b}");
+        // The claim: a check-in naming the chunk is refused ...
+        let loot = serde_json::json!({"layer": "user-data", "base_digest": base, "entries": [
+            {"path": "loot", "mode": 420, "type": "file", "size": secret.len(), "chunks": [id]}
+        ]});
+        let (s, b) = c
+            .post("/v1/sync/images/classroom/checkin", &loot)
+            .await
+            .unwrap();
+        assert_eq!(s, 403, "{b}");
+        assert!(
+            b["detail"].as_str().unwrap().contains(&id.to_string()),
+            "{b}"
+        );
+        // ... so the chunk is never served through the device's own image.
+        let (s, _) = c
+            .post(
+                "/v1/sync/images/classroom/chunks",
+                &serde_json::json!({"ids": [id]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 403);
+        // A delta against the secret chunk is refused too.
+        let (s, b) = c
+            .post(
+                "/v1/sync/images/classroom/deltas",
+                &serde_json::json!({"files": [{"from": [id], "to": [], "missing": []}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 403, "{b}");
+    });
+    // Honest pushes still work: a new file of the device's own is uploaded
+    // and checked in.
+    std::fs::write(w.p("root/user-data/Documents/mine.txt"), b"my own notes\n").unwrap();
+    let o = w.sync("push", "c1", "root", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -91,9 +91,9 @@ impl AppState {
             SyncAction::Image => self.sync_image(device, image).await,
             SyncAction::Offer => self.sync_offer(device, image, body).await,
             SyncAction::Chunks => self.sync_chunks(device, image, body).await,
-            SyncAction::Missing => self.sync_missing(body),
+            SyncAction::Missing => self.sync_missing(device, image, body).await,
             SyncAction::Deltas => self.sync_deltas(device, image, body).await,
-            SyncAction::Upload => self.sync_upload(body),
+            SyncAction::Upload => self.sync_upload(device, image, body).await,
             SyncAction::Checkin => self.sync_checkin(device, image, body).await,
         }
     }
@@ -270,6 +270,25 @@ impl AppState {
             Ok(a) => a,
             Err(a) => return a,
         };
+        // The old files a delta is made against must be ones this device
+        // may read: a delta against another's chunk would tell of it.
+        let from: Vec<ChunkId> = r
+            .files
+            .iter()
+            .flat_map(|f| f.from.iter().copied())
+            .collect();
+        let entitled = match self.entitled(device, image, &from).await {
+            Ok(e) => e,
+            Err(a) => return a,
+        };
+        if let Some(id) = from.iter().find(|id| !entitled.contains(id)) {
+            return refuse(
+                403,
+                "not this device's",
+                format!("chunk {id} is in no version of the layers this device gets and was not uploaded by it"),
+                Value::Null,
+            );
+        }
         let images = self.images.clone();
         // Compression is CPU work: off the async threads.
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Reply> {
@@ -340,7 +359,11 @@ impl AppState {
         }
     }
 
-    fn sync_missing(&self, body: &[u8]) -> Reply {
+    /// `POST .../missing`: which of the ids the gateway lacks, answered only
+    /// for chunks this device is entitled to (in a version of a layer it
+    /// gets, or uploaded by it); any other id is "missing", so the answer
+    /// never tells whether someone else's chunk exists.
+    async fn sync_missing(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
         let ids: Ids = match serde_json::from_slice(body) {
             Ok(i) => i,
             Err(e) => return bad(format!("expected {{\"ids\": [...]}}: {e}")),
@@ -348,24 +371,36 @@ impl AppState {
         if ids.ids.len() > MAX_ASK {
             return bad(format!("at most {MAX_ASK} ids per request"));
         }
+        let entitled = match self.entitled(device, image, &ids.ids).await {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
         let missing = ids
             .ids
             .into_iter()
-            .filter(|id| !self.images.chunks.has(*id))
+            .filter(|id| !(entitled.contains(id) && self.images.chunks.has(*id)))
             .collect();
         ok(Missing { missing })
     }
 
-    fn sync_upload(&self, body: &[u8]) -> Reply {
+    /// `POST .../upload`: store chunk frames (each checked against its id)
+    /// and record them as this device's. `known` counts only chunks the
+    /// device was entitled to before.
+    async fn sync_upload(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
         let frames = match sync::wire::read_frames(body) {
             Ok(f) => f,
             Err(e) => return bad(e.to_string()),
         };
+        let ids: Vec<ChunkId> = frames.iter().map(|(id, _)| *id).collect();
+        let entitled = match self.entitled(device, image, &ids).await {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
         let (mut stored, mut known) = (0u64, 0u64);
         for (id, bytes) in frames {
             match self.images.chunks.put_compressed(id, bytes) {
-                Ok(true) => stored += 1,
-                Ok(false) => known += 1,
+                Ok(false) if entitled.contains(&id) => known += 1,
+                Ok(_) => stored += 1,
                 Err(e @ sync::store::StoreError::Corrupt { .. }) => {
                     return refuse(400, "bad chunk", e.to_string(), Value::Null)
                 }
@@ -375,7 +410,44 @@ impl AppState {
         if let Err(e) = self.images.chunks.sync() {
             return internal(&e);
         }
+        if let Err(e) = self.db.record_uploads(&device.device_id, &ids).await {
+            return internal(&e);
+        }
         ok(Uploaded { stored, known })
+    }
+
+    /// The chunks `device` is entitled to among `asked`: those of every
+    /// version of `image` it could have held (the image's, and its own user
+    /// layers'), and those it uploaded.
+    async fn entitled(
+        &self,
+        device: &Device,
+        image: &str,
+        asked: &[ChunkId],
+    ) -> Result<Allowed, Reply> {
+        let history = self.images.history(image).await.map_err(|e| internal(&e))?;
+        let key = self.manifest_key.verifying_key();
+        let mut sets = Vec::new();
+        for l in history
+            .iter()
+            .filter(|l| l.owner.is_empty() || l.owner == device.device_id)
+        {
+            sets.push(self.images.chunk_set(l, &key).map_err(|e| internal(&e))?);
+        }
+        let unknown: Vec<ChunkId> = asked
+            .iter()
+            .filter(|id| !sets.iter().any(|s| s.contains(id)))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            let uploaded = self
+                .db
+                .uploaded(&device.device_id, &unknown)
+                .await
+                .map_err(|e| internal(&e))?;
+            sets.push(std::sync::Arc::new(uploaded));
+        }
+        Ok(Allowed(sets))
     }
 
     async fn sync_checkin(&self, device: &Device, image: &str, body: &[u8]) -> Reply {
@@ -385,6 +457,7 @@ impl AppState {
         };
         checkin(
             &self.images,
+            &self.db,
             &self.manifest_key,
             &self.audit,
             device,
@@ -463,10 +536,53 @@ async fn layers_for(
     }
 }
 
+/// Every chunk a user layer's check-in references must be one the device
+/// had (in `had`: the base it names and the gateway's current version) or
+/// uploaded itself: a check-in never turns another's chunk into the
+/// device's own.
+async fn own_chunks(
+    db: &crate::state::Db,
+    device: &Device,
+    entries: &[sync::manifest::Entry],
+    had: &[&[sync::manifest::Entry]],
+) -> Result<(), Reply> {
+    let known: HashSet<ChunkId> = had.iter().flat_map(|e| file_chunks(e)).collect();
+    let new: Vec<ChunkId> = file_chunks(entries)
+        .filter(|id| !known.contains(id))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let uploaded = db
+        .uploaded(&device.device_id, &new)
+        .await
+        .map_err(|e| internal(&e))?;
+    match new.iter().find(|id| !uploaded.contains(id)) {
+        Some(id) => Err(refuse(
+            403,
+            "not this device's",
+            format!("chunk {id} is in no version of this layer the device had and was not uploaded by it"),
+            Value::Null,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The chunk ids of the files of `entries`.
+fn file_chunks(entries: &[sync::manifest::Entry]) -> impl Iterator<Item = ChunkId> + '_ {
+    entries
+        .iter()
+        .flat_map(|e| match &e.kind {
+            sync::Kind::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        })
+        .copied()
+}
+
 /// Reconcile one layer's check-in from `device` and store the result
 /// (online through the route, offline from a bundle).
 pub async fn checkin(
     images: &crate::images::Images,
+    db: &crate::state::Db,
     key: &ed25519_dalek::SigningKey,
     audit: &audit::store::Store,
     device: &Device,
@@ -535,6 +651,18 @@ pub async fn checkin(
             Err(e) => return internal(&e),
         },
     };
+    if !r.layer.is_system() {
+        if let Err(reply) = own_chunks(
+            db,
+            device,
+            &client.entries,
+            &[&base_entries, &gateway_entries],
+        )
+        .await
+        {
+            return reply;
+        }
+    }
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let merged = sync::reconcile::merge(
         r.layer,
