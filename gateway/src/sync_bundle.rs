@@ -17,6 +17,40 @@ fn err(m: impl Into<String>) -> BundleError {
     BundleError(m.into())
 }
 
+/// How long after its certificate expired a bundle is still taken: the
+/// time a device may have been offline before it was carried in.
+pub const OFFLINE_ALLOWANCE_S: i64 = 7 * 24 * 3600;
+
+/// The certificate is judged by when the gateway receives the bundle
+/// (`now`, seconds), not by the `created` time the bundle claims (which the
+/// device writes): it must have started, and expired no more than
+/// [`OFFLINE_ALLOWANCE_S`] ago. A `created` time outside the certificate's
+/// validity, or in the future, is refused as well.
+fn check_validity(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    created_ms: i64,
+    now: i64,
+) -> Result<(), BundleError> {
+    let (from, until) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    if now > until.saturating_add(OFFLINE_ALLOWANCE_S) {
+        return Err(err(format!(
+            "the certificate expired {} days ago, more than the {} days a device may stay offline; attest again",
+            (now - until) / 86_400,
+            OFFLINE_ALLOWANCE_S / 86_400
+        )));
+    }
+    let made = created_ms / 1000;
+    if now < from || made < from || made > until || made > now + 300 {
+        return Err(err(
+            "the certificate was not valid when the bundle says it was made",
+        ));
+    }
+    Ok(())
+}
+
 use rustls::pki_types::pem::PemObject as _;
 
 /// Check a bundle and check it in. The answer of each layer's check-in.
@@ -42,15 +76,7 @@ pub async fn import(
         .map_err(|e| err(format!("device CA: {e}")))?;
     cert.verify_signature(Some(ca.public_key()))
         .map_err(|_| err("the certificate was not issued by this gateway's device CA"))?;
-    let made = h.created / 1000;
-    if made < cert.validity().not_before.timestamp()
-        || made > cert.validity().not_after.timestamp()
-        || h.created > audit::batch::now_ms() + 300_000
-    {
-        return Err(err(
-            "the certificate was not valid when the bundle was made",
-        ));
-    }
+    check_validity(&cert, h.created, audit::batch::now_ms() / 1000)?;
     let who = crate::server::identity(cert_der.as_ref())
         .filter(|w| w.role == crate::server::Role::Device && w.device_id == h.device_id)
         .ok_or_else(|| err("the certificate does not name the bundle's device"))?;
@@ -135,4 +161,45 @@ pub async fn import(
         .await
         .map_err(|e| err(e.to_string()))?;
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    /// A certificate valid from `from` to `until` (seconds since the epoch).
+    fn cert(from: i64, until: i64) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let at = |s: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64);
+        p.not_before = at(from).into();
+        p.not_after = at(until).into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// Regression (issue 22, item 3): a bundle whose certificate expired
+    /// long ago is refused, however far back its own `created` time is set.
+    #[test]
+    fn validity_is_judged_by_the_time_of_import() {
+        let now = 1_800_000_000;
+        let check = |from: i64, until: i64, created: i64| {
+            let der = cert(from, until);
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            check_validity(&c, created * 1000, now)
+        };
+        // Expired 30 days ago, the bundle backdated into its validity: refused.
+        let e = check(now - 40 * DAY, now - 30 * DAY, now - 35 * DAY).unwrap_err();
+        assert!(e.to_string().contains("expired 30 days ago"), "{e}");
+        // Expired 2 days ago, made while valid: within the offline allowance.
+        assert!(check(now - 10 * DAY, now - 2 * DAY, now - 5 * DAY).is_ok());
+        // Valid now, made now: fine; claimed before the certificate or in
+        // the future: refused.
+        assert!(check(now - DAY, now + DAY, now).is_ok());
+        assert!(check(now - DAY, now + DAY, now - 2 * DAY).is_err());
+        assert!(check(now - DAY, now + DAY, now + 3600).is_err());
+        // A certificate that has not started yet.
+        assert!(check(now + DAY, now + 2 * DAY, now + DAY).is_err());
+    }
 }
