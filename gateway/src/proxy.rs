@@ -251,34 +251,9 @@ pub async fn handle(
 }
 
 async fn forward(req: Request<Incoming>, dev: Device, state: &AppState) -> Response<Body> {
-    let uri = req.uri().clone();
-    let bad = |detail: &str| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "bad proxy request",
-            detail,
-            Value::Null,
-        )
-    };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return bad("for https, open a tunnel with CONNECT"),
-        Some(_) => return bad("only http URLs are forwarded"),
-        None => return bad("this is a proxy: send the absolute URL (GET http://host/path)"),
-    }
-    let url = match CanonicalUrl::parse(&uri.to_string()) {
+    let url = match forward_url(&req, &dev, state).await {
         Ok(u) => u,
-        Err(e) => {
-            audit(
-                state,
-                &dev.device_id,
-                &uri.to_string(),
-                false,
-                json!({"method": req.method().as_str(), "reason": "url", "error": e.to_string()}),
-            )
-            .await;
-            return bad(&e.to_string());
-        }
+        Err(refusal) => return refusal,
     };
     let shown = url.to_string();
     let method = req.method().as_str().to_owned();
@@ -297,49 +272,97 @@ async fn forward(req: Request<Incoming>, dev: Device, state: &AppState) -> Respo
         json!({"method": method, "rule": rule_json(rule.as_ref()), "address": addr.to_string()}),
     )
     .await;
-    let gateway_error = |detail: String| {
-        problem(
+    match send_upstream(req, &url, addr).await {
+        Ok(resp) => resp,
+        Err(Upstream::Unreachable(detail)) => problem(
             StatusCode::BAD_GATEWAY,
             "upstream unreachable",
             &detail,
             json!({"url": shown}),
-        )
-    };
+        ),
+        Err(Upstream::BadPath) => bad_request("the path cannot be forwarded"),
+    }
+}
+
+/// A 400 for a request the proxy cannot take.
+fn bad_request(detail: &str) -> Response<Body> {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "bad proxy request",
+        detail,
+        Value::Null,
+    )
+}
+
+/// The canonical URL of a plain-HTTP proxy request; a refusal (audited
+/// when the URL does not parse) otherwise.
+async fn forward_url(
+    req: &Request<Incoming>,
+    dev: &Device,
+    state: &AppState,
+) -> Result<CanonicalUrl, Response<Body>> {
+    let uri = req.uri();
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad_request("for https, open a tunnel with CONNECT")),
+        Some(_) => return Err(bad_request("only http URLs are forwarded")),
+        None => {
+            return Err(bad_request(
+                "this is a proxy: send the absolute URL (GET http://host/path)",
+            ))
+        }
+    }
+    match CanonicalUrl::parse(&uri.to_string()) {
+        Ok(u) => Ok(u),
+        Err(e) => {
+            let details =
+                json!({"method": req.method().as_str(), "reason": "url", "error": e.to_string()});
+            audit(state, &dev.device_id, &uri.to_string(), false, details).await;
+            Err(bad_request(&e.to_string()))
+        }
+    }
+}
+
+/// Why a forwarded request got no answer from upstream.
+enum Upstream {
+    /// Connecting or talking to it failed.
+    Unreachable(String),
+    /// The canonical path is no request target.
+    BadPath,
+}
+
+/// Send the request to `addr` as `url` says (the spelling that was decided
+/// on, so the upstream serves what the rule allowed), hop-by-hop headers
+/// dropped both ways.
+async fn send_upstream(
+    req: Request<Incoming>,
+    url: &CanonicalUrl,
+    addr: SocketAddr,
+) -> Result<Response<Body>, Upstream> {
+    let unreachable = Upstream::Unreachable;
     let tcp = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return gateway_error(format!("connecting to {addr}: {e}")),
-        Err(_) => return gateway_error(format!("connecting to {addr} timed out")),
+        Ok(Err(e)) => return Err(unreachable(format!("connecting to {addr}: {e}"))),
+        Err(_) => return Err(unreachable(format!("connecting to {addr} timed out"))),
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
-        Ok(x) => x,
-        Err(e) => return gateway_error(format!("upstream HTTP: {e}")),
-    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| unreachable(format!("upstream HTTP: {e}")))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
     let (mut parts, body) = req.into_parts();
-    // Forward the spelling that was decided on, so the upstream serves what
-    // the rule allowed.
     let target = match &url.query {
         Some(q) => format!("{}?{q}", url.path),
         None => url.path.clone(),
     };
-    parts.uri = match target.parse() {
-        Ok(u) => u,
-        Err(_) => return bad("the path cannot be forwarded"),
-    };
+    parts.uri = target.parse().map_err(|_| Upstream::BadPath)?;
     for h in HOP_BY_HOP {
         parts.headers.remove(*h);
     }
-    let host =
-        if (url.scheme == "http" && url.port == 80) || (url.scheme == "https" && url.port == 443) {
-            url.host.to_string()
-        } else {
-            format!("{}:{}", url.host, url.port)
-        };
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&host_header(url)) {
         parts.headers.insert(hyper::header::HOST, v);
     }
     let sent = tokio::time::timeout(
@@ -348,15 +371,24 @@ async fn forward(req: Request<Incoming>, dev: Device, state: &AppState) -> Respo
     )
     .await;
     match sent {
-        Err(_) => gateway_error("upstream did not answer in time".to_owned()),
+        Err(_) => Err(unreachable("upstream did not answer in time".to_owned())),
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             for h in HOP_BY_HOP {
                 parts.headers.remove(*h);
             }
-            Response::from_parts(parts, body.boxed())
+            Ok(Response::from_parts(parts, body.boxed()))
         }
-        Ok(Err(e)) => gateway_error(format!("upstream HTTP: {e}")),
+        Ok(Err(e)) => Err(unreachable(format!("upstream HTTP: {e}"))),
+    }
+}
+
+/// The Host header for `url`: the port only when it is not the scheme's.
+fn host_header(url: &CanonicalUrl) -> String {
+    if (url.scheme == "http" && url.port == 80) || (url.scheme == "https" && url.port == 443) {
+        url.host.to_string()
+    } else {
+        format!("{}:{}", url.host, url.port)
     }
 }
 

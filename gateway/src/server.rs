@@ -227,6 +227,56 @@ fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
     Ok(config)
 }
 
+/// Bind `addr`: the listener and the address it got.
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let a = l
+        .local_addr()
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    Ok((l, a))
+}
+
+/// Start the audit log's signer (its tree kept in `DATA/audit.tree`): its
+/// view, and the key as a C2SP verifier key.
+async fn start_signer(
+    config: &ServeConfig,
+    key: ed25519_dalek::SigningKey,
+    audit: &audit::store::Store,
+) -> Result<(audit::signer::SignerView, String), ServeError> {
+    let vkey = audit::checkpoint::Verifier::new(AUDIT_ORIGIN, key.verifying_key())
+        .map(|v| v.vkey())
+        .map_err(|e| ServeError::Tls(format!("the audit key: {e}")))?;
+    let path = config.data.join("audit.tree");
+    let signer = audit::signer::Signer::open(&path, key, AUDIT_ORIGIN, audit).await?;
+    let (view, _) = audit::signer::spawn(signer, audit.clone(), config.checkpoint_every);
+    Ok((view, vkey))
+}
+
+/// The policy in force at start: `--policy` (then stored in the database),
+/// else the one stored. Its lines, and their text.
+async fn load_policy(
+    config: &ServeConfig,
+    store: &policy::PolicyStore,
+) -> Result<(policy::PolicyText, String), ServeError> {
+    let Some(path) = &config.policy else {
+        let rows = store
+            .rows()
+            .await
+            .map_err(|e| ServeError::Policy(e.to_string()))?;
+        let source: String = rows.iter().map(|r| r.join(", ") + "\n").collect();
+        let text = policy::PolicyText::parse(&source)
+            .map_err(|e| ServeError::Policy(format!("the stored policy: {e}")))?;
+        return Ok((text, source));
+    };
+    let bad = |e: String| ServeError::Policy(format!("{}: {e}", path.display()));
+    let source = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let text = policy::PolicyText::parse(&source).map_err(|e| bad(e.to_string()))?;
+    store.replace(&text).await.map_err(|e| bad(e.to_string()))?;
+    Ok((text, source))
+}
+
 impl Gateway {
     /// Load (or make) the data directory and bind the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Gateway, ServeError> {
@@ -241,44 +291,13 @@ impl Gateway {
         let images = crate::images::Images::open(pool.clone(), &config.data)
             .await
             .map_err(|e| ServeError::Images(e.to_string()))?;
-        let audit_vkey = audit::checkpoint::Verifier::new(AUDIT_ORIGIN, audit_key.verifying_key())
-            .map(|v| v.vkey())
-            .map_err(|e| ServeError::Tls(format!("the audit key: {e}")))?;
-        let signer = audit::signer::Signer::open(
-            &config.data.join("audit.tree"),
-            audit_key,
-            AUDIT_ORIGIN,
-            &audit,
-        )
-        .await?;
-        let (audit_view, _) = audit::signer::spawn(signer, audit.clone(), config.checkpoint_every);
+        let (audit_view, audit_vkey) = start_signer(config, audit_key, &audit).await?;
         let ek_cas = config.ek_ca.as_deref().map(CaSet::from_dir).transpose()?;
         let (reference, reference_key) = load_reference(config, &db).await?;
         let policy_store = policy::PolicyStore::new(pool.clone())
             .await
             .map_err(|e| ServeError::Policy(e.to_string()))?;
-        let (policy_text, policy_source) = match &config.policy {
-            Some(path) => {
-                let bad = |e: String| ServeError::Policy(format!("{}: {e}", path.display()));
-                let source = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-                let text = policy::PolicyText::parse(&source).map_err(|e| bad(e.to_string()))?;
-                policy_store
-                    .replace(&text)
-                    .await
-                    .map_err(|e| bad(e.to_string()))?;
-                (text, source)
-            }
-            None => {
-                let rows = policy_store
-                    .rows()
-                    .await
-                    .map_err(|e| ServeError::Policy(e.to_string()))?;
-                let source: String = rows.iter().map(|r| r.join(", ") + "\n").collect();
-                let text = policy::PolicyText::parse(&source)
-                    .map_err(|e| ServeError::Policy(format!("the stored policy: {e}")))?;
-                (text, source)
-            }
-        };
+        let (policy_text, policy_source) = load_policy(config, &policy_store).await?;
         let state = Arc::new(AppState {
             pki,
             db,
@@ -299,25 +318,10 @@ impl Gateway {
             audit_view,
             audit_vkey,
         });
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, local_addr) = listen(config.listen).await?;
         let (proxy, proxy_addr) = match config.proxy_listen {
             Some(addr) => {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServeError::Listen { addr, source })?;
-                let a = l
-                    .local_addr()
-                    .map_err(|source| ServeError::Listen { addr, source })?;
+                let (l, a) = listen(addr).await?;
                 (Some(l), Some(a))
             }
             None => (None, None),

@@ -65,74 +65,9 @@ pub async fn import(
 ) -> Result<Vec<Value>, BundleError> {
     let p = parse(bytes)?;
     let h = &p.header;
-    // The certificate: from our device CA, valid when the bundle was made.
-    let cert_der = rustls::pki_types::CertificateDer::from_pem_slice(h.certificate.as_bytes())
-        .map_err(|e| err(format!("certificate: {e}")))?;
-    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(device_ca_pem.as_bytes())
-        .map_err(|e| err(format!("device CA: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der.as_ref())
-        .map_err(|e| err(format!("certificate: {e}")))?;
-    let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref())
-        .map_err(|e| err(format!("device CA: {e}")))?;
-    cert.verify_signature(Some(ca.public_key()))
-        .map_err(|_| err("the certificate was not issued by this gateway's device CA"))?;
-    check_validity(&cert, h.created, audit::batch::now_ms() / 1000)?;
-    let who = crate::server::identity(cert_der.as_ref())
-        .filter(|w| w.role == crate::server::Role::Device && w.device_id == h.device_id)
-        .ok_or_else(|| err("the certificate does not name the bundle's device"))?;
-    // The signature.
-    let key = ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        cert.public_key().subject_public_key.data.as_ref(),
-    );
-    key.verify(p.signed, p.signature)
-        .map_err(|_| err("the signature does not verify with the device certificate"))?;
-    // The device, now.
-    let device = db
-        .device(&h.device_id)
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .filter(|d| d.revoked_ms.is_none())
-        .ok_or_else(|| {
-            err(format!(
-                "device {:?} is not enrolled or was revoked",
-                h.device_id
-            ))
-        })?;
-    if who.attested_at_ms.is_none_or(|at| at < device.enrolled_ms) {
-        return Err(err(
-            "the certificate predates the device's current enrollment",
-        ));
-    }
-    let subscribed = policy
-        .decide_with_groups(
-            &format!("device:{}", device.device_id),
-            &device.groups,
-            &policy::Request::Image {
-                name: h.image.clone(),
-            },
-        )
-        .allow;
-    if !subscribed {
-        return Err(err(format!(
-            "device {:?} does not subscribe to {:?}",
-            h.device_id, h.image
-        )));
-    }
-    // The chunks, each checked against its id.
-    let frames = sync::wire::read_frames(p.frames).map_err(|e| err(e.to_string()))?;
-    let ids: Vec<sync::ChunkId> = frames.iter().map(|(id, _)| *id).collect();
-    for (id, data) in frames {
-        images
-            .chunks
-            .put_compressed(id, data)
-            .map_err(|e| err(e.to_string()))?;
-    }
-    images.chunks.sync().map_err(|e| err(e.to_string()))?;
-    // The bundle's chunks come from the device, as an upload would.
-    db.record_uploads(&device.device_id, &ids)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let who = check_signed(&p, device_ca_pem)?;
+    let device = admitted(db, policy, h, &who).await?;
+    store_chunks(images, db, &device, p.frames).await?;
     let mut answers = Vec::new();
     for ci in h.checkins.clone() {
         let layer = ci.layer;
@@ -161,6 +96,99 @@ pub async fn import(
         .await
         .map_err(|e| err(e.to_string()))?;
     Ok(answers)
+}
+
+/// The certificate is from this gateway's device CA, valid now (see
+/// [`check_validity`]) and names the bundle's device, and the signature
+/// verifies with its key: whom it names.
+fn check_signed(
+    p: &Parsed<'_>,
+    device_ca_pem: &str,
+) -> Result<crate::server::DeviceIdentity, BundleError> {
+    let h = &p.header;
+    let cert_der = rustls::pki_types::CertificateDer::from_pem_slice(h.certificate.as_bytes())
+        .map_err(|e| err(format!("certificate: {e}")))?;
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(device_ca_pem.as_bytes())
+        .map_err(|e| err(format!("device CA: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der.as_ref())
+        .map_err(|e| err(format!("certificate: {e}")))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref())
+        .map_err(|e| err(format!("device CA: {e}")))?;
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|_| err("the certificate was not issued by this gateway's device CA"))?;
+    check_validity(&cert, h.created, audit::batch::now_ms() / 1000)?;
+    let who = crate::server::identity(cert_der.as_ref())
+        .filter(|w| w.role == crate::server::Role::Device && w.device_id == h.device_id)
+        .ok_or_else(|| err("the certificate does not name the bundle's device"))?;
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        cert.public_key().subject_public_key.data.as_ref(),
+    );
+    key.verify(p.signed, p.signature)
+        .map_err(|_| err("the signature does not verify with the device certificate"))?;
+    Ok(who)
+}
+
+/// The device, now: enrolled, unrevoked, the certificate's attestation
+/// from its current enrollment, subscribed to the image.
+async fn admitted(
+    db: &crate::state::Db,
+    policy: &policy::FastPolicy,
+    h: &Header,
+    who: &crate::server::DeviceIdentity,
+) -> Result<crate::state::Device, BundleError> {
+    let device = db
+        .device(&h.device_id)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .filter(|d| d.revoked_ms.is_none())
+        .ok_or_else(|| {
+            err(format!(
+                "device {:?} is not enrolled or was revoked",
+                h.device_id
+            ))
+        })?;
+    if who.attested_at_ms.is_none_or(|at| at < device.enrolled_ms) {
+        return Err(err(
+            "the certificate predates the device's current enrollment",
+        ));
+    }
+    let asked = policy::Request::Image {
+        name: h.image.clone(),
+    };
+    let subject = format!("device:{}", device.device_id);
+    if !policy
+        .decide_with_groups(&subject, &device.groups, &asked)
+        .allow
+    {
+        return Err(err(format!(
+            "device {:?} does not subscribe to {:?}",
+            h.device_id, h.image
+        )));
+    }
+    Ok(device)
+}
+
+/// Store the bundle's chunks, each checked against its id, durably, as
+/// the device's uploads.
+async fn store_chunks(
+    images: &crate::images::Images,
+    db: &crate::state::Db,
+    device: &crate::state::Device,
+    frames: &[u8],
+) -> Result<(), BundleError> {
+    let frames = sync::wire::read_frames(frames).map_err(|e| err(e.to_string()))?;
+    let ids: Vec<sync::ChunkId> = frames.iter().map(|(id, _)| *id).collect();
+    for (id, data) in frames {
+        images
+            .chunks
+            .put_compressed(id, data)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    images.chunks.sync().map_err(|e| err(e.to_string()))?;
+    db.record_uploads(&device.device_id, &ids)
+        .await
+        .map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

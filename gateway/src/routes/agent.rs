@@ -137,148 +137,197 @@ async fn deliver(state: &AppState, dev: &Device, body: &[u8]) -> Reply {
         Ok(d) => d,
         Err(e) => return bad(format!("not a spool delivery: {e}")),
     };
+    if let Err(reply) = check_delivery(&d) {
+        return reply;
+    }
+    let s = Spool {
+        state,
+        device_id: &dev.device_id,
+        epoch: &d.epoch,
+        actor: format!("device:{}", dev.device_id),
+    };
+    let _one_at_a_time = state.spool_lock.lock().await;
+    match s.deliver(d.entries).await {
+        Ok(done) => ok(done),
+        Err(e) => internal(&e),
+    }
+}
+
+/// A delivery's form: a word for an epoch, at most [`MAX_SPOOL_BATCH`]
+/// entries, each kind a word, numbered in order without gaps.
+fn check_delivery(d: &Delivery) -> Result<(), Reply> {
     if !valid_word(&d.epoch, 64) {
-        return bad("the epoch must be 1-64 letters, digits, - or _");
+        return Err(bad("the epoch must be 1-64 letters, digits, - or _"));
     }
     if d.entries.len() > MAX_SPOOL_BATCH {
-        return bad(format!(
+        return Err(bad(format!(
             "{} entries; at most {MAX_SPOOL_BATCH} per delivery",
             d.entries.len()
-        ));
+        )));
     }
     if let Some(e) = d.entries.iter().find(|e| !valid_word(&e.kind, 32)) {
-        return bad(format!("entry {}: kind {:?} is not a word", e.seq, e.kind));
+        return Err(bad(format!(
+            "entry {}: kind {:?} is not a word",
+            e.seq, e.kind
+        )));
     }
     if d.entries
         .windows(2)
         .any(|w| w[0].seq.checked_add(1) != Some(w[1].seq))
     {
-        return bad("entries must be in order, numbered without gaps");
+        return Err(bad("entries must be in order, numbered without gaps"));
     }
-    let actor = format!("device:{}", dev.device_id);
-    let _one_at_a_time = state.spool_lock.lock().await;
-    let mut mark = match state.db.spool_mark(&dev.device_id, &d.epoch).await {
-        Ok(m) => m,
-        Err(e) => return internal(&e),
-    };
-    if let (Some(through), Some(from)) = (mark.pending_through, mark.audit_from) {
-        // A crash between append and mark: see which entries landed.
-        // The crashed append was the last thing this device's delivery did;
-        // what follows it in the trail is bounded by the gateway's traffic
-        // since, so a generous limit covers it.
-        let landed = match state
-            .audit
-            .entries(
-                u64::try_from(from).unwrap_or(0),
-                None,
-                Some(MAX_RECOVERY_SCAN),
-            )
-            .await
-        {
-            Ok(list) => list
-                .iter()
-                .map(|e| &e.entry)
-                .filter(|e| e.actor == actor && e.details["spool"]["epoch"] == d.epoch.as_str())
-                .filter_map(|e| e.details["spool"]["seq"].as_i64())
-                .filter(|s| *s <= through)
-                .max(),
-            Err(e) => return internal(&e),
+    Ok(())
+}
+
+/// One device's spool epoch, as the gateway keeps its mark.
+struct Spool<'a> {
+    state: &'a AppState,
+    device_id: &'a str,
+    epoch: &'a str,
+    actor: String,
+}
+
+/// Why a delivery could not be taken (the gateway's side).
+#[derive(Debug, thiserror::Error)]
+enum SpoolError {
+    #[error(transparent)]
+    Db(#[from] crate::state::DbError),
+    #[error(transparent)]
+    Audit(#[from] audit::store::StoreError),
+}
+
+impl Spool<'_> {
+    /// Append the entries the gateway does not hold yet, exactly once: the
+    /// mark says "pending" while the append runs, so a crash between the
+    /// two is repaired by the next delivery.
+    async fn deliver(&self, entries: Vec<Spooled>) -> Result<Delivered, SpoolError> {
+        let mark = self.recovered_mark().await?;
+        let fresh: Vec<Spooled> = entries
+            .into_iter()
+            .filter(|e| e.seq > mark.last_seq)
+            .collect();
+        let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+            return Ok(Delivered {
+                accepted_through: mark.last_seq,
+                appended: 0,
+            });
         };
-        mark = SpoolMark {
-            last_seq: landed.unwrap_or(mark.last_seq).max(mark.last_seq),
+        // Entries the gateway should hold but does not: the device deletes
+        // an entry only after the gateway acknowledged it, so this means the
+        // gateway lost them (a database restored from an old backup).
+        // Recorded as a gap, then accepted, so the device's spool does not
+        // stall.
+        let gap = (first.seq > mark.last_seq.saturating_add(1))
+            .then(|| (mark.last_seq.saturating_add(1), first.seq - 1));
+        let through = last.seq;
+        let audit_from = self
+            .state
+            .audit
+            .seq_bounds()
+            .await?
+            .map_or(0, |(_, hi)| hi + 1);
+        self.set_mark(mark.last_seq, Some(through), Some(audit_from))
+            .await?;
+        let n = fresh.len();
+        let batch: Vec<_> = gap
+            .map(|g| self.gap_entry(g))
+            .into_iter()
+            .chain(fresh.into_iter().map(|e| self.entry(e)))
+            .collect();
+        self.state
+            .audit
+            .append(batch, audit::batch::now_ms())
+            .await?;
+        // Should this fail, the entries are in; the pending mark lets the
+        // next delivery see it.
+        self.set_mark(through, None, None).await?;
+        Ok(Delivered {
+            accepted_through: through,
+            appended: n as u64,
+        })
+    }
+
+    /// The mark, after a crash between append and mark is repaired: the
+    /// entries that landed are found in the trail. The crashed append was
+    /// the last thing this device's delivery did; what follows it in the
+    /// trail is bounded by the gateway's traffic since, so a generous
+    /// limit covers it.
+    async fn recovered_mark(&self) -> Result<SpoolMark, SpoolError> {
+        let mark = self.state.db.spool_mark(self.device_id, self.epoch).await?;
+        let (Some(through), Some(from)) = (mark.pending_through, mark.audit_from) else {
+            return Ok(mark);
+        };
+        let from = u64::try_from(from).unwrap_or(0);
+        let list = self
+            .state
+            .audit
+            .entries(from, None, Some(MAX_RECOVERY_SCAN))
+            .await?;
+        let landed = list
+            .iter()
+            .map(|e| &e.entry)
+            .filter(|e| e.actor == self.actor && e.details["spool"]["epoch"] == self.epoch)
+            .filter_map(|e| e.details["spool"]["seq"].as_i64())
+            .filter(|s| *s <= through)
+            .max();
+        let last_seq = landed.unwrap_or(mark.last_seq).max(mark.last_seq);
+        self.set_mark(last_seq, None, None).await?;
+        Ok(SpoolMark {
+            last_seq,
             pending_through: None,
             audit_from: None,
+        })
+    }
+
+    async fn set_mark(
+        &self,
+        last_seq: i64,
+        pending_through: Option<i64>,
+        audit_from: Option<i64>,
+    ) -> Result<(), SpoolError> {
+        let mark = SpoolMark {
+            last_seq,
+            pending_through,
+            audit_from,
         };
-        if let Err(e) = state
+        Ok(self
+            .state
             .db
-            .set_spool_mark(&dev.device_id, &d.epoch, mark)
-            .await
-        {
-            return internal(&e);
+            .set_spool_mark(self.device_id, self.epoch, mark)
+            .await?)
+    }
+
+    /// The audit entry recording entries the gateway should hold but lacks.
+    fn gap_entry(&self, (from, to): (i64, i64)) -> audit::entry::NewEntry {
+        audit::entry::NewEntry {
+            kind: "agent.spool-gap".to_owned(),
+            actor: self.actor.clone(),
+            subject: "spool".to_owned(),
+            decision: "missing".to_owned(),
+            details: json!({"epoch": self.epoch, "from_seq": from, "to_seq": to,
+                "reason": "the gateway lacks entries the device was told it had (a restored database?)"}),
         }
     }
-    let fresh: Vec<Spooled> = d
-        .entries
-        .into_iter()
-        .filter(|e| e.seq > mark.last_seq)
-        .collect();
-    let Some(first) = fresh.first() else {
-        return ok(Delivered {
-            accepted_through: mark.last_seq,
-            appended: 0,
-        });
-    };
-    // Entries the gateway should hold but does not: the device deletes an
-    // entry only after the gateway acknowledged it, so this means the
-    // gateway lost them (a database restored from an old backup). Recorded
-    // as a gap, then accepted, so the device's spool does not stall.
-    let gap = (first.seq > mark.last_seq.saturating_add(1))
-        .then(|| (mark.last_seq.saturating_add(1), first.seq - 1));
-    let through = fresh.last().map_or(mark.last_seq, |e| e.seq);
-    let audit_from = match state.audit.seq_bounds().await {
-        Ok(b) => b.map_or(0, |(_, hi)| hi + 1),
-        Err(e) => return internal(&e),
-    };
-    let pending = SpoolMark {
-        last_seq: mark.last_seq,
-        pending_through: Some(through),
-        audit_from: Some(audit_from),
-    };
-    if let Err(e) = state
-        .db
-        .set_spool_mark(&dev.device_id, &d.epoch, pending)
-        .await
-    {
-        return internal(&e);
+
+    /// A spooled entry as the gateway's audit entry (`agent.KIND`, its
+    /// spool position in the details).
+    fn entry(&self, e: Spooled) -> audit::entry::NewEntry {
+        let mut details = match e.details {
+            Value::Object(m) => m,
+            Value::Null => serde_json::Map::new(),
+            other => [("value".to_owned(), other)].into_iter().collect(),
+        };
+        details.insert(
+            "spool".to_owned(),
+            json!({"epoch": self.epoch, "seq": e.seq, "at_ms": e.at_ms}),
+        );
+        audit::entry::NewEntry {
+            kind: format!("agent.{}", e.kind),
+            actor: self.actor.clone(),
+            subject: e.subject,
+            decision: e.decision,
+            details: Value::Object(details),
+        }
     }
-    let n = fresh.len();
-    let gap_entry = gap.map(|(from, to)| audit::entry::NewEntry {
-        kind: "agent.spool-gap".to_owned(),
-        actor: actor.clone(),
-        subject: "spool".to_owned(),
-        decision: "missing".to_owned(),
-        details: json!({"epoch": d.epoch, "from_seq": from, "to_seq": to,
-            "reason": "the gateway lacks entries the device was told it had (a restored database?)"}),
-    });
-    let batch: Vec<_> = gap_entry
-        .into_iter()
-        .chain(fresh.into_iter().map(|e| {
-            let mut details = match e.details {
-                Value::Object(m) => m,
-                Value::Null => serde_json::Map::new(),
-                other => [("value".to_owned(), other)].into_iter().collect(),
-            };
-            details.insert(
-                "spool".to_owned(),
-                json!({"epoch": d.epoch, "seq": e.seq, "at_ms": e.at_ms}),
-            );
-            audit::entry::NewEntry {
-                kind: format!("agent.{}", e.kind),
-                actor: actor.clone(),
-                subject: e.subject,
-                decision: e.decision,
-                details: Value::Object(details),
-            }
-        }))
-        .collect();
-    if let Err(e) = state.audit.append(batch, audit::batch::now_ms()).await {
-        return internal(&e);
-    }
-    let done = SpoolMark {
-        last_seq: through,
-        pending_through: None,
-        audit_from: None,
-    };
-    if let Err(e) = state
-        .db
-        .set_spool_mark(&dev.device_id, &d.epoch, done)
-        .await
-    {
-        // The entries are in; the pending mark lets the next delivery see it.
-        return internal(&e);
-    }
-    ok(Delivered {
-        accepted_through: through,
-        appended: n as u64,
-    })
 }

@@ -589,168 +589,186 @@ pub async fn checkin(
     image: &str,
     r: CheckIn,
 ) -> Reply {
-    // The client's tree must be a valid layer; a user layer never carries
-    // setuid, setgid or sticky bits (stripped, reported, audited).
-    let mut entries = r.entries;
-    let stripped = r.layer.strip_special_bits(&mut entries);
-    if !stripped.is_empty() {
+    let c = Checkin {
+        images,
+        key,
+        audit,
+        device,
+        image,
+        layer: r.layer,
+    };
+    match c.run(db, r.base_digest.as_deref(), r.entries).await {
+        Ok(answer) => ok(answer),
+        Err(reply) => reply,
+    }
+}
+
+/// One check-in of one layer.
+struct Checkin<'a> {
+    images: &'a crate::images::Images,
+    key: &'a ed25519_dalek::SigningKey,
+    audit: &'a audit::store::Store,
+    device: &'a Device,
+    image: &'a str,
+    layer: sync::manifest::Layer,
+}
+
+impl Checkin<'_> {
+    /// Validate, merge three-way, store (user layers), audit.
+    async fn run(
+        &self,
+        db: &crate::state::Db,
+        base_digest: Option<&str>,
+        entries: Vec<sync::manifest::Entry>,
+    ) -> Result<CheckedIn, Reply> {
+        let (client, stripped) = self.client_tree(entries).await?;
+        let layers = layers_for(self.images, self.device, self.image).await?;
+        let latest = layers.iter().find(|l| l.layer == self.layer);
+        let gateway_entries = match latest {
+            Some(l) => self.open(l)?,
+            None => Vec::new(),
+        };
+        let base_entries = self.base(base_digest).await?;
+        if !self.layer.is_system() {
+            own_chunks(db, self.device, &client, &[&base_entries, &gateway_entries]).await?;
+        }
+        let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let merged = sync::reconcile::merge(
+            self.layer,
+            &base_entries,
+            &gateway_entries,
+            &client,
+            &self.device.device_id,
+            date.get(..10).unwrap_or("0000-00-00"),
+        );
+        if !merged.violations.is_empty() {
+            self.note("violation", json!({"paths": merged.violations}))
+                .await;
+        }
+        let (version, digest) = match latest {
+            Some(l) if self.layer.is_system() => (l.version, Some(l.digest.clone())),
+            None if self.layer.is_system() => (0, None),
+            _ => self.store(&merged.entries).await?,
+        };
+        if !merged.conflicts.is_empty() {
+            self.note("conflict", json!({"conflicts": merged.conflicts}))
+                .await;
+        }
+        self.note("checkin", json!({"version": version, "from_client": merged.from_client.len(), "conflicts": merged.conflicts.len(), "violations": merged.violations.len()}))
+            .await;
+        Ok(CheckedIn {
+            layer: self.layer,
+            version,
+            digest,
+            conflicts: merged.conflicts,
+            violations: merged.violations,
+            from_client: merged.from_client,
+            stripped,
+        })
+    }
+
+    /// One audit entry about this layer.
+    async fn note(&self, decision: &str, details: Value) {
+        let subject = format!("{}/{}", self.image, self.layer);
         record(
-            audit,
+            self.audit,
             "sync",
-            &device.device_id,
-            &format!("{image}/{}", r.layer),
-            "stripped",
-            json!({"reason": "setuid, setgid or sticky bits in a user layer", "paths": stripped}),
+            &self.device.device_id,
+            &subject,
+            decision,
+            details,
         )
         .await;
     }
-    let client = LayerManifest {
-        format: FORMAT.to_owned(),
-        image: image.to_owned(),
-        layer: r.layer,
-        version: 0,
-        created: String::new(),
-        entries,
-    };
-    if let Err(e) = client.validate() {
-        return bad(e.to_string());
+
+    /// The device's tree: a user layer never carries setuid, setgid or
+    /// sticky bits (stripped, reported, audited); it must be a valid layer.
+    async fn client_tree(
+        &self,
+        mut entries: Vec<sync::manifest::Entry>,
+    ) -> Result<(Vec<sync::manifest::Entry>, Vec<String>), Reply> {
+        let stripped = self.layer.strip_special_bits(&mut entries);
+        if !stripped.is_empty() {
+            let reason = "setuid, setgid or sticky bits in a user layer";
+            self.note("stripped", json!({"reason": reason, "paths": stripped}))
+                .await;
+        }
+        let client = LayerManifest {
+            format: FORMAT.to_owned(),
+            image: self.image.to_owned(),
+            layer: self.layer,
+            version: 0,
+            created: String::new(),
+            entries,
+        };
+        client.validate().map_err(|e| bad(e.to_string()))?;
+        Ok((client.entries, stripped))
     }
-    let layers = match layers_for(images, device, image).await {
-        Ok(l) => l,
-        Err(a) => return a,
-    };
-    let public = key.verifying_key();
-    let open = |l: &StoredLayer| Signed::verify(&l.signed, &public).map(|s| s.manifest.entries);
-    let latest = layers.iter().find(|l| l.layer == r.layer);
-    let gateway_entries = match latest.map(open).transpose() {
-        Ok(e) => e.unwrap_or_default(),
-        Err(e) => return internal(&e),
-    };
-    // The base: the version the client last had (its own or the image's).
-    let base_entries = match &r.base_digest {
-        None => Vec::new(),
-        Some(d) => match images.history(image).await {
-            Ok(all) => match all.iter().find(|l| {
-                &l.digest == d
-                    && l.layer == r.layer
-                    && (l.owner.is_empty() || l.owner == device.device_id)
-            }) {
-                Some(l) => match open(l) {
-                    Ok(e) => e,
-                    Err(e) => return internal(&e),
-                },
-                None => {
-                    return refuse(
-                        409,
-                        "unknown base",
-                        "the base_digest is not a version this device had; pull first",
-                        Value::Null,
-                    )
-                }
-            },
-            Err(e) => return internal(&e),
-        },
-    };
-    if !r.layer.is_system() {
-        if let Err(reply) = own_chunks(
-            db,
-            device,
-            &client.entries,
-            &[&base_entries, &gateway_entries],
-        )
-        .await
-        {
-            return reply;
+
+    /// A stored version's entries.
+    fn open(&self, l: &StoredLayer) -> Result<Vec<sync::manifest::Entry>, Reply> {
+        Signed::verify(&l.signed, &self.key.verifying_key())
+            .map(|s| s.manifest.entries)
+            .map_err(|e| internal(&e))
+    }
+
+    /// The base: the version the device last had (its own or the image's).
+    async fn base(&self, digest: Option<&str>) -> Result<Vec<sync::manifest::Entry>, Reply> {
+        let Some(d) = digest else {
+            return Ok(Vec::new());
+        };
+        let all = self
+            .images
+            .history(self.image)
+            .await
+            .map_err(|e| internal(&e))?;
+        let had = all.iter().find(|l| {
+            l.digest == d
+                && l.layer == self.layer
+                && (l.owner.is_empty() || l.owner == self.device.device_id)
+        });
+        match had {
+            Some(l) => self.open(l),
+            None => Err(refuse(
+                409,
+                "unknown base",
+                "the base_digest is not a version this device had; pull first",
+                Value::Null,
+            )),
         }
     }
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let merged = sync::reconcile::merge(
-        r.layer,
-        &base_entries,
-        &gateway_entries,
-        &client.entries,
-        &device.device_id,
-        date.get(..10).unwrap_or("0000-00-00"),
-    );
-    if !merged.violations.is_empty() {
-        record(
-            audit,
-            "sync",
-            &device.device_id,
-            &format!("{image}/{}", r.layer),
-            "violation",
-            json!({"paths": merged.violations}),
-        )
-        .await;
-    }
-    let (version, digest) = if r.layer.is_system() {
-        (
-            latest.map_or(0, |l| l.version),
-            latest.map(|l| l.digest.clone()),
-        )
-    } else {
-        let missing: Vec<String> = merged
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                sync::Kind::File { chunks, .. } => Some(chunks),
-                _ => None,
-            })
-            .flatten()
-            .filter(|id| !images.chunks.has(**id))
-            .map(ToString::to_string)
+
+    /// Store the merged user layer as the device's new version, once every
+    /// chunk it names is in the store.
+    async fn store(
+        &self,
+        entries: &[sync::manifest::Entry],
+    ) -> Result<(u64, Option<String>), Reply> {
+        let missing: Vec<String> = file_chunks(entries)
+            .filter(|id| !self.images.chunks.has(*id))
+            .map(|id| id.to_string())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
         if !missing.is_empty() {
-            return refuse(
+            return Err(refuse(
                 409,
                 "chunks missing",
                 "upload these chunks first",
                 json!({"missing": missing}),
-            );
+            ));
         }
-        match images
+        let stored = self
+            .images
             .commit(
-                image,
-                r.layer,
-                &device.device_id,
-                merged.entries.clone(),
-                key,
+                self.image,
+                self.layer,
+                &self.device.device_id,
+                entries.to_vec(),
+                self.key,
             )
             .await
-        {
-            Ok((stored, _)) => (stored.version, Some(stored.digest)),
-            Err(e) => return internal(&e),
-        }
-    };
-    if !merged.conflicts.is_empty() {
-        record(
-            audit,
-            "sync",
-            &device.device_id,
-            &format!("{image}/{}", r.layer),
-            "conflict",
-            json!({"conflicts": merged.conflicts}),
-        )
-        .await;
+            .map_err(|e| internal(&e))?;
+        Ok((stored.0.version, Some(stored.0.digest)))
     }
-    record(
-            audit,
-            "sync",
-            &device.device_id,
-            &format!("{image}/{}", r.layer),
-            "checkin",
-            json!({"version": version, "from_client": merged.from_client.len(), "conflicts": merged.conflicts.len(), "violations": merged.violations.len()}),
-        )
-        .await;
-    ok(CheckedIn {
-        layer: r.layer,
-        version,
-        digest,
-        conflicts: merged.conflicts,
-        violations: merged.violations,
-        from_client: merged.from_client,
-        stripped,
-    })
 }
