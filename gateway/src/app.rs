@@ -186,15 +186,28 @@ impl AppState {
         decision: &str,
         details: Value,
     ) {
-        let entry = audit::entry::NewEntry {
-            kind: kind.to_owned(),
-            actor: actor.to_owned(),
-            subject: subject.to_owned(),
-            decision: decision.to_owned(),
-            details,
-        };
-        if let Err(e) = self.audit.append(vec![entry], audit::batch::now_ms()).await {
-            tracing::error!(error = %e, "audit append failed");
-        }
+        record(&self.audit, kind, actor, subject, decision, details).await;
+    }
+}
+
+/// Append one audit entry to `audit`; its batch is durable when this
+/// returns. A failure is logged (the request it records still answers).
+pub async fn record(
+    audit: &audit::store::Store,
+    kind: &str,
+    actor: &str,
+    subject: &str,
+    decision: &str,
+    details: Value,
+) {
+    let entry = audit::entry::NewEntry {
+        kind: kind.to_owned(),
+        actor: actor.to_owned(),
+        subject: subject.to_owned(),
+        decision: decision.to_owned(),
+        details,
+    };
+    if let Err(e) = audit.append(vec![entry], audit::batch::now_ms()).await {
+        tracing::error!(error = %e, "audit append failed");
     }
 }

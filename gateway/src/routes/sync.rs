@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sync::manifest::{LayerManifest, Signed, FORMAT};
 use sync::ChunkId;
 
-use crate::app::AppState;
+use crate::app::{record, AppState};
 use crate::images::StoredLayer;
 use crate::reply::{bad, internal, ok, refuse, Reply};
 use crate::state::Device;
@@ -498,26 +498,6 @@ fn offered(l: &StoredLayer, bases: Option<&[StoredLayer]>) -> std::io::Result<Of
 }
 
 pub use protocol::sync::CheckIn;
-
-async fn record(
-    audit: &audit::store::Store,
-    kind: &str,
-    actor: &str,
-    subject: &str,
-    decision: &str,
-    details: Value,
-) {
-    let entry = audit::entry::NewEntry {
-        kind: kind.to_owned(),
-        actor: actor.to_owned(),
-        subject: subject.to_owned(),
-        decision: decision.to_owned(),
-        details,
-    };
-    if let Err(e) = audit.append(vec![entry], audit::batch::now_ms()).await {
-        tracing::error!(error = %e, "audit append failed");
-    }
-}
 
 async fn layers_for(
     images: &crate::images::Images,
