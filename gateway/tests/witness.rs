@@ -11,14 +11,10 @@ use device::witness::{witness, Alarm, WitnessError, Witnessed};
 use gateway::{Pki, ServeConfig};
 
 mod common;
-use common::{device_cert_at, enroll_directly, Running};
+use common::{block_on, device_cert_at, enroll_directly, Running};
 
 fn append(db_url: &str, n: usize) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let store = audit::store::Store::open(db_url).await.unwrap();
         let entries = (0..n)
             .map(|i| audit::entry::NewEntry {
@@ -35,11 +31,7 @@ fn append(db_url: &str, n: usize) {
 }
 
 fn sql(db_url: &str, statements: &[&str]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let (pool, _) = persist::db::connect(db_url).await.unwrap();
         for s in statements {
             sqlx::query(s).execute(&pool).await.unwrap();

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -350,18 +351,10 @@ fn a_wrong_origin_is_unusable_input_and_an_edited_origin_is_tampering() {
     assert!(err.contains("--origin satchel.audit"), "{err}");
     assert_eq!(verify("satchel.audit").status.code(), Some(0));
 
-    let db = log.db();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let (pool, _) = persist::db::connect(&db).await.unwrap();
-            sqlx::query("UPDATE audit_checkpoints SET note = replace(note, 'satchel.audit', 'satchel.gateway.audit')")
-                .execute(&pool)
-                .await
-                .unwrap();
-        });
+    common::sql(
+        &log.db(),
+        &["UPDATE audit_checkpoints SET note = replace(note, 'satchel.audit', 'satchel.gateway.audit')"],
+    );
     for origin in ["satchel.audit", "satchel.gateway.audit"] {
         let out = verify(origin);
         assert_eq!(
@@ -392,19 +385,13 @@ fn a_log_cut_short_with_its_checkpoints_fails_against_a_witness() {
     ]);
     std::fs::write(log.path("witness.note"), &note).unwrap();
     let db = log.db();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let (pool, _) = persist::db::connect(&db).await.unwrap();
-            for sql in [
-                "DELETE FROM audit_entries WHERE seq >= 3",
-                "DELETE FROM audit_checkpoints WHERE tree_size > 3",
-            ] {
-                sqlx::query(sql).execute(&pool).await.unwrap();
-            }
-        });
+    common::sql(
+        &db,
+        &[
+            "DELETE FROM audit_entries WHERE seq >= 3",
+            "DELETE FROM audit_checkpoints WHERE tree_size > 3",
+        ],
+    );
     let verify = |extra: &[&str]| {
         let mut args = vec!["audit", "verify", "--db", &db, "--pubkey"];
         let key = log.path("audit.key.pub");

@@ -69,6 +69,15 @@ impl World {
         self.p(rel).to_string_lossy().into_owned()
     }
 
+    /// Build a new version of `layer` of `image` from the directory `rel`.
+    fn build(&self, image: &str, layer: &str, rel: &str) -> String {
+        let gw = self.gw.to_string_lossy().into_owned();
+        let layer = format!("{layer}={}", self.s(rel));
+        ok(&[
+            "image", "build", "--data", &gw, "--image", image, "--layer", &layer,
+        ])
+    }
+
     /// A device directory with a certificate for `device` (enrolled now).
     fn device(&self, cdir: &str, device: &str) {
         common::device_cert(&self.gw, &self.p(cdir), device, &["group:class-7a"]);
@@ -666,35 +675,17 @@ fn an_older_version_offered_is_refused_as_a_rollback() {
     w.device("c1", "laptop-1");
     w.pull_stats("c1", "root", &[]);
     std::fs::write(w.p("src/base-os/etc/hostname"), "classroom-v2\n").unwrap();
-    ok(&[
-        "image",
-        "build",
-        "--data",
-        w.gw.to_str().unwrap(),
-        "--image",
-        "classroom",
-        "--layer",
-        &format!("base-os={}", w.s("src/base-os")),
-    ]);
+    w.build("classroom", "base-os", "src/base-os");
     w.pull_stats("c1", "root", &[]);
     let hostname = || std::fs::read_to_string(w.p("root/base-os/etc/hostname")).unwrap();
     assert_eq!(hostname(), "classroom-v2\n");
     // Behind the gateway's back its newest base-os goes: it now offers v1.
     let db = format!("sqlite:{}", w.gw.join("satchel.db").display());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let (pool, _) = persist::db::connect(&db).await.unwrap();
-            let gone = sqlx::query(
-                "DELETE FROM gateway_layers WHERE image = 'classroom' AND layer = 'base-os' AND version = 2",
-            )
-            .execute(&pool)
-            .await
-            .unwrap();
-            assert_eq!(gone.rows_affected(), 1);
-        });
+    let gone = common::sql(
+        &db,
+        &["DELETE FROM gateway_layers WHERE image = 'classroom' AND layer = 'base-os' AND version = 2"],
+    );
+    assert_eq!(gone, [1]);
     let o = w.sync("pull", "c1", "root", &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -773,16 +764,7 @@ fn a_device_cannot_claim_or_probe_chunks_of_images_it_does_not_get() {
     std::fs::create_dir_all(w.p("secret/user-data")).unwrap();
     let secret = b"the answers to tomorrow's exam\n";
     std::fs::write(w.p("secret/user-data/answers.txt"), secret).unwrap();
-    ok(&[
-        "image",
-        "build",
-        "--data",
-        w.gw.to_str().unwrap(),
-        "--image",
-        "staffroom",
-        "--layer",
-        &format!("user-data={}", w.s("secret/user-data")),
-    ]);
+    w.build("staffroom", "user-data", "secret/user-data");
     let id = sync::ChunkId::of(secret);
     w.device("c1", "laptop-1");
     w.pull_stats("c1", "root", &[]);
@@ -802,58 +784,38 @@ fn a_device_cannot_claim_or_probe_chunks_of_images_it_does_not_get() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        // Not subscribed: the chunk is not served through its own image.
-        let (s, _) = c
-            .post(
-                "/v1/sync/images/staffroom/chunks",
-                &serde_json::json!({"ids": [id]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, 403);
-        // The probe: "missing", though the gateway has it.
-        let (s, b) = c
-            .post(
-                "/v1/sync/images/classroom/missing",
-                &serde_json::json!({"ids": [id]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, 200, "{b}");
-        assert_eq!(b["missing"], serde_json::json!([id]), "{b}");
-        // The claim: a check-in naming the chunk is refused ...
-        let loot = serde_json::json!({"layer": "user-data", "base_digest": base, "entries": [
-            {"path": "loot", "mode": 420, "type": "file", "size": secret.len(), "chunks": [id]}
-        ]});
-        let (s, b) = c
-            .post("/v1/sync/images/classroom/checkin", &loot)
-            .await
-            .unwrap();
-        assert_eq!(s, 403, "{b}");
-        assert!(
-            b["detail"].as_str().unwrap().contains(&id.to_string()),
-            "{b}"
-        );
-        // ... so the chunk is never served through the device's own image.
-        let (s, _) = c
-            .post(
-                "/v1/sync/images/classroom/chunks",
-                &serde_json::json!({"ids": [id]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, 403);
-        // A delta against the secret chunk is refused too.
-        let (s, b) = c
-            .post(
-                "/v1/sync/images/classroom/deltas",
-                &serde_json::json!({"files": [{"from": [id], "to": [], "missing": []}]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, 403, "{b}");
-    });
+    let ask = |action: &str, body: serde_json::Value| {
+        rt.block_on(c.post(&format!("/v1/sync/images/{action}"), &body))
+            .unwrap()
+    };
+    // Not subscribed: the chunk is not served through its own image.
+    assert_eq!(
+        ask("staffroom/chunks", serde_json::json!({"ids": [id]})).0,
+        403
+    );
+    // The probe: "missing", though the gateway has it.
+    let (s, b) = ask("classroom/missing", serde_json::json!({"ids": [id]}));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["missing"], serde_json::json!([id]), "{b}");
+    // The claim: a check-in naming the chunk is refused ...
+    let loot = serde_json::json!({"layer": "user-data", "base_digest": base, "entries": [
+        {"path": "loot", "mode": 420, "type": "file", "size": secret.len(), "chunks": [id]}
+    ]});
+    let (s, b) = ask("classroom/checkin", loot);
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains(&id.to_string()),
+        "{b}"
+    );
+    // ... so the chunk is never served through the device's own image.
+    assert_eq!(
+        ask("classroom/chunks", serde_json::json!({"ids": [id]})).0,
+        403
+    );
+    // A delta against the secret chunk is refused too.
+    let delta = serde_json::json!({"files": [{"from": [id], "to": [], "missing": []}]});
+    let (s, b) = ask("classroom/deltas", delta);
+    assert_eq!(s, 403, "{b}");
     // Honest pushes still work: a new file of the device's own is uploaded
     // and checked in.
     std::fs::write(w.p("root/user-data/Documents/mine.txt"), b"my own notes\n").unwrap();

@@ -21,13 +21,8 @@ use super::{local, SyncError};
 /// Check in the client's changes to `root` since the last common version
 /// of each layer, then apply what the gateway made of them.
 pub async fn push(t: &Target<'_>, layers: LayerFilter<'_>) -> Result<PushReport, SyncError> {
-    let &Target {
-        client: c,
-        cdir,
-        image,
-        root,
-        meter,
-    } = t;
+    let (c, cdir, image, meter) = (t.client, t.cdir, t.image, t.meter);
+    let root = t.root;
     let store = ChunkStore::open_packed(cdir.join("chunks")).map_err(local)?;
     let mut report = PushReport::default();
     let mut changed_user_layers = Vec::new();

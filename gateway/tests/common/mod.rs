@@ -289,3 +289,12 @@ pub(crate) fn tls_stream(
     tcp.set_read_timeout(Some(timeout)).unwrap();
     rustls::StreamOwned::new(conn, tcp)
 }
+
+/// Run `f` to completion on a runtime of its own.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

@@ -302,6 +302,23 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 impl GatewayArgs {
+    /// The image synced between this gateway and `root`.
+    fn target<'a>(
+        &'a self,
+        client: &'a device::GatewayClient,
+        image: &'a str,
+        root: &'a Path,
+        meter: &'a device::Meter,
+    ) -> device::sync::Target<'a> {
+        device::sync::Target {
+            client,
+            cdir: &self.data,
+            image,
+            root,
+            meter,
+        }
+    }
+
     /// The device crate's view of these flags.
     pub(crate) fn config(&self) -> device::GatewayConfig {
         device::GatewayConfig {
@@ -371,18 +388,9 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
     let c = a.gw.config().device_client()?;
     let meter = device::Meter::new(a.max_rate);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let stats = device::sync::pull(
-        &device::sync::Target {
-            client: &c,
-            cdir: &a.gw.data,
-            image: &a.image,
-            root: &a.into,
-            meter: &meter,
-        },
-        layers,
-    )
-    .await
-    .map_err(sync_failed)?;
+    let stats = device::sync::pull(&a.gw.target(&c, &a.image, &a.into, &meter), layers)
+        .await
+        .map_err(sync_failed)?;
     for layer in &stats.layers_kept {
         eprintln!(
             "{}/{layer}: local changes not pushed yet; this layer was left as it is (push first: satchel client sync push)",
@@ -423,18 +431,9 @@ async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
     let c = a.gw.config().device_client()?;
     let meter = device::Meter::new(None);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let report = device::sync::push(
-        &device::sync::Target {
-            client: &c,
-            cdir: &a.gw.data,
-            image: &a.image,
-            root: &a.from,
-            meter: &meter,
-        },
-        layers,
-    )
-    .await
-    .map_err(sync_failed)?;
+    let report = device::sync::push(&a.gw.target(&c, &a.image, &a.from, &meter), layers)
+        .await
+        .map_err(sync_failed)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

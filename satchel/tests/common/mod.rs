@@ -99,3 +99,20 @@ pub(crate) fn device_cert(gw: &Path, cdir: &Path, id: &str, groups: &[&str]) {
     std::fs::write(cdir.join("device.crt"), pem).unwrap();
     std::fs::write(cdir.join("device.key"), kp.serialize_pem()).unwrap();
 }
+
+/// Run `statements` against the database at `db_url` (as an attacker with
+/// write access to it would); the rows each changed.
+pub(crate) fn sql(db_url: &str, statements: &[&str]) -> Vec<u64> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (pool, _) = persist::db::connect(db_url).await.unwrap();
+            let mut changed = Vec::new();
+            for s in statements {
+                changed.push(sqlx::query(s).execute(&pool).await.unwrap().rows_affected());
+            }
+            changed
+        })
+}
