@@ -225,7 +225,7 @@ head -c 32 /dev/urandom > "$OUT/disk.key"
 run "$SATCHEL" seal --pcrs 4,8,9,13 --in "$OUT/disk.key" --out "$OUT/disk.sealed"
 GUEST=$(out "$SATCHEL" launch --log "$OUT/boot.log" --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" \
   --sealed "$OUT/disk.sealed" -- sh -c 'echo "guest started with a $(wc -c < "$SATCHEL_KEY_FILE")-byte disk key from an in-memory file"')
-done_ "launch gate: log replayed = TPM PCRs = reference, disk key unsealed (PCRs 4,8,9,13); the guest said: \"$GUEST\""
+done_ "launch gate: log replayed = TPM PCRs = reference, disk key unsealed (PCRs 4,8,9,13; launch PCR 15 closed after, so this boot cannot unseal it again); the guest said: \"$GUEST\""
 
 # ---------------------------------------------------------------------------
 begin 7 tamper
