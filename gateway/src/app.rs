@@ -51,6 +51,12 @@ pub struct AppState {
     pub images: crate::images::Images,
     /// The key layer manifests are signed with.
     pub manifest_key: ed25519_dalek::SigningKey,
+    /// The open proxy tunnels of each device.
+    pub tunnels: crate::proxy::TunnelCounts,
+    /// A tunnel through which nothing moved this long is closed.
+    pub tunnel_idle: std::time::Duration,
+    /// No tunnel lives longer than this.
+    pub tunnel_max: std::time::Duration,
     /// The audit signer's last checkpoint and alarm.
     pub audit_view: audit::signer::SignerView,
     /// The audit key as a C2SP verifier key (`origin+id+key`).

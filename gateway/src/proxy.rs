@@ -53,6 +53,54 @@ pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
 /// How often an open tunnel re-checks that its device is still admitted.
 pub const TUNNEL_RECHECK: Duration = Duration::from_secs(2);
+/// Most tunnels one device may hold open at once (the gateway has 1,024
+/// connection slots in all).
+pub const TUNNELS_PER_DEVICE: usize = 32;
+
+/// The open tunnels of each device.
+#[derive(Debug, Default)]
+pub struct TunnelCounts(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// One open tunnel of a device; its place is given back on drop.
+#[derive(Debug)]
+pub struct TunnelSlot {
+    counts: Arc<AppState>,
+    device_id: String,
+}
+
+impl TunnelCounts {
+    /// A place for one more tunnel of `device_id`, unless it holds
+    /// [`TUNNELS_PER_DEVICE`] already.
+    fn take(state: &Arc<AppState>, device_id: &str) -> Option<TunnelSlot> {
+        let mut open = state.tunnels.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(device_id.to_owned()).or_default();
+        if *n >= TUNNELS_PER_DEVICE {
+            return None;
+        }
+        *n += 1;
+        Some(TunnelSlot {
+            counts: Arc::clone(state),
+            device_id: device_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .counts
+            .tunnels
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.device_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.device_id);
+            }
+        }
+    }
+}
 
 /// Box a buffered body.
 pub fn boxed(b: Full<Bytes>) -> Body {
@@ -244,7 +292,7 @@ pub async fn handle(
         Err(refusal) => return refusal.into_response().map(boxed),
     };
     if req.method() == Method::CONNECT {
-        connect(req, dev, state, guard).await
+        connect(req, dev, device.cloned(), state, guard).await
     } else {
         forward(req, dev, &state).await
     }
@@ -432,9 +480,27 @@ async fn client_hello<R: tokio::io::AsyncRead + Unpin>(
 async fn connect(
     req: Request<Incoming>,
     dev: Device,
+    who: Option<DeviceIdentity>,
     state: Arc<AppState>,
     guard: Arc<crate::server::ConnGuard>,
 ) -> Response<Body> {
+    let (Some(who), Some(slot)) = (who, TunnelCounts::take(&state, &dev.device_id)) else {
+        let detail = format!("this device holds {TUNNELS_PER_DEVICE} open tunnels already");
+        audit(
+            &state,
+            &dev.device_id,
+            "CONNECT",
+            false,
+            json!({"method": "CONNECT", "reason": "tunnels", "detail": detail}),
+        )
+        .await;
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many tunnels",
+            &detail,
+            Value::Null,
+        );
+    };
     let Some(authority) = req.uri().authority().cloned() else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -513,76 +579,187 @@ async fn connect(
                 return;
             }
         };
-        tunnel(TokioIo::new(upgraded), upstream, &url, &dev, &state, &guard).await;
+        let open = OpenTunnel {
+            url: &url,
+            dev: &dev,
+            who: &who,
+            state: &state,
+            _slot: slot,
+        };
+        open.run(TokioIo::new(upgraded), upstream, &guard).await;
     });
     Response::new(boxed(Full::new(Bytes::new())))
 }
 
-async fn tunnel<C>(
-    mut client: C,
-    mut upstream: TcpStream,
-    url: &CanonicalUrl,
-    dev: &Device,
-    state: &AppState,
-    guard: &crate::server::ConnGuard,
-) where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let shown = url.to_string();
-    let refuse = |reason: &'static str, detail: String| async move {
-        audit(
-            state,
-            &dev.device_id,
-            &shown,
-            false,
-            json!({"method": "CONNECT", "reason": reason, "detail": detail}),
-        )
-        .await;
-    };
-    let hello = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, client_hello(&mut client)).await;
-    let (sni, seen) = match hello {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return refuse("sni", e).await,
-        Err(_) => return refuse("sni", "no ClientHello in time".to_owned()).await,
-    };
-    let sni_host = sni
-        .as_deref()
-        .and_then(|s| CanonicalUrl::parse(&format!("https://{s}/")).ok())
-        .map(|u| u.host);
-    let matches = match (&sni_host, &url.host) {
-        (Some(h), host) => h == host,
-        (None, Host::V4(_) | Host::V6(_)) => true,
-        (None, Host::Name(_)) => false,
-    };
-    if !matches {
-        let named = sni.unwrap_or_else(|| "none".to_owned());
-        return refuse(
-            "sni",
-            format!(
-                "the tunnelled TLS names {named:?}, not the CONNECT host {}",
-                url.host
-            ),
-        )
-        .await;
-    }
-    if upstream.write_all(&seen).await.is_err() {
-        return;
-    }
-    let mut recheck = tokio::time::interval(TUNNEL_RECHECK);
-    recheck.tick().await;
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    loop {
-        tokio::select! {
-            _ = &mut copy => return,
-            () = guard.stopping() => return,
-            _ = recheck.tick() => {
-                if !state.still_admitted(&dev.device_id).await {
-                    tracing::info!(device = %dev.device_id, "closing a tunnel: the device is no longer admitted");
-                    return;
+/// A tunnel being carried: re-decided every [`TUNNEL_RECHECK`] against the
+/// device's certificate (expired, revoked, re-enrolled), the policy in
+/// force, the idle timeout and the maximum lifetime.
+struct OpenTunnel<'a> {
+    url: &'a CanonicalUrl,
+    dev: &'a Device,
+    who: &'a DeviceIdentity,
+    state: &'a AppState,
+    _slot: TunnelSlot,
+}
+
+impl OpenTunnel<'_> {
+    /// Check the tunnelled TLS's SNI, then carry bytes both ways until one
+    /// side closes, the gateway stops, or a re-check closes the tunnel.
+    async fn run<C>(&self, mut client: C, mut upstream: TcpStream, guard: &crate::server::ConnGuard)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (url, dev, state) = (self.url, self.dev, self.state);
+        let shown = url.to_string();
+        let refuse = |reason: &'static str, detail: String| async move {
+            audit(
+                state,
+                &dev.device_id,
+                &shown,
+                false,
+                json!({"method": "CONNECT", "reason": reason, "detail": detail}),
+            )
+            .await;
+        };
+        let hello = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, client_hello(&mut client)).await;
+        let (sni, seen) = match hello {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return refuse("sni", e).await,
+            Err(_) => return refuse("sni", "no ClientHello in time".to_owned()).await,
+        };
+        let sni_host = sni
+            .as_deref()
+            .and_then(|s| CanonicalUrl::parse(&format!("https://{s}/")).ok())
+            .map(|u| u.host);
+        let matches = match (&sni_host, &url.host) {
+            (Some(h), host) => h == host,
+            (None, Host::V4(_) | Host::V6(_)) => true,
+            (None, Host::Name(_)) => false,
+        };
+        if !matches {
+            let named = sni.unwrap_or_else(|| "none".to_owned());
+            return refuse(
+                "sni",
+                format!(
+                    "the tunnelled TLS names {named:?}, not the CONNECT host {}",
+                    url.host
+                ),
+            )
+            .await;
+        }
+        if upstream.write_all(&seen).await.is_err() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut client = Activity::new(client, started, Arc::clone(&last));
+        let mut upstream = Activity::new(upstream, started, Arc::clone(&last));
+        let mut recheck = tokio::time::interval(TUNNEL_RECHECK);
+        recheck.tick().await;
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                _ = &mut copy => return,
+                () = guard.stopping() => return,
+                _ = recheck.tick() => {
+                    let idle_ms = started.elapsed().as_millis() as u64 - last.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Some(why) = self.closing(started.elapsed(), Duration::from_millis(idle_ms)).await {
+                        tracing::info!(device = %dev.device_id, reason = why, "closing a tunnel");
+                        audit(state, &dev.device_id, &url.to_string(), false, json!({"method": "CONNECT", "reason": "closed", "detail": why})).await;
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    /// Why the tunnel must close now, if it must.
+    async fn closing(&self, age: Duration, idle: Duration) -> Option<&'static str> {
+        if self.state.authorize_device(Some(self.who)).await.is_err() {
+            return Some("the device's certificate expired, or it was revoked or enrolled again");
+        }
+        let asked = policy::Request::Url {
+            url: self.url.clone(),
+            method: "CONNECT".to_owned(),
+        };
+        let subject = format!("device:{}", self.dev.device_id);
+        if !self
+            .state
+            .policy()
+            .decide_with_groups(&subject, &self.dev.groups, &asked)
+            .allow
+        {
+            return Some("the policy in force no longer allows it");
+        }
+        if idle > self.state.tunnel_idle {
+            return Some("idle for longer than the idle timeout");
+        }
+        if age > self.state.tunnel_max {
+            return Some("open for longer than a tunnel may live");
+        }
+        None
+    }
+}
+
+/// A stream that notes when bytes last moved through it (ms since `started`).
+struct Activity<S> {
+    inner: S,
+    started: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<S> Activity<S> {
+    fn new(inner: S, started: std::time::Instant, last: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Activity {
+            inner,
+            started,
+            last,
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -134,6 +134,10 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
     /// How often the audit log is checkpointed when it has grown.
     pub checkpoint_every: Duration,
+    /// A proxy tunnel through which nothing moved this long is closed.
+    pub tunnel_idle: Duration,
+    /// No proxy tunnel lives longer than this.
+    pub tunnel_max: Duration,
     /// DNS names and IP addresses the server certificate is for, besides
     /// localhost, 127.0.0.1 and ::1 (a missing one makes a new certificate
     /// from the same CA at start).
@@ -157,6 +161,8 @@ impl ServeConfig {
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
             checkpoint_every: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(300),
+            tunnel_max: Duration::from_secs(3600),
             server_names: Vec::new(),
         }
     }
@@ -315,6 +321,9 @@ impl Gateway {
             images,
             manifest_key,
             spool_lock: tokio::sync::Mutex::new(()),
+            tunnels: crate::proxy::TunnelCounts::default(),
+            tunnel_idle: config.tunnel_idle,
+            tunnel_max: config.tunnel_max,
             audit_view,
             audit_vkey,
         });

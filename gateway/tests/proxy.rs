@@ -90,6 +90,10 @@ fn setup() -> Setup {
 }
 
 fn setup_with(up: Upstream) -> Setup {
+    setup_configured(up, |_| {})
+}
+
+fn setup_configured(up: Upstream, configure: impl FnOnce(&mut ServeConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let data = path.join("gw");
@@ -115,6 +119,7 @@ fn setup_with(up: Upstream) -> Setup {
     );
     config.proxy_listen = Some("127.0.0.1:0".parse().unwrap());
     config.policy = Some(path.join("policy.csv"));
+    configure(&mut config);
     let db = config.db_url();
     let gw = Running::with(config);
     enroll_directly(&db, "laptop-1", &[]);
@@ -536,4 +541,140 @@ fn shutdown_lets_an_open_request_finish_and_keeps_its_audit_entry() {
     assert!(entries.iter().any(|e| e.kind == "proxy"
         && e.decision == "allow"
         && e.subject.ends_with("/public/slow")));
+}
+
+/// Open a tunnel to the gateway's own API through the proxy, TLS inside it
+/// naming `localhost`.
+async fn open_tunnel(
+    dev: &GatewayClient,
+    api: u16,
+) -> Result<
+    tokio_rustls::client::TlsStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let mut tls = dev.connect().await.map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("CONNECT localhost:{api} HTTP/1.1\r\nHost: localhost:{api}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tls.read_u8().await.map_err(|e| e.to_string())?);
+    }
+    if !head.starts_with(b"HTTP/1.1 200 OK\r\n") {
+        return Err(String::from_utf8_lossy(&head).into_owned());
+    }
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    dev.connector()
+        .connect(name, tls)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a request still goes through an open tunnel.
+async fn carries<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(inner: &mut S) -> bool {
+    let _ = inner
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut buf = vec![0u8; 512];
+    match tokio::time::timeout(Duration::from_secs(5), inner.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).contains("200 OK"),
+        _ => false,
+    }
+}
+
+/// Issue 21: open tunnels are re-decided on every tick: a certificate that
+/// expired, a policy that changed and an idle tunnel each close it; and
+/// no device holds more than its share of the gateway's connections.
+#[test]
+fn tunnels_are_re_decided_capped_and_timed_out() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The certificate's attestation expires 5 s after the tunnel opens.
+    let s = setup_configured(Upstream::start(), |c| {
+        c.cert_lifetime = Duration::from_secs(5)
+    });
+    rt.block_on(async {
+        let dev = s.client(Some((&s.crt, &s.key)));
+        let mut t = open_tunnel(&dev, s.gw.port).await.unwrap();
+        assert!(carries(&mut t).await, "a fresh tunnel carries requests");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(
+            !carries(&mut t).await,
+            "the tunnel outlived its certificate"
+        );
+    });
+    // Idle for longer than the idle timeout.
+    let s = setup_configured(Upstream::start(), |c| {
+        c.tunnel_idle = Duration::from_secs(2)
+    });
+    rt.block_on(async {
+        let dev = s.client(Some((&s.crt, &s.key)));
+        let mut t = open_tunnel(&dev, s.gw.port).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(!carries(&mut t).await, "an idle tunnel stayed open");
+    });
+    let s = setup();
+    let pki = Pki::init(&s.data, &[]).unwrap();
+    let admin = pki
+        .issue_admin_cert("alice", Duration::from_secs(3600))
+        .unwrap();
+    let (acrt, akey) = (s.dir.join("alice.crt"), s.dir.join("alice.key"));
+    std::fs::write(&acrt, admin.cert_pem).unwrap();
+    std::fs::write(&akey, admin.key_pem).unwrap();
+    rt.block_on(async {
+        let dev = s.client(Some((&s.crt, &s.key)));
+        // The cap: the device's 33rd tunnel is refused while 32 are open.
+        let mut open = Vec::new();
+        for _ in 0..gateway::proxy::TUNNELS_PER_DEVICE {
+            open.push(open_tunnel(&dev, s.gw.port).await.unwrap());
+        }
+        let refused = open_tunnel(&dev, s.gw.port).await.unwrap_err();
+        assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+        // A policy that no longer allows the host closes the open ones.
+        let mut t = open.pop().unwrap();
+        drop(open);
+        assert!(carries(&mut t).await);
+        std::fs::write(
+            s.dir.join("none.csv"),
+            "p, group:all, url, https://*.example.org/*, *, allow\n",
+        )
+        .unwrap();
+        let data = s.data.clone();
+        let (port, dir) = (s.gw.port, s.dir.clone());
+        let (status, body) = tokio::task::spawn_blocking(move || {
+            let none = format!("@{}", dir.join("none.csv").display());
+            common::api(
+                port,
+                &data,
+                "/v1/admin/policy",
+                (&acrt, &akey),
+                &["-X", "PUT", "--data-binary", &none],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, "200", "{body}");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            !carries(&mut t).await,
+            "the tunnel outlived the policy that allowed it"
+        );
+    });
+    let entries = audit_entries(&s.db);
+    assert!(
+        entries.iter().any(|e| e.details["reason"] == "tunnels"),
+        "the cap is audited"
+    );
+    assert!(
+        entries.iter().any(|e| e.details["reason"] == "closed"
+            && e.details["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("policy")),
+        "the closing is audited"
+    );
 }

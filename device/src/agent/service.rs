@@ -30,10 +30,12 @@ pub(super) async fn service(
     refused: Option<String>,
     mut worker: Worker,
 ) -> Result<(), AgentError> {
+    // The handlers first: the status file written next tells the world the
+    // agent runs, and a SIGTERM from then on must stop it cleanly.
+    let mut signals = Signals::new().map_err(AgentError::Runtime)?;
     let spool = Spool::open(&s.state_dir.join("spool.db")).await?;
     let mut l = Loop::new(s, holder, spool, counters, gap.clone(), refused.clone());
     l.started(gap, refused).await?;
-    let mut signals = Signals::new().map_err(AgentError::Runtime)?;
     let mut t = Timers::new(s);
     loop {
         tokio::select! {
