@@ -72,6 +72,29 @@ fn requests(n: usize, kind: &str) -> Vec<(String, Request)> {
         .collect()
 }
 
+/// Request URLs as browsers send them: escapes, dot segments, queries.
+const URLS: [&str; 6] = [
+    "https://en.wikipedia.org/wiki/Special%3ARandom",
+    "https://EN.Wikipedia.ORG./wiki/a/../Main_Page",
+    "https://en.wikipedia.org/w/index.php?title=Special%3ARandom&action=raw",
+    "http://www.example.org/search?q=caf%C3%A9+au+lait&lang=fr",
+    "https://files.example/public/%7Euser/notes%20(2).txt",
+    "http://0x7f.1/status",
+];
+
+/// What canonicalising one request URL costs (it runs before every decision).
+fn canonicalise(c: &mut Criterion) {
+    let mut g = c.benchmark_group("canonicalise");
+    let mut k = 0;
+    g.bench_function("url", |b| {
+        b.iter(|| {
+            k = (k + 1) % URLS.len();
+            policy::CanonicalUrl::parse(URLS[k])
+        })
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -108,5 +131,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, canonicalise);
 criterion_main!(benches);
