@@ -33,6 +33,11 @@ pub(crate) struct AgentFile {
     pub(crate) subject: Option<String>,
     #[serde(default)]
     pub(crate) mount: Vec<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) interpreter: Vec<PathBuf>,
+    #[serde(default)]
+    pub(crate) allow_open_system: bool,
     pub(crate) mode: Option<String>,
     pub(crate) gateway: Option<String>,
     pub(crate) ca: Option<PathBuf>,
@@ -63,6 +68,7 @@ impl AgentFile {
             &mut self.data,
             &mut self.state_dir,
             &mut self.into,
+            &mut self.root,
         ]
         .into_iter()
         .flatten()
@@ -70,6 +76,7 @@ impl AgentFile {
             fix(p);
         }
         self.mount.iter_mut().for_each(fix);
+        self.interpreter.iter_mut().for_each(fix);
         self.log.iter_mut().for_each(fix);
         self
     }

@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use super::closed::{self, Closed, ClosedError, FileId};
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
 };
@@ -67,6 +69,13 @@ pub(crate) struct ExecReport {
     pub(crate) pid: i32,
     /// `allow`, `deny`, or `deny-monitored` (monitor mode let it run).
     pub(crate) decision: &'static str,
+    /// What was tried: `exec`, `loader` (the dynamic loader run as a
+    /// program opening a file), `script` (an interpreter opening a file),
+    /// `changed` (a program written while it was checked or started),
+    /// `unmarked` (a program from a file system mounted in another
+    /// namespace opening a file), or
+    /// `mount` (a file system under the root that could not be marked).
+    pub(crate) attempt: &'static str,
     /// The deciding rule, or why there was none.
     pub(crate) why: String,
 }
@@ -88,6 +97,10 @@ pub(crate) struct Counters {
     /// Files the kernel now allows without asking (until modified, or until
     /// the policy changes).
     pub(crate) kernel_cached: AtomicU64,
+    /// Open events answered (closed mode).
+    pub(crate) opens: AtomicU64,
+    /// The file systems marked, as `MOUNT_POINT (TYPE)`.
+    pub(crate) marked: std::sync::Mutex<Vec<String>>,
 }
 
 /// Drop every ignore mark (the inode marks; the mount marks stay), so the
@@ -108,6 +121,31 @@ struct Stamp {
     size: i64,
 }
 
+impl Stamp {
+    fn of(s: &rustix::fs::Stat) -> Stamp {
+        // The nanosecond fields are narrower integers on some architectures.
+        #[allow(clippy::unnecessary_cast)]
+        Stamp {
+            ctime: (s.st_ctime, s.st_ctime_nsec as i64),
+            mtime: (s.st_mtime, s.st_mtime_nsec as i64),
+            size: s.st_size,
+        }
+    }
+}
+
+/// The path of the file behind an event's descriptor, as this mount
+/// namespace names it (empty if it has none).
+fn fd_path(fd: BorrowedFd<'_>) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// An alarm about enforcement itself (no process asked).
+fn report_alarm(path: String, why: String) -> ExecReport {
+    report(path, String::new(), 0, "alarm", why)
+}
+
 /// Why enforcement could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -120,6 +158,9 @@ pub enum StartError {
         /// The path.
         path: String,
     },
+    /// Closed mode could not start.
+    #[error(transparent)]
+    Closed(#[from] ClosedError),
     /// A mount could not be marked.
     #[error("cannot mark {path} for exec decisions: {source}")]
     Mark {
@@ -154,8 +195,14 @@ fn report(
         pid,
         decision,
         why,
+        attempt: "exec",
     }
 }
+
+/// How long after allowing an exec a write to the program still counts as
+/// a write while it started (the kernel takes the program's write lock
+/// right after the answer).
+const STARTING: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The fanotify group and the cache.
 pub(crate) struct Enforcer {
@@ -166,6 +213,12 @@ pub(crate) struct Enforcer {
     active: Arc<RwLock<Arc<Active>>>,
     counters: Arc<Counters>,
     buf: Vec<u8>,
+    /// Closed mode (`--root`): every file system marked, the loader and
+    /// interpreters restricted.
+    closed: Option<Closed>,
+    /// Programs allowed in the last [`STARTING`]: a change seen in that
+    /// time means the bytes run may not be the bytes checked.
+    starting: HashMap<FileId, (i32, Stamp, std::time::Instant, String)>,
 }
 
 /// (device, inode) of a path, if it can be stat'ed.
@@ -194,9 +247,11 @@ fn trusted_files() -> (HashSet<(u64, u64)>, Vec<PathBuf>) {
 }
 
 impl Enforcer {
-    /// Make the group and mark every mount.
+    /// Make the group and mark every mount: the named ones, and with a
+    /// `root` (closed mode) every file system under it.
     pub(crate) fn start(
         mounts: &[PathBuf],
+        root: Option<(&Path, &[PathBuf])>,
         active: Arc<RwLock<Arc<Active>>>,
         counters: Arc<Counters>,
     ) -> Result<Enforcer, StartError> {
@@ -209,7 +264,16 @@ impl Enforcer {
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(StartError::Init)?;
-        let points = mount_points();
+        let (trusted, paths) = trusted_files();
+        tracing::info!(?paths, "never denied");
+        // Found before anything is marked: the agent's own reads of the
+        // root must not wait for its own answers.
+        let mut closed = match root {
+            Some((r, interpreters)) => Some(Closed::new(r, interpreters, &paths[1..])?),
+            None => None,
+        };
+        let points = super::mounts::points();
+        let mut marked = Vec::new();
         for m in mounts {
             let canonical = std::fs::canonicalize(m).unwrap_or_else(|_| m.clone());
             if !points.contains(&canonical) {
@@ -219,7 +283,7 @@ impl Enforcer {
             }
             fan.mark(
                 MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
-                MaskFlags::FAN_OPEN_EXEC_PERM | MaskFlags::FAN_CLOSE_WRITE,
+                closed::mask(closed.is_some()),
                 rustix::fs::CWD,
                 Some(m.as_path()),
             )
@@ -227,9 +291,18 @@ impl Enforcer {
                 path: m.display().to_string(),
                 source,
             })?;
+            marked.push(m.display().to_string());
         }
-        let (trusted, paths) = trusted_files();
-        tracing::info!(?paths, "never denied");
+        if let Some(c) = closed.as_mut() {
+            let (added, failed) = c.mark_new(&fan);
+            if let Some((path, source)) = failed.into_iter().next() {
+                return Err(StartError::Mark { path, source });
+            }
+            marked.extend(added);
+        }
+        if let Ok(mut m) = counters.marked.lock() {
+            *m = marked;
+        }
         Ok(Enforcer {
             fan: Arc::new(fan),
             cache: HashMap::new(),
@@ -238,7 +311,61 @@ impl Enforcer {
             active,
             counters,
             buf: vec![0u8; 256 << 10],
+            closed,
+            starting: HashMap::new(),
         })
+    }
+
+    /// Wait up to 200 ms for events (or, in closed mode, a change of the
+    /// mount table, which marks what was mounted). Whether events wait.
+    fn wait(&mut self, report: &mut dyn FnMut(ExecReport)) -> bool {
+        let (fan_ready, mounts_changed) = {
+            let mut fds = vec![PollFd::new(self.fan.as_fd(), PollFlags::POLLIN)];
+            if let Some(c) = &self.closed {
+                fds.push(PollFd::new(c.watch(), PollFlags::POLLPRI));
+            }
+            match nix::poll::poll(&mut fds, PollTimeout::from(200u16)) {
+                Ok(_) => {
+                    let got = |f: &PollFd<'_>, w| f.revents().is_some_and(|r| r.intersects(w));
+                    (
+                        got(&fds[0], PollFlags::POLLIN),
+                        fds.get(1)
+                            .is_some_and(|f| got(f, PollFlags::POLLPRI | PollFlags::POLLERR)),
+                    )
+                }
+                Err(nix::errno::Errno::EINTR) => (false, false),
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on the fanotify group failed");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    (false, false)
+                }
+            }
+        };
+        if mounts_changed {
+            self.mark_new_mounts(report);
+        }
+        fan_ready
+    }
+
+    /// Closed mode: mark what was mounted under the root since the last
+    /// look; what cannot be marked is an alarm.
+    fn mark_new_mounts(&mut self, report: &mut dyn FnMut(ExecReport)) {
+        let Some(c) = self.closed.as_mut() else {
+            return;
+        };
+        c.rearm();
+        let (added, failed) = c.mark_new(&self.fan);
+        for a in &added {
+            tracing::info!(mount = %a, "marked a new file system");
+        }
+        if let Ok(mut m) = self.counters.marked.lock() {
+            m.extend(added);
+        }
+        for (path, e) in failed {
+            let mut r = report_alarm(path, format!("a file system mounted under the root cannot be marked ({e}): its programs run undecided"));
+            r.attempt = "mount";
+            report(r);
+        }
     }
 
     /// Answer events until `stop` is set, passing each decision worth
@@ -247,19 +374,10 @@ impl Enforcer {
     /// flood the audit trail).
     pub(crate) fn run(&mut self, stop: &AtomicBool, report: &mut dyn FnMut(ExecReport)) {
         while !stop.load(Ordering::Relaxed) {
-            let ready = {
-                let mut fds = [PollFd::new(self.fan.as_fd(), PollFlags::POLLIN)];
-                nix::poll::poll(&mut fds, PollTimeout::from(200u16))
-            };
-            match ready {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on the fanotify group failed");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    continue;
-                }
+            self.starting
+                .retain(|_, (_, _, at, _)| at.elapsed() < STARTING);
+            if !self.wait(report) {
+                continue;
             }
             let events = match self.fan.read_events() {
                 Ok(ev) => ev,
@@ -281,35 +399,92 @@ impl Enforcer {
                 };
                 let mask = ev.mask();
                 if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) {
-                    let t = std::time::Instant::now();
-                    let active = self.current();
-                    let (allow, rep, kernel_cache) = self.decide(&active, fd, ev.pid());
-                    let response = if allow {
-                        Response::FAN_ALLOW
-                    } else {
-                        Response::FAN_DENY
-                    };
-                    let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    self.counters.decide_ns.fetch_add(ns, Ordering::Relaxed);
-                    if let Err(e) = self.fan.write_response(FanotifyResponse::new(fd, response)) {
-                        tracing::error!(error = %e, "answering an exec event failed");
-                    }
-                    if kernel_cache {
-                        self.ignore_until_modified(fd, &active);
-                    }
-                    if let Some(r) = rep {
-                        report(r);
-                    }
+                    self.answer(fd, ev.pid(), true, report);
+                } else if mask.contains(MaskFlags::FAN_OPEN_PERM) {
+                    self.answer(fd, ev.pid(), false, report);
                 } else if mask.contains(MaskFlags::FAN_CLOSE_WRITE) {
-                    if let Ok(st) = rustix::fs::fstat(fd) {
-                        self.cache.remove(&(st.st_dev, st.st_ino));
-                    }
+                    self.written(fd, report);
                 }
             }
         }
     }
 
-    /// Decide one exec: allow?, and what to report.
+    /// Decide one permission event (an exec, or in closed mode an open),
+    /// answer it, and report.
+    fn answer(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        pid: i32,
+        exec: bool,
+        report: &mut dyn FnMut(ExecReport),
+    ) {
+        let t = std::time::Instant::now();
+        let active = self.current();
+        let (allow, rep, kernel_cache) = if exec {
+            self.decide(&active, fd, pid)
+        } else {
+            self.decide_open(&active, fd, pid)
+        };
+        let response = if allow {
+            Response::FAN_ALLOW
+        } else {
+            Response::FAN_DENY
+        };
+        if exec {
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.counters.decide_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+        if let Err(e) = self.fan.write_response(FanotifyResponse::new(fd, response)) {
+            tracing::error!(error = %e, "answering a permission event failed");
+        }
+        if kernel_cache {
+            let mask = if exec {
+                MaskFlags::FAN_OPEN_EXEC_PERM
+            } else {
+                MaskFlags::FAN_OPEN_PERM
+            };
+            self.ignore_until_modified(fd, mask, &active);
+        }
+        if let Some(r) = rep {
+            report(r);
+        }
+    }
+
+    /// A file on a marked file system was closed after writing: its cached
+    /// hash is gone. If it is a program allowed in the last [`STARTING`]
+    /// and its bytes changed since the check, the process that started it
+    /// may run bytes that were never checked: it is killed.
+    fn written(&mut self, fd: BorrowedFd<'_>, out: &mut dyn FnMut(ExecReport)) {
+        let Ok(st) = rustix::fs::fstat(fd) else {
+            return;
+        };
+        let id = (st.st_dev, st.st_ino);
+        self.cache.remove(&id);
+        let Some((pid, stamp, _, path)) = self.starting.remove(&id) else {
+            return;
+        };
+        if stamp == Stamp::of(&st) || self.current().mode != Mode::Lockdown {
+            return;
+        }
+        // Only a process still running this very file: one that has
+        // exited, or a pid reused since, is left alone.
+        let runs_it =
+            rustix::fs::stat(format!("/proc/{pid}/exe")).is_ok_and(|e| (e.st_dev, e.st_ino) == id);
+        if !runs_it {
+            return;
+        }
+        let killed = rustix::process::Pid::from_raw(pid)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|p| rustix::process::kill_process(p, rustix::process::Signal::KILL));
+        if killed.is_err() {
+            return;
+        }
+        let why = "the program was written while it started: the process was killed".to_owned();
+        let mut r = report(path, String::new(), pid, "deny", why);
+        r.attempt = "changed";
+        out(r);
+    }
+
     /// Decide one exec: (allow?, what to report, whether the kernel may
     /// answer this file's next execs itself).
     fn decide(
@@ -324,50 +499,177 @@ impl Enforcer {
         if pid == self.own_pid || id.is_some_and(|id| self.trusted.contains(&id)) {
             return (true, None, false);
         }
-        let path = || {
-            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        };
-        let hashed = self.hash_cached(&st, fd);
+        // Closed mode: a loader starts (the kernel loads it for every
+        // dynamic program); run as a program, it may open nothing.
+        if let (Some(c), Some(id)) = (&self.closed, id) {
+            if c.loaders.contains_key(&id) {
+                return (true, None, local_file_system(fd));
+            }
+        }
+        let path = fd_path(fd);
         let enforce = active.mode == Mode::Lockdown;
-        let (hash, hit) = match hashed {
+        let (hash, hit) = match self.hash_cached(&st, fd) {
             Ok(h) => h,
             Err(e) => {
                 self.count(enforce);
-                let why = format!("the program could not be read: {e}");
-                let rep = report(path(), String::new(), pid, denial(enforce), why);
+                let why = format!("the program could not be checked: {e}");
+                let rep = report(path, String::new(), pid, denial(enforce), why);
                 return (!enforce, Some(rep), false);
             }
         };
-        let need_path = active.policy.has_app_path_rules();
-        let req = Request::App {
-            sha256: Some(hash.clone()),
-            path: need_path.then(path),
-        };
-        let d = active.policy.decide(&active.subject, &req);
-        let why = || {
-            d.rule
-                .as_ref()
-                .map(|r| format!("policy line {}: {r}", r.line))
-                .unwrap_or_else(|| "no rule: default deny".to_owned())
-        };
-        if d.allow {
-            // Only root can change a root-owned file no one else may write
-            // (with ACLs, the group bits are the ACL mask): the kernel may
-            // answer its next execs until it is modified. Not with path
-            // rules: the same inode may be run under another path.
-            let kernel = !need_path
-                && st
-                    .as_ref()
-                    .is_ok_and(|s| s.st_uid == 0 && s.st_mode & 0o022 == 0)
+        let (allow, why) = self.policy_says(active, &st, &path, &hash);
+        if allow {
+            if let (Ok(s), Some(id)) = (&st, id) {
+                let entry = (pid, Stamp::of(s), std::time::Instant::now(), path.clone());
+                self.starting.insert(id, entry);
+            }
+            // Only root can change a root-owned file no one else may write:
+            // the kernel may answer its next execs until it is modified.
+            // Not with path rules: the same inode may be run under another
+            // path.
+            let kernel = !active.policy.has_app_path_rules()
+                && st.as_ref().is_ok_and(closed::system_file)
                 && local_file_system(fd);
-            let rep = (!hit).then(|| report(path(), hash, pid, "allow", why()));
+            let rep = (!hit).then(|| report(path, hash, pid, "allow", why));
             return (true, rep, kernel);
         }
         self.count(enforce);
-        let rep = report(path(), hash, pid, denial(enforce), why());
+        let rep = report(path, hash, pid, denial(enforce), why);
         (!enforce, Some(rep), false)
+    }
+
+    /// The policy's answer for a program (or script) with this hash read
+    /// back as `path`, and the deciding rule. Path rules count only for a
+    /// path no user can re-point ([`closed::path_trust`]).
+    fn policy_says(
+        &self,
+        active: &Active,
+        st: &rustix::io::Result<rustix::fs::Stat>,
+        path: &str,
+        hash: &str,
+    ) -> (bool, String) {
+        let mut untrusted = None;
+        let req_path = if active.policy.has_app_path_rules() {
+            match st
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|s| closed::path_trust(path, s))
+            {
+                Ok(()) => Some(path.to_owned()),
+                Err(e) => {
+                    untrusted = Some(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let req = Request::App {
+            sha256: Some(hash.to_owned()),
+            path: req_path,
+        };
+        let d = active.policy.decide(&active.subject, &req);
+        let mut why = d
+            .rule
+            .as_ref()
+            .map(|r| format!("policy line {}: {r}", r.line))
+            .unwrap_or_else(|| "no rule: default deny".to_owned());
+        if let Some(u) = untrusted {
+            why.push_str(&format!(" (path rules not applied: {u})"));
+        }
+        (d.allow, why)
+    }
+
+    /// Closed mode: decide one open. The loader run as a program opens
+    /// nothing; an interpreter opens system files and allowlisted scripts;
+    /// every other process opens what it likes (file permissions decide).
+    fn decide_open(
+        &mut self,
+        active: &Active,
+        fd: BorrowedFd<'_>,
+        pid: i32,
+    ) -> (bool, Option<ExecReport>, bool) {
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
+        if self.closed.is_none() {
+            return (true, None, false);
+        }
+        let st = rustix::fs::fstat(fd);
+        let Ok(s) = st.as_ref() else {
+            return (true, None, false);
+        };
+        let regular = s.st_mode & 0o170000 == 0o100000;
+        if pid == self.own_pid || !regular {
+            return (true, None, false);
+        }
+        let cacheable =
+            || closed::system_file(s) && s.st_mode & 0o111 == 0 && local_file_system(fd);
+        let Some(exe) = rustix::fs::stat(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|e| (e.st_dev, e.st_ino))
+        else {
+            return (true, None, false);
+        };
+        let enforce = active.mode == Mode::Lockdown;
+        let known = self.closed.as_mut().is_some_and(|c| c.known_device(exe.0));
+        if !known {
+            // A program from a file system mounted in another namespace:
+            // it was never decided, and may not load libraries or read
+            // scripts from a marked one.
+            self.count(enforce);
+            let why = format!(
+                "a program from a file system outside the agent's mount table (device {}:{}, mounted in another namespace) tried to open this file",
+                rustix::fs::major(exe.0),
+                rustix::fs::minor(exe.0)
+            );
+            let mut r = report(fd_path(fd), String::new(), pid, denial(enforce), why);
+            r.attempt = "unmarked";
+            return (!enforce, Some(r), false);
+        }
+        let Some(c) = self.closed.as_ref() else {
+            return (true, None, false);
+        };
+        if let Some(loader) = c.loaders.get(&exe) {
+            self.count(enforce);
+            let why = format!(
+                "the dynamic loader {loader} was run as a program and tried to load this file"
+            );
+            let mut r = report(fd_path(fd), String::new(), pid, denial(enforce), why);
+            r.attempt = "loader";
+            return (!enforce, Some(r), false);
+        }
+        let Some(interp) = c.interpreters.get(&exe).cloned() else {
+            return (true, None, cacheable());
+        };
+        if closed::system_file(s) {
+            return (true, None, cacheable());
+        }
+        let path = fd_path(fd);
+        let (hash, hit) = match self.hash_cached(&st, fd) {
+            Ok(h) => h,
+            Err(e) => {
+                self.count(enforce);
+                let why =
+                    format!("interpreter {interp} opened a file that could not be checked: {e}");
+                let mut r = report(path, String::new(), pid, denial(enforce), why);
+                r.attempt = "script";
+                return (!enforce, Some(r), false);
+            }
+        };
+        let (allow, why) = self.policy_says(active, &st, &path, &hash);
+        let why = format!("interpreter {interp} opened it: {why}");
+        if allow {
+            let rep = (!hit)
+                .then(|| report(path, hash, pid, "allow", why))
+                .map(|mut r| {
+                    r.attempt = "script";
+                    r
+                });
+            return (true, rep, false);
+        }
+        self.count(enforce);
+        let mut r = report(path, hash, pid, denial(enforce), why);
+        r.attempt = "script";
+        (!enforce, Some(r), false)
     }
 
     /// The file's SHA-256 (hex), from the cache while its inode, size and
@@ -378,11 +680,7 @@ impl Enforcer {
         fd: BorrowedFd<'_>,
     ) -> std::io::Result<(String, bool)> {
         let s = st.as_ref().map_err(|e| std::io::Error::from(*e))?;
-        let stamp = Stamp {
-            ctime: (s.st_ctime, s.st_ctime_nsec as i64),
-            mtime: (s.st_mtime, s.st_mtime_nsec as i64),
-            size: s.st_size,
-        };
+        let stamp = Stamp::of(s);
         let key = (s.st_dev, s.st_ino);
         if let Some((cached, hash)) = self.cache.get(&key) {
             if *cached == stamp {
@@ -391,6 +689,14 @@ impl Enforcer {
             }
         }
         let h = hash_fd(fd, &mut self.buf)?;
+        // A write while hashing (it changes the change time, which no user
+        // can set) means the bytes hashed may not be the bytes run.
+        let after = rustix::fs::fstat(fd).map(|a| Stamp::of(&a));
+        if after.as_ref().ok() != Some(&stamp) {
+            return Err(std::io::Error::other(
+                "it was written while it was being checked",
+            ));
+        }
         self.cache.insert(key, (stamp, h.clone()));
         Ok((h, false))
     }
@@ -405,12 +711,14 @@ impl Enforcer {
     /// is still the same, and takes the mark back if not. Either the flush
     /// comes after the mark, or the swap came before the check: no allow
     /// from an old policy stays in the kernel.
-    fn ignore_until_modified(&self, fd: BorrowedFd<'_>, decided_with: &Arc<Active>) {
+    fn ignore_until_modified(
+        &self,
+        fd: BorrowedFd<'_>,
+        mask: MaskFlags,
+        decided_with: &Arc<Active>,
+    ) {
         let add = MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK;
-        if let Err(e) = self
-            .fan
-            .mark(add, MaskFlags::FAN_OPEN_EXEC_PERM, fd, None::<&Path>)
-        {
+        if let Err(e) = self.fan.mark(add, mask, fd, None::<&Path>) {
             tracing::debug!(error = %e, "no ignore mark: the agent keeps deciding this file");
             return;
         }
@@ -419,10 +727,7 @@ impl Enforcer {
             return;
         }
         let remove = MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK;
-        if let Err(e) = self
-            .fan
-            .mark(remove, MaskFlags::FAN_OPEN_EXEC_PERM, fd, None::<&Path>)
-        {
+        if let Err(e) = self.fan.mark(remove, mask, fd, None::<&Path>) {
             tracing::error!(error = %e, "taking back an ignore mark failed; flushing all");
             let _ = flush_kernel_cache(&self.fan);
         }
@@ -450,38 +755,6 @@ impl Enforcer {
 /// Largest program the agent hashes: a bigger one is treated as unreadable
 /// (denied in lockdown), so no one can stall every exec with a huge file.
 pub(crate) const MAX_PROGRAM: u64 = 1 << 30;
-
-/// The mount points of this mount namespace.
-fn mount_points() -> HashSet<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
-            .and_then(|v| u8::try_from(v).ok());
-        if let Some(v) = octal {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Whether every change to a file on this file system raises a modify event
 /// here: local disk and memory file systems, and read-only images. Not
@@ -522,18 +795,4 @@ fn hash_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<String> {
         }
     }
     Ok(hex::encode(h.finalize()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/media/my\\040stick"), "/media/my stick");
-        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
-        assert_eq!(unescape_mountinfo("/odd\\777"), "/odd\\777");
-        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
-        assert!(mount_points().contains(Path::new("/")));
-    }
 }

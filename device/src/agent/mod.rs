@@ -16,11 +16,14 @@
 //! | `status.json` | what `satchel agent status` prints; rewritten every 2 s |
 //! | `agent.pid` | locked and holding the pid while an agent runs; emptied on a clean stop. Found holding a pid and unlocked at start, it means the last agent died |
 
+mod closed;
 mod exec;
 mod holder;
+mod mounts;
 mod service;
 mod spool;
 mod status;
+mod system;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +51,16 @@ pub struct Settings {
     pub bundle_key: PathBuf,
     pub subject: String,
     pub mounts: Vec<PathBuf>,
+    /// Closed mode: every file system at or under this root is marked, the
+    /// loader and interpreters are restricted, and lockdown needs the
+    /// kernel settings of [`system`] (docs/agent.md, "Closed mode").
+    pub root: Option<PathBuf>,
+    /// The interpreters closed mode restricts; empty: the well-known names
+    /// found under the root.
+    pub interpreters: Vec<PathBuf>,
+    /// Lockdown in closed mode even where the kernel settings cannot be
+    /// applied (the memfd and user-namespace ways around stay open).
+    pub allow_open_system: bool,
     pub mode: Option<Mode>,
     pub gateway: Option<GatewayConfig>,
     pub tcti: String,
@@ -82,6 +95,16 @@ pub struct Status {
     #[serde(default)]
     pub audit_alarm: Option<String>,
     pub exec: Value,
+    /// Closed mode's root (`None`: only the named mounts are decided).
+    #[serde(default)]
+    pub root: Option<String>,
+    /// The file systems marked.
+    #[serde(default)]
+    pub marked: Vec<String>,
+    /// The kernel settings enforcement relies on, and whether each holds
+    /// (empty outside closed mode).
+    #[serde(default)]
+    pub system: Vec<system::Setting>,
 }
 
 /// Why the agent could not start, or stopped.
@@ -128,6 +151,9 @@ pub enum AgentError {
     /// Exec enforcement could not start (fanotify, marks).
     #[error(transparent)]
     Enforcer(#[from] exec::StartError),
+    /// Closed mode in lockdown, and a kernel setting it needs cannot hold.
+    #[error("lockdown refused: {0} (the agent sets these itself as root; on this kernel they cannot hold, so a user could run programs around the allowlist; --allow-open-system enforces anyway)")]
+    System(String),
     /// The spool.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
@@ -216,7 +242,9 @@ pub fn run(s: Settings) -> Result<(), AgentError> {
     let mut pid = PidFile::lock(&s.state_dir)?;
     let gap = pid.gap(&s.state_dir);
     let counters = Arc::new(Counters::default());
-    let enforcer = Enforcer::start(&s.mounts, Arc::clone(&active), Arc::clone(&counters))?;
+    let system = prepare_system(&s, holder.current_mode())?;
+    let root = s.root.as_deref().map(|r| (r, s.interpreters.as_slice()));
+    let enforcer = Enforcer::start(&s.mounts, root, Arc::clone(&active), Arc::clone(&counters))?;
     holder.group = Some(enforcer.group());
     pid.claim()?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ExecReport>();
@@ -227,7 +255,13 @@ pub fn run(s: Settings) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     let result = rt.block_on(service::service(
-        &s, holder, rx, counters, gap, refused, worker,
+        &s,
+        holder,
+        rx,
+        counters,
+        (gap, refused),
+        worker,
+        system,
     ));
     rt.shutdown_timeout(Duration::from_secs(2));
     if result.is_ok() {
@@ -237,8 +271,29 @@ pub fn run(s: Settings) -> Result<(), AgentError> {
     result
 }
 
+/// Closed mode: apply the kernel settings when the policy in force is
+/// lockdown (check them only in monitor mode); refuse lockdown when they
+/// cannot hold, unless told to go on without them.
+fn prepare_system(s: &Settings, mode: Mode) -> Result<Vec<system::Setting>, AgentError> {
+    if s.root.is_none() {
+        return Ok(Vec::new());
+    }
+    let lockdown = mode == Mode::Lockdown;
+    let settings = system::settings(lockdown);
+    if let Some(bad) = system::failing(&settings) {
+        if lockdown && !s.allow_open_system {
+            return Err(AgentError::System(bad));
+        }
+        eprintln!("satchel agent: kernel settings that do not hold: {bad}");
+    }
+    Ok(settings)
+}
+
 fn announce(s: &Settings, holder: &Holder) {
-    let mounts: Vec<String> = s.mounts.iter().map(|m| m.display().to_string()).collect();
+    let mut mounts: Vec<String> = s.mounts.iter().map(|m| m.display().to_string()).collect();
+    if let Some(r) = &s.root {
+        mounts.push(format!("every file system under {}", r.display()));
+    }
     eprintln!(
         "satchel agent: enforcing {} for {} on {} (policy version {})",
         mode_name(holder.current_mode()),

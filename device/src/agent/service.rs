@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use policy::bundle::Mode;
 use protocol::agent::{Delivered, Delivery};
 use protocol::paths;
 use serde_json::{json, Value};
@@ -26,15 +27,16 @@ pub(super) async fn service(
     holder: Holder,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<ExecReport>,
     counters: Arc<Counters>,
-    gap: Option<Value>,
-    refused: Option<String>,
+    (gap, refused): (Option<Value>, Option<String>),
     mut worker: Worker,
+    system: Vec<super::system::Setting>,
 ) -> Result<(), AgentError> {
     // The handlers first: the status file written next tells the world the
     // agent runs, and a SIGTERM from then on must stop it cleanly.
     let mut signals = Signals::new().map_err(AgentError::Runtime)?;
     let spool = Spool::open(&s.state_dir.join("spool.db")).await?;
     let mut l = Loop::new(s, holder, spool, counters, gap.clone(), refused.clone());
+    l.status.system = system;
     l.started(gap, refused).await?;
     let mut t = Timers::new(s);
     loop {
@@ -50,6 +52,7 @@ pub(super) async fn service(
                     // will never come (and allows, as with any dead agent).
                     return Err(AgentError::DecisionsStopped);
                 }
+                l.check_system().await;
                 l.write_status().await;
             }
             _ = t.deliver.tick() => l.deliver().await,
@@ -136,6 +139,7 @@ impl<'a> Loop<'a> {
                 started_ms: now_ms(),
                 subject: s.subject.clone(),
                 mounts: s.mounts.iter().map(|m| m.display().to_string()).collect(),
+                root: s.root.as_ref().map(|r| r.display().to_string()),
                 gateway: gateway.to_owned(),
                 last_gap: gap,
                 bundle_refused: refused,
@@ -251,9 +255,14 @@ impl Loop<'_> {
             .into_iter()
             .map(|r| {
                 if r.decision != "allow" {
+                    let word = match r.decision {
+                        "deny" => "denied",
+                        "alarm" => "alarm:",
+                        _ => "monitor mode: would deny",
+                    };
                     eprintln!(
-                        "satchel agent: {} exec of {} (sha256 {}, pid {}): {}",
-                        if r.decision == "deny" { "denied" } else { "monitor mode: would deny" },
+                        "satchel agent: {word} {} of {} (sha256 {}, pid {}): {}",
+                        r.attempt,
                         r.path,
                         if r.sha256.is_empty() { "-" } else { &r.sha256 },
                         r.pid,
@@ -266,7 +275,7 @@ impl Loop<'_> {
                     kind: "exec".to_owned(),
                     subject: r.path,
                     decision: r.decision.to_owned(),
-                    details: json!({"sha256": r.sha256, "pid": r.pid, "rule": r.why, "device_subject": self.s.subject}),
+                    details: json!({"sha256": r.sha256, "pid": r.pid, "rule": r.why, "attempt": r.attempt, "device_subject": self.s.subject}),
                 }
             })
             .collect();
@@ -513,6 +522,46 @@ impl Loop<'_> {
         self.record("sync", &image, decision, details).await;
     }
 
+    /// Closed mode, every heartbeat: in lockdown, a kernel setting that
+    /// held and was changed back is set again, and the drift recorded.
+    async fn check_system(&mut self) {
+        if self.s.root.is_none() {
+            return;
+        }
+        let lockdown = self.holder.current_mode() == Mode::Lockdown;
+        let now = super::system::settings(false);
+        let lost: Vec<String> = now
+            .iter()
+            .filter(|s| !s.holds)
+            .filter(|s| {
+                self.status
+                    .system
+                    .iter()
+                    .any(|p| p.name == s.name && p.holds)
+            })
+            .map(|s| format!("{} = {}", s.name, s.found))
+            .collect();
+        if !lockdown || lost.is_empty() {
+            // Keep what the last apply said about settings that never held.
+            for (n, p) in now.iter().zip(&self.status.system) {
+                if n.holds != p.holds {
+                    self.status.system = now;
+                    return;
+                }
+            }
+            return;
+        }
+        let again = super::system::settings(true);
+        eprintln!(
+            "satchel agent: kernel settings changed under lockdown: {}; set again",
+            lost.join(", ")
+        );
+        let details = json!({"changed": lost, "holds": super::system::failing(&again).is_none()});
+        self.record("agent", "system-settings", "drifted", details)
+            .await;
+        self.status.system = again;
+    }
+
     async fn write_status(&mut self) {
         self.status.heartbeat_ms = now_ms();
         self.status.mode = mode_name(self.holder.current_mode()).to_owned();
@@ -526,7 +575,11 @@ impl Loop<'_> {
             "monitored": c.monitored.load(Ordering::Relaxed),
             "decide_ns_total": c.decide_ns.load(Ordering::Relaxed),
             "kernel_cached": c.kernel_cached.load(Ordering::Relaxed),
+            "opens": c.opens.load(Ordering::Relaxed),
         });
+        if let Ok(m) = c.marked.lock() {
+            self.status.marked = m.clone();
+        }
         if let Ok(text) = serde_json::to_vec_pretty(&self.status) {
             let _ = persist::write_atomic(&self.s.state_dir.join(STATUS_FILE), &text);
         }

@@ -21,12 +21,16 @@ pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/satchel/agent";
       --subject device:laptop-17 --mount /home --mount /srv/guest
   # online: re-attests, fetches newer bundles, delivers the spool, syncs the image
   satchel agent --config /etc/satchel/satchel.toml
+  # closed mode, for a device whose users have a shell: every file system is
+  # decided, the loader and interpreters are restricted, memfd execs and user
+  # namespaces are switched off (lockdown refuses to start if they cannot be)
+  satchel agent --bundle ... --bundle-key ... --subject device:kiosk-3 --root /
   satchel agent status
 
 Every exec of a file on a marked mount waits for the agent's decision (fanotify,
 FAN_OPEN_EXEC_PERM; root). Lockdown: a program the bundle does not allow fails with
 \"Operation not permitted\". Monitor: it runs and the deny is reported. Only the file
-systems of the mount points named are marked. SIGHUP re-reads the bundle; SIGUSR1 syncs now; SIGTERM stops.
+systems of the mount points named (and with --root, every one under the root) are marked. SIGHUP re-reads the bundle; SIGUSR1 syncs now; SIGTERM stops.
 Options also come from the [agent] table of the config file (docs/agent.md).")]
 pub(crate) struct AgentArgs {
     #[command(subcommand)]
@@ -71,6 +75,22 @@ struct RunArgs {
     /// system, in every mount namespace). Repeatable; none means none.
     #[arg(long, value_name = "PATH")]
     mount: Vec<PathBuf>,
+    /// Closed mode: mark every file system at or under ROOT (also ones
+    /// mounted later), stop the dynamic loader run as a program and
+    /// interpreters opening unlisted scripts, and (lockdown) switch off
+    /// memfd execs and user namespaces. For a device whose users have a
+    /// shell; normally `/`.
+    #[arg(long, value_name = "ROOT")]
+    root: Option<PathBuf>,
+    /// An interpreter closed mode restricts to system files and allowlisted
+    /// scripts. Repeatable [default: sh, bash, python3, perl, ... found under --root].
+    #[arg(long, value_name = "PATH")]
+    interpreter: Vec<PathBuf>,
+    /// Closed mode: enforce lockdown even where the kernel settings cannot
+    /// be applied. DANGER: memfd execs and user namespaces then run
+    /// programs around the allowlist.
+    #[arg(long)]
+    allow_open_system: bool,
     /// lockdown (deny) or monitor (report) [default: the bundle's mode for this subject].
     #[arg(long, value_name = "MODE")]
     mode: Option<Mode>,
@@ -162,8 +182,9 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
         return Err(Exit::new(2, "--image needs --gateway".to_owned()).into());
     }
     let mounts = if a.mount.is_empty() { f.mount } else { a.mount };
-    if mounts.is_empty() {
-        return Err(Exit::new(2, "name at least one --mount to enforce on (the agent never marks the whole machine by default)".to_owned()).into());
+    let root = a.root.or(f.root);
+    if mounts.is_empty() && root.is_none() {
+        return Err(Exit::new(2, "name at least one --mount to enforce on, or --root for closed mode (the agent never marks the whole machine by default)".to_owned()).into());
     }
     Ok(Settings {
         bundle: need(a.bundle.or(f.bundle), "bundle")?,
@@ -172,6 +193,13 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
             Exit::new(2, "--subject is required, e.g. device:laptop-17".to_owned())
         })?,
         mounts,
+        root,
+        interpreters: if a.interpreter.is_empty() {
+            f.interpreter
+        } else {
+            a.interpreter
+        },
+        allow_open_system: a.allow_open_system || f.allow_open_system,
         mode,
         gateway,
         tcti: super::measure::TpmArgs::with(a.tpm).tcti(config)?,
@@ -258,7 +286,26 @@ fn print_status(a: &device::agent::AgentStatus, as_json: bool) -> anyhow::Result
         }
     );
     println!("subject:        {}", st.subject);
-    println!("mode:           {} on {}", st.mode, st.mounts.join(", "));
+    let mut on = st.mounts.clone();
+    if let Some(r) = &st.root {
+        on.push(format!("every file system under {r} (closed mode)"));
+    }
+    println!("mode:           {} on {}", st.mode, on.join(", "));
+    if st.root.is_some() {
+        println!("marked:         {}", st.marked.join(", "));
+        for s in &st.system {
+            let state = if s.holds { "holds" } else { "DOES NOT HOLD" };
+            let found = if s.found.is_empty() {
+                "unreadable"
+            } else {
+                &s.found
+            };
+            println!(
+                "kernel:         {} = {found} (needs {}): {state}",
+                s.name, s.want
+            );
+        }
+    }
     println!("policy bundle:  version {}", st.policy_version);
     if let Some(r) = &st.bundle_refused {
         println!("bundle refused: {r}");

@@ -1,0 +1,608 @@
+//! Closed mode (`satchel agent --root`) against a student: the six ways
+//! around an exec allowlist that a user with a shell and python has, each
+//! run as uid 65534 against a running agent.
+//!
+//! The test builds a small device root on its own tmpfs (dash, python3 with
+//! its standard library, a few tools, their libraries and the loader, a
+//! `/dev/shm` tmpfs, `/proc`) and runs every attack in it with `chroot
+//! --userspec=65534:65534`, so the agent's closed mode marks that root and
+//! nothing of the machine the tests run on. The kernel settings the agent
+//! applies in lockdown are global: the test puts back what it found.
+//!
+//! Needs root (CI runs as root); elsewhere it says why it skipped, and
+//! under `CI=true` it fails instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The kernel settings are global, so the two tests take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const STUDENT: &str = "65534:65534";
+
+fn satchel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_satchel"))
+}
+
+fn must(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Puts the kernel settings back as they were when dropped.
+struct Sysctls(Vec<(String, String)>);
+
+impl Sysctls {
+    fn save() -> Sysctls {
+        let names = ["vm/memfd_noexec", "user/max_user_namespaces"];
+        Sysctls(
+            names
+                .iter()
+                .map(|n| {
+                    let p = format!("/proc/sys/{n}");
+                    let v = std::fs::read_to_string(&p).unwrap_or_default();
+                    (p, v.trim().to_owned())
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Sysctls {
+    fn drop(&mut self) {
+        for (p, v) in &self.0 {
+            if !v.is_empty() {
+                let _ = std::fs::write(p, v);
+            }
+        }
+    }
+}
+
+/// A device root on its own tmpfs, with a student's home.
+struct Device {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+/// The libraries `ldd` names for a program, and its loader.
+fn libraries(prog: &Path) -> Vec<PathBuf> {
+    let o = Command::new("ldd").arg(prog).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect()
+}
+
+impl Device {
+    fn build() -> Option<Device> {
+        if !rustix::process::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the closed-mode tests as root"
+            );
+            eprintln!("SKIPPED: closed mode needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // The student reaches the root from outside too (the user-namespace
+        // attacks start there: a chrooted process may not make one).
+        must(Command::new("chmod").arg("755").arg(dir.path()));
+        let mut d = Device {
+            dir,
+            root,
+            mounts: Vec::new(),
+        };
+        d.mount(&["-t", "tmpfs", "-o", "size=512m,mode=0755", "tmpfs"], "");
+        for prog in [
+            "/bin/sh",
+            "/usr/bin/python3",
+            "/bin/cat",
+            "/bin/cp",
+            "/bin/dd",
+            "/bin/sleep",
+            "/bin/true",
+            "/bin/echo",
+            "/bin/chmod",
+            "/usr/bin/unshare",
+            "/bin/mount",
+        ] {
+            d.put(Path::new(prog));
+            for lib in libraries(Path::new(prog)) {
+                d.put(&lib);
+            }
+        }
+        let lib = d.root.join("usr/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        must(
+            Command::new("cp")
+                .arg("-a")
+                .arg("/usr/lib/python3.11")
+                .arg(&lib),
+        );
+        for sub in ["dev/shm", "proc", "tmp", "mnt/usb", "home/student"] {
+            std::fs::create_dir_all(d.root.join(sub)).unwrap();
+        }
+        must(
+            Command::new("mknod")
+                .args(["-m", "666"])
+                .arg(d.root.join("dev/null"))
+                .args(["c", "1", "3"]),
+        );
+        must(Command::new("chmod").arg("1777").arg(d.root.join("tmp")));
+        d.mount(
+            &["-t", "tmpfs", "-o", "size=64m,mode=1777", "tmpfs"],
+            "dev/shm",
+        );
+        d.mount(&["-t", "proc", "proc"], "proc");
+        d.student_files();
+        Some(d)
+    }
+
+    fn mount(&mut self, args: &[&str], at: &str) {
+        let point = if at.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(at)
+        };
+        must(Command::new("mount").args(args).arg(&point));
+        self.mounts.push(point);
+    }
+
+    /// Copy a file (its target, if a link) to the same path under the root.
+    fn put(&self, path: &Path) {
+        let dest = self.root.join(path.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(path).unwrap(), dest).unwrap();
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.root.join("home/student").join(name)
+    }
+
+    /// What the student brings: a program the policy does not allow (it
+    /// prints its arguments), scripts, and a 40 MiB program it does allow.
+    fn student_files(&self) {
+        std::fs::copy("/bin/echo", self.home("denied")).unwrap();
+        std::fs::write(self.home("denied.sh"), "#!/bin/sh\necho PWNED\n").unwrap();
+        std::fs::write(self.home("denied.py"), "print('PWNED')\n").unwrap();
+        std::fs::write(self.home("allowed.sh"), "echo ALLOWED-SCRIPT-RAN\n").unwrap();
+        let mut big = std::fs::read("/bin/true").unwrap();
+        big.resize(40 << 20, 0);
+        std::fs::write(self.home("big"), &big).unwrap();
+        std::fs::write(self.home("big.orig"), &big).unwrap();
+        must(
+            Command::new("chmod")
+                .arg("755")
+                .args(["denied", "denied.sh", "big", "big.orig"].map(|f| self.home(f))),
+        );
+        must(
+            Command::new("chown")
+                .args(["-R", STUDENT])
+                .arg(self.home("")),
+        );
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A bundle in `mode`: the system's programs by path, the student's
+    /// big program and allowed script by hash.
+    fn bundle(&self, mode: &str) {
+        let r = self.root.display();
+        let policy = format!(
+            "p, device:kiosk, app, path:{r}/bin/*, exec, allow\n\
+             p, device:kiosk, app, path:{r}/usr/*, exec, allow\n\
+             p, device:kiosk, app, sha256:{}, exec, allow\n\
+             p, device:kiosk, app, sha256:{}, exec, allow\n",
+            sha256(&self.home("big")),
+            sha256(&self.home("allowed.sh")),
+        );
+        std::fs::write(self.p("policy.csv"), policy).unwrap();
+        if !self.p("org.key").exists() {
+            must(satchel().args(["keygen", "--out"]).arg(self.p("org.key")));
+        }
+        must(
+            satchel()
+                .args(["policy", "bundle", "--policy"])
+                .arg(self.p("policy.csv"))
+                .arg("--sign-key")
+                .arg(self.p("org.key"))
+                .args(["--version", "1", "--mode", mode, "--out"])
+                .arg(self.p("policy.bundle")),
+        );
+    }
+
+    fn agent(&self, extra: &[&str]) -> Agent {
+        let log = self.p("agent.log");
+        let state = self.p("state");
+        let child = self
+            .agent_command(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let a = Agent { child, log, state };
+        a.wait_ready();
+        a
+    }
+
+    fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut c = satchel();
+        c.args(["agent", "--bundle"])
+            .arg(self.p("policy.bundle"))
+            .arg("--bundle-key")
+            .arg(self.p("org.key.pub"))
+            .args(["--subject", "device:kiosk", "--root"])
+            .arg(&self.root)
+            .arg("--state-dir")
+            .arg(self.p("state"))
+            .args(extra);
+        c
+    }
+
+    /// Run `script` with sh as the student inside the device root:
+    /// (stdout and stderr together, exit code).
+    fn student(&self, script: &str) -> (String, i32) {
+        let o = Command::new("/usr/sbin/chroot")
+            .arg(format!("--userspec={STUDENT}"))
+            .arg(&self.root)
+            .args(["/bin/sh", "-c", script])
+            .env_clear()
+            .env("PATH", "/bin:/usr/bin")
+            .env("HOME", "/home/student")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (text, o.status.code().unwrap_or(-1))
+    }
+
+    /// Run `script` with the machine's sh as the student, outside the
+    /// device root: where a user namespace can be made.
+    fn student_outside(&self, script: &str) -> String {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
+    /// As root, in a mount namespace of its own: bind the student's denied
+    /// program over the allowed `/bin/true`, then run that path as the
+    /// student. The path the agent reads back is an allowed one.
+    fn bound_over_allowed_path(&self) -> String {
+        let r = self.root.display();
+        let script = format!(
+            "mount --bind {r}/home/student/denied {r}/bin/true && \
+             chroot --userspec={STUDENT} {r} /bin/true PWNED 2>&1; true"
+        );
+        let o = must(Command::new("unshare").args(["-m", "sh", "-c", &script]));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+    state: PathBuf,
+}
+
+impl Agent {
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.status()["pid"] != self.child.id() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        std::fs::read(self.state.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the agent's log holds `needle` (reports are spooled in
+    /// bursts).
+    fn logged(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not report {needle:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether this machine lets root switch user namespaces off (it takes
+/// CAP_SYS_RESOURCE, which some sandboxes withhold even from root).
+fn userns_settable() -> bool {
+    let p = "/proc/sys/user/max_user_namespaces";
+    std::fs::read_to_string(p).is_ok_and(|v| std::fs::write(p, v.trim()).is_ok())
+}
+
+/// Assert the denied program did not run.
+fn refused(what: &str, (out, _): (String, i32)) -> String {
+    assert!(
+        !out.contains("PWNED"),
+        "{what}: the denied program ran: {out}"
+    );
+    out
+}
+
+#[test]
+fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut d) = Device::build() else { return };
+    let _restore = Sysctls::save();
+    d.bundle("lockdown");
+    // Where a setting cannot be applied, lockdown is refused, naming it;
+    // the rest of the test then runs with the danger flag, and must hold
+    // anyway (the user-namespace attacks fail for other reasons below).
+    let settable = userns_settable();
+    let extra: &[&str] = if settable {
+        &[]
+    } else {
+        let o = d.agent_command(&[]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("lockdown refused: user.max_user_namespaces is"),
+            "{err}"
+        );
+        eprintln!("this machine cannot switch user namespaces off: {err}");
+        &["--allow-open-system"]
+    };
+    let a = d.agent(extra);
+    let r = d.root.display().to_string();
+
+    // The settings hold (the status says which) and the root's file
+    // systems are marked.
+    let st = a.status();
+    let system = st["system"].as_array().unwrap();
+    assert_eq!(system.len(), 2, "{st}");
+    for s in system {
+        let must_hold = s["name"] == "vm.memfd_noexec" || settable;
+        assert_eq!(s["holds"], must_hold, "{st}");
+    }
+    let marked = st["marked"].to_string();
+    assert!(marked.contains(&format!("{r} (tmpfs)")), "{marked}");
+    assert!(marked.contains(&format!("{r}/dev/shm (tmpfs)")), "{marked}");
+    let o = must(
+        satchel()
+            .args(["agent", "status", "--state-dir"])
+            .arg(&a.state),
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("vm.memfd_noexec = 2 (needs 2): holds"),
+        "{text}"
+    );
+    assert!(text.contains("closed mode"), "{text}");
+
+    // What is allowed still works: a system program, an allowlisted script
+    // through its interpreter, python on its standard library.
+    let (out, code) = d.student("echo fine; sh /home/student/allowed.sh; python3 -c 'print(6*7)'");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("fine") && out.contains("ALLOWED-SCRIPT-RAN") && out.contains("42"),
+        "{out}"
+    );
+
+    // 1. The loader run directly on the denied program.
+    let out = refused(
+        "loader",
+        d.student("/lib64/ld-linux-x86-64.so.2 /home/student/denied PWNED"),
+    );
+    assert!(
+        out.contains("not permitted") || out.contains("cannot open"),
+        "{out}"
+    );
+    a.logged(&format!("denied loader of {r}/home/student/denied"));
+
+    // 2. From memory: python writes the program into a memfd and execs it;
+    // and asks for an executable memfd outright.
+    let py = "import os,sys\nb=sys.stdin.buffer.read()\nfor flags in (0, 0x10):\n  try:\n    fd=os.memfd_create('x', flags)\n    os.write(fd,b)\n    os.execv('/proc/self/fd/%d'%fd,['x','PWNED'])\n  except OSError as e:\n    print('refused', flags, e.errno)\n";
+    let out = refused(
+        "memfd",
+        d.student(&format!("cat /home/student/denied | python3 -c \"{py}\"")),
+    );
+    assert!(
+        out.contains("refused 0 13") && out.contains("refused 16"),
+        "{out}"
+    );
+
+    // 3. A fresh file system: a user namespace with its own tmpfs; a copy
+    // into /dev/shm; a stick mounted after the agent started.
+    // Where user namespaces stay on, the program on the fresh tmpfs starts
+    // but may load nothing from a marked file system (its libc).
+    let out = refused(
+        "unshare tmpfs",
+        (d.student_outside(&format!("unshare -Urm sh -c 'mount -t tmpfs x {r}/tmp && cp {r}/home/student/denied {r}/tmp/e && chroot {r} /tmp/e PWNED'")), 0),
+    );
+    if settable {
+        assert!(out.contains("unshare"), "{out}");
+    } else {
+        a.logged("denied unmarked of");
+    }
+    refused(
+        "/dev/shm",
+        d.student("cp /home/student/denied /dev/shm/e && /dev/shm/e PWNED"),
+    );
+    a.logged(&format!("denied exec of {r}/dev/shm/e"));
+    d.mount(
+        &["-t", "tmpfs", "-o", "size=8m,mode=1777", "tmpfs"],
+        "mnt/usb",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.status()["marked"].to_string().contains("/mnt/usb") {
+        assert!(
+            Instant::now() < deadline,
+            "the new mount was not marked: {}",
+            a.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    refused(
+        "new mount",
+        d.student("cp /home/student/denied /mnt/usb/e && /mnt/usb/e PWNED"),
+    );
+    a.logged(&format!("denied exec of {r}/mnt/usb/e"));
+
+    // 4. A bind mount over an allowed path: no user namespace for the
+    // student; and made by root in a namespace of its own, the path read
+    // back is not trusted and the hash decides.
+    let out = refused(
+        "unshare bind",
+        (d.student_outside(&format!("unshare -Urm sh -c 'mount --bind {r}/home/student/denied {r}/bin/true && chroot {r} /bin/true PWNED'")), 0),
+    );
+    if !settable {
+        assert!(out.contains("not permitted"), "{out}");
+    }
+    let out = d.bound_over_allowed_path();
+    assert!(!out.contains("PWNED"), "bind mount: {out}");
+    a.logged("path rules not applied");
+
+    // 5. Interpreters handed a script that is not on the list.
+    let out = refused("sh script", d.student("sh /home/student/denied.sh"));
+    assert!(out.contains("not permitted"), "{out}");
+    a.logged(&format!("denied script of {r}/home/student/denied.sh"));
+    let out = refused(
+        "python script",
+        d.student("python3 /home/student/denied.py"),
+    );
+    assert!(out.contains("not permitted"), "{out}");
+    a.logged(&format!("denied script of {r}/home/student/denied.py"));
+    refused("script exec", d.student("/home/student/denied.sh"));
+
+    // 6. The race: the allowed 40 MiB program is overwritten with the
+    // denied one while its exec is being decided.
+    // A python already running (so its own start does not wait behind the
+    // decision) holds the program open for writing, rewrites its last byte
+    // as it was (so the agent hashes it again on exec), starts it, and 2 to
+    // 20 ms later overwrites its start with the denied program and closes.
+    let race = "import os,subprocess,sys,threading,time\n\
+b=sys.stdin.buffer.read()\n\
+fd=os.open('/home/student/big',os.O_WRONLY)\n\
+time.sleep(0.05); os.pwrite(fd,b'\\0',os.fstat(fd).st_size-1)\n\
+def w():\n  time.sleep(float(sys.argv[1])); os.pwrite(fd,b,0); os.close(fd)\n\
+t=threading.Thread(target=w); t.start()\n\
+try:\n  subprocess.run(['/home/student/big','PWNED'])\n\
+except OSError as e: print('refused', e.errno)\n\
+t.join()\n";
+    for delay in ["0.002", "0.005", "0.01", "0.02"] {
+        std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
+        let script = format!("cat /home/student/denied | python3 -c \"{race}\" {delay}");
+        refused(&format!("race after {delay} s"), d.student(&script));
+    }
+    // With its own bytes back it runs again.
+    std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
+    let (out, code) = d.student("/home/student/big; echo rc=$?");
+    assert!(out.contains("rc=0"), "{out} {code}");
+}
+
+#[test]
+fn monitor_in_closed_mode_lets_each_attempt_run_and_reports_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(d) = Device::build() else { return };
+    let _restore = Sysctls::save();
+    d.bundle("monitor");
+    let a = d.agent(&[]);
+    let r = d.root.display().to_string();
+    let attempts = [
+        (
+            "/lib64/ld-linux-x86-64.so.2 /home/student/denied PWNED",
+            "loader",
+            "/home/student/denied",
+        ),
+        (
+            "cp /home/student/denied /dev/shm/m && /dev/shm/m PWNED",
+            "exec",
+            "/dev/shm/m",
+        ),
+        (
+            "sh /home/student/denied.sh",
+            "script",
+            "/home/student/denied.sh",
+        ),
+        (
+            "python3 /home/student/denied.py",
+            "script",
+            "/home/student/denied.py",
+        ),
+    ];
+    for (script, attempt, path) in attempts {
+        let (out, _) = d.student(script);
+        assert!(
+            out.contains("PWNED"),
+            "monitor mode must let {script:?} run: {out}"
+        );
+        a.logged(&format!("monitor mode: would deny {attempt} of {r}{path}"));
+    }
+    // Monitor applies no settings: the status says they do not hold (or
+    // hold only because the machine was set so before).
+    let st = a.status();
+    assert_eq!(st["mode"], "monitor", "{st}");
+    assert_eq!(st["system"].as_array().unwrap().len(), 2, "{st}");
+}
