@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit_view: audit::signer::SignerView,
     /// The audit key as a C2SP verifier key (`origin+id+key`).
     pub audit_vkey: String,
+    /// HTTPS interception: site certificates and the upstream TLS client.
+    pub intercept: crate::intercept::Intercept,
     /// One agent spool delivery at a time (see [`crate::routes::agent`]).
     pub spool_lock: tokio::sync::Mutex<()>,
 }

@@ -4,12 +4,14 @@
 //!
 //! This is the only crate that serves the network; it never admits a device
 //! whose quote did not verify. [`pki`] keeps the data directory's CAs and
-//! keys; [`server`] is the mTLS server; [`api`] the enrollment and
-//! attestation routes; [`admin`] the admin routes; [`proxy`] the egress
-//! proxy; [`state`] the database tables; [`client`] the device's side.
+//! keys; [`server`] is the mTLS server; [`routes`] the API by concern;
+//! [`proxy`] the egress proxy and [`intercept`] its per-URL decisions
+//! inside HTTPS; [`state`] the database tables. The device's side lives in
+//! the `device` crate.
 
 pub mod app;
 pub mod images;
+pub mod intercept;
 pub mod nonces;
 pub mod pki;
 pub mod proxy;

@@ -84,6 +84,10 @@ pub struct Pki {
     pub device_ca: Ca,
     /// The admin CA.
     pub admin_ca: Ca,
+    /// The web proxy's interception CA (`proxy-ca.crt`): devices trust it
+    /// (the image build puts it in the image's trust store) for the HTTPS
+    /// sites whose requests the proxy decides one by one.
+    pub proxy_ca: Ca,
     /// The server certificate, PEM.
     pub server_cert_pem: String,
     /// The server key, PEM.
@@ -229,6 +233,7 @@ impl Pki {
         let ca = Ca::load_or_make(dir, "ca", "Satchel gateway CA")?;
         let device_ca = Ca::load_or_make(dir, "device-ca", DEVICE_CA_NAME)?;
         let admin_ca = Ca::load_or_make(dir, "admin-ca", ADMIN_CA_NAME)?;
+        let proxy_ca = Ca::load_or_make(dir, "proxy-ca", PROXY_CA_NAME)?;
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
         let held = if crt.exists() && key.exists() {
             let pem = read(&crt)?;
@@ -287,6 +292,7 @@ impl Pki {
             ca,
             device_ca,
             admin_ca,
+            proxy_ca,
             server_cert_pem,
             server_key_pem,
         })
@@ -359,6 +365,34 @@ impl Pki {
         let kp = KeyPair::generate().map_err(cert_err(what.clone()))?;
         let cert = p
             .signed_by(&kp, &self.admin_ca.issuer()?)
+            .map_err(cert_err(what))?;
+        Ok(AdminCert {
+            cert_pem: cert.pem(),
+            key_pem: kp.serialize_pem(),
+        })
+    }
+}
+
+/// The common name of the proxy's interception CA.
+pub const PROXY_CA_NAME: &str = "Satchel web proxy CA";
+
+impl Pki {
+    /// A certificate for `host` (a DNS name or an IP literal) from the proxy
+    /// CA, with a fresh key: what the proxy shows a device for a site it
+    /// intercepts. Valid from an hour ago (clock skew) for a day.
+    pub fn issue_site_cert(&self, host: &str) -> Result<AdminCert, PkiError> {
+        let what = format!("site certificate for {host}");
+        let mut p =
+            CertificateParams::new(vec![host.to_owned()]).map_err(cert_err(what.clone()))?;
+        p.distinguished_name.push(DnType::CommonName, host);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = SystemTime::now();
+        p.not_before = (now - Duration::from_secs(3600)).into();
+        p.not_after = (now + Duration::from_secs(86400)).into();
+        let kp = KeyPair::generate().map_err(cert_err(what.clone()))?;
+        let cert = p
+            .signed_by(&kp, &self.proxy_ca.issuer()?)
             .map_err(cert_err(what))?;
         Ok(AdminCert {
             cert_pem: cert.pem(),

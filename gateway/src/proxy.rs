@@ -107,7 +107,12 @@ pub fn boxed(b: Full<Bytes>) -> Body {
     b.map_err(|never| match never {}).boxed()
 }
 
-fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Response<Body> {
+pub(crate) fn problem(
+    status: StatusCode,
+    title: &str,
+    detail: &str,
+    extra: Value,
+) -> Response<Body> {
     let mut body =
         json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail});
     if let (Some(b), Value::Object(x)) = (body.as_object_mut(), extra) {
@@ -130,15 +135,15 @@ pub fn is_internal(ip: IpAddr) -> bool {
 
 /// A refusal, as answered and audited.
 #[derive(Debug)]
-struct Denied {
+pub(crate) struct Denied {
     status: StatusCode,
     title: &'static str,
-    detail: String,
-    rule: Option<Rule>,
-    reason: &'static str,
+    pub(crate) detail: String,
+    pub(crate) rule: Option<Rule>,
+    pub(crate) reason: &'static str,
 }
 
-fn rule_json(rule: Option<&Rule>) -> Value {
+pub(crate) fn rule_json(rule: Option<&Rule>) -> Value {
     match rule {
         Some(r) => json!({"line": r.line, "text": r.to_string()}),
         None => Value::Null,
@@ -146,7 +151,7 @@ fn rule_json(rule: Option<&Rule>) -> Value {
 }
 
 impl Denied {
-    fn response(&self, url: &str) -> Response<Body> {
+    pub(crate) fn response(&self, url: &str) -> Response<Body> {
         problem(
             self.status,
             self.title,
@@ -158,7 +163,7 @@ impl Denied {
 
 /// Decide `url` with `method` for `device`, resolve it, and check the
 /// addresses: the address to connect to and the deciding rule, or why not.
-async fn decide(
+pub(crate) async fn decide(
     state: &AppState,
     device: &Device,
     url: &CanonicalUrl,
@@ -256,7 +261,7 @@ async fn decide(
 
 /// The headers a proxy must not pass on (RFC 9110 §7.6.1) or that are
 /// for the proxy itself.
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "proxy-connection",
     "proxy-authorization",
@@ -267,7 +272,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-async fn audit(state: &AppState, device: &str, url: &str, allow: bool, details: Value) {
+pub(crate) async fn audit(state: &AppState, device: &str, url: &str, allow: bool, details: Value) {
     state
         .record(
             "proxy",
@@ -432,7 +437,7 @@ async fn send_upstream(
 }
 
 /// The Host header for `url`: the port only when it is not the scheme's.
-fn host_header(url: &CanonicalUrl) -> String {
+pub(crate) fn host_header(url: &CanonicalUrl) -> String {
     if (url.scheme == "http" && url.port == 80) || (url.scheme == "https" && url.port == 443) {
         url.host.to_string()
     } else {
@@ -539,6 +544,9 @@ async fn connect(
     let shown = url.to_string();
     let (addr, rule) = match decide(&state, &dev, &url, "CONNECT").await {
         Ok(x) => x,
+        Err(d) if d.reason == "policy" && state.policy().has_url_rules_for(&url) => {
+            return intercept(req, url, dev, who, state, slot).await;
+        }
         Err(d) => {
             audit(&state, &dev.device_id, &shown, false, json!({"method": "CONNECT", "reason": d.reason, "rule": rule_json(d.rule.as_ref()), "detail": d.detail})).await;
             return d.response(&shown);
@@ -587,6 +595,44 @@ async fn connect(
             _slot: slot,
         };
         open.run(TokioIo::new(upgraded), upstream, &guard).await;
+    });
+    Response::new(boxed(Full::new(Bytes::new())))
+}
+
+/// A CONNECT to a host with URL rules but no CONNECT rule: answered 200,
+/// and every request inside decided by its URL ([`crate::intercept`]).
+async fn intercept(
+    req: Request<Incoming>,
+    url: CanonicalUrl,
+    dev: Device,
+    who: DeviceIdentity,
+    state: Arc<AppState>,
+    slot: TunnelSlot,
+) -> Response<Body> {
+    audit(
+        &state,
+        &dev.device_id,
+        &url.to_string(),
+        true,
+        json!({"method": "CONNECT", "intercepted": true, "detail": "the policy has URL rules for this host: each request inside is decided by its URL"}),
+    )
+    .await;
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let _slot = slot;
+        let session = crate::intercept::Session {
+            base: url,
+            dev,
+            who,
+            state,
+        };
+        session.serve(TokioIo::new(upgraded)).await;
     });
     Response::new(boxed(Full::new(Bytes::new())))
 }

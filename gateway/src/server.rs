@@ -138,6 +138,9 @@ pub struct ServeConfig {
     pub tunnel_idle: Duration,
     /// No proxy tunnel lives longer than this.
     pub tunnel_max: Duration,
+    /// Certificates the proxy trusts for intercepted upstreams, besides the
+    /// system's roots (a site with a private CA).
+    pub upstream_ca: Option<PathBuf>,
     /// DNS names and IP addresses the server certificate is for, besides
     /// localhost, 127.0.0.1 and ::1 (a missing one makes a new certificate
     /// from the same CA at start).
@@ -164,6 +167,7 @@ impl ServeConfig {
             tunnel_idle: Duration::from_secs(300),
             tunnel_max: Duration::from_secs(3600),
             server_names: Vec::new(),
+            upstream_ca: None,
         }
     }
 
@@ -326,6 +330,8 @@ impl Gateway {
             tunnel_max: config.tunnel_max,
             audit_view,
             audit_vkey,
+            intercept: crate::intercept::Intercept::new(config.upstream_ca.as_deref())
+                .map_err(|e| ServeError::Tls(format!("--upstream-ca: {e}")))?,
         });
         let (listener, local_addr) = listen(config.listen).await?;
         let (proxy, proxy_addr) = match config.proxy_listen {

@@ -87,6 +87,31 @@ impl FastPolicy {
         !self.app_path.is_empty()
     }
 
+    /// Whether any URL rule, for any subject and method, names the host of
+    /// `url` (its scheme and port too). The proxy intercepts HTTPS to such
+    /// a host, to decide each request by its full URL.
+    pub fn has_url_rules_for(&self, url: &CanonicalUrl) -> bool {
+        let key = (url.scheme.clone(), url.host.clone(), url.port);
+        if self.url_exact.get(&key).is_some_and(|v| !v.is_empty()) {
+            return true;
+        }
+        let Host::Name(n) = &url.host else {
+            return false;
+        };
+        let mut rest = n.as_str();
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if rest.is_empty() {
+                break;
+            }
+            let key = (url.scheme.clone(), rest.to_owned(), url.port);
+            if self.url_under.get(&key).is_some_and(|v| !v.is_empty()) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Decide `request` for `subject`: the same answer, and the same rule
     /// named, as [`crate::Policy::decide`].
     pub fn decide(&self, subject: &str, request: &Request) -> Decision {

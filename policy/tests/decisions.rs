@@ -333,3 +333,24 @@ fn groups_from_outside_the_policy_decide_like_g_lines() {
         .allow
     );
 }
+
+#[test]
+fn the_proxy_intercepts_exactly_the_hosts_with_url_rules() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policy/school.csv"
+    ))
+    .unwrap();
+    let fast = policy::FastPolicy::compile(&policy::PolicyText::parse(&text).unwrap());
+    let has = |u: &str| fast.has_url_rules_for(&policy::CanonicalUrl::parse(u).unwrap());
+    assert!(has("https://en.wikipedia.org/"));
+    assert!(has("https://upload.wikimedia.org:443/"));
+    assert!(has("https://exam.school.example/"));
+    assert!(has("https://updates.school.example/"));
+    // Not the bare suffix, not another port or scheme, not another host.
+    assert!(!has("https://wikipedia.org/"));
+    assert!(!has("https://en.wikipedia.org:8443/"));
+    assert!(!has("http://en.wikipedia.org/"));
+    assert!(!has("https://example.com/"));
+    assert!(!has("https://127.0.0.1/"));
+}

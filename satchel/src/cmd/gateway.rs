@@ -282,6 +282,10 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     server_name: Vec<String>,
+    /// Certificates (PEM) the proxy trusts for the HTTPS sites it
+    /// intercepts, besides the system's roots (a site with a private CA).
+    #[arg(long, env = "SATCHEL_UPSTREAM_CA", value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
 }
 
 /// `--config FILE`: the same options in TOML.
@@ -300,6 +304,7 @@ struct ServeFile {
     drain: Option<String>,
     #[serde(default)]
     server_names: Vec<String>,
+    upstream_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -321,6 +326,7 @@ impl ServeArgs {
                     ek_ca: rel(f.ek_ca),
                     reference: rel(f.reference),
                     reference_key: rel(f.reference_key),
+                    upstream_ca: rel(f.upstream_ca),
                     ..f
                 }
             }
@@ -352,6 +358,7 @@ impl ServeArgs {
         c.ek_ca = self.ek_ca.or(file.ek_ca);
         c.reference = self.reference.or(file.reference);
         c.reference_key = self.reference_key.or(file.reference_key);
+        c.upstream_ca = self.upstream_ca.or(file.upstream_ca);
         c.cert_lifetime = duration(
             self.cert_lifetime,
             file.cert_lifetime,
