@@ -5,7 +5,9 @@
 //! push-OS layers (and [`bundle`] carries them offline); [`agent`] is the
 //! long-running service that enforces the allowlist at exec, holds the
 //! signed policy bundle, keeps the device attested and spools its audit
-//! entries; [`witness`] checks that its gateway's audit log only grows.
+//! entries; [`witness`] checks that its gateway's audit log only grows;
+//! [`relay`] lends the device certificate to local programs (a browser)
+//! on their way to the gateway's proxy.
 //!
 //! It takes plain configuration structs (never command-line types) and
 //! returns typed errors; the `satchel` binary parses, loads configuration,
@@ -18,6 +20,7 @@ pub mod bundle;
 pub mod client;
 pub mod enrollment;
 pub mod identity;
+pub mod relay;
 pub mod sync;
 pub mod witness;
 

@@ -312,3 +312,122 @@ fn a_device_that_does_not_trust_the_proxy_ca_is_not_served() {
     assert!(!o.status.success());
     assert!(s.good.seen.lock().unwrap().is_empty());
 }
+
+/// Run headless Chromium (Debian's) through the device's local relay with
+/// `home` as its profile's home: the page's DOM as text.
+fn chromium(home: &Path, relay: u16, url: &str) -> String {
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--proxy-server=http://127.0.0.1:{relay}"))
+        // Chromium sends loopback addresses around any proxy unless told.
+        .arg("--proxy-bypass-list=<-loopback>")
+        .arg(format!(
+            "--user-data-dir={}",
+            home.join("profile").display()
+        ))
+        .arg("--dump-dom")
+        .arg(url)
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter(|l| l.contains("ERR_") || l.contains("CERT"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+#[test]
+fn headless_chromium_gets_per_url_decisions_inside_https() {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: chromium is missing (scripts/setup.sh installs it)"
+        );
+        eprintln!("SKIPPED: chromium is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let s = setup();
+    let (g, b) = (s.good.port, s.bad.port);
+    // The device directory the relay reads: the device's certificate and
+    // key under their usual names.
+    let cdir = s.data.parent().unwrap().join("client");
+    std::fs::create_dir_all(&cdir).unwrap();
+    std::fs::copy(&s.crt, cdir.join("device.crt")).unwrap();
+    std::fs::copy(&s.key, cdir.join("device.key")).unwrap();
+    let gw = device::GatewayConfig {
+        url: format!("https://127.0.0.1:{}", s.gw.proxy_port.unwrap()),
+        ca: s.data.join("ca.crt"),
+        data: cdir,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(device::relay::bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let relay = listener.local_addr().unwrap().port();
+    rt.spawn(device::relay::serve(listener, gw));
+
+    // The browser trusts the gateway's proxy CA in its own store (NSS).
+    let home = s.data.parent().unwrap().join("home");
+    let nss = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nss).unwrap();
+    let db = format!("sql:{}", nss.display());
+    let certutil = |args: &[&str]| {
+        let o = Command::new("certutil").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    certutil(&["-d", &db, "-N", "--empty-password"]);
+    let ca = s.data.join("proxy-ca.crt");
+    certutil(&[
+        "-d",
+        &db,
+        "-A",
+        "-t",
+        "C,,",
+        "-n",
+        "satchel-proxy",
+        "-i",
+        ca.to_str().unwrap(),
+    ]);
+
+    let page = chromium(&home, relay, &format!("https://127.0.0.1:{g}/public/page"));
+    assert!(page.contains("saw GET /public/page HTTP/1.1"), "{page}");
+    let denied = chromium(
+        &home,
+        relay,
+        &format!("https://127.0.0.1:{g}/public/secret.txt"),
+    );
+    assert!(
+        denied.contains("line 3 of the policy denies it"),
+        "{denied}"
+    );
+    assert!(!denied.contains("saw GET"), "{denied}");
+    let bad = chromium(&home, relay, &format!("https://127.0.0.1:{b}/x"));
+    assert!(bad.contains("upstream certificate refused"), "{bad}");
+    assert!(s.bad.seen.lock().unwrap().is_empty());
+    assert_eq!(
+        s.good
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("secret"))
+            .count(),
+        0
+    );
+}

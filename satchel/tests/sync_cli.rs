@@ -822,3 +822,44 @@ fn a_device_cannot_claim_or_probe_chunks_of_images_it_does_not_get() {
     let o = w.sync("push", "c1", "root", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn the_image_build_puts_the_proxy_ca_into_the_base_os_trust_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = dir.path().join("gw");
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+    std::fs::write(
+        root.join("etc/ssl/certs/ca-certificates.crt"),
+        "# system roots\n",
+    )
+    .unwrap();
+    let build = || {
+        ok(&[
+            "image",
+            "build",
+            "--data",
+            gw.to_str().unwrap(),
+            "--image",
+            "classroom",
+            "--layer",
+            &format!("base-os={}", root.display()),
+            "--trust-proxy-ca",
+        ])
+    };
+    build();
+    let ca = std::fs::read_to_string(gw.join("proxy-ca.crt")).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    let own = root.join("usr/local/share/ca-certificates/satchel-proxy-ca.crt");
+    assert_eq!(std::fs::read_to_string(own).unwrap(), ca);
+    let bundle = std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(
+        bundle.starts_with("# system roots\n") && bundle.ends_with(&ca),
+        "{bundle}"
+    );
+    // A second build adds nothing twice, and the layer is unchanged.
+    let again = build();
+    let bundle2 = std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert_eq!(bundle, bundle2);
+    assert!(again.contains("unchanged"), "{again}");
+}

@@ -25,6 +25,28 @@ pub(crate) enum ClientCmd {
     Sync(SyncCmd),
     /// Check the gateway's audit log against the checkpoint this device saw last.
     AuditWitness(WitnessArgs),
+    /// Lend this device's certificate to local programs (a browser): a proxy
+    /// on loopback that carries every connection to the gateway's proxy.
+    Proxy(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client proxy --gateway https://gw:8444 --ca ca.crt --data client
+  chromium --proxy-server=http://127.0.0.1:3128
+
+--gateway is the gateway's proxy port (gateway serve --proxy-listen), not its API port.
+Every connection to LISTEN is carried, byte for byte, inside an mTLS connection made
+with the device certificate (read again for each connection, so renewals are picked up).
+Programs speak the ordinary proxy protocol to it; the gateway decides every request
+(and, for hosts with URL rules, every request inside HTTPS: the image's trust store
+must hold the gateway's proxy CA). Loopback only: it lends the device's identity.")]
+pub(crate) struct RelayArgs {
+    #[command(flatten)]
+    gw: GatewayArgs,
+    /// Where local programs connect.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3128")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +306,15 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
         ClientCmd::Enroll(a) => rt.block_on(enroll(a, config)),
         ClientCmd::Attest(a) => rt.block_on(attest(a, config)),
         ClientCmd::AuditWitness(a) => rt.block_on(audit_witness(a)),
+        ClientCmd::Proxy(a) => rt.block_on(async {
+            let listener = device::relay::bind(a.listen).await?;
+            eprintln!(
+                "satchel client proxy: {} -> {} as this device",
+                a.listen, a.gw.gateway
+            );
+            device::relay::serve(listener, a.gw.config()).await?;
+            Ok(())
+        }),
         ClientCmd::Sync(SyncCmd::Pull(a)) => rt.block_on(sync_pull(a)),
         ClientCmd::Sync(SyncCmd::Push(a)) => rt.block_on(sync_push(a)),
         ClientCmd::Sync(SyncCmd::Status(a)) => sync_status(a),

@@ -29,13 +29,18 @@ device's user layer), the manifest digest and when it was made.")]
 #[command(after_help = "Examples:
   satchel image build --data ./gw --image classroom --layer base-os=./rootfs
   satchel image build --data ./gw --image classroom --layer group-apps=./apps --layer user-data=./skel
+  satchel image build --data ./gw --image classroom --layer base-os=./rootfs --trust-proxy-ca
 
 Each directory is chunked (FastCDC, 16 KiB average) into the gateway's chunk store
 (DATA/chunks, zstd) and becomes a new signed layer version, unless it equals the newest
 one. Layers: base-os, group-apps (system: clients cannot change them), personal-apps,
 user-system, user-data (user: each device's own; this is their starting content).
 The system layers' digests are written as boot stages to DATA/images/IMAGE.stages.toml:
-append them to the boot chain before `satchel predict`, so attestation covers the image.")]
+append them to the boot chain before `satchel predict`, so attestation covers the image.
+With --trust-proxy-ca the base-os directory gets the gateway's proxy CA in its trust
+store first (usr/local/share/ca-certificates/satchel-proxy-ca.crt, and appended to
+etc/ssl/certs/ca-certificates.crt when that exists): devices then accept the proxy's
+per-URL decisions inside HTTPS (docs/gateway.md).")]
 pub(crate) struct BuildArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -48,6 +53,11 @@ pub(crate) struct BuildArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Put the gateway's proxy CA (DATA/proxy-ca.crt) into the base-os
+    /// directory's trust store before building it, so the devices trust the
+    /// proxy's per-URL decisions inside HTTPS.
+    #[arg(long)]
+    trust_proxy_ca: bool,
 }
 
 fn parse_layer(s: &str) -> Result<(Layer, PathBuf), String> {
@@ -104,6 +114,44 @@ fn total_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Put the gateway's proxy CA into the trust store of the root `dir`: as
+/// its own file for `update-ca-certificates`, and in the bundle every TLS
+/// library reads, if the root has one. What was done, one line each.
+fn trust_proxy_ca(data: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let pki = gateway::Pki::init(data, &[])?;
+    let pem = pki.proxy_ca.cert_pem;
+    let mut said = Vec::new();
+    let own = dir.join("usr/local/share/ca-certificates/satchel-proxy-ca.crt");
+    if std::fs::read_to_string(&own).ok().as_deref() != Some(pem.as_str()) {
+        if let Some(parent) = own.parent() {
+            persist::file::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        persist::file::write_mode(&own, pem.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", own.display()))?;
+        said.push(format!(
+            "base-os: the proxy CA written to {}",
+            own.display()
+        ));
+    }
+    let bundle = dir.join("etc/ssl/certs/ca-certificates.crt");
+    if let Ok(mut text) = std::fs::read_to_string(&bundle) {
+        if !text.contains(pem.trim()) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&pem);
+            persist::file::write_mode(&bundle, text.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", bundle.display()))?;
+            said.push(format!(
+                "base-os: the proxy CA added to {}",
+                bundle.display()
+            ));
+        }
+    }
+    Ok(said)
+}
+
 async fn build(a: BuildArgs) -> anyhow::Result<()> {
     gateway::images::check_image_name(&a.image)?;
     for (layer, dir) in &a.layers {
@@ -112,6 +160,13 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
             "layer {layer}: {} is not a directory",
             dir.display()
         );
+    }
+    if a.trust_proxy_ca {
+        for (_, dir) in a.layers.iter().filter(|(l, _)| *l == Layer::BaseOs) {
+            for said in trust_proxy_ca(&a.store.data, dir)? {
+                eprintln!("{said}");
+            }
+        }
     }
     let images = open(&a.store).await?;
     let key = gateway::server::manifest_key(&a.store.data)?;
