@@ -16,12 +16,19 @@
 # kernel answers from an ignore mark never does) and its time per decision.
 # With PIN=CPU the agent and the load tool share that one CPU (taskset), so
 # a decision costs a local context switch, not a wake-up across CPUs.
-# Usage: [PIN=CPU] scripts/bench-agent.sh [PAIRS]
+# With MODE=closed the agent runs in closed mode (--root on mount A): every
+# open on A by a program goes to the agent too, so each exec costs one more
+# permission event (the exec's own open); the kernel settings it applies are
+# put back afterwards, and --allow-open-system lets it run where one cannot
+# be set.
+# Usage: [PIN=CPU] [MODE=mount|closed] scripts/bench-agent.sh [PAIRS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 PAIRS=${1:-3000}
 TASKSET=; [ -n "${PIN:-}" ] && TASKSET="taskset -c $PIN"
+MODE=${MODE:-mount}
+MEMFD_WAS=$(cat /proc/sys/vm/memfd_noexec 2>/dev/null || true)
 [ "$(id -u)" -eq 0 ] || { echo "bench-agent: run as root (fanotify permission events)" >&2; exit 2; }
 bash scripts/setup.sh >/dev/null
 cargo build --release --quiet -p satchel --bin satchel --example exec-latency
@@ -32,6 +39,7 @@ AGENT=
 cleanup() {
   set +e
   if [ -n "$AGENT" ]; then kill "$AGENT" 2>/dev/null; wait "$AGENT" 2>/dev/null; fi
+  [ -n "$MEMFD_WAS" ] && echo "$MEMFD_WAS" > /proc/sys/vm/memfd_noexec
   umount -l "$TMP/a" 2>/dev/null
   umount -l "$TMP/b" 2>/dev/null
   rm -rf "$TMP"
@@ -56,8 +64,10 @@ list() { for i in $(seq 1 "$PAIRS"); do echo "$TMP/$1/miss/$i"; done; }
 field() { sed -E "s/.*\"$1\": (-?[0-9.]+).*/\1/"; }
 
 start_agent() {
+  local mark=(--mount "$TMP/a")
+  [ "$MODE" = closed ] && mark=(--root "$TMP/a" --allow-open-system)
   $TASKSET "$SATCHEL" agent --bundle "$TMP/policy.bundle" --bundle-key "$TMP/org.key.pub" \
-    --subject device:bench --mount "$TMP/a" --state-dir "$TMP/state" 2>"$TMP/agent.log" &
+    --subject device:bench "${mark[@]}" --state-dir "$TMP/state" 2>"$TMP/agent.log" &
   AGENT=$!
   for _ in $(seq 1 200); do
     [ -f "$TMP/state/status.json" ] && grep -q "\"pid\": $AGENT," "$TMP/state/status.json" && return
@@ -87,7 +97,7 @@ run_case() { # label: prints a line per case
     "$(echo "$miss" | field a_median_us)" "$(echo "$miss" | field b_median_us)" "$(echo "$miss" | field added_median_us)"
 }
 
-echo "exec latency: $PAIRS pairs of execs of $BIN copies per case (medians)${PIN:+, agent and load on CPU $PIN}"
+echo "exec latency: $PAIRS pairs of execs of $BIN copies per case (medians), agent in $MODE mode${PIN:+, agent and load on CPU $PIN}"
 run_case "no agent"
 start_agent
 run_case "agent"

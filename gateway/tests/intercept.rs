@@ -6,98 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway::{Pki, ServeConfig};
-use rustls::pki_types::pem::PemObject as _;
 
 mod common;
-use common::{audit_entries, device_cert_at, enroll_directly, Running};
-
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it (PEM):
-/// (ca, cert, key).
-fn site_with_own_ca(name: &str) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} CA"));
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), &ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
-}
-
-/// An HTTPS server on a free port answering every request with
-/// `saw METHOD TARGET`, remembering the request lines.
-struct Site {
-    port: u16,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl Site {
-    fn start(cert: &str, key: &str) -> Site {
-        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-        );
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for tcp in l.incoming() {
-                let Ok(tcp) = tcp else { continue };
-                let (config, log) = (config.clone(), log.clone());
-                std::thread::spawn(move || {
-                    let conn = rustls::ServerConnection::new(config).unwrap();
-                    let mut tls = rustls::StreamOwned::new(conn, tcp);
-                    let mut r = BufReader::new(&mut tls);
-                    let mut first = String::new();
-                    if r.read_line(&mut first).is_err() {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let line = first.trim().to_owned();
-                    log.lock().unwrap().push(line.clone());
-                    let body = format!("saw {line}");
-                    let _ = write!(
-                        tls,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    tls.conn.send_close_notify();
-                    let _ = tls.flush();
-                });
-            }
-        });
-        Site { port, seen }
-    }
-}
+use common::{audit_entries, device_cert_at, enroll_directly, site_with_own_ca, Running, Site};
 
 struct Setup {
     _dir: tempfile::TempDir,
