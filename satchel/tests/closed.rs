@@ -539,23 +539,26 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     // 6. The race: the allowed 40 MiB program is overwritten with the
     // denied one while its exec is being decided.
     // A python already running (so its own start does not wait behind the
-    // decision) holds the program open for writing, rewrites its last byte
-    // as it was (so the agent hashes it again on exec), starts it, and 2 to
-    // 20 ms later overwrites its start with the denied program and closes.
-    let race = "import os,subprocess,sys,threading,time\n\
+    // decision) opens the program for writing, rewrites its last byte as it
+    // was (so the agent hashes it again at exec), hands the descriptor to a
+    // writer process, and starts the program; 2 to 20 ms later the writer
+    // overwrites its start with the denied program and closes.
+    let race = "import os,subprocess,sys,time\n\
 b=sys.stdin.buffer.read()\n\
 fd=os.open('/home/student/big',os.O_WRONLY)\n\
 time.sleep(0.05); os.pwrite(fd,b'\\0',os.fstat(fd).st_size-1)\n\
-def w():\n  time.sleep(float(sys.argv[1])); os.pwrite(fd,b,0); os.close(fd)\n\
-t=threading.Thread(target=w); t.start()\n\
+if os.fork()==0:\n  time.sleep(float(sys.argv[1])); os.pwrite(fd,b,0); os.close(fd); os._exit(0)\n\
+os.close(fd)\n\
 try:\n  subprocess.run(['/home/student/big','PWNED'])\n\
 except OSError as e: print('refused', e.errno)\n\
-t.join()\n";
+os.wait()\n";
     for delay in ["0.002", "0.005", "0.01", "0.02"] {
         std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
         let script = format!("cat /home/student/denied | python3 -c \"{race}\" {delay}");
         refused(&format!("race after {delay} s"), d.student(&script));
     }
+    // At least one write landed while the agent was hashing, and was seen.
+    a.logged("it was written while it was being checked");
     // With its own bytes back it runs again.
     std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
     let (out, code) = d.student("/home/student/big; echo rc=$?");
