@@ -28,7 +28,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -38,7 +37,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::proxy::{audit, decide, problem, rule_json, Body, HOP_BY_HOP};
+use crate::proxy::{audit, decide, problem, rule_json, Body};
 use crate::server::DeviceIdentity;
 use crate::state::Device;
 
@@ -316,44 +315,14 @@ impl Session {
             }
             Err(_) => return Err(unreachable(format!("TLS to {addr} timed out"))),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        crate::proxy::exchange(tls, req, url)
             .await
-            .map_err(|e| unreachable(format!("upstream HTTP: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        let (mut parts, body) = req.into_parts();
-        let target = match &url.query {
-            Some(q) => format!("{}?{q}", url.path),
-            None => url.path.clone(),
-        };
-        parts.uri = target
-            .parse()
-            .map_err(|_| unreachable("the path cannot be forwarded".to_owned()))?;
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
-        }
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&crate::proxy::host_header(url)) {
-            parts.headers.insert(hyper::header::HOST, v);
-        }
-        let sent = tokio::time::timeout(
-            crate::proxy::UPSTREAM_ANSWER_TIMEOUT,
-            sender.send_request(Request::from_parts(parts, body)),
-        )
-        .await;
-        match sent {
-            Err(_) => Err(unreachable("upstream did not answer in time".to_owned())),
-            Ok(Err(e)) => Err(unreachable(format!("upstream HTTP: {e}"))),
-            Ok(Ok(resp)) => {
-                let (mut parts, body) = resp.into_parts();
-                for h in HOP_BY_HOP {
-                    parts.headers.remove(*h);
+            .map_err(|e| match e {
+                crate::proxy::Upstream::Unreachable(d) => ("upstream", d),
+                crate::proxy::Upstream::BadPath => {
+                    ("upstream", "the path cannot be forwarded".to_owned())
                 }
-                Ok(Response::from_parts(parts, body.boxed()))
-            }
-        }
+            })
     }
 }
 

@@ -377,7 +377,7 @@ async fn forward_url(
 }
 
 /// Why a forwarded request got no answer from upstream.
-enum Upstream {
+pub(crate) enum Upstream {
     /// Connecting or talking to it failed.
     Unreachable(String),
     /// The canonical path is no request target.
@@ -398,7 +398,21 @@ async fn send_upstream(
         Ok(Err(e)) => return Err(unreachable(format!("connecting to {addr}: {e}"))),
         Err(_) => return Err(unreachable(format!("connecting to {addr} timed out"))),
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    exchange(tcp, req, url).await
+}
+
+/// Send `req` over `io` (a connection to the upstream, plain or TLS) with
+/// the target `url` says, hop-by-hop headers dropped both ways: the answer.
+pub(crate) async fn exchange<IO>(
+    io: IO,
+    req: Request<Incoming>,
+    url: &CanonicalUrl,
+) -> Result<Response<Body>, Upstream>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let unreachable = Upstream::Unreachable;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| unreachable(format!("upstream HTTP: {e}")))?;
     tokio::spawn(async move {
@@ -580,12 +594,8 @@ async fn connect(
     )
     .await;
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "CONNECT upgrade failed");
-                return;
-            }
+        let Some(upgraded) = upgraded(req).await else {
+            return;
         };
         let open = OpenTunnel {
             url: &url,
@@ -594,9 +604,20 @@ async fn connect(
             state: &state,
             _slot: slot,
         };
-        open.run(TokioIo::new(upgraded), upstream, &guard).await;
+        open.run(upgraded, upstream, &guard).await;
     });
     Response::new(boxed(Full::new(Bytes::new())))
+}
+
+/// The client's side of a CONNECT once the 200 is sent.
+async fn upgraded(req: Request<Incoming>) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match hyper::upgrade::on(req).await {
+        Ok(u) => Some(TokioIo::new(u)),
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT upgrade failed");
+            None
+        }
+    }
 }
 
 /// A CONNECT to a host with URL rules but no CONNECT rule: answered 200,
@@ -618,12 +639,8 @@ async fn intercept(
     )
     .await;
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "CONNECT upgrade failed");
-                return;
-            }
+        let Some(upgraded) = upgraded(req).await else {
+            return;
         };
         let _slot = slot;
         let session = crate::intercept::Session {
@@ -632,7 +649,7 @@ async fn intercept(
             who,
             state,
         };
-        session.serve(TokioIo::new(upgraded)).await;
+        session.serve(upgraded).await;
     });
     Response::new(boxed(Full::new(Bytes::new())))
 }
