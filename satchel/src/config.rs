@@ -155,6 +155,18 @@ mod tests {
     }
 
     #[test]
+    fn closed_mode_keys_parse() {
+        let c = Config::from_toml(
+            "[agent]\nroot = \"/\"\ninterpreter = [\"/usr/bin/python3\"]\nallow-open-system = true",
+        )
+        .unwrap();
+        let a = c.agent;
+        assert_eq!(a.root.as_deref(), Some(Path::new("/")));
+        assert_eq!(a.interpreter, vec![PathBuf::from("/usr/bin/python3")]);
+        assert!(a.allow_open_system);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Config::from_toml("[tpm]\ntcti = \"device:/dev/tpm0\"\ncolour = 1").is_err());
         assert!(Config::from_toml("[tmp]\ntcti = \"device:/dev/tpm0\"").is_err());
