@@ -70,6 +70,31 @@ fn typed<A: serde::de::DeserializeOwned>(
     serde_json::from_value(answer).map_err(|source| CallError::Answer { what, source })
 }
 
+/// How long the client waits, so a stalled gateway or a dead link never
+/// freezes the caller (the agent's loop, a pull on a school link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The TCP connection and the TLS handshake.
+    pub connect: std::time::Duration,
+    /// From sending a request to the whole answer of a JSON call, or to the
+    /// status line of a streamed one.
+    pub answer: std::time::Duration,
+    /// The longest pause between two pieces of a streamed answer (a long
+    /// pull on a slow link is fine as long as bytes keep coming).
+    pub idle: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    /// 10 s to connect, 60 s for an answer, 60 s of silence in a stream.
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: std::time::Duration::from_secs(10),
+            answer: std::time::Duration::from_secs(60),
+            idle: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// A gateway endpoint with its pinned CA.
 #[derive(Clone)]
 pub struct GatewayClient {
@@ -77,6 +102,7 @@ pub struct GatewayClient {
     port: u16,
     url: String,
     connector: tokio_rustls::TlsConnector,
+    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for GatewayClient {
@@ -138,7 +164,30 @@ impl GatewayClient {
             port,
             url: url.to_owned(),
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            timeouts: Timeouts::default(),
         })
+    }
+
+    /// The same client with other timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> GatewayClient {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// `f`, or an I/O error saying what timed out after how long.
+    async fn within<T>(
+        &self,
+        limit: std::time::Duration,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Io {
+                url: self.url.clone(),
+                problem: format!("{what} timed out after {} s", limit.as_secs_f64()),
+            }),
+        }
     }
 
     /// `POST path` with a JSON body; the status and the JSON answer.
@@ -184,15 +233,19 @@ impl GatewayClient {
             url: self.url.clone(),
             problem,
         };
-        let tcp = tokio::net::TcpStream::connect((self.host.trim_matches(['[', ']']), self.port))
+        let connecting = async {
+            let host = self.host.trim_matches(['[', ']']);
+            let tcp = tokio::net::TcpStream::connect((host, self.port))
+                .await
+                .map_err(|e| io(e.to_string()))?;
+            let name = ServerName::try_from(host.to_owned()).map_err(|e| io(e.to_string()))?;
+            self.connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| io(format!("TLS: {e}")))
+        };
+        self.within(self.timeouts.connect, "connecting", connecting)
             .await
-            .map_err(|e| io(e.to_string()))?;
-        let name = ServerName::try_from(self.host.trim_matches(['[', ']']).to_owned())
-            .map_err(|e| io(e.to_string()))?;
-        self.connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| io(format!("TLS: {e}")))
     }
 
     /// The TLS connector (the pinned CA and the identity), to run TLS
@@ -248,7 +301,7 @@ impl GatewayClient {
             let _ = conn.await;
         });
         if let Some(m) = meter {
-            m.sent(body.len() as u64);
+            m.sent(body.len() as u64).await;
         }
         let req = hyper::Request::builder()
             .method(method)
@@ -257,15 +310,27 @@ impl GatewayClient {
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| io(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| io(e.to_string()))?;
+        let resp = self
+            .within(self.timeouts.answer, "waiting for the answer", async {
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| io(e.to_string()))
+            })
+            .await?;
         let status = resp.status().as_u16();
         let success = resp.status().is_success();
         let mut body = resp.into_body();
         let mut refusal = Vec::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let next = self
+                .within(
+                    self.timeouts.idle,
+                    "waiting for more of the answer",
+                    async { Ok(body.frame().await) },
+                )
+                .await?;
+            let Some(frame) = next else { break };
             let frame = frame.map_err(|e| io(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 if success {
@@ -292,41 +357,45 @@ impl GatewayClient {
             problem,
         };
         let tls = self.connect().await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        let exchange = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(|e| io(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(bytes)))
+                .map_err(|e| io(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
                 .await
                 .map_err(|e| io(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| io(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| io(e.to_string()))?
+                .to_bytes();
+            let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            Ok((status, value))
+        };
+        self.within(self.timeouts.answer, "waiting for the answer", exchange)
             .await
-            .map_err(|e| io(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| io(e.to_string()))?
-            .to_bytes();
-        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Ok((status, value))
     }
 }
 
 /// Most bytes of a refusal's body kept.
 const MAX_REFUSAL: usize = 64 * 1024;
 
-/// Counts bytes both ways and caps the receive rate.
+/// Counts bytes both ways and caps the rate each way.
 #[derive(Debug)]
 pub struct Meter {
     start: std::time::Instant,
@@ -361,8 +430,15 @@ impl Meter {
         self.start.elapsed().as_secs_f64()
     }
 
-    fn sent(&self, n: u64) {
-        self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    /// Count `n` bytes about to be sent; with a cap, first wait until the
+    /// average send rate since the start, these bytes included, is under
+    /// it (so a request goes out at once, and the next waits its turn).
+    async fn sent(&self, n: u64) {
+        let before = self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(cap) = self.cap {
+            let due = self.start + std::time::Duration::from_secs_f64(before as f64 / cap as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
 
     /// Count `n` received bytes; with a cap, wait until the average rate
@@ -376,5 +452,152 @@ impl Meter {
             let due = self.start + std::time::Duration::from_secs_f64(total as f64 / cap as f64);
             tokio::time::sleep_until(due.into()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    const SHORT: Timeouts = Timeouts {
+        connect: std::time::Duration::from_millis(300),
+        answer: std::time::Duration::from_millis(300),
+        idle: std::time::Duration::from_millis(300),
+    };
+
+    /// A TLS server on 127.0.0.1 that does `then` with each connection
+    /// after the handshake; its CA (a self-signed certificate) and port.
+    async fn tls_server(then: &'static [u8]) -> (String, u16) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(then).await;
+                        // Then nothing more, and no close.
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        (cert.pem(), port)
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_never_speaks_times_out_connecting() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Accepts, never answers the ClientHello.
+        let _held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let (ca, _) = tls_server(b"").await;
+        let c = GatewayClient::new(&format!("https://127.0.0.1:{port}"), &ca, None)
+            .unwrap()
+            .with_timeouts(SHORT);
+        let e = c.get("/v1/health").await.unwrap_err().to_string();
+        assert!(e.contains("connecting timed out after 0.3 s"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_never_answers_times_out() {
+        let (ca, port) = tls_server(b"").await;
+        let c = GatewayClient::new(&format!("https://127.0.0.1:{port}"), &ca, None)
+            .unwrap()
+            .with_timeouts(SHORT);
+        let e = c.get("/v1/health").await.unwrap_err().to_string();
+        assert!(e.contains("waiting for the answer timed out"), "{e}");
+        let e = c
+            .send(hyper::Method::GET, "/x", "text/plain", Vec::new(), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("waiting for the answer timed out"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stalls_times_out_between_pieces() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf";
+        let (ca, port) = tls_server(head).await;
+        let c = GatewayClient::new(&format!("https://127.0.0.1:{port}"), &ca, None)
+            .unwrap()
+            .with_timeouts(SHORT);
+        let mut got = Vec::new();
+        let e = c
+            .send_streaming(
+                hyper::Method::GET,
+                "/x",
+                "text/plain",
+                Vec::new(),
+                None,
+                &mut |d| {
+                    got.extend_from_slice(d);
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("waiting for more of the answer timed out"),
+            "{e}"
+        );
+        assert_eq!(got, b"half");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_send_cap_paces_requests() {
+        let m = Meter::new(Some(1000));
+        let t = tokio::time::Instant::now();
+        m.sent(1000).await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
+        m.sent(500).await;
+        // 1,000 bytes already out at 1,000 B/s: the next waits a second.
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(990),
+            "{:?}",
+            t.elapsed()
+        );
+        m.sent(10).await;
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(1490),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(m.bytes_sent(), 1510);
+        // No cap: never waits.
+        let free = Meter::new(None);
+        let t = tokio::time::Instant::now();
+        free.sent(1 << 30).await;
+        free.sent(1 << 30).await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(10));
     }
 }

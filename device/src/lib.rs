@@ -24,7 +24,7 @@ pub mod relay;
 pub mod sync;
 pub mod witness;
 
-pub use client::{CallError, ClientError, GatewayClient, Meter};
+pub use client::{CallError, ClientError, GatewayClient, Meter, Timeouts};
 pub use identity::{DeviceDir, GatewayConfig, IdentityError};
 
 /// Why enrollment or attestation did not complete.

@@ -49,6 +49,7 @@ pub(crate) struct AgentFile {
     pub(crate) image: Option<String>,
     pub(crate) into: Option<PathBuf>,
     pub(crate) sync_interval: Option<String>,
+    pub(crate) sync_max_rate: Option<String>,
     pub(crate) deliver_interval: Option<String>,
     pub(crate) refresh_interval: Option<String>,
 }

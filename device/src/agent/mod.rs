@@ -69,6 +69,9 @@ pub struct Settings {
     pub reattest_margin: Duration,
     pub image: Option<(String, PathBuf)>,
     pub sync_interval: Duration,
+    /// Most bytes per second the background sync moves each way (a school
+    /// link is shared); `None`: no cap.
+    pub sync_max_rate: Option<u64>,
     pub deliver_interval: Duration,
     pub refresh_interval: Duration,
 }

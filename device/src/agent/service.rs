@@ -479,7 +479,8 @@ impl Loop<'_> {
                     "satchel agent: attestation failed, next try in {} s: {msg}",
                     self.attest_backoff.as_secs()
                 );
-                self.attest_backoff = (self.attest_backoff * 2).min(Duration::from_secs(300));
+                self.attest_backoff =
+                    jittered((self.attest_backoff * 2).min(Duration::from_secs(300)));
                 self.status.attest_error = Some(msg.clone());
                 self.record("attest", "attestation", "failed", json!({"error": msg}))
                     .await;
@@ -495,6 +496,7 @@ impl Loop<'_> {
         let (Some(gw), Some((image, root))) = (self.s.gateway.clone(), self.s.image.clone()) else {
             return;
         };
+        let max_rate = self.s.sync_max_rate;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("sync".into())
@@ -503,7 +505,7 @@ impl Loop<'_> {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(sync_once(&gw, &image, &root)),
+                    Ok(rt) => rt.block_on(sync_once(&gw, &image, &root, max_rate)),
                     Err(e) => (format!("failed: {e}"), json!({"image": image})),
                 };
                 let _ = tx.send(done);
@@ -586,6 +588,14 @@ impl Loop<'_> {
     }
 }
 
+/// `d` give or take a fifth, at random: devices that failed together (a
+/// gateway restart) do not all come back in the same second.
+pub(super) fn jittered(d: Duration) -> Duration {
+    use rand_core::RngCore as _;
+    let r = f64::from(rand_core::OsRng.next_u32()) / f64::from(u32::MAX);
+    d.mul_f64(0.8 + 0.4 * r)
+}
+
 /// When a PEM certificate stops being valid (ms since the epoch).
 pub(super) fn cert_not_after(path: &Path) -> Option<i64> {
     let pem = std::fs::read(path).ok()?;
@@ -597,12 +607,17 @@ pub(super) fn cert_not_after(path: &Path) -> Option<i64> {
 /// One sync: push this device's changes first (the push merges three-way
 /// and applies the result), then pull what is new; a first sync has nothing
 /// to push. (result, audit details).
-async fn sync_once(gw: &GatewayConfig, image: &str, root: &Path) -> (String, Value) {
+async fn sync_once(
+    gw: &GatewayConfig,
+    image: &str,
+    root: &Path,
+    max_rate: Option<u64>,
+) -> (String, Value) {
     let c = match gw.device_client() {
         Ok(c) => c,
         Err(e) => return (format!("not attested: {e}"), json!({"image": image})),
     };
-    let meter = crate::Meter::new(None);
+    let meter = crate::Meter::new(max_rate);
     let target = crate::sync::Target {
         client: &c,
         cdir: &gw.data,
@@ -641,5 +656,24 @@ async fn sync_once(gw: &GatewayConfig, image: &str, root: &Path) -> (String, Val
             )
         }
         (_, None) => ("failed".to_owned(), json!({"image": image})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_within_a_fifth() {
+        let d = Duration::from_secs(10);
+        let samples: Vec<Duration> = (0..1000).map(|_| jittered(d)).collect();
+        assert!(samples
+            .iter()
+            .all(|s| *s >= Duration::from_secs(8) && *s <= Duration::from_secs(12)));
+        let (lo, hi) = (samples.iter().min(), samples.iter().max());
+        // Spread over the range, not one value.
+        assert!(hi
+            .zip(lo)
+            .is_some_and(|(h, l)| *h - *l > Duration::from_secs(2)));
     }
 }

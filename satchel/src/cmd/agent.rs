@@ -124,6 +124,10 @@ struct RunArgs {
     /// How often to sync [default: 15m].
     #[arg(long, value_name = "DURATION")]
     sync_interval: Option<String>,
+    /// Most bytes per second the sync moves each way, on a shared school
+    /// link (a number, or with K, M or G) [default: no cap].
+    #[arg(long, value_name = "RATE", value_parser = super::client::parse_rate)]
+    sync_max_rate: Option<u64>,
     /// How often to deliver spooled audit entries [default: 10s].
     #[arg(long, value_name = "DURATION")]
     deliver_interval: Option<String>,
@@ -216,6 +220,14 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
         )?,
         image,
         sync_interval: duration(a.sync_interval, f.sync_interval, "15m", "sync-interval")?,
+        sync_max_rate: match (a.sync_max_rate, f.sync_max_rate) {
+            (Some(r), _) => Some(r),
+            (None, Some(text)) => Some(
+                super::client::parse_rate(&text)
+                    .map_err(|e| Exit::new(2, format!("[agent] sync-max-rate: {e}")))?,
+            ),
+            (None, None) => None,
+        },
         deliver_interval: duration(
             a.deliver_interval,
             f.deliver_interval,

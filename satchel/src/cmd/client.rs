@@ -229,7 +229,7 @@ pub(crate) struct PushArgs {
 }
 
 /// `500000`, `200K`, `2M`, `1G` (powers of 1024) -> bytes per second.
-fn parse_rate(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&t[..t.len() - 1], 1u64 << 10),
