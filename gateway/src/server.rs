@@ -264,6 +264,43 @@ async fn start_signer(
     Ok((view, vkey))
 }
 
+/// The audit entries of what `serve` put in force from files at start (a
+/// `--policy` or `--reference` replacing the stored one is an admin action
+/// like any other): the file and the SHA-256 of what it held.
+fn started_entries(
+    config: &ServeConfig,
+    policy: &policy::PolicyText,
+    policy_source: &str,
+) -> Vec<audit::entry::NewEntry> {
+    use sha2::Digest as _;
+    let entry = |subject: &str, details: serde_json::Value| audit::entry::NewEntry {
+        kind: "admin".to_owned(),
+        actor: "gateway-start".to_owned(),
+        subject: subject.to_owned(),
+        decision: "replaced".to_owned(),
+        details,
+    };
+    let mut out = Vec::new();
+    if let Some(p) = &config.policy {
+        out.push(entry(
+            "policy",
+            serde_json::json!({"file": p.display().to_string(),
+                "sha256": hex::encode(sha2::Sha256::digest(policy_source.as_bytes())),
+                "rules": policy.rules.len(), "memberships": policy.memberships.len()}),
+        ));
+    }
+    if let Some(p) = &config.reference {
+        let digest = std::fs::read(p)
+            .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+            .unwrap_or_default();
+        out.push(entry(
+            "reference",
+            serde_json::json!({"file": p.display().to_string(), "sha256": digest}),
+        ));
+    }
+    out
+}
+
 /// The policy in force at start: `--policy` (then stored in the database),
 /// else the one stored. Its lines, and their text.
 async fn load_policy(
@@ -308,6 +345,12 @@ impl Gateway {
             .await
             .map_err(|e| ServeError::Policy(e.to_string()))?;
         let (policy_text, policy_source) = load_policy(config, &policy_store).await?;
+        audit
+            .append(
+                started_entries(config, &policy_text, &policy_source),
+                audit::batch::now_ms(),
+            )
+            .await?;
         let state = Arc::new(AppState {
             pki,
             db,

@@ -678,3 +678,20 @@ fn tunnels_are_re_decided_capped_and_timed_out() {
         "the closing is audited"
     );
 }
+
+#[test]
+fn a_policy_put_in_force_at_start_is_audited() {
+    let s = setup();
+    let entries = audit_entries(&s.db);
+    let started = entries
+        .iter()
+        .find(|e| e.kind == "admin" && e.actor == "gateway-start" && e.subject == "policy")
+        .unwrap_or_else(|| panic!("no entry for the start's policy: {entries:?}"));
+    assert_eq!(started.decision, "replaced");
+    let text = std::fs::read_to_string(s.dir.join("policy.csv")).unwrap();
+    use sha2::Digest as _;
+    assert_eq!(
+        started.details["sha256"],
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    );
+}

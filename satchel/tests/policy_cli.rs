@@ -411,3 +411,76 @@ fn run_enforces_the_bundle_lockdown_monitor_rollback_and_audit() {
     assert_eq!(lines[1]["decision"], "deny-monitored");
     assert_eq!(lines[1]["actor"], "device:laptop-18");
 }
+
+/// The entries of an audit log, through `satchel audit export`.
+fn exported(db: &str, dir: &std::path::Path) -> Vec<Value> {
+    let out = dir.join("export.jsonl");
+    let o = satchel(&[
+        "audit",
+        "export",
+        "--db",
+        db,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "entry")
+        .collect()
+}
+
+#[test]
+fn admin_actions_from_the_command_line_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    // `policy import` records what it stored, by digest.
+    let db = format!("sqlite:{}", dir.path().join("p.db").display());
+    let o = satchel(&[
+        "policy",
+        "import",
+        "--db",
+        &db,
+        "--policy",
+        &example("school.csv"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let entries = exported(&db, dir.path());
+    let import = entries
+        .iter()
+        .find(|e| e["actor"] == "policy-cli")
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(import["decision"], "replaced");
+    assert_eq!(import["details"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(import["details"]["rules"].as_u64().unwrap() > 5);
+
+    // `gateway enroll-token` records whom the token admits, never the token.
+    let gw = dir.path().join("gw");
+    std::fs::create_dir(&gw).unwrap();
+    let o = satchel(&[
+        "gateway",
+        "enroll-token",
+        "--data",
+        gw.to_str().unwrap(),
+        "--device-id",
+        "laptop-17",
+        "--groups",
+        "group:class-7a",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let gdb = format!("sqlite:{}", gw.join("satchel.db").display());
+    let entries = exported(&gdb, dir.path());
+    let issued = entries
+        .iter()
+        .find(|e| e["decision"] == "enroll-token-issued")
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(issued["subject"], "laptop-17");
+    assert_eq!(issued["details"]["groups"][0], "group:class-7a");
+    let text = std::fs::read_to_string(dir.path().join("export.jsonl")).unwrap();
+    assert!(
+        !token.is_empty() && !text.contains(&token),
+        "the token is in the audit log"
+    );
+}

@@ -456,8 +456,12 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let token = rt.block_on(async {
-        let (db, _) = a.store.open().await?;
-        anyhow::Ok(db.make_token(&a.device_id, &a.groups, a.ttl).await?)
+        let (db, url) = a.store.open().await?;
+        let token = db.make_token(&a.device_id, &a.groups, a.ttl).await?;
+        // The token itself never: only whom it admits, and for how long.
+        let details = serde_json::json!({"groups": a.groups, "ttl_s": a.ttl.as_secs()});
+        audit_cli_action(&url, &a.device_id, "enroll-token-issued", details).await?;
+        anyhow::Ok(token)
     })?;
     println!("{token}");
     Ok(())

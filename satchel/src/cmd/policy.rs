@@ -59,10 +59,26 @@ fn import(a: ImportArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        use sha2::Digest as _;
         let (pool, _) = persist::db::connect(&a.db).await?;
         policy::PolicyStore::new(pool)
             .await?
             .replace(&parsed)
+            .await?;
+        // Recorded in the same database's audit log, as the gateway's own
+        // policy changes are.
+        let entry = audit::entry::NewEntry {
+            kind: "admin".to_owned(),
+            actor: "policy-cli".to_owned(),
+            subject: "policy".to_owned(),
+            decision: "replaced".to_owned(),
+            details: serde_json::json!({"file": a.policy.display().to_string(),
+                "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+                "rules": parsed.rules.len(), "memberships": parsed.memberships.len()}),
+        };
+        audit::store::Store::open(&a.db)
+            .await?
+            .append(vec![entry], audit::batch::now_ms())
             .await?;
         anyhow::Ok(())
     })?;
