@@ -319,6 +319,9 @@ async fn first_tree(
 pub struct SignerView {
     latest: Arc<RwLock<Option<String>>>,
     alarm: Arc<RwLock<Option<String>>>,
+    /// When the signer last found the log covered by a signed checkpoint
+    /// (ms since the epoch); it stops moving while an alarm lasts.
+    checked_at_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl SignerView {
@@ -332,7 +335,18 @@ impl SignerView {
         self.alarm.read().map_or(None, |a| a.clone())
     }
 
+    /// When the log was last found covered by a signed checkpoint (ms since
+    /// the epoch; 0 before the first look).
+    pub fn checked_at_ms(&self) -> i64 {
+        self.checked_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn set(&self, latest: Option<String>, alarm: Option<String>) {
+        if alarm.is_none() {
+            self.checked_at_ms
+                .store(crate::batch::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
         if let (Some(n), Ok(mut slot)) = (latest, self.latest.write()) {
             *slot = Some(n);
         }

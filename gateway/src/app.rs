@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit_view: audit::signer::SignerView,
     /// The audit key as a C2SP verifier key (`origin+id+key`).
     pub audit_vkey: String,
+    /// Prometheus metrics (`GET /v1/admin/metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// HTTPS interception: site certificates and the upstream TLS client.
     pub intercept: crate::intercept::Intercept,
     /// One agent spool delivery at a time (see [`crate::routes::agent`]).
@@ -194,7 +196,9 @@ impl AppState {
         decision: &str,
         details: Value,
     ) {
+        let t = std::time::Instant::now();
         record(&self.audit, kind, actor, subject, decision, details).await;
+        self.metrics.audited(kind, decision, t.elapsed());
     }
 }
 

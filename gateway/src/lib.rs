@@ -12,6 +12,7 @@
 pub mod app;
 pub mod images;
 pub mod intercept;
+pub mod metrics;
 pub mod nonces;
 pub mod pki;
 pub mod proxy;

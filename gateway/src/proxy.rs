@@ -69,6 +69,15 @@ pub struct TunnelSlot {
 }
 
 impl TunnelCounts {
+    /// Tunnels open now, every device's.
+    pub fn total(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+
     /// A place for one more tunnel of `device_id`, unless it holds
     /// [`TUNNELS_PER_DEVICE`] already.
     fn take(state: &Arc<AppState>, device_id: &str) -> Option<TunnelSlot> {

@@ -22,6 +22,8 @@ pub enum Reply {
     Text(String),
     /// `application/octet-stream` (chunk frames, delta records).
     Frames(Vec<u8>),
+    /// OpenMetrics text (`GET /v1/admin/metrics`).
+    Metrics(String),
 }
 
 /// A 200 with `body` as JSON.
@@ -70,7 +72,16 @@ impl Reply {
     pub fn status(&self) -> u16 {
         match self {
             Reply::Json { status, .. } => *status,
-            Reply::Text(_) | Reply::Frames(_) => 200,
+            Reply::Text(_) | Reply::Frames(_) | Reply::Metrics(_) => 200,
+        }
+    }
+
+    /// The body's length in bytes, as sent.
+    pub fn body_len(&self) -> usize {
+        match self {
+            Reply::Json { body, .. } => body.to_string().len(),
+            Reply::Text(t) | Reply::Metrics(t) => t.len(),
+            Reply::Frames(f) => f.len(),
         }
     }
 
@@ -87,6 +98,11 @@ impl Reply {
             }
             Reply::Text(t) => (200, "text/plain; charset=utf-8", Bytes::from(t)),
             Reply::Frames(f) => (200, "application/octet-stream", Bytes::from(f)),
+            Reply::Metrics(t) => (
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                Bytes::from(t),
+            ),
         };
         let mut r = Response::new(Full::new(bytes));
         *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

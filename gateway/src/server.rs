@@ -373,6 +373,7 @@ impl Gateway {
             tunnel_max: config.tunnel_max,
             audit_view,
             audit_vkey,
+            metrics: crate::metrics::Metrics::default(),
             intercept: crate::intercept::Intercept::new(config.upstream_ca.as_deref())
                 .map_err(|e| ServeError::Tls(format!("--upstream-ca: {e}")))?,
         });
@@ -516,13 +517,22 @@ async fn serve_conn(
     header_timeout: Duration,
 ) {
     let _ = tcp.set_nodelay(true);
+    let listener = match kind {
+        Listener::Api => "api",
+        Listener::Proxy => "proxy",
+    };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            state.metrics.handshake(listener, "ok");
+            s
+        }
         Ok(Err(e)) => {
+            state.metrics.handshake(listener, "failed");
             tracing::info!(%peer, error = %e, "TLS handshake refused");
             return;
         }
         Err(_) => {
+            state.metrics.handshake(listener, "timeout");
             tracing::info!(%peer, "TLS handshake timed out");
             return;
         }

@@ -695,3 +695,57 @@ fn a_policy_put_in_force_at_start_is_audited() {
         hex::encode(sha2::Sha256::digest(text.as_bytes()))
     );
 }
+
+#[test]
+fn metrics_count_what_the_gateway_did_and_only_admins_read_them() {
+    let s = setup();
+    let u = s.up.port;
+    let pki = Pki::init(&s.data, &[]).unwrap();
+    let admin = pki
+        .issue_admin_cert("ops", Duration::from_secs(3600))
+        .unwrap();
+    let (acrt, akey) = (s.dir.join("ops.crt"), s.dir.join("ops.key"));
+    std::fs::write(&acrt, admin.cert_pem).unwrap();
+    std::fs::write(&akey, admin.key_pem).unwrap();
+    let api = |path: &str, cert: (&Path, &Path)| common::api(s.gw.port, &s.data, path, cert, &[]);
+
+    assert_eq!(
+        s.curl(&format!("http://127.0.0.1:{u}/public/a"), &[]).1,
+        "200"
+    );
+    assert_eq!(
+        s.curl(&format!("http://127.0.0.1:{u}/private"), &[]).1,
+        "403"
+    );
+    assert_eq!(
+        s.curl(&format!("http://127.0.0.1:{u}/private"), &[]).1,
+        "403"
+    );
+
+    // A device certificate does not read them.
+    let (status, _) = api("/v1/admin/metrics", (&s.crt, &s.key));
+    assert_eq!(status, "403");
+    let (status, text) = api("/v1/admin/metrics", (&acrt, &akey));
+    assert_eq!(status, "200", "{text}");
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in {text}"))
+    };
+    let proxy = |decision: &str| {
+        value(&format!(
+            "satchel_audit_entries_total{{kind=\"proxy\",decision=\"{decision}\"}}"
+        ))
+    };
+    assert_eq!(proxy("allow"), 1.0);
+    assert_eq!(proxy("deny"), 2.0);
+    // Every proxied request came over a TLS handshake on the proxy port.
+    assert!(value("satchel_tls_handshakes_total{listener=\"proxy\",result=\"ok\"}") >= 3.0);
+    assert!(value("satchel_audit_append_seconds_count") >= 3.0);
+    assert!(value("satchel_audit_checkpoint_age_seconds") < 120.0);
+    assert_eq!(value("satchel_audit_alarm"), 0.0);
+    assert_eq!(value("satchel_proxy_open_tunnels"), 0.0);
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}

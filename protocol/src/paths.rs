@@ -36,14 +36,17 @@ pub const ADMIN_POLICY: &str = "/v1/admin/policy";
 pub const ADMIN_REFERENCE: &str = "/v1/admin/reference";
 /// `GET` the signed policy bundle; `PUT` a new one -> [`crate::admin::BundlePut`].
 pub const ADMIN_BUNDLE: &str = "/v1/admin/bundle";
+/// `GET` the gateway's Prometheus metrics (OpenMetrics text).
+pub const ADMIN_METRICS: &str = "/v1/admin/metrics";
 /// The admin routes, for telling "no such route" from "wrong method".
-pub const ADMIN_ROUTES: [&str; 6] = [
+pub const ADMIN_ROUTES: [&str; 7] = [
     ADMIN_DEVICES,
     ADMIN_ENROLL_TOKEN,
     ADMIN_REVOKE,
     ADMIN_POLICY,
     ADMIN_REFERENCE,
     ADMIN_BUNDLE,
+    ADMIN_METRICS,
 ];
 
 /// Every audit route starts so.

@@ -115,6 +115,11 @@ pub async fn route(
             Err(e) => internal(&e),
         },
         (&M::PUT, paths::ADMIN_REFERENCE) => put_reference(state, admin, body).await,
+        (&M::GET, paths::ADMIN_METRICS) => Reply::Metrics(
+            state
+                .metrics
+                .encode(state.tunnels.total(), &state.audit_view),
+        ),
         (&M::GET, paths::ADMIN_BUNDLE) => crate::routes::agent::get_bundle(state).await,
         (&M::PUT, paths::ADMIN_BUNDLE) => {
             crate::routes::agent::put_bundle(state, admin, body).await

@@ -60,7 +60,10 @@ pub(crate) async fn route(
                 }
                 Ok(bytes) => {
                     let rest = &path[paths::SYNC_PREFIX.len()..];
-                    state.sync_route(&dev, method, rest, &bytes).await
+                    state.metrics.sync_bytes("in", bytes.len());
+                    let reply = state.sync_route(&dev, method, rest, &bytes).await;
+                    state.metrics.sync_bytes("out", reply.body_len());
+                    reply
                 }
                 Err(r) => r,
             },
