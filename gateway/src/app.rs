@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit_view: audit::signer::SignerView,
     /// The audit key as a C2SP verifier key (`origin+id+key`).
     pub audit_vkey: String,
+    /// The access log, if configured.
+    pub access_log: Option<crate::access::AccessLog>,
     /// Prometheus metrics (`GET /v1/admin/metrics`).
     pub metrics: crate::metrics::Metrics,
     /// HTTPS interception: site certificates and the upstream TLS client.

@@ -9,6 +9,7 @@
 //! inside HTTPS; [`state`] the database tables. The device's side lives in
 //! the `device` crate.
 
+pub mod access;
 pub mod app;
 pub mod images;
 pub mod intercept;

@@ -138,6 +138,8 @@ pub struct ServeConfig {
     pub tunnel_idle: Duration,
     /// No proxy tunnel lives longer than this.
     pub tunnel_max: Duration,
+    /// Where each request is logged as a JSON line (`-`: standard error).
+    pub access_log: Option<PathBuf>,
     /// Certificates the proxy trusts for intercepted upstreams, besides the
     /// system's roots (a site with a private CA).
     pub upstream_ca: Option<PathBuf>,
@@ -168,6 +170,7 @@ impl ServeConfig {
             tunnel_max: Duration::from_secs(3600),
             server_names: Vec::new(),
             upstream_ca: None,
+            access_log: None,
         }
     }
 
@@ -374,6 +377,15 @@ impl Gateway {
             audit_view,
             audit_vkey,
             metrics: crate::metrics::Metrics::default(),
+            access_log: match &config.access_log {
+                Some(p) => Some(crate::access::AccessLog::open(p).map_err(|source| {
+                    ServeError::Data(persist::FileError::Io {
+                        path: p.clone(),
+                        source,
+                    })
+                })?),
+                None => None,
+            },
             intercept: crate::intercept::Intercept::new(config.upstream_ca.as_deref())
                 .map_err(|e| ServeError::Tls(format!("--upstream-ca: {e}")))?,
         });
@@ -549,12 +561,27 @@ async fn serve_conn(
         let state = state.clone();
         let guard = conn_guard.clone();
         async move {
+            let t = std::time::Instant::now();
+            let (method, target) = (req.method().clone(), req.uri().clone());
             let resp = match kind {
                 Listener::Api => crate::routes::route(req, device.as_ref(), peer.ip(), &state)
                     .await
                     .map(crate::proxy::boxed),
-                Listener::Proxy => crate::proxy::handle(req, device.as_ref(), state, guard).await,
+                Listener::Proxy => {
+                    crate::proxy::handle(req, device.as_ref(), state.clone(), guard).await
+                }
             };
+            if let Some(log) = &state.access_log {
+                log.record(&crate::access::Access {
+                    listener,
+                    peer,
+                    who: device.as_ref(),
+                    method: &method,
+                    target: &target,
+                    status: resp.status().as_u16(),
+                    took: t.elapsed(),
+                });
+            }
             Ok::<_, std::convert::Infallible>(resp)
         }
     });

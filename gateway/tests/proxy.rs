@@ -749,3 +749,51 @@ fn metrics_count_what_the_gateway_did_and_only_admins_read_them() {
     assert_eq!(value("satchel_proxy_open_tunnels"), 0.0);
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
+
+#[test]
+fn the_access_log_has_a_json_line_per_request_without_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.jsonl");
+    let path = log.clone();
+    let s = setup_configured(Upstream::start(), move |c| c.access_log = Some(path));
+    let u = s.up.port;
+    assert_eq!(
+        s.curl(&format!("http://127.0.0.1:{u}/public/a?token=hunter2"), &[])
+            .1,
+        "200"
+    );
+    let o = common::curl(s.gw.port, &s.data, "/v1/health", None);
+    assert!(o.status.success());
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(json)
+            .collect::<Vec<_>>();
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let proxied = lines
+        .iter()
+        .find(|l| l["listener"] == "proxy")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(proxied["who"], "device:laptop-1");
+    assert_eq!(proxied["method"], "GET");
+    assert_eq!(proxied["target"], format!("http://127.0.0.1:{u}/public/a"));
+    assert_eq!(proxied["status"], 200);
+    let health = lines
+        .iter()
+        .find(|l| l["listener"] == "api")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(health["who"], "-");
+    assert_eq!(health["target"], "/v1/health");
+    assert!(health["ms"].as_f64().is_some());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("hunter2"),
+        "a query reached the access log: {text}"
+    );
+}

@@ -35,7 +35,7 @@ impl StoreArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum GatewayCmd {
     /// Serve HTTPS with device certificates (mTLS).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make a one-time enrollment token for a device.
     EnrollToken(TokenArgs),
     /// Revoke a device: its certificate stops working on its next request.
@@ -286,6 +286,10 @@ pub(crate) struct ServeArgs {
     /// intercepts, besides the system's roots (a site with a private CA).
     #[arg(long, env = "SATCHEL_UPSTREAM_CA", value_name = "FILE")]
     upstream_ca: Option<PathBuf>,
+    /// Log every request as a JSON line to FILE (appended; `-`: standard
+    /// error). Queries are left out; decisions are in the audit trail.
+    #[arg(long, env = "SATCHEL_ACCESS_LOG", value_name = "FILE")]
+    access_log: Option<PathBuf>,
 }
 
 /// `--config FILE`: the same options in TOML.
@@ -305,6 +309,7 @@ struct ServeFile {
     #[serde(default)]
     server_names: Vec<String>,
     upstream_ca: Option<PathBuf>,
+    access_log: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -327,6 +332,13 @@ impl ServeArgs {
                     reference: rel(f.reference),
                     reference_key: rel(f.reference_key),
                     upstream_ca: rel(f.upstream_ca),
+                    access_log: f.access_log.map(|p| {
+                        if p == std::path::Path::new("-") {
+                            p
+                        } else {
+                            base.join(p)
+                        }
+                    }),
                     ..f
                 }
             }
@@ -359,6 +371,7 @@ impl ServeArgs {
         c.reference = self.reference.or(file.reference);
         c.reference_key = self.reference_key.or(file.reference_key);
         c.upstream_ca = self.upstream_ca.or(file.upstream_ca);
+        c.access_log = self.access_log.or(file.access_log);
         c.cert_lifetime = duration(
             self.cert_lifetime,
             file.cert_lifetime,
@@ -442,7 +455,7 @@ fn admin_cert(a: AdminCertArgs) -> anyhow::Result<()> {
 
 pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
     match cmd {
-        GatewayCmd::Serve(a) => serve(a),
+        GatewayCmd::Serve(a) => serve(*a),
         GatewayCmd::EnrollToken(a) => token(a),
         GatewayCmd::Revoke(a) => revoke(a),
         GatewayCmd::AdminCert(a) => admin_cert(a),

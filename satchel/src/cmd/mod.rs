@@ -116,7 +116,7 @@ enum Command {
   satchel image show --data gw classroom-2026")]
     Image(image::ImageCmd),
     /// The client agent: exec allowlist enforcement, re-attestation, sync, audit spool.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -159,7 +159,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Launch(a) => launch::launch(a, config),
         Command::Policy(c) => policy::run(c),
         Command::Run(a) => policy::run_program(a),
-        Command::Agent(a) => agent::run(a, config),
+        Command::Agent(a) => agent::run(*a, config),
         Command::Gateway(c) => gateway::run(c),
         Command::Client(c) => client::run(c, config),
         Command::Image(c) => image::run(c),
