@@ -832,3 +832,47 @@ fn the_agent_re_attests_before_expiry_and_backs_off_on_a_tampered_boot() {
     assert!(log.contains("attestation failed, next try in 5 s"), "{log}");
     assert!(log.contains("attested as t1"), "{log}");
 }
+
+#[test]
+fn systemd_hears_ready_only_once_enforcement_is_in_place() {
+    let Some(w) = World::new() else { return };
+    let sock_path = w.p("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let log = w.p("agent-notify.log");
+    let mut child = satchel()
+        .args(["agent", "--bundle"])
+        .arg(w.p("policy.bundle"))
+        .arg("--bundle-key")
+        .arg(w.p("org.key.pub"))
+        .args(["--subject", "device:t1", "--mount"])
+        .arg(&w.fs.mnt)
+        .arg("--state-dir")
+        .arg(&w.state)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no READY=1 from the agent: {e}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.contains("READY=1"), "{said}");
+    // By then the mount is marked: an unlisted program is refused at once.
+    assert_eq!(run(&w.m("unlisted")), Err(EPERM));
+    assert_eq!(run(&w.m("allowed")), Ok(0));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}

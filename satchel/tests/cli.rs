@@ -246,3 +246,93 @@ fn replay_of_several_logs_prints_one_json_line_each() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("malformed-bogus-34bytes.bin"));
 }
+
+#[test]
+fn completions_and_manual_pages_cover_every_subcommand() {
+    let o = satchel(&["completions", "bash"]);
+    assert!(o.status.success());
+    let bash = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        bash.contains("_satchel") && bash.contains("--root"),
+        "{bash}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let o = satchel(&["man", "--out", man.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for page in [
+        "satchel.1",
+        "satchel-agent.1",
+        "satchel-gateway-serve.1",
+        "satchel-client-proxy.1",
+    ] {
+        let text =
+            std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_debian_package_holds_the_binary_pages_completions_units_and_settings() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must build the package"
+        );
+        eprintln!("SKIPPED: no dpkg-deb");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/package-deb.sh");
+    let o = Command::new("bash")
+        .arg(script)
+        .arg(dir.path())
+        .env("BIN", env!("CARGO_BIN_EXE_satchel"))
+        .env("COMPRESS", "none")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let deb = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let contents = Command::new("dpkg-deb")
+        .args(["--contents", &deb])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&contents.stdout);
+    for f in [
+        "./usr/bin/satchel",
+        "./usr/share/man/man1/satchel-agent.1.gz",
+        "./usr/share/bash-completion/completions/satchel",
+        "./lib/systemd/system/satchel-agent.service",
+        "./lib/systemd/system/satchel-gateway.service",
+        "./usr/lib/sysctl.d/90-satchel-agent.conf",
+        "./usr/share/doc/satchel/agent.md",
+    ] {
+        assert!(list.contains(f), "{f} is not in the package: {list}");
+    }
+    let info = Command::new("dpkg-deb")
+        .args(["--field", &deb, "Package", "Version"])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("Package: satchel") && info.contains("Version: "),
+        "{info}"
+    );
+    // The unit in the package runs the packaged binary and waits for the
+    // agent to say enforcement is in place.
+    let x = dir.path().join("x");
+    let ok = Command::new("dpkg-deb")
+        .args(["-x", &deb])
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let unit = std::fs::read_to_string(x.join("lib/systemd/system/satchel-agent.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/satchel agent") && unit.contains("Type=notify"),
+        "{unit}"
+    );
+}

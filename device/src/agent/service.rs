@@ -38,6 +38,11 @@ pub(super) async fn service(
     let mut l = Loop::new(s, holder, spool, counters, gap.clone(), refused.clone());
     l.status.system = system;
     l.started(gap, refused).await?;
+    // For systemd (Type=notify): enforcement is in place, the session may
+    // start. Nothing happens without NOTIFY_SOCKET.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        eprintln!("satchel agent: telling systemd it is ready failed: {e}");
+    }
     let mut t = Timers::new(s);
     loop {
         tokio::select! {
@@ -201,6 +206,7 @@ impl<'a> Loop<'a> {
         worker: &mut Worker,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<ExecReport>,
     ) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         worker.stop();
         while let Ok(r) = rx.try_recv() {
             self.exec_reports(vec![r]).await;

@@ -117,6 +117,23 @@ enum Command {
     Image(image::ImageCmd),
     /// The client agent: exec allowlist enforcement, re-attestation, sync, audit spool.
     Agent(Box<agent::AgentArgs>),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  satchel completions bash > /usr/share/bash-completion/completions/satchel
+  satchel completions zsh > /usr/share/zsh/vendor-completions/_satchel
+  satchel completions fish > /usr/share/fish/vendor_completions.d/satchel.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (satchel.1 and one per subcommand) to a directory.
+    #[command(after_help = "Examples:
+  satchel man --out /usr/share/man/man1 && mandb -q")]
+    Man {
+        /// The directory to write them to (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// An error that ends the program with a chosen exit status.
@@ -163,6 +180,16 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(c) => gateway::run(c),
         Command::Client(c) => client::run(c, config),
         Command::Image(c) => image::run(c),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "satchel", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => {
+            persist::file::create_dir_all(&out)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)?;
+            Ok(())
+        }
     }
 }
 
