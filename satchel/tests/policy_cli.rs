@@ -484,3 +484,42 @@ fn admin_actions_from_the_command_line_are_audited() {
         "the token is in the audit log"
     );
 }
+
+#[test]
+fn admin_commands_use_the_gateways_own_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = dir.path().join("gw");
+    std::fs::create_dir(&gw).unwrap();
+    // The gateway's database is not the default sqlite:DATA/satchel.db.
+    let db = dir.path().join("elsewhere.db");
+    let conf = dir.path().join("gateway.toml");
+    std::fs::write(
+        &conf,
+        format!("data = \"gw\"\ndb = \"sqlite:{}\"\n", db.display()),
+    )
+    .unwrap();
+    let o = satchel(&[
+        "gateway",
+        "enroll-token",
+        "--gateway-config",
+        conf.to_str().unwrap(),
+        "--device-id",
+        "laptop-17",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    // The token went where the gateway looks, and nowhere else.
+    assert!(db.exists());
+    assert!(!gw.join("satchel.db").exists());
+    let entries = exported(&format!("sqlite:{}", db.display()), dir.path());
+    assert!(entries
+        .iter()
+        .any(|e| e["decision"] == "enroll-token-issued"));
+    // Without a data directory from anywhere: a clear error, exit 1.
+    let o = satchel(&["gateway", "enroll-token", "--device-id", "x"]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--gateway-config"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -5,28 +5,58 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-/// The gateway's data directory and database, for the admin commands.
+/// The gateway's data directory and database, for the admin commands: the
+/// flags, else the gateway's own configuration file (`--gateway-config`,
+/// the file `gateway serve --config` reads), so an admin command acts on
+/// the database the running gateway uses, never on another one silently.
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
-    /// The data directory.
+    /// The data directory [default: the gateway configuration's `data`].
     #[arg(long, env = "SATCHEL_DATA", value_name = "DIR")]
-    pub(crate) data: PathBuf,
-    /// The database [default: sqlite:DATA/satchel.db].
+    data: Option<PathBuf>,
+    /// The database [default: the gateway configuration's `db`, else sqlite:DATA/satchel.db].
     #[arg(long, env = "SATCHEL_DB", value_name = "URL")]
     db: Option<String>,
+    /// The gateway's configuration file (as for `gateway serve --config`):
+    /// its data directory and database, unless --data / --db say otherwise.
+    #[arg(long, env = "SATCHEL_GATEWAY_CONFIG", value_name = "FILE")]
+    gateway_config: Option<PathBuf>,
 }
 
 impl StoreArgs {
+    /// The gateway configuration file's settings, if one is named.
+    fn file(&self) -> anyhow::Result<ServeFile> {
+        match &self.gateway_config {
+            Some(path) => ServeFile::load(path),
+            None => Ok(ServeFile::default()),
+        }
+    }
+
+    /// The data directory: the flag, else the configuration's.
+    pub(crate) fn data(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data {
+            return Ok(d.clone());
+        }
+        self.file()?.data.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no data directory: give --data DIR, or --gateway-config FILE whose data names one"
+            )
+        })
+    }
+
     /// The database URL, as `gateway serve` resolves it.
-    pub(crate) fn url(&self) -> String {
-        let mut c = gateway::ServeConfig::new(self.data.clone(), ([127, 0, 0, 1], 0).into());
-        c.db = self.db.clone();
-        c.db_url()
+    pub(crate) fn url(&self) -> anyhow::Result<String> {
+        let mut c = gateway::ServeConfig::new(self.data()?, ([127, 0, 0, 1], 0).into());
+        c.db = match &self.db {
+            Some(db) => Some(db.clone()),
+            None => self.file()?.db,
+        };
+        Ok(c.db_url())
     }
 
     /// The device and token tables, and the database URL.
     async fn open(&self) -> anyhow::Result<(gateway::state::Db, String)> {
-        let url = self.url();
+        let url = self.url()?;
         let (pool, _) = persist::db::connect(&url).await?;
         Ok((gateway::state::Db::new(pool).await?, url))
     }
@@ -81,10 +111,10 @@ fn import_bundle(a: ImportArgs) -> anyhow::Result<()> {
     let answers = rt.block_on(async {
         let (db, url) = a.store.open().await?;
         let (pool, _) = persist::db::connect(&url).await?;
-        let images = gateway::images::Images::open(pool.clone(), &a.store.data).await?;
-        let key = gateway::server::manifest_key(&a.store.data)?;
+        let images = gateway::images::Images::open(pool.clone(), &a.store.data()?).await?;
+        let key = gateway::server::manifest_key(&a.store.data()?)?;
         let audit = audit::store::Store::open(&url).await?;
-        let pki = gateway::Pki::init(&a.store.data, &[])?;
+        let pki = gateway::Pki::init(&a.store.data()?, &[])?;
         let rows = policy::PolicyStore::new(pool).await?.rows().await?;
         let text: String = rows.iter().map(|r| r.join(", ") + "\n").collect();
         let policy = policy::FastPolicy::compile(&policy::PolicyText::parse(&text)?);
@@ -312,36 +342,42 @@ struct ServeFile {
     access_log: Option<PathBuf>,
 }
 
+impl ServeFile {
+    /// Read a gateway configuration; relative paths in it are taken
+    /// relative to the file.
+    fn load(path: &std::path::Path) -> anyhow::Result<ServeFile> {
+        use anyhow::Context as _;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let f: ServeFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not a gateway configuration", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
+        Ok(ServeFile {
+            data: rel(f.data),
+            policy: rel(f.policy),
+            ek_ca: rel(f.ek_ca),
+            reference: rel(f.reference),
+            reference_key: rel(f.reference_key),
+            upstream_ca: rel(f.upstream_ca),
+            access_log: f.access_log.map(|p| {
+                if p == std::path::Path::new("-") {
+                    p
+                } else {
+                    base.join(p)
+                }
+            }),
+            ..f
+        })
+    }
+}
+
 impl ServeArgs {
     /// Flags and environment, then the file, then the defaults.
     fn resolve(self) -> anyhow::Result<gateway::ServeConfig> {
         use anyhow::Context as _;
         let file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let f: ServeFile = toml::from_str(&text).with_context(|| {
-                    format!("{} is not a gateway configuration", path.display())
-                })?;
-                let base = path.parent().unwrap_or(std::path::Path::new("."));
-                let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
-                ServeFile {
-                    data: rel(f.data),
-                    policy: rel(f.policy),
-                    ek_ca: rel(f.ek_ca),
-                    reference: rel(f.reference),
-                    reference_key: rel(f.reference_key),
-                    upstream_ca: rel(f.upstream_ca),
-                    access_log: f.access_log.map(|p| {
-                        if p == std::path::Path::new("-") {
-                            p
-                        } else {
-                            base.join(p)
-                        }
-                    }),
-                    ..f
-                }
-            }
+            Some(path) => ServeFile::load(path)?,
             None => ServeFile::default(),
         };
         let duration = |flag: Option<std::time::Duration>,
@@ -423,7 +459,7 @@ fn admin_cert(a: AdminCertArgs) -> anyhow::Result<()> {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)),
         "--name must be 1-64 letters, digits or - _ . @"
     );
-    let pki = gateway::Pki::init(&a.store.data, &[])?;
+    let pki = gateway::Pki::init(&a.store.data()?, &[])?;
     let made = pki.issue_admin_cert(&a.name, a.lifetime)?;
     std::fs::create_dir_all(&a.out_dir)?;
     let crt = a.out_dir.join(format!("{}.crt", a.name));
@@ -434,7 +470,7 @@ fn admin_cert(a: AdminCertArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store = audit::store::Store::open(&a.store.url()).await?;
+        let store = audit::store::Store::open(&a.store.url()?).await?;
         store
             .append(
                 vec![audit::entry::NewEntry {

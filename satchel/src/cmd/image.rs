@@ -98,10 +98,10 @@ pub(crate) fn run(cmd: ImageCmd) -> anyhow::Result<()> {
 }
 
 async fn open(store: &StoreArgs) -> anyhow::Result<gateway::images::Images> {
-    std::fs::create_dir_all(&store.data)
-        .with_context(|| format!("creating {}", store.data.display()))?;
-    let (pool, _) = persist::db::connect(&store.url()).await?;
-    Ok(gateway::images::Images::open(pool, &store.data).await?)
+    let data = store.data()?;
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let (pool, _) = persist::db::connect(&store.url()?).await?;
+    Ok(gateway::images::Images::open(pool, &data).await?)
 }
 
 fn total_bytes(dir: &std::path::Path) -> u64 {
@@ -163,13 +163,13 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     if a.trust_proxy_ca {
         for (_, dir) in a.layers.iter().filter(|(l, _)| *l == Layer::BaseOs) {
-            for said in trust_proxy_ca(&a.store.data, dir)? {
+            for said in trust_proxy_ca(&a.store.data()?, dir)? {
                 eprintln!("{said}");
             }
         }
     }
     let images = open(&a.store).await?;
-    let key = gateway::server::manifest_key(&a.store.data)?;
+    let key = gateway::server::manifest_key(&a.store.data()?)?;
     let total: u64 = a.layers.iter().map(|(_, d)| total_bytes(d)).sum();
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total),
@@ -184,7 +184,7 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
     );
     let built = gateway::images::build(
         &images,
-        &a.store.data,
+        &a.store.data()?,
         &key,
         &a.image,
         &a.layers,
@@ -194,7 +194,7 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let built = built?;
     // Record it in the gateway's audit trail.
-    let audit = audit::store::Store::open(&a.store.url()).await?;
+    let audit = audit::store::Store::open(&a.store.url()?).await?;
     let entries = built
         .iter()
         .map(|b| audit::entry::NewEntry {
@@ -239,7 +239,7 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     println!(
         "boot stages: {}",
-        gateway::images::stages_path(&a.store.data, &a.image).display()
+        gateway::images::stages_path(&a.store.data()?, &a.image).display()
     );
     Ok(())
 }
