@@ -382,6 +382,89 @@ pub struct Built {
 }
 
 /// Build a new version of each of `layers` (`(layer, directory)`) of
+/// What [`Images::collect`] found and did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Collected {
+    /// Chunks in the store.
+    pub chunks: u64,
+    /// Of those, referenced by a stored layer version (kept).
+    pub referenced: u64,
+    /// Unreferenced but written within the grace period (kept: an upload
+    /// whose check-in may still come, or a build in progress).
+    pub recent: u64,
+    /// Unreferenced and older: removed (or, in a dry run, to remove).
+    pub removed: u64,
+    /// Their bytes on disk.
+    pub removed_bytes: u64,
+}
+
+impl Images {
+    /// Remove the chunks no stored layer version references and that were
+    /// written longer than `grace` ago: what failed builds, refused
+    /// check-ins and abandoned uploads left. Every version's manifest is
+    /// verified with `key` first; one that does not verify stops the
+    /// collection (nothing is removed on a guess). Layer versions are
+    /// never removed: a device may still merge against an old one.
+    pub async fn collect(
+        &self,
+        key: &ed25519_dalek::VerifyingKey,
+        grace: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Collected, ImageError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM gateway_layers"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing layers"))?;
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        for l in rows.iter().filter_map(row_layer) {
+            let signed = Signed::verify(&l.signed, key)?;
+            referenced.extend(signed.manifest.chunk_ids());
+        }
+        // Listed after the manifests were read: a chunk a build stores
+        // now is either referenced by its version or recent.
+        let loose = self.chunks.loose_chunks()?;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut c = Collected {
+            chunks: loose.len() as u64,
+            ..Collected::default()
+        };
+        let mut gone = Vec::new();
+        for (id, bytes, written) in loose {
+            if referenced.contains(&id) {
+                c.referenced += 1;
+            } else if written > cutoff {
+                c.recent += 1;
+            } else {
+                c.removed += 1;
+                c.removed_bytes += bytes;
+                gone.push(id);
+            }
+        }
+        if !dry_run {
+            for id in &gone {
+                self.chunks.remove_loose(*id)?;
+            }
+            for batch in gone.chunks(500) {
+                let marks: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "DELETE FROM gateway_uploads WHERE chunk_id IN ({})",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for id in batch {
+                    q = q.bind(id.to_string());
+                }
+                // The table belongs to the device state; a gateway without it
+                // has no uploads to forget.
+                let _ = q.execute(&self.pool).await;
+            }
+        }
+        Ok(c)
+    }
+}
+
 /// `image`: scan, store the chunks, sign and store the manifests, then write
 /// the image's layer stages ([`stages_path`]). `progress` hears each file's
 /// bytes.

@@ -863,3 +863,76 @@ fn the_image_build_puts_the_proxy_ca_into_the_base_os_trust_store() {
     assert_eq!(bundle, bundle2);
     assert!(again.contains("unchanged"), "{again}");
 }
+
+#[test]
+fn gc_removes_only_old_chunks_no_version_references() {
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    let db = format!("sqlite:{}", w.gw.join("satchel.db").display());
+    // An image whose versions are then dropped from the table (as a failed
+    // build would leave its chunks): its chunks are referenced by nothing.
+    std::fs::create_dir_all(w.p("src/scratch")).unwrap();
+    std::fs::write(w.p("src/scratch/junk"), noise(300_000, 77)).unwrap();
+    w.build("scratch", "base-os", "src/scratch");
+    common::sql(&db, &["DELETE FROM gateway_layers WHERE image = 'scratch'"]);
+    let chunk_files = || -> Vec<std::path::PathBuf> {
+        let mut v = Vec::new();
+        for d in std::fs::read_dir(w.gw.join("chunks")).unwrap().flatten() {
+            if d.path().is_dir() {
+                v.extend(
+                    std::fs::read_dir(d.path())
+                        .unwrap()
+                        .flatten()
+                        .map(|f| f.path()),
+                );
+            }
+        }
+        v
+    };
+    let before = chunk_files().len();
+    let gc = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["gateway", "gc", "--data", &gw, "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    // Everything was just written: all recent, nothing removed.
+    let c = gc(&["--grace", "1h"]);
+    assert_eq!(c["removed"], 0, "{c}");
+    assert!(c["recent"].as_u64().unwrap() > 0, "{c}");
+    // A day later (the files' times moved back): the scratch chunks go,
+    // the image's stay. A dry run first removes nothing.
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    for f in chunk_files() {
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+    }
+    let dry = gc(&["--grace", "1h", "--dry-run"]);
+    assert!(dry["removed"].as_u64().unwrap() > 0, "{dry}");
+    assert_eq!(chunk_files().len(), before);
+    let c = gc(&["--grace", "1h"]);
+    assert_eq!(c["removed"], dry["removed"], "{c}");
+    assert_eq!(
+        chunk_files().len() as u64,
+        before as u64 - c["removed"].as_u64().unwrap()
+    );
+    assert_eq!(
+        c["referenced"].as_u64().unwrap() + c["removed"].as_u64().unwrap(),
+        before as u64
+    );
+    // The image still pulls whole, and the collection is audited.
+    w.device("c1", "laptop-1");
+    let stats = w.pull_stats("c1", "root1", &[]);
+    assert!(stats["files_changed"].as_u64().unwrap() > 0, "{stats}");
+    let o = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["audit", "export", "--db", &db, "--out"])
+        .arg(w.p("audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let audit = std::fs::read_to_string(w.p("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"decision\":\"collected\""), "{audit}");
+}

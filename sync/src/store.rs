@@ -225,6 +225,45 @@ impl ChunkStore {
         self.packs.as_ref().is_some_and(|p| p.has(id)) || (self.loose && self.path(id).is_file())
     }
 
+    /// The loose chunks (one file each): id, size on disk, and when the file
+    /// was last written. Files whose names are not chunk ids are skipped.
+    pub fn loose_chunks(&self) -> Result<Vec<(ChunkId, u64, std::time::SystemTime)>, StoreError> {
+        let mut out = Vec::new();
+        let dirs = match std::fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        for dir in dirs.flatten() {
+            let Ok(files) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let Some(id) = name.to_str().and_then(|n| n.parse::<ChunkId>().ok()) else {
+                    continue;
+                };
+                if let Ok(m) = f.metadata() {
+                    if m.is_file() {
+                        let when = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                        out.push((id, m.len(), when));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the loose chunk `id` (gone already is fine).
+    pub fn remove_loose(&self, id: ChunkId) -> Result<(), StoreError> {
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     /// How many chunks the store holds (packed and loose; a chunk in both counts once
     /// per place).
     pub fn count(&self) -> Result<u64, StoreError> {

@@ -76,6 +76,8 @@ pub(crate) enum GatewayCmd {
     RevokeAdmin(RevokeAdminArgs),
     /// Check in a device's offline sync bundle as if it were online.
     ImportBundle(ImportArgs),
+    /// Remove chunks no layer version references (failed builds, abandoned uploads).
+    Gc(GcArgs),
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +207,63 @@ fn revoke_admin(a: RevokeAdminArgs) -> anyhow::Result<()> {
         "revoked the admin certificates of {} issued until now",
         a.name
     );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel gateway gc --gateway-config /etc/satchel/gateway.toml --dry-run
+  satchel gateway gc --gateway-config /etc/satchel/gateway.toml --grace 7d
+
+Every stored layer version's manifest is verified and its chunks kept; a chunk none
+references is removed once it is older than --grace (an upload whose check-in may still
+come, or a build in progress, is younger). Layer versions are never removed: a device
+may still merge against an old one. Safe while the gateway runs. Audited.")]
+pub(crate) struct GcArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Keep unreferenced chunks written within this long.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+    /// Count what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn gc(a: GcArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let data = a.store.data()?;
+    let url = a.store.url()?;
+    let c = rt.block_on(async {
+        let (pool, _) = persist::db::connect(&url).await?;
+        let images = gateway::images::Images::open(pool, &data).await?;
+        let key = gateway::server::manifest_key(&data)?.verifying_key();
+        let c = images.collect(&key, a.grace, a.dry_run).await?;
+        if !a.dry_run {
+            let details = serde_json::to_value(&c)?;
+            audit_cli_action(&url, "chunks", "collected", details).await?;
+        }
+        anyhow::Ok(c)
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_value(&c)?);
+    } else {
+        println!(
+            "{} chunks: {} referenced, {} recent (younger than {}), {} {} ({} bytes)",
+            c.chunks,
+            c.referenced,
+            c.recent,
+            humantime::format_duration(a.grace),
+            c.removed,
+            if a.dry_run { "to remove" } else { "removed" },
+            c.removed_bytes
+        );
+    }
     Ok(())
 }
 
@@ -497,6 +556,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
         GatewayCmd::AdminCert(a) => admin_cert(a),
         GatewayCmd::RevokeAdmin(a) => revoke_admin(a),
         GatewayCmd::ImportBundle(a) => import_bundle(a),
+        GatewayCmd::Gc(a) => gc(a),
     }
 }
 
