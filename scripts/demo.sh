@@ -262,7 +262,24 @@ c = collections.Counter(f'{r["kind"]} {r["decision"]}' for r in rows)
 print(f"{len(rows)} entries: " + ", ".join(f"{k} {n}" for k, n in sorted(c.items())))
 PY
 )
-done_ "the gateway's audit trail verifies (every leaf, the tree, every signed checkpoint): $SUMMARY"
+# The same story in the gateway's Prometheus metrics, read with an admin certificate
+# and parsed by Prometheus' own OpenMetrics parser (python3-prometheus-client).
+run "$SATCHEL" gateway admin-cert --data "$GW_DATA" --name demo-metrics --out-dir "$OUT/admin"
+curl -fsS --cacert "$GW_DATA/ca.crt" --cert "$OUT/admin/demo-metrics.crt" --key "$OUT/admin/demo-metrics.key" \
+  "$GW/v1/admin/metrics" > "$OUT/metrics.txt" 2>>"$LOG" || fail "GET /v1/admin/metrics"
+METRICS=$(/usr/bin/python3 - "$OUT/metrics.txt" <<'PY' 2>>"$LOG"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+got = {}
+for fam in parse(open(sys.argv[1]).read()):
+    for s in fam.samples:
+        if s.name == "satchel_audit_entries_total":
+            got[f'{s.labels["kind"]} {s.labels["decision"]}'] = int(s.value)
+print(f'attestations trusted {got.get("attestation trusted", 0)}, not trusted {got.get("attestation not-trusted", 0)}; '
+      f'proxy allow {got.get("proxy allow", 0)}, deny {got.get("proxy deny", 0)}')
+PY
+) || fail "the metrics did not parse"
+done_ "the gateway's audit trail verifies (every leaf, the tree, every signed checkpoint): $SUMMARY; metrics (GET /v1/admin/metrics): $METRICS"
 
 printf '\nall 8 steps passed in %.0f s; outputs in %s, every command'"'"'s log in %s/logs\n' \
   "$(echo "$(date +%s.%N) - $T0" | awk '{print $1 - $3}')" "$OUT" "$OUT"
