@@ -248,6 +248,24 @@ impl GatewayClient {
             .await
     }
 
+    /// An HTTP/1.1 connection to the gateway, ready for one request.
+    async fn sender(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+        let tls = self.connect().await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| ClientError::Io {
+                    url: self.url.clone(),
+                    problem: e.to_string(),
+                })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
     /// The TLS connector (the pinned CA and the identity), to run TLS
     /// inside a tunnel.
     pub fn connector(&self) -> &tokio_rustls::TlsConnector {
@@ -292,14 +310,7 @@ impl GatewayClient {
             url: self.url.clone(),
             problem,
         };
-        let tls = self.connect().await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| io(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.sender().await?;
         if let Some(m) = meter {
             m.sent(body.len() as u64).await;
         }
@@ -356,15 +367,8 @@ impl GatewayClient {
             url: self.url.clone(),
             problem,
         };
-        let tls = self.connect().await?;
+        let mut sender = self.sender().await?;
         let exchange = async {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                    .await
-                    .map_err(|e| io(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
             let bytes = body.map(|b| b.to_string()).unwrap_or_default();
             let req = hyper::Request::builder()
                 .method(method)
