@@ -567,7 +567,13 @@ async fn connect(
     let shown = url.to_string();
     let (addr, rule) = match decide(&state, &dev, &url, "CONNECT").await {
         Ok(x) => x,
-        Err(d) if d.reason == "policy" && state.policy().has_url_rules_for(&url) => {
+        // Refused for want of a CONNECT rule (not by a rule denying it) to a
+        // host the policy has URL rules for: decide inside, request by request.
+        Err(d)
+            if d.reason == "policy"
+                && d.rule.is_none()
+                && state.policy().has_url_rules_for(&url) =>
+        {
             return intercept(req, url, dev, who, state, slot).await;
         }
         Err(d) => {

@@ -42,7 +42,9 @@ fn setup() -> Setup {
          p, group:lab, url, https://127.0.0.1:{g}/public/*, GET, allow\n\
          p, group:all, url, https://127.0.0.1:{g}/public/secret*, *, deny\n\
          p, group:lab, url, https://127.0.0.1:{g}/form, POST, allow\n\
-         p, group:lab, url, https://127.0.0.1:{b}/*, GET, allow\n"
+         p, group:lab, url, https://127.0.0.1:{b}/*, GET, allow\n\
+         p, group:lab, url, https://127.0.0.1:1/x, GET, allow\n\
+         p, group:all, url, https://127.0.0.1:1/*, *, deny\n"
     );
     std::fs::write(path.join("policy.csv"), policy).unwrap();
     let api = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -100,7 +102,14 @@ fn curl_with(
     extra: &[&str],
 ) -> (String, String) {
     let o = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "-x"])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_connect} %{http_code}",
+            "-x",
+        ])
         .arg(format!("https://127.0.0.1:{proxy}"))
         .arg("--proxy-cacert")
         .arg(data.join("ca.crt"))
@@ -115,7 +124,10 @@ fn curl_with(
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (body, codes) = text.rsplit_once('\n').unwrap_or(("", &text));
+    // The CONNECT's status when the tunnel was refused, else the request's.
+    let (connect, code) = codes.split_once(' ').unwrap_or(("000", codes));
+    let code = if code == "000" { connect } else { code };
     (
         code.to_owned(),
         format!("{body}{}", String::from_utf8_lossy(&o.stderr)),
@@ -174,6 +186,22 @@ fn https_requests_are_decided_per_url_inside_the_tunnel() {
     assert!(
         s.bad.seen.lock().unwrap().is_empty(),
         "the bad upstream got a request"
+    );
+
+    // A host whose every request a rule denies, CONNECT included, is
+    // refused at the CONNECT: no TLS is terminated for it.
+    let (code, body) = s.curl("https://127.0.0.1:1/x", &[]);
+    assert_eq!(code, "403", "{body}");
+    let refused: Vec<_> = audit_entries(&s.db)
+        .into_iter()
+        .filter(|e| e.kind == "proxy" && e.subject.contains("127.0.0.1:1/"))
+        .collect();
+    assert!(
+        refused.iter().all(|e| e.details["intercepted"] != true)
+            && refused
+                .iter()
+                .any(|e| e.details["method"] == "CONNECT" && e.decision == "deny"),
+        "{refused:?}"
     );
 
     // Only the allowed requests reached the good site.

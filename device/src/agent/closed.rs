@@ -69,8 +69,10 @@ pub(crate) struct Closed {
     /// Open on `/proc/self/mountinfo`: readable with `POLLPRI` when the
     /// mount table changes.
     pub(crate) mountinfo: std::fs::File,
-    /// The devices of every file system in the agent's mount table.
+    /// The devices of every file system in the agent's mount table, and
+    /// when they were read.
     known: HashSet<u64>,
+    known_at: std::time::Instant,
 }
 
 /// Why closed mode could not start.
@@ -192,7 +194,8 @@ impl Closed {
             loaders,
             marked: HashSet::new(),
             mountinfo,
-            known: known_devices(),
+            known: devices_of(&mounts::all()),
+            known_at: std::time::Instant::now(),
         })
     }
 
@@ -201,7 +204,10 @@ impl Closed {
     /// `noexec` mount that cannot be marked is no way around, and is left.
     pub(crate) fn mark_new(&mut self, fan: &Fanotify) -> (Vec<String>, Vec<(String, nix::Error)>) {
         let (mut added, mut failed) = (Vec::new(), Vec::new());
-        for m in mounts::under(&self.root, &mounts::all()) {
+        let table = mounts::all();
+        self.known = devices_of(&table);
+        self.known_at = std::time::Instant::now();
+        for m in mounts::under(&self.root, &table) {
             if self.marked.contains(&m.dev) {
                 continue;
             }
@@ -230,9 +236,13 @@ impl Closed {
     /// mount table. One that is not was mounted in another mount namespace
     /// (a user namespace's fresh tmpfs): nothing there is marked.
     pub(crate) fn known_device(&mut self, dev: u64) -> bool {
-        if !self.known.contains(&dev) {
-            // Mounted since the last look?
-            self.known = known_devices();
+        // The table is read again on a change (see `mark_new`); a miss reads
+        // it at most once a second, so a process running from another
+        // namespace cannot make every one of its opens cost a re-read.
+        if !self.known.contains(&dev) && self.known_at.elapsed() > std::time::Duration::from_secs(1)
+        {
+            self.known = devices_of(&mounts::all());
+            self.known_at = std::time::Instant::now();
         }
         self.known.contains(&dev)
     }
@@ -252,9 +262,9 @@ impl Closed {
     }
 }
 
-/// The devices (as `st_dev`) of the file systems in this mount namespace.
-fn known_devices() -> HashSet<u64> {
-    mounts::all()
+/// The devices (as `st_dev`) of the file systems in a mount table.
+fn devices_of(table: &[mounts::Mount]) -> HashSet<u64> {
+    table
         .iter()
         .filter_map(|m| {
             let (major, minor) = m.dev.split_once(':')?;

@@ -141,6 +141,14 @@ fn fd_path(fd: BorrowedFd<'_>) -> String {
         .unwrap_or_default()
 }
 
+impl ExecReport {
+    /// The same report, for another kind of attempt than an exec.
+    fn attempt(mut self, attempt: &'static str) -> ExecReport {
+        self.attempt = attempt;
+        self
+    }
+}
+
 /// An alarm about enforcement itself (no process asked).
 fn report_alarm(path: String, why: String) -> ExecReport {
     report(path, String::new(), 0, "alarm", why)
@@ -362,8 +370,7 @@ impl Enforcer {
             m.extend(added);
         }
         for (path, e) in failed {
-            let mut r = report_alarm(path, format!("a file system mounted under the root cannot be marked ({e}): its programs run undecided"));
-            r.attempt = "mount";
+            let r = report_alarm(path, format!("a file system mounted under the root cannot be marked ({e}): its programs run undecided")).attempt("mount");
             report(r);
         }
     }
@@ -480,8 +487,7 @@ impl Enforcer {
             return;
         }
         let why = "the program was written while it started: the process was killed".to_owned();
-        let mut r = report(path, String::new(), pid, "deny", why);
-        r.attempt = "changed";
+        let r = report(path, String::new(), pid, "deny", why).attempt("changed");
         out(r);
     }
 
@@ -621,8 +627,8 @@ impl Enforcer {
                 rustix::fs::major(exe.0),
                 rustix::fs::minor(exe.0)
             );
-            let mut r = report(fd_path(fd), String::new(), pid, denial(enforce), why);
-            r.attempt = "unmarked";
+            let r =
+                report(fd_path(fd), String::new(), pid, denial(enforce), why).attempt("unmarked");
             return (!enforce, Some(r), false);
         }
         let Some(c) = self.closed.as_ref() else {
@@ -633,8 +639,7 @@ impl Enforcer {
             let why = format!(
                 "the dynamic loader {loader} was run as a program and tried to load this file"
             );
-            let mut r = report(fd_path(fd), String::new(), pid, denial(enforce), why);
-            r.attempt = "loader";
+            let r = report(fd_path(fd), String::new(), pid, denial(enforce), why).attempt("loader");
             return (!enforce, Some(r), false);
         }
         let Some(interp) = c.interpreters.get(&exe).cloned() else {
@@ -650,8 +655,7 @@ impl Enforcer {
                 self.count(enforce);
                 let why =
                     format!("interpreter {interp} opened a file that could not be checked: {e}");
-                let mut r = report(path, String::new(), pid, denial(enforce), why);
-                r.attempt = "script";
+                let r = report(path, String::new(), pid, denial(enforce), why).attempt("script");
                 return (!enforce, Some(r), false);
             }
         };
@@ -660,15 +664,11 @@ impl Enforcer {
         if allow {
             let rep = (!hit)
                 .then(|| report(path, hash, pid, "allow", why))
-                .map(|mut r| {
-                    r.attempt = "script";
-                    r
-                });
+                .map(|r| r.attempt("script"));
             return (true, rep, false);
         }
         self.count(enforce);
-        let mut r = report(path, hash, pid, denial(enforce), why);
-        r.attempt = "script";
+        let r = report(path, hash, pid, denial(enforce), why).attempt("script");
         (!enforce, Some(r), false)
     }
 

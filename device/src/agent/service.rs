@@ -537,7 +537,7 @@ impl Loop<'_> {
             return;
         }
         let lockdown = self.holder.current_mode() == Mode::Lockdown;
-        let now = super::system::settings(false);
+        let mut now = super::system::settings(false);
         let lost: Vec<String> = now
             .iter()
             .filter(|s| !s.holds)
@@ -549,25 +549,27 @@ impl Loop<'_> {
             })
             .map(|s| format!("{} = {}", s.name, s.found))
             .collect();
-        if !lockdown || lost.is_empty() {
-            // Keep what the last apply said about settings that never held.
-            for (n, p) in now.iter().zip(&self.status.system) {
-                if n.holds != p.holds {
-                    self.status.system = now;
-                    return;
-                }
-            }
-            return;
+        if lockdown && !lost.is_empty() {
+            now = super::system::settings(true);
+            eprintln!(
+                "satchel agent: kernel settings changed under lockdown: {}; set again",
+                lost.join(", ")
+            );
+            let details = json!({"changed": lost, "holds": super::system::failing(&now).is_none()});
+            self.record("agent", "system-settings", "drifted", details)
+                .await;
         }
-        let again = super::system::settings(true);
-        eprintln!(
-            "satchel agent: kernel settings changed under lockdown: {}; set again",
-            lost.join(", ")
-        );
-        let details = json!({"changed": lost, "holds": super::system::failing(&again).is_none()});
-        self.record("agent", "system-settings", "drifted", details)
-            .await;
-        self.status.system = again;
+        // A setting that still does not hold keeps the reason it could not
+        // be set (a read alone does not say).
+        for s in now.iter_mut().filter(|s| !s.holds && s.error.is_none()) {
+            s.error = self
+                .status
+                .system
+                .iter()
+                .find(|p| p.name == s.name)
+                .and_then(|p| p.error.clone());
+        }
+        self.status.system = now;
     }
 
     async fn write_status(&mut self) {
