@@ -130,6 +130,7 @@ impl Device {
             "/bin/true",
             "/bin/echo",
             "/bin/chmod",
+            "/usr/bin/base64",
             "/usr/bin/unshare",
             "/bin/mount",
         ] {
@@ -191,12 +192,34 @@ impl Device {
     fn student_files(&self) {
         std::fs::copy("/bin/echo", self.home("denied")).unwrap();
         std::fs::write(self.home("denied.sh"), "#!/bin/sh\necho PWNED\n").unwrap();
+        // The same program as text: no ELF file, so any tool may read it
+        // (an ELF file a user wrote opens only if the policy allows it).
+        let b64 = Command::new("base64")
+            .arg("-w0")
+            .arg("/bin/echo")
+            .output()
+            .unwrap();
+        std::fs::write(self.home("denied.b64"), &b64.stdout).unwrap();
         std::fs::write(self.home("denied.py"), "print('PWNED')\n").unwrap();
         std::fs::write(self.home("allowed.sh"), "echo ALLOWED-SCRIPT-RAN\n").unwrap();
         let mut big = std::fs::read("/bin/true").unwrap();
         big.resize(40 << 20, 0);
         std::fs::write(self.home("big"), &big).unwrap();
         std::fs::write(self.home("big.orig"), &big).unwrap();
+        // A shared library whose constructor prints PWNED: code a student
+        // could bring on a stick, to load into an allowed program.
+        let c = self.p("evil.c");
+        std::fs::write(
+            &c,
+            "#include <unistd.h>\n__attribute__((constructor)) static void f(void) { write(1, \"PWNED\\n\", 6); }\n",
+        )
+        .unwrap();
+        must(
+            Command::new("gcc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(self.home("evil.so"))
+                .arg(&c),
+        );
         must(
             Command::new("chmod")
                 .arg("755")
@@ -382,6 +405,12 @@ fn userns_settable() -> bool {
     std::fs::read_to_string(p).is_ok_and(|v| std::fs::write(p, v.trim()).is_ok())
 }
 
+/// A student's script that writes the denied program to `to` (decoded from
+/// its text form, by tools that are not interpreters) and runs it.
+fn decoded_to(to: &str) -> String {
+    format!("base64 -d /home/student/denied.b64 | dd of={to} 2>/dev/null && chmod +x {to} && {to} PWNED")
+}
+
 /// Assert the denied program did not run.
 fn refused(what: &str, (out, _): (String, i32)) -> String {
     assert!(
@@ -466,7 +495,9 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     let py = "import os,sys\nb=sys.stdin.buffer.read()\nfor flags in (0, 0x10):\n  try:\n    fd=os.memfd_create('x', flags)\n    os.write(fd,b)\n    os.execv('/proc/self/fd/%d'%fd,['x','PWNED'])\n  except OSError as e:\n    print('refused', flags, e.errno)\n";
     let out = refused(
         "memfd",
-        d.student(&format!("cat /home/student/denied | python3 -c \"{py}\"")),
+        d.student(&format!(
+            "base64 -d /home/student/denied.b64 | python3 -c \"{py}\""
+        )),
     );
     assert!(
         out.contains("refused 0 13") && out.contains("refused 16"),
@@ -479,17 +510,14 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     // but may load nothing from a marked file system (its libc).
     let out = refused(
         "unshare tmpfs",
-        (d.student_outside(&format!("unshare -Urm sh -c 'mount -t tmpfs x {r}/tmp && cp {r}/home/student/denied {r}/tmp/e && chroot {r} /tmp/e PWNED'")), 0),
+        (d.student_outside(&format!("unshare -Urm sh -c 'mount -t tmpfs x {r}/tmp && base64 -d {r}/home/student/denied.b64 > {r}/tmp/e && chmod +x {r}/tmp/e && chroot {r} /tmp/e PWNED'")), 0),
     );
     if settable {
         assert!(out.contains("unshare"), "{out}");
     } else {
         a.logged("denied unmarked of");
     }
-    refused(
-        "/dev/shm",
-        d.student("cp /home/student/denied /dev/shm/e && /dev/shm/e PWNED"),
-    );
+    refused("/dev/shm", d.student(&decoded_to("/dev/shm/e")));
     a.logged(&format!("denied exec of {r}/dev/shm/e"));
     d.mount(
         &["-t", "tmpfs", "-o", "size=8m,mode=1777", "tmpfs"],
@@ -504,10 +532,7 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    refused(
-        "new mount",
-        d.student("cp /home/student/denied /mnt/usb/e && /mnt/usb/e PWNED"),
-    );
+    refused("new mount", d.student(&decoded_to("/mnt/usb/e")));
     a.logged(&format!("denied exec of {r}/mnt/usb/e"));
 
     // 4. A bind mount over an allowed path: no user namespace for the
@@ -523,6 +548,15 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     let out = d.bound_over_allowed_path();
     assert!(!out.contains("PWNED"), "bind mount: {out}");
     a.logged("path rules not applied");
+
+    // 1b. Native code of the student's own loaded into an allowed program:
+    // LD_PRELOAD, and a library path that puts it first.
+    let out = refused(
+        "LD_PRELOAD",
+        d.student("LD_PRELOAD=/home/student/evil.so /bin/echo fine"),
+    );
+    assert!(out.contains("fine"), "{out}");
+    a.logged(&format!("denied library of {r}/home/student/evil.so"));
 
     // 5. Interpreters handed a script that is not on the list.
     let out = refused("sh script", d.student("sh /home/student/denied.sh"));
@@ -554,7 +588,7 @@ except OSError as e: print('refused', e.errno)\n\
 os.wait()\n";
     for delay in ["0.002", "0.005", "0.01", "0.02"] {
         std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
-        let script = format!("cat /home/student/denied | python3 -c \"{race}\" {delay}");
+        let script = format!("base64 -d /home/student/denied.b64 | python3 -c \"{race}\" {delay}");
         refused(&format!("race after {delay} s"), d.student(&script));
     }
     // At least one write landed while the agent was hashing, and was seen.
@@ -579,11 +613,7 @@ fn monitor_in_closed_mode_lets_each_attempt_run_and_reports_it() {
             "loader",
             "/home/student/denied",
         ),
-        (
-            "cp /home/student/denied /dev/shm/m && /dev/shm/m PWNED",
-            "exec",
-            "/dev/shm/m",
-        ),
+        (&decoded_to("/dev/shm/m"), "exec", "/dev/shm/m"),
         (
             "sh /home/student/denied.sh",
             "script",

@@ -617,6 +617,19 @@ impl Enforcer {
         };
         let enforce = active.mode == Mode::Lockdown;
         let known = self.closed.as_mut().is_some_and(|c| c.known_device(exe.0));
+        let Some(c) = self.closed.as_ref() else {
+            return (true, None, false);
+        };
+        let loader = c.loaders.get(&exe).cloned();
+        if known && loader.is_none() && closed::system_file(s) {
+            return (true, None, cacheable());
+        }
+        // Root's own processes (a backup, the package manager) open what
+        // they like: root can stop the agent anyway. A setuid program run
+        // by a user keeps that user as its real uid and is not exempt.
+        if run_by_root(pid) {
+            return (true, None, false);
+        }
         if !known {
             // A program from a file system mounted in another namespace:
             // it was never decided, and may not load libraries or read
@@ -631,10 +644,7 @@ impl Enforcer {
                 report(fd_path(fd), String::new(), pid, denial(enforce), why).attempt("unmarked");
             return (!enforce, Some(r), false);
         }
-        let Some(c) = self.closed.as_ref() else {
-            return (true, None, false);
-        };
-        if let Some(loader) = c.loaders.get(&exe) {
+        if let Some(loader) = loader {
             self.count(enforce);
             let why = format!(
                 "the dynamic loader {loader} was run as a program and tried to load this file"
@@ -642,33 +652,37 @@ impl Enforcer {
             let r = report(fd_path(fd), String::new(), pid, denial(enforce), why).attempt("loader");
             return (!enforce, Some(r), false);
         }
-        let Some(interp) = c.interpreters.get(&exe).cloned() else {
-            return (true, None, cacheable());
+        // A file a user could have written: an interpreter reads it as a
+        // script, and any process that opens an ELF file maps it as code
+        // (`LD_PRELOAD`, `dlopen`): either way the policy decides, as for
+        // an exec.
+        let interp = c.interpreters.get(&exe).cloned();
+        let elf = starts_as_elf(fd);
+        let (attempt, opener) = match (&interp, elf) {
+            (Some(i), _) => ("script", format!("interpreter {i}")),
+            (None, true) => ("library", format!("process {pid}, as native code,")),
+            (None, false) => return (true, None, false),
         };
-        if closed::system_file(s) {
-            return (true, None, cacheable());
-        }
         let path = fd_path(fd);
         let (hash, hit) = match self.hash_cached(&st, fd) {
             Ok(h) => h,
             Err(e) => {
                 self.count(enforce);
-                let why =
-                    format!("interpreter {interp} opened a file that could not be checked: {e}");
-                let r = report(path, String::new(), pid, denial(enforce), why).attempt("script");
+                let why = format!("{opener} opened a file that could not be checked: {e}");
+                let r = report(path, String::new(), pid, denial(enforce), why).attempt(attempt);
                 return (!enforce, Some(r), false);
             }
         };
         let (allow, why) = self.policy_says(active, &st, &path, &hash);
-        let why = format!("interpreter {interp} opened it: {why}");
+        let why = format!("{opener} opened it: {why}");
         if allow {
             let rep = (!hit)
                 .then(|| report(path, hash, pid, "allow", why))
-                .map(|r| r.attempt("script"));
+                .map(|r| r.attempt(attempt));
             return (true, rep, false);
         }
         self.count(enforce);
-        let r = report(path, hash, pid, denial(enforce), why).attempt("script");
+        let r = report(path, hash, pid, denial(enforce), why).attempt(attempt);
         (!enforce, Some(r), false)
     }
 
@@ -774,6 +788,25 @@ fn local_file_system(fd: BorrowedFd<'_>) -> bool {
     // `f_type` is i64 here, a narrower integer on some architectures.
     #[allow(clippy::unnecessary_cast)]
     rustix::fs::fstatfs(fd).is_ok_and(|s| LOCAL.contains(&(s.f_type as i64)))
+}
+
+/// Whether `pid` runs with root as both its real and effective user.
+fn run_by_root(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            let uids = st.lines().find_map(|l| l.strip_prefix("Uid:"))?.to_owned();
+            let mut ids = uids.split_whitespace();
+            Some(ids.next()? == "0" && ids.next()? == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the file behind `fd` starts with the ELF magic (a program or a
+/// shared library).
+fn starts_as_elf(fd: BorrowedFd<'_>) -> bool {
+    let mut magic = [0u8; 4];
+    matches!(rustix::io::pread(fd, &mut magic, 0), Ok(4)) && magic == *b"\x7fELF"
 }
 
 /// SHA-256 of the whole file behind `fd`, read with `pread` (the event's
