@@ -8,8 +8,9 @@
 //! ```
 //!
 //! `who` is `device:ID`, `admin:NAME`, or `-` (no certificate). `target` is
-//! the request target as sent, except that a query string is left out (it
-//! can carry what a log should not: a search, a token); the audit trail
+//! the request target as sent, except that a query string and user info are
+//! left out (they can carry what a log should not: a search, a token, a
+//! password); the audit trail
 //! holds the decisions. The file is opened for appending; rotate it with
 //! `copytruncate` (logrotate) or by moving it and restarting the gateway.
 
@@ -80,16 +81,19 @@ impl AccessLog {
             Some(d) => format!("device:{}", d.device_id),
             None => "-".to_owned(),
         };
-        let target = match (a.method == hyper::Method::CONNECT, a.target.authority()) {
-            (true, Some(auth)) => auth.to_string(),
-            _ => {
-                let mut t = String::new();
-                if let (Some(s), Some(auth)) = (a.target.scheme_str(), a.target.authority()) {
-                    t.push_str(&format!("{s}://{auth}"));
-                }
-                t.push_str(a.target.path());
-                t
-            }
+        // Host and port only: an authority's user info can be a password.
+        let host = a.target.authority().map(|auth| match auth.port() {
+            Some(p) => format!("{}:{p}", auth.host()),
+            None => auth.host().to_owned(),
+        });
+        let target = match (
+            a.method == hyper::Method::CONNECT,
+            host,
+            a.target.scheme_str(),
+        ) {
+            (true, Some(h), _) => h,
+            (false, Some(h), Some(scheme)) => format!("{scheme}://{h}{}", a.target.path()),
+            _ => a.target.path().to_owned(),
         };
         let line = json!({
             "ts_ms": audit::batch::now_ms(),
