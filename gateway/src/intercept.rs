@@ -150,7 +150,7 @@ impl Session {
     /// Terminate the device's TLS on `client` (the CONNECT's upgraded
     /// stream) and serve its requests until it closes, goes idle, or lives
     /// as long as a tunnel may.
-    pub(crate) async fn serve<C>(self, client: C)
+    pub(crate) async fn serve<C>(self, client: C, guard: &crate::server::ConnGuard)
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -186,10 +186,11 @@ impl Session {
             Err(_) => return,
         };
         let idle = self.state.tunnel_idle;
-        let max = self.state.tunnel_max;
+        let max = tokio::time::sleep(self.state.tunnel_max);
         let session = Arc::new(self);
+        let serving = session.clone();
         let service = hyper::service::service_fn(move |req| {
-            let s = session.clone();
+            let s = serving.clone();
             async move { Ok::<_, std::convert::Infallible>(s.request(req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
@@ -197,11 +198,37 @@ impl Session {
             .header_read_timeout(idle)
             .max_buf_size(64 * 1024)
             .serve_connection(TokioIo::new(tls), service);
-        match tokio::time::timeout(max, conn).await {
-            Ok(Err(e)) => tracing::debug!(error = %e, "intercepted connection ended with an error"),
-            Ok(Ok(())) => {}
-            Err(_) => tracing::debug!("intercepted connection reached its maximum lifetime"),
-        }
+        // Like a tunnel: the device is checked again every tick, not only
+        // when a request starts, so a revocation or an expiry ends a
+        // connection that idles or streams (dropping it closes it).
+        let mut recheck = tokio::time::interval(crate::proxy::TUNNEL_RECHECK);
+        recheck.tick().await;
+        tokio::pin!(conn, max);
+        let closed = loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "intercepted connection ended with an error");
+                    }
+                    return;
+                }
+                () = guard.stopping() => return,
+                () = &mut max => break "it reached its maximum lifetime",
+                _ = recheck.tick() => {
+                    if session.state.authorize_device(Some(&session.who)).await.is_err() {
+                        break "the device's certificate expired, or it was revoked or enrolled again";
+                    }
+                }
+            }
+        };
+        audit(
+            &session.state,
+            &session.dev.device_id,
+            &session.base.to_string(),
+            false,
+            json!({"method": "CONNECT", "reason": "closed", "detail": closed, "intercepted": true}),
+        )
+        .await;
     }
 
     /// Decide and carry one request.

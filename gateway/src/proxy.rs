@@ -574,7 +574,7 @@ async fn connect(
                 && d.rule.is_none()
                 && state.policy().has_url_rules_for(&url) =>
         {
-            return intercept(req, url, dev, who, state, slot).await;
+            return intercept(req, url, dev, who, state, slot, guard).await;
         }
         Err(d) => {
             audit(&state, &dev.device_id, &shown, false, json!({"method": "CONNECT", "reason": d.reason, "rule": rule_json(d.rule.as_ref()), "detail": d.detail})).await;
@@ -644,6 +644,7 @@ async fn intercept(
     who: DeviceIdentity,
     state: Arc<AppState>,
     slot: TunnelSlot,
+    guard: Arc<crate::server::ConnGuard>,
 ) -> Response<Body> {
     audit(
         &state,
@@ -664,7 +665,7 @@ async fn intercept(
             who,
             state,
         };
-        session.serve(upgraded).await;
+        session.serve(upgraded, &guard).await;
     });
     Response::new(boxed(Full::new(Bytes::new())))
 }

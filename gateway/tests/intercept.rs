@@ -376,3 +376,87 @@ fn headless_chromium_gets_per_url_decisions_inside_https() {
         0
     );
 }
+
+#[test]
+fn an_intercepted_connection_closes_once_the_device_is_revoked() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = setup();
+    let g = s.good.port;
+    let ca = std::fs::read_to_string(s.data.join("ca.crt")).unwrap();
+    let dev = device::GatewayClient::new(
+        &format!("https://127.0.0.1:{}", s.gw.proxy_port.unwrap()),
+        &ca,
+        Some((
+            &std::fs::read_to_string(&s.crt).unwrap(),
+            &std::fs::read_to_string(&s.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    // The device trusts the proxy CA for the site.
+    let mut roots = rustls::RootCertStore::empty();
+    let proxy_ca = std::fs::read(s.data.join("proxy-ca.crt")).unwrap();
+    for c in
+        <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            &proxy_ca,
+        )
+    {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let inner = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ));
+    let db = s.db.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut tls = dev.connect().await.unwrap();
+        tls.write_all(
+            format!("CONNECT 127.0.0.1:{g} HTTP/1.1\r\nHost: 127.0.0.1:{g}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tls.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut site = inner.connect(name, tls).await.unwrap();
+        // One request answered, the connection kept open.
+        site.write_all(format!("GET /public/a HTTP/1.1\r\nHost: 127.0.0.1:{g}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = site.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+        tokio::task::spawn_blocking(move || common::revoke_directly(&db, "laptop-1"))
+            .await
+            .unwrap();
+        // Closed by the gateway within a re-check, with no request sent.
+        let closed = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match site.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a revoked device's intercepted connection stayed open"
+        );
+    });
+    let entries = audit_entries(&s.db);
+    assert!(
+        entries.iter().any(|e| e.kind == "proxy"
+            && e.details["reason"] == "closed"
+            && e.details["intercepted"] == true),
+        "{entries:?}"
+    );
+}
