@@ -5,3 +5,9 @@ for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
     export PATH="$d:$PATH"
   fi
 done
+
+# CI builds once from a clean clone: incremental state is only disk there
+# (it doubles the target directory).
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+fi
