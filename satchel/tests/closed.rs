@@ -128,6 +128,8 @@ impl Device {
             "/bin/dd",
             "/bin/sleep",
             "/bin/true",
+            "/bin/rm",
+            "/usr/bin/nice",
             "/bin/echo",
             "/bin/chmod",
             "/usr/bin/base64",
@@ -163,6 +165,17 @@ impl Device {
         );
         d.mount(&["-t", "proc", "proc"], "proc");
         d.student_files();
+        // Root's copies in a place no user can write: the denied program,
+        // and the big program the policy allows.
+        std::fs::create_dir_all(d.root.join("opt")).unwrap();
+        std::fs::copy("/bin/echo", d.root.join("opt/denied")).unwrap();
+        std::fs::copy(d.home("big.orig"), d.root.join("opt/big")).unwrap();
+        must(
+            Command::new("chmod")
+                .arg("755")
+                .arg(d.root.join("opt/denied"))
+                .arg(d.root.join("opt/big")),
+        );
         Some(d)
     }
 
@@ -220,6 +233,13 @@ impl Device {
                 .arg(self.home("evil.so"))
                 .arg(&c),
         );
+        // The same library as text, for the open-time race below.
+        let b64 = Command::new("base64")
+            .arg("-w0")
+            .arg(self.home("evil.so"))
+            .output()
+            .unwrap();
+        std::fs::write(self.home("evil.b64"), &b64.stdout).unwrap();
         must(
             Command::new("chmod")
                 .arg("755")
@@ -311,6 +331,23 @@ impl Device {
         (text, o.status.code().unwrap_or(-1))
     }
 
+    /// Run `script` with sh as root inside the device root.
+    fn as_root(&self, script: &str) -> (String, i32) {
+        let o = Command::new("/usr/sbin/chroot")
+            .arg(&self.root)
+            .args(["/bin/sh", "-c", script])
+            .env_clear()
+            .env("PATH", "/bin:/usr/bin")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (text, o.status.code().unwrap_or(-1))
+    }
+
     /// Run `script` with the machine's sh as the student, outside the
     /// device root: where a user namespace can be made.
     fn student_outside(&self, script: &str) -> String {
@@ -332,13 +369,14 @@ impl Device {
         )
     }
 
-    /// As root, in a mount namespace of its own: bind the student's denied
-    /// program over the allowed `/bin/true`, then run that path as the
-    /// student. The path the agent reads back is an allowed one.
+    /// As root, in a mount namespace of its own: bind a denied program over
+    /// the allowed `/bin/true`, then run that path as the student. The path
+    /// the agent reads back is an allowed one. (The student's own copy
+    /// would not run at all: binds keep the `noexec` of their source.)
     fn bound_over_allowed_path(&self) -> String {
         let r = self.root.display();
         let script = format!(
-            "mount --bind {r}/home/student/denied {r}/bin/true && \
+            "mount --bind {r}/opt/denied {r}/bin/true && \
              chroot --userspec={STUDENT} {r} /bin/true PWNED 2>&1; true"
         );
         let o = must(Command::new("unshare").args(["-m", "sh", "-c", &script]));
@@ -469,6 +507,23 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
         "{text}"
     );
     assert!(text.contains("closed mode"), "{text}");
+    // Every place the student can write is noexec: the home, the sticky
+    // /tmp (bound onto themselves), /dev/shm (remounted).
+    let confined = st["confined"].to_string();
+    for place in ["home/student", "tmp", "dev/shm"] {
+        assert!(
+            confined.contains(&format!("\"{r}/{place}\"")),
+            "{place} not confined: {confined}"
+        );
+    }
+    assert!(!confined.contains(&format!("\"{r}/home\"")), "{confined}");
+    assert!(text.contains("noexec:"), "{text}");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let home = mounted
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&format!("{r}/home/student")))
+        .unwrap_or_else(|| panic!("no bind on the student's home: {mounted}"));
+    assert!(home.contains("noexec"), "{home}");
 
     // What is allowed still works: a system program, an allowlisted script
     // through its interpreter, python on its standard library.
@@ -517,23 +572,26 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     } else {
         a.logged("denied unmarked of");
     }
-    refused("/dev/shm", d.student(&decoded_to("/dev/shm/e")));
-    a.logged(&format!("denied exec of {r}/dev/shm/e"));
+    // (noexec: the kernel refuses before the agent is asked.)
+    let out = refused("/dev/shm", d.student(&decoded_to("/dev/shm/e")));
+    assert!(out.contains("Permission denied"), "{out}");
     d.mount(
         &["-t", "tmpfs", "-o", "size=8m,mode=1777", "tmpfs"],
         "mnt/usb",
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !a.status()["marked"].to_string().contains("/mnt/usb") {
+    while !a.status()["marked"].to_string().contains("/mnt/usb")
+        || !a.status()["confined"].to_string().contains("/mnt/usb")
+    {
         assert!(
             Instant::now() < deadline,
-            "the new mount was not marked: {}",
+            "the new mount was not marked and made noexec: {}",
             a.status()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    refused("new mount", d.student(&decoded_to("/mnt/usb/e")));
-    a.logged(&format!("denied exec of {r}/mnt/usb/e"));
+    let out = refused("new mount", d.student(&decoded_to("/mnt/usb/e")));
+    assert!(out.contains("Permission denied"), "{out}");
 
     // 4. A bind mount over an allowed path: no user namespace for the
     // student; and made by root in a namespace of its own, the path read
@@ -543,7 +601,10 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
         (d.student_outside(&format!("unshare -Urm sh -c 'mount --bind {r}/home/student/denied {r}/bin/true && chroot {r} /bin/true PWNED'")), 0),
     );
     if !settable {
-        assert!(out.contains("not permitted"), "{out}");
+        assert!(
+            out.contains("not permitted") || out.contains("Permission denied"),
+            "{out}"
+        );
     }
     let out = d.bound_over_allowed_path();
     assert!(!out.contains("PWNED"), "bind mount: {out}");
@@ -557,6 +618,34 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     );
     assert!(out.contains("fine"), "{out}");
     a.logged(&format!("denied library of {r}/home/student/evil.so"));
+    // The same library, written as text and flipped to ELF and back by
+    // another process while the loader opens it: whatever the open check
+    // saw, the loader must not map the student's code.
+    // The file is made empty (no ELF file: any open passes) by a dd that
+    // writes the whole library in one go 5 ms later, while the loader
+    // opens it over and over at the lowest priority, behind two busy
+    // loops: a write landing between an open and the loader's read of the
+    // header would load the student's code.
+    let tries: usize = std::env::var("SATCHEL_FLIP_TRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let flip = format!(
+        "(while :; do :; done) & b1=$!\n\
+        (while :; do :; done) & b2=$!\n\
+        n=0\n\
+        while [ $n -lt {tries} ]; do\n\
+          rm -f /home/student/g\n\
+          (sleep 0.005; base64 -d /home/student/evil.b64) | dd of=/home/student/g bs=1M iflag=fullblock 2>/dev/null &\n\
+          w=$!; m=0\n\
+          while [ $m -lt 4 ]; do LD_PRELOAD=/home/student/g nice -n 19 /bin/true; m=$((m+1)); done\n\
+          wait $w; n=$((n+1))\n\
+        done; kill $b1 $b2; echo done"
+    );
+    let (out, _) = d.student(&flip);
+    assert!(out.contains("done"), "{out}");
+    let ran = out.matches("PWNED").count();
+    assert_eq!(ran, 0, "the student's library ran {ran} times in {tries}");
 
     // 5. Interpreters handed a script that is not on the list.
     let out = refused("sh script", d.student("sh /home/student/denied.sh"));
@@ -571,31 +660,39 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
     refused("script exec", d.student("/home/student/denied.sh"));
 
     // 6. The race: the allowed 40 MiB program is overwritten with the
-    // denied one while its exec is being decided.
-    // A python already running (so its own start does not wait behind the
-    // decision) opens the program for writing, rewrites its last byte as it
-    // was (so the agent hashes it again at exec), hands the descriptor to a
-    // writer process, and starts the program; 2 to 20 ms later the writer
-    // overwrites its start with the denied program and closes.
+    // denied one while its exec is being decided. A program the student
+    // can write never runs, allowlisted or not: the home is noexec.
+    let (out, code) = d.student("/home/student/big; echo rc=$?");
+    assert!(
+        out.contains("Permission denied") && out.contains("rc=126"),
+        "{out} {code}"
+    );
+    // The check itself (it guards --mount mode, where users may write
+    // programs), made by root on root's copy: a python already running (so
+    // its own start does not wait behind the decision) opens the program
+    // for writing, rewrites its last byte as it was (so the agent hashes it
+    // again at exec), hands the descriptor to a writer process, and starts
+    // the program; 2 to 20 ms later the writer overwrites its start with
+    // the denied program and closes.
     let race = "import os,subprocess,sys,time\n\
 b=sys.stdin.buffer.read()\n\
-fd=os.open('/home/student/big',os.O_WRONLY)\n\
+fd=os.open('/opt/big',os.O_WRONLY)\n\
 time.sleep(0.05); os.pwrite(fd,b'\\0',os.fstat(fd).st_size-1)\n\
 if os.fork()==0:\n  time.sleep(float(sys.argv[1])); os.pwrite(fd,b,0); os.close(fd); os._exit(0)\n\
 os.close(fd)\n\
-try:\n  subprocess.run(['/home/student/big','PWNED'])\n\
+try:\n  subprocess.run(['/opt/big','PWNED'])\n\
 except OSError as e: print('refused', e.errno)\n\
 os.wait()\n";
     for delay in ["0.002", "0.005", "0.01", "0.02"] {
-        std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
+        std::fs::copy(d.home("big.orig"), d.root.join("opt/big")).unwrap();
         let script = format!("base64 -d /home/student/denied.b64 | python3 -c \"{race}\" {delay}");
-        refused(&format!("race after {delay} s"), d.student(&script));
+        refused(&format!("race after {delay} s"), d.as_root(&script));
     }
     // At least one write landed while the agent was hashing, and was seen.
     a.logged("it was written while it was being checked");
-    // With its own bytes back it runs again.
-    std::fs::copy(d.home("big.orig"), d.home("big")).unwrap();
-    let (out, code) = d.student("/home/student/big; echo rc=$?");
+    // With its own bytes back, root's copy runs for the student.
+    std::fs::copy(d.home("big.orig"), d.root.join("opt/big")).unwrap();
+    let (out, code) = d.student("/opt/big; echo rc=$?");
     assert!(out.contains("rc=0"), "{out} {code}");
 }
 

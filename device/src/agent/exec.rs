@@ -73,8 +73,9 @@ pub(crate) struct ExecReport {
     /// program opening a file), `script` (an interpreter opening a file),
     /// `changed` (a program written while it was checked or started),
     /// `unmarked` (a program from a file system mounted in another
-    /// namespace opening a file), or
-    /// `mount` (a file system under the root that could not be marked).
+    /// namespace opening a file),
+    /// `mount` (a file system under the root that could not be marked), or
+    /// `noexec` (a place users can write that could not be made `noexec`).
     pub(crate) attempt: &'static str,
     /// The deciding rule, or why there was none.
     pub(crate) why: String,
@@ -101,6 +102,8 @@ pub(crate) struct Counters {
     pub(crate) opens: AtomicU64,
     /// The file systems marked, as `MOUNT_POINT (TYPE)`.
     pub(crate) marked: std::sync::Mutex<Vec<String>>,
+    /// The places users can write that the agent made `noexec`.
+    pub(crate) confined: std::sync::Mutex<Vec<String>>,
 }
 
 /// Drop every ignore mark (the inode marks; the mount marks stay), so the
@@ -143,14 +146,14 @@ fn fd_path(fd: BorrowedFd<'_>) -> String {
 
 impl ExecReport {
     /// The same report, for another kind of attempt than an exec.
-    fn attempt(mut self, attempt: &'static str) -> ExecReport {
+    pub(crate) fn attempt(mut self, attempt: &'static str) -> ExecReport {
         self.attempt = attempt;
         self
     }
 }
 
 /// An alarm about enforcement itself (no process asked).
-fn report_alarm(path: String, why: String) -> ExecReport {
+pub(crate) fn report_alarm(path: String, why: String) -> ExecReport {
     report(path, String::new(), 0, "alarm", why)
 }
 

@@ -17,6 +17,7 @@
 //! | `agent.pid` | locked and holding the pid while an agent runs; emptied on a clean stop. Found holding a pid and unlocked at start, it means the last agent died |
 
 mod closed;
+mod confine;
 mod exec;
 mod holder;
 mod mounts;
@@ -104,6 +105,10 @@ pub struct Status {
     /// The file systems marked.
     #[serde(default)]
     pub marked: Vec<String>,
+    /// Closed mode in lockdown: the places users can write that the agent
+    /// made `noexec` (docs/agent.md, "Closed mode").
+    #[serde(default)]
+    pub confined: Vec<String>,
     /// The kernel settings enforcement relies on, and whether each holds
     /// (empty outside closed mode).
     #[serde(default)]
@@ -154,6 +159,10 @@ pub enum AgentError {
     /// Exec enforcement could not start (fanotify, marks).
     #[error(transparent)]
     Enforcer(#[from] exec::StartError),
+    /// Closed mode in lockdown, and a place users can write cannot be made
+    /// `noexec`.
+    #[error("lockdown refused: {0} cannot be made noexec, and users can write there (code written there could be loaded; --allow-open-system enforces anyway)")]
+    Confine(String),
     /// Closed mode in lockdown, and a kernel setting it needs cannot hold.
     #[error("lockdown refused: {0} (the agent sets these itself as root; on this kernel they cannot hold, so a user could run programs around the allowlist; --allow-open-system enforces anyway)")]
     System(String),
@@ -249,9 +258,10 @@ pub fn run(s: Settings) -> Result<(), AgentError> {
     let root = s.root.as_deref().map(|r| (r, s.interpreters.as_slice()));
     let enforcer = Enforcer::start(&s.mounts, root, Arc::clone(&active), Arc::clone(&counters))?;
     holder.group = Some(enforcer.group());
-    pid.claim()?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ExecReport>();
-    let worker = Worker::spawn(enforcer, tx)?;
+    let confiner = confine_first(&s, holder.current_mode(), &counters, &tx)?;
+    pid.claim()?;
+    let worker = Worker::spawn(enforcer, confiner, &active, &counters, tx)?;
     announce(&s, &holder);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -290,6 +300,35 @@ fn prepare_system(s: &Settings, mode: Mode) -> Result<Vec<system::Setting>, Agen
         eprintln!("satchel agent: kernel settings that do not hold: {bad}");
     }
     Ok(settings)
+}
+
+/// Closed mode: the first pass that makes every place users can write
+/// `noexec`, before the agent says it is ready (in lockdown; monitor mode
+/// changes nothing, and a later turn to lockdown confines then).
+fn confine_first(
+    s: &Settings,
+    mode: Mode,
+    counters: &Counters,
+    tx: &tokio::sync::mpsc::UnboundedSender<ExecReport>,
+) -> Result<Option<confine::Confiner>, AgentError> {
+    let Some(root) = s.root.as_deref() else {
+        return Ok(None);
+    };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut c = confine::Confiner::new(&root);
+    if mode == Mode::Lockdown {
+        let pass = c.confine();
+        if let Some((path, e)) = pass.failed.first() {
+            if !s.allow_open_system {
+                c.undo();
+                return Err(AgentError::Confine(format!("{path} ({e})")));
+            }
+        }
+        confine::announce(&pass, counters, &mut |r| {
+            let _ = tx.send(r);
+        });
+    }
+    Ok(Some(c))
 }
 
 fn announce(s: &Settings, holder: &Holder) {
@@ -384,16 +423,43 @@ pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     alive: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Closed mode: the thread that keeps places users can write `noexec`.
+    keeper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Run `enforcer` on its own thread, sending each decision to `tx`.
+    /// Run `enforcer` on its own thread, sending each decision to `tx`;
+    /// in closed mode, `confiner` on another.
     fn spawn(
         mut enforcer: Enforcer,
+        confiner: Option<confine::Confiner>,
+        active: &Arc<RwLock<Arc<exec::Active>>>,
+        counters: &Arc<Counters>,
         tx: tokio::sync::mpsc::UnboundedSender<ExecReport>,
     ) -> Result<Worker, AgentError> {
         let stop = Arc::new(AtomicBool::new(false));
         let alive = Arc::new(AtomicBool::new(true));
+        let keeper = match confiner {
+            Some(c) => {
+                let (active, counters, stop, tx) = (
+                    Arc::clone(active),
+                    Arc::clone(counters),
+                    Arc::clone(&stop),
+                    tx.clone(),
+                );
+                Some(
+                    std::thread::Builder::new()
+                        .name("noexec-keeper".into())
+                        .spawn(move || {
+                            confine::keep(c, active, counters, stop, &mut |r| {
+                                let _ = tx.send(r);
+                            })
+                        })
+                        .map_err(AgentError::Runtime)?,
+                )
+            }
+            None => None,
+        };
         let (stop2, alive2) = (Arc::clone(&stop), Arc::clone(&alive));
         let thread = std::thread::Builder::new()
             .name("exec-decisions".into())
@@ -415,6 +481,7 @@ impl Worker {
             stop,
             alive,
             thread: Some(thread),
+            keeper,
         })
     }
 
@@ -423,10 +490,14 @@ impl Worker {
         self.alive.load(Ordering::Relaxed)
     }
 
-    /// Stop it and wait (it polls every 200 ms).
+    /// Stop it and wait (it polls every 200 ms); the keeper undoes its
+    /// binds on the way out.
     pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.keeper.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }

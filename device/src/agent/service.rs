@@ -590,6 +590,9 @@ impl Loop<'_> {
         if let Ok(m) = c.marked.lock() {
             self.status.marked = m.clone();
         }
+        if let Ok(m) = c.confined.lock() {
+            self.status.confined = m.clone();
+        }
         if let Ok(text) = serde_json::to_vec_pretty(&self.status) {
             let _ = persist::write_atomic(&self.s.state_dir.join(STATUS_FILE), &text);
         }

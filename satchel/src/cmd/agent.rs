@@ -305,6 +305,9 @@ fn print_status(a: &device::agent::AgentStatus, as_json: bool) -> anyhow::Result
     println!("mode:           {} on {}", st.mode, on.join(", "));
     if st.root.is_some() {
         println!("marked:         {}", st.marked.join(", "));
+        if !st.confined.is_empty() {
+            println!("noexec:         {}", st.confined.join(", "));
+        }
         for s in &st.system {
             let state = if s.holds { "holds" } else { "DOES NOT HOLD" };
             let found = if s.found.is_empty() {
