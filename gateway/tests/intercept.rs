@@ -155,10 +155,20 @@ fn https_requests_are_decided_per_url_inside_the_tunnel() {
         "/public/x/..%2Fsecret.txt",
         "/public/%73ecret.txt",
         "/public/./secret.txt",
+        "/public//secret.txt",
+        "//public///secret.txt",
     ] {
         let (code, body) = s.curl(&format!("https://127.0.0.1:{g}{path}"), &["--path-as-is"]);
         assert!(code == "403" || code == "400", "{path}: {code} {body}");
     }
+    // An empty segment is dropped, and the site gets the spelling that was
+    // decided.
+    let (code, body) = s.curl(
+        &format!("https://127.0.0.1:{g}/public//page?x=1"),
+        &["--path-as-is"],
+    );
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(body, "saw GET /public/page?x=1 HTTP/1.1");
     // No rule for the path: the default deny.
     let (code, body) = s.curl(&format!("https://127.0.0.1:{g}/private"), &[]);
     assert_eq!(code, "403", "{body}");
@@ -209,6 +219,7 @@ fn https_requests_are_decided_per_url_inside_the_tunnel() {
     assert_eq!(
         seen,
         vec![
+            "GET /public/page?x=1 HTTP/1.1".to_owned(),
             "GET /public/page?x=1 HTTP/1.1".to_owned(),
             "POST /form HTTP/1.1".to_owned()
         ]

@@ -8,7 +8,8 @@
 //! `0x7f.1`, short forms, IPv6, IPv4-mapped IPv6) reduced to one address.
 //! URLs with user info (`https://good.example@evil.example/`) are refused.
 //!
-//! Paths and queries have one spelling too ([`canonical_path`]): every
+//! Paths and queries have one spelling too ([`canonical_path`]): runs of
+//! `/` in a path are one `/` (after dot segments are resolved), and every
 //! percent-escape is decoded, then exactly the bytes that may not stand
 //! raw are escaped again, in upper case. So `%3A`, `%53` and `:`/`S` are one
 //! spelling. Escapes that would change the structure stay: `%25` (a `%`),
@@ -222,6 +223,9 @@ fn canonical_path(text: &str, part: Part) -> Option<String> {
     for d in decoded {
         match d {
             Decoded::Kept(b) => push_escape(&mut out, b),
+            // Empty segments go: `/public//secret` is `/public/secret`,
+            // as most servers read it (the proxy forwards this spelling).
+            Decoded::Byte(b'/') if part != Part::Query && out.ends_with('/') => {}
             Decoded::Byte(b) if stands_raw(b, part) => out.push(char::from(b)),
             Decoded::Byte(b) => push_escape(&mut out, b),
         }
@@ -480,6 +484,9 @@ mod tests {
                 "https://example.org/%7euser/%41",
                 "https://example.org:443/~user/A",
             ),
+            ("https://example.org/public//secret.txt", "https://example.org:443/public/secret.txt"),
+            ("https://example.org//a///b/", "https://example.org:443/a/b/"),
+            ("https://example.org/a?x=//y", "https://example.org:443/a?x=//y"),
             ("https://example.org/a%2fb", "ERR \"https://example.org/a%2fb\": an encoded slash (%2F or %5C) in the path is refused"),
             ("https://example.org/a?x=1#f", "https://example.org:443/a?x=1"),
             ("https://example.org/wiki/Special%3aRandom", "https://example.org:443/wiki/Special:Random"),
@@ -584,6 +591,7 @@ mod tests {
         let nocase = "nocase:https://en.wikipedia.org/wiki/Special:*";
         let query = "nocase:https://en.wikipedia.org/w/index.php?*title=Special:*";
         let secret = "https://files.example/public/*";
+        let hidden = "https://files.example/public/secret*";
         for (rule, url, matches) in [
             (deny, "https://en.wikipedia.org/wiki/Special:Random", true),
             (deny, "https://en.wikipedia.org/wiki/Special%3ARandom", true),
@@ -638,6 +646,10 @@ mod tests {
                 false,
             ),
             (secret, "https://files.example/public/a.txt", true),
+            (hidden, "https://files.example/public//secret.txt", true),
+            (hidden, "https://files.example//public///secret.txt", true),
+            (hidden, "https://files.example/public/./secret.txt", true),
+            (hidden, "https://files.example/public/x/secret.txt", false),
         ] {
             assert_eq!(m(rule, url), matches, "{rule} ~ {url}");
         }

@@ -109,6 +109,18 @@ fn url_golden_table() {
             "GET",
             false,
         ),
+        (
+            "device:laptop-17",
+            "https://en.wikipedia.org/wiki//Special:Random",
+            "GET",
+            false,
+        ),
+        (
+            "device:laptop-17",
+            "https://en.wikipedia.org//wiki///Special:Random",
+            "GET",
+            false,
+        ),
         // Exam: class 7a only, POST only on /submit.
         (
             "device:laptop-17",
