@@ -31,6 +31,11 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// The most connections one client address holds at once, handshakes
+/// included [`ServeConfig::max_per_address`]: no single machine can take
+/// every slot of [`MAX_CONNECTIONS`] before it has shown a certificate.
+pub const MAX_PER_ADDRESS: usize = 64;
+
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -147,6 +152,9 @@ pub struct ServeConfig {
     /// localhost, 127.0.0.1 and ::1 (a missing one makes a new certificate
     /// from the same CA at start).
     pub server_names: Vec<String>,
+    /// The most connections (API and proxy together, tunnels included) one
+    /// client address may hold; the next is closed at accept.
+    pub max_per_address: usize,
 }
 
 impl ServeConfig {
@@ -171,6 +179,7 @@ impl ServeConfig {
             server_names: Vec::new(),
             upstream_ca: None,
             access_log: None,
+            max_per_address: MAX_PER_ADDRESS,
         }
     }
 
@@ -190,6 +199,7 @@ pub struct Gateway {
     proxy: Option<TcpListener>,
     drain: Duration,
     header_timeout: Duration,
+    per_address: usize,
     /// The proxy's address, if it listens.
     pub proxy_addr: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -402,6 +412,7 @@ impl Gateway {
             proxy,
             proxy_addr,
             drain: config.drain,
+            per_address: config.max_per_address,
             header_timeout: config.header_timeout,
             acceptor,
             state,
@@ -414,7 +425,10 @@ impl Gateway {
     /// tunnels, and return. Audit entries are durable before each answer,
     /// so none that was acknowledged is lost.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = Slots {
+            all: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            peers: Arc::new(PeerCounts::new(self.per_address)),
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let api = tokio::spawn(accept_loop(
             self.listener,
@@ -436,6 +450,7 @@ impl Gateway {
                 self.header_timeout,
             ))
         });
+        let slots = slots.all;
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = api.await;
@@ -464,7 +479,65 @@ enum Listener {
 #[derive(Debug)]
 pub struct ConnGuard {
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _peer: PeerSlot,
     stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The gateway-wide cap and the per-address counts, shared by listeners.
+#[derive(Clone)]
+struct Slots {
+    all: Arc<Semaphore>,
+    peers: Arc<PeerCounts>,
+}
+
+/// Connections held per client address.
+#[derive(Debug)]
+struct PeerCounts {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count; given back on drop.
+#[derive(Debug)]
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    fn new(max: usize) -> PeerCounts {
+        PeerCounts {
+            max: max.max(1),
+            held: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, unless it holds its
+    /// share already.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl ConnGuard {
@@ -479,7 +552,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     state: Arc<AppState>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     stop: tokio::sync::watch::Receiver<bool>,
     kind: Listener,
     header_timeout: Duration,
@@ -488,7 +561,7 @@ async fn accept_loop(
     loop {
         let slot = tokio::select! {
             _ = stopped.wait_for(|s| *s) => return,
-            p = slots.clone().acquire_owned() => match p {
+            p = slots.all.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -503,8 +576,20 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(peer_slot) = slots.peers.take(peer.ip()) else {
+            // Closed before any byte is read: the address holds its share.
+            let name = match kind {
+                Listener::Api => "api",
+                Listener::Proxy => "proxy",
+            };
+            state.metrics.handshake(name, "over-address-limit");
+            tracing::debug!(%peer, "connection refused: the address holds its share");
+            drop(tcp);
+            continue;
+        };
         let guard = Arc::new(ConnGuard {
             _slot: slot,
+            _peer: peer_slot,
             stop: stop.clone(),
         });
         tokio::spawn(serve_conn(

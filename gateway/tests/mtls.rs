@@ -290,3 +290,56 @@ fn admin_certificates_expire_and_are_revoked_on_open_connections() {
         "HTTP/1.1 200 OK"
     );
 }
+
+/// An unauthenticated flood from one address: 1,100 TCP connections that
+/// never start TLS must not take the connection slots every device needs.
+/// Another address is still served, and the flooding address's
+/// connections past its share are closed at once.
+#[test]
+fn one_address_cannot_take_every_connection_slot() {
+    use std::io::Read as _;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let gw = Running::start(&data);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], gw.port));
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            held.push(s);
+        }
+    }
+    assert!(held.len() > 1024, "only {} connections", held.len());
+    // A device at another address gets its answer.
+    let o = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--interface",
+            "127.0.0.2",
+            "--cacert",
+        ])
+        .arg(data.join("ca.crt"))
+        .arg(format!("https://127.0.0.1:{}/v1/health", gw.port))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "a second address was not served while one address flooded: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Past its share, the flooding address is cut off at once (no 10 s
+    // handshake wait): end of stream or a reset.
+    let mut extra = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a connection past the address's share was kept: {other:?}"),
+    }
+    drop(held);
+}

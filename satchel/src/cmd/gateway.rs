@@ -379,6 +379,12 @@ pub(crate) struct ServeArgs {
     /// error). Queries are left out; decisions are in the audit trail.
     #[arg(long, env = "SATCHEL_ACCESS_LOG", value_name = "FILE")]
     access_log: Option<PathBuf>,
+    /// The most connections one client address may hold at once (API and
+    /// proxy, TLS handshakes and tunnels included); the next is closed at
+    /// once [default: 64]. Raise it for devices behind a NAT.
+    #[arg(long, env = "SATCHEL_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_connections_per_address: Option<u32>,
 }
 
 /// `--config FILE`: the same options in TOML.
@@ -399,6 +405,7 @@ struct ServeFile {
     server_names: Vec<String>,
     upstream_ca: Option<PathBuf>,
     access_log: Option<PathBuf>,
+    max_connections_per_address: Option<u32>,
 }
 
 impl ServeFile {
@@ -467,6 +474,16 @@ impl ServeArgs {
         c.reference_key = self.reference_key.or(file.reference_key);
         c.upstream_ca = self.upstream_ca.or(file.upstream_ca);
         c.access_log = self.access_log.or(file.access_log);
+        if let Some(n) = self
+            .max_connections_per_address
+            .or(file.max_connections_per_address)
+        {
+            anyhow::ensure!(
+                (1..=1024).contains(&n),
+                "max-connections-per-address = {n}: give 1 to 1024"
+            );
+            c.max_per_address = n as usize;
+        }
         c.cert_lifetime = duration(
             self.cert_lifetime,
             file.cert_lifetime,
