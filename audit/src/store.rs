@@ -255,6 +255,63 @@ impl Store {
         rows.iter().map(stored_entry).collect()
     }
 
+    /// The newest entries first, below `before` (all when `None`), at most
+    /// `limit`: of one `kind` if given, and with `text` (if given) in the
+    /// actor, subject or decision. For a console's listing.
+    pub async fn recent(
+        &self,
+        kind: Option<&str>,
+        text: Option<&str>,
+        before: Option<u64>,
+        limit: u64,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // LIKE with the user's text escaped, the same in SQLite and PostgreSQL.
+        let like = text.map(|t| {
+            let esc: String = t
+                .chars()
+                .flat_map(|c| match c {
+                    '\\' | '%' | '_' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            format!("%{esc}%")
+        });
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM audit_entries WHERE seq < $1 \
+             AND ($2 = '' OR kind = $2) \
+             AND ($3 = '' OR actor LIKE $3 ESCAPE '\\' OR subject LIKE $3 ESCAPE '\\' OR decision LIKE $3 ESCAPE '\\') \
+             ORDER BY seq DESC LIMIT $4"
+        ))
+        .bind(before)
+        .bind(kind.unwrap_or("").to_owned())
+        .bind(like.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("listing entries"))?;
+        rows.iter().map(stored_entry).collect()
+    }
+
+    /// The newest entry of `kind` per actor (e.g. each device's last
+    /// attestation).
+    pub async fn latest_per_actor(&self, kind: &str) -> Result<Vec<StoredEntry>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM audit_entries WHERE seq IN \
+             (SELECT MAX(seq) FROM audit_entries WHERE kind = $1 GROUP BY actor) ORDER BY seq"
+        ))
+        .bind(kind.to_owned())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading the newest entries"))?;
+        rows.iter().map(stored_entry).collect()
+    }
+
     /// The lowest and highest stored sequence numbers as stored (an edited
     /// row may hold a negative one), or `None` for an empty log.
     pub async fn seq_bounds(&self) -> Result<Option<(i64, i64)>, StoreError> {

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod app;
+pub mod console;
 pub mod images;
 pub mod intercept;
 pub mod metrics;

@@ -26,7 +26,7 @@ impl DbError {
     }
 }
 
-fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+pub(crate) fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError { what, source }
 }
 
@@ -57,18 +57,18 @@ pub struct Token {
 /// The tables.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
 }
 
 /// Chunk ids per upload query (two bound parameters a row at most; far
 /// below both backends' limits).
 const UPLOAD_BATCH: usize = 500;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     audit::batch::now_ms()
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
@@ -84,6 +84,10 @@ impl Db {
             "CREATE TABLE IF NOT EXISTS gateway_admin_revocations (name TEXT PRIMARY KEY, revoked_ms BIGINT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS gateway_uploads (device_id TEXT NOT NULL, chunk_id TEXT NOT NULL, \
              PRIMARY KEY (device_id, chunk_id))",
+            "CREATE TABLE IF NOT EXISTS gateway_console_links (token_hash TEXT PRIMARY KEY, admin TEXT NOT NULL, \
+             expires_ms BIGINT NOT NULL, used_ms BIGINT)",
+            "CREATE TABLE IF NOT EXISTS gateway_console_sessions (id_hash TEXT PRIMARY KEY, admin TEXT NOT NULL, \
+             csrf TEXT NOT NULL, created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS gateway_spool_marks (device_id TEXT NOT NULL, epoch TEXT NOT NULL, \
              last_seq BIGINT NOT NULL, pending_through BIGINT, audit_from BIGINT, \
              PRIMARY KEY (device_id, epoch))",

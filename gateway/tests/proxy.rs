@@ -617,7 +617,10 @@ fn tunnels_are_re_decided_capped_and_timed_out() {
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert!(!carries(&mut t).await, "an idle tunnel stayed open");
     });
-    let s = setup();
+    // Each tunnel here is two connections from 127.0.0.1 (the device's to
+    // the proxy, the proxy's to the gateway's own API): room for the cap's
+    // 32 and one more beside the per-address limit.
+    let s = setup_configured(Upstream::start(), |c| c.max_per_address = 256);
     let pki = Pki::init(&s.data, &[]).unwrap();
     let admin = pki
         .issue_admin_cert("alice", Duration::from_secs(3600))

@@ -148,7 +148,7 @@ async fn devices(state: &AppState) -> Reply {
     }
 }
 
-async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> Reply {
+pub(crate) async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let r: TokenRequest = match parse(body) {
         Ok(r) => r,
         Err(a) => return a,
@@ -183,7 +183,7 @@ async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     }
 }
 
-async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> Reply {
+pub(crate) async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let r: RevokeRequest = match parse(body) {
         Ok(r) => r,
         Err(a) => return a,
@@ -207,7 +207,7 @@ async fn revoke(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     }
 }
 
-async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> Reply {
+pub(crate) async fn put_policy(state: &AppState, admin: &str, body: &[u8]) -> Reply {
     let Ok(text) = std::str::from_utf8(body) else {
         return refuse(400, "bad policy", "the policy is not UTF-8", Value::Null);
     };

@@ -14,6 +14,7 @@
 //! | `/v1/sync/images/` | an honoured device certificate | [`sync`] |
 //! | `/v1/admin/` | an admin certificate | [`admin`] |
 //! | `/v1/audit/` | an honoured device certificate or an admin's | [`audit`] |
+//! | `/console/` | an admin's console session | [`crate::console`] |
 
 pub mod admin;
 pub mod agent;
@@ -41,6 +42,9 @@ pub(crate) async fn route(
     state: &AppState,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    if crate::console::owns(parts.uri.path()) {
+        return crate::console::route(state, who, &parts, body).await;
+    }
     let path = parts.uri.path();
     let method = &parts.method;
     let query = parts.uri.query();

@@ -78,6 +78,86 @@ pub(crate) enum GatewayCmd {
     ImportBundle(ImportArgs),
     /// Remove chunks no layer version references (failed builds, abandoned uploads).
     Gc(GcArgs),
+    /// Print a one-time sign-in link to the web console for an admin.
+    ConsoleLink(ConsoleLinkArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  sudo -u satchel satchel gateway console-link --gateway-config /etc/satchel/gateway.toml --name alice
+  satchel gateway console-link --data ./gw --name alice --url https://127.0.0.1:8443
+
+Prints https://GATEWAY/console/login?token=...: open it in a browser within the link's
+lifetime (15 minutes by default); it works once and starts an 8-hour session for NAME.
+Whoever can run this can act on the gateway's database, so the link gives no power they
+lack. The issuing is audited (kind console, actor admin:NAME). See docs/console.md.")]
+pub(crate) struct ConsoleLinkArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The admin's name, as audit entries will name them (admin:NAME).
+    #[arg(long)]
+    name: String,
+    /// The gateway's address as the browser reaches it [default: the
+    /// configuration's first server-name and listen port, else https://127.0.0.1:8443].
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// How long the link stays usable.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+}
+
+fn console_link(a: ConsoleLinkArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.name.is_empty()
+            && a.name.len() <= 64
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "--name {:?}: give 1-64 letters, digits, '-', '_' or '.'",
+        a.name
+    );
+    anyhow::ensure!(
+        a.ttl >= std::time::Duration::from_secs(60)
+            && a.ttl <= std::time::Duration::from_secs(86_400),
+        "--ttl: give 1m to 24h"
+    );
+    let base = match &a.url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let f = a.store.file()?;
+            let port = f.listen.map_or(8443, |l| l.port());
+            let host = f
+                .server_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".to_owned());
+            format!("https://{host}:{port}")
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = rt.block_on(async {
+        let (db, url) = a.store.open().await?;
+        let token = db.make_console_link(&a.name, a.ttl).await?;
+        let store = audit::store::Store::open(&url).await?;
+        let entry = audit::entry::NewEntry {
+            kind: "console".to_owned(),
+            actor: format!("admin:{}", a.name),
+            subject: "sign-in-link".to_owned(),
+            decision: "issued".to_owned(),
+            details: serde_json::json!({"ttl_s": a.ttl.as_secs(), "by": "gateway-cli"}),
+        };
+        store.append(vec![entry], audit::batch::now_ms()).await?;
+        anyhow::Ok(token)
+    })?;
+    println!("{base}/console/login?token={token}");
+    eprintln!(
+        "open it within {} (once); it signs {} in for 8 hours",
+        humantime::format_duration(a.ttl),
+        a.name
+    );
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -574,6 +654,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
         GatewayCmd::RevokeAdmin(a) => revoke_admin(a),
         GatewayCmd::ImportBundle(a) => import_bundle(a),
         GatewayCmd::Gc(a) => gc(a),
+        GatewayCmd::ConsoleLink(a) => console_link(a),
     }
 }
 
@@ -608,6 +689,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         if let Some(p) = g.proxy_addr {
             eprintln!("egress proxy on https://{p}");
         }
+        eprintln!(
+            "web console on https://{}/console/ (sign in: satchel gateway console-link --name NAME)",
+            g.local_addr
+        );
         g.run(async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
