@@ -15,7 +15,8 @@
 # Each step prints one line: what happened and how long it took. Everything
 # each command printed is in demo-out/logs/. Any failure stops the run with
 # the step, its log and exit 1; everything started is stopped on exit and on
-# Ctrl-C. DEMO_VERBOSE=1 also prints every command's output.
+# Ctrl-C. DEMO_VERBOSE=1 also prints every command's output; DEMO_KEEP=1
+# keeps the gateway running at the end and prints a web-console sign-in link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -279,7 +280,24 @@ print(f'attestations trusted {got.get("attestation trusted", 0)}, not trusted {g
       f'proxy allow {got.get("proxy allow", 0)}, deny {got.get("proxy deny", 0)}')
 PY
 ) || fail "the metrics did not parse"
-done_ "the gateway's audit trail verifies (every leaf, the tree, every signed checkpoint): $SUMMARY; metrics (GET /v1/admin/metrics): $METRICS"
+# The same fleet in the web console, signed in with a one-time link: the
+# device's last attestation (the tampered boot) names its failing check.
+LINK=$("$SATCHEL" gateway console-link --data "$GW_DATA" --name demo --url "$GW" 2>>"$LOG") \
+  || fail "console-link"
+curl -fsS --cacert "$GW_DATA/ca.crt" -c "$OUT/console.jar" -o /dev/null "$LINK" 2>>"$LOG" \
+  || fail "signing in to the console"
+curl -fsS --cacert "$GW_DATA/ca.crt" -b "$OUT/console.jar" "$GW/console/" > "$OUT/console.html" 2>>"$LOG" \
+  || fail "GET /console/"
+grep -q "laptop-17" "$OUT/console.html" && grep -q "not-trusted" "$OUT/console.html" \
+  || fail "the console's fleet page does not show laptop-17's refused attestation"
+done_ "the gateway's audit trail verifies (every leaf, the tree, every signed checkpoint): $SUMMARY; metrics (GET /v1/admin/metrics): $METRICS; the web console ($GW/console/) shows laptop-17's last attestation refused"
 
 printf '\nall 8 steps passed in %.0f s; outputs in %s, every command'"'"'s log in %s/logs\n' \
   "$(echo "$(date +%s.%N) - $T0" | awk '{print $1 - $3}')" "$OUT" "$OUT"
+if [ -n "${DEMO_KEEP:-}" ]; then
+  LINK=$("$SATCHEL" gateway console-link --data "$GW_DATA" --name demo --url "$GW" 2>>"$LOG")
+  printf '\nthe gateway keeps running (DEMO_KEEP): web console %s/console/\n' "$GW"
+  printf 'sign in within 15 minutes with %s\n' "$LINK"
+  printf '(the browser must trust %s; Ctrl-C stops everything)\n' "$GW_DATA/ca.crt"
+  wait "$GATEWAY_PID"
+fi
