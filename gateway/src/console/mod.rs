@@ -66,7 +66,7 @@ fn respond(status: u16, ctype: &'static str, body: String) -> Response<Full<Byte
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
