@@ -1,14 +1,25 @@
-//! The configuration file (TOML), read in two stages: a raw serde struct
-//! that refuses unknown keys, then validation into [`Config`]. Every option
-//! resolves as default, then file, then `SATCHEL_*` environment, then flag.
+//! One configuration for every command (docs/config.md): the main file,
+//! then the snippets in the `conf.d` directory beside it (in name order),
+//! merged with figment so that each value knows the file it came from;
+//! then a `SATCHEL_*` environment variable; then the flag. The last one set
+//! wins.
 //!
-//! The file is `--config FILE`, else `$SATCHEL_CONFIG`, else
-//! `/etc/satchel/satchel.toml` when it exists; no file means defaults.
-//! Documented in docs/config.md; `examples/satchel.toml` is the sample.
+//! The main file is `--config FILE`, else `$SATCHEL_CONFIG`, else
+//! `/etc/satchel/satchel.toml`; the snippets are `DIR/conf.d/*.toml` for
+//! the main file's directory `DIR`. Neither need exist: no file means
+//! defaults. Tables: `[tpm]`, `[agent]` (docs/agent.md), `[gateway]`
+//! (docs/gateway.md). Unknown tables and keys are errors; relative paths
+//! are relative to the file that holds them. `examples/satchel.toml` is
+//! the sample.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use figment::providers::{Format as _, Toml};
+use figment::value::magic::RelativePathBuf;
+use figment::Figment;
 use serde::Deserialize;
 
 /// Where the configuration is looked for when no file is named.
@@ -20,29 +31,70 @@ struct RawConfig {
     #[serde(default)]
     tpm: RawTpm,
     #[serde(default)]
-    agent: Option<AgentFile>,
+    agent: Option<RawAgent>,
+    #[serde(default)]
+    gateway: Option<RawGateway>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTpm {
+    tcti: Option<String>,
+}
+
+/// A path as written, made absolute against the file it came from.
+fn rel(p: Option<RelativePathBuf>) -> Option<PathBuf> {
+    p.map(|p| p.relative())
+}
+
+fn rels(p: Vec<RelativePathBuf>) -> Vec<PathBuf> {
+    p.into_iter().map(|p| p.relative()).collect()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAgent {
+    bundle: Option<RelativePathBuf>,
+    bundle_key: Option<RelativePathBuf>,
+    subject: Option<String>,
+    #[serde(default)]
+    mount: Vec<RelativePathBuf>,
+    root: Option<RelativePathBuf>,
+    #[serde(default)]
+    interpreter: Vec<RelativePathBuf>,
+    #[serde(default)]
+    allow_open_system: bool,
+    mode: Option<String>,
+    gateway: Option<String>,
+    ca: Option<RelativePathBuf>,
+    data: Option<RelativePathBuf>,
+    #[serde(default)]
+    log: Vec<RelativePathBuf>,
+    state_dir: Option<RelativePathBuf>,
+    reattest_margin: Option<String>,
+    image: Option<String>,
+    into: Option<RelativePathBuf>,
+    sync_interval: Option<String>,
+    sync_max_rate: Option<String>,
+    deliver_interval: Option<String>,
+    refresh_interval: Option<String>,
 }
 
 /// The `[agent]` table: the options of `satchel agent`, each below its
-/// flag. Relative paths are relative to the file. See docs/agent.md.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// flag, paths made absolute. See docs/agent.md.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct AgentFile {
     pub(crate) bundle: Option<PathBuf>,
     pub(crate) bundle_key: Option<PathBuf>,
     pub(crate) subject: Option<String>,
-    #[serde(default)]
     pub(crate) mount: Vec<PathBuf>,
     pub(crate) root: Option<PathBuf>,
-    #[serde(default)]
     pub(crate) interpreter: Vec<PathBuf>,
-    #[serde(default)]
     pub(crate) allow_open_system: bool,
     pub(crate) mode: Option<String>,
     pub(crate) gateway: Option<String>,
     pub(crate) ca: Option<PathBuf>,
     pub(crate) data: Option<PathBuf>,
-    #[serde(default)]
     pub(crate) log: Vec<PathBuf>,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) reattest_margin: Option<String>,
@@ -54,48 +106,224 @@ pub(crate) struct AgentFile {
     pub(crate) refresh_interval: Option<String>,
 }
 
-impl AgentFile {
-    /// Make every relative path relative to `dir`.
-    fn rebase(mut self, dir: &Path) -> AgentFile {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = dir.join(&*p);
-            }
-        };
-        for p in [
-            &mut self.bundle,
-            &mut self.bundle_key,
-            &mut self.ca,
-            &mut self.data,
-            &mut self.state_dir,
-            &mut self.into,
-            &mut self.root,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            fix(p);
+impl From<RawAgent> for AgentFile {
+    fn from(r: RawAgent) -> AgentFile {
+        AgentFile {
+            bundle: rel(r.bundle),
+            bundle_key: rel(r.bundle_key),
+            subject: r.subject,
+            mount: rels(r.mount),
+            root: rel(r.root),
+            interpreter: rels(r.interpreter),
+            allow_open_system: r.allow_open_system,
+            mode: r.mode,
+            gateway: r.gateway,
+            ca: rel(r.ca),
+            data: rel(r.data),
+            log: rels(r.log),
+            state_dir: rel(r.state_dir),
+            reattest_margin: r.reattest_margin,
+            image: r.image,
+            into: rel(r.into),
+            sync_interval: r.sync_interval,
+            sync_max_rate: r.sync_max_rate,
+            deliver_interval: r.deliver_interval,
+            refresh_interval: r.refresh_interval,
         }
-        self.mount.iter_mut().for_each(fix);
-        self.interpreter.iter_mut().for_each(fix);
-        self.log.iter_mut().for_each(fix);
-        self
     }
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTpm {
-    tcti: Option<String>,
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGateway {
+    data: Option<RelativePathBuf>,
+    listen: Option<SocketAddr>,
+    proxy_listen: Option<SocketAddr>,
+    db: Option<String>,
+    policy: Option<RelativePathBuf>,
+    ek_ca: Option<RelativePathBuf>,
+    reference: Option<RelativePathBuf>,
+    reference_key: Option<RelativePathBuf>,
+    cert_lifetime: Option<String>,
+    drain: Option<String>,
+    #[serde(default)]
+    server_names: Vec<String>,
+    upstream_ca: Option<RelativePathBuf>,
+    access_log: Option<RelativePathBuf>,
+    max_connections_per_address: Option<u32>,
 }
 
-/// The validated configuration file.
+/// The `[gateway]` table (or a gateway-only file): the options of
+/// `satchel gateway serve`, paths made absolute. The admin commands read
+/// its `data` and `db`. See docs/gateway.md.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct GatewayFile {
+    pub(crate) data: Option<PathBuf>,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) proxy_listen: Option<SocketAddr>,
+    pub(crate) db: Option<String>,
+    pub(crate) policy: Option<PathBuf>,
+    pub(crate) ek_ca: Option<PathBuf>,
+    pub(crate) reference: Option<PathBuf>,
+    pub(crate) reference_key: Option<PathBuf>,
+    pub(crate) cert_lifetime: Option<String>,
+    pub(crate) drain: Option<String>,
+    pub(crate) server_names: Vec<String>,
+    pub(crate) upstream_ca: Option<PathBuf>,
+    pub(crate) access_log: Option<PathBuf>,
+    pub(crate) max_connections_per_address: Option<u32>,
+}
+
+impl From<RawGateway> for GatewayFile {
+    fn from(r: RawGateway) -> GatewayFile {
+        GatewayFile {
+            data: rel(r.data),
+            listen: r.listen,
+            proxy_listen: r.proxy_listen,
+            db: r.db,
+            policy: rel(r.policy),
+            ek_ca: rel(r.ek_ca),
+            reference: rel(r.reference),
+            reference_key: rel(r.reference_key),
+            cert_lifetime: r.cert_lifetime,
+            drain: r.drain,
+            server_names: r.server_names,
+            upstream_ca: rel(r.upstream_ca),
+            // `-` is standard error, not a file beside the configuration.
+            access_log: r.access_log.map(|p| {
+                if p.original() == Path::new("-") {
+                    PathBuf::from("-")
+                } else {
+                    p.relative()
+                }
+            }),
+            max_connections_per_address: r.max_connections_per_address,
+        }
+    }
+}
+
+/// The validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Config {
     /// `[tpm] tcti`: the TPM's TCTI, below `--tpm` and `$SATCHEL_TPM`.
     pub(crate) tcti: Option<String>,
     /// `[agent]`: the agent's options.
     pub(crate) agent: AgentFile,
+    /// `[gateway]`: the gateway's options.
+    pub(crate) gateway: GatewayFile,
+}
+
+/// The files of one configuration, merged.
+pub(crate) struct Layers {
+    /// The files read, in order (later ones win).
+    pub(crate) files: Vec<PathBuf>,
+    figment: Figment,
+}
+
+/// The main file: the one named, else `$SATCHEL_CONFIG`, else the default
+/// path; and whether it was named (a named file must exist).
+fn main_file(flag: Option<&Path>) -> (PathBuf, bool) {
+    match flag
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("SATCHEL_CONFIG").map(PathBuf::from))
+    {
+        Some(p) => (p, true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    }
+}
+
+/// The snippets beside `main`: `conf.d/*.toml`, in name order.
+fn snippets(main: &Path) -> Vec<PathBuf> {
+    let dir = main.parent().unwrap_or(Path::new(".")).join("conf.d");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+impl Layers {
+    /// The main file (see [`main_file`]) and its snippets.
+    pub(crate) fn find(flag: Option<&Path>) -> anyhow::Result<Layers> {
+        let (main, named) = main_file(flag);
+        let mut files = Vec::new();
+        if main.exists() {
+            files.push(main.clone());
+        } else if named {
+            anyhow::bail!("reading config {}: no such file", main.display());
+        }
+        files.extend(snippets(&main));
+        Ok(Layers::of(files))
+    }
+
+    /// Exactly these files, in this order.
+    pub(crate) fn of(files: Vec<PathBuf>) -> Layers {
+        let figment = files
+            .iter()
+            .fold(Figment::new(), |f, p| f.merge(Toml::file_exact(p)));
+        Layers { files, figment }
+    }
+
+    fn raw(&self) -> anyhow::Result<RawConfig> {
+        self.figment.extract::<RawConfig>().with_context(|| {
+            let names: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
+            format!("config {}", names.join(" + "))
+        })
+    }
+
+    /// Parse and validate.
+    pub(crate) fn config(&self) -> anyhow::Result<Config> {
+        Config::try_from(self.raw()?)
+    }
+
+    /// The gateway's table, from a file that holds a `[gateway]` table or
+    /// only the gateway's keys (the gateway-only form, `gateway.toml`).
+    pub(crate) fn gateway(&self) -> anyhow::Result<GatewayFile> {
+        if self.figment.contains("gateway") {
+            return Ok(self.config()?.gateway);
+        }
+        let raw: RawGateway = self.figment.extract().with_context(|| {
+            let names: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
+            format!("gateway config {}", names.join(" + "))
+        })?;
+        Ok(raw.into())
+    }
+
+    /// Every value set, by its dotted key: the value (as TOML would write
+    /// it) and the file it came from.
+    pub(crate) fn origins(&self) -> BTreeMap<String, (String, String)> {
+        let mut out = BTreeMap::new();
+        let Ok(root) = self.figment.find_value("") else {
+            return out;
+        };
+        let mut stack = vec![(String::new(), root)];
+        while let Some((key, value)) = stack.pop() {
+            if let figment::value::Value::Dict(_, d) = &value {
+                for (k, v) in d {
+                    let full = if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{key}.{k}")
+                    };
+                    stack.push((full, v.clone()));
+                }
+                continue;
+            }
+            let from = self
+                .figment
+                .get_metadata(value.tag())
+                .and_then(|m| m.source.as_ref())
+                .map_or_else(|| "?".to_owned(), ToString::to_string);
+            let shown = serde_json::to_string(&value).unwrap_or_default();
+            out.insert(key, (shown, from));
+        }
+        out
+    }
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -111,36 +339,24 @@ impl TryFrom<RawConfig> for Config {
         }
         Ok(Config {
             tcti,
-            agent: raw.agent.unwrap_or_default(),
+            agent: raw.agent.map(AgentFile::from).unwrap_or_default(),
+            gateway: raw.gateway.map(GatewayFile::from).unwrap_or_default(),
         })
     }
 }
 
 impl Config {
-    /// Parse and validate configuration text.
+    /// Parse and validate configuration text (relative paths stay as
+    /// written).
+    #[cfg(test)]
     pub(crate) fn from_toml(text: &str) -> anyhow::Result<Config> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let raw: RawConfig = Figment::from(Toml::string(text)).extract()?;
         Config::try_from(raw)
     }
 
-    /// Load the file named by the flag or `$SATCHEL_CONFIG`, or the default
-    /// path if it exists, or nothing.
+    /// Load the configuration (see the module documentation).
     pub(crate) fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
-        let named = flag
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("SATCHEL_CONFIG").map(PathBuf::from));
-        let path = match named {
-            Some(p) => p,
-            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
-            None => return Ok(Config::default()),
-        };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let mut c =
-            Config::from_toml(&text).with_context(|| format!("config {}", path.display()))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        c.agent = c.agent.rebase(dir);
-        Ok(c)
+        Layers::find(flag)?.config()
     }
 }
 
@@ -172,6 +388,64 @@ mod tests {
         assert!(Config::from_toml("[tpm]\ntcti = \"device:/dev/tpm0\"\ncolour = 1").is_err());
         assert!(Config::from_toml("[tmp]\ntcti = \"device:/dev/tpm0\"").is_err());
         assert!(Config::from_toml("[tpm]\ntcti = \"/dev/tpm0\"").is_err());
+        assert!(Config::from_toml("[gateway]\nlisten = \"nowhere\"").is_err());
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn snippets_override_the_main_file_in_name_order_and_paths_follow_their_file() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("satchel.toml");
+        std::fs::write(
+            &main,
+            "[tpm]\ntcti = \"device:/dev/tpm0\"\n[gateway]\ndata = \"gw\"\nlisten = \"127.0.0.1:8443\"\n",
+        )
+        .unwrap();
+        let conf = d.path().join("conf.d");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(
+            conf.join("20-later.toml"),
+            "[gateway]\nlisten = \"0.0.0.0:9443\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("10-first.toml"),
+            "[gateway]\nlisten = \"0.0.0.0:8444\"\npolicy = \"school.csv\"\n",
+        )
+        .unwrap();
+        std::fs::write(conf.join("notes.txt"), "not a snippet").unwrap();
+        let l = Layers::find(Some(&main)).unwrap();
+        assert_eq!(l.files.len(), 3, "{:?}", l.files);
+        let c = l.config().unwrap();
+        assert_eq!(c.tcti.as_deref(), Some("device:/dev/tpm0"));
+        assert_eq!(c.gateway.listen, Some("0.0.0.0:9443".parse().unwrap()));
+        assert_eq!(c.gateway.data, Some(d.path().join("gw")));
+        assert_eq!(c.gateway.policy, Some(conf.join("school.csv")));
+        let o = l.origins();
+        assert_eq!(
+            o["gateway.listen"].1,
+            conf.join("20-later.toml").display().to_string()
+        );
+        assert_eq!(o["gateway.data"].1, main.display().to_string());
+        assert_eq!(o["tpm.tcti"].0, "\"device:/dev/tpm0\"");
+        // A broken snippet names its file.
+        std::fs::write(conf.join("30-bad.toml"), "[gateway]\nlisten = 5\n").unwrap();
+        let e = format!(
+            "{:#}",
+            Layers::find(Some(&main)).unwrap().config().unwrap_err()
+        );
+        assert!(e.contains("30-bad.toml"), "{e}");
+        // A named file that does not exist is an error, not the defaults.
+        assert!(Layers::find(Some(&d.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn a_gateway_only_file_still_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("gateway.toml");
+        std::fs::write(&f, "data = \"gw\"\naccess-log = \"-\"\n").unwrap();
+        let g = Layers::of(vec![f]).gateway().unwrap();
+        assert_eq!(g.data, Some(d.path().join("gw")));
+        assert_eq!(g.access_log, Some(PathBuf::from("-")));
     }
 }

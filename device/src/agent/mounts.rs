@@ -40,26 +40,36 @@ const PSEUDO: [&str; 17] = [
 ];
 
 /// Parse one mountinfo line; `None` for a malformed one.
+#[cfg(test)]
 pub(crate) fn parse_line(line: &str) -> Option<Mount> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let dash = fields.iter().position(|f| *f == "-")?;
+    parse_bytes(line.as_bytes())
+}
+
+/// Parse one mountinfo line as the kernel wrote it: a mount point may hold
+/// any byte but `/` and NUL (a stick labelled in another encoding), so the
+/// line is bytes, not text.
+fn parse_bytes(line: &[u8]) -> Option<Mount> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    let dash = fields.iter().position(|f| *f == b"-")?;
     if dash < 6 {
         return None;
     }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Some(Mount {
-        point: PathBuf::from(unescape(fields[4])),
-        dev: fields[2].to_owned(),
-        fstype: (*fields.get(dash + 1)?).to_owned(),
-        noexec: fields[5].split(',').any(|o| o == "noexec"),
+        point: PathBuf::from(std::ffi::OsString::from_vec(unescape_bytes(fields[4]))),
+        dev: text(fields[2]),
+        fstype: text(fields.get(dash + 1)?),
+        noexec: fields[5].split(|b| *b == b',').any(|o| o == b"noexec"),
     })
 }
 
 /// Every mount of this mount namespace.
 pub(crate) fn all() -> Vec<Mount> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    std::fs::read("/proc/self/mountinfo")
         .unwrap_or_default()
-        .lines()
-        .filter_map(parse_line)
+        .split(|b| *b == b'\n')
+        .filter_map(parse_bytes)
         .collect()
 }
 
@@ -80,8 +90,12 @@ pub(crate) fn under(root: &Path, table: &[Mount]) -> Vec<Mount> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
+#[cfg(test)]
 pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+    String::from_utf8_lossy(&unescape_bytes(s.as_bytes())).into_owned()
+}
+
+fn unescape_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -98,7 +112,7 @@ pub(crate) fn unescape(s: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -130,6 +144,13 @@ mod tests {
         assert_eq!(parse_line("junk"), None);
         assert_eq!(parse_line("1 2 - x"), None);
         assert_eq!(parse_line(""), None);
+        // A mount point that is not UTF-8 is kept byte for byte, and the
+        // lines around it still parse.
+        let m = parse_bytes(b"30 1 0:9 / /media/caf\xe9 rw - vfat /dev/sdb1 rw").unwrap();
+        assert_eq!(
+            std::os::unix::ffi::OsStrExt::as_bytes(m.point.as_os_str()),
+            b"/media/caf\xe9"
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ impl StoreArgs {
     /// The gateway configuration file's settings, if one is named.
     fn file(&self) -> anyhow::Result<ServeFile> {
         match &self.gateway_config {
-            Some(path) => ServeFile::load(path),
-            None => Ok(ServeFile::default()),
+            Some(path) => load_gateway_file(path),
+            None => unified_gateway(),
         }
     }
 
@@ -467,64 +467,47 @@ pub(crate) struct ServeArgs {
     max_connections_per_address: Option<u32>,
 }
 
-/// `--config FILE`: the same options in TOML.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ServeFile {
-    data: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    proxy_listen: Option<SocketAddr>,
-    db: Option<String>,
-    policy: Option<PathBuf>,
-    ek_ca: Option<PathBuf>,
-    reference: Option<PathBuf>,
-    reference_key: Option<PathBuf>,
-    cert_lifetime: Option<String>,
-    drain: Option<String>,
-    #[serde(default)]
-    server_names: Vec<String>,
-    upstream_ca: Option<PathBuf>,
-    access_log: Option<PathBuf>,
-    max_connections_per_address: Option<u32>,
-}
-
-impl ServeFile {
-    /// Read a gateway configuration; relative paths in it are taken
-    /// relative to the file.
-    fn load(path: &std::path::Path) -> anyhow::Result<ServeFile> {
-        use anyhow::Context as _;
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let f: ServeFile = toml::from_str(&text)
-            .with_context(|| format!("{} is not a gateway configuration", path.display()))?;
-        let base = path.parent().unwrap_or(std::path::Path::new("."));
-        let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
-        Ok(ServeFile {
-            data: rel(f.data),
-            policy: rel(f.policy),
-            ek_ca: rel(f.ek_ca),
-            reference: rel(f.reference),
-            reference_key: rel(f.reference_key),
-            upstream_ca: rel(f.upstream_ca),
-            access_log: f.access_log.map(|p| {
-                if p == std::path::Path::new("-") {
-                    p
-                } else {
-                    base.join(p)
-                }
-            }),
-            ..f
-        })
+/// The gateway's options from a file: one with a `[gateway]` table (the
+/// one configuration, with its `conf.d` snippets), or a gateway-only file
+/// (`gateway.toml`: the same keys at the top level).
+fn load_gateway_file(path: &std::path::Path) -> anyhow::Result<ServeFile> {
+    use anyhow::Context as _;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{} is not a gateway configuration", path.display()))?;
+    if table.contains_key("gateway") {
+        crate::config::Layers::find(Some(path))?.gateway()
+    } else {
+        crate::config::Layers::of(vec![path.to_owned()]).gateway()
     }
 }
+
+/// The global `--config` (the one configuration), for the gateway commands.
+static GLOBAL_CONFIG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// The `[gateway]` table of the one configuration (`--config`,
+/// `$SATCHEL_CONFIG`, `/etc/satchel/satchel.toml` and its `conf.d`).
+fn unified_gateway() -> anyhow::Result<ServeFile> {
+    let flag = GLOBAL_CONFIG.get().cloned().flatten();
+    match &flag {
+        Some(p) => load_gateway_file(p),
+        None => match std::env::var_os("SATCHEL_CONFIG") {
+            Some(p) => load_gateway_file(std::path::Path::new(&p)),
+            None => Ok(crate::config::Layers::find(None)?.config()?.gateway),
+        },
+    }
+}
+
+type ServeFile = crate::config::GatewayFile;
 
 impl ServeArgs {
     /// Flags and environment, then the file, then the defaults.
     fn resolve(self) -> anyhow::Result<gateway::ServeConfig> {
         use anyhow::Context as _;
         let file = match &self.config {
-            Some(path) => ServeFile::load(path)?,
-            None => ServeFile::default(),
+            Some(path) => load_gateway_file(path)?,
+            None => unified_gateway()?,
         };
         let duration = |flag: Option<std::time::Duration>,
                         text: Option<String>,
@@ -645,7 +628,8 @@ fn admin_cert(a: AdminCertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: GatewayCmd, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let _ = GLOBAL_CONFIG.set(config.map(std::path::Path::to_path_buf));
     match cmd {
         GatewayCmd::Serve(a) => serve(*a),
         GatewayCmd::EnrollToken(a) => token(a),

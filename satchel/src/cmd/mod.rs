@@ -5,6 +5,7 @@ mod agent;
 mod attest;
 mod audit;
 pub(crate) mod client;
+mod config;
 mod eventlog;
 mod gateway;
 mod image;
@@ -117,6 +118,9 @@ enum Command {
     Image(image::ImageCmd),
     /// The client agent: exec allowlist enforcement, re-attestation, sync, audit spool.
     Agent(Box<agent::AgentArgs>),
+    /// The one configuration: what is set, and where each value came from.
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   satchel completions bash > /usr/share/bash-completion/completions/satchel
@@ -177,9 +181,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(c) => policy::run(c),
         Command::Run(a) => policy::run_program(a),
         Command::Agent(a) => agent::run(*a, config),
-        Command::Gateway(c) => gateway::run(c),
+        Command::Gateway(c) => gateway::run(c, config),
         Command::Client(c) => client::run(c, config),
         Command::Image(c) => image::run(c),
+        Command::Config(c) => config::run(c, config),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "satchel", &mut std::io::stdout());
