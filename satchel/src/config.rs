@@ -63,6 +63,8 @@ struct RawAgent {
     #[serde(default)]
     interpreter: Vec<RelativePathBuf>,
     #[serde(default)]
+    exec_mount: Vec<PathBuf>,
+    #[serde(default)]
     allow_open_system: bool,
     mode: Option<String>,
     gateway: Option<String>,
@@ -90,6 +92,7 @@ pub(crate) struct AgentFile {
     pub(crate) mount: Vec<PathBuf>,
     pub(crate) root: Option<PathBuf>,
     pub(crate) interpreter: Vec<PathBuf>,
+    pub(crate) exec_mount: Vec<PathBuf>,
     pub(crate) allow_open_system: bool,
     pub(crate) mode: Option<String>,
     pub(crate) gateway: Option<String>,
@@ -115,6 +118,7 @@ impl From<RawAgent> for AgentFile {
             mount: rels(r.mount),
             root: rel(r.root),
             interpreter: rels(r.interpreter),
+            exec_mount: r.exec_mount,
             allow_open_system: r.allow_open_system,
             mode: r.mode,
             gateway: r.gateway,

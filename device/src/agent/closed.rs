@@ -282,6 +282,11 @@ pub(crate) fn system_file(st: &rustix::fs::Stat) -> bool {
     st.st_uid == 0 && st.st_mode & 0o022 == 0
 }
 
+/// Whether the file behind `fd` is on a mount that refuses exec.
+pub(crate) fn on_noexec(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    rustix::fs::fstatvfs(fd).is_ok_and(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC))
+}
+
 /// Whether path rules may decide for the file `st` read back as `path`:
 /// the path names that very inode here, and neither the file nor any
 /// directory above it can be changed by anyone but root.

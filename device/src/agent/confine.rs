@@ -9,15 +9,27 @@
 //! `nosuid` and `nodev`), and the kernel then refuses `execve` there and
 //! `mmap(PROT_EXEC)` of its files, whatever the timing.
 //!
-//! A place is confined at its top: the first user-writable directory or
-//! file on the way down from a root-controlled one, so the user cannot
-//! swap it for another. A whole mount whose root is user-writable (`/tmp`
-//! as a tmpfs, `/dev/shm`, a stick) is remounted `noexec`; anything else is
+//! Only the mounts that hold the system's programs may run code: the root
+//! and, where they are mounts of their own, `usr`, `usr/local`, `opt`,
+//! `var`, `boot`, `boot/efi` and `dev` under it (`--exec-mount` names
+//! others). Every other mount under the root is remounted `noexec` in
+//! place, whoever owns its files: a stick, a loop-mounted image or a FUSE
+//! mount a user brought may hold files that look owned by root, and a
+//! remount in place reaches every reference to the mount, also one a
+//! process took before. Inside the exec mounts a place is confined at its
+//! top: the first user-writable directory or file on the way down from a
+//! root-controlled one, so the user cannot swap it for another; it is
 //! bind-mounted onto itself first. The agent confines at start, when the
 //! mount table changes, when the policy turns to lockdown, and every
-//! [`RESCAN`] (a new user's home, a `chown` by root). Binds it made are
-//! undone on a clean stop, so root's maintenance (`userdel -r`, a package
-//! replacing a confined file) works with the agent stopped.
+//! [`RESCAN`] (a new user's home, a `chown` by root). Binds stay when the
+//! agent stops (undoing one could detach what was mounted over it since,
+//! and a restart would leave a gap); root removes one with `umount` for
+//! maintenance (`userdel -r`).
+//!
+//! A bind does not reach a reference a process took before it (a shell's
+//! working directory in its home, an open file): after each bind the agent
+//! looks for processes of other users than root holding such a reference,
+//! and reports each as an alarm (`noexec`) naming the process.
 //!
 //! Walking the tree opens directories only, which raise no fanotify event
 //! (the marks ask for no `FAN_ONDIR`): the walk never waits on the agent.
@@ -38,6 +50,29 @@ use super::mounts;
 
 /// How often the whole root is walked again without a trigger.
 pub(crate) const RESCAN: Duration = Duration::from_secs(60);
+
+/// The mounts under the root that may hold programs, besides the root
+/// itself, when none are configured.
+pub(crate) const EXEC_MOUNTS: [&str; 7] =
+    ["usr", "usr/local", "opt", "var", "boot", "boot/efi", "dev"];
+
+/// The exec mounts under `root`: `configured` (absolute, or relative to the
+/// root), else [`EXEC_MOUNTS`]; the root itself always.
+pub(crate) fn exec_mounts(root: &Path, configured: &[PathBuf]) -> HashSet<PathBuf> {
+    let mut out: HashSet<PathBuf> = if configured.is_empty() {
+        EXEC_MOUNTS.iter().map(|m| root.join(m)).collect()
+    } else {
+        configured
+            .iter()
+            .map(|m| match m.strip_prefix("/") {
+                Ok(rel) if root != Path::new("/") && !m.starts_with(root) => root.join(rel),
+                _ => m.clone(),
+            })
+            .collect()
+    };
+    out.insert(root.to_path_buf());
+    out
+}
 
 /// A place a user can write, to be made `noexec`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,20 +97,32 @@ fn noexec(path: &Path) -> Option<bool> {
         .map(|s| s.flags().contains(FsFlags::ST_NOEXEC))
 }
 
-/// The user-writable places under `root` that are not `noexec` yet, by the
-/// mount table `table`. Pseudo file systems are not walked.
-pub(crate) fn places(root: &Path, table: &[mounts::Mount]) -> Vec<Place> {
+/// The places under `root` to make `noexec`, by the mount table `table`:
+/// every mount that is not an exec mount (whole), and the user-writable
+/// places inside the exec mounts. Pseudo file systems are left alone.
+pub(crate) fn places(root: &Path, table: &[mounts::Mount], exec: &HashSet<PathBuf>) -> Vec<Place> {
     let points: HashSet<PathBuf> = table.iter().map(|m| m.point.clone()).collect();
+    let mut out = Vec::new();
     let mut starts = vec![root.to_path_buf()];
-    starts.extend(
-        mounts::under(root, table)
-            .into_iter()
-            .filter(|m| !m.noexec)
-            .map(|m| m.point),
-    );
+    for m in mounts::under(root, table) {
+        if m.noexec {
+            continue;
+        }
+        if exec.contains(&m.point) {
+            starts.push(m.point);
+        } else {
+            // Not asked whether it is `noexec` already by path: a FUSE
+            // mount may refuse root even a stat; the mount table said.
+            out.push(Place {
+                path: m.point,
+                mount_root: true,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup();
     starts.sort();
     starts.dedup();
-    let mut out = Vec::new();
     for s in starts {
         if noexec(&s) != Some(false) {
             continue;
@@ -128,9 +175,27 @@ fn walk(dir: &Path, points: &HashSet<PathBuf>, out: &mut Vec<Place>) {
 }
 
 /// The per-mount flags `path` has now, as flags for a bind remount (the
-/// remount replaces them all).
+/// remount replaces them all). A mount root cannot always be stat'ed (a
+/// FUSE mount refuses root); its flags come from the mount table then.
 fn kept_flags(path: &Path) -> nix::Result<MsFlags> {
-    let have = statvfs(path)?.flags();
+    let have = match statvfs(path) {
+        Ok(s) => s.flags(),
+        Err(e) => {
+            let table = mounts::all();
+            let m = table.iter().rev().find(|m| m.point == path).ok_or(e)?;
+            let mut f = FsFlags::empty();
+            if m.options.split(',').any(|o| o == "ro") {
+                f |= FsFlags::ST_RDONLY;
+            }
+            if m.options.split(',').any(|o| o == "relatime") {
+                f |= FsFlags::ST_RELATIME;
+            }
+            if m.options.split(',').any(|o| o == "noatime") {
+                f |= FsFlags::ST_NOATIME;
+            }
+            f
+        }
+    };
     let mut f = MsFlags::empty();
     for (st, ms) in [
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
@@ -145,58 +210,119 @@ fn kept_flags(path: &Path) -> nix::Result<MsFlags> {
     Ok(f)
 }
 
-/// Make one place `noexec,nosuid,nodev`. Returns whether a bind mount was
-/// made (to be undone on a clean stop).
-fn apply(p: &Place) -> nix::Result<bool> {
+/// `nosymfollow` (Linux 5.10), which nix does not name: kept as it was.
+const ST_NOSYMFOLLOW: u64 = 0x2000;
+const MS_NOSYMFOLLOW: u64 = 256;
+
+/// Make one place `noexec,nosuid,nodev`, keeping its other flags. A bind
+/// is made onto the place first unless it is a mount's root.
+fn apply(p: &Place) -> nix::Result<()> {
     let none: Option<&str> = None;
-    let flags = kept_flags(&p.path)?
+    let mut flags = kept_flags(&p.path)?
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_BIND
         | MsFlags::MS_NOEXEC
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV;
+    if statvfs(&p.path).is_ok_and(|s| s.flags().bits() & ST_NOSYMFOLLOW != 0) {
+        flags |= MsFlags::from_bits_retain(MS_NOSYMFOLLOW);
+    }
     if p.mount_root {
-        mount(none, &p.path, none, flags, none)?;
-        return Ok(false);
+        return mount(none, &p.path, none, flags, none);
     }
     mount(Some(&p.path), &p.path, none, MsFlags::MS_BIND, none)?;
     if let Err(e) = mount(none, &p.path, none, flags, none) {
         let _ = umount2(&p.path, MntFlags::MNT_DETACH);
         return Err(e);
     }
-    Ok(true)
+    Ok(())
 }
 
-/// What the agent has confined, and the binds it made.
+/// The id of the mount `path` is on (as a process's reference names it,
+/// for a `/proc/PID/...` link).
+fn mount_id(path: &Path) -> Option<u64> {
+    rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()
+    .map(|s| s.stx_mnt_id)
+}
+
+/// Processes of users other than root that hold, from before `place` was
+/// bound `noexec`, a reference into it (a working directory, a root, an
+/// open file or directory) that still reaches the old mount, which runs
+/// code: (pid, uid, the path they hold).
+pub(crate) fn holders(place: &Path) -> Vec<(i32, u32, PathBuf)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(ours) = mount_id(place) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.uid() == 0 {
+            continue;
+        }
+        let dir = e.path();
+        let mut links = vec![dir.join("cwd"), dir.join("root")];
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for link in links {
+            let Ok(target) = std::fs::read_link(&link) else {
+                continue;
+            };
+            if target.starts_with(place) && mount_id(&link).is_some_and(|m| m != ours) {
+                out.push((pid, meta.uid(), target));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// What the agent confines.
 pub(crate) struct Confiner {
     root: PathBuf,
-    made: Vec<PathBuf>,
+    exec: HashSet<PathBuf>,
 }
 
-/// One pass: what was confined now, and what could not be (with why).
+/// One pass: what was confined now, what could not be (with why), and the
+/// processes holding references from before.
 #[derive(Debug, Default)]
 pub(crate) struct Pass {
     pub(crate) confined: Vec<String>,
     pub(crate) failed: Vec<(String, String)>,
+    pub(crate) holders: Vec<(i32, u32, PathBuf)>,
 }
 
 impl Confiner {
-    pub(crate) fn new(root: &Path) -> Confiner {
+    pub(crate) fn new(root: &Path, exec: &[PathBuf]) -> Confiner {
         Confiner {
             root: root.to_path_buf(),
-            made: Vec::new(),
+            exec: exec_mounts(root, exec),
         }
     }
 
-    /// Walk the root and confine every user-writable place not `noexec`.
+    /// Make every non-exec mount and every user-writable place in the exec
+    /// mounts `noexec`, and find who still holds the old mounts.
     pub(crate) fn confine(&mut self) -> Pass {
         let mut pass = Pass::default();
-        for p in places(&self.root, &mounts::all()) {
+        for p in places(&self.root, &mounts::all(), &self.exec) {
             let label = p.path.display().to_string();
             match apply(&p) {
-                Ok(bound) => {
-                    if bound {
-                        self.made.push(p.path.clone());
+                Ok(()) => {
+                    if !p.mount_root {
+                        pass.holders.extend(holders(&p.path));
                     }
                     pass.confined.push(label);
                 }
@@ -204,15 +330,6 @@ impl Confiner {
             }
         }
         pass
-    }
-
-    /// Undo the binds made (a clean stop), newest first.
-    pub(crate) fn undo(&mut self) {
-        for p in self.made.drain(..).rev() {
-            if let Err(e) = umount2(&p, MntFlags::MNT_DETACH) {
-                tracing::warn!(path = %p.display(), error = %e, "could not undo a noexec bind");
-            }
-        }
     }
 }
 
@@ -225,17 +342,27 @@ pub(crate) fn announce(pass: &Pass, counters: &Counters, report: &mut dyn FnMut(
         m.extend(pass.confined.iter().cloned());
     }
     for (path, e) in &pass.failed {
-        report(report_alarm(
-            path.clone(),
-            format!("users can write here and it cannot be made noexec ({e}): code written there can be loaded"),
+        report(
+            report_alarm(
+                path.clone(),
+                format!("this cannot be made noexec ({e}): code written there can be loaded"),
+            )
+            .attempt("noexec"),
+        );
+    }
+    for (pid, uid, path) in &pass.holders {
+        let mut r = report_alarm(
+            path.display().to_string(),
+            format!("process {pid} of uid {uid} holds this from before it was made noexec and can still run code written there: end its session"),
         )
-        .attempt("noexec"));
+        .attempt("noexec");
+        r.pid = *pid;
+        report(r);
     }
 }
 
 /// The thread that keeps confining: on a mount-table change, when the
-/// policy turns to lockdown, and every [`RESCAN`]; undoes its binds when
-/// `stop` is set.
+/// policy turns to lockdown, and every [`RESCAN`], until `stop` is set.
 pub(crate) fn keep(
     mut c: Confiner,
     active: Arc<RwLock<Arc<Active>>>,
@@ -273,7 +400,6 @@ pub(crate) fn keep(
         }
         was = now;
     }
-    c.undo();
 }
 
 #[cfg(test)]

@@ -624,7 +624,10 @@ impl Enforcer {
             return (true, None, false);
         };
         let loader = c.loaders.get(&exe).cloned();
-        if known && loader.is_none() && closed::system_file(s) {
+        // Owned by root is not written by root on a mount that may hold no
+        // code (a stick, an image or a share a user brought, made noexec).
+        let system = closed::system_file(s) && !closed::on_noexec(fd);
+        if known && loader.is_none() && system {
             return (true, None, cacheable());
         }
         // Root's own processes (a backup, the package manager) open what

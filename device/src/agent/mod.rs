@@ -59,6 +59,10 @@ pub struct Settings {
     /// The interpreters closed mode restricts; empty: the well-known names
     /// found under the root.
     pub interpreters: Vec<PathBuf>,
+    /// Closed mode: the mounts that may hold programs besides the root;
+    /// empty: `usr`, `usr/local`, `opt`, `var`, `boot`, `boot/efi` and `dev`
+    /// under the root. Every other mount is made `noexec` in lockdown.
+    pub exec_mounts: Vec<PathBuf>,
     /// Lockdown in closed mode even where the kernel settings cannot be
     /// applied (the memfd and user-namespace ways around stay open).
     pub allow_open_system: bool,
@@ -159,10 +163,6 @@ pub enum AgentError {
     /// Exec enforcement could not start (fanotify, marks).
     #[error(transparent)]
     Enforcer(#[from] exec::StartError),
-    /// Closed mode in lockdown, and a place users can write cannot be made
-    /// `noexec`.
-    #[error("lockdown refused: {0} cannot be made noexec, and users can write there (code written there could be loaded; --allow-open-system enforces anyway)")]
-    Confine(String),
     /// Closed mode in lockdown, and a kernel setting it needs cannot hold.
     #[error("lockdown refused: {0} (the agent sets these itself as root; on this kernel they cannot hold, so a user could run programs around the allowlist; --allow-open-system enforces anyway)")]
     System(String),
@@ -259,9 +259,12 @@ pub fn run(s: Settings) -> Result<(), AgentError> {
     let enforcer = Enforcer::start(&s.mounts, root, Arc::clone(&active), Arc::clone(&counters))?;
     holder.group = Some(enforcer.group());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ExecReport>();
-    let confiner = confine_first(&s, holder.current_mode(), &counters, &tx)?;
+    // Decisions first: the first walk of the root must not hold up every
+    // open on the machine while it runs.
+    let mut worker = Worker::spawn(enforcer, tx.clone())?;
+    let confiner = confine_first(&s, holder.current_mode(), &counters, &tx);
+    worker.keep(confiner, &active, &counters, tx)?;
     pid.claim()?;
-    let worker = Worker::spawn(enforcer, confiner, &active, &counters, tx)?;
     announce(&s, &holder);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -302,33 +305,30 @@ fn prepare_system(s: &Settings, mode: Mode) -> Result<Vec<system::Setting>, Agen
     Ok(settings)
 }
 
-/// Closed mode: the first pass that makes every place users can write
-/// `noexec`, before the agent says it is ready (in lockdown; monitor mode
-/// changes nothing, and a later turn to lockdown confines then).
+/// Closed mode: the first pass that makes every mount but the exec mounts,
+/// and every place users can write, `noexec`, before the agent says it is
+/// ready (in lockdown; monitor mode changes nothing, and a later turn to
+/// lockdown confines then). A place that cannot be confined is an alarm,
+/// and enforcement goes on: stopping would leave every exec unenforced.
 fn confine_first(
     s: &Settings,
     mode: Mode,
     counters: &Counters,
     tx: &tokio::sync::mpsc::UnboundedSender<ExecReport>,
-) -> Result<Option<confine::Confiner>, AgentError> {
-    let Some(root) = s.root.as_deref() else {
-        return Ok(None);
-    };
+) -> Option<confine::Confiner> {
+    let root = s.root.as_deref()?;
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut c = confine::Confiner::new(&root);
+    let mut c = confine::Confiner::new(&root, &s.exec_mounts);
     if mode == Mode::Lockdown {
         let pass = c.confine();
-        if let Some((path, e)) = pass.failed.first() {
-            if !s.allow_open_system {
-                c.undo();
-                return Err(AgentError::Confine(format!("{path} ({e})")));
-            }
+        for (path, e) in &pass.failed {
+            eprintln!("satchel agent: ALARM: {path} cannot be made noexec ({e})");
         }
         confine::announce(&pass, counters, &mut |r| {
             let _ = tx.send(r);
         });
     }
-    Ok(Some(c))
+    Some(c)
 }
 
 fn announce(s: &Settings, holder: &Holder) {
@@ -428,38 +428,42 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Run `enforcer` on its own thread, sending each decision to `tx`;
-    /// in closed mode, `confiner` on another.
-    fn spawn(
-        mut enforcer: Enforcer,
+    /// Closed mode: run `confiner` on a thread of its own.
+    fn keep(
+        &mut self,
         confiner: Option<confine::Confiner>,
         active: &Arc<RwLock<Arc<exec::Active>>>,
         counters: &Arc<Counters>,
         tx: tokio::sync::mpsc::UnboundedSender<ExecReport>,
+    ) -> Result<(), AgentError> {
+        let Some(c) = confiner else {
+            return Ok(());
+        };
+        let (active, counters, stop) = (
+            Arc::clone(active),
+            Arc::clone(counters),
+            Arc::clone(&self.stop),
+        );
+        self.keeper = Some(
+            std::thread::Builder::new()
+                .name("noexec-keeper".into())
+                .spawn(move || {
+                    confine::keep(c, active, counters, stop, &mut |r| {
+                        let _ = tx.send(r);
+                    })
+                })
+                .map_err(AgentError::Runtime)?,
+        );
+        Ok(())
+    }
+
+    /// Run `enforcer` on its own thread, sending each decision to `tx`.
+    fn spawn(
+        mut enforcer: Enforcer,
+        tx: tokio::sync::mpsc::UnboundedSender<ExecReport>,
     ) -> Result<Worker, AgentError> {
         let stop = Arc::new(AtomicBool::new(false));
         let alive = Arc::new(AtomicBool::new(true));
-        let keeper = match confiner {
-            Some(c) => {
-                let (active, counters, stop, tx) = (
-                    Arc::clone(active),
-                    Arc::clone(counters),
-                    Arc::clone(&stop),
-                    tx.clone(),
-                );
-                Some(
-                    std::thread::Builder::new()
-                        .name("noexec-keeper".into())
-                        .spawn(move || {
-                            confine::keep(c, active, counters, stop, &mut |r| {
-                                let _ = tx.send(r);
-                            })
-                        })
-                        .map_err(AgentError::Runtime)?,
-                )
-            }
-            None => None,
-        };
         let (stop2, alive2) = (Arc::clone(&stop), Arc::clone(&alive));
         let thread = std::thread::Builder::new()
             .name("exec-decisions".into())
@@ -481,7 +485,7 @@ impl Worker {
             stop,
             alive,
             thread: Some(thread),
-            keeper,
+            keeper: None,
         })
     }
 
@@ -490,8 +494,7 @@ impl Worker {
         self.alive.load(Ordering::Relaxed)
     }
 
-    /// Stop it and wait (it polls every 200 ms); the keeper undoes its
-    /// binds on the way out.
+    /// Stop it and the keeper, and wait (each polls every 500 ms at most).
     pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in [self.thread.take(), self.keeper.take()]

@@ -15,6 +15,8 @@ pub(crate) struct Mount {
     pub(crate) fstype: String,
     /// Whether this mount refuses exec (`noexec`).
     pub(crate) noexec: bool,
+    /// The per-mount options (`rw,nosuid,relatime`).
+    pub(crate) options: String,
 }
 
 /// File systems that hold no files a user can write and run: the kernel's
@@ -61,6 +63,7 @@ fn parse_bytes(line: &[u8]) -> Option<Mount> {
         dev: text(fields[2]),
         fstype: text(fields.get(dash + 1)?),
         noexec: fields[5].split(|b| *b == b',').any(|o| o == b"noexec"),
+        options: text(fields[5]),
     })
 }
 

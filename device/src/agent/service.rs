@@ -549,8 +549,12 @@ impl Loop<'_> {
             })
             .map(|s| format!("{} = {}", s.name, s.found))
             .collect();
-        if lockdown && !lost.is_empty() {
+        // In lockdown, what does not hold is set (again): also after a
+        // turn from monitor mode, which applied nothing.
+        if lockdown && now.iter().any(|s| !s.holds) {
             now = super::system::settings(true);
+        }
+        if lockdown && !lost.is_empty() {
             eprintln!(
                 "satchel agent: kernel settings changed under lockdown: {}; set again",
                 lost.join(", ")

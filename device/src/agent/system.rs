@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `vm.memfd_noexec` | `2` | running a program from memory: `memfd_create` then `execve("/proc/self/fd/N")` (a memfd lives on no marked file system). `2` makes every memfd non-executable and refuses `MFD_EXEC` |
 //! | `user.max_user_namespaces` | `0` | `unshare -Urm`: a user namespace lets an unprivileged user mount a fresh tmpfs (never marked) or bind-mount a file over an allowed path |
+//! | `kernel.yama.ptrace_scope` | `2` or more | writing code into an allowed program's memory through `/proc/PID/mem` (or ptrace): a shell and `dd` suffice against a child otherwise. `2` leaves that to `CAP_SYS_PTRACE`; a stricter `3` is left as it is |
 //!
 //! Root can change them back (root can also stop the agent: the threat
 //! model does not defend against root); the agent then sets them again at
@@ -18,18 +19,37 @@ use serde::{Deserialize, Serialize};
 struct Needed {
     name: &'static str,
     want: &'static str,
+    /// A higher number holds too (a stricter setting is left alone).
+    at_least: bool,
 }
 
-const NEEDED: [Needed; 2] = [
+const NEEDED: [Needed; 3] = [
     Needed {
         name: "vm.memfd_noexec",
         want: "2",
+        at_least: false,
     },
     Needed {
         name: "user.max_user_namespaces",
         want: "0",
+        at_least: false,
+    },
+    Needed {
+        name: "kernel.yama.ptrace_scope",
+        want: "2",
+        at_least: true,
     },
 ];
+
+impl Needed {
+    fn holds(&self, found: &str) -> bool {
+        if self.at_least {
+            matches!((found.parse::<u32>(), self.want.parse::<u32>()), (Ok(f), Ok(w)) if f >= w)
+        } else {
+            found == self.want
+        }
+    }
+}
 
 /// What `satchel agent status` shows of one setting.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,7 +82,7 @@ pub(crate) fn settings(apply: bool) -> Vec<Setting> {
         .map(|n| {
             let mut error = None;
             let before = read(n.name).unwrap_or_default();
-            if apply && before != n.want {
+            if apply && !n.holds(&before) {
                 if let Err(e) = std::fs::write(proc_path(n.name), n.want) {
                     error = Some(format!("setting it failed: {e}"));
                 }
@@ -77,7 +97,7 @@ pub(crate) fn settings(apply: bool) -> Vec<Setting> {
             Setting {
                 name: n.name.to_owned(),
                 want: n.want.to_owned(),
-                holds: found == n.want,
+                holds: n.holds(&found),
                 found,
                 error,
             }
@@ -141,5 +161,13 @@ mod tests {
         let msg = failing(&s).unwrap();
         assert_eq!(msg, "a.b is 0, needs 2: setting it failed: EPERM");
         assert_eq!(failing(&s[1..]), None);
+    }
+
+    #[test]
+    fn at_least_settings_take_a_stricter_value() {
+        let n = &NEEDED[2];
+        assert!(n.holds("2") && n.holds("3"));
+        assert!(!n.holds("1") && !n.holds("") && !n.holds("x"));
+        assert!(NEEDED[0].holds("2") && !NEEDED[0].holds("3"));
     }
 }

@@ -86,6 +86,13 @@ struct RunArgs {
     /// scripts. Repeatable [default: sh, bash, python3, perl, ... found under --root].
     #[arg(long, value_name = "PATH")]
     interpreter: Vec<PathBuf>,
+    /// Closed mode: a mount that may hold programs (besides ROOT itself).
+    /// Every other mount under ROOT is made noexec in lockdown, and so is
+    /// every place users can write inside these. Repeatable [default: usr,
+    /// usr/local, opt, var, boot, boot/efi and dev under ROOT, where they
+    /// are mounts].
+    #[arg(long, value_name = "PATH")]
+    exec_mount: Vec<PathBuf>,
     /// Closed mode: enforce lockdown even where the kernel settings cannot
     /// be applied. DANGER: memfd execs and user namespaces then run
     /// programs around the allowlist.
@@ -204,6 +211,11 @@ fn settings(a: RunArgs, config: Option<&Path>) -> anyhow::Result<Settings> {
             a.interpreter
         },
         allow_open_system: a.allow_open_system || f.allow_open_system,
+        exec_mounts: if a.exec_mount.is_empty() {
+            f.exec_mount
+        } else {
+            a.exec_mount
+        },
         mode,
         gateway,
         tcti: super::measure::TpmArgs::with(a.tpm).tcti(config)?,
