@@ -305,9 +305,13 @@ impl Enforcer {
             marked.push(m.display().to_string());
         }
         if let Some(c) = closed.as_mut() {
+            // A mount under the root that cannot be marked (a user's FUSE
+            // mount refuses root) is an alarm, not a reason to enforce
+            // nothing: in lockdown it is made noexec like every mount that
+            // is not an exec mount.
             let (added, failed) = c.mark_new(&fan);
-            if let Some((path, source)) = failed.into_iter().next() {
-                return Err(StartError::Mark { path, source });
+            for (path, source) in failed {
+                eprintln!("satchel agent: ALARM: cannot mark {path} for decisions ({source}): what is opened there goes unchecked");
             }
             marked.extend(added);
         }
