@@ -158,6 +158,7 @@ impl Device {
             "proc",
             "tmp",
             "mnt/usb",
+            "mnt/fuse",
             "media/stick",
             "home/student",
         ] {
@@ -674,6 +675,42 @@ fn lockdown_in_closed_mode_stops_every_way_around_the_allowlist() {
         d.student("sh /media/stick/run.sh"),
     );
     a.logged(&format!("denied script of {r}/media/stick/run.sh"));
+    // A FUSE mount of the student's own (as fusermount makes one: root may
+    // not look inside, so it cannot be marked): an interpreter would read
+    // its script unseen. In lockdown the agent takes it away.
+    std::fs::write(d.p("fuse-script"), "echo PWNED\n").unwrap();
+    let mut fuse = KillOnDrop(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/fuse_one_file.py"
+            ))
+            .arg(d.root.join("mnt/fuse"))
+            .arg("run.sh")
+            .arg(d.p("fuse-script"))
+            .arg("65534")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(fuse.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "serving");
+    }
+    a.logged("that cannot be marked (EACCES: Permission denied) was unmounted");
+    let out = refused(
+        "a script on the student's FUSE mount",
+        d.student("sh /mnt/fuse/run.sh"),
+    );
+    assert!(
+        out.contains("No such file") || out.contains("can't open"),
+        "{out}"
+    );
+    let _ = fuse.0.kill();
 
     // 4. A bind mount over an allowed path: no user namespace for the
     // student; and made by root in a namespace of its own, the path read

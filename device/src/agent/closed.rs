@@ -200,9 +200,14 @@ impl Closed {
     }
 
     /// Mark every file system under the root not marked yet. Returns the
-    /// mounts newly marked and those that could not be (with why); a
-    /// `noexec` mount that cannot be marked is no way around, and is left.
-    pub(crate) fn mark_new(&mut self, fan: &Fanotify) -> (Vec<String>, Vec<(String, nix::Error)>) {
+    /// mounts newly marked and those that could not be (with why). A
+    /// `noexec` mount that cannot be marked runs no program, and is left;
+    /// a FUSE one is reported all the same: an interpreter reads scripts
+    /// from it unseen.
+    pub(crate) fn mark_new(
+        &mut self,
+        fan: &Fanotify,
+    ) -> (Vec<String>, Vec<(mounts::Mount, nix::Error)>) {
         let (mut added, mut failed) = (Vec::new(), Vec::new());
         let table = mounts::all();
         self.known = devices_of(&table);
@@ -223,10 +228,10 @@ impl Closed {
                     self.marked.insert(m.dev);
                     added.push(label);
                 }
-                Err(_) if m.noexec => {
+                Err(_) if m.noexec && !is_fuse(&m) => {
                     self.marked.insert(m.dev);
                 }
-                Err(e) => failed.push((label, e)),
+                Err(e) => failed.push((m, e)),
             }
         }
         (added, failed)
@@ -260,6 +265,12 @@ impl Closed {
         let mut sink = Vec::new();
         let _ = self.mountinfo.read_to_end(&mut sink);
     }
+}
+
+/// Whether `m` is a FUSE file system (`fuse`, `fuse.sshfs`, `fuseblk`): one
+/// a user can mount with the setuid `fusermount`.
+pub(crate) fn is_fuse(m: &mounts::Mount) -> bool {
+    m.fstype == "fuse" || m.fstype == "fuseblk" || m.fstype.starts_with("fuse.")
 }
 
 /// The devices (as `st_dev`) of the file systems in a mount table.

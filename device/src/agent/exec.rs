@@ -310,8 +310,10 @@ impl Enforcer {
             // nothing: in lockdown it is made noexec like every mount that
             // is not an exec mount.
             let (added, failed) = c.mark_new(&fan);
-            for (path, source) in failed {
-                eprintln!("satchel agent: ALARM: cannot mark {path} for decisions ({source}): what is opened there goes unchecked");
+            let lockdown = active.read().is_ok_and(|a| a.mode == Mode::Lockdown);
+            for (m, source) in failed {
+                let why = unmarkable(&m, source, lockdown);
+                eprintln!("satchel agent: ALARM: {}: {why}", m.point.display());
             }
             marked.extend(added);
         }
@@ -376,9 +378,10 @@ impl Enforcer {
         if let Ok(mut m) = self.counters.marked.lock() {
             m.extend(added);
         }
-        for (path, e) in failed {
-            let r = report_alarm(path, format!("a file system mounted under the root cannot be marked ({e}): its programs run undecided")).attempt("mount");
-            report(r);
+        let lockdown = self.current().mode == Mode::Lockdown;
+        for (m, e) in failed {
+            let why = unmarkable(&m, e, lockdown);
+            report(report_alarm(m.point.display().to_string(), why).attempt("mount"));
         }
     }
 
@@ -779,6 +782,21 @@ impl Enforcer {
 /// Largest program the agent hashes: a bigger one is treated as unreadable
 /// (denied in lockdown), so no one can stall every exec with a huge file.
 pub(crate) const MAX_PROGRAM: u64 = 1 << 30;
+
+/// A mount under the root that cannot be marked: in lockdown a FUSE mount
+/// (a user's, root may not even look inside) is taken away, since an
+/// interpreter would read scripts from it unseen; anything else stays, with
+/// the alarm saying so. The alarm's text.
+fn unmarkable(m: &super::mounts::Mount, e: nix::Error, lockdown: bool) -> String {
+    if lockdown && closed::is_fuse(m) {
+        match nix::mount::umount2(&m.point, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => format!("a FUSE mount ({}) that cannot be marked ({e}) was unmounted: nothing opened there could be decided", m.fstype),
+            Err(u) => format!("a FUSE mount ({}) cannot be marked ({e}) nor unmounted ({u}): scripts there are read unchecked", m.fstype),
+        }
+    } else {
+        format!("a file system mounted under the root cannot be marked ({e}): what is opened there goes unchecked")
+    }
+}
 
 /// Whether every change to a file on this file system raises a modify event
 /// here: local disk and memory file systems, and read-only images. Not
