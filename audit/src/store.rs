@@ -278,34 +278,45 @@ impl Store {
                 .collect();
             format!("%{esc}%")
         });
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM audit_entries WHERE seq < $1 \
-             AND ($2 = '' OR kind = $2) \
-             AND ($3 = '' OR actor LIKE $3 ESCAPE '\\' OR subject LIKE $3 ESCAPE '\\' OR decision LIKE $3 ESCAPE '\\') \
-             ORDER BY seq DESC LIMIT $4"
-        ))
-        .bind(before)
-        .bind(kind.unwrap_or("").to_owned())
-        .bind(like.unwrap_or_default())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query("listing entries"))?;
+        // One statement per shape, so that a kind filter is `kind = $2`
+        // and can use the kind index.
+        let text_filter = "($3 = '' OR actor LIKE $3 ESCAPE '\\' OR subject LIKE $3 ESCAPE '\\' OR decision LIKE $3 ESCAPE '\\')";
+        let sql = match kind {
+            Some(_) => format!(
+                "SELECT {} FROM audit_entries WHERE seq < $1 AND kind = $2 AND {text_filter} ORDER BY seq DESC LIMIT $4",
+                entry_columns!()
+            ),
+            None => format!(
+                "SELECT {} FROM audit_entries WHERE seq < $1 AND $2 = '' AND {text_filter} ORDER BY seq DESC LIMIT $4",
+                entry_columns!()
+            ),
+        };
+        let rows = sqlx::query(&sql)
+            .bind(before)
+            .bind(kind.unwrap_or("").to_owned())
+            .bind(like.unwrap_or_default())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("listing entries"))?;
         rows.iter().map(stored_entry).collect()
     }
 
     /// The newest entry of `kind` per actor (e.g. each device's last
-    /// attestation).
-    pub async fn latest_per_actor(&self, kind: &str) -> Result<Vec<StoredEntry>, StoreError> {
+    /// attestation), of one `decision` if given (its last trusted one).
+    pub async fn latest_per_actor(
+        &self,
+        kind: &str,
+        decision: Option<&str>,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             entry_columns!(),
             " FROM audit_entries WHERE seq IN \
-             (SELECT MAX(seq) FROM audit_entries WHERE kind = $1 GROUP BY actor) ORDER BY seq"
+             (SELECT MAX(seq) FROM audit_entries WHERE kind = $1 AND ($2 = '' OR decision = $2) GROUP BY actor) ORDER BY seq"
         ))
         .bind(kind.to_owned())
+        .bind(decision.unwrap_or("").to_owned())
         .fetch_all(&self.pool)
         .await
         .map_err(query("reading the newest entries"))?;
@@ -420,12 +431,23 @@ impl Store {
 
     /// Every stored checkpoint, by tree size.
     pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tree_size, root, note, created_ms FROM audit_checkpoints ORDER BY tree_size",
+        self.checkpoints_newest(None).await
+    }
+
+    /// The newest `limit` checkpoints (all when `None`), oldest first.
+    pub async fn checkpoints_newest(
+        &self,
+        limit: Option<u64>,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut rows = sqlx::query(
+            "SELECT tree_size, root, note, created_ms FROM audit_checkpoints ORDER BY tree_size DESC LIMIT $1",
         )
+        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(query("reading checkpoints"))?;
+        rows.reverse();
         rows.iter()
             .map(|r| {
                 let size: i64 = r.try_get(0).map_err(query("decoding a checkpoint"))?;

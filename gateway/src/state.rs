@@ -85,7 +85,7 @@ impl Db {
             "CREATE TABLE IF NOT EXISTS gateway_uploads (device_id TEXT NOT NULL, chunk_id TEXT NOT NULL, \
              PRIMARY KEY (device_id, chunk_id))",
             "CREATE TABLE IF NOT EXISTS gateway_console_links (token_hash TEXT PRIMARY KEY, admin TEXT NOT NULL, \
-             expires_ms BIGINT NOT NULL, used_ms BIGINT)",
+             created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, used_ms BIGINT)",
             "CREATE TABLE IF NOT EXISTS gateway_console_sessions (id_hash TEXT PRIMARY KEY, admin TEXT NOT NULL, \
              csrf TEXT NOT NULL, created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS gateway_spool_marks (device_id TEXT NOT NULL, epoch TEXT NOT NULL, \

@@ -154,6 +154,11 @@ fn the_console_signs_in_decides_changes_and_audits_them() {
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console/"] {
         assert!(set.contains(flag), "{set}");
     }
+    // Gone when the browser closes (a shared staff-room PC).
+    assert!(
+        !set.contains("Max-Age") && !set.contains("Expires"),
+        "{set}"
+    );
     // Used once: a second use (a link seen over a shoulder) is refused.
     let other = c.data.parent().unwrap().join("other-jar");
     let (code, _, body) = c.curl(&other, &link, &[]);
@@ -319,12 +324,78 @@ fn the_console_signs_in_decides_changes_and_audits_them() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    // Revoking the admin ends the session on its next request.
+    // Revoking the admin ends the session on its next request, and voids a
+    // link made before.
+    let early_link = c.link("alice");
+    std::thread::sleep(Duration::from_millis(5));
     c.rt.block_on(c.db.revoke_admin("alice")).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     let (code, _, page) = c.curl(&jar, "/console/", &[]);
     assert_eq!(code, "401", "{page}");
     assert!(page.contains("was revoked"), "{page}");
+    let fresh = c.data.parent().unwrap().join("fresh-jar");
+    let (code, _, page) = c.curl(&fresh, &early_link, &[]);
+    assert_eq!(code, "403", "{page}");
+    assert!(page.contains("made before its admin was revoked"), "{page}");
+}
+
+/// What strangers can put in the trail does not mislead the console: an
+/// enrollment refused names no actor the caller chose (it could say
+/// `admin:alice`), a megabyte id is refused before anything is written,
+/// and a refused attestation sent in a device's name takes away no
+/// certificate on the fleet page.
+#[test]
+fn strangers_cannot_forge_actors_fill_entries_or_fake_a_broken_device() {
+    let c = Console::start();
+    c.enrolled("laptop-17", &[]);
+    let enroll = |id: &str| {
+        let body = serde_json::json!({"device_id": id, "token": "nope", "ek_cert": "", "ak_pem": "", "ak_public": ""});
+        let file = c.data.parent().unwrap().join("enroll.json");
+        std::fs::write(&file, body.to_string()).unwrap();
+        let jar = c.data.parent().unwrap().join("anon");
+        let data = format!("@{}", file.display());
+        let args = [
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &data,
+        ];
+        c.curl(&jar, "/v1/enroll", &args).0
+    };
+    assert_eq!(enroll("admin:alice"), "403");
+    let long = "x".repeat(200_000);
+    assert_eq!(enroll(&long), "400");
+    let entries = c.entries();
+    let refused: Vec<_> = entries.iter().filter(|e| e.kind == "enrollment").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor, "anonymous");
+    assert_eq!(refused[0].subject, "admin:alice");
+    assert!(entries.iter().all(|e| e.actor != "admin:alice"));
+
+    // A trusted attestation, then a refused one in the device's name.
+    let url = format!("sqlite:{}", c.data.join("satchel.db").display());
+    c.rt.block_on(async {
+        let s = audit::store::Store::open(&url).await.unwrap();
+        for decision in ["trusted", "not-trusted"] {
+            let e = audit::entry::NewEntry {
+                kind: "attestation".into(),
+                actor: "laptop-17".into(),
+                subject: "sample".into(),
+                decision: decision.into(),
+                details: serde_json::json!({"failures": [{"check": "quote", "message": "junk"}]}),
+            };
+            s.append(vec![e], audit::batch::now_ms()).await.unwrap();
+        }
+    });
+    let jar = c.data.parent().unwrap().join("jar");
+    c.curl(&jar, &c.link("alice"), &[]);
+    let (code, _, page) = c.curl(&jar, "/console/", &[]);
+    assert_eq!(code, "200", "{page}");
+    assert!(
+        page.contains("not-trusted") && page.contains("junk"),
+        "{page}"
+    );
+    assert!(page.contains("valid until"), "{page}");
 }
 
 #[test]

@@ -2,11 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether `id` can name a device: 1-128 characters, no `/` or `,` (paths
+/// and group lists), no control characters (log lines).
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= 128
+        && !id.chars().any(|c| c == '/' || c == ',' || c.is_control())
+}
+
 /// `POST /v1/admin/enroll-token`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// The device the token enrolls (1-128 characters, no `/`, `,` or newline).
+    /// The device the token enrolls (see [`valid_device_id`]).
     pub device_id: String,
     /// Its groups.
     #[serde(default)]

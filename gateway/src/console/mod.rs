@@ -29,7 +29,9 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::server::{DeviceIdentity, Role};
-use sessions::{Session, SESSION_LIFETIME};
+use sessions::Session;
+#[cfg(doc)]
+use sessions::SESSION_LIFETIME;
 
 /// Where the console lives.
 pub const PREFIX: &str = "/console";
@@ -87,11 +89,11 @@ fn redirect(to: &str, cookie: Option<String>) -> Response<Full<Bytes>> {
     r
 }
 
+/// The session cookie: no `Max-Age`, so it goes when the browser closes
+/// (a shared staff-room PC); the gateway ends the session after
+/// [`SESSION_LIFETIME`] whatever the browser keeps.
 fn session_cookie(id: &str) -> String {
-    format!(
-        "{COOKIE}={id}; Path={PREFIX}/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
-        SESSION_LIFETIME.as_secs()
-    )
+    format!("{COOKIE}={id}; Path={PREFIX}/; HttpOnly; Secure; SameSite=Strict")
 }
 
 /// The session cookie's value, if the request carries one.
@@ -124,6 +126,7 @@ fn field<'a>(f: &'a [(String, String)], name: &str) -> &'a str {
 pub async fn route(
     state: &AppState,
     who: Option<&DeviceIdentity>,
+    peer: std::net::IpAddr,
     parts: &hyper::http::request::Parts,
     body: Incoming,
 ) -> Response<Full<Bytes>> {
@@ -134,7 +137,7 @@ pub async fn route(
         (&Method::GET, "/console/style.css") => {
             return respond(200, "text/css; charset=utf-8", CSS.to_owned())
         }
-        (&Method::GET, "/console/login") => return login(state, who, &query).await,
+        (&Method::GET, "/console/login") => return login(state, who, peer, &query).await,
         _ => {}
     }
     let (id, session) = match signed_in(state, &parts.headers).await {
@@ -162,7 +165,7 @@ pub async fn route(
                     &actor,
                     path,
                     "refused",
-                    json!({"reason": why, "via": "console"}),
+                    json!({"reason": why, "via": "console", "peer": peer.to_string()}),
                 )
                 .await;
             return html(403, pages::refused(&session, why));
@@ -179,12 +182,34 @@ pub async fn route(
 async fn login(
     state: &AppState,
     who: Option<&DeviceIdentity>,
+    peer: std::net::IpAddr,
     query: &[(String, String)],
 ) -> Response<Full<Bytes>> {
     let token = field(query, "token");
     let (admin, method) = if !token.is_empty() {
         match state.db.use_console_link(token).await {
-            Ok(Some(a)) => (a, "link"),
+            Ok(Some((a, made))) => {
+                // A link made before its admin was revoked is void.
+                match state.db.admin_revoked_ms(&a).await {
+                    Ok(Some(at)) if at >= made => {
+                        state
+                            .record(
+                                "console",
+                                &format!("admin:{a}"),
+                                "sign-in",
+                                "refused",
+                                json!({"reason": "a link made before the admin was revoked", "via": "console", "peer": peer.to_string()}),
+                            )
+                            .await;
+                        return html(
+                            403,
+                            pages::sign_in(Some("this link was made before its admin was revoked")),
+                        );
+                    }
+                    Ok(_) => (a, "link"),
+                    Err(e) => return internal(&e),
+                }
+            }
             Ok(None) => {
                 state
                     .record(
@@ -192,7 +217,7 @@ async fn login(
                         "anonymous",
                         "sign-in",
                         "refused",
-                        json!({"reason": "a link that is unknown, used or expired", "via": "console"}),
+                        json!({"reason": "a link that is unknown, used or expired", "via": "console", "peer": peer.to_string()}),
                     )
                     .await;
                 return html(
@@ -227,7 +252,7 @@ async fn login(
                     &format!("admin:{admin}"),
                     "sign-in",
                     "allowed",
-                    json!({"method": method, "via": "console"}),
+                    json!({"method": method, "via": "console", "peer": peer.to_string()}),
                 )
                 .await;
             redirect("/console/", Some(session_cookie(&id)))

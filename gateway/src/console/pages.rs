@@ -207,7 +207,11 @@ fn outcome(r: Reply) -> Result<Value, String> {
 
 async fn fleet(state: &AppState, s: &Session, said: Option<(bool, String)>) -> Page {
     let devices = state.db.devices().await?;
-    let last = state.audit.latest_per_actor("attestation").await?;
+    let last = state.audit.latest_per_actor("attestation", None).await?;
+    let trusted = state
+        .audit
+        .latest_per_actor("attestation", Some("trusted"))
+        .await?;
     let lifetime = i64::try_from(state.cert_lifetime.as_millis()).unwrap_or(i64::MAX / 2);
     let now = audit::batch::now_ms();
     let body = html! {
@@ -241,7 +245,10 @@ async fn fleet(state: &AppState, s: &Session, said: Option<(bool, String)>) -> P
                         td {
                             @if let Some(at) = d.revoked_ms { span.bad { "revoked " (when(at)) } }
                             @else {
-                                @match att.filter(|e| e.entry.decision == "trusted") {
+                                // From the last trusted attestation: a refused
+                                // one (anyone may send junk in a device's name)
+                                // takes no certificate away.
+                                @match trusted.iter().rev().find(|e| e.entry.actor == d.device_id) {
                                     Some(e) if e.entry.ts_ms + lifetime > now => { "valid until " (when(e.entry.ts_ms + lifetime)) }
                                     Some(_) => { span.bad { "expired" } }
                                     None => { span.muted { "none" } }
@@ -266,7 +273,11 @@ async fn fleet(state: &AppState, s: &Session, said: Option<(bool, String)>) -> P
 }
 
 async fn revoke(state: &AppState, s: &Session, actor: &str, form: &Fields) -> Page {
-    let device = field(form, "device_id");
+    // As sent, untrimmed: the id names exactly one device.
+    let device = form
+        .iter()
+        .find(|(k, _)| k == "device_id")
+        .map_or("", |(_, v)| v.as_str());
     let body = serde_json::to_vec(&json!({"device_id": device}))?;
     let said = match outcome(crate::routes::admin::revoke(state, actor, &body).await) {
         Ok(_) => (
@@ -289,7 +300,7 @@ fn tokens(s: &Session, made: Option<Result<(String, String, u64), String>>) -> M
                     p.token { code { (token) } }
                     div.qr { (PreEscaped(qr(token))) }
                     p { "On the device:" }
-                    pre { "satchel client enroll --gateway https://GATEWAY:8443 --ca ca.crt --data /var/lib/satchel \\\n    --device-id " (device) " --token " (token) }
+                    pre { "satchel client enroll --gateway https://GATEWAY:8443 --ca ca.crt --data /var/lib/satchel \\\n    --device-id " (shell_quoted(device)) " --token " (token) }
                 }
             }
             Some(Err(e)) => { (notice(false, e)) }
@@ -307,6 +318,27 @@ fn tokens(s: &Session, made: Option<Result<(String, String, u64), String>>) -> M
         }
     };
     layout("Enrollment tokens", "/console/tokens", Some(s), body)
+}
+
+/// `s` as one shell word: single-quoted unless it is plain.
+fn shell_quoted(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@+=".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// At most `n` characters of `s`, marked when cut (an entry's fields come
+/// from whoever made it, and may be long).
+fn cut(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 /// `text` as a QR code (SVG).
@@ -526,7 +558,7 @@ async fn audit_list(state: &AppState, s: &Session, query: &Fields) -> Page {
             PAGE,
         )
         .await?;
-    let checkpoints = state.audit.checkpoints().await?;
+    let checkpoints = state.audit.checkpoints_newest(Some(20)).await?;
     let kinds = [
         "attestation",
         "enrollment",
@@ -565,9 +597,9 @@ async fn audit_list(state: &AppState, s: &Session, query: &Fields) -> Page {
                         td.num { a href=(format!("/console/audit/{}", e.entry.seq)) { (e.entry.seq) } }
                         td { (when(e.entry.ts_ms)) }
                         td { (e.entry.kind) }
-                        td { code { (e.entry.actor) } }
-                        td { code { (e.entry.subject) } }
-                        td { (e.entry.decision) }
+                        td { code { (cut(&e.entry.actor, 80)) } }
+                        td { code { (cut(&e.entry.subject, 120)) } }
+                        td { (cut(&e.entry.decision, 40)) }
                     }
                 }
             }
@@ -578,7 +610,7 @@ async fn audit_list(state: &AppState, s: &Session, query: &Fields) -> Page {
         table {
             thead { tr { th { "Entries" } th { "Signed" } th { "Root" } } }
             tbody {
-                @for c in checkpoints.iter().rev().take(20) {
+                @for c in checkpoints.iter().rev() {
                     tr { td.num { (c.size) } td { (when(c.created_ms)) } td { code { (hex::encode(c.root)) } } }
                 }
             }

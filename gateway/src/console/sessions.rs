@@ -38,19 +38,21 @@ impl Db {
     /// A one-time sign-in link token for `admin`, valid for `ttl`.
     pub async fn make_console_link(&self, admin: &str, ttl: Duration) -> Result<String, DbError> {
         let token = random_hex(24);
-        sqlx::query("INSERT INTO gateway_console_links (token_hash, admin, expires_ms, used_ms) VALUES ($1, $2, $3, NULL)")
+        let now = now_ms();
+        sqlx::query("INSERT INTO gateway_console_links (token_hash, admin, created_ms, expires_ms, used_ms) VALUES ($1, $2, $3, $4, NULL)")
             .bind(token_hash(&token))
             .bind(admin.to_owned())
-            .bind(now_ms().saturating_add(ms(ttl)))
+            .bind(now)
+            .bind(now.saturating_add(ms(ttl)))
             .execute(&self.pool)
             .await
             .map_err(db("storing a console link"))?;
         Ok(token)
     }
 
-    /// Use a sign-in link: the admin it was made for, if it exists, is
-    /// unexpired and was not used (it is used now, once).
-    pub async fn use_console_link(&self, token: &str) -> Result<Option<String>, DbError> {
+    /// Use a sign-in link: the admin it was made for and when it was made,
+    /// if it exists, is unexpired and was not used (it is used now, once).
+    pub async fn use_console_link(&self, token: &str) -> Result<Option<(String, i64)>, DbError> {
         let hash = token_hash(token);
         let now = now_ms();
         let done = sqlx::query("UPDATE gateway_console_links SET used_ms = $1 WHERE token_hash = $2 AND used_ms IS NULL AND expires_ms > $1")
@@ -62,11 +64,19 @@ impl Db {
         if done.rows_affected() != 1 {
             return Ok(None);
         }
-        sqlx::query_scalar("SELECT admin FROM gateway_console_links WHERE token_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("reading a console link"))
+        let row = sqlx::query(
+            "SELECT admin, created_ms FROM gateway_console_links WHERE token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a console link"))?;
+        Ok(row.map(|r| {
+            (
+                r.try_get(0).unwrap_or_default(),
+                r.try_get(1).unwrap_or_default(),
+            )
+        }))
     }
 
     /// Begin a session for `admin`: its id (for the cookie) and the session.

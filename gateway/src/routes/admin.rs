@@ -153,11 +153,11 @@ pub(crate) async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> 
         Ok(r) => r,
         Err(a) => return a,
     };
-    if r.device_id.is_empty() || r.device_id.len() > 128 || r.device_id.contains(['/', ',', '\n']) {
+    if !protocol::admin::valid_device_id(&r.device_id) {
         return refuse(
             400,
             "bad request",
-            "device_id must be 1-128 characters without '/', ',' or newlines",
+            "device_id must be 1-128 characters without '/', ',' or control characters",
             Value::Null,
         );
     }

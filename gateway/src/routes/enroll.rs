@@ -32,13 +32,21 @@ impl AppState {
             Err(a) => return a,
         };
         let refused = |detail: String| refuse(403, "enrollment refused", detail, Value::Null);
+        // Checked before anything is recorded: an unenrolled caller names
+        // no actor (it could name itself `admin:alice`) and fills no entry
+        // with megabytes.
+        if !protocol::admin::valid_device_id(&r.device_id) {
+            return bad(
+                "device_id must be 1-128 characters without '/', ',' or control characters",
+            );
+        }
         let token = match self.db.check_token(&r.token).await {
             Ok(Some(t)) if t.device_id == r.device_id => t,
             Ok(_) => {
                 self.record(
                     "enrollment",
+                    "anonymous",
                     &r.device_id,
-                    "token",
                     "refused",
                     json!({"reason": "unknown, used, expired or another device's token"}),
                 )
@@ -66,10 +74,10 @@ impl AppState {
             Err(e) => {
                 self.record(
                     "enrollment",
+                    "anonymous",
                     &r.device_id,
-                    "ek",
                     "refused",
-                    json!({"reason": e.to_string()}),
+                    json!({"reason": e.to_string(), "check": "ek"}),
                 )
                 .await;
                 return refused(format!("EK certificate: {e}"));

@@ -43,7 +43,7 @@ pub(crate) async fn route(
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     if crate::console::owns(parts.uri.path()) {
-        return crate::console::route(state, who, &parts, body).await;
+        return crate::console::route(state, who, peer, &parts, body).await;
     }
     let path = parts.uri.path();
     let method = &parts.method;
