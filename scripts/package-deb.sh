@@ -46,7 +46,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: Satchel <satchel@localhost>
 Installed-Size: $SIZE
-Depends: libtss2-esys-3.0.2-0 | libtss2-esys0, libtss2-tctildr0, libtss2-mu0 | libtss2-mu-4.0.1-0, libtss2-sys1, libc6
+Depends: libtss2-esys-3.0.2-0 | libtss2-esys0, libtss2-tctildr0, libtss2-mu0 | libtss2-mu-4.0.1-0, libtss2-sys1, libc6, passwd, procps
 Recommends: swtpm, tpm2-tools
 Section: admin
 Priority: optional
@@ -59,8 +59,15 @@ EOF
 cat > "$STAGE/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
-if [ "$1" = configure ] && command -v systemctl >/dev/null 2>&1; then
-  systemctl daemon-reload >/dev/null 2>&1 || true
+if [ "$1" = configure ]; then
+  # The gateway's unit runs as this system user.
+  if ! getent passwd satchel >/dev/null; then
+    useradd --system --user-group --home-dir /var/lib/satchel-gateway \
+      --shell /usr/sbin/nologin --comment "Satchel gateway" satchel
+  fi
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+  fi
 fi
 EOF
 chmod 0755 "$STAGE/DEBIAN/postinst"
