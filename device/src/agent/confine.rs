@@ -62,11 +62,14 @@ pub(crate) fn exec_mounts(root: &Path, configured: &[PathBuf]) -> HashSet<PathBu
     let mut out: HashSet<PathBuf> = if configured.is_empty() {
         EXEC_MOUNTS.iter().map(|m| root.join(m)).collect()
     } else {
+        // Relative to the root; an absolute path outside a root other
+        // than `/` is taken as the same path under it.
         configured
             .iter()
             .map(|m| match m.strip_prefix("/") {
-                Ok(rel) if root != Path::new("/") && !m.starts_with(root) => root.join(rel),
-                _ => m.clone(),
+                Err(_) => root.join(m),
+                Ok(rel) if !m.starts_with(root) => root.join(rel),
+                Ok(_) => m.clone(),
             })
             .collect()
     };
@@ -405,6 +408,22 @@ pub(crate) fn keep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_mounts_are_under_the_root() {
+        let r = Path::new("/srv/device");
+        let m = exec_mounts(r, &[]);
+        assert!(m.contains(r) && m.contains(&r.join("usr")) && m.contains(&r.join("boot/efi")));
+        let m = exec_mounts(r, &[PathBuf::from("apps"), PathBuf::from("/opt")]);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert!(m.contains(&r.join("apps")) && m.contains(&r.join("opt")));
+        let m = exec_mounts(
+            Path::new("/"),
+            &[PathBuf::from("/srv/apps"), PathBuf::from("x")],
+        );
+        assert!(m.contains(Path::new("/srv/apps")) && m.contains(Path::new("/x")));
+        assert!(m.contains(Path::new("/")));
+    }
 
     #[test]
     fn only_the_top_user_writable_places_are_found() {
