@@ -336,6 +336,12 @@ impl Confiner {
     }
 }
 
+fn flush(fan: &nix::sys::fanotify::Fanotify) {
+    if let Err(e) = super::exec::flush_kernel_cache(fan) {
+        tracing::warn!(error = %e, "dropping the kernel's cached answers failed");
+    }
+}
+
 /// Report a pass: on stderr, in the status, and each failure as an alarm.
 pub(crate) fn announce(pass: &Pass, counters: &Counters, report: &mut dyn FnMut(ExecReport)) {
     for c in &pass.confined {
@@ -368,6 +374,7 @@ pub(crate) fn announce(pass: &Pass, counters: &Counters, report: &mut dyn FnMut(
 /// policy turns to lockdown, and every [`RESCAN`], until `stop` is set.
 pub(crate) fn keep(
     mut c: Confiner,
+    fan: Arc<nix::sys::fanotify::Fanotify>,
     active: Arc<RwLock<Arc<Active>>>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
@@ -380,6 +387,7 @@ pub(crate) fn keep(
     let mut table = std::fs::File::open("/proc/self/mountinfo").ok();
     let mut was = lockdown();
     let mut last = std::time::Instant::now();
+    let mut flush_again = false;
     while !stop.load(Ordering::Relaxed) {
         let changed = match table.as_mut() {
             Some(f) => {
@@ -396,9 +404,21 @@ pub(crate) fn keep(
                 false
             }
         };
+        if std::mem::take(&mut flush_again) {
+            flush(&fan);
+        }
         let now = lockdown();
         if now && (changed || !was || last.elapsed() >= RESCAN) {
-            announce(&c.confine(), &counters, report);
+            let pass = c.confine();
+            if !pass.confined.is_empty() {
+                // A system file opened before its mount was made noexec may
+                // be answered by the kernel from then on (an ignore mark):
+                // drop them all, now and once more after a decision made
+                // meanwhile could have set one.
+                flush(&fan);
+                flush_again = true;
+            }
+            announce(&pass, &counters, report);
             last = std::time::Instant::now();
         }
         was = now;

@@ -261,9 +261,15 @@ pub fn run(s: Settings) -> Result<(), AgentError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ExecReport>();
     // Decisions first: the first walk of the root must not hold up every
     // open on the machine while it runs.
+    let fan = enforcer.group();
     let mut worker = Worker::spawn(enforcer, tx.clone())?;
     let confiner = confine_first(&s, holder.current_mode(), &counters, &tx);
-    worker.keep(confiner, &active, &counters, tx)?;
+    if confiner.is_some() {
+        // What the kernel answers by itself was decided before the first
+        // walk made mounts noexec.
+        let _ = exec::flush_kernel_cache(&fan);
+    }
+    worker.keep(confiner, fan, &active, &counters, tx)?;
     pid.claim()?;
     announce(&s, &holder);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -432,6 +438,7 @@ impl Worker {
     fn keep(
         &mut self,
         confiner: Option<confine::Confiner>,
+        fan: Arc<nix::sys::fanotify::Fanotify>,
         active: &Arc<RwLock<Arc<exec::Active>>>,
         counters: &Arc<Counters>,
         tx: tokio::sync::mpsc::UnboundedSender<ExecReport>,
@@ -448,7 +455,7 @@ impl Worker {
             std::thread::Builder::new()
                 .name("noexec-keeper".into())
                 .spawn(move || {
-                    confine::keep(c, active, counters, stop, &mut |r| {
+                    confine::keep(c, fan, active, counters, stop, &mut |r| {
                         let _ = tx.send(r);
                     })
                 })
