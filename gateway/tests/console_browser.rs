@@ -19,7 +19,7 @@ use attest::HashAlg;
 use fantoccini::{Client, ClientBuilder, Locator};
 
 mod common;
-use common::Running;
+use common::{trusting_home, Running};
 
 /// chromedriver on a free port, stopped on drop.
 struct Driver {
@@ -54,30 +54,6 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A browser profile's home whose NSS store trusts the gateway's CA.
-fn trusting_home(home: &Path, ca: &Path) {
-    let nss = home.join(".pki/nssdb");
-    std::fs::create_dir_all(&nss).unwrap();
-    let db = format!("sql:{}", nss.display());
-    for args in [
-        vec!["-d", &db, "-N", "--empty-password"],
-        vec![
-            "-d",
-            &db,
-            "-A",
-            "-t",
-            "C,,",
-            "-n",
-            "satchel-gateway",
-            "-i",
-            ca.to_str().unwrap(),
-        ],
-    ] {
-        let o = Command::new("certutil").args(&args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
 

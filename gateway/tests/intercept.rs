@@ -336,30 +336,7 @@ fn headless_chromium_gets_per_url_decisions_inside_https() {
 
     // The browser trusts the gateway's proxy CA in its own store (NSS).
     let home = s.data.parent().unwrap().join("home");
-    let nss = home.join(".pki/nssdb");
-    std::fs::create_dir_all(&nss).unwrap();
-    let db = format!("sql:{}", nss.display());
-    let certutil = |args: &[&str]| {
-        let o = Command::new("certutil").args(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "certutil {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    certutil(&["-d", &db, "-N", "--empty-password"]);
-    let ca = s.data.join("proxy-ca.crt");
-    certutil(&[
-        "-d",
-        &db,
-        "-A",
-        "-t",
-        "C,,",
-        "-n",
-        "satchel-proxy",
-        "-i",
-        ca.to_str().unwrap(),
-    ]);
+    common::trusting_home(&home, &s.data.join("proxy-ca.crt"));
 
     let page = chromium(&home, relay, &format!("https://127.0.0.1:{g}/public/page"));
     assert!(page.contains("saw GET /public/page HTTP/1.1"), "{page}");

@@ -323,11 +323,14 @@ impl Device {
         c
     }
 
-    /// Run `script` with sh as the student inside the device root:
-    /// (stdout and stderr together, exit code).
-    fn student(&self, script: &str) -> (String, i32) {
-        let o = Command::new("/usr/sbin/chroot")
-            .arg(format!("--userspec={STUDENT}"))
+    /// Run `script` with sh inside the device root, as `user` (`None`:
+    /// root): (stdout and stderr together, exit code).
+    fn run_as(&self, user: Option<&str>, script: &str) -> (String, i32) {
+        let mut c = Command::new("/usr/sbin/chroot");
+        if let Some(u) = user {
+            c.arg(format!("--userspec={u}"));
+        }
+        let o = c
             .arg(&self.root)
             .args(["/bin/sh", "-c", script])
             .env_clear()
@@ -343,21 +346,14 @@ impl Device {
         (text, o.status.code().unwrap_or(-1))
     }
 
-    /// Run `script` with sh as root inside the device root.
+    /// Run `script` as the student inside the device root.
+    fn student(&self, script: &str) -> (String, i32) {
+        self.run_as(Some(STUDENT), script)
+    }
+
+    /// Run `script` as root inside the device root.
     fn as_root(&self, script: &str) -> (String, i32) {
-        let o = Command::new("/usr/sbin/chroot")
-            .arg(&self.root)
-            .args(["/bin/sh", "-c", script])
-            .env_clear()
-            .env("PATH", "/bin:/usr/bin")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (text, o.status.code().unwrap_or(-1))
+        self.run_as(None, script)
     }
 
     /// Run `script` with the machine's sh as the student, outside the

@@ -186,17 +186,14 @@ fn kept_flags(path: &Path) -> nix::Result<MsFlags> {
         Err(e) => {
             let table = mounts::all();
             let m = table.iter().rev().find(|m| m.point == path).ok_or(e)?;
-            let mut f = FsFlags::empty();
-            if m.options.split(',').any(|o| o == "ro") {
-                f |= FsFlags::ST_RDONLY;
-            }
-            if m.options.split(',').any(|o| o == "relatime") {
-                f |= FsFlags::ST_RELATIME;
-            }
-            if m.options.split(',').any(|o| o == "noatime") {
-                f |= FsFlags::ST_NOATIME;
-            }
-            f
+            [
+                ("ro", FsFlags::ST_RDONLY),
+                ("relatime", FsFlags::ST_RELATIME),
+                ("noatime", FsFlags::ST_NOATIME),
+            ]
+            .into_iter()
+            .filter(|(o, _)| m.options.split(',').any(|x| x == *o))
+            .fold(FsFlags::empty(), |f, (_, flag)| f | flag)
         }
     };
     let mut f = MsFlags::empty();

@@ -116,10 +116,16 @@ fn fields(text: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn field<'a>(f: &'a [(String, String)], name: &str) -> &'a str {
+/// A field as sent (`""` if absent).
+fn raw_field<'a>(f: &'a [(String, String)], name: &str) -> &'a str {
     f.iter()
         .find(|(k, _)| k == name)
-        .map_or("", |(_, v)| v.trim())
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// A field without surrounding white space.
+fn field<'a>(f: &'a [(String, String)], name: &str) -> &'a str {
+    raw_field(f, name).trim()
 }
 
 /// Serve one console request.

@@ -10,7 +10,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::{json, Value};
 
 use super::sessions::Session;
-use super::{field, html as page, redirect, COOKIE, PREFIX};
+use super::{field, html as page, raw_field, redirect, COOKIE, PREFIX};
 use crate::app::AppState;
 use crate::reply::Reply;
 
@@ -274,10 +274,7 @@ async fn fleet(state: &AppState, s: &Session, said: Option<(bool, String)>) -> P
 
 async fn revoke(state: &AppState, s: &Session, actor: &str, form: &Fields) -> Page {
     // As sent, untrimmed: the id names exactly one device.
-    let device = form
-        .iter()
-        .find(|(k, _)| k == "device_id")
-        .map_or("", |(_, v)| v.as_str());
+    let device = raw_field(form, "device_id");
     let body = serde_json::to_vec(&json!({"device_id": device}))?;
     let said = match outcome(crate::routes::admin::revoke(state, actor, &body).await) {
         Ok(_) => (
@@ -446,11 +443,7 @@ fn policy(
 }
 
 async fn publish(state: &AppState, s: &Session, actor: &str, form: &Fields) -> Page {
-    let text = form
-        .iter()
-        .find(|(k, _)| k == "text")
-        .map_or("", |(_, v)| v.as_str())
-        .replace("\r\n", "\n");
+    let text = raw_field(form, "text").replace("\r\n", "\n");
     match outcome(crate::routes::admin::put_policy(state, actor, text.as_bytes()).await) {
         Ok(v) => Ok((
             200,

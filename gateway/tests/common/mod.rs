@@ -380,3 +380,32 @@ impl Site {
         Site { port, seen }
     }
 }
+
+/// Make `home` a browser profile's home whose own NSS store trusts the CA
+/// certificate `ca` (Chromium reads `$HOME/.pki/nssdb`).
+#[allow(dead_code)]
+pub(crate) fn trusting_home(home: &Path, ca: &Path) {
+    let nss = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nss).unwrap();
+    let db = format!("sql:{}", nss.display());
+    let certutil = |args: &[&str]| {
+        let o = Command::new("certutil").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    certutil(&["-d", &db, "-N", "--empty-password"]);
+    certutil(&[
+        "-d",
+        &db,
+        "-A",
+        "-t",
+        "C,,",
+        "-n",
+        "satchel-test-ca",
+        "-i",
+        ca.to_str().unwrap(),
+    ]);
+}
