@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use attest::tpm::Tpm;
-use attest::HashAlg;
 use fantoccini::{Client, ClientBuilder, Locator};
 
 mod common;
@@ -129,27 +128,10 @@ fn an_admin_enrolls_sees_tests_revokes_and_audits_in_the_browser() {
 
     // A device: a swtpm with an EK certificate, its boot chain measured; the
     // organisation's signed reference for that chain.
-    let swtpm = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
-    let chain_path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/boot-chain/chain.toml");
-    let chain = firmware_measure::Chain::load(&chain_path).unwrap();
-    let log = dir.path().join("boot.log");
-    {
-        let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
-        firmware_measure::measure(&chain, &mut tpm, &log).unwrap();
-    }
-    let org = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-    let reference =
-        firmware_measure::reference(&chain, None, &[HashAlg::Sha256], "sample", "t".into())
-            .unwrap();
-    std::fs::write(dir.path().join("ref.json"), reference.sign(&org).unwrap()).unwrap();
-    persist::keys::write_public(&dir.path().join("org.pub"), &org.verifying_key()).unwrap();
-
+    let (swtpm, log, _) = common::measured_swtpm(dir.path());
     let data = dir.path().join("gw");
     let mut config = gateway::ServeConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
-    config.ek_ca = Some(swtpm.ek_ca_dir());
-    config.reference = Some(dir.path().join("ref.json"));
-    config.reference_key = Some(dir.path().join("org.pub"));
+    common::attesting(&mut config, &swtpm, dir.path());
     config.checkpoint_every = Duration::from_secs(1);
     let gw = Running::with(config);
     let base = format!("https://127.0.0.1:{}", gw.port);

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use attest::tpm::{AkAlg, Tpm};
 use attest::HashAlg;
@@ -14,25 +13,15 @@ use device::GatewayClient;
 use gateway::{Gateway, ServeConfig};
 use serde_json::{json, Value};
 
+mod common;
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[test]
 fn replayed_evidence_and_foreign_nonces_are_refused() {
-    let swtpm = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let chain_path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/boot-chain/chain.toml");
-    let chain = firmware_measure::Chain::load(&chain_path).unwrap();
-    let log_path = dir.path().join("boot.log");
+    let (swtpm, log_path, reference) = common::measured_swtpm(dir.path());
     let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
-    firmware_measure::measure(&chain, &mut tpm, &log_path).unwrap();
-    // The organisation's reference.
-    let org = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-    let reference =
-        firmware_measure::reference(&chain, None, &[HashAlg::Sha256], "sample", "t".into())
-            .unwrap();
-    std::fs::write(dir.path().join("ref.json"), reference.sign(&org).unwrap()).unwrap();
-    persist::keys::write_public(&dir.path().join("org.pub"), &org.verifying_key()).unwrap();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -42,9 +31,7 @@ fn replayed_evidence_and_foreign_nonces_are_refused() {
     rt.block_on(async {
         let data = dir.path().join("gw");
         let mut config = ServeConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
-        config.ek_ca = Some(swtpm.ek_ca_dir());
-        config.reference = Some(dir.path().join("ref.json"));
-        config.reference_key = Some(dir.path().join("org.pub"));
+        common::attesting(&mut config, &swtpm, dir.path());
         let g = Gateway::bind(&config).await.unwrap();
         let url = format!("https://127.0.0.1:{}", g.local_addr.port());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

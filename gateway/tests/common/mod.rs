@@ -409,3 +409,42 @@ pub(crate) fn trusting_home(home: &Path, ca: &Path) {
         ca.to_str().unwrap(),
     ]);
 }
+
+/// A device's TPM: a swtpm with an EK certificate and the sample boot chain
+/// (examples/boot-chain) measured into it; its event log is `DIR/boot.log`.
+/// Also the organisation's signed reference for that chain, `DIR/ref.json`,
+/// and its key, `DIR/org.pub` (see [`attesting`]); the reference is
+/// returned too.
+#[allow(dead_code)]
+pub(crate) fn measured_swtpm(dir: &Path) -> (tpm_sim_tests::Swtpm, PathBuf, attest::Reference) {
+    let swtpm = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
+    let chain_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/boot-chain/chain.toml");
+    let chain = firmware_measure::Chain::load(&chain_path).unwrap();
+    let log = dir.join("boot.log");
+    {
+        let mut tpm = attest::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+        firmware_measure::measure(&chain, &mut tpm, &log).unwrap();
+    }
+    let org = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let reference = firmware_measure::reference(
+        &chain,
+        None,
+        &[attest::HashAlg::Sha256],
+        "sample",
+        "t".into(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("ref.json"), reference.sign(&org).unwrap()).unwrap();
+    persist::keys::write_public(&dir.join("org.pub"), &org.verifying_key()).unwrap();
+    (swtpm, log, reference)
+}
+
+/// Configure a gateway to enroll `swtpm`'s EK and attest against the
+/// reference [`measured_swtpm`] wrote into `dir`.
+#[allow(dead_code)]
+pub(crate) fn attesting(config: &mut ServeConfig, swtpm: &tpm_sim_tests::Swtpm, dir: &Path) {
+    config.ek_ca = Some(swtpm.ek_ca_dir());
+    config.reference = Some(dir.join("ref.json"));
+    config.reference_key = Some(dir.join("org.pub"));
+}
