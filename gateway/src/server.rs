@@ -515,6 +515,8 @@ impl PeerCounts {
     /// A place for one more connection from `ip`, unless it holds its
     /// share already.
     fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        // An IPv4 client on an IPv6 socket is the same client.
+        let ip = ip.to_canonical();
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let n = held.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -745,3 +747,24 @@ async fn load_reference(
 
 /// Largest request body read (evidence with its event logs fits easily).
 pub use protocol::limits::MAX_BODY;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_its_share_in_either_spelling_and_gets_it_back() {
+        let c = Arc::new(PeerCounts::new(2));
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let a = c.take(v4).unwrap();
+        let b = c.take(mapped).unwrap();
+        assert!(c.take(v4).is_none() && c.take(mapped).is_none());
+        assert!(c.take("192.0.2.8".parse().unwrap()).is_some());
+        drop(a);
+        let again = c.take(mapped);
+        assert!(again.is_some());
+        drop((b, again));
+        assert!(c.held.lock().unwrap().get(&v4).is_none());
+    }
+}

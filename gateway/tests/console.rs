@@ -362,15 +362,37 @@ fn strangers_cannot_forge_actors_fill_entries_or_fake_a_broken_device() {
         ];
         c.curl(&jar, "/v1/enroll", &args).0
     };
-    assert_eq!(enroll("admin:alice"), "403");
+    // Names that read as another actor, or hide in Unicode, or are huge:
+    // refused before anything is written.
     let long = "x".repeat(200_000);
-    assert_eq!(enroll(&long), "400");
+    for id in [
+        "admin:alice",
+        "anonymous\u{202e}",
+        "laptop\u{200b}17",
+        long.as_str(),
+    ] {
+        assert_eq!(enroll(id), "400", "{id:.40}");
+    }
+    // A plain id with a bad token: recorded as the anonymous caller's.
+    assert_eq!(enroll("laptop-99"), "403");
     let entries = c.entries();
     let refused: Vec<_> = entries.iter().filter(|e| e.kind == "enrollment").collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].actor, "anonymous");
-    assert_eq!(refused[0].subject, "admin:alice");
+    assert_eq!(refused[0].subject, "laptop-99");
     assert!(entries.iter().all(|e| e.actor != "admin:alice"));
+    // Nor can an admin hand out such a name, or a group that splits in two.
+    let jar = c.data.parent().unwrap().join("jar");
+    c.curl(&jar, &c.link("alice"), &[]);
+    let (_, _, page) = c.curl(&jar, "/console/tokens", &[]);
+    let csrf = csrf_of(&page);
+    for form in [
+        format!("device_id=admin%3Abob&csrf={csrf}"),
+        format!("device_id=laptop-20&groups=lab%2Cteachers+x&csrf={csrf}"),
+    ] {
+        let (code, _, page) = c.curl(&jar, "/console/tokens", &["-d", &form]);
+        assert_eq!(code, "400", "{page}");
+    }
 
     // A trusted attestation, then a refused one in the device's name.
     let url = format!("sqlite:{}", c.data.join("satchel.db").display());
@@ -387,8 +409,6 @@ fn strangers_cannot_forge_actors_fill_entries_or_fake_a_broken_device() {
             s.append(vec![e], audit::batch::now_ms()).await.unwrap();
         }
     });
-    let jar = c.data.parent().unwrap().join("jar");
-    c.curl(&jar, &c.link("alice"), &[]);
     let (code, _, page) = c.curl(&jar, "/console/", &[]);
     assert_eq!(code, "200", "{page}");
     assert!(

@@ -2,12 +2,53 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Whether `id` can name a device: 1-128 characters, no `/` or `,` (paths
-/// and group lists), no control characters (log lines).
+/// Whether `id` can name a device: 1-128 ASCII letters, digits, `-`, `_`,
+/// `.` and `@`. Nothing that splits a path or a group list, breaks a log
+/// line, hides in Unicode (invisible or right-to-left characters), or reads
+/// as another kind of actor in the audit trail (`admin:alice`).
 pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
-        && id.chars().count() <= 128
-        && !id.chars().any(|c| c == '/' || c == ',' || c.is_control())
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+/// Whether `g` can name a policy group: 1-128 printable ASCII characters
+/// without `,` (the stored group list's separator) or white space.
+pub fn valid_group(g: &str) -> bool {
+    !g.is_empty() && g.len() <= 128 && g.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_and_groups_are_plain() {
+        for ok in ["laptop-17", "d1", "kiosk.3@lab-b", "A_b"] {
+            assert!(valid_device_id(ok), "{ok}");
+        }
+        let long = "x".repeat(129);
+        for bad in [
+            "",
+            "admin:alice",
+            "a/b",
+            "a,b",
+            "a b",
+            "a\nb",
+            "\u{202e}kcab",
+            "zero\u{200b}width",
+            "caf\u{e9}",
+            long.as_str(),
+        ] {
+            assert!(!valid_device_id(bad), "{bad:?}");
+        }
+        assert!(valid_group("group:class-7a"));
+        for bad in ["", "lab,teachers", "a b", "x\u{2028}"] {
+            assert!(!valid_group(bad), "{bad:?}");
+        }
+    }
 }
 
 /// `POST /v1/admin/enroll-token`.

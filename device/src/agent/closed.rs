@@ -73,6 +73,9 @@ pub(crate) struct Closed {
     /// when they were read.
     known: HashSet<u64>,
     known_at: std::time::Instant,
+    /// Devices under the root that could not be marked: their programs
+    /// were never decided, like those of another namespace's mounts.
+    unmarked: HashSet<u64>,
 }
 
 /// Why closed mode could not start.
@@ -196,6 +199,7 @@ impl Closed {
             mountinfo,
             known: devices_of(&mounts::all()),
             known_at: std::time::Instant::now(),
+            unmarked: HashSet::new(),
         })
     }
 
@@ -225,13 +229,20 @@ impl Closed {
             let label = format!("{} ({})", m.point.display(), m.fstype);
             match r {
                 Ok(()) => {
+                    // A device number is used again after an unmount.
+                    for d in devices_of(std::slice::from_ref(&m)) {
+                        self.unmarked.remove(&d);
+                    }
                     self.marked.insert(m.dev);
                     added.push(label);
                 }
                 Err(_) if m.noexec && !is_fuse(&m) => {
                     self.marked.insert(m.dev);
                 }
-                Err(e) => failed.push((m, e)),
+                Err(e) => {
+                    self.unmarked.extend(devices_of(std::slice::from_ref(&m)));
+                    failed.push((m, e));
+                }
             }
         }
         (added, failed)
@@ -249,7 +260,7 @@ impl Closed {
             self.known = devices_of(&mounts::all());
             self.known_at = std::time::Instant::now();
         }
-        self.known.contains(&dev)
+        self.known.contains(&dev) && !self.unmarked.contains(&dev)
     }
 
     /// The mount table's descriptor, for `poll`.
@@ -271,6 +282,36 @@ impl Closed {
 /// a user can mount with the setuid `fusermount`.
 pub(crate) fn is_fuse(m: &mounts::Mount) -> bool {
     m.fstype == "fuse" || m.fstype == "fuseblk" || m.fstype.starts_with("fuse.")
+}
+
+/// Lazily unmount the FUSE file system mounted at `point`. The path is
+/// opened following no symbolic link (a user who owns a directory on the
+/// way could swap it for one, to have root unmount something else), and
+/// what it names must be a FUSE file system's root; the unmount then goes
+/// through that descriptor.
+pub(crate) fn unmount_fuse(point: &Path) -> nix::Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let fd = rustix::fs::openat2(
+        rustix::fs::CWD,
+        point,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| nix::Error::from_raw(e.raw_os_error()))?;
+    // A FUSE file system answers statfs with its magic even to a process it
+    // does not let in.
+    #[allow(clippy::unnecessary_cast)]
+    let fuse = rustix::fs::fstatfs(&fd).is_ok_and(|s| s.f_type as i64 == FUSE_SUPER_MAGIC);
+    if !fuse {
+        return Err(nix::Error::EINVAL);
+    }
+    use std::os::fd::AsRawFd as _;
+    nix::mount::umount2(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        nix::mount::MntFlags::MNT_DETACH,
+    )
 }
 
 /// The devices (as `st_dev`) of the file systems in a mount table.
@@ -346,6 +387,21 @@ mod tests {
         let e = path_trust(&sh.display().to_string(), &other).unwrap_err();
         assert!(e.contains("names another file"), "{e}");
         assert!(path_trust("relative/x", &st).is_err());
+    }
+
+    #[test]
+    fn the_fuse_unmount_follows_no_link_and_touches_nothing_else() {
+        // A student who owns a directory on the way swaps it for a link to
+        // something root mounted: the unmount refuses the path.
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("swapped")).unwrap();
+        assert!(unmount_fuse(&d.path().join("swapped")).is_err());
+        assert!(unmount_fuse(&d.path().join("swapped/..")).is_err());
+        // A path that names no FUSE file system is left alone.
+        assert_eq!(unmount_fuse(&real), Err(nix::Error::EINVAL));
+        assert!(real.exists());
     }
 
     #[test]

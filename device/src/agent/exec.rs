@@ -749,7 +749,11 @@ impl Enforcer {
             tracing::debug!(error = %e, "no ignore mark: the agent keeps deciding this file");
             return;
         }
-        if Arc::ptr_eq(&self.current(), decided_with) {
+        // The mount may have been made noexec since the decision (a stick
+        // the agent confines): a file there is no system file any more.
+        // Checked after the mark is set, so a remount either shows here or
+        // comes before the flush that follows it.
+        if Arc::ptr_eq(&self.current(), decided_with) && !closed::on_noexec(fd) {
             self.counters.kernel_cached.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -789,7 +793,7 @@ pub(crate) const MAX_PROGRAM: u64 = 1 << 30;
 /// the alarm saying so. The alarm's text.
 fn unmarkable(m: &super::mounts::Mount, e: nix::Error, lockdown: bool) -> String {
     if lockdown && closed::is_fuse(m) {
-        match nix::mount::umount2(&m.point, nix::mount::MntFlags::MNT_DETACH) {
+        match closed::unmount_fuse(&m.point) {
             Ok(()) => format!("a FUSE mount ({}) that cannot be marked ({e}) was unmounted: nothing opened there could be decided", m.fstype),
             Err(u) => format!("a FUSE mount ({}) cannot be marked ({e}) nor unmounted ({u}): scripts there are read unchecked", m.fstype),
         }

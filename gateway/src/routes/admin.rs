@@ -157,7 +157,15 @@ pub(crate) async fn enroll_token(state: &AppState, admin: &str, body: &[u8]) -> 
         return refuse(
             400,
             "bad request",
-            "device_id must be 1-128 characters without '/', ',' or control characters",
+            "device_id must be 1-128 ASCII letters, digits, '-', '_', '.' or '@'",
+            Value::Null,
+        );
+    }
+    if let Some(g) = r.groups.iter().find(|g| !protocol::admin::valid_group(g)) {
+        return refuse(
+            400,
+            "bad request",
+            format!("group {g:?}: give 1-128 printable ASCII characters without ',' or spaces"),
             Value::Null,
         );
     }

@@ -36,9 +36,7 @@ impl AppState {
         // no actor (it could name itself `admin:alice`) and fills no entry
         // with megabytes.
         if !protocol::admin::valid_device_id(&r.device_id) {
-            return bad(
-                "device_id must be 1-128 characters without '/', ',' or control characters",
-            );
+            return bad("device_id must be 1-128 ASCII letters, digits, '-', '_', '.' or '@'");
         }
         let token = match self.db.check_token(&r.token).await {
             Ok(Some(t)) if t.device_id == r.device_id => t,

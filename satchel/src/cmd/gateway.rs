@@ -648,6 +648,14 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         .build()?;
     let token = rt.block_on(async {
         let (db, url) = a.store.open().await?;
+        anyhow::ensure!(
+            protocol::admin::valid_device_id(&a.device_id),
+            "--device-id {:?}: give 1-128 ASCII letters, digits, '-', '_', '.' or '@'",
+            a.device_id
+        );
+        if let Some(g) = a.groups.iter().find(|g| !protocol::admin::valid_group(g)) {
+            anyhow::bail!("--groups: {g:?} is no group name (printable ASCII, no spaces)");
+        }
         let token = db.make_token(&a.device_id, &a.groups, a.ttl).await?;
         // The token itself never: only whom it admits, and for how long.
         let details = serde_json::json!({"groups": a.groups, "ttl_s": a.ttl.as_secs()});
