@@ -19,6 +19,10 @@ use sync::{ChunkId, ChunkStore};
 
 use crate::state::DbError;
 
+mod versions;
+
+pub use versions::{Mark, Pin, Retired};
+
 /// A stored layer version.
 #[derive(Debug, Clone)]
 pub struct StoredLayer {
@@ -141,6 +145,12 @@ impl Images {
         .execute(&pool)
         .await
         .map_err(db("creating gateway_layers"))?;
+        for ddl in versions::DDL {
+            sqlx::query(ddl)
+                .execute(&pool)
+                .await
+                .map_err(db("creating the version tables"))?;
+        }
         Ok(Images {
             pool,
             chunks: ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
@@ -255,7 +265,8 @@ impl Images {
     }
 
     /// What `device` gets of `image`: per layer, its own newest version of
-    /// a user layer, else the image's.
+    /// a user layer, else the image's pinned version (the device's own pin,
+    /// else the pin for every device), else the image's newest.
     pub async fn for_device(
         &self,
         image: &str,
@@ -264,7 +275,7 @@ impl Images {
         let mut out = Vec::new();
         for layer in Layer::ALL {
             let own = if layer.is_system() {
-                None
+                self.pinned(image, layer, device).await?
             } else {
                 self.latest(image, layer, device).await?
             };
@@ -396,27 +407,41 @@ pub struct Collected {
     pub removed: u64,
     /// Their bytes on disk.
     pub removed_bytes: u64,
+    /// Layer versions retired (`image/layer/version`, `@device` for a
+    /// device's own): removed, or in a dry run, to remove.
+    pub versions_removed: Vec<String>,
 }
 
 impl Images {
     /// Remove the chunks no stored layer version references and that were
     /// written longer than `grace` ago: what failed builds, refused
-    /// check-ins and abandoned uploads left. Every version's manifest is
+    /// check-ins, abandoned uploads and retired versions left. With
+    /// `keep`, versions past the newest `keep` of each layer go first
+    /// ([`retire`](Self::retire)). Every remaining version's manifest is
     /// verified with `key` first; one that does not verify stops the
-    /// collection (nothing is removed on a guess). Layer versions are
-    /// never removed: a device may still merge against an old one.
+    /// collection (nothing is removed on a guess). A chunk stored again
+    /// while the collection runs is kept
+    /// ([`sync::store::clean::remove_loose_if_older`]).
     pub async fn collect(
         &self,
         key: &ed25519_dalek::VerifyingKey,
         grace: std::time::Duration,
+        keep: Option<usize>,
         dry_run: bool,
     ) -> Result<Collected, ImageError> {
+        let retired = match keep {
+            Some(k) => self.retire(k, !dry_run).await?,
+            None => Retired::default(),
+        };
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM gateway_layers"))
             .fetch_all(&self.pool)
             .await
             .map_err(db("listing layers"))?;
         let mut referenced: HashSet<ChunkId> = HashSet::new();
         for l in rows.iter().filter_map(row_layer) {
+            if retired.digests.contains(&l.digest) {
+                continue;
+            }
             let signed = Signed::verify(&l.signed, key)?;
             referenced.extend(signed.manifest.chunk_ids());
         }
@@ -428,6 +453,7 @@ impl Images {
             .unwrap_or(std::time::UNIX_EPOCH);
         let mut c = Collected {
             chunks: loose.len() as u64,
+            versions_removed: retired.versions,
             ..Collected::default()
         };
         let mut gone = Vec::new();
@@ -436,30 +462,33 @@ impl Images {
                 c.referenced += 1;
             } else if written > cutoff {
                 c.recent += 1;
-            } else {
+            } else if dry_run {
                 c.removed += 1;
                 c.removed_bytes += bytes;
-                gone.push(id);
+            } else {
+                match sync::store::clean::remove_loose_if_older(&self.chunks, id, cutoff)? {
+                    Some(bytes) => {
+                        c.removed += 1;
+                        c.removed_bytes += bytes;
+                        gone.push(id);
+                    }
+                    None => c.recent += 1,
+                }
             }
         }
-        if !dry_run {
-            for id in &gone {
-                self.chunks.remove_loose(*id)?;
+        for batch in gone.chunks(500) {
+            let marks: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM gateway_uploads WHERE chunk_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in batch {
+                q = q.bind(id.to_string());
             }
-            for batch in gone.chunks(500) {
-                let marks: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "DELETE FROM gateway_uploads WHERE chunk_id IN ({})",
-                    marks.join(", ")
-                );
-                let mut q = sqlx::query(&sql);
-                for id in batch {
-                    q = q.bind(id.to_string());
-                }
-                // The table belongs to the device state; a gateway without it
-                // has no uploads to forget.
-                let _ = q.execute(&self.pool).await;
-            }
+            // The table belongs to the device state; a gateway without it
+            // has no uploads to forget.
+            let _ = q.execute(&self.pool).await;
         }
         Ok(c)
     }
@@ -488,6 +517,17 @@ pub async fn build(
             stats,
         });
     }
+    write_stages(images, data, image).await?;
+    Ok(out)
+}
+
+/// Write the image's layer stages ([`stages_path`]) for the versions every
+/// device is offered now.
+pub async fn write_stages(
+    images: &Images,
+    data: &Path,
+    image: &str,
+) -> Result<PathBuf, ImageError> {
     let current = images.for_device(image, "").await?;
     let path = stages_path(data, image);
     let write = || -> Result<(), persist::FileError> {
@@ -497,7 +537,7 @@ pub async fn build(
         persist::write_atomic(&path, layer_stages(image, &current).as_bytes())
     };
     write().map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))?;
-    Ok(out)
+    Ok(path)
 }
 
 /// The boot-chain stages measuring an image's system layers (see

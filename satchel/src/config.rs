@@ -155,6 +155,7 @@ struct RawGateway {
     upstream_ca: Option<RelativePathBuf>,
     access_log: Option<RelativePathBuf>,
     max_connections_per_address: Option<u32>,
+    keep_versions: Option<u64>,
 }
 
 /// The `[gateway]` table (or a gateway-only file): the options of
@@ -176,6 +177,8 @@ pub(crate) struct GatewayFile {
     pub(crate) upstream_ca: Option<PathBuf>,
     pub(crate) access_log: Option<PathBuf>,
     pub(crate) max_connections_per_address: Option<u32>,
+    /// `satchel gateway gc`'s `--keep-versions` when not given.
+    pub(crate) keep_versions: Option<u64>,
 }
 
 impl From<RawGateway> for GatewayFile {
@@ -202,6 +205,7 @@ impl From<RawGateway> for GatewayFile {
                 }
             }),
             max_connections_per_address: r.max_connections_per_address,
+            keep_versions: r.keep_versions,
         }
     }
 }

@@ -936,3 +936,399 @@ fn gc_removes_only_old_chunks_no_version_references() {
     let audit = std::fs::read_to_string(w.p("audit.jsonl")).unwrap();
     assert!(audit.contains("\"decision\":\"collected\""), "{audit}");
 }
+
+#[test]
+fn a_chunk_stored_again_is_not_collected_from_under_its_new_version() {
+    // A build whose chunks were all in the store already, as an old
+    // unreferenced copy: its version must keep them through a collection.
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    let db = format!("sqlite:{}", w.gw.join("satchel.db").display());
+    std::fs::create_dir_all(w.p("src/lab")).unwrap();
+    std::fs::write(w.p("src/lab/tool"), noise(300_000, 91)).unwrap();
+    w.build("lab", "base-os", "src/lab");
+    common::sql(&db, &["DELETE FROM gateway_layers WHERE image = 'lab'"]);
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    for fan in std::fs::read_dir(w.gw.join("chunks")).unwrap().flatten() {
+        if fan.path().is_dir() {
+            for f in std::fs::read_dir(fan.path()).unwrap().flatten() {
+                std::fs::File::options()
+                    .write(true)
+                    .open(f.path())
+                    .unwrap()
+                    .set_modified(day_ago)
+                    .unwrap();
+            }
+        }
+    }
+    // The same tree built again as a new image, then a collection.
+    w.build("lab", "base-os", "src/lab");
+    let c: serde_json::Value = serde_json::from_str(&ok(&[
+        "gateway", "gc", "--data", &gw, "--json", "--grace", "1h",
+    ]))
+    .unwrap();
+    assert_eq!(
+        c["removed"], 0,
+        "a chunk of the new version was collected: {c}"
+    );
+    assert_eq!(c["recent"], 0, "{c}");
+}
+
+/// A copy of the world's base-os source with `usr/bin/v` made of `seed`'s
+/// noise, at `src/REL`.
+fn base_variant(w: &World, rel: &str, seed: u64, size: usize) {
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(w.p("src/base-os"))
+        .arg(w.p(rel))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::write(w.p(rel).join("usr/bin/v"), noise(size, seed)).unwrap();
+}
+
+fn gw_json(w: &World, args: &[&str]) -> serde_json::Value {
+    let gw = w.gw.to_string_lossy().into_owned();
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--data", &gw]);
+    serde_json::from_str(&ok(&a)).unwrap()
+}
+
+#[test]
+fn retention_keeps_the_newest_pinned_and_held_versions_and_a_rollback_republishes() {
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    w.device("c1", "laptop-1");
+    w.device("c2", "laptop-2");
+    // laptop-1 takes version 1, then says so at its next offer.
+    w.pull_stats("c1", "root1", &[]);
+    for n in 2..=4u64 {
+        base_variant(&w, &format!("src/b{n}"), 1000 * n, 200_000);
+        let out = w.build("classroom", "base-os", &format!("src/b{n}"));
+        assert!(out.contains(&format!("version {n}")), "{out}");
+    }
+    // laptop-2 is held at version 2; laptop-1 moves on to 4.
+    ok(&[
+        "image",
+        "pin",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--version",
+        "2",
+        "--device-id",
+        "laptop-2",
+    ]);
+    w.pull_stats("c2", "root2", &[]);
+    same_tree(&w.p("src/b2"), &w.p("root2/base-os"));
+    w.pull_stats("c1", "root1", &[]);
+    same_tree(&w.p("src/b4"), &w.p("root1/base-os"));
+    let shown = gw_json(&w, &["image", "show", "classroom", "--json"]);
+    let mark = |dev: &str, role: &str| -> u64 {
+        shown["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["device_id"] == dev && m["role"] == role && m["layer"] == "base-os")
+            .unwrap_or_else(|| panic!("no {role} mark for {dev}: {shown}"))["version"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(mark("laptop-1", "held"), 1, "{shown}");
+    assert_eq!(mark("laptop-1", "offered"), 4, "{shown}");
+    assert_eq!(mark("laptop-2", "offered"), 2, "{shown}");
+    assert_eq!(shown["pins"][0]["version"], 2, "{shown}");
+
+    // Keep one: 4 is newest, 2 is pinned (and offered), 1 is held; 3 goes,
+    // and with it the chunks only 3 had. A dry run first removes nothing.
+    let gc = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec!["gateway", "gc", "--data", &gw, "--json", "--grace", "0s"];
+        a.extend_from_slice(extra);
+        serde_json::from_str(&ok(&a)).unwrap()
+    };
+    let dry = gc(&["--keep-versions", "1", "--dry-run"]);
+    assert_eq!(
+        dry["versions_removed"],
+        serde_json::json!(["classroom/base-os/3"]),
+        "{dry}"
+    );
+    let c = gc(&["--keep-versions", "1"]);
+    assert_eq!(c["versions_removed"], dry["versions_removed"], "{c}");
+    assert_eq!(c["removed"], dry["removed"], "{c}");
+    assert!(
+        c["removed"].as_u64().unwrap() >= 1,
+        "v3's own file stayed: {c}"
+    );
+    let o = satchel(&[
+        "image",
+        "rollback",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--version",
+        "3",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no version 3"));
+
+    // Roll back to 2: its files again, as version 5, taken as an update.
+    let out = ok(&[
+        "image",
+        "rollback",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--version",
+        "2",
+    ]);
+    assert!(out.contains("as version 5"), "{out}");
+    w.pull_stats("c1", "root1", &[]);
+    same_tree(&w.p("src/b2"), &w.p("root1/base-os"));
+    // A pin cannot take a device back: laptop-1 holds 5 and refuses 4.
+    ok(&[
+        "image",
+        "pin",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--version",
+        "4",
+        "--device-id",
+        "laptop-1",
+    ]);
+    let o = w.sync("pull", "c1", "root1", &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rollback"));
+    ok(&[
+        "image",
+        "unpin",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--device-id",
+        "laptop-1",
+    ]);
+    // laptop-2's pin removed: it takes 5.
+    ok(&[
+        "image",
+        "unpin",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--device-id",
+        "laptop-2",
+    ]);
+    w.pull_stats("c2", "root2", &[]);
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.p("c2/sync/classroom.json")).unwrap()).unwrap();
+    assert_eq!(st["layers"]["base-os"]["version"], 5);
+    // A user layer is never pinned, and a bad pin says why.
+    let o = satchel(&[
+        "image",
+        "pin",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "user-data",
+        "--version",
+        "1",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("user layer"));
+    let o = satchel(&[
+        "image",
+        "pin",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        "base-os",
+        "--version",
+        "3",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no version 3"));
+    // Every action is in the audit trail.
+    let db = format!("sqlite:{}", w.gw.join("satchel.db").display());
+    ok(&["audit", "export", "--db", &db, "--out", &w.s("audit.jsonl")]);
+    let audit = std::fs::read_to_string(w.p("audit.jsonl")).unwrap();
+    for d in [
+        "\"pinned\"",
+        "\"unpinned\"",
+        "\"rolled-back\"",
+        "\"collected\"",
+    ] {
+        assert!(audit.contains(d), "{d} not audited");
+    }
+}
+
+#[test]
+fn a_pull_in_progress_finishes_while_both_sides_clean_up() {
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    w.device("c1", "laptop-1");
+    base_variant(&w, "src/b2", 202, 1_200_000);
+    w.build("classroom", "base-os", "src/b2");
+    // A slow pull of version 2.
+    let mut pull = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["client", "sync", "pull", "--gateway", &w.url, "--ca"])
+        .arg(w.gw.join("ca.crt"))
+        .arg("--data")
+        .arg(w.p("c1"))
+        .args(["--image", "classroom", "--into"])
+        .arg(w.p("root"))
+        .args(["--max-rate", "400K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.p("c1/chunks/packs").exists() {
+        assert!(Instant::now() < deadline, "the pull stored nothing");
+        assert!(pull.try_wait().unwrap().is_none(), "the pull ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Meanwhile: version 3 replaces the file still being fetched, and the
+    // gateway keeps one version; the device's own clean-up starts too.
+    base_variant(&w, "src/b3", 303, 1_200_000);
+    std::fs::write(w.p("src/b3/usr/bin/tool"), noise(1_500_000, 404)).unwrap();
+    w.build("classroom", "base-os", "src/b3");
+    let c: serde_json::Value = serde_json::from_str(&ok(&[
+        "gateway",
+        "gc",
+        "--data",
+        &gw,
+        "--json",
+        "--grace",
+        "0s",
+        "--keep-versions",
+        "1",
+    ]))
+    .unwrap();
+    assert_eq!(
+        c["versions_removed"],
+        serde_json::json!(["classroom/base-os/1"]),
+        "{c}"
+    );
+    let device_gc = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["client", "sync", "gc", "--json", "--wait", "5m", "--data"])
+        .arg(w.p("c1"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        pull.try_wait().unwrap().is_none(),
+        "the pull was over before the clean-ups ran"
+    );
+    let out = pull.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same_tree(&w.p("src/b2"), &w.p("root/base-os"));
+    // Its chunks stay fetchable though 3 is what the device would now get
+    // (a pull whose later batches come after the build).
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.p("c1/sync/classroom.json")).unwrap()).unwrap();
+    let key: ed25519_dalek::VerifyingKey =
+        ed25519_dalek::pkcs8::DecodePublicKey::from_public_key_pem(
+            st["manifest_key"].as_str().unwrap(),
+        )
+        .unwrap();
+    let v2 =
+        sync::manifest::Signed::verify(st["layers"]["base-os"]["manifest"].as_str().unwrap(), &key)
+            .unwrap();
+    assert_eq!(v2.manifest.version, 2);
+    let only_v2: Vec<sync::ChunkId> = v2
+        .manifest
+        .entries
+        .iter()
+        .filter(|e| e.path == "usr/bin/v")
+        .flat_map(|e| match &e.kind {
+            sync::Kind::File { chunks, .. } => chunks.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(!only_v2.is_empty());
+    let client = device::GatewayConfig {
+        url: w.url.clone(),
+        ca: w.gw.join("ca.crt"),
+        data: w.p("c1"),
+    }
+    .device_client()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (s, b) = rt
+        .block_on(client.post(
+            "/v1/sync/images/classroom/chunks",
+            &serde_json::json!({"ids": only_v2}),
+        ))
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let cleaned = device_gc.wait_with_output().unwrap();
+    assert!(cleaned.status.success());
+    let cleaned: serde_json::Value = serde_json::from_slice(&cleaned.stdout).unwrap();
+    assert_eq!(cleaned["absent"], 0, "{cleaned}");
+    // What the device holds is whole: a local change reverts from the store.
+    let revert = |root: &str| {
+        std::fs::write(w.p(root).join("base-os/usr/bin/v"), b"student was here").unwrap();
+        ok(&[
+            "client",
+            "sync",
+            "revert",
+            "--data",
+            &w.s("c1"),
+            "--image",
+            "classroom",
+            "--root",
+            &w.s(root),
+            "--layer",
+            "base-os",
+        ]);
+    };
+    revert("root");
+    same_tree(&w.p("src/b2"), &w.p("root/base-os"));
+    // Version 3 taken: the device's clean-up drops version 2's own chunks.
+    w.pull_stats("c1", "root", &[]);
+    same_tree(&w.p("src/b3"), &w.p("root/base-os"));
+    let c: serde_json::Value = serde_json::from_str(&ok(&[
+        "client",
+        "sync",
+        "gc",
+        "--json",
+        "--data",
+        &w.s("c1"),
+    ]))
+    .unwrap();
+    assert!(c["removed"].as_u64().unwrap() > 0, "{c}");
+    assert!(
+        c["bytes_after"].as_u64() < c["bytes_before"].as_u64(),
+        "{c}"
+    );
+    assert_eq!(c["absent"], 0, "{c}");
+    revert("root");
+    same_tree(&w.p("src/b3"), &w.p("root/base-os"));
+}

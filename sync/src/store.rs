@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::chunk::{ChunkId, MAX_CHUNK};
 
+pub mod clean;
 pub mod pack;
 
 /// zstd level for chunks a device stores (fast, and most of zstd's gain).
@@ -74,6 +75,9 @@ pub struct ChunkStore {
     /// (it never writes any), which spares a `stat` per chunk asked for.
     loose: bool,
     fresh: Option<Arc<Fresh>>,
+    /// A packed store's shared lock on `ROOT/lock`, held while any clone
+    /// lives: [`clean::collect_packed`] takes it exclusively.
+    _in_use: Option<Arc<std::fs::File>>,
 }
 
 /// Plain bytes of chunks checked on their way into the store, kept for
@@ -170,12 +174,26 @@ impl ChunkStore {
             packs: None,
             loose: true,
             fresh: None,
+            _in_use: None,
         })
     }
 
     /// Open (and create) a packed store at `root`: new chunks go to a pack
     /// of this store's own under `root/packs/`; loose chunks are still read.
+    /// The store holds a shared lock on `root/lock` while it (or a clone)
+    /// lives, so a clean-up ([`clean::collect_packed`]) never runs under a
+    /// pull or a push; opening waits while one runs.
     pub fn open_packed(root: impl Into<PathBuf>) -> Result<ChunkStore, StoreError> {
+        let root = root.into();
+        let lock = clean::lock(&root, rustix::fs::FlockOperation::LockShared)?;
+        let mut store = ChunkStore::open_packed_unlocked(root)?;
+        store._in_use = Some(Arc::new(lock));
+        Ok(store)
+    }
+
+    /// [`open_packed`](Self::open_packed) for the clean-up, which holds the
+    /// lock exclusively already.
+    fn open_packed_unlocked(root: PathBuf) -> Result<ChunkStore, StoreError> {
         let mut store = ChunkStore::open(root)?;
         let dir = store.root.join("packs");
         store.packs = Some(Arc::new(pack::Packs::open(dir.clone()).map_err(io(&dir))?));
@@ -282,7 +300,7 @@ impl ChunkStore {
 
     /// Store plain bytes (compressing them). False if already there.
     pub fn put(&self, id: ChunkId, plain: &[u8]) -> Result<bool, StoreError> {
-        if self.has(id) {
+        if self.has(id) && self.stored_again(id)? {
             return Ok(false);
         }
         let compressed = zstd::bulk::compress(plain, self.level).map_err(io(&self.root))?;
@@ -293,7 +311,7 @@ impl ChunkStore {
     /// Store a chunk received compressed, after checking it (it must
     /// decompress within bounds and hash to `id`). False if already there.
     pub fn put_compressed(&self, id: ChunkId, compressed: &[u8]) -> Result<bool, StoreError> {
-        if self.has(id) {
+        if self.has(id) && self.stored_again(id)? {
             return Ok(false);
         }
         let plain = open_chunk(id, compressed)?;
@@ -302,6 +320,32 @@ impl ChunkStore {
             f.keep(id, plain);
         }
         Ok(true)
+    }
+
+    /// A chunk found in the store is being stored again: in a loose store,
+    /// its file's time is made now, so that a collection running meanwhile
+    /// counts it as recent (see [`clean::remove_loose_if_older`]). False if
+    /// the file went in the meantime: the caller writes it again.
+    fn stored_again(&self, id: ChunkId) -> Result<bool, StoreError> {
+        if self.packs.is_some() {
+            return Ok(true);
+        }
+        let path = self.path(id);
+        let now = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+        };
+        match rustix::fs::utimensat(rustix::fs::CWD, &path, &now, rustix::fs::AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(io(&path)(e.into())),
+        }
     }
 
     fn write(&self, id: ChunkId, compressed: &[u8]) -> Result<(), StoreError> {

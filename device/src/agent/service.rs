@@ -619,6 +619,10 @@ pub(super) fn cert_not_after(path: &Path) -> Option<i64> {
     Some(cert.validity().not_after.timestamp() * 1000)
 }
 
+/// How long the clean-up after a pull waits for another user of the store
+/// (a `satchel client sync` run by hand) before it gives up until the next.
+const CLEAN_WAIT: Duration = Duration::from_secs(30);
+
 /// One sync: push this device's changes first (the push merges three-way
 /// and applies the result), then pull what is new; a first sync has nothing
 /// to push. (result, audit details).
@@ -656,9 +660,27 @@ async fn sync_once(
         ),
         (pushed, Some(Ok(p))) => {
             let r = pushed.as_ref().and_then(|r| r.as_ref().ok());
+            // A version replaced: its chunks are no longer needed here.
+            let cleaned = if p.layers_applied.is_empty() {
+                Value::Null
+            } else {
+                let cdir = gw.data.clone();
+                match tokio::task::spawn_blocking(move || {
+                    crate::sync::clean(&cdir, CLEAN_WAIT, false)
+                })
+                .await
+                {
+                    Ok(Ok(c)) => {
+                        json!({"removed": c.removed, "bytes_before": c.bytes_before, "bytes_after": c.bytes_after})
+                    }
+                    Ok(Err(e)) => json!({"error": e.to_string()}),
+                    Err(e) => json!({"error": e.to_string()}),
+                }
+            };
             (
                 "ok".to_owned(),
                 json!({
+                    "cleaned": cleaned,
                     "image": image,
                     "applied": p.layers_applied,
                     "kept": p.layers_kept,

@@ -13,7 +13,11 @@
 //! SIGKILL the next pull asks for none of them again. A layer is applied
 //! only when all its chunks are there, by an atomic swap of its directory,
 //! and the state file is replaced (write, sync, rename) after it.
+//!
+//! [`clean`] keeps only the chunks of the versions held; it never runs
+//! under a pull or a push (the store's lock).
 
+mod clean;
 mod fetch;
 mod local;
 mod offer;
@@ -21,6 +25,7 @@ mod pull;
 mod push;
 mod state;
 
+pub use clean::clean;
 pub use local::{revert, stages, status, LayerStatus};
 pub use pull::{pull, LayerFilter, Target};
 pub use push::{pending, push, Pending};

@@ -111,16 +111,7 @@ impl AppState {
     }
 
     async fn layers_for(&self, device: &Device, image: &str) -> Result<Vec<StoredLayer>, Reply> {
-        match self.images.for_device(image, &device.device_id).await {
-            Ok(v) if v.is_empty() => Err(refuse(
-                404,
-                "unknown image",
-                format!("the gateway has no layers of image {image:?}"),
-                Value::Null,
-            )),
-            Ok(v) => Ok(v),
-            Err(e) => Err(internal(&e)),
-        }
+        layers_for(&self.images, device, image).await
     }
 
     async fn sync_image(&self, device: &Device, image: &str) -> Reply {
@@ -178,6 +169,15 @@ impl AppState {
                 Err(e) => return internal(&e),
             }
         };
+        // Noted before the answer: what a device was offered is kept (and
+        // its chunks stay fetchable) while it pulls.
+        if let Err(e) = self
+            .images
+            .mark(&device.device_id, image, &layers, &bases)
+            .await
+        {
+            return internal(&e);
+        }
         self.record(
             "sync",
             &device.device_id,
@@ -244,9 +244,21 @@ impl AppState {
         }
     }
 
-    /// The chunk ids of the layers `device` gets of `image`.
+    /// The chunk ids of the layers `device` gets of `image`, and of those
+    /// it was last offered (a pull that began before a new build or a pin
+    /// finishes).
     async fn allowed_chunks(&self, device: &Device, image: &str) -> Result<Allowed, Reply> {
-        let layers = self.layers_for(device, image).await?;
+        let mut layers = self.layers_for(device, image).await?;
+        let offered = self
+            .images
+            .offered_to(&device.device_id, image)
+            .await
+            .map_err(|e| internal(&e))?;
+        for o in offered {
+            if !layers.iter().any(|l| l.digest == o.digest) {
+                layers.push(o);
+            }
+        }
         let key = self.manifest_key.verifying_key();
         let mut sets = Vec::with_capacity(layers.len());
         for l in &layers {

@@ -77,6 +77,32 @@ pub(crate) enum SyncCmd {
     Stages(StagesArgs),
     /// Write this device's pending changes as one signed file, for carrying offline.
     ExportBundle(ExportArgs),
+    /// Remove chunks of layer versions this device no longer holds.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel client sync gc --data client
+  satchel client sync gc --data client --dry-run --json
+
+Keeps the chunks of the layer versions held (CDIR/sync/*.json: what revert and the next
+pull's deltas need) and removes the rest, rewriting the packs. It waits for a pull or push
+that has the store open (up to --wait), and one that starts meanwhile waits for it; a crash
+half-way loses nothing held. The agent runs it after each pull that applied a layer.")]
+pub(crate) struct GcArgs {
+    /// This device's directory.
+    #[arg(long, value_name = "CDIR")]
+    data: PathBuf,
+    /// How long to wait for the store's other users.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
+    /// Count what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +349,23 @@ pub(crate) fn run(cmd: ClientCmd, config: Option<&Path>) -> anyhow::Result<()> {
             let n =
                 device::bundle::export(&a.data, &a.image, &a.root, &a.out).map_err(sync_failed)?;
             println!("{}: {n} changed layer(s) in {}", a.image, a.out.display());
+            Ok(())
+        }
+        ClientCmd::Sync(SyncCmd::Gc(a)) => {
+            let c = device::sync::clean(&a.data, a.wait, a.dry_run).map_err(sync_failed)?;
+            if a.json {
+                println!("{}", serde_json::to_value(&c)?);
+            } else {
+                println!(
+                    "{} chunks: {} kept, {} {}; {} bytes before, {} after",
+                    c.chunks,
+                    c.kept,
+                    c.removed,
+                    if a.dry_run { "to remove" } else { "removed" },
+                    c.bytes_before,
+                    c.bytes_after
+                );
+            }
             Ok(())
         }
         ClientCmd::Sync(SyncCmd::Stages(a)) => {

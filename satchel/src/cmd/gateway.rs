@@ -295,16 +295,24 @@ fn revoke_admin(a: RevokeAdminArgs) -> anyhow::Result<()> {
   satchel gateway gc --gateway-config /etc/satchel/gateway.toml --dry-run
   satchel gateway gc --gateway-config /etc/satchel/gateway.toml --grace 7d
 
-Every stored layer version's manifest is verified and its chunks kept; a chunk none
-references is removed once it is older than --grace (an upload whose check-in may still
-come, or a build in progress, is younger). Layer versions are never removed: a device
-may still merge against an old one. Safe while the gateway runs. Audited.")]
+With --keep-versions N, layer versions past the newest N of each layer (and each
+device's own user layers) are removed first, except pinned versions and any version a
+device was last offered or last said it holds (its next check-in merges against it; a
+pull in progress fetches it). Then every remaining version's manifest is verified and
+its chunks kept; a chunk none references is removed once it is older than --grace (an
+upload whose check-in may still come, or a build in progress, is younger); a chunk stored
+again while the collection runs is kept. Safe while the gateway runs. Audited.")]
 pub(crate) struct GcArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Keep unreferenced chunks written within this long.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     grace: std::time::Duration,
+    /// Keep the newest N versions of each layer (and pinned and held ones);
+    /// remove older ones [default: the configuration's `keep-versions`,
+    /// else keep every version].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_versions: Option<u64>,
     /// Count what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -323,7 +331,11 @@ fn gc(a: GcArgs) -> anyhow::Result<()> {
         let (pool, _) = persist::db::connect(&url).await?;
         let images = gateway::images::Images::open(pool, &data).await?;
         let key = gateway::server::manifest_key(&data)?.verifying_key();
-        let c = images.collect(&key, a.grace, a.dry_run).await?;
+        let keep = a
+            .keep_versions
+            .or(a.store.file()?.keep_versions.filter(|k| *k > 0))
+            .map(|k| usize::try_from(k).unwrap_or(usize::MAX));
+        let c = images.collect(&key, a.grace, keep, a.dry_run).await?;
         if !a.dry_run {
             let details = serde_json::to_value(&c)?;
             audit_cli_action(&url, "chunks", "collected", details).await?;
@@ -333,6 +345,12 @@ fn gc(a: GcArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_value(&c)?);
     } else {
+        for v in &c.versions_removed {
+            println!(
+                "version {v}: {}",
+                if a.dry_run { "to remove" } else { "removed" }
+            );
+        }
         println!(
             "{} chunks: {} referenced, {} recent (younger than {}), {} {} ({} bytes)",
             c.chunks,
@@ -348,7 +366,7 @@ fn gc(a: GcArgs) -> anyhow::Result<()> {
 }
 
 /// One audit entry for an admin action taken from this command line.
-async fn audit_cli_action(
+pub(crate) async fn audit_cli_action(
     url: &str,
     subject: &str,
     decision: &str,

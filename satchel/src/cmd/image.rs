@@ -21,8 +21,83 @@ pub(crate) enum ImageCmd {
   satchel image show --data /var/lib/satchel-gateway classroom-2026
 
 One line per layer version: the layer, its version, whose it is (the image's, or a
-device's user layer), the manifest digest and when it was made.")]
+device's user layer), the manifest digest, when it was made, and which devices hold it
+or were last offered it; then the pins.")]
     Show(ShowArgs),
+    /// Hold a system layer at a version, for one device or every device.
+    Pin(PinArgs),
+    /// Remove a pin: the device (or every device) takes the newest version again.
+    Unpin(UnpinArgs),
+    /// Publish an older version's files again as a new version.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel image pin --image classroom --layer base-os --version 4
+  satchel image pin --image classroom --layer base-os --version 4 --device-id laptop-17
+
+A pinned device is offered that version instead of the newest. A device never takes a
+version older than the one it holds (it refuses it as a rollback): a pin holds back an
+update not yet taken; to undo one, use `satchel image rollback`. A device's own pin
+wins over the pin for every device. Pinned versions are kept by `gateway gc`. Audited.")]
+#[command(disable_version_flag = true)]
+pub(crate) struct PinArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The system layer: base-os or group-apps.
+    #[arg(long)]
+    layer: Layer,
+    /// The version to hold it at.
+    #[arg(long)]
+    version: u64,
+    /// Only for this device [default: every device].
+    #[arg(long)]
+    device_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel image unpin --image classroom --layer base-os
+  satchel image unpin --image classroom --layer base-os --device-id laptop-17")]
+pub(crate) struct UnpinArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The system layer: base-os or group-apps.
+    #[arg(long)]
+    layer: Layer,
+    /// The device's own pin [default: the pin for every device].
+    #[arg(long)]
+    device_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel image rollback --image classroom --layer base-os --version 4
+
+The files of the given version become a new version (numbered after the newest) signed
+now, so every device takes it as an update, and its boot stages are written again. The
+version's chunks must still be stored (`gateway gc` keeps the newest --keep-versions,
+pinned ones and those devices hold). Audited.")]
+#[command(disable_version_flag = true)]
+pub(crate) struct RollbackArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The system layer: base-os or group-apps.
+    #[arg(long)]
+    layer: Layer,
+    /// The version whose files to publish again.
+    #[arg(long)]
+    version: u64,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +157,9 @@ pub(crate) struct ShowArgs {
     store: StoreArgs,
     /// The image name.
     image: String,
+    /// Print versions, devices' marks and pins as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn run(cmd: ImageCmd) -> anyhow::Result<()> {
@@ -93,6 +171,9 @@ pub(crate) fn run(cmd: ImageCmd) -> anyhow::Result<()> {
             ImageCmd::Build(a) => build(a).await,
             ImageCmd::List(a) => list(a).await,
             ImageCmd::Show(a) => show(a).await,
+            ImageCmd::Pin(a) => pin(a).await,
+            ImageCmd::Unpin(a) => unpin(a).await,
+            ImageCmd::Rollback(a) => rollback(a).await,
         }
     })
 }
@@ -264,22 +345,131 @@ async fn show(a: ShowArgs) -> anyhow::Result<()> {
     let images = open(&a.store).await?;
     let all = images.history(&a.image).await?;
     anyhow::ensure!(!all.is_empty(), "no image {:?}", a.image);
+    let marks = images.marks(&a.image).await?;
+    let pins = images.pins(&a.image).await?;
+    if a.json {
+        let versions: Vec<serde_json::Value> = all
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "layer": l.layer, "version": l.version, "owner": l.owner,
+                    "digest": l.digest, "created_ms": l.created_ms,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"image": a.image, "versions": versions, "devices": marks, "pins": pins})
+        );
+        return Ok(());
+    }
     for l in all {
         let owner = if l.owner.is_empty() {
             "image".to_owned()
         } else {
             format!("device {}", l.owner)
         };
+        let on = |role: &str| -> Vec<&str> {
+            marks
+                .iter()
+                .filter(|m| m.role == role && m.digest == l.digest)
+                .map(|m| m.device_id.as_str())
+                .collect()
+        };
+        let (held, offered) = (on("held"), on("offered"));
+        let mut who = String::new();
+        if !held.is_empty() {
+            who += &format!("; held by {}", held.join(", "));
+        }
+        if !offered.is_empty() {
+            who += &format!("; offered to {}", offered.join(", "));
+        }
         println!(
-            "{} v{} ({owner}) sha256:{} at {}",
+            "{} v{} ({owner}) sha256:{} at {}{who}",
             l.layer,
             l.version,
             l.digest,
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::from_millis(u64::try_from(l.created_ms).unwrap_or(0))
-            )
+            rfc3339_ms(l.created_ms)
+        );
+    }
+    for p in pins {
+        let whom = if p.device_id.is_empty() {
+            "every device".to_owned()
+        } else {
+            format!("device {}", p.device_id)
+        };
+        println!(
+            "pin: {} at v{} for {whom} (by {} at {})",
+            p.layer,
+            p.version,
+            p.admin,
+            rfc3339_ms(p.set_ms)
         );
     }
     Ok(())
+}
+
+async fn pin(a: PinArgs) -> anyhow::Result<()> {
+    let images = open(&a.store).await?;
+    let device = a.device_id.unwrap_or_default();
+    if !device.is_empty() {
+        anyhow::ensure!(
+            protocol::admin::valid_device_id(&device),
+            "{device:?} is not a device id"
+        );
+    }
+    images
+        .pin(&a.image, a.layer, &device, a.version, "gateway-cli")
+        .await?;
+    let details = serde_json::json!({"layer": a.layer, "version": a.version, "device_id": device});
+    super::gateway::audit_cli_action(&a.store.url()?, &a.image, "pinned", details).await?;
+    println!(
+        "{}/{} pinned at version {} for {}",
+        a.image,
+        a.layer,
+        a.version,
+        if device.is_empty() {
+            "every device".to_owned()
+        } else {
+            device
+        }
+    );
+    Ok(())
+}
+
+async fn unpin(a: UnpinArgs) -> anyhow::Result<()> {
+    let images = open(&a.store).await?;
+    let device = a.device_id.unwrap_or_default();
+    let had = images.unpin(&a.image, a.layer, &device).await?;
+    anyhow::ensure!(had, "{}/{} has no such pin", a.image, a.layer);
+    let details = serde_json::json!({"layer": a.layer, "device_id": device});
+    super::gateway::audit_cli_action(&a.store.url()?, &a.image, "unpinned", details).await?;
+    println!("{}/{}: pin removed", a.image, a.layer);
+    Ok(())
+}
+
+async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
+    let images = open(&a.store).await?;
+    let data = a.store.data()?;
+    let key = gateway::server::manifest_key(&data)?;
+    let stored = images.roll_back(&a.image, a.layer, a.version, &key).await?;
+    let stages = gateway::images::write_stages(&images, &data, &a.image).await?;
+    let details = serde_json::json!({"layer": a.layer, "from_version": a.version, "version": stored.version, "digest": stored.digest});
+    super::gateway::audit_cli_action(&a.store.url()?, &a.image, "rolled-back", details).await?;
+    println!(
+        "{}/{}: version {}'s files published again as version {}\nboot stages: {}",
+        a.image,
+        a.layer,
+        a.version,
+        stored.version,
+        stages.display()
+    );
+    Ok(())
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    )
+    .to_string()
 }

@@ -93,6 +93,11 @@ impl Packs {
         read(&self.index).contains_key(&id)
     }
 
+    /// The ids the packs hold.
+    pub(crate) fn ids(&self) -> Vec<ChunkId> {
+        read(&self.index).keys().copied().collect()
+    }
+
     /// How many chunks the packs hold.
     pub(crate) fn len(&self) -> usize {
         read(&self.index).len()
