@@ -49,6 +49,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Layer versions and the chunk store.
     pub images: crate::images::Images,
+    /// The data directory (the images' boot stages are written under it).
+    pub data: std::path::PathBuf,
     /// The key layer manifests are signed with.
     pub manifest_key: ed25519_dalek::SigningKey,
     /// The open proxy tunnels of each device.

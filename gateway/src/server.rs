@@ -365,6 +365,7 @@ impl Gateway {
             )
             .await?;
         let state = Arc::new(AppState {
+            data: config.data.clone(),
             pki,
             db,
             audit,

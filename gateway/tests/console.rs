@@ -464,3 +464,143 @@ fn an_admin_certificate_signs_in_and_sign_out_ends_the_session() {
         .iter()
         .any(|e| e.kind == "console" && e.actor == "admin:bob" && e.subject == "sign-out"));
 }
+
+#[test]
+fn the_images_page_shows_who_runs_what_and_pins_and_rolls_back() {
+    let c = Console::start();
+    c.enrolled("laptop-17", &[]);
+    let src = c.data.parent().unwrap().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let url = format!("sqlite:{}", c.data.join("satchel.db").display());
+    let images = c.rt.block_on(async {
+        let (pool, _) = persist::db::connect(&url).await.unwrap();
+        gateway::images::Images::open(pool, &c.data).await.unwrap()
+    });
+    let key = gateway::server::manifest_key(&c.data).unwrap();
+    let mut built = Vec::new();
+    for text in ["first\n", "second\n"] {
+        std::fs::write(src.join("motd"), text).unwrap();
+        let b = c.rt.block_on(gateway::images::build(
+            &images,
+            &c.data,
+            &key,
+            "lab",
+            &[(sync::Layer::BaseOs, src.clone())],
+            &mut |_| {},
+        ));
+        built.push(b.unwrap().remove(0).stored);
+    }
+    // laptop-17 runs version 1 and was offered 2.
+    c.rt.block_on(images.mark("laptop-17", "lab", &built[1..], &built[..1]))
+        .unwrap();
+
+    let jar = c.data.parent().unwrap().join("jar");
+    c.curl(&jar, &c.link("alice"), &[]);
+    let (code, _, page) = c.curl(&jar, "/console/images", &[]);
+    assert_eq!(code, "200", "{page}");
+    let row = |page: &str, v: u64| -> String {
+        page.split("<tr>")
+            .find(|r| r.contains(&format!("<td class=\"num\">{v}</td>")))
+            .unwrap_or_else(|| panic!("no row for version {v}: {page}"))
+            .to_owned()
+    };
+    assert!(
+        row(&page, 1).contains("runs: <code>laptop-17</code>"),
+        "{page}"
+    );
+    assert!(
+        row(&page, 2).contains("offered: <code>laptop-17</code>"),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+
+    // Pin version 1 for laptop-17: listed, audited with alice's name.
+    let (code, _, page) = c.curl(
+        &jar,
+        "/console/images/pin",
+        &[
+            "-d",
+            &format!("image=lab&layer=base-os&version=1&device_id=laptop-17&csrf={csrf}"),
+        ],
+    );
+    assert_eq!(code, "200", "{page}");
+    assert!(page.contains("pinned at version 1 for laptop-17"), "{page}");
+    assert!(page.contains("<h3>Pins</h3>"), "{page}");
+    // A version that is not there, or a user layer, is refused and said.
+    let (code, _, page) = c.curl(
+        &jar,
+        "/console/images/pin",
+        &[
+            "-d",
+            &format!("image=lab&layer=base-os&version=9&device_id=&csrf={csrf}"),
+        ],
+    );
+    assert_eq!(code, "400");
+    assert!(page.contains("no version 9"), "{page}");
+    let (code, _, page) = c.curl(
+        &jar,
+        "/console/images/pin",
+        &[
+            "-d",
+            &format!("image=lab&layer=user-data&version=1&device_id=&csrf={csrf}"),
+        ],
+    );
+    assert_eq!(code, "400");
+    assert!(page.contains("user layer"), "{page}");
+
+    // Roll back to 1: version 3, with version 1's files; the boot stages
+    // name it.
+    let (code, _, page) = c.curl(
+        &jar,
+        "/console/images/rollback",
+        &[
+            "-d",
+            &format!("image=lab&layer=base-os&version=1&csrf={csrf}"),
+        ],
+    );
+    assert_eq!(code, "200", "{page}");
+    assert!(page.contains("published again as version 3"), "{page}");
+    let v3 =
+        c.rt.block_on(images.version("lab", sync::Layer::BaseOs, "", 3))
+            .unwrap()
+            .unwrap();
+    let files = |l: &gateway::images::StoredLayer| {
+        sync::manifest::Signed::verify(&l.signed, &key.verifying_key())
+            .unwrap()
+            .manifest
+            .entries
+    };
+    assert_eq!(files(&v3), files(&built[0]));
+    let stages = std::fs::read_to_string(gateway::images::stages_path(&c.data, "lab")).unwrap();
+    assert!(stages.contains(&v3.digest), "{stages}");
+
+    // Unpin; then every change is in the audit trail under alice.
+    let (code, _, page) = c.curl(
+        &jar,
+        "/console/images/unpin",
+        &[
+            "-d",
+            &format!("image=lab&layer=base-os&device_id=laptop-17&csrf={csrf}"),
+        ],
+    );
+    assert_eq!(code, "200", "{page}");
+    assert!(!page.contains("<h3>Pins</h3>"), "{page}");
+    let decisions: Vec<String> = c
+        .entries()
+        .into_iter()
+        .filter(|e| e.actor == "admin:alice" && e.subject == "lab")
+        .map(|e| e.decision)
+        .collect();
+    assert_eq!(
+        decisions,
+        ["pinned", "rolled-back", "unpinned"],
+        "{decisions:?}"
+    );
+    // Without the CSRF token nothing changes.
+    let (code, _, _) = c.curl(
+        &jar,
+        "/console/images/rollback",
+        &["-d", "image=lab&layer=base-os&version=2&csrf=wrong"],
+    );
+    assert_eq!(code, "403");
+}

@@ -138,7 +138,7 @@ pub(super) async fn get(
     let r = match path {
         "/console/" => fleet(state, s, None).await,
         "/console/tokens" => Ok((200, tokens(s, None))),
-        "/console/images" => images(state, s).await,
+        "/console/images" => images(state, s, None).await,
         "/console/policy" => Ok((200, policy(state, s, None, None, None))),
         "/console/audit" => audit_list(state, s, query).await,
         p => match p
@@ -184,6 +184,9 @@ pub(super) async fn post(
         }
         "/console/tokens" => make_token(state, s, actor, form).await,
         "/console/revoke" => revoke(state, s, actor, form).await,
+        "/console/images/pin" => image_action(state, s, actor, "pin", form).await,
+        "/console/images/unpin" => image_action(state, s, actor, "unpin", form).await,
+        "/console/images/rollback" => image_action(state, s, actor, "rollback", form).await,
         "/console/policy" => publish(state, s, actor, form).await,
         "/console/policy/test" => Ok((200, test(state, s, form).await)),
         _ => Ok((404, not_found(s))),
@@ -380,26 +383,81 @@ async fn make_token(state: &AppState, s: &Session, actor: &str, form: &Fields) -
     }
 }
 
-async fn images(state: &AppState, s: &Session) -> Page {
+async fn images(state: &AppState, s: &Session, said: Option<(bool, String)>) -> Page {
     let list = state.images.list().await?;
-    let mut histories = Vec::new();
+    let mut shown = Vec::new();
     for name in list.keys() {
-        histories.push((name.clone(), state.images.history(name).await?));
+        let history = state.images.history(name).await?;
+        let marks = state.images.marks(name).await?;
+        let pins = state.images.pins(name).await?;
+        shown.push((name.clone(), history, marks, pins));
     }
     let body = html! {
-        @if list.is_empty() { p.muted { "No image yet: " code { "satchel gateway image build" } " makes one." } }
-        @for (name, layers) in &histories {
+        @if let Some((ok, text)) = &said { (notice(*ok, text)) }
+        @if list.is_empty() { p.muted { "No image yet: " code { "satchel image build" } " makes one." } }
+        p.muted { "A device never takes a version older than the one it holds: a pin holds back an update not yet taken; " strong { "Roll back" } " publishes an older version's files again as a new version, which every device takes." }
+        @for (name, layers, marks, pins) in &shown {
             h2 { (name) }
             table {
-                thead { tr { th { "Layer" } th { "Owner" } th { "Version" } th { "Digest" } th { "Made" } } }
+                thead { tr { th { "Layer" } th { "Owner" } th { "Version" } th { "Digest" } th { "Made" } th { "Devices" } th {} } }
                 tbody {
                     @for l in layers.iter().rev() {
+                        @let held: Vec<&str> = marks.iter().filter(|m| m.role == "held" && m.digest == l.digest).map(|m| m.device_id.as_str()).collect();
+                        @let offered: Vec<&str> = marks.iter().filter(|m| m.role == "offered" && m.digest == l.digest && !held.contains(&m.device_id.as_str())).map(|m| m.device_id.as_str()).collect();
                         tr {
                             td { (l.layer.as_str()) }
                             td { @if l.owner.is_empty() { "the image" } @else { "device " code { (l.owner) } } }
                             td.num { (l.version) }
                             td { code { (l.digest.get(..16).unwrap_or(&l.digest)) } }
                             td { (when(l.created_ms)) }
+                            td {
+                                @if !held.is_empty() { "runs: " @for d in &held { code { (d) } " " } }
+                                @if !offered.is_empty() { span.muted { "offered: " @for d in &offered { code { (d) } " " } } }
+                            }
+                            td {
+                                @if l.owner.is_empty() && l.layer.is_system() {
+                                    form.inline method="post" action="/console/images/pin" {
+                                        (csrf(s))
+                                        input type="hidden" name="image" value=(name);
+                                        input type="hidden" name="layer" value=(l.layer.as_str());
+                                        input type="hidden" name="version" value=(l.version);
+                                        input type="text" name="device_id" placeholder="device (empty: all)" size="14";
+                                        button type="submit" { "Pin" }
+                                    }
+                                    form.inline method="post" action="/console/images/rollback" {
+                                        (csrf(s))
+                                        input type="hidden" name="image" value=(name);
+                                        input type="hidden" name="layer" value=(l.layer.as_str());
+                                        input type="hidden" name="version" value=(l.version);
+                                        button.danger type="submit" { "Roll back to this" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !pins.is_empty() {
+                h3 { "Pins" }
+                table {
+                    thead { tr { th { "Layer" } th { "For" } th { "Version" } th { "Set by" } th {} } }
+                    tbody {
+                        @for p in pins {
+                            tr {
+                                td { (p.layer.as_str()) }
+                                td { @if p.device_id.is_empty() { "every device" } @else { code { (p.device_id) } } }
+                                td.num { (p.version) }
+                                td { (p.admin) " " span.muted { (when(p.set_ms)) } }
+                                td {
+                                    form.inline method="post" action="/console/images/unpin" {
+                                        (csrf(s))
+                                        input type="hidden" name="image" value=(name);
+                                        input type="hidden" name="layer" value=(p.layer.as_str());
+                                        input type="hidden" name="device_id" value=(p.device_id);
+                                        button type="submit" { "Unpin" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -407,6 +465,82 @@ async fn images(state: &AppState, s: &Session) -> Page {
         }
     };
     Ok((200, layout("Images", "/console/images", Some(s), body)))
+}
+
+/// Pin, unpin or roll back, from the images page; audited with the admin's
+/// name.
+async fn image_action(
+    state: &AppState,
+    s: &Session,
+    actor: &str,
+    action: &str,
+    form: &Fields,
+) -> Page {
+    let image = raw_field(form, "image").to_owned();
+    let layer: Result<sync::Layer, String> = raw_field(form, "layer")
+        .parse()
+        .map_err(|e: sync::manifest::BadLayer| e.to_string());
+    let version = raw_field(form, "version").parse::<u64>();
+    let device = raw_field(form, "device_id").trim().to_owned();
+    let done: Result<(String, Value), String> = async {
+        let layer = layer?;
+        if !device.is_empty() && !protocol::admin::valid_device_id(&device) {
+            return Err(format!("{device:?} is not a device id"));
+        }
+        let whom = if device.is_empty() { "every device".to_owned() } else { device.clone() };
+        match action {
+            "pin" => {
+                let v = version.map_err(|_| "no version".to_owned())?;
+                state.images.pin(&image, layer, &device, v, actor).await.map_err(|e| e.to_string())?;
+                Ok((
+                    format!("{image}/{layer} pinned at version {v} for {whom}."),
+                    json!({"layer": layer, "version": v, "device_id": device}),
+                ))
+            }
+            "unpin" => {
+                if !state.images.unpin(&image, layer, &device).await.map_err(|e| e.to_string())? {
+                    return Err(format!("{image}/{layer} has no pin for {whom}"));
+                }
+                Ok((
+                    format!("{image}/{layer}: the pin for {whom} is removed."),
+                    json!({"layer": layer, "device_id": device}),
+                ))
+            }
+            _ => {
+                let v = version.map_err(|_| "no version".to_owned())?;
+                let stored = state
+                    .images
+                    .roll_back(&image, layer, v, &state.manifest_key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::images::write_stages(&state.images, &state.data, &image)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((
+                    format!("{image}/{layer}: version {v}'s files are published again as version {}.", stored.version),
+                    json!({"layer": layer, "from_version": v, "version": stored.version, "digest": stored.digest}),
+                ))
+            }
+        }
+    }
+    .await;
+    let decision = match action {
+        "pin" => "pinned",
+        "unpin" => "unpinned",
+        _ => "rolled-back",
+    };
+    let said = match done {
+        Ok((text, mut details)) => {
+            details["via"] = json!("console");
+            state
+                .record("admin", actor, &image, decision, details)
+                .await;
+            (true, text)
+        }
+        Err(e) => (false, e),
+    };
+    let status = if said.0 { 200 } else { 400 };
+    images(state, s, Some(said)).await.map(|(_, m)| (status, m))
 }
 
 /// The policy page: the text in force (editable), a test form, and what
