@@ -164,16 +164,30 @@ impl Db {
         Ok(true)
     }
 
-    /// Revoke a device: its certificates stop working on the next request.
-    /// False if no such device.
+    /// Revoke a device: its certificates stop working on the next request,
+    /// and every enrollment token made for its id until now that is not
+    /// used yet is void (a spare token would enroll the device again and
+    /// wipe the revocation). False if there was neither a device nor an
+    /// unused token by that id.
     pub async fn revoke(&self, device_id: &str) -> Result<bool, DbError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
         let done = sqlx::query("UPDATE gateway_devices SET revoked_ms = $1 WHERE device_id = $2 AND revoked_ms IS NULL")
-            .bind(now_ms())
+            .bind(now)
             .bind(device_id.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db("revoking a device"))?;
-        Ok(done.rows_affected() == 1)
+        let voided = sqlx::query(
+            "UPDATE gateway_tokens SET used_ms = $1 WHERE device_id = $2 AND used_ms IS NULL AND expires_ms > $1",
+        )
+        .bind(now)
+        .bind(device_id.to_owned())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("voiding a device's tokens"))?;
+        tx.commit().await.map_err(db("committing"))?;
+        Ok(done.rows_affected() == 1 || voided.rows_affected() > 0)
     }
 
     /// Revoke every admin certificate issued to `name` until now (a

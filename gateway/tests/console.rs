@@ -604,3 +604,54 @@ fn the_images_page_shows_who_runs_what_and_pins_and_rolls_back() {
     );
     assert_eq!(code, "403");
 }
+
+#[test]
+fn a_revoked_device_cannot_come_back_with_a_spare_token() {
+    // Two tokens were made for laptop-17 (one printed twice, one lost);
+    // the laptop enrolled with the first and was then stolen and revoked.
+    let c = Console::start();
+    let groups = vec!["group:class-7a".to_owned()];
+    let device = gateway::state::Device {
+        device_id: "laptop-17".to_owned(),
+        groups: groups.clone(),
+        ak_pem: String::new(),
+        enrolled_ms: audit::batch::now_ms(),
+        revoked_ms: None,
+    };
+    c.rt.block_on(async {
+        let first =
+            c.db.make_token("laptop-17", &groups, Duration::from_secs(600))
+                .await
+                .unwrap();
+        let spare =
+            c.db.make_token("laptop-17", &groups, Duration::from_secs(600))
+                .await
+                .unwrap();
+        assert!(c.db.enroll(&first, &device).await.unwrap());
+        assert!(c.db.revoke("laptop-17").await.unwrap());
+        // The spare token would re-enroll it and wipe the revocation.
+        assert!(
+            !c.db.enroll(&spare, &device).await.unwrap(),
+            "re-enrolled after revocation"
+        );
+        let d = c.db.device("laptop-17").await.unwrap().unwrap();
+        assert!(d.revoked_ms.is_some());
+        // A token not yet used is voided by revoking its device id too.
+        let pending =
+            c.db.make_token("laptop-18", &groups, Duration::from_secs(600))
+                .await
+                .unwrap();
+        assert!(c.db.revoke("laptop-18").await.unwrap(), "nothing to revoke");
+        let d18 = gateway::state::Device {
+            device_id: "laptop-18".to_owned(),
+            ..device.clone()
+        };
+        assert!(!c.db.enroll(&pending, &d18).await.unwrap());
+        // A token made after the revocation is the admin's decision: it works.
+        let fresh =
+            c.db.make_token("laptop-17", &groups, Duration::from_secs(600))
+                .await
+                .unwrap();
+        assert!(c.db.enroll(&fresh, &device).await.unwrap());
+    });
+}
