@@ -99,7 +99,8 @@ fn the_package_installs_on_a_clean_debian_and_its_units_start() {
     // the units.
     must(&mut in_root(
         &root,
-        "apt-get update -qq && apt-get install -y -qq --no-install-recommends /tmp/satchel.deb systemd",
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends /tmp/satchel.deb systemd \
+         curl sqlite3 rsync sudo ca-certificates",
     ));
     let o = must(&mut in_root(
         &root,
@@ -191,5 +192,203 @@ fn the_package_installs_on_a_clean_debian_and_its_units_start() {
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077,
         0
+    );
+    drop(_served);
+    follow_the_deploy_guide(&root, &exec, repo);
+}
+
+/// The `sh` blocks under each `## N.` heading of docs/deploy.md, as logical
+/// lines (continuations joined), and the `toml` block.
+fn deploy_guide(text: &str) -> (Vec<(u32, String)>, String) {
+    let (mut lines, mut toml) = (Vec::new(), String::new());
+    let (mut step, mut fence) = (0u32, None::<String>);
+    let mut pending = String::new();
+    for line in text.lines() {
+        if let Some(kind) = &fence {
+            if line.starts_with("```") {
+                fence = None;
+                continue;
+            }
+            if kind == "toml" {
+                toml.push_str(line);
+                toml.push('\n');
+            } else if kind == "sh" {
+                match line.strip_suffix('\\') {
+                    Some(part) => pending.push_str(part),
+                    None => {
+                        pending.push_str(line);
+                        lines.push((step, std::mem::take(&mut pending)));
+                    }
+                }
+            }
+        } else if let Some(k) = line.strip_prefix("```") {
+            fence = Some(k.to_owned());
+        } else if let Some(h) = line.strip_prefix("## ") {
+            step = h
+                .split('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    (lines, toml)
+}
+
+/// docs/deploy.md from step 2 on, in the root where the package is
+/// installed: its configuration as written (listen addresses on free
+/// ports), and its commands as written, run by root in bash, in order.
+fn follow_the_deploy_guide(root: &Path, exec: &str, repo: &Path) {
+    let (lines, toml) =
+        deploy_guide(&std::fs::read_to_string(repo.join("docs/deploy.md")).unwrap());
+    let (port, proxy_port) = (free_port(), free_port());
+    let toml = toml
+        .replace("0.0.0.0:8443", &format!("127.0.0.1:{port}"))
+        .replace("0.0.0.0:3128", &format!("127.0.0.1:{proxy_port}"));
+    assert!(toml.contains(&format!("127.0.0.1:{port}")), "{toml}");
+    // What the configuration names, as the organisation hands it over: the
+    // policy, its signed reference and key, a TPM vendor's EK CA.
+    let etc = root.join("etc/satchel");
+    std::fs::write(etc.join("gateway.toml"), &toml).unwrap();
+    std::fs::copy(
+        repo.join("examples/policy/school.csv"),
+        etc.join("school.csv"),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_satchel");
+    must(
+        Command::new(bin)
+            .args(["keygen", "--out"])
+            .arg(etc.join("org.key")),
+    );
+    must(
+        Command::new(bin)
+            .arg("predict")
+            .arg("--chain")
+            .arg(repo.join("examples/boot-chain/chain.toml"))
+            .arg("--sign-key")
+            .arg(etc.join("org.key"))
+            .arg("--out")
+            .arg(etc.join("reference.json")),
+    );
+    std::fs::remove_file(etc.join("org.key")).unwrap();
+    std::fs::create_dir_all(etc.join("ek-ca")).unwrap();
+    must(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-subj",
+                "/CN=TPM vendor EK CA",
+                "-days",
+                "30",
+                "-keyout",
+            ])
+            .arg(etc.join("ek-ca/vendor.key"))
+            .arg("-out")
+            .arg(etc.join("ek-ca/vendor.pem")),
+    );
+    std::fs::remove_file(etc.join("ek-ca/vendor.key")).unwrap();
+    let mut hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap_or_default();
+    hosts.push_str("127.0.0.1 gateway.school.example\n");
+    std::fs::write(root.join("etc/hosts"), hosts).unwrap();
+    // The images step 7 builds.
+    for (from, to) in [
+        ("examples/image/base-os", "srv/images/base-os"),
+        ("examples/image/user-data", "srv/images/apps"),
+    ] {
+        std::fs::create_dir_all(root.join(to).parent().unwrap()).unwrap();
+        must(
+            Command::new("cp")
+                .arg("-a")
+                .arg(repo.join(from))
+                .arg(root.join(to)),
+        );
+    }
+
+    let mut start = Command::new("/usr/sbin/chroot");
+    start
+        .arg("--userspec=satchel:satchel")
+        .arg(root)
+        .args(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "sh", "-c"])
+        .arg(format!("umask 0077 && exec {exec}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _served = Served(start.spawn().unwrap());
+    let health = || {
+        in_root(
+            root,
+            &format!("curl -sS --max-time 2 --cacert /var/lib/satchel-gateway/ca.crt https://gateway.school.example:{port}/v1/health"),
+        )
+        .output()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&health().stdout).contains("\"ok\"") {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway of the guide's configuration did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let mut said = String::new();
+    let mut ran = 0;
+    for (step, line) in lines.iter().filter(|(s, _)| (4..=8).contains(s)) {
+        if line.trim_start().starts_with("curl ...") {
+            continue;
+        }
+        let line = line
+            .replace(":8443", &format!(":{port}"))
+            .replace("audit-2026-11-23.jsonl", "/backup/audit-$(date +%F).jsonl")
+            .replace(
+                "--pubkey audit.key.pub",
+                "--pubkey /var/lib/satchel-gateway/audit.key.pub",
+            );
+        let mut c = Command::new("/usr/sbin/chroot");
+        c.arg(root)
+            .args([
+                "/usr/bin/env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+                "LANG=C",
+            ])
+            .args(["bash", "-c"])
+            .arg(format!("cd /root && {line}"));
+        let o = c.output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "step {step}: `{line}` failed: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        said.push_str(&out);
+        ran += 1;
+    }
+    assert!(ran >= 15, "only {ran} commands found in docs/deploy.md");
+    // What the steps said: the admin's devices route answered, a token was
+    // made and voided, the image built and listed.
+    assert!(said.contains("\"devices\""), "{said}");
+    assert!(said.contains("classroom-2026/base-os: version 1"), "{said}");
+    assert!(said.contains("base-os v1"), "{said}");
+    for f in ["backup", "root/alice/alice.key", "root/ca.crt"] {
+        assert!(root.join(f).exists(), "{f} missing after the guide");
+    }
+    // And the gateway still answers, its database still its own.
+    assert!(String::from_utf8_lossy(&health().stdout).contains("\"ok\""));
+    let o = in_root(root, "find /var/lib/satchel-gateway ! -user satchel")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "",
+        "files the gateway's user does not own"
     );
 }
