@@ -23,11 +23,15 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 bash scripts/setup.sh
-echo "== building satchel"
-cargo build --quiet -p satchel
-SATCHEL=$ROOT/target/debug/satchel
+if [ -n "${SATCHEL_BIN:-}" ]; then
+  SATCHEL=$SATCHEL_BIN          # the test suite's own build (satchel/tests/demo.rs)
+else
+  echo "== building satchel"
+  cargo build --quiet -p satchel
+  SATCHEL=${CARGO_TARGET_DIR:-$ROOT/target}/debug/satchel
+fi
 
-OUT=$ROOT/demo-out
+OUT=${DEMO_OUT:-$ROOT/demo-out}
 rm -rf "$OUT"; mkdir -p "$OUT/logs"
 . scripts/swtpm-lib.sh
 GATEWAY_PID=; WEB_PID=; AGENT_PID=; MNT=
@@ -136,6 +140,14 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 GW="https://127.0.0.1:$GW_PORT"
+# The metrics before the story, read with an admin certificate; step 8 reads
+# them again and checks that they moved.
+run "$SATCHEL" gateway admin-cert --data "$GW_DATA" --name demo-metrics --out-dir "$OUT/admin"
+scrape() {
+  curl -fsS --cacert "$GW_DATA/ca.crt" --cert "$OUT/admin/demo-metrics.crt" --key "$OUT/admin/demo-metrics.key" \
+    "$GW/v1/admin/metrics" > "$1" 2>>"$LOG"
+}
+scrape "$OUT/metrics-before.txt" || fail "GET /v1/admin/metrics"
 TOKEN=$(out "$SATCHEL" gateway enroll-token --data "$GW_DATA" --device-id "$DEVICE" --groups group:class-7a)
 done_ "gateway up on $GW (egress proxy on 127.0.0.1:$PROXY_PORT, SQLite in $GW_DATA); one-time enrollment token made for $DEVICE"
 
@@ -263,23 +275,34 @@ c = collections.Counter(f'{r["kind"]} {r["decision"]}' for r in rows)
 print(f"{len(rows)} entries: " + ", ".join(f"{k} {n}" for k, n in sorted(c.items())))
 PY
 )
-# The same story in the gateway's Prometheus metrics, read with an admin certificate
-# and parsed by Prometheus' own OpenMetrics parser (python3-prometheus-client).
-run "$SATCHEL" gateway admin-cert --data "$GW_DATA" --name demo-metrics --out-dir "$OUT/admin"
-curl -fsS --cacert "$GW_DATA/ca.crt" --cert "$OUT/admin/demo-metrics.crt" --key "$OUT/admin/demo-metrics.key" \
-  "$GW/v1/admin/metrics" > "$OUT/metrics.txt" 2>>"$LOG" || fail "GET /v1/admin/metrics"
-METRICS=$(/usr/bin/python3 - "$OUT/metrics.txt" <<'PY' 2>>"$LOG"
+# The same story in the gateway's Prometheus metrics, parsed by Prometheus' own
+# OpenMetrics parser (python3-prometheus-client): every counter the story
+# touches moved since the scrape at step 2.
+scrape "$OUT/metrics.txt" || fail "GET /v1/admin/metrics"
+METRICS=$(/usr/bin/python3 - "$OUT/metrics-before.txt" "$OUT/metrics.txt" <<'PY' 2>>"$LOG"
 import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
-got = {}
-for fam in parse(open(sys.argv[1]).read()):
-    for s in fam.samples:
-        if s.name == "satchel_audit_entries_total":
-            got[f'{s.labels["kind"]} {s.labels["decision"]}'] = int(s.value)
-print(f'attestations trusted {got.get("attestation trusted", 0)}, not trusted {got.get("attestation not-trusted", 0)}; '
-      f'proxy allow {got.get("proxy allow", 0)}, deny {got.get("proxy deny", 0)}')
+def read(path):
+    got = {}
+    for fam in parse(open(path).read()):
+        for s in fam.samples:
+            key = s.name + "".join(f" {k}={v}" for k, v in sorted(s.labels.items()))
+            got[key] = s.value
+    return got
+before, after = read(sys.argv[1]), read(sys.argv[2])
+def moved(name, **labels):
+    key = name + "".join(f" {k}={v}" for k, v in sorted(labels.items()))
+    d = after.get(key, 0) - before.get(key, 0)
+    if d <= 0:
+        sys.exit(f"{key} did not move ({before.get(key, 0)} -> {after.get(key, 0)})")
+    return int(d)
+a = moved("satchel_audit_entries_total", kind="attestation", decision="trusted")
+n = moved("satchel_audit_entries_total", kind="attestation", decision="not-trusted")
+pa = moved("satchel_audit_entries_total", kind="proxy", decision="allow")
+pd = moved("satchel_audit_entries_total", kind="proxy", decision="deny")
+print(f"since step 2: attestations trusted +{a}, not trusted +{n}; proxy allow +{pa}, deny +{pd}")
 PY
-) || fail "the metrics did not parse"
+) || fail "the metrics did not parse or did not move"
 # The same fleet in the web console, signed in with a one-time link: the
 # device's last attestation (the tampered boot) names its failing check.
 LINK=$("$SATCHEL" gateway console-link --data "$GW_DATA" --name demo --url "$GW" 2>>"$LOG") \
