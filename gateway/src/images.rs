@@ -429,6 +429,9 @@ impl Images {
         keep: Option<usize>,
         dry_run: bool,
     ) -> Result<Collected, ImageError> {
+        if !dry_run {
+            sync::store::clean::restore_aside(&self.chunks)?;
+        }
         let retired = match keep {
             Some(k) => self.retire(k, !dry_run).await?,
             None => Retired::default(),
@@ -439,7 +442,10 @@ impl Images {
             .map_err(db("listing layers"))?;
         let mut referenced: HashSet<ChunkId> = HashSet::new();
         for l in rows.iter().filter_map(row_layer) {
-            if retired.digests.contains(&l.digest) {
+            if retired
+                .keys
+                .contains(&(l.image.clone(), l.layer, l.owner.clone(), l.version))
+            {
                 continue;
             }
             let signed = Signed::verify(&l.signed, key)?;

@@ -322,6 +322,13 @@ impl ChunkStore {
         Ok(true)
     }
 
+    /// Whether the store holds `id`, and if so, its file's time made now (in
+    /// a loose store), as when it is stored again: for a version published
+    /// again from chunks already stored.
+    pub fn keep_fresh(&self, id: ChunkId) -> bool {
+        self.has(id) && self.stored_again(id).unwrap_or(false)
+    }
+
     /// A chunk found in the store is being stored again: in a loose store,
     /// its file's time is made now, so that a collection running meanwhile
     /// counts it as recent (see [`clean::remove_loose_if_older`]). False if

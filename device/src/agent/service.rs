@@ -649,9 +649,14 @@ async fn sync_once(
     } else {
         None
     };
+    // A push the gateway refused as against an unknown base (the version
+    // this device held was removed there) still pulls: system layers come
+    // back to the image's, and user layers with unpushed changes stay.
     let pulled = match &pushed {
+        Some(Err(crate::sync::SyncError::Refused { status: 409, .. })) | None | Some(Ok(_)) => {
+            Some(crate::sync::pull(&target, None).await)
+        }
         Some(Err(_)) => None,
-        _ => Some(crate::sync::pull(&target, None).await),
     };
     match (&pushed, &pulled) {
         (Some(Err(e)), _) | (_, Some(Err(e))) => (

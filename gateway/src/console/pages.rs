@@ -513,9 +513,6 @@ async fn image_action(
                     .roll_back(&image, layer, v, &state.manifest_key)
                     .await
                     .map_err(|e| e.to_string())?;
-                crate::images::write_stages(&state.images, &state.data, &image)
-                    .await
-                    .map_err(|e| e.to_string())?;
                 Ok((
                     format!("{image}/{layer}: version {v}'s files are published again as version {}.", stored.version),
                     json!({"layer": layer, "from_version": v, "version": stored.version, "digest": stored.digest}),
@@ -532,6 +529,10 @@ async fn image_action(
     let said = match done {
         Ok((text, mut details)) => {
             details["via"] = json!("console");
+            // What every device is offered decides the image's boot stages.
+            if let Err(e) = crate::images::write_stages(&state.images, &state.data, &image).await {
+                tracing::warn!(image, error = %e, "writing the boot stages");
+            }
             state
                 .record("admin", actor, &image, decision, details)
                 .await;

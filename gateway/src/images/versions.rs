@@ -60,9 +60,9 @@ pub struct Pin {
 pub struct Retired {
     /// `image/layer/version` (and `@device` for a device's own version).
     pub versions: Vec<String>,
-    /// Their digests.
+    /// Them as (image, layer, owner, version).
     #[serde(skip)]
-    pub digests: HashSet<String>,
+    pub keys: HashSet<(String, Layer, String, u64)>,
 }
 
 pub(super) const DDL: [&str; 2] = [
@@ -73,9 +73,6 @@ pub(super) const DDL: [&str; 2] = [
      device_id TEXT NOT NULL, version BIGINT NOT NULL, admin TEXT NOT NULL, set_ms BIGINT NOT NULL, \
      PRIMARY KEY (image, layer, device_id))",
 ];
-
-/// [`COLUMNS`] of the layer table named `l`.
-const L_COLUMNS: &str = "l.image, l.layer, l.owner, l.version, l.digest, l.signed, l.created_ms";
 
 fn v64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -92,7 +89,10 @@ impl Images {
         held: &[StoredLayer],
     ) -> Result<(), ImageError> {
         let now = audit::batch::now_ms();
-        for (role, layers) in [("offered", offered), ("held", held)] {
+        // Held first, in one transaction: a collection reading the marks
+        // never sees what was offered without what is held.
+        let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
+        for (role, layers) in [("held", held), ("offered", offered)] {
             for l in layers {
                 sqlx::query(
                     "INSERT INTO gateway_device_layers (device_id, image, layer, role, version, digest, at_ms) \
@@ -106,11 +106,12 @@ impl Images {
                 .bind(v64(l.version))
                 .bind(l.digest.clone())
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(db("noting a device's layer versions"))?;
             }
         }
+        tx.commit().await.map_err(db("committing"))?;
         Ok(())
     }
 
@@ -184,25 +185,53 @@ impl Images {
     }
 
     /// The version `device` is pinned to for `layer` of `image`, if any:
-    /// its own pin, else the pin for every device.
+    /// its own pin, else the pin for every device. A pin whose version is
+    /// gone is an error (never the newest version: that is what the pin
+    /// held back). A device that already holds a newer version than its
+    /// pin is not held (it would refuse the older one as a rollback, and
+    /// its whole sync with it): a pin holds back, it never takes back.
     pub(super) async fn pinned(
         &self,
         image: &str,
         layer: Layer,
         device: &str,
     ) -> Result<Option<StoredLayer>, ImageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {L_COLUMNS} FROM gateway_layers l JOIN gateway_pins p ON p.image = l.image AND \
-             p.layer = l.layer AND p.version = l.version WHERE l.image = $1 AND l.layer = $2 AND \
-             l.owner = '' AND p.device_id IN ($3, '') ORDER BY length(p.device_id) DESC LIMIT 1"
-        ))
+        let pin = sqlx::query(
+            "SELECT version FROM gateway_pins WHERE image = $1 AND layer = $2 \
+             AND device_id IN ($3, '') ORDER BY length(device_id) DESC LIMIT 1",
+        )
         .bind(image.to_owned())
         .bind(layer.as_str().to_owned())
         .bind(device.to_owned())
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a pin"))?;
-        Ok(row.as_ref().and_then(row_layer))
+        let Some(pin) = pin else {
+            return Ok(None);
+        };
+        let version =
+            u64::try_from(pin.try_get::<i64, _>(0).map_err(db("reading a pin"))?).unwrap_or(0);
+        if !device.is_empty() {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM gateway_device_layers WHERE device_id = $1 AND image = $2 \
+                 AND layer = $3 AND role = 'held'",
+            )
+            .bind(device.to_owned())
+            .bind(image.to_owned())
+            .bind(layer.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a device's layer versions"))?;
+            if held.is_some_and(|h| h > v64(version)) {
+                return Ok(None);
+            }
+        }
+        match self.version(image, layer, "", version).await? {
+            Some(l) => Ok(Some(l)),
+            None => Err(ImageError::Invalid(format!(
+                "{image}/{layer} is pinned at version {version}, which is no longer stored: unpin it"
+            ))),
+        }
     }
 
     /// Hold system layer `layer` of `image` at `version` for `device` (`""`:
@@ -276,11 +305,13 @@ impl Images {
             )));
         };
         let signed = Signed::verify(&old.signed, &key.verifying_key())?;
+        // Each chunk's time made now, so a collection running meanwhile
+        // keeps it (as a build's chunks).
         if let Some(id) = signed
             .manifest
             .chunk_ids()
             .into_iter()
-            .find(|id| !self.chunks.has(*id))
+            .find(|id| !self.chunks.keep_fresh(*id))
         {
             return Err(ImageError::Invalid(format!(
                 "{image}/{layer} version {version} cannot be published again: chunk {id} is no longer stored"
@@ -325,21 +356,24 @@ impl Images {
             *n += 1;
             let is_pinned = l.owner.is_empty()
                 && pinned.contains(&(l.image.clone(), l.layer.as_str().to_owned(), v64(l.version)));
-            if *n > keep.max(1) && !is_pinned && !marked.contains(&l.digest) {
+            // A user layer's template is the base of every device that has
+            // not checked that layer in yet: kept.
+            let template = l.owner.is_empty() && !l.layer.is_system();
+            if *n > keep.max(1) && !is_pinned && !template && !marked.contains(&l.digest) {
                 gone.push(l);
             }
         }
         let mut out = Retired::default();
         for l in &gone {
-            out.digests.insert(l.digest.clone());
-            out.versions.push(if l.owner.is_empty() {
-                format!("{}/{}/{}", l.image, l.layer, l.version)
-            } else {
-                format!("{}/{}/{}@{}", l.image, l.layer, l.version, l.owner)
-            });
             if remove {
-                sqlx::query(
-                    "DELETE FROM gateway_layers WHERE image = $1 AND layer = $2 AND owner = $3 AND version = $4",
+                // Checked again as it goes: a mark or a pin made since the
+                // lists were read keeps it.
+                let r = sqlx::query(
+                    "DELETE FROM gateway_layers WHERE image = $1 AND layer = $2 AND owner = $3 AND version = $4 \
+                     AND NOT EXISTS (SELECT 1 FROM gateway_device_layers m WHERE m.image = $1 AND m.layer = $2 \
+                     AND m.digest = gateway_layers.digest) \
+                     AND NOT EXISTS (SELECT 1 FROM gateway_pins p WHERE p.image = $1 AND p.layer = $2 \
+                     AND p.version = $4 AND $3 = '')",
                 )
                 .bind(l.image.clone())
                 .bind(l.layer.as_str().to_owned())
@@ -348,7 +382,17 @@ impl Images {
                 .execute(&self.pool)
                 .await
                 .map_err(db("removing a layer version"))?;
+                if r.rows_affected() == 0 {
+                    continue;
+                }
             }
+            out.keys
+                .insert((l.image.clone(), l.layer, l.owner.clone(), l.version));
+            out.versions.push(if l.owner.is_empty() {
+                format!("{}/{}/{}", l.image, l.layer, l.version)
+            } else {
+                format!("{}/{}/{}@{}", l.image, l.layer, l.version, l.owner)
+            });
         }
         Ok(out)
     }

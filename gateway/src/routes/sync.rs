@@ -144,10 +144,6 @@ impl AppState {
         have: Vec<String>,
         as_deltas: bool,
     ) -> Reply {
-        let layers = match self.layers_for(device, image).await {
-            Ok(l) => l,
-            Err(a) => return a,
-        };
         let pem = match ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
             &self.manifest_key.verifying_key(),
             ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF,
@@ -169,11 +165,23 @@ impl AppState {
                 Err(e) => return internal(&e),
             }
         };
-        // Noted before the answer: what a device was offered is kept (and
-        // its chunks stay fetchable) while it pulls.
+        // Noted before the answer, what it holds first: a pin older than
+        // that does not hold it back; what it was offered is kept (and its
+        // chunks stay fetchable) while it pulls.
         if let Err(e) = self
             .images
-            .mark(&device.device_id, image, &layers, &bases)
+            .mark(&device.device_id, image, &[], &bases)
+            .await
+        {
+            return internal(&e);
+        }
+        let layers = match self.layers_for(device, image).await {
+            Ok(l) => l,
+            Err(a) => return a,
+        };
+        if let Err(e) = self
+            .images
+            .mark(&device.device_id, image, &layers, &[])
             .await
         {
             return internal(&e);

@@ -421,6 +421,8 @@ async fn pin(a: PinArgs) -> anyhow::Result<()> {
     images
         .pin(&a.image, a.layer, &device, a.version, "gateway-cli")
         .await?;
+    // What every device is offered decides the image's boot stages.
+    gateway::images::write_stages(&images, &a.store.data()?, &a.image).await?;
     let details = serde_json::json!({"layer": a.layer, "version": a.version, "device_id": device});
     super::gateway::audit_cli_action(&a.store.url()?, &a.image, "pinned", details).await?;
     println!(
@@ -442,6 +444,7 @@ async fn unpin(a: UnpinArgs) -> anyhow::Result<()> {
     let device = a.device_id.unwrap_or_default();
     let had = images.unpin(&a.image, a.layer, &device).await?;
     anyhow::ensure!(had, "{}/{} has no such pin", a.image, a.layer);
+    gateway::images::write_stages(&images, &a.store.data()?, &a.image).await?;
     let details = serde_json::json!({"layer": a.layer, "device_id": device});
     super::gateway::audit_cli_action(&a.store.url()?, &a.image, "unpinned", details).await?;
     println!("{}/{}: pin removed", a.image, a.layer);

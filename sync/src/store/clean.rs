@@ -87,6 +87,47 @@ pub fn remove_loose_if_older(
     Ok(Some(meta.len()))
 }
 
+/// Put back the chunks a collection had set aside when it stopped (a crash
+/// between the rename and its decision): each goes back into place unless
+/// a writer wrote it again meanwhile. How many were put back.
+pub fn restore_aside(store: &ChunkStore) -> Result<u64, StoreError> {
+    let mut n = 0;
+    let rd = match std::fs::read_dir(&store.root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(&store.root)(e)),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".removing-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|n| n.parse::<ChunkId>().ok())
+        else {
+            continue;
+        };
+        let path = store.path(id);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            e.path(),
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => n += 1,
+            Err(rustix::io::Errno::EXIST) => {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+            Err(err) => return Err(io(&path)(err.into())),
+        }
+    }
+    Ok(n)
+}
+
 /// What [`collect_packed`] found and did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Packed {
@@ -156,26 +197,19 @@ pub fn collect_packed(
         c.bytes_after = c.bytes_before;
         return Ok(c);
     }
-    // The wanted chunks, checked, into a new pack of this store's own.
-    for id in held.iter().filter(|id| wanted.contains(id)) {
-        match store.get_compressed(*id) {
-            Ok(bytes) if super::open_chunk(*id, &bytes).is_ok() => {
-                if let Some(p) = &store.packs {
-                    p.put(*id, &bytes).map_err(io(p.dir()))?;
-                }
-            }
-            _ => {
-                c.kept -= 1;
-                c.removed += 1;
-                c.absent += 1;
-            }
-        }
-    }
-    store.sync()?;
+    // The wanted chunks, checked, into a new pack of this store's own; a
+    // failure (a full disk) removes the new pack again, the old ones whole.
+    let written = copy_wanted(&store, &held, wanted, &mut c).and_then(|()| store.sync());
     let made: HashSet<PathBuf> = pack_files(root)?
         .into_iter()
         .filter(|p| !packs.contains(p))
         .collect();
+    if let Err(e) = written {
+        for p in &made {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
     for p in &packs {
         std::fs::remove_file(p).map_err(io(p))?;
     }
@@ -190,6 +224,29 @@ pub fn collect_packed(
         c.bytes_after += std::fs::metadata(p).map_err(io(p))?.len();
     }
     Ok(c)
+}
+
+fn copy_wanted(
+    store: &ChunkStore,
+    held: &HashSet<ChunkId>,
+    wanted: &HashSet<ChunkId>,
+    c: &mut Packed,
+) -> Result<(), StoreError> {
+    for id in held.iter().filter(|id| wanted.contains(id)) {
+        match store.get_compressed(*id) {
+            Ok(bytes) if super::open_chunk(*id, &bytes).is_ok() => {
+                if let Some(p) = &store.packs {
+                    p.put(*id, &bytes).map_err(io(p.dir()))?;
+                }
+            }
+            _ => {
+                c.kept -= 1;
+                c.removed += 1;
+                c.absent += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Take `ROOT/lock` exclusively, trying until `wait` has passed.
@@ -272,6 +329,22 @@ mod tests {
         // A writer that finds it gone writes it again.
         assert!(s.put(id, &plain).unwrap());
         assert_eq!(s.get(id).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_chunk_set_aside_by_a_stopped_collection_is_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ChunkStore::open(dir.path()).unwrap();
+        let (id, plain) = chunk(2);
+        s.put(id, &plain).unwrap();
+        std::fs::rename(s.path(id), dir.path().join(format!(".removing-{id}-77"))).unwrap();
+        assert!(!s.has(id));
+        assert_eq!(restore_aside(&s).unwrap(), 1);
+        assert_eq!(s.get(id).unwrap(), plain);
+        // Written again meanwhile: the copy aside just goes.
+        std::fs::copy(s.path(id), dir.path().join(format!(".removing-{id}-78"))).unwrap();
+        assert_eq!(restore_aside(&s).unwrap(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
