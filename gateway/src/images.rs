@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sqlx::{AnyPool, Row};
-use sync::manifest::{Entry, Layer, LayerManifest, Signed, FORMAT};
+use sync::manifest::{Entry, Layer, LayerManifest, Signed};
 use sync::tree::ScanStats;
 use sync::{ChunkId, ChunkStore};
 
@@ -345,7 +345,7 @@ impl Images {
         };
         let version = latest.map_or(0, |l| l.version).max(floor) + 1;
         let manifest = LayerManifest {
-            format: FORMAT.to_owned(),
+            format: sync::manifest::format_for(&entries).to_owned(),
             image: image.to_owned(),
             layer,
             version,
@@ -514,7 +514,12 @@ pub async fn build(
     check_image_name(image)?;
     let mut out = Vec::new();
     for (layer, dir) in layers {
-        let (entries, stats) = sync::tree::scan(dir, &images.chunks, progress)?;
+        let (entries, stats) = sync::tree::scan(
+            dir,
+            &images.chunks,
+            sync::tree::Fidelity::of(*layer),
+            progress,
+        )?;
         let (stored, new) = images.commit(image, *layer, "", entries, key).await?;
         out.push(Built {
             layer: *layer,

@@ -1360,3 +1360,109 @@ fn a_pull_in_progress_finishes_while_both_sides_clean_up() {
     revert("root");
     same_tree(&w.p("src/b3"), &w.p("root/base-os"));
 }
+
+/// As root, with debootstrap (CI): elsewhere the test says why it skipped,
+/// and under `CI=true` it fails instead.
+fn root_with_debootstrap() -> bool {
+    let usable = rustix::process::geteuid().is_root()
+        && Command::new("debootstrap")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !usable {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root with debootstrap (scripts/setup.sh installs it)"
+        );
+        eprintln!("SKIPPED: needs root and debootstrap");
+    }
+    usable
+}
+
+#[test]
+fn a_debian_root_pulled_into_an_empty_directory_equals_its_source() {
+    if !root_with_debootstrap() {
+        return;
+    }
+    let w = world();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let src = w.p("debian");
+    let o = Command::new(repo.join("scripts/debian-root.sh"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What a minimal root lacks and real images hold: a file capability,
+    // an ACL, attributes of each namespace, a hard link, a FIFO, a device
+    // node, a sparse file, an odd owner and a nanosecond time.
+    let extras = r#"
+import os, struct, sys
+r = sys.argv[1]
+p = lambda *a: os.path.join(r, *a)
+ping = p("usr/bin/satchel-ping")
+with open(p("usr/bin/true"), "rb") as f, open(ping, "wb") as g: g.write(f.read())
+os.chmod(ping, 0o755)
+# VFS_CAP_REVISION_2, effective, cap_net_raw (13) permitted
+os.setxattr(ping, "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0))
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, perm, i) for t, perm, i in
+      [(1, 6, 0xffffffff), (2, 4, 1000), (4, 4, 0xffffffff), (0x10, 4, 0xffffffff), (0x20, 4, 0xffffffff)])
+os.setxattr(p("etc/hostname"), "system.posix_acl_access", acl)
+os.setxattr(p("etc/hostname"), "user.satchel", b"kept")
+os.setxattr(p("etc/hostname"), "trusted.satchel", b"root only")
+os.link(p("etc/hostname"), p("etc/hostname.again"))
+os.mkfifo(p("run/satchel.fifo"), 0o620)
+os.mknod(p("dev/satchel-null"), 0o666 | 0o020000, os.makedev(1, 3))
+with open(p("var/sparse.img"), "wb") as f:
+    f.seek(8 << 20); f.write(b"end"); f.seek(16 << 20); f.truncate()
+os.makedirs(p("home/pupil"))
+with open(p("home/pupil/notes"), "w") as f: f.write("mine\n")
+os.chown(p("home/pupil/notes"), 1234, 5678)
+os.chown(p("home/pupil"), 1234, 5678)
+os.utime(p("home/pupil/notes"), ns=(1_700_000_000_123_456_789, 1_700_000_000_987_654_321))
+"#;
+    let o = Command::new("python3")
+        .args(["-c", extras])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = w.build("classroom", "base-os", "debian");
+    assert!(out.contains("version 2"), "{out}");
+    w.device("c1", "laptop-1");
+    let st = w.pull_stats("c1", "root", &["--layers", "base-os"]);
+    assert!(st["files_changed"].as_u64().unwrap() > 1000, "{st}");
+    let facts = repo.join("satchel/tests/fixtures/tree_facts.py");
+    let o = Command::new("python3")
+        .arg(&facts)
+        .arg("--compare")
+        .arg(&src)
+        .arg(w.p("root/base-os"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let said: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert!(said["paths"].as_u64().unwrap() > 1000, "{said}");
+    assert!(said["hardlink_groups"].as_u64().unwrap() >= 1, "{said}");
+    // The sparse file stayed sparse.
+    let blocks = std::os::unix::fs::MetadataExt::blocks(
+        &std::fs::metadata(w.p("root/base-os/var/sparse.img")).unwrap(),
+    );
+    assert!(
+        blocks * 512 < 1 << 20,
+        "{blocks} blocks: the holes were written"
+    );
+    // A second pull finds nothing changed: the tree equals its manifest.
+    let st = w.pull_stats("c1", "root", &["--layers", "base-os"]);
+    assert_eq!(st["files_changed"], 0, "{st}");
+    // The manifest is v2, with the capability in it.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.p("c1/sync/classroom.json")).unwrap()).unwrap();
+    let manifest = state["layers"]["base-os"]["manifest"].as_str().unwrap();
+    assert!(manifest.contains("\"format\":\"satchel-layer-v2\""));
+    assert!(manifest.contains("security.capability"));
+}

@@ -1,8 +1,14 @@
 //! Layer manifests: one version of one layer of one image, as a file tree
 //! (paths, types, modes, sizes, symlink targets) with each regular file's
 //! content as its list of chunk ids. Metadata is kept apart from content: a
-//! mode change moves no chunk, and times are not recorded at all (a layer is
-//! the same layer whenever it was copied).
+//! mode change moves no chunk.
+//!
+//! A system layer carries a whole operating system's tree (format
+//! `satchel-layer-v2`): each entry's owner, nanosecond modification time
+//! and extended attributes (file capabilities, ACLs, SELinux labels), hard
+//! links, FIFOs and device nodes. A user layer, written on a device, keeps
+//! the plain form (`satchel-layer-v1`: paths, modes, content): no owner, no
+//! times, no attributes but `user.*`, no devices.
 //!
 //! On disk and on the wire a manifest is signed by the gateway's manifest
 //! key (ed25519):
@@ -28,8 +34,15 @@ use sha2::{Digest as _, Sha256};
 
 use crate::chunk::ChunkId;
 
-/// The `format` every manifest carries.
+/// The `format` of a manifest whose entries use nothing of [`FORMAT_V2`].
 pub const FORMAT: &str = "satchel-layer-v1";
+/// The `format` of a manifest with owners, times, extended attributes,
+/// hard links, FIFOs or device nodes.
+pub const FORMAT_V2: &str = "satchel-layer-v2";
+/// Extended attribute namespaces a layer may carry.
+pub const XATTR_NAMESPACES: [&str; 4] = ["security.", "system.posix_acl_", "trusted.", "user."];
+/// Largest extended attribute value (the kernel's own limit).
+pub const MAX_XATTR: usize = 64 << 10;
 /// Prefixed to the manifest bytes before signing (domain separation).
 pub const SIGNING_CONTEXT: &[u8] = b"satchel-layer-v1\0";
 /// Largest signed manifest accepted.
@@ -93,14 +106,34 @@ impl Layer {
         }
     }
 
-    /// `entries` with every mode cut to what this layer may carry; the
-    /// paths whose modes were cut.
-    pub fn strip_special_bits(self, entries: &mut [Entry]) -> Vec<String> {
+    /// `entries` cut to what this layer may carry; the paths cut. A system
+    /// layer keeps everything. A user layer keeps the permission bits only
+    /// (never setuid, setgid or sticky: a user could otherwise plant a
+    /// setuid program that a later restore writes as root), no owner, no
+    /// time, only `user.*` attributes, and no device node (dropped).
+    pub fn strip_special_bits(self, entries: &mut Vec<Entry>) -> Vec<String> {
         let allowed = self.allowed_mode_bits();
         let mut cut = Vec::new();
-        for e in entries.iter_mut().filter(|e| e.mode & !allowed != 0) {
+        if self.is_system() {
+            return cut;
+        }
+        entries.retain(|e| {
+            let device = matches!(e.kind, Kind::Char { .. } | Kind::Block { .. });
+            if device {
+                cut.push(e.path.clone());
+            }
+            !device
+        });
+        for e in entries.iter_mut() {
+            let before = e.clone();
             e.mode &= allowed;
-            cut.push(e.path.clone());
+            e.uid = None;
+            e.gid = None;
+            e.mtime_ns = None;
+            e.xattrs.retain(|k, _| k.starts_with("user."));
+            if *e != before {
+                cut.push(e.path.clone());
+            }
         }
         cut
     }
@@ -128,10 +161,11 @@ impl FromStr for Layer {
 }
 
 /// What an entry is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Kind {
     /// A directory.
+    #[default]
     Dir,
     /// A regular file: its size and its chunks, in order.
     File {
@@ -145,10 +179,32 @@ pub enum Kind {
         /// Where it points (as written; never followed by Satchel).
         target: String,
     },
+    /// Another name of a regular file of the same layer (v2): `target` is
+    /// that file's path, an earlier entry.
+    Hardlink {
+        /// The file's path in the layer.
+        target: String,
+    },
+    /// A named pipe (v2).
+    Fifo,
+    /// A character device (v2; made only as root).
+    Char {
+        /// Its major number.
+        major: u32,
+        /// Its minor number.
+        minor: u32,
+    },
+    /// A block device (v2; made only as root).
+    Block {
+        /// Its major number.
+        major: u32,
+        /// Its minor number.
+        minor: u32,
+    },
 }
 
 /// One path of a layer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     /// Relative path, `/`-separated, no `.`, `..` or empty components.
     pub path: String,
@@ -157,12 +213,63 @@ pub struct Entry {
     /// What it is.
     #[serde(flatten)]
     pub kind: Kind,
+    /// The owner's uid (v2; system layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group's gid (v2; system layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// The modification time, nanoseconds since the epoch (v2; system layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// Extended attributes by name, values in base64 (v2; `user.*` only
+    /// in user layers).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub xattrs: std::collections::BTreeMap<String, String>,
 }
 
 impl Entry {
-    /// Whether two entries have the same content and metadata.
+    /// An entry with no owner, time or attributes.
+    pub fn new(path: impl Into<String>, mode: u32, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            mode,
+            kind,
+            ..Entry::default()
+        }
+    }
+
+    /// Whether two entries have the same content and metadata. A
+    /// directory's time is left out: it moves with every name added or
+    /// removed in it, which is a change of that name, not of the directory.
     pub fn same(&self, other: &Entry) -> bool {
-        self.mode == other.mode && self.kind == other.kind
+        self.mode == other.mode
+            && self.kind == other.kind
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && (self.mtime_ns == other.mtime_ns || matches!(self.kind, Kind::Dir))
+            && self.xattrs == other.xattrs
+    }
+
+    /// Whether it uses anything of [`FORMAT_V2`].
+    pub fn is_v2(&self) -> bool {
+        self.uid.is_some()
+            || self.gid.is_some()
+            || self.mtime_ns.is_some()
+            || !self.xattrs.is_empty()
+            || matches!(
+                self.kind,
+                Kind::Hardlink { .. } | Kind::Fifo | Kind::Char { .. } | Kind::Block { .. }
+            )
+    }
+}
+
+/// The format for a manifest of `entries`.
+pub fn format_for(entries: &[Entry]) -> &'static str {
+    if entries.iter().any(Entry::is_v2) {
+        FORMAT_V2
+    } else {
+        FORMAT
     }
 }
 
@@ -234,6 +341,37 @@ pub struct Signed {
     pub text: String,
 }
 
+/// An entry's extended attributes: known namespaces, bounded names and
+/// values, values in base64.
+fn check_xattrs(e: &Entry) -> Result<(), String> {
+    if e.xattrs.len() > 64 {
+        return Err(format!(
+            "{}: {} extended attributes",
+            e.path,
+            e.xattrs.len()
+        ));
+    }
+    for (name, value) in &e.xattrs {
+        let known = XATTR_NAMESPACES
+            .iter()
+            .any(|ns| name.len() > ns.len() && name.starts_with(ns));
+        if !known || name.len() > 255 || name.contains('\0') {
+            return Err(format!("{}: extended attribute {name:?}", e.path));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| format!("{}: attribute {name}: not base64", e.path))?;
+        if bytes.len() > MAX_XATTR {
+            return Err(format!(
+                "{}: attribute {name}: {} bytes",
+                e.path,
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A path as a layer may hold it.
 pub fn check_path(p: &str) -> Result<(), String> {
     if p.is_empty() || p.len() > 4096 {
@@ -253,9 +391,15 @@ impl LayerManifest {
     /// modes, a parent directory for every nested path, bounds.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |m: String| ManifestError::Invalid(m);
-        if self.format != FORMAT {
-            return Err(bad(format!("format {:?} is not {FORMAT}", self.format)));
-        }
+        let v2 = match self.format.as_str() {
+            FORMAT => false,
+            FORMAT_V2 => true,
+            other => {
+                return Err(bad(format!(
+                    "format {other:?} is not {FORMAT} or {FORMAT_V2}"
+                )))
+            }
+        };
         if self.image.is_empty() || self.image.len() > 128 || self.image.contains(['/', '\0']) {
             return Err(bad(format!("image name {:?}", self.image)));
         }
@@ -263,8 +407,16 @@ impl LayerManifest {
             return Err(bad(format!("{} entries", self.entries.len())));
         }
         let mut dirs = BTreeSet::new();
+        let mut files = BTreeSet::new();
         let mut prev: Option<&str> = None;
         for e in &self.entries {
+            if e.is_v2() && !v2 {
+                return Err(bad(format!(
+                    "{}: owner, time, attributes, link or device in a {FORMAT} manifest",
+                    e.path
+                )));
+            }
+            check_xattrs(e).map_err(bad)?;
             check_path(&e.path).map_err(bad)?;
             if prev.is_some_and(|p| p >= e.path.as_str()) {
                 return Err(bad(format!("entries not sorted or {:?} twice", e.path)));
@@ -285,7 +437,14 @@ impl LayerManifest {
                 Kind::Symlink { target } if target.is_empty() || target.contains('\0') => {
                     return Err(bad(format!("{}: symlink target {target:?}", e.path)));
                 }
+                Kind::Hardlink { target } if !files.contains(target.as_str()) => {
+                    return Err(bad(format!(
+                        "{}: a hard link to {target:?}, which is no earlier file of the layer",
+                        e.path
+                    )));
+                }
                 Kind::File { size, chunks } => {
+                    files.insert(e.path.as_str());
                     let most = chunks.len() as u64 * u64::from(crate::chunk::MAX_CHUNK);
                     if *size > most || (chunks.is_empty() != (*size == 0)) {
                         return Err(bad(format!(
@@ -295,7 +454,11 @@ impl LayerManifest {
                         )));
                     }
                 }
-                Kind::Symlink { .. } => {}
+                Kind::Symlink { .. }
+                | Kind::Hardlink { .. }
+                | Kind::Fifo
+                | Kind::Char { .. }
+                | Kind::Block { .. } => {}
             }
         }
         Ok(())
@@ -388,6 +551,7 @@ mod tests {
                     path: "etc".into(),
                     mode: 0o755,
                     kind: Kind::Dir,
+                    ..Entry::default()
                 },
                 Entry {
                     path: "etc/hostname".into(),
@@ -396,6 +560,7 @@ mod tests {
                         size: 5,
                         chunks: vec![ChunkId::of(b"host\n")],
                     },
+                    ..Entry::default()
                 },
                 Entry {
                     path: "etc/link".into(),
@@ -403,6 +568,7 @@ mod tests {
                     kind: Kind::Symlink {
                         target: "hostname".into(),
                     },
+                    ..Entry::default()
                 },
             ],
         }
@@ -443,6 +609,7 @@ mod tests {
                 path: path.into(),
                 mode: 0o644,
                 kind: Kind::Dir,
+                ..Entry::default()
             });
             m.entries.sort_by(|a, b| a.path.cmp(&b.path));
             assert!(m.sign(&key).is_err(), "{path}");

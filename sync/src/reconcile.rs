@@ -243,6 +243,7 @@ fn parent_dir(parent: &str, sides: &[&Index; 3]) -> Entry {
             path: parent.to_owned(),
             mode: 0o755,
             kind: Kind::Dir,
+            ..Entry::default()
         })
 }
 
@@ -263,6 +264,7 @@ mod tests {
                     vec![ChunkId::of(content.as_bytes())]
                 },
             },
+            ..Entry::default()
         }
     }
 
@@ -271,6 +273,7 @@ mod tests {
             path: path.to_owned(),
             mode: 0o755,
             kind: Kind::Dir,
+            ..Entry::default()
         }
     }
 

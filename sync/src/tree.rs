@@ -10,9 +10,34 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use std::os::unix::fs::MetadataExt as _;
+
+use base64::Engine as _;
+
 use crate::chunk::{chunk_stream, ChunkId};
-use crate::manifest::{check_path, Entry, Kind};
+use crate::manifest::{check_path, Entry, Kind, Layer};
 use crate::store::{ChunkStore, StoreError};
+
+/// How much of each path a scan records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fidelity {
+    /// Paths, modes and content: a user layer.
+    Plain,
+    /// Also owners, nanosecond times, extended attributes, hard links,
+    /// FIFOs and device nodes: a system layer, a whole operating system.
+    Full,
+}
+
+impl Fidelity {
+    /// What `layer` records.
+    pub fn of(layer: Layer) -> Fidelity {
+        if layer.is_system() {
+            Fidelity::Full
+        } else {
+            Fidelity::Plain
+        }
+    }
+}
 
 /// A tree problem.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +121,10 @@ impl ScanStats {
 pub fn scan(
     dir: &Path,
     store: &ChunkStore,
+    fidelity: Fidelity,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Vec<Entry>, ScanStats), TreeError> {
-    scan_into(dir, Some(store), progress)
+    scan_into(dir, Some(store), fidelity, progress)
 }
 
 /// Scan `dir` into sorted entries; with a store, put every chunk in it,
@@ -106,19 +132,43 @@ pub fn scan(
 pub fn scan_into(
     dir: &Path,
     store: Option<&ChunkStore>,
+    fidelity: Fidelity,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Vec<Entry>, ScanStats), TreeError> {
     let mut entries = Vec::new();
     let mut scanner = Scanner {
         store,
+        fidelity,
         stats: ScanStats::default(),
         seen: HashSet::new(),
+        inodes: HashMap::new(),
     };
     for item in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         let item = item.map_err(|e| walk_error(dir, e))?;
         entries.push(scanner.entry(dir, item.path(), progress)?);
     }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    // Hard links: the first path of each inode (in layer order) is the
+    // file, every later one a link to it.
+    let mut first: HashMap<(u64, u64), String> = HashMap::new();
+    let entries = entries
+        .into_iter()
+        .map(|(mut e, inode)| {
+            if let Some(inode) = inode {
+                match first.get(&inode) {
+                    Some(target) => {
+                        e.kind = Kind::Hardlink {
+                            target: target.clone(),
+                        }
+                    }
+                    None => {
+                        first.insert(inode, e.path.clone());
+                    }
+                }
+            }
+            e
+        })
+        .collect();
     if let Some(store) = store {
         store.sync()?;
     }
@@ -166,33 +216,130 @@ fn symlink_kind(full: &Path) -> Result<Kind, TreeError> {
     })
 }
 
+/// The extended attributes of `full` (not following a symlink), values in
+/// base64: those of the namespaces a layer may carry.
+fn xattrs_of(full: &Path) -> Result<std::collections::BTreeMap<String, String>, TreeError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match rustix::fs::llistxattr(full, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) if names.len() < (1 << 20) => {
+                names.resize(names.len() * 4, 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+            Err(e) => return Err(io(full)(e.into())),
+        }
+    };
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Err(TreeError::Unsupported {
+                path: full.to_owned(),
+                problem: "an extended attribute name that is not UTF-8".to_owned(),
+            });
+        };
+        if !crate::manifest::XATTR_NAMESPACES
+            .iter()
+            .any(|ns| name.starts_with(ns))
+        {
+            continue;
+        }
+        let mut value = vec![0u8; crate::manifest::MAX_XATTR];
+        let len =
+            rustix::fs::lgetxattr(full, name, &mut value[..]).map_err(|e| io(full)(e.into()))?;
+        out.insert(
+            name.to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(&value[..len]),
+        );
+    }
+    Ok(out)
+}
+
 /// A scan under way: where chunks go and what has been counted.
 struct Scanner<'a> {
     /// Where chunks are put; `None` to only hash.
     store: Option<&'a ChunkStore>,
+    /// What is recorded.
+    fidelity: Fidelity,
     /// The counts so far.
     stats: ScanStats,
     /// The distinct chunks so far.
     seen: HashSet<ChunkId>,
+    /// Files with more than one name (full scans): their content, by inode.
+    inodes: HashMap<(u64, u64), Kind>,
 }
 
 impl Scanner<'_> {
-    /// The entry for `full` (found under `dir`), storing a file's chunks.
+    /// The entry for `full` (found under `dir`), storing a file's chunks;
+    /// with its inode if it is a file with other names (full scans).
     fn entry(
         &mut self,
         dir: &Path,
         full: &Path,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<Entry, TreeError> {
+    ) -> Result<(Entry, Option<(u64, u64)>), TreeError> {
         let rel = relative(dir, full)?;
         let meta = full.symlink_metadata().map_err(io(full))?;
         let mode = meta.permissions().mode() & 0o7777;
-        let kind = self.kind(full, meta.file_type(), progress)?;
-        Ok(Entry {
+        if self.fidelity == Fidelity::Plain {
+            let kind = self.kind(full, meta.file_type(), progress)?;
+            return Ok((Entry::new(rel, mode, kind), None));
+        }
+        let ft = meta.file_type();
+        let linked = (ft.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+        let kind = match linked.and_then(|i| self.inodes.get(&i)) {
+            Some(k) => {
+                self.stats.files += 1;
+                k.clone()
+            }
+            None => {
+                let k = self.full_kind(full, &meta, progress)?;
+                if let Some(i) = linked {
+                    self.inodes.insert(i, k.clone());
+                }
+                k
+            }
+        };
+        let entry = Entry {
             path: rel,
             mode,
             kind,
-        })
+            uid: Some(meta.uid()),
+            gid: Some(meta.gid()),
+            mtime_ns: Some(
+                meta.mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(meta.mtime_nsec()),
+            ),
+            xattrs: xattrs_of(full)?,
+        };
+        Ok((entry, linked))
+    }
+
+    /// What `full` is in a full scan: anything but a socket.
+    fn full_kind(
+        &mut self,
+        full: &Path,
+        meta: &std::fs::Metadata,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Kind, TreeError> {
+        use std::os::unix::fs::FileTypeExt as _;
+        let ft = meta.file_type();
+        let dev = || {
+            let rdev = meta.rdev();
+            (rustix::fs::major(rdev), rustix::fs::minor(rdev))
+        };
+        if ft.is_fifo() {
+            Ok(Kind::Fifo)
+        } else if ft.is_char_device() {
+            let (major, minor) = dev();
+            Ok(Kind::Char { major, minor })
+        } else if ft.is_block_device() {
+            let (major, minor) = dev();
+            Ok(Kind::Block { major, minor })
+        } else {
+            self.kind(full, ft, progress)
+        }
     }
 
     /// What `full` is, counted; anything but a file, directory or symlink is refused.
@@ -214,8 +361,11 @@ impl Scanner<'_> {
         } else {
             Err(TreeError::Unsupported {
                 path: full.to_owned(),
-                problem: "a device, FIFO or socket: layers hold files, directories and symlinks"
-                    .to_owned(),
+                problem: match self.fidelity {
+                    Fidelity::Plain => "a device, FIFO or socket: a user layer holds files, directories and symlinks",
+                    Fidelity::Full => "a socket: a layer cannot hold one",
+                }
+                .to_owned(),
             })
         }
     }
@@ -301,12 +451,25 @@ pub fn materialize_arriving(
     // Directories first (entries are sorted, so parents come first), then
     // files and symlinks on a few threads: creating inodes is most of the
     // work, and the kernel does it in parallel.
-    let dirs = make_dirs(entries, root)?;
+    make_dirs(entries, root)?;
     write_leaves(entries, store, root, &reuse, arrived)?;
-    // Directory modes last (deepest first), so a read-only directory is
-    // filled before it becomes read-only.
-    for (path, mode) in dirs.iter().rev() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(io(path))?;
+    // Second names once every file is there.
+    for e in entries {
+        if let Kind::Hardlink { target } = &e.kind {
+            let path = root.join(&e.path);
+            std::fs::hard_link(root.join(target), &path).map_err(io(&path))?;
+        }
+    }
+    // Owners, modes, attributes and times last: files first, then
+    // directories deepest first, so a read-only directory is filled before
+    // it becomes read-only and its time is not moved by what it holds.
+    let root_user = rustix::process::geteuid().is_root();
+    for e in entries
+        .iter()
+        .filter(|e| !matches!(e.kind, Kind::Dir | Kind::Hardlink { .. }))
+        .chain(entries.iter().rev().filter(|e| matches!(e.kind, Kind::Dir)))
+    {
+        set_meta(e, &root.join(&e.path), root_user)?;
     }
     // Everything written, durable in one call, before the swap.
     sync_fs(root)?;
@@ -330,15 +493,73 @@ fn staging_dir(target: &Path, parent: &Path) -> Result<tempfile::TempDir, TreeEr
         .map_err(io(parent))
 }
 
-/// Create the directories of `entries` under `root`, in order; return each with its mode, still to set.
-fn make_dirs(entries: &[Entry], root: &Path) -> Result<Vec<(PathBuf, u32)>, TreeError> {
-    let mut dirs = Vec::new();
+/// Create the directories of `entries` under `root`, in order (their
+/// metadata is set last).
+fn make_dirs(entries: &[Entry], root: &Path) -> Result<(), TreeError> {
     for e in entries.iter().filter(|e| matches!(e.kind, Kind::Dir)) {
         let path = root.join(&e.path);
         std::fs::create_dir(&path).map_err(io(&path))?;
-        dirs.push((path, e.mode));
     }
-    Ok(dirs)
+    Ok(())
+}
+
+/// Give `path` the metadata of `e`: owner (as root), mode, extended
+/// attributes, time, in that order (a change of owner clears setuid bits
+/// and file capabilities). Not as root, owners are left as made, and
+/// attributes the kernel keeps for root (`security.*`, `trusted.*`) are
+/// skipped.
+fn set_meta(e: &Entry, path: &Path, root_user: bool) -> Result<(), TreeError> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    let symlink = matches!(e.kind, Kind::Symlink { .. });
+    let fail = |err: rustix::io::Errno| io(path)(err.into());
+    if !root_user
+        && matches!(e.kind, Kind::Char { .. } | Kind::Block { .. })
+        && path.symlink_metadata().is_err()
+    {
+        // Left out (see `node`).
+        return Ok(());
+    }
+    if root_user && (e.uid.is_some() || e.gid.is_some()) {
+        rustix::fs::chownat(
+            CWD,
+            path,
+            e.uid.map(rustix::fs::Uid::from_raw),
+            e.gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(fail)?;
+    }
+    if !symlink {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(e.mode))
+            .map_err(io(path))?;
+    }
+    for (name, value) in &e.xattrs {
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| TreeError::Unsupported {
+                path: path.to_owned(),
+                problem: format!("attribute {name}: not base64"),
+            })?;
+        match rustix::fs::lsetxattr(path, name.as_str(), &value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP) if !root_user => {}
+            Err(err) => return Err(fail(err)),
+        }
+    }
+    if let Some(ns) = e.mtime_ns {
+        let t = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: ns.div_euclid(1_000_000_000),
+                tv_nsec: ns.rem_euclid(1_000_000_000),
+            },
+        };
+        rustix::fs::utimensat(CWD, path, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Write the files and symlinks of `entries` under `root` on [`WRITERS`] threads.
@@ -351,7 +572,7 @@ fn write_leaves(
 ) -> Result<(), TreeError> {
     let leaves: Vec<&Entry> = entries
         .iter()
-        .filter(|e| !matches!(e.kind, Kind::Dir))
+        .filter(|e| !matches!(e.kind, Kind::Dir | Kind::Hardlink { .. }))
         .collect();
     // The writers take the next leaf in order, so together they follow
     // the order the chunks arrive in; the first error stops them all.
@@ -490,7 +711,7 @@ impl<'a> Reuse<'a> {
             Kind::Symlink { target } => {
                 std::fs::read_link(path).is_ok_and(|t| t.as_os_str() == target.as_str())
             }
-            Kind::Dir => false,
+            _ => false,
         };
         if !same {
             let _ = std::fs::remove_file(path);
@@ -538,9 +759,23 @@ fn write_leaf(
         return Ok(());
     }
     match &e.kind {
-        Kind::Dir => Ok(()),
+        Kind::Dir | Kind::Hardlink { .. } => Ok(()),
         Kind::Symlink { target } => std::os::unix::fs::symlink(target, &path).map_err(io(&path)),
+        Kind::Fifo => node(&path, rustix::fs::FileType::Fifo, e.mode, 0),
+        Kind::Char { major, minor } => node(
+            &path,
+            rustix::fs::FileType::CharacterDevice,
+            e.mode,
+            rustix::fs::makedev(*major, *minor),
+        ),
+        Kind::Block { major, minor } => node(
+            &path,
+            rustix::fs::FileType::BlockDevice,
+            e.mode,
+            rustix::fs::makedev(*major, *minor),
+        ),
         Kind::File { size, chunks } => {
+            use std::io::Seek as _;
             arrived(e)?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -550,7 +785,13 @@ fn write_leaf(
             let mut written = 0u64;
             for id in chunks {
                 let data = store.get(*id)?;
-                f.write_all(&data).map_err(io(&path))?;
+                // A run of zeros is left a hole: a sparse file stays sparse.
+                if data.iter().all(|b| *b == 0) {
+                    f.seek(std::io::SeekFrom::Current(data.len() as i64))
+                        .map_err(io(&path))?;
+                } else {
+                    f.write_all(&data).map_err(io(&path))?;
+                }
                 written += data.len() as u64;
             }
             if written != *size {
@@ -560,9 +801,29 @@ fn write_leaf(
                     want: *size,
                 });
             }
+            f.set_len(*size).map_err(io(&path))?;
             f.set_permissions(std::fs::Permissions::from_mode(e.mode))
                 .map_err(io(&path))
         }
+    }
+}
+
+/// Make a FIFO or device node; a device node needs root (not root, it is
+/// left out, with a warning).
+fn node(path: &Path, ft: rustix::fs::FileType, mode: u32, dev: u64) -> Result<(), TreeError> {
+    match rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        ft,
+        rustix::fs::Mode::from_raw_mode(mode & 0o777),
+        dev,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) if ft != rustix::fs::FileType::Fifo => {
+            tracing::warn!(path = %path.display(), "a device node is made only as root: left out");
+            Ok(())
+        }
+        Err(e) => Err(io(path)(e.into())),
     }
 }
 
@@ -581,6 +842,77 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_scan_keeps_links_fifos_attributes_owners_and_times() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store")).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("etc/b"), b"shared content").unwrap();
+        std::fs::hard_link(src.join("etc/b"), src.join("etc/a")).unwrap();
+        std::fs::hard_link(src.join("etc/b"), src.join("z")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            0,
+        )
+        .unwrap();
+        rustix::fs::lsetxattr(
+            &src.join("etc/b"),
+            "user.note",
+            b"kept",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
+        std::fs::File::options()
+            .write(true)
+            .open(src.join("etc/b"))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let (entries, _) = scan(&src, &store, Fidelity::Full, &mut |_| {}).unwrap();
+        let by = |p: &str| entries.iter().find(|e| e.path == p).unwrap().clone();
+        // The first name in layer order holds the content; the others link to it.
+        assert!(matches!(by("etc/a").kind, Kind::File { .. }));
+        assert_eq!(
+            by("etc/b").kind,
+            Kind::Hardlink {
+                target: "etc/a".into()
+            }
+        );
+        assert_eq!(
+            by("z").kind,
+            Kind::Hardlink {
+                target: "etc/a".into()
+            }
+        );
+        assert_eq!(by("fifo").kind, Kind::Fifo);
+        assert_eq!(by("etc/a").mtime_ns, Some(1_700_000_000_123_456_789));
+        assert_eq!(by("etc/a").xattrs["user.note"], "a2VwdA==");
+        assert_eq!(
+            crate::manifest::format_for(&entries),
+            crate::manifest::FORMAT_V2
+        );
+        let out = dir.path().join("out");
+        materialize(&entries, &store, &out).unwrap();
+        let (again, _) = scan_into(&out, None, Fidelity::Full, &mut |_| {}).unwrap();
+        assert_eq!(again, entries);
+        let (a, z) = (
+            std::fs::metadata(out.join("etc/a")).unwrap(),
+            std::fs::metadata(out.join("z")).unwrap(),
+        );
+        assert_eq!((a.ino(), a.nlink()), (z.ino(), 3));
+        // A plain scan of the same tree: three files, the FIFO refused.
+        assert!(scan_into(&src, None, Fidelity::Plain, &mut |_| {}).is_err());
+        std::fs::remove_file(src.join("fifo")).unwrap();
+        let (plain, _) = scan_into(&src, None, Fidelity::Plain, &mut |_| {}).unwrap();
+        assert!(plain.iter().all(|e| !e.is_v2()));
+    }
+
+    #[test]
     fn scan_then_materialize_gives_the_same_tree() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
@@ -597,13 +929,13 @@ mod tests {
         std::fs::set_permissions(src.join("etc/ro"), std::fs::Permissions::from_mode(0o555))
             .unwrap();
         let store = ChunkStore::open(dir.path().join("chunks")).unwrap();
-        let (entries, stats) = scan(&src, &store, &mut |_| {}).unwrap();
+        let (entries, stats) = scan(&src, &store, Fidelity::Plain, &mut |_| {}).unwrap();
         assert_eq!((stats.files, stats.dirs, stats.symlinks), (3, 2, 1));
         // 300,000 equal bytes: a few equal 64 KiB chunks and a tail.
         assert!(stats.dedup_ratio() > 2.5, "{stats:?}");
         let out = dir.path().join("out/base-os");
         materialize(&entries, &store, &out).unwrap();
-        let (again, stats2) = scan(&out, &store, &mut |_| {}).unwrap();
+        let (again, stats2) = scan(&out, &store, Fidelity::Plain, &mut |_| {}).unwrap();
         assert_eq!(again, entries);
         assert_eq!(stats2.new_chunks, 0);
         // A second materialize swaps the whole tree.
@@ -627,7 +959,7 @@ mod tests {
             std::fs::write(src.join(format!("d/f{i:02}")), format!("file {i}\n")).unwrap();
         }
         let store = ChunkStore::open(dir.path().join("chunks")).unwrap();
-        let (entries, _) = scan(&src, &store, &mut |_| {}).unwrap();
+        let (entries, _) = scan(&src, &store, Fidelity::Plain, &mut |_| {}).unwrap();
         let out = dir.path().join("out/base-os");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("old"), "old\n").unwrap();
@@ -671,7 +1003,7 @@ mod tests {
         }
         std::os::unix::fs::symlink("lib/a", src.join("link")).unwrap();
         let store = ChunkStore::open(dir.path().join("chunks")).unwrap();
-        let (v1, _) = scan(&src, &store, &mut |_| {}).unwrap();
+        let (v1, _) = scan(&src, &store, Fidelity::Plain, &mut |_| {}).unwrap();
         let out = dir.path().join("out/base-os");
         materialize(&v1, &store, &out).unwrap();
         let ino = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().ino();
@@ -681,14 +1013,14 @@ mod tests {
         // in place, and an outside directory holding a file equal to lib/a
         // takes lib's place through a symlink.
         std::fs::write(src.join("lib/b"), "new b").unwrap();
-        let (v2, _) = scan(&src, &store, &mut |_| {}).unwrap();
-        let (current, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        let (v2, _) = scan(&src, &store, Fidelity::Plain, &mut |_| {}).unwrap();
+        let (current, _) = scan_into(&out, None, Fidelity::Plain, &mut |_| {}).unwrap();
         std::fs::write(out.join("lib/c"), "edited after the scan").unwrap();
         let outside = dir.path().join("outside");
         std::fs::create_dir(&outside).unwrap();
         std::fs::copy(src.join("lib/a"), outside.join("a")).unwrap();
         materialize_reusing(&v2, &store, &out, &current).unwrap();
-        let (again, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        let (again, _) = scan_into(&out, None, Fidelity::Plain, &mut |_| {}).unwrap();
         assert_eq!(again, v2);
         assert_eq!(ino("link"), before[3], "the unchanged symlink is linked");
         assert_ne!(ino("lib/b"), before[1], "the changed file is new");
@@ -703,7 +1035,7 @@ mod tests {
         );
 
         // The unchanged file is linked when its directory is the real one...
-        let (current, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        let (current, _) = scan_into(&out, None, Fidelity::Plain, &mut |_| {}).unwrap();
         let a = ino("lib/a");
         materialize_reusing(&v2, &store, &out, &current).unwrap();
         assert_eq!(ino("lib/a"), a);
@@ -721,7 +1053,7 @@ mod tests {
             outside.join("a").is_file(),
             "the swap removed what the symlink pointed at"
         );
-        let (again, _) = scan_into(&out, None, &mut |_| {}).unwrap();
+        let (again, _) = scan_into(&out, None, Fidelity::Plain, &mut |_| {}).unwrap();
         assert_eq!(again, v2);
     }
 }

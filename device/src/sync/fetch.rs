@@ -417,6 +417,7 @@ mod tests {
                 size: 0,
                 chunks: chunks.to_vec(),
             },
+            ..Entry::default()
         }
     }
 

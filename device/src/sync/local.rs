@@ -145,7 +145,9 @@ pub(super) fn tree_of(root: &Path, layer: Layer) -> Result<Vec<Entry>, SyncError
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    Ok(sync::tree::scan_into(&dir, None, &mut |_| {})
-        .map_err(local)?
-        .0)
+    Ok(
+        sync::tree::scan_into(&dir, None, sync::tree::Fidelity::of(layer), &mut |_| {})
+            .map_err(local)?
+            .0,
+    )
 }

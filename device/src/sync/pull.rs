@@ -136,9 +136,13 @@ enum Plan {
 /// (a system layer may have been changed locally: the pull restores it).
 fn tree_now(state: &SyncState, layer: Layer, dir: &Path) -> Result<Vec<Entry>, SyncError> {
     match state.layers.get(&layer) {
-        Some(_) if dir.exists() => Ok(sync::tree::scan_into(dir, None, &mut |_| {})
-            .map_err(local)?
-            .0),
+        Some(_) if dir.exists() => {
+            Ok(
+                sync::tree::scan_into(dir, None, sync::tree::Fidelity::of(layer), &mut |_| {})
+                    .map_err(local)?
+                    .0,
+            )
+        }
         _ => Ok(Vec::new()),
     }
 }

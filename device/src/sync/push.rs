@@ -115,9 +115,9 @@ pub fn pending(
             .manifest
             .entries;
         let (entries, _) = if layer.is_system() {
-            sync::tree::scan_into(&dir, None, &mut |_| {})
+            sync::tree::scan_into(&dir, None, sync::tree::Fidelity::Full, &mut |_| {})
         } else {
-            sync::tree::scan(&dir, store, &mut |_| {})
+            sync::tree::scan(&dir, store, sync::tree::Fidelity::Plain, &mut |_| {})
         }
         .map_err(local)?;
         if entries == base_entries {

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use sync::manifest::{LayerManifest, Signed, FORMAT};
+use sync::manifest::{LayerManifest, Signed};
 use sync::ChunkId;
 
 use crate::app::{record, AppState};
@@ -689,12 +689,12 @@ impl Checkin<'_> {
     ) -> Result<(Vec<sync::manifest::Entry>, Vec<String>), Reply> {
         let stripped = self.layer.strip_special_bits(&mut entries);
         if !stripped.is_empty() {
-            let reason = "setuid, setgid or sticky bits in a user layer";
+            let reason = "setuid, setgid or sticky bits, an owner, a time, an attribute other than user.* or a device node in a user layer";
             self.note("stripped", json!({"reason": reason, "paths": stripped}))
                 .await;
         }
         let client = LayerManifest {
-            format: FORMAT.to_owned(),
+            format: sync::manifest::format_for(&entries).to_owned(),
             image: self.image.to_owned(),
             layer: self.layer,
             version: 0,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Make a minimal Debian 12 root (debootstrap --variant=minbase) at DEST, as
+# root. The first run builds it from the mirror and keeps a tarball (xattrs,
+# device nodes and hard links included) in the cache; later runs unpack it.
+#
+#   scripts/debian-root.sh DEST
+#
+# SATCHEL_CACHE names the cache directory [~/.cache/satchel];
+# SATCHEL_DEBIAN_MIRROR the mirror [http://deb.debian.org/debian].
+set -euo pipefail
+dest=${1:?usage: debian-root.sh DEST}
+cache=${SATCHEL_CACHE:-${HOME:-/root}/.cache/satchel}
+mirror=${SATCHEL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+tarball=$cache/bookworm-minbase.tar
+mkdir -p "$cache" "$dest"
+if [ -n "$(ls -A "$dest")" ]; then
+  echo "debian-root.sh: $dest is not empty" >&2
+  exit 2
+fi
+# One builder at a time; the others wait and unpack what it made.
+exec 9>"$cache/bookworm-minbase.lock"
+flock 9
+if [ ! -s "$tarball" ]; then
+  work=$(mktemp -d "$cache/.build-XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  debootstrap --variant=minbase bookworm "$work/root" "$mirror" >"$work/log" 2>&1 \
+    || { tail -n 20 "$work/log" >&2; exit 1; }
+  tar --xattrs --xattrs-include='*' --acls --numeric-owner -C "$work/root" -cf "$work/root.tar" .
+  mv "$work/root.tar" "$tarball"
+fi
+flock -u 9
+tar --xattrs --xattrs-include='*' --acls --numeric-owner -C "$dest" -xpf "$tarball"
