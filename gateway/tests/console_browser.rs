@@ -228,7 +228,8 @@ fn an_admin_enrolls_sees_tests_revokes_and_audits_in_the_browser() {
         editor
             .send_keys(
                 "p, group:class-7a, url, https://en.wikipedia.org/wiki/*, GET, allow\n\
-                 p, group:class-7a, url, https://en.wikipedia.org/wiki/Special:*, *, deny\n",
+                 p, group:class-7a, url, https://en.wikipedia.org/wiki/Special:*, *, deny\n\
+                 p, group:class-7a, image, classroom, subscribe, allow\n",
             )
             .await
             .unwrap();
@@ -238,7 +239,7 @@ fn an_admin_enrolls_sees_tests_revokes_and_audits_in_the_browser() {
             .submit()
             .await
             .unwrap();
-        wait_for(&c, "In force now: 2 rules", Duration::from_secs(5), false).await;
+        wait_for(&c, "In force now: 3 rules", Duration::from_secs(5), false).await;
         let test = c.form(Locator::Css("form.filters")).await.unwrap();
         test.set_by_name("device", "laptop-17").await.unwrap();
         test.set_by_name("object", "https://en.wikipedia.org/wiki/Special:Random")
@@ -248,6 +249,59 @@ fn an_admin_enrolls_sees_tests_revokes_and_audits_in_the_browser() {
         let text = wait_for(&c, "Line 2 decides", Duration::from_secs(5), false).await;
         assert!(text.contains("denied"), "{text}");
         shot(&c, &shots, "policy").await;
+
+        // An image in two versions; the device pulls both (its second
+        // offer says it holds version 2). The images page shows it there,
+        // and version 1 is pinned for every device from the browser.
+        let url = format!("sqlite:{}", data.join("satchel.db").display());
+        let (pool, _) = persist::db::connect(&url).await.unwrap();
+        let images = gateway::images::Images::open(pool, &data).await.unwrap();
+        let key = gateway::server::manifest_key(&data).unwrap();
+        let tree = dir.path().join("image/base-os");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        let root = dir.path().join("root");
+        let client = gwc.device_client().unwrap();
+        for motd in ["version one\n", "version two\n"] {
+            std::fs::write(tree.join("etc/motd"), motd).unwrap();
+            let layers = [(sync::Layer::BaseOs, tree.clone())];
+            gateway::images::build(&images, &data, &key, "classroom", &layers, &mut |_| {})
+                .await
+                .unwrap();
+            let meter = device::Meter::new(None);
+            let target = device::sync::Target {
+                client: &client,
+                cdir: &gwc.data,
+                image: "classroom",
+                root: &root,
+                meter: &meter,
+            };
+            device::sync::pull(&target, None).await.unwrap();
+            device::sync::pull(&target, None).await.unwrap();
+        }
+        c.find(Locator::LinkText("Images"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let text = wait_for(&c, "runs: laptop-17", Duration::from_secs(5), true).await;
+        assert!(text.contains("classroom"), "{text}");
+        let pin = c
+            .form(Locator::XPath(
+                "//tr[td[@class='num' and text()='1']]//form[contains(@action, '/pin')]",
+            ))
+            .await
+            .unwrap();
+        pin.submit().await.unwrap();
+        let text = wait_for(
+            &c,
+            "pinned at version 1 for every device",
+            Duration::from_secs(5),
+            false,
+        )
+        .await;
+        assert!(text.contains("Pins"), "{text}");
+        shot(&c, &shots, "images").await;
 
         // Revoke it from the fleet.
         c.find(Locator::LinkText("Fleet"))

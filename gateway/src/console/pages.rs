@@ -424,12 +424,14 @@ async fn images(state: &AppState, s: &Session, said: Option<(bool, String)>) -> 
                                         input type="text" name="device_id" placeholder="device (empty: all)" size="14";
                                         button type="submit" { "Pin" }
                                     }
-                                    form.inline method="post" action="/console/images/rollback" {
-                                        (csrf(s))
-                                        input type="hidden" name="image" value=(name);
-                                        input type="hidden" name="layer" value=(l.layer.as_str());
-                                        input type="hidden" name="version" value=(l.version);
-                                        button.danger type="submit" { "Roll back to this" }
+                                    @if layers.iter().any(|n| n.owner.is_empty() && n.layer == l.layer && n.version > l.version) {
+                                        form.inline method="post" action="/console/images/rollback" {
+                                            (csrf(s))
+                                            input type="hidden" name="image" value=(name);
+                                            input type="hidden" name="layer" value=(l.layer.as_str());
+                                            input type="hidden" name="version" value=(l.version);
+                                            button.danger type="submit" { "Roll back to this" }
+                                        }
                                     }
                                 }
                             }
