@@ -860,7 +860,7 @@ mod tests {
         )
         .unwrap();
         rustix::fs::lsetxattr(
-            &src.join("etc/b"),
+            src.join("etc/b"),
             "user.note",
             b"kept",
             rustix::fs::XattrFlags::empty(),
