@@ -1466,3 +1466,86 @@ os.utime(p("home/pupil/notes"), ns=(1_700_000_000_123_456_789, 1_700_000_000_987
     assert!(manifest.contains("\"format\":\"satchel-layer-v2\""));
     assert!(manifest.contains("security.capability"));
 }
+
+#[test]
+fn the_image_build_signs_the_reference_for_the_whole_chain_in_one_step() {
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(repo.join("examples/boot-chain"))
+        .arg(w.p("chain"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let chain = w.p("chain/chain.toml");
+    ok(&["keygen", "--out", &w.s("org.key")]);
+    base_variant(&w, "src/b2", 2222, 1000);
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "image",
+        "build",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        &format!("base-os={}", w.s("src/b2")),
+        "--chain",
+        chain.to_str().unwrap(),
+        "--sign-key",
+        &w.s("org.key"),
+        "--reference-out",
+        &w.s("reference.json"),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(out["reference"], w.s("reference.json"), "{out}");
+    // The same as `predict` over the chain with the image's stages joined
+    // by hand, the two-step way.
+    let mut joined = std::fs::read_to_string(&chain).unwrap();
+    joined.push('\n');
+    joined.push_str(&std::fs::read_to_string(w.gw.join("images/classroom.stages.toml")).unwrap());
+    let joined_path = repo
+        .join("examples/boot-chain")
+        .join(format!(".joined-{}.toml", std::process::id()));
+    std::fs::write(&joined_path, joined).unwrap();
+    let o = satchel(&[
+        "predict",
+        "--chain",
+        joined_path.to_str().unwrap(),
+        "--banks",
+        "sha256",
+        "--sign-key",
+        &w.s("org.key"),
+        "--out",
+        &w.s("by-hand.json"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pcrs = |f: &str| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(w.p(f)).unwrap()).unwrap();
+        v["manifest"]["pcrs"].clone()
+    };
+    assert_eq!(pcrs("reference.json"), pcrs("by-hand.json"));
+    // It names the layer's stage, with the version's digest measured.
+    let digest = out["layers"][0]["digest"].as_str().unwrap();
+    let text = std::fs::read_to_string(w.p("reference.json")).unwrap();
+    assert!(text.contains("layer-base-os"), "{text}");
+    let stages = std::fs::read_to_string(w.gw.join("images/classroom.stages.toml")).unwrap();
+    assert!(stages.contains(digest), "{stages}");
+    // Half the flags: refused before anything is built.
+    let o = satchel(&[
+        "image",
+        "build",
+        "--data",
+        &gw,
+        "--image",
+        "classroom",
+        "--layer",
+        &format!("base-os={}", w.s("src/b2")),
+        "--reference-out",
+        &w.s("x.json"),
+    ]);
+    assert!(!o.status.success());
+    assert!(!w.p("x.json").exists());
+}

@@ -112,7 +112,10 @@ one. Layers: base-os, group-apps (system: clients cannot change them), personal-
 user-system, user-data (user: each device's own; this is their starting content).
 The system layers' digests are written as boot stages to DATA/images/IMAGE.stages.toml:
 append them to the boot chain before `satchel predict`, so attestation covers the image.
-With --trust-proxy-ca the base-os directory gets the gateway's proxy CA in its trust
+With --chain, --sign-key and --reference-out the image's layer stages are appended to
+the boot chain and the signed reference for the whole chain is written in the same step
+(as `satchel predict --sign-key` on the joined chain would): a gateway given it admits
+exactly the devices that booted this image. With --trust-proxy-ca the base-os directory gets the gateway's proxy CA in its trust
 store first (usr/local/share/ca-certificates/satchel-proxy-ca.crt, and appended to
 etc/ssl/certs/ca-certificates.crt when that exists): devices then accept the proxy's
 per-URL decisions inside HTTPS (docs/gateway.md).")]
@@ -133,6 +136,25 @@ pub(crate) struct BuildArgs {
     /// proxy's per-URL decisions inside HTTPS.
     #[arg(long)]
     trust_proxy_ca: bool,
+    /// The boot chain up to the image (docs/boot-chain.md): with
+    /// --sign-key and --reference-out, the image's layer stages are added
+    /// to it and the reference for the whole chain is signed in this step.
+    #[arg(long, value_name = "FILE", requires = "reference_out")]
+    chain: Option<PathBuf>,
+    /// The organisation's signing key for the reference.
+    #[arg(long, value_name = "KEY", requires = "reference_out")]
+    sign_key: Option<PathBuf>,
+    /// Where the signed reference manifest goes.
+    #[arg(long, value_name = "REF", requires_all = ["chain", "sign_key"])]
+    reference_out: Option<PathBuf>,
+    /// Banks the reference predicts.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sha256",
+        requires = "reference_out"
+    )]
+    banks: Vec<attest::HashAlg>,
 }
 
 fn parse_layer(s: &str) -> Result<(Layer, PathBuf), String> {
@@ -288,6 +310,13 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
         })
         .collect();
     audit.append(entries, audit::batch::now_ms()).await?;
+    let stages = gateway::images::stages_path(&a.store.data()?, &a.image);
+    let reference = match (&a.chain, &a.sign_key, &a.reference_out) {
+        (Some(chain), Some(key), Some(out)) => {
+            Some(reference_for(chain, &stages, &a.image, &a.banks, key, out)?)
+        }
+        _ => None,
+    };
     if a.json {
         let v: Vec<_> = built
             .iter()
@@ -296,7 +325,10 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
                     "new": b.new, "stats": b.stats, "dedup_ratio": b.stats.dedup_ratio()})
             })
             .collect();
-        println!("{}", serde_json::json!({"image": a.image, "layers": v}));
+        println!(
+            "{}",
+            serde_json::json!({"image": a.image, "layers": v, "reference": a.reference_out})
+        );
         return Ok(());
     }
     for b in &built {
@@ -318,11 +350,34 @@ async fn build(a: BuildArgs) -> anyhow::Result<()> {
             b.stored.digest
         );
     }
-    println!(
-        "boot stages: {}",
-        gateway::images::stages_path(&a.store.data()?, &a.image).display()
-    );
+    println!("boot stages: {}", stages.display());
+    if let Some(said) = reference {
+        println!("{said}");
+    }
     Ok(())
+}
+
+/// The reference for `chain` followed by the image's layer stages, signed
+/// with `key` and written to `out`.
+fn reference_for(
+    chain: &std::path::Path,
+    stages: &std::path::Path,
+    image: &str,
+    banks: &[attest::HashAlg],
+    key: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<String> {
+    let mut text =
+        std::fs::read_to_string(chain).with_context(|| format!("reading {}", chain.display()))?;
+    text.push('\n');
+    text.push_str(
+        &std::fs::read_to_string(stages)
+            .with_context(|| format!("reading {}", stages.display()))?,
+    );
+    // Stage files resolve beside the chain file, as `predict` would.
+    let joined = firmware_measure::Chain::from_toml(&text, chain)?;
+    super::measure::write_reference(&joined, None, banks, image, None, key, out)
+        .with_context(|| format!("predicting {} with the image's stages", chain.display()))
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {

@@ -194,42 +194,66 @@ pub(crate) fn measure(a: MeasureArgs, config: Option<&std::path::Path>) -> anyho
     Ok(())
 }
 
+/// Predict `chain`'s PCRs and write them as a reference manifest named
+/// `name`, signed with the key at `key`, to `out`; what to tell the user.
+/// The version is `version`, else the time now in seconds (each new one
+/// newer).
+pub(crate) fn write_reference(
+    chain: &Chain,
+    base: Option<&attest::eventlog::EventLog>,
+    banks: &[HashAlg],
+    name: &str,
+    version: Option<u64>,
+    key: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<String> {
+    let key = persist::keys::read_private(key)?;
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let mut reference = firmware_measure::reference(chain, base, banks, name, created)?;
+    reference.version = version.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let signed = reference.sign(&key)?;
+    super::write_atomic(out, signed.as_bytes())?;
+    Ok(format!(
+        "wrote reference manifest {} version {} ({} PCRs, banks {}), key id {}",
+        out.display(),
+        reference.version,
+        reference.pcrs.len(),
+        reference
+            .banks
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        attest::reference::key_id(&key.verifying_key())
+    ))
+}
+
 pub(crate) fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let chain = Chain::load(&a.chain)?;
     let base = a.base_log.as_ref().map(read_log).transpose()?;
     anyhow::ensure!(!a.banks.is_empty(), "--banks names no bank");
     if let (Some(key), Some(out)) = (&a.sign_key, &a.out) {
-        let key = persist::keys::read_private(key)?;
         let name = a.name.clone().unwrap_or_else(|| {
             a.chain
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let mut reference =
-            firmware_measure::reference(&chain, base.as_ref(), &a.banks, &name, created)
-                .with_context(|| format!("predicting {}", a.chain.display()))?;
-        reference.version = a.reference_version.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        });
-        let signed = reference.sign(&key)?;
-        super::write_atomic(out, signed.as_bytes())?;
-        println!(
-            "wrote reference manifest {} version {} ({} PCRs, banks {}), key id {}",
-            out.display(),
-            reference.version,
-            reference.pcrs.len(),
-            reference
-                .banks
-                .iter()
-                .map(|b| b.name())
-                .collect::<Vec<_>>()
-                .join(","),
-            attest::reference::key_id(&key.verifying_key())
-        );
+        let said = write_reference(
+            &chain,
+            base.as_ref(),
+            &a.banks,
+            &name,
+            a.reference_version,
+            key,
+            out,
+        )
+        .with_context(|| format!("predicting {}", a.chain.display()))?;
+        println!("{said}");
         return Ok(());
     }
     let (_, pcrs) = firmware_measure::predict(&chain, base.as_ref(), &a.banks)
