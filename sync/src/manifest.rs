@@ -107,10 +107,12 @@ impl Layer {
     }
 
     /// `entries` cut to what this layer may carry; the paths cut. A system
-    /// layer keeps everything. A user layer keeps the permission bits only
-    /// (never setuid, setgid or sticky: a user could otherwise plant a
-    /// setuid program that a later restore writes as root), no owner, no
-    /// time, only `user.*` attributes, and no device node (dropped).
+    /// layer keeps everything. A user layer keeps the plain form:
+    /// directories, files and symlinks with permission bits only (never
+    /// setuid, setgid or sticky: a user could otherwise plant a setuid
+    /// program that a later restore writes as root), no owner, no time, no
+    /// attribute; any other kind (a device node, a FIFO, a hard link) is
+    /// dropped.
     pub fn strip_special_bits(self, entries: &mut Vec<Entry>) -> Vec<String> {
         let allowed = self.allowed_mode_bits();
         let mut cut = Vec::new();
@@ -118,11 +120,12 @@ impl Layer {
             return cut;
         }
         entries.retain(|e| {
-            let device = matches!(e.kind, Kind::Char { .. } | Kind::Block { .. });
-            if device {
+            let plain = matches!(e.kind, Kind::Dir | Kind::File { .. } | Kind::Symlink { .. })
+                && e.path != ROOT;
+            if !plain {
                 cut.push(e.path.clone());
             }
-            !device
+            plain
         });
         for e in entries.iter_mut() {
             let before = e.clone();
@@ -130,7 +133,8 @@ impl Layer {
             e.uid = None;
             e.gid = None;
             e.mtime_ns = None;
-            e.xattrs.retain(|k, _| k.starts_with("user."));
+            e.xattrs.clear();
+            e.sparse = false;
             if *e != before {
                 cut.push(e.path.clone());
             }
@@ -226,6 +230,11 @@ pub struct Entry {
     /// in user layers).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub xattrs: std::collections::BTreeMap<String, String>,
+    /// A regular file that had holes (v2): chunks of zeros are written back
+    /// as holes. A file without holes (a swap file, a preallocated
+    /// database) is written whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
 }
 
 impl Entry {
@@ -249,12 +258,15 @@ impl Entry {
             && self.gid == other.gid
             && (self.mtime_ns == other.mtime_ns || matches!(self.kind, Kind::Dir))
             && self.xattrs == other.xattrs
+            && self.sparse == other.sparse
     }
 
     /// Whether it uses anything of [`FORMAT_V2`].
     pub fn is_v2(&self) -> bool {
         self.uid.is_some()
             || self.gid.is_some()
+            || self.sparse
+            || self.path == ROOT
             || self.mtime_ns.is_some()
             || !self.xattrs.is_empty()
             || matches!(
@@ -262,6 +274,16 @@ impl Entry {
                 Kind::Hardlink { .. } | Kind::Fifo | Kind::Char { .. } | Kind::Block { .. }
             )
     }
+}
+
+/// The path of a v2 manifest's first entry: the layer's own directory
+/// (its mode, owner, time and attributes).
+pub const ROOT: &str = ".";
+
+/// Whether two trees have the same entries, as [`Entry::same`] compares
+/// them.
+pub fn same_tree(a: &[Entry], b: &[Entry]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path && x.same(y))
 }
 
 /// The format for a manifest of `entries`.
@@ -409,7 +431,19 @@ impl LayerManifest {
         let mut dirs = BTreeSet::new();
         let mut files = BTreeSet::new();
         let mut prev: Option<&str> = None;
-        for e in &self.entries {
+        let mut entries = self.entries.iter().peekable();
+        if let Some(root) = entries.next_if(|e| e.path == ROOT) {
+            if !v2 || root.kind != Kind::Dir {
+                return Err(bad(format!(
+                    "{ROOT:?}: the layer's directory, in a {FORMAT_V2} manifest only"
+                )));
+            }
+            if root.mode > 0o7777 {
+                return Err(bad(format!("{ROOT:?}: mode {:o}", root.mode)));
+            }
+            check_xattrs(root).map_err(bad)?;
+        }
+        for e in entries {
             if e.is_v2() && !v2 {
                 return Err(bad(format!(
                     "{}: owner, time, attributes, link or device in a {FORMAT} manifest",
@@ -453,6 +487,11 @@ impl LayerManifest {
                             chunks.len()
                         )));
                     }
+                }
+                Kind::Char { major, minor } | Kind::Block { major, minor }
+                    if *major > 0xfff || *minor > 0xf_ffff =>
+                {
+                    return Err(bad(format!("{}: device {major}:{minor}", e.path)));
                 }
                 Kind::Symlink { .. }
                 | Kind::Hardlink { .. }

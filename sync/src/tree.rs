@@ -148,6 +148,14 @@ pub fn scan_into(
         entries.push(scanner.entry(dir, item.path(), progress)?);
     }
     entries.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    if fidelity == Fidelity::Full {
+        // The layer's own directory first: its mode, owner, time, attributes.
+        let meta = dir.symlink_metadata().map_err(io(dir))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let mut root = Entry::new(crate::manifest::ROOT, mode, Kind::Dir);
+        full_meta(&mut root, dir, &meta)?;
+        entries.insert(0, (root, None));
+    }
     // Hard links: the first path of each inode (in layer order) is the
     // file, every later one a link to it.
     let mut first: HashMap<(u64, u64), String> = HashMap::new();
@@ -216,6 +224,48 @@ fn symlink_kind(full: &Path) -> Result<Kind, TreeError> {
     })
 }
 
+/// What a full scan records of `full` besides its kind: owner, time,
+/// attributes, and whether a regular file has holes.
+fn full_meta(e: &mut Entry, full: &Path, meta: &std::fs::Metadata) -> Result<(), TreeError> {
+    e.uid = Some(meta.uid());
+    e.gid = Some(meta.gid());
+    e.mtime_ns = Some(
+        meta.mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
+    );
+    e.xattrs = xattrs_of(full)?;
+    e.sparse =
+        matches!(e.kind, Kind::File { .. }) && meta.blocks().saturating_mul(512) < meta.len();
+    Ok(())
+}
+
+/// Open `path` for reading only if it is a regular file, not following a
+/// symlink and not waiting on a FIFO; with `inode`, only if it is still that
+/// inode (a name swapped for a link to `/etc/shadow` between a scan's look
+/// and its read is refused, not read as root).
+fn open_regular(path: &Path, inode: Option<(u64, u64)>) -> Result<std::fs::File, TreeError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)
+        .map_err(io(path))?;
+    let m = f.metadata().map_err(io(path))?;
+    if !m.is_file() || inode.is_some_and(|i| i != (m.dev(), m.ino())) {
+        return Err(TreeError::Unsupported {
+            path: path.to_owned(),
+            problem: "changed while it was read (replaced by a link or another file)".to_owned(),
+        });
+    }
+    Ok(f)
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`.
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
+}
+
 /// The extended attributes of `full` (not following a symlink), values in
 /// base64: those of the namespaces a layer may carry.
 fn xattrs_of(full: &Path) -> Result<std::collections::BTreeMap<String, String>, TreeError> {
@@ -282,7 +332,7 @@ impl Scanner<'_> {
         let meta = full.symlink_metadata().map_err(io(full))?;
         let mode = meta.permissions().mode() & 0o7777;
         if self.fidelity == Fidelity::Plain {
-            let kind = self.kind(full, meta.file_type(), progress)?;
+            let kind = self.kind(full, &meta, progress)?;
             return Ok((Entry::new(rel, mode, kind), None));
         }
         let ft = meta.file_type();
@@ -300,19 +350,8 @@ impl Scanner<'_> {
                 k
             }
         };
-        let entry = Entry {
-            path: rel,
-            mode,
-            kind,
-            uid: Some(meta.uid()),
-            gid: Some(meta.gid()),
-            mtime_ns: Some(
-                meta.mtime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(meta.mtime_nsec()),
-            ),
-            xattrs: xattrs_of(full)?,
-        };
+        let mut entry = Entry::new(rel, mode, kind);
+        full_meta(&mut entry, full, &meta)?;
         Ok((entry, linked))
     }
 
@@ -338,7 +377,7 @@ impl Scanner<'_> {
             let (major, minor) = dev();
             Ok(Kind::Block { major, minor })
         } else {
-            self.kind(full, ft, progress)
+            self.kind(full, meta, progress)
         }
     }
 
@@ -346,9 +385,10 @@ impl Scanner<'_> {
     fn kind(
         &mut self,
         full: &Path,
-        ft: std::fs::FileType,
+        meta: &std::fs::Metadata,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Kind, TreeError> {
+        let ft = meta.file_type();
         if ft.is_dir() {
             self.stats.dirs += 1;
             Ok(Kind::Dir)
@@ -357,7 +397,7 @@ impl Scanner<'_> {
             symlink_kind(full)
         } else if ft.is_file() {
             self.stats.files += 1;
-            self.file_kind(full, progress)
+            self.file_kind(full, meta, progress)
         } else {
             Err(TreeError::Unsupported {
                 path: full.to_owned(),
@@ -371,8 +411,13 @@ impl Scanner<'_> {
     }
 
     /// Cut the file at `full` into chunks, storing them; `progress` is told its size.
-    fn file_kind(&mut self, full: &Path, progress: &mut dyn FnMut(u64)) -> Result<Kind, TreeError> {
-        let f = std::fs::File::open(full).map_err(io(full))?;
+    fn file_kind(
+        &mut self,
+        full: &Path,
+        seen: &std::fs::Metadata,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Kind, TreeError> {
+        let f = open_regular(full, Some((seen.dev(), seen.ino())))?;
         let mut chunks = Vec::new();
         let mut store_err = None;
         let size = chunk_stream(f, |id, data| {
@@ -496,7 +541,10 @@ fn staging_dir(target: &Path, parent: &Path) -> Result<tempfile::TempDir, TreeEr
 /// Create the directories of `entries` under `root`, in order (their
 /// metadata is set last).
 fn make_dirs(entries: &[Entry], root: &Path) -> Result<(), TreeError> {
-    for e in entries.iter().filter(|e| matches!(e.kind, Kind::Dir)) {
+    for e in entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Dir) && e.path != crate::manifest::ROOT)
+    {
         let path = root.join(&e.path);
         std::fs::create_dir(&path).map_err(io(&path))?;
     }
@@ -706,6 +754,19 @@ impl<'a> Reuse<'a> {
         if linked.is_err() {
             return false;
         }
+        // The staged name cannot change any more (the staging directory is
+        // root's); what it names must be what the entry says (a name in
+        // the old tree swapped for a symlink since the scan is not reused,
+        // and nothing later follows it).
+        let kind_ok = path.symlink_metadata().is_ok_and(|m| match &e.kind {
+            Kind::File { .. } => m.file_type().is_file(),
+            Kind::Symlink { .. } => m.file_type().is_symlink(),
+            _ => false,
+        });
+        if !kind_ok {
+            let _ = std::fs::remove_file(path);
+            return false;
+        }
         let same = match &e.kind {
             Kind::File { size, chunks } => holds(path, *size, chunks),
             Kind::Symlink { target } => {
@@ -723,7 +784,7 @@ impl<'a> Reuse<'a> {
 /// Whether the file at `path` is a regular file of `size` bytes cut into
 /// exactly `chunks`.
 fn holds(path: &Path, size: u64, chunks: &[ChunkId]) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(f) = open_regular(path, None) else {
         return false;
     };
     if !f.metadata().is_ok_and(|m| m.is_file() && m.len() == size) {
@@ -785,8 +846,8 @@ fn write_leaf(
             let mut written = 0u64;
             for id in chunks {
                 let data = store.get(*id)?;
-                // A run of zeros is left a hole: a sparse file stays sparse.
-                if data.iter().all(|b| *b == 0) {
+                // In a file that was sparse, a chunk of zeros is left a hole.
+                if e.sparse && data.iter().all(|b| *b == 0) {
                     f.seek(std::io::SeekFrom::Current(data.len() as i64))
                         .map_err(io(&path))?;
                 } else {
@@ -829,9 +890,35 @@ fn node(path: &Path, ft: rustix::fs::FileType, mode: u32, dev: u64) -> Result<()
 
 /// Remove a tree even where directories are read-only.
 fn remove_tree(path: &Path) -> std::io::Result<()> {
-    for e in walkdir::WalkDir::new(path).into_iter().flatten() {
-        if e.file_type().is_dir() {
-            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o700));
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    // Each directory opened beneath the tree with no symlink on the way
+    // (a user's shell may still be inside the old tree, swapping names),
+    // then made writable through its descriptor.
+    let top = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let _ = rustix::fs::chmod(path, Mode::from_raw_mode(0o700));
+    for e in walkdir::WalkDir::new(path)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+    {
+        if !e.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = e.path().strip_prefix(path) else {
+            continue;
+        };
+        if let Ok(d) = rustix::fs::openat2(
+            &top,
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+        ) {
+            let _ = rustix::fs::fchmod(&d, Mode::from_raw_mode(0o700));
         }
     }
     std::fs::remove_dir_all(path)
@@ -910,6 +997,73 @@ mod tests {
         std::fs::remove_file(src.join("fifo")).unwrap();
         let (plain, _) = scan_into(&src, None, Fidelity::Plain, &mut |_| {}).unwrap();
         assert!(plain.iter().all(|e| !e.is_v2()));
+    }
+
+    #[test]
+    fn a_name_swapped_for_a_symlink_after_the_scan_is_never_followed() {
+        // A user's file, scanned; then swapped for a link to a file of
+        // root's before the update links unchanged files from the old tree.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store")).unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, b"root:secret\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let layer = dir.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        std::fs::write(layer.join("f"), b"root:secret\n").unwrap();
+        std::fs::set_permissions(layer.join("f"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (current, _) = scan(&layer, &store, Fidelity::Plain, &mut |_| {}).unwrap();
+        std::fs::remove_file(layer.join("f")).unwrap();
+        std::os::unix::fs::symlink(&victim, layer.join("f")).unwrap();
+        materialize_reusing(&current, &store, &layer, &current).unwrap();
+        let m = std::fs::symlink_metadata(layer.join("f")).unwrap();
+        assert!(m.is_file(), "the symlink was reused");
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "root's file was changed through the link"
+        );
+        // A FIFO in its place is not waited on either.
+        std::fs::remove_file(layer.join("f")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            layer.join("f"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        materialize_reusing(&current, &store, &layer, &current).unwrap();
+        assert!(std::fs::symlink_metadata(layer.join("f"))
+            .unwrap()
+            .is_file());
+    }
+
+    #[test]
+    fn zeros_become_holes_only_where_the_file_had_holes() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store")).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("swapfile"), vec![0u8; 4 << 20]).unwrap();
+        let f = std::fs::File::create(src.join("sparse")).unwrap();
+        f.set_len(4 << 20).unwrap();
+        let (entries, _) = scan(&src, &store, Fidelity::Full, &mut |_| {}).unwrap();
+        let out = dir.path().join("out");
+        materialize(&entries, &store, &out).unwrap();
+        let blocks = |p: &str| std::fs::metadata(out.join(p)).unwrap().blocks() * 512;
+        assert!(blocks("swapfile") >= 4 << 20, "the swap file got holes");
+        assert!(blocks("sparse") < 1 << 20, "the sparse file was filled");
+        // The layer's own directory comes back as it was.
+        let root = &entries[0];
+        assert_eq!(root.path, crate::manifest::ROOT);
+        let want = std::fs::metadata(&src).unwrap();
+        let got = std::fs::metadata(&out).unwrap();
+        assert_eq!(got.mode(), want.mode());
+        assert_eq!(got.mtime(), want.mtime());
+        assert_eq!(got.mtime_nsec(), want.mtime_nsec());
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn stages(cdir: &Path, image: &str, root: &Path) -> Result<String, SyncError
     for (layer, base) in state.layers.iter().filter(|(l, _)| l.is_system()) {
         let pushed = Signed::verify(&base.manifest, &key).map_err(local)?;
         let now = tree_of(root, *layer)?;
-        let digest = if now == pushed.manifest.entries {
+        let digest = if sync::manifest::same_tree(&now, &pushed.manifest.entries) {
             pushed.digest
         } else {
             let text = serde_json::to_vec(&now).map_err(local)?;

@@ -158,7 +158,10 @@ fn plan(
 ) -> Result<Plan, SyncError> {
     let layer = s.manifest.layer;
     let held = state.layers.get(&layer);
-    if held.is_some_and(|l| l.digest == s.digest) && old == s.manifest.entries && dir.exists() {
+    if held.is_some_and(|l| l.digest == s.digest)
+        && sync::manifest::same_tree(old, &s.manifest.entries)
+        && dir.exists()
+    {
         return Ok(Plan::UpToDate);
     }
     if let Some((_, sent)) = checked_in.iter().find(|(l, _)| *l == layer) {

@@ -120,7 +120,7 @@ pub fn pending(
             sync::tree::scan(&dir, store, sync::tree::Fidelity::Plain, &mut |_| {})
         }
         .map_err(local)?;
-        if entries == base_entries {
+        if sync::manifest::same_tree(&entries, &base_entries) {
             continue;
         }
         let new_chunks = if layer.is_system() {
