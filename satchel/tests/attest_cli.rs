@@ -583,3 +583,114 @@ fn data_that_was_never_measured_makes_the_evidence_untrusted() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_reference() {
+    let c = Client::new();
+    let t = c.tcti();
+    std::fs::write(c.p("disk.key"), b"0123456789abcdef0123456789abcdef").unwrap();
+    ok(&t, &["keygen", "--p256", "--out", &c.p("policy.key")]);
+    ok(
+        &t,
+        &[
+            "seal",
+            "--policy-key",
+            &c.p("policy.key.pub"),
+            "--in",
+            &c.p("disk.key"),
+            "--out",
+            &c.p("disk.sealed"),
+        ],
+    );
+    let sign = |reference: &str, out: &str| {
+        ok(
+            &t,
+            &[
+                "pcr-policy",
+                "sign",
+                "--reference",
+                &c.p(reference),
+                "--reference-key",
+                &c.p("org.key.pub"),
+                "--pcrs",
+                "4,8,9",
+                "--sign-key",
+                &c.p("policy.key"),
+                "--out",
+                &c.p(out),
+            ],
+        )
+    };
+    sign("ref.json", "v1.json");
+    let unseal = |policy: &str| {
+        satchel(
+            &t,
+            &[
+                "unseal",
+                "--in",
+                &c.p("disk.sealed"),
+                "--policy-key",
+                &c.p("policy.key.pub"),
+                "--policy",
+                &c.p(policy),
+            ],
+        )
+    };
+    let out = unseal("v1.json");
+    assert_eq!(
+        out.stdout,
+        b"0123456789abcdef0123456789abcdef",
+        "{}",
+        stderr(&out)
+    );
+    // The next image's reference (a changed hypervisor): its policy does not
+    // unseal on this boot, and needs no new sealing for the next.
+    let mut hv = std::fs::read(c.p("chain/hypervisor.bin")).unwrap();
+    hv[0] ^= 1;
+    std::fs::write(c.p("chain/hypervisor.bin"), &hv).unwrap();
+    ok(
+        &t,
+        &[
+            "predict",
+            "--chain",
+            &c.p("chain/chain.toml"),
+            "--banks",
+            "sha256",
+            "--sign-key",
+            &c.p("org.key"),
+            "--out",
+            &c.p("ref2.json"),
+        ],
+    );
+    sign("ref2.json", "v2.json");
+    let out = unseal("v2.json");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    // A policy edited after signing, or signed by another key, is refused.
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.p("v2.json")).unwrap()).unwrap();
+    let v1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.p("v1.json")).unwrap()).unwrap();
+    forged["pcrs"] = v1["pcrs"].clone();
+    std::fs::write(c.p("forged.json"), forged.to_string()).unwrap();
+    assert_ne!(code(&unseal("forged.json")), 0);
+    // Without the policy: said how to give it.
+    let out = satchel(&t, &["unseal", "--in", &c.p("disk.sealed")]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--policy-key"), "{}", stderr(&out));
+    // The gate with the policy: launched once; the launch PCR closed after
+    // it, so the same boot cannot unseal again.
+    hv[0] ^= 1;
+    std::fs::write(c.p("chain/hypervisor.bin"), &hv).unwrap();
+    let out = satchel(
+        &t,
+        &[
+            "launch", "--log", &c.p("boot.log"), "--reference", &c.p("ref.json"),
+            "--reference-key", &c.p("org.key.pub"), "--sealed", &c.p("disk.sealed"),
+            "--policy-key", &c.p("policy.key.pub"), "--policy", &c.p("v1.json"), "--", "sh", "-c",
+            "test \"$(cat \"$SATCHEL_KEY_FILE\")\" = 0123456789abcdef0123456789abcdef && echo launched",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "launched");
+    assert_eq!(code(&unseal("v1.json")), 1);
+}

@@ -596,3 +596,65 @@ fn credentials_made_by_tpm2_tools_activate_here() {
         b"made by tpm2-tools"
     );
 }
+
+#[test]
+fn a_key_sealed_to_the_policy_key_survives_an_update_with_a_newly_signed_policy() {
+    use attest::tpm::SignedPolicy;
+    use std::collections::BTreeMap;
+    let device = Device::honest();
+    let org = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
+    let pcrs = [4u32, 8, 9];
+    let now = |tpm: &mut Tpm| -> BTreeMap<u32, Vec<u8>> {
+        let banks = tpm.read_pcrs(&[HashAlg::Sha256], &pcrs).unwrap();
+        pcrs.iter()
+            .map(|p| (*p, banks.get(HashAlg::Sha256, *p).unwrap().to_vec()))
+            .collect()
+    };
+    let mut tpm = device.tpm();
+    let sealed = tpm
+        .seal_authorized(org.verifying_key(), b"disk key")
+        .unwrap();
+    // Version 1: the organisation signs the PCR values of the image it built.
+    let v1 = SignedPolicy::sign(&org, 1, HashAlg::Sha256, &now(&mut tpm)).unwrap();
+    assert_eq!(
+        tpm.unseal_authorized(&sealed, org.verifying_key(), &v1)
+            .unwrap(),
+        b"disk key"
+    );
+    // The update changes PCR 9: v1's policy no longer unseals ...
+    tpm.extend(9, &[(HashAlg::Sha256, vec![7; 32])]).unwrap();
+    assert!(matches!(
+        tpm.unseal_authorized(&sealed, org.verifying_key(), &v1),
+        Err(attest::tpm::TpmError::PcrPolicy { .. })
+    ));
+    // ... the policy signed for the new values does, with the same sealed
+    // object: no re-sealing.
+    let v2 = SignedPolicy::sign(&org, 2, HashAlg::Sha256, &now(&mut tpm)).unwrap();
+    assert_eq!(
+        tpm.unseal_authorized(&sealed, org.verifying_key(), &v2)
+            .unwrap(),
+        b"disk key"
+    );
+    // A policy signed by another key, or one whose values were edited after
+    // signing, is refused; so is a secret sealed to another policy key.
+    let rogue = p256::ecdsa::SigningKey::from_slice(&[43u8; 32]).unwrap();
+    let forged = SignedPolicy::sign(&rogue, 2, HashAlg::Sha256, &now(&mut tpm)).unwrap();
+    assert!(tpm
+        .unseal_authorized(&sealed, rogue.verifying_key(), &forged)
+        .is_err());
+    assert!(tpm
+        .unseal_authorized(&sealed, org.verifying_key(), &forged)
+        .is_err());
+    let mut edited = v1.clone();
+    edited.pcrs = v2.pcrs.clone();
+    assert!(tpm
+        .unseal_authorized(&sealed, org.verifying_key(), &edited)
+        .is_err());
+    // Sealed on another TPM: refused.
+    drop(tpm);
+    let other = Device::honest();
+    assert!(other
+        .tpm()
+        .unseal_authorized(&sealed, org.verifying_key(), &v2)
+        .is_err());
+}

@@ -50,7 +50,7 @@ const EK_PERSISTENT_HANDLE: u32 = 0x8101_0001;
 /// Largest secret TPM2_Create seals (`MAX_SYM_DATA`).
 pub const MAX_SEALED: usize = 128;
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The attestation key's algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ pub struct SealedFile {
     pub private: String,
 }
 
-fn b64(s: &str, what: &'static str) -> Result<Vec<u8>, TpmError> {
+pub(super) fn b64(s: &str, what: &'static str) -> Result<Vec<u8>, TpmError> {
     B64.decode(s.as_bytes())
         .map_err(|_| malformed(what, "not base64"))
 }
@@ -359,7 +359,7 @@ impl Tpm {
     }
 
     /// The owner hierarchy's ECC P-256 storage key (same key every time).
-    fn storage_key(&mut self) -> Result<KeyHandle, TpmError> {
+    pub(super) fn storage_key(&mut self) -> Result<KeyHandle, TpmError> {
         const WHAT: &str = "TPM2_CreatePrimary (storage key)";
         let attrs = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
@@ -525,11 +525,11 @@ impl Tpm {
 }
 
 /// TPM_RC_POLICY_FAIL: a policy session's conditions did not hold.
-fn is_policy_fail(e: &tss_esapi::Error) -> bool {
+pub(super) fn is_policy_fail(e: &tss_esapi::Error) -> bool {
     matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::PolicyFail))
 }
 
 /// The handle to flush a session by.
-fn session_object(session: AuthSession) -> ObjectHandle {
+pub(super) fn session_object(session: AuthSession) -> ObjectHandle {
     ObjectHandle::from(SessionHandle::from(session))
 }

@@ -23,8 +23,10 @@ use tss_esapi::{Context, TctiNameConf};
 use crate::alg::HashAlg;
 use crate::pcr::PcrBanks;
 
+mod authorized;
 mod keys;
 
+pub use authorized::{approved_policy, AuthorizedSealed, PolicyError, SignedPolicy};
 pub use keys::{AkAlg, AkFile, SealedFile, MAX_SEALED};
 
 /// The TCTI used when neither a flag nor [`TCTI_ENV`] names one: the kernel's

@@ -242,11 +242,19 @@ pub(crate) struct VerifyArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
-  satchel keygen --out audit.key      # writes audit.key (mode 0600) and audit.key.pub")]
+  satchel keygen --out audit.key      # writes audit.key (mode 0600) and audit.key.pub
+  satchel keygen --p256 --out policy.key   # the key that signs PCR policies (satchel pcr-policy)
+
+Ed25519 signs references, policy bundles and the audit trail. A TPM verifies no Ed25519,
+so the key whose signed PCR policies unseal a disk key (satchel seal --policy-key) is
+ECDSA P-256.")]
 pub(crate) struct KeygenArgs {
     /// Where to write the private key (PKCS#8 PEM); the public key goes to OUT.pub.
     #[arg(long)]
     out: PathBuf,
+    /// An ECDSA P-256 key (for PCR policies) instead of Ed25519.
+    #[arg(long)]
+    p256: bool,
 }
 
 fn parse_json(s: &str) -> Result<Value, String> {
@@ -279,13 +287,27 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<()> {
 }
 
 pub(crate) fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
-    let key = persist::keys::generate();
     let public = pub_path(&a.out);
     anyhow::ensure!(
         !a.out.exists(),
         "{} exists; refusing to overwrite a key",
         a.out.display()
     );
+    if a.p256 {
+        use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+        let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let pem = key.to_pkcs8_pem(LineEnding::LF)?;
+        super::write_secret(&a.out, pem.as_bytes())?;
+        let pubpem = key.verifying_key().to_public_key_pem(LineEnding::LF)?;
+        super::write_atomic(&public, pubpem.as_bytes())?;
+        println!(
+            "wrote {} and {} (ECDSA P-256)",
+            a.out.display(),
+            public.display()
+        );
+        return Ok(());
+    }
+    let key = persist::keys::generate();
     persist::keys::write_private(&a.out, &key)?;
     persist::keys::write_public(&public, &key.verifying_key())?;
     println!("wrote {} and {}", a.out.display(), public.display());

@@ -30,15 +30,28 @@ pub(crate) const LAUNCH_PCR: u32 = 15;
   satchel seal --tpm swtpm:host=127.0.0.1,port=2321 --pcrs 4,8,9 --in disk.key --out disk.sealed
 
 The secret (1 to 128 bytes) is bound to the PCRs' values now: measure the boot chain
-first. The launch PCR (15 unless --launch-pcr says otherwise) is always added: `satchel
+first. With --policy-key instead of --pcrs it is bound to the organisation's policy key:
+every PCR policy that key signs unseals it (TPM2_PolicyAuthorize), so an image update
+keeps the disk key (docs/launch.md):
+  satchel keygen --p256 --out policy.key
+  satchel seal --policy-key policy.key.pub --in disk.key --out disk.sealed
+  satchel pcr-policy sign --reference reference.json --reference-key org.key.pub \\
+      --pcrs 4,8,9 --sign-key policy.key --out policy.json
+  satchel unseal --in disk.sealed --policy-key policy.key.pub --policy policy.json The launch PCR (15 unless --launch-pcr says otherwise) is always added: `satchel
 launch` extends a separator into it once it has handed the key over, so the key unseals
 once per boot. The sealed file is useless on another TPM or after any of those PCRs change.")]
 pub(crate) struct SealArgs {
     #[command(flatten)]
     tpm: TpmArgs,
     /// PCRs to seal to.
-    #[arg(long, value_parser = parse_pcr_list)]
-    pcrs: PcrList,
+    #[arg(long, value_parser = parse_pcr_list, required_unless_present = "policy_key")]
+    pcrs: Option<PcrList>,
+    /// Seal to this ECDSA P-256 public key instead (PEM; `satchel keygen
+    /// --p256`): any PCR policy it signs (`satchel pcr-policy sign`)
+    /// unseals, so an image update needs a new signed policy, not a new
+    /// sealing.
+    #[arg(long, value_name = "KEY.pub", conflicts_with = "pcrs")]
+    policy_key: Option<PathBuf>,
     /// The bank whose values count.
     #[arg(long, default_value = "sha256")]
     bank: HashAlg,
@@ -64,6 +77,19 @@ pub(crate) struct UnsealArgs {
     /// The sealed file.
     #[arg(long = "in", value_name = "SEALED")]
     input: PathBuf,
+    #[command(flatten)]
+    authorized: PolicyArgs,
+}
+
+/// For a secret sealed to a policy key: the key and a policy it signed.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PolicyArgs {
+    /// The policy key the secret is sealed to (PEM, P-256).
+    #[arg(long, value_name = "KEY.pub", requires = "policy")]
+    policy_key: Option<PathBuf>,
+    /// A PCR policy it signed (`satchel pcr-policy sign`).
+    #[arg(long, value_name = "POLICY", requires = "policy_key")]
+    policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +125,8 @@ pub(crate) struct LaunchArgs {
     /// The sealed disk key.
     #[arg(long, value_name = "SEALED")]
     sealed: PathBuf,
+    #[command(flatten)]
+    authorized: PolicyArgs,
     /// A measured file CMD runs or loads, handed on as the content checked
     /// against the reference's stage (repeatable).
     #[arg(long = "run-file", value_name = "STAGE=PATH", value_parser = parse_run_file)]
@@ -116,7 +144,19 @@ pub(crate) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let secret =
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let mut tpm = a.tpm.open(config)?;
-    let mut pcrs = a.pcrs.0.clone();
+    if let Some(key) = &a.policy_key {
+        let key = read_policy_key(key)?;
+        let sealed = tpm.seal_authorized(&key, &secret)?;
+        super::write_atomic(&a.out, serde_json::to_string_pretty(&sealed)?.as_bytes())?;
+        println!(
+            "sealed {} bytes to policy key {} in {}: a PCR policy it signs unseals them",
+            secret.len(),
+            sealed.key_name,
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let mut pcrs = a.pcrs.map(|p| p.0).unwrap_or_default();
     if !pcrs.contains(&a.launch_pcr) {
         pcrs.push(a.launch_pcr);
     }
@@ -132,17 +172,184 @@ pub(crate) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unseal_file(tpm: &mut attest::tpm::Tpm, path: &Path) -> anyhow::Result<Vec<u8>> {
-    let sealed: SealedFile = read_json(path, "a sealed file")?;
-    tpm.unseal(&sealed).map_err(|e| match e {
-        attest::tpm::TpmError::PcrPolicy { .. } => Exit::new(1, e.to_string()).into(),
-        e => anyhow::Error::from(e),
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PcrPolicyCmd {
+    /// Sign the PCR values a reference predicts (or the TPM holds now).
+    Sign(PcrPolicySignArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  satchel pcr-policy sign --reference reference.json --reference-key org.key.pub \\
+      --pcrs 4,8,9,13 --sign-key policy.key --out policy.json
+  satchel pcr-policy sign --from-tpm --tpm swtpm:host=127.0.0.1,port=2321 \\
+      --pcrs 4,8,9 --sign-key policy.key --out policy.json
+
+The values come from a signed reference (checked with its key; its version becomes the
+policy's) or, with --from-tpm, from the TPM now (a golden machine booted on the new
+image). The launch PCR (15) is always added, at its value before `satchel launch`
+closes it (zero; with --from-tpm, what the TPM holds), so the key still unseals once
+per boot. Format: docs/launch.md.")]
+#[command(disable_version_flag = true)]
+pub(crate) struct PcrPolicySignArgs {
+    #[command(flatten)]
+    tpm: TpmArgs,
+    /// The signed reference whose PCR values to sign.
+    #[arg(
+        long,
+        value_name = "REF",
+        required_unless_present = "from_tpm",
+        requires = "reference_key"
+    )]
+    reference: Option<PathBuf>,
+    /// Its signer's public key.
+    #[arg(long, value_name = "KEY.pub")]
+    reference_key: Option<PathBuf>,
+    /// Sign the values the TPM holds now instead.
+    #[arg(long, conflicts_with = "reference")]
+    from_tpm: bool,
+    /// The PCRs the policy covers.
+    #[arg(long, value_parser = parse_pcr_list)]
+    pcrs: PcrList,
+    /// The bank.
+    #[arg(long, default_value = "sha256")]
+    bank: HashAlg,
+    /// The launch PCR (added to --pcrs).
+    #[arg(long, default_value_t = LAUNCH_PCR, value_name = "PCR")]
+    launch_pcr: u32,
+    /// The policy key (PKCS#8 PEM, P-256).
+    #[arg(long, value_name = "KEY")]
+    sign_key: PathBuf,
+    /// The policy's version [default: the reference's, else the time now].
+    #[arg(long, value_name = "N")]
+    version: Option<u64>,
+    /// Where the signed policy goes.
+    #[arg(long, value_name = "POLICY")]
+    out: PathBuf,
+}
+
+pub(crate) fn sign_policy(a: PcrPolicySignArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    use p256::pkcs8::DecodePrivateKey as _;
+    let pem = std::fs::read_to_string(&a.sign_key)
+        .with_context(|| format!("reading {}", a.sign_key.display()))?;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a P-256 private key (satchel keygen --p256): {e}",
+            a.sign_key.display()
+        )
+    })?;
+    let mut pcrs = a.pcrs.0.clone();
+    if !pcrs.contains(&a.launch_pcr) {
+        pcrs.push(a.launch_pcr);
+    }
+    let mut values = std::collections::BTreeMap::new();
+    let mut version = a.version;
+    if a.from_tpm {
+        let mut tpm = a.tpm.open(config)?;
+        let read = tpm.read_pcrs(&[a.bank], &pcrs)?;
+        for p in &pcrs {
+            let v = read
+                .get(a.bank, *p)
+                .ok_or_else(|| anyhow::anyhow!("the TPM has no {} value for PCR {p}", a.bank))?;
+            values.insert(*p, v.to_vec());
+        }
+    } else if let (Some(r), Some(k)) = (&a.reference, &a.reference_key) {
+        let reference = load_reference(r, k)?;
+        for p in &pcrs {
+            let v = if *p == a.launch_pcr {
+                vec![0u8; a.bank.digest_size()]
+            } else {
+                reference
+                    .pcrs
+                    .get(p)
+                    .and_then(|pr| pr.value.get(&a.bank))
+                    .map(|h| h.0.clone())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "reference {} has no {} value for PCR {p}",
+                            r.display(),
+                            a.bank
+                        )
+                    })?
+            };
+            values.insert(*p, v);
+        }
+        version = version.or(Some(reference.version));
+    }
+    let version = version.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let policy = attest::tpm::SignedPolicy::sign(&key, version, a.bank, &values)?;
+    super::write_atomic(&a.out, serde_json::to_string_pretty(&policy)?.as_bytes())?;
+    println!(
+        "signed PCR policy {} version {} for PCRs {:?} ({})",
+        a.out.display(),
+        version,
+        values.keys().collect::<Vec<_>>(),
+        a.bank
+    );
+    Ok(())
+}
+
+/// An ECDSA P-256 public key (PEM).
+pub(crate) fn read_policy_key(path: &Path) -> anyhow::Result<p256::ecdsa::VerifyingKey> {
+    use p256::pkcs8::DecodePublicKey as _;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a P-256 public key (satchel keygen --p256): {e}",
+            path.display()
+        )
     })
+}
+
+/// Unseal the file at `path`: sealed to PCRs, or to a policy key (then
+/// `authorized` names the key and a policy it signed).
+fn unseal_file(
+    tpm: &mut attest::tpm::Tpm,
+    path: &Path,
+    authorized: &PolicyArgs,
+) -> anyhow::Result<Vec<u8>> {
+    let value: serde_json::Value = read_json(path, "a sealed file")?;
+    let refused = |e: attest::tpm::TpmError| -> anyhow::Error {
+        match e {
+            attest::tpm::TpmError::PcrPolicy { .. } => Exit::new(1, e.to_string()).into(),
+            e => anyhow::Error::from(e),
+        }
+    };
+    if value["format"] == "satchel-sealed-authorized-v1" {
+        let (Some(key), Some(policy)) = (&authorized.policy_key, &authorized.policy) else {
+            return Err(Exit::new(
+                2,
+                format!(
+                    "{} is sealed to a policy key: give --policy-key and --policy",
+                    path.display()
+                ),
+            )
+            .into());
+        };
+        let sealed: attest::tpm::AuthorizedSealed = serde_json::from_value(value)
+            .with_context(|| format!("{}: not a sealed file", path.display()))?;
+        let key = read_policy_key(key)?;
+        let policy: attest::tpm::SignedPolicy = read_json(policy, "a signed PCR policy")?;
+        policy
+            .check(&key)
+            .map_err(|e| Exit::new(1, format!("{e}")))?;
+        return tpm
+            .unseal_authorized(&sealed, &key, &policy)
+            .map_err(refused);
+    }
+    let sealed: SealedFile = serde_json::from_value(value)
+        .with_context(|| format!("{}: not a sealed file", path.display()))?;
+    tpm.unseal(&sealed).map_err(refused)
 }
 
 pub(crate) fn unseal(a: UnsealArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let mut tpm = a.tpm.open(config)?;
-    let secret = unseal_file(&mut tpm, &a.input)?;
+    let secret = unseal_file(&mut tpm, &a.input, &a.authorized)?;
     let mut out = std::io::stdout().lock();
     out.write_all(&secret)?;
     out.flush()?;
@@ -197,7 +404,7 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
             }
         )));
     }
-    let key = unseal_file(&mut tpm, &a.sealed).map_err(|e| {
+    let key = unseal_file(&mut tpm, &a.sealed, &a.authorized).map_err(|e| {
         refused(format!(
             "launch refused: the disk key did not unseal: {e:#}"
         ))
@@ -242,9 +449,23 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
 /// stop a second unseal) and outside the reference (else closing it would
 /// fail the next attestation).
 fn check_launch_pcr(a: &LaunchArgs, reference: &attest::Reference) -> anyhow::Result<()> {
-    let sealed: SealedFile = read_json(&a.sealed, "a sealed file")?;
+    let value: serde_json::Value = read_json(&a.sealed, "a sealed file")?;
     let pcr = a.launch_pcr;
-    if !sealed.pcrs.contains(&pcr) {
+    // Sealed to a policy key: the signed policy must cover the launch PCR.
+    let covered = if value["format"] == "satchel-sealed-authorized-v1" {
+        match &a.authorized.policy {
+            Some(p) => {
+                let policy: attest::tpm::SignedPolicy = read_json(p, "a signed PCR policy")?;
+                policy.pcrs.contains_key(&pcr)
+            }
+            None => true, // said by unseal_file, with what to give
+        }
+    } else {
+        let sealed: SealedFile = serde_json::from_value(value)
+            .with_context(|| format!("{}: not a sealed file", a.sealed.display()))?;
+        sealed.pcrs.contains(&pcr)
+    };
+    if !covered {
         return Err(Exit::new(
             1,
             format!("launch refused: {} is not sealed to the launch PCR {pcr}, so the key could be unsealed again after the launch; seal it again with satchel seal", a.sealed.display()),

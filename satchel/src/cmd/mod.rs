@@ -79,8 +79,11 @@ enum Command {
   satchel attest quote --ak ak.json --nonce NONCE --pcrs 0-9,13 --log boot.log --out evidence.json
   satchel attest verify --evidence evidence.json --nonce NONCE --reference reference.json --reference-key org.key.pub")]
     Attest(attest::AttestCmd),
-    /// Seal a secret (a disk key) to the current values of some PCRs.
+    /// Seal a secret (a disk key) to the current values of some PCRs, or to a policy key.
     Seal(launch::SealArgs),
+    /// Sign PCR values with the policy key: the policy a disk key sealed to it needs.
+    #[command(subcommand)]
+    PcrPolicy(launch::PcrPolicyCmd),
     /// Print a sealed secret, only while its PCRs still hold.
     Unseal(launch::UnsealArgs),
     /// The launch gate: check the boot chain, unseal the disk key, run the guest.
@@ -176,6 +179,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(a) => audit::keygen(a),
         Command::Attest(c) => attest::run(c, config),
         Command::Seal(a) => launch::seal(a, config),
+        Command::PcrPolicy(launch::PcrPolicyCmd::Sign(a)) => launch::sign_policy(a, config),
         Command::Unseal(a) => launch::unseal(a, config),
         Command::Launch(a) => launch::launch(a, config),
         Command::Policy(c) => policy::run(c),
