@@ -11,6 +11,9 @@
 #   rsync     rsync -a --no-whole-file -z, local, with zlib and with zstd,
 #             "Total bytes received" + sent
 #   casync    casync make into one store; each step's bytes are the new chunk files
+#   ostree    ostree commit of each version into an archive repository; each update's
+#             bytes are its static delta (ostree static-delta generate --from --to)
+# and the image build's time against `tar | zstd -19` (one thread) of the same tree.
 # Every tool writes into a fresh journaled ext4 (a loop device). Then the first pull
 # again, five alternating runs each, with rsync timed as it returns and until its
 # writes are on disk; then chunking+hashing throughput (criterion, in memory).
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 CRITERION=yes; [ "${1:-}" = --no-criterion ] && CRITERION=no
 bash scripts/setup.sh >/dev/null
 need=()
-for c in debootstrap rsync casync; do command -v "$c" >/dev/null || need+=("$c"); done
+for c in debootstrap rsync casync ostree; do command -v "$c" >/dev/null || need+=("$c"); done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -156,6 +159,32 @@ for v in v1 v1u v2; do
   step=$((step + 1))
 done
 
+# --- ostree (one archive repository; each update ships its static delta)
+O=(); OT=()
+ostree --repo="$TMP/ostree" init --mode=archive
+step=0; prev=
+for v in v1 v1u v2; do
+  t0=$(now)
+  rev=$(ostree --repo="$TMP/ostree" commit --branch=bench --tree=dir="$B/$v" -s "$v")
+  if [ -n "$prev" ]; then
+    ostree --repo="$TMP/ostree" static-delta generate --from="$prev" --to="$rev" >/dev/null
+    O[step]=$(du -sb "$TMP/ostree/deltas" | cut -f1)
+    rm -rf "$TMP/ostree/deltas"
+  else
+    O[step]=$(du -sb "$TMP/ostree/objects" | cut -f1)
+  fi
+  t1=$(now); OT[step]=$(secs "$t0" "$t1"); prev=$rev
+  step=$((step + 1))
+done
+
+# --- the image build against tar | zstd -19 on one thread, same tree (v1)
+t0=$(now); "$SATCHEL" image build --data "$TMP/gw-build" --image bench --layer "base-os=$B/v1" >/dev/null; t1=$(now)
+BUILD=$(secs "$t0" "$t1")
+t0=$(now); tar -C "$B/v1" -cf - . | zstd -19 -T1 -q -o "$TMP/v1.tar.zst"; t1=$(now)
+TARZ=$(secs "$t0" "$t1")
+TARZB=$(stat -c %s "$TMP/v1.tar.zst")
+BUILDB=$(du -sb "$TMP/gw-build/chunks" | cut -f1)
+
 # --- the first pull again, five times each, alternating, into fresh directories (the
 # file system's state after one run weighs on the next, so neither always goes first:
 # satchel leads odd runs, rsync even ones).
@@ -202,6 +231,12 @@ for c in zlib zstd; do
 done
 printf '%-12s %-24s %-32s %-24s\n' casync "$(mb "${C[0]}"), ${CT[0]} s (make)" \
   "$(mb "${C[1]}"), ${CT[1]} s (make)" "$(mb "${C[2]}"), ${CT[2]} s (make)"
+printf '%-12s %-24s %-32s %-24s\n' ostree "$(mb "${O[0]}"), ${OT[0]} s (commit)" \
+  "$(mb "${O[1]}"), ${OT[1]} s (static delta)" "$(mb "${O[2]}"), ${OT[2]} s (static delta)"
+echo "image build of v1: satchel ${BUILD} s ($(mb "$BUILDB") stored); tar | zstd -19 -T1 ${TARZ} s ($(mb "$TARZB"));" \
+  "ratio $(awk -v a="$BUILD" -v b="$TARZ" 'BEGIN { printf "%.2f", a / b }')x"
+echo "security update bytes, satchel / ostree static delta: $(awk -v a="${S[1]}" -v b="${O[1]}" 'BEGIN { printf "%.2f", a / b }')x;" \
+  "satchel / casync: $(awk -v a="${S[1]}" -v b="${C[1]}" 'BEGIN { printf "%.2f", a / b }')x"
 echo "first pull of v2 (whole commands, 5 alternating runs): satchel ${FS[*]} s;"
 echo "  rsync zstd ${FR[*]} s as it returns, ${FRS[*]} s until its writes are on disk"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

@@ -677,20 +677,75 @@ fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_ref
     let out = satchel(&t, &["unseal", "--in", &c.p("disk.sealed")]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--policy-key"), "{}", stderr(&out));
-    // The gate with the policy: launched once; the launch PCR closed after
-    // it, so the same boot cannot unseal again.
-    hv[0] ^= 1;
-    std::fs::write(c.p("chain/hypervisor.bin"), &hv).unwrap();
-    let out = satchel(
+    // Signed from the TPM now (a golden machine before its launch): unseals.
+    ok(
         &t,
         &[
-            "launch", "--log", &c.p("boot.log"), "--reference", &c.p("ref.json"),
-            "--reference-key", &c.p("org.key.pub"), "--sealed", &c.p("disk.sealed"),
-            "--policy-key", &c.p("policy.key.pub"), "--policy", &c.p("v1.json"), "--", "sh", "-c",
-            "test \"$(cat \"$SATCHEL_KEY_FILE\")\" = 0123456789abcdef0123456789abcdef && echo launched",
+            "pcr-policy",
+            "sign",
+            "--from-tpm",
+            "--pcrs",
+            "4,8,9",
+            "--sign-key",
+            &c.p("policy.key"),
+            "--out",
+            &c.p("tpm.json"),
         ],
     );
+    assert_eq!(
+        unseal("tpm.json").stdout,
+        b"0123456789abcdef0123456789abcdef"
+    );
+    // A policy that holds the launch PCR at another value than zero would
+    // unseal after the launch: the gate refuses to use it.
+    let key_pem = std::fs::read_to_string(c.p("policy.key")).unwrap();
+    let key = <p256::ecdsa::SigningKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&key_pem)
+        .unwrap();
+    let tpm_policy: attest::tpm::SignedPolicy =
+        serde_json::from_slice(&std::fs::read(c.p("tpm.json")).unwrap()).unwrap();
+    let mut values: std::collections::BTreeMap<u32, Vec<u8>> = tpm_policy
+        .pcrs
+        .iter()
+        .map(|(i, v)| (*i, hex::decode(v).unwrap()))
+        .collect();
+    values.insert(15, vec![9; 32]);
+    let open = attest::tpm::SignedPolicy::sign(&key, 1, attest::HashAlg::Sha256, &values).unwrap();
+    std::fs::write(c.p("open.json"), serde_json::to_vec(&open).unwrap()).unwrap();
+    let launch = |policy: &str| {
+        satchel(
+            &t,
+            &[
+                "launch", "--log", &c.p("boot.log"), "--reference", &c.p("ref.json"),
+                "--reference-key", &c.p("org.key.pub"), "--sealed", &c.p("disk.sealed"),
+                "--policy-key", &c.p("policy.key.pub"), "--policy", &c.p(policy), "--", "sh", "-c",
+                "test \"$(cat \"$SATCHEL_KEY_FILE\")\" = 0123456789abcdef0123456789abcdef && echo launched",
+            ],
+        )
+    };
+    let out = launch("open.json");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("launch PCR 15"), "{}", stderr(&out));
+    // The gate with the policy: launched once; the launch PCR closed after
+    // it, so the same boot cannot unseal again.
+    let out = launch("v1.json");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "launched");
     assert_eq!(code(&unseal("v1.json")), 1);
+    // After the launch, signing from this TPM is refused: PCR 15 is closed.
+    let out = satchel(
+        &t,
+        &[
+            "pcr-policy",
+            "sign",
+            "--from-tpm",
+            "--pcrs",
+            "4,8,9",
+            "--sign-key",
+            &c.p("policy.key"),
+            "--out",
+            &c.p("late.json"),
+        ],
+    );
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("not zero"), "{}", stderr(&out));
 }

@@ -48,6 +48,12 @@ use super::keys::{b64, is_policy_fail, session_object, B64};
 use super::{command, malformed, selection_list, Tpm, TpmError};
 use crate::alg::HashAlg;
 
+/// TPM_RC_VALUE: a parameter's value is wrong (for PolicyAuthorize: the
+/// session's digest is not the approved one).
+fn is_value_error(e: &tss_esapi::Error) -> bool {
+    matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(tss_esapi::constants::Tss2ResponseCodeKind::Value))
+}
+
 /// `TPM_CC_PolicyPCR`.
 const CC_POLICY_PCR: u32 = 0x0000_017F;
 
@@ -72,7 +78,8 @@ pub struct AuthorizedSealed {
 pub struct SignedPolicy {
     /// Always `satchel-pcr-policy-v1`.
     pub format: String,
-    /// Which image or reference version it is for (informational).
+    /// Which image or reference version it is for (informational: not
+    /// covered by the signature).
     pub version: u64,
     /// The bank of the values.
     pub bank: HashAlg,
@@ -253,13 +260,13 @@ impl Tpm {
         let _ = self.ctx.flush_context(ObjectHandle::from(handle));
         // The policy digest from the TPM's own trial session: a trial
         // PolicyAuthorize checks no ticket.
-        let trial = self.policy_session(SessionType::Trial)?;
         let null_ticket = VerifiedTicket::try_from(TPMT_TK_VERIFIED {
             tag: TPM2_ST_VERIFIED,
             hierarchy: TPM2_RH_NULL,
             digest: Default::default(),
         })
         .map_err(command(WHAT))?;
+        let trial = self.policy_session(SessionType::Trial)?;
         let digest = self
             .ctx
             .policy_authorize(
@@ -342,45 +349,84 @@ impl Tpm {
         let ticket = ticket.map_err(command("TPM2_VerifySignature"))?;
         let public = Public::unmarshall(&b64(&sealed.public, WHAT)?).map_err(command(WHAT))?;
         let private = Private::try_from(b64(&sealed.private, WHAT)?).map_err(command(WHAT))?;
-        let session = self.policy_session(SessionType::Policy)?;
-        let selection = [(policy.bank, pcrs.iter().copied().collect())]
+        // Loaded before the session starts, so nothing stands between the
+        // PCR check and the unseal (another extend there fails the unseal).
+        let srk = self.storage_key()?;
+        let loaded = self
+            .ctx
+            .execute_with_nullauth_session(|c| c.load(srk, private, public));
+        let _ = self.ctx.flush_context(ObjectHandle::from(srk));
+        let object = loaded.map_err(command("TPM2_Load (sealed object)"))?;
+        let result = self
+            .policy_session(SessionType::Policy)
+            .and_then(|session| {
+                let r = self.authorize_and_unseal(
+                    session,
+                    object,
+                    &pcrs,
+                    policy.bank,
+                    approved,
+                    &name,
+                    ticket,
+                );
+                let _ = self
+                    .ctx
+                    .flush_context(session_object(AuthSession::from(session)));
+                r
+            });
+        let _ = self.ctx.flush_context(ObjectHandle::from(object));
+        result
+    }
+
+    /// In `session`: PolicyPCR on the live values of `pcrs`, PolicyAuthorize
+    /// with the signed `approved` digest, then unseal `object`.
+    #[allow(clippy::too_many_arguments)]
+    fn authorize_and_unseal(
+        &mut self,
+        session: PolicySession,
+        object: KeyHandle,
+        pcrs: &[u32],
+        bank: HashAlg,
+        approved: [u8; 32],
+        name: &Name,
+        ticket: VerifiedTicket,
+    ) -> Result<Vec<u8>, TpmError> {
+        const WHAT: &str = "TPM2_Unseal (authorized)";
+        let selection = [(bank, pcrs.iter().copied().collect())]
             .into_iter()
             .collect();
-        let authorized = selection_list(&selection).and_then(|list| {
-            self.ctx
-                .policy_pcr(session, Digest::default(), list)
-                .map_err(command("TPM2_PolicyPCR"))?;
-            let approved = Digest::try_from(approved.to_vec()).map_err(command(WHAT))?;
-            // Refused when the live PCR values are not the signed ones.
-            self.ctx
-                .policy_authorize(session, approved, Nonce::default(), &name, ticket)
-                .map_err(|_| TpmError::PcrPolicy { pcrs: pcrs.clone() })
-        });
-        let result = authorized.and_then(|()| {
-            let srk = self.storage_key()?;
-            let loaded = self
-                .ctx
-                .execute_with_nullauth_session(|c| c.load(srk, private, public));
-            let _ = self.ctx.flush_context(ObjectHandle::from(srk));
-            let object = loaded.map_err(command("TPM2_Load (sealed object)"))?;
-            let r = self
-                .ctx
-                .execute_with_session(Some(AuthSession::from(session)), |c| {
-                    c.unseal(ObjectHandle::from(object))
-                });
-            let _ = self.ctx.flush_context(ObjectHandle::from(object));
-            r.map_err(|e| {
+        let list = selection_list(&selection)?;
+        self.ctx
+            .policy_pcr(session, Digest::default(), list)
+            .map_err(command("TPM2_PolicyPCR"))?;
+        let approved = Digest::try_from(approved.to_vec()).map_err(command(WHAT))?;
+        // TPM_RC_VALUE: the session's digest (the live PCR values) is not
+        // the signed one.
+        self.ctx
+            .policy_authorize(session, approved, Nonce::default(), name, ticket)
+            .map_err(|e| {
+                if is_value_error(&e) {
+                    TpmError::PcrPolicy {
+                        pcrs: pcrs.to_vec(),
+                    }
+                } else {
+                    command("TPM2_PolicyAuthorize")(e)
+                }
+            })?;
+        self.ctx
+            .execute_with_session(Some(AuthSession::from(session)), |c| {
+                c.unseal(ObjectHandle::from(object))
+            })
+            .map(|d| d.value().to_vec())
+            .map_err(|e| {
                 if is_policy_fail(&e) {
-                    TpmError::PcrPolicy { pcrs: pcrs.clone() }
+                    TpmError::PcrPolicy {
+                        pcrs: pcrs.to_vec(),
+                    }
                 } else {
                     command(WHAT)(e)
                 }
             })
-        });
-        let _ = self
-            .ctx
-            .flush_context(session_object(AuthSession::from(session)));
-        Ok(result?.value().to_vec())
     }
 
     /// A SHA-256 policy (or trial) session.

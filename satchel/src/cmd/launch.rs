@@ -37,7 +37,9 @@ keeps the disk key (docs/launch.md):
   satchel seal --policy-key policy.key.pub --in disk.key --out disk.sealed
   satchel pcr-policy sign --reference reference.json --reference-key org.key.pub \\
       --pcrs 4,8,9 --sign-key policy.key --out policy.json
-  satchel unseal --in disk.sealed --policy-key policy.key.pub --policy policy.json The launch PCR (15 unless --launch-pcr says otherwise) is always added: `satchel
+  satchel unseal --in disk.sealed --policy-key policy.key.pub --policy policy.json
+
+The launch PCR (15 unless --launch-pcr says otherwise) is always added: `satchel
 launch` extends a separator into it once it has handed the key over, so the key unseals
 once per boot. The sealed file is useless on another TPM or after any of those PCRs change.")]
 pub(crate) struct SealArgs {
@@ -187,9 +189,9 @@ pub(crate) enum PcrPolicyCmd {
 
 The values come from a signed reference (checked with its key; its version becomes the
 policy's) or, with --from-tpm, from the TPM now (a golden machine booted on the new
-image). The launch PCR (15) is always added, at its value before `satchel launch`
-closes it (zero; with --from-tpm, what the TPM holds), so the key still unseals once
-per boot. Format: docs/launch.md.")]
+image). The launch PCR (15) is always added at zero, its value before `satchel launch`
+closes it, so the key still unseals once per boot (with --from-tpm it must be zero on
+that machine). Format: docs/launch.md.")]
 #[command(disable_version_flag = true)]
 pub(crate) struct PcrPolicySignArgs {
     #[command(flatten)]
@@ -238,42 +240,61 @@ pub(crate) fn sign_policy(a: PcrPolicySignArgs, config: Option<&Path>) -> anyhow
             a.sign_key.display()
         )
     })?;
+    // The launch PCR is signed at zero, always: a policy with any other
+    // value for it unseals after `launch` closed it, on every device, for
+    // as long as the key signs (signed policies are not revoked). Only PCRs
+    // 0-15 qualify: 16 and 23 can be reset from software.
+    anyhow::ensure!(
+        a.launch_pcr <= 15,
+        "--launch-pcr {}: a launch PCR must be one software cannot reset (0-15)",
+        a.launch_pcr
+    );
     let mut pcrs = a.pcrs.0.clone();
-    if !pcrs.contains(&a.launch_pcr) {
-        pcrs.push(a.launch_pcr);
-    }
+    pcrs.retain(|p| *p != a.launch_pcr);
+    let zero = vec![0u8; a.bank.digest_size()];
     let mut values = std::collections::BTreeMap::new();
     let mut version = a.version;
     if a.from_tpm {
         let mut tpm = a.tpm.open(config)?;
-        let read = tpm.read_pcrs(&[a.bank], &pcrs)?;
-        for p in &pcrs {
+        let mut all = pcrs.clone();
+        all.push(a.launch_pcr);
+        let read = tpm.read_pcrs(&[a.bank], &all)?;
+        for p in &all {
             let v = read
                 .get(a.bank, *p)
                 .ok_or_else(|| anyhow::anyhow!("the TPM has no {} value for PCR {p}", a.bank))?;
             values.insert(*p, v.to_vec());
         }
+        anyhow::ensure!(
+            values.get(&a.launch_pcr) == Some(&zero),
+            "the launch PCR {} is not zero on this machine (launched already, or something else measures into it): boot it again and sign before `satchel launch`",
+            a.launch_pcr
+        );
     } else if let (Some(r), Some(k)) = (&a.reference, &a.reference_key) {
         let reference = load_reference(r, k)?;
+        anyhow::ensure!(
+            !reference.pcrs.contains_key(&a.launch_pcr),
+            "reference {} measures the launch PCR {}: choose another with --launch-pcr",
+            r.display(),
+            a.launch_pcr
+        );
         for p in &pcrs {
-            let v = if *p == a.launch_pcr {
-                vec![0u8; a.bank.digest_size()]
-            } else {
-                reference
-                    .pcrs
-                    .get(p)
-                    .and_then(|pr| pr.value.get(&a.bank))
-                    .map(|h| h.0.clone())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "reference {} has no {} value for PCR {p}",
-                            r.display(),
-                            a.bank
-                        )
-                    })?
-            };
+            let v = reference
+                .pcrs
+                .get(p)
+                .and_then(|pr| pr.value.get(&a.bank))
+                .map(|h| h.0.clone())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "reference {} has no {} value for PCR {p} (it has PCRs {:?})",
+                        r.display(),
+                        a.bank,
+                        reference.pcrs.keys().collect::<Vec<_>>()
+                    )
+                })?;
             values.insert(*p, v);
         }
+        values.insert(a.launch_pcr, zero.clone());
         version = version.or(Some(reference.version));
     }
     let version = version.unwrap_or_else(|| {
@@ -455,8 +476,12 @@ fn check_launch_pcr(a: &LaunchArgs, reference: &attest::Reference) -> anyhow::Re
     let covered = if value["format"] == "satchel-sealed-authorized-v1" {
         match &a.authorized.policy {
             Some(p) => {
+                // At zero: the value it holds before this launch closes it.
                 let policy: attest::tpm::SignedPolicy = read_json(p, "a signed PCR policy")?;
-                policy.pcrs.contains_key(&pcr)
+                policy
+                    .pcrs
+                    .get(&pcr)
+                    .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b == b'0'))
             }
             None => true, // said by unseal_file, with what to give
         }
