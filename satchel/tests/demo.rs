@@ -12,14 +12,11 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn the_demo_runs_all_eight_steps_and_its_metrics_move() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the demo test as root"
-        );
-        eprintln!("SKIPPED: the demo needs root (the agent's fanotify)");
+    if !common::root_with("") {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

@@ -54,17 +54,7 @@ fn in_root(root: &Path, script: &str) -> Command {
 
 #[test]
 fn the_package_installs_on_a_clean_debian_and_its_units_start() {
-    let usable = rustix::process::geteuid().is_root()
-        && Command::new("debootstrap")
-            .arg("--version")
-            .output()
-            .is_ok();
-    if !usable {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the package test as root with debootstrap (scripts/setup.sh installs it)"
-        );
-        eprintln!("SKIPPED: the package test needs root and debootstrap");
+    if !common::root_with("debootstrap") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -107,6 +107,22 @@ impl World {
             .unwrap()
     }
 
+    /// A pull into `root` capped at `rate`, running.
+    fn capped_pull(&self, cdir: &str, root: &str, rate: &str) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_satchel"))
+            .args(["client", "sync", "pull", "--gateway", &self.url, "--ca"])
+            .arg(self.gw.join("ca.crt"))
+            .arg("--data")
+            .arg(self.p(cdir))
+            .args(["--image", "classroom", "--into"])
+            .arg(self.p(root))
+            .args(["--max-rate", rate])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn pull_stats(&self, cdir: &str, root: &str, extra: &[&str]) -> serde_json::Value {
         let mut e = vec!["--stats-json"];
         e.extend_from_slice(extra);
@@ -404,18 +420,7 @@ fn an_interrupted_pull_resumes_and_the_rate_cap_holds() {
     let w = world();
     w.device("c1", "laptop-1");
     // Killed mid-way under a slow cap.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_satchel"))
-        .args(["client", "sync", "pull", "--gateway", &w.url, "--ca"])
-        .arg(w.gw.join("ca.crt"))
-        .arg("--data")
-        .arg(w.p("c1"))
-        .args(["--image", "classroom", "--into"])
-        .arg(w.p("root"))
-        .args(["--max-rate", "400K"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.capped_pull("c1", "root", "400K");
     let chunks = || {
         sync::ChunkStore::open_packed(w.p("c1/chunks"))
             .map(|s| s.count().unwrap_or(0))
@@ -1217,18 +1222,7 @@ fn a_pull_in_progress_finishes_while_both_sides_clean_up() {
     base_variant(&w, "src/b2", 202, 1_200_000);
     w.build("classroom", "base-os", "src/b2");
     // A slow pull of version 2.
-    let mut pull = Command::new(env!("CARGO_BIN_EXE_satchel"))
-        .args(["client", "sync", "pull", "--gateway", &w.url, "--ca"])
-        .arg(w.gw.join("ca.crt"))
-        .arg("--data")
-        .arg(w.p("c1"))
-        .args(["--image", "classroom", "--into"])
-        .arg(w.p("root"))
-        .args(["--max-rate", "250K"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut pull = w.capped_pull("c1", "root", "250K");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !w.p("c1/chunks/packs").exists() {
         assert!(Instant::now() < deadline, "the pull stored nothing");
@@ -1361,27 +1355,9 @@ fn a_pull_in_progress_finishes_while_both_sides_clean_up() {
     same_tree(&w.p("src/b3"), &w.p("root/base-os"));
 }
 
-/// As root, with debootstrap (CI): elsewhere the test says why it skipped,
-/// and under `CI=true` it fails instead.
-fn root_with_debootstrap() -> bool {
-    let usable = rustix::process::geteuid().is_root()
-        && Command::new("debootstrap")
-            .arg("--version")
-            .output()
-            .is_ok();
-    if !usable {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run this test as root with debootstrap (scripts/setup.sh installs it)"
-        );
-        eprintln!("SKIPPED: needs root and debootstrap");
-    }
-    usable
-}
-
 #[test]
 fn a_debian_root_pulled_into_an_empty_directory_equals_its_source() {
-    if !root_with_debootstrap() {
+    if !common::root_with("debootstrap") {
         return;
     }
     let w = world();

@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use p256::ecdsa::signature::hazmat::{PrehashSigner as _, PrehashVerifier as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -37,14 +36,13 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme, KeyedHashScheme, Name,
-    Nonce, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
-    SensitiveData, Signature, SymmetricDefinition, VerifiedTicket,
+    Digest, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme, Name, Nonce, Private,
+    Public, PublicBuilder, PublicEccParametersBuilder, Signature, VerifiedTicket,
 };
-use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::traits::UnMarshall;
 use tss_esapi::tss2_esys::TPMT_TK_VERIFIED;
 
-use super::keys::{b64, is_policy_fail, session_object, B64};
+use super::keys::{b64, is_policy_fail, session_object};
 use super::{command, malformed, selection_list, Tpm, TpmError};
 use crate::alg::HashAlg;
 
@@ -281,35 +279,13 @@ impl Tpm {
             .ctx
             .flush_context(session_object(AuthSession::from(trial)));
         let digest = digest.map_err(command("TPM2_PolicyAuthorize (trial)"))?;
-        let attrs = ObjectAttributesBuilder::new()
-            .with_fixed_tpm(true)
-            .with_fixed_parent(true)
-            .with_no_da(true)
-            .with_user_with_auth(false)
-            .build()
-            .map_err(command(WHAT))?;
-        let public = PublicBuilder::new()
-            .with_public_algorithm(PublicAlgorithm::KeyedHash)
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attrs)
-            .with_auth_policy(digest.clone())
-            .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
-            .with_keyed_hash_unique_identifier(Digest::default())
-            .build()
-            .map_err(command(WHAT))?;
-        let data = SensitiveData::try_from(secret.to_vec()).map_err(command(WHAT))?;
-        let srk = self.storage_key()?;
-        let made = self
-            .ctx
-            .execute_with_nullauth_session(|c| c.create(srk, public, None, Some(data), None, None));
-        let _ = self.ctx.flush_context(ObjectHandle::from(srk));
-        let made = made.map_err(command(WHAT))?;
+        let (public, private) = self.create_sealed(&digest, secret)?;
         Ok(AuthorizedSealed {
             format: "satchel-sealed-authorized-v1".to_owned(),
             key_name: hex::encode(name.value()),
             policy: hex::encode(digest.value()),
-            public: B64.encode(made.out_public.marshall().map_err(command(WHAT))?),
-            private: B64.encode(made.out_private.value()),
+            public,
+            private,
         })
     }
 
@@ -427,24 +403,6 @@ impl Tpm {
                     command(WHAT)(e)
                 }
             })
-    }
-
-    /// A SHA-256 policy (or trial) session.
-    fn policy_session(&mut self, kind: SessionType) -> Result<PolicySession, TpmError> {
-        const WHAT: &str = "TPM2_StartAuthSession (policy)";
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                kind,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(command(WHAT))?
-            .ok_or_else(|| malformed(WHAT, "no session"))?;
-        PolicySession::try_from(session).map_err(command(WHAT))
     }
 }
 

@@ -396,6 +396,24 @@ impl Tpm {
             .map_err(command(WHAT))
     }
 
+    /// A SHA-256 policy (or trial) session.
+    pub(super) fn policy_session(&mut self, kind: SessionType) -> Result<PolicySession, TpmError> {
+        const WHAT: &str = "TPM2_StartAuthSession (policy)";
+        let session = self
+            .ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(command(WHAT))?
+            .ok_or_else(|| malformed(WHAT, "no session"))?;
+        PolicySession::try_from(session).map_err(command(WHAT))
+    }
+
     /// A policy session (or trial session) with TPM2_PolicyPCR over the
     /// current values of `pcrs` in `bank`.
     fn pcr_policy_session(
@@ -409,21 +427,11 @@ impl Tpm {
             .into_iter()
             .collect();
         let list = selection_list(&selection)?;
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                kind,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(command(WHAT))?
-            .ok_or_else(|| malformed(WHAT, "no session"))?;
-        let policy = PolicySession::try_from(session).map_err(command(WHAT))?;
+        let policy = self.policy_session(kind)?;
         if let Err(e) = self.ctx.policy_pcr(policy, Digest::default(), list) {
-            let _ = self.ctx.flush_context(session_object(session));
+            let _ = self
+                .ctx
+                .flush_context(session_object(AuthSession::from(policy)));
             return Err(TpmError::Command {
                 what: WHAT,
                 source: e,
@@ -439,7 +447,6 @@ impl Tpm {
         pcrs: &[u32],
         secret: &[u8],
     ) -> Result<SealedFile, TpmError> {
-        const WHAT: &str = "TPM2_Create (sealed object)";
         if secret.is_empty() || secret.len() > MAX_SEALED {
             return Err(TpmError::SecretSize { size: secret.len() });
         }
@@ -453,6 +460,26 @@ impl Tpm {
             .ctx
             .flush_context(session_object(AuthSession::from(trial)));
         let digest = digest.map_err(command("TPM2_PolicyGetDigest"))?;
+        let (public, private) = self.create_sealed(&digest, secret)?;
+        Ok(SealedFile {
+            format: "satchel-sealed-v1".to_owned(),
+            bank,
+            pcrs: pcrs.to_vec(),
+            policy: hex::encode(digest.value()),
+            public,
+            private,
+        })
+    }
+
+    /// Create a sealed data object holding `secret` under the storage key,
+    /// usable only through a session whose policy digest is `policy`: its
+    /// `TPMT_PUBLIC` and `TPM2B_PRIVATE` contents, base64.
+    pub(super) fn create_sealed(
+        &mut self,
+        policy: &Digest,
+        secret: &[u8],
+    ) -> Result<(String, String), TpmError> {
+        const WHAT: &str = "TPM2_Create (sealed object)";
         let attrs = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
@@ -464,7 +491,7 @@ impl Tpm {
             .with_public_algorithm(PublicAlgorithm::KeyedHash)
             .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
             .with_object_attributes(attrs)
-            .with_auth_policy(digest.clone())
+            .with_auth_policy(policy.clone())
             .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
             .with_keyed_hash_unique_identifier(Digest::default())
             .build()
@@ -476,14 +503,10 @@ impl Tpm {
             .execute_with_nullauth_session(|c| c.create(srk, public, None, Some(data), None, None));
         let _ = self.ctx.flush_context(ObjectHandle::from(srk));
         let made = made.map_err(command(WHAT))?;
-        Ok(SealedFile {
-            format: "satchel-sealed-v1".to_owned(),
-            bank,
-            pcrs: pcrs.to_vec(),
-            policy: hex::encode(digest.value()),
-            public: B64.encode(made.out_public.marshall().map_err(command(WHAT))?),
-            private: B64.encode(made.out_private.value()),
-        })
+        Ok((
+            B64.encode(made.out_public.marshall().map_err(command(WHAT))?),
+            B64.encode(made.out_private.value()),
+        ))
     }
 
     /// Unseal: only while the PCRs hold the values they held at sealing

@@ -32,6 +32,19 @@ or were last offered it; then the pins.")]
     Rollback(RollbackArgs),
 }
 
+/// An image's system layer, in the gateway's configured store.
+#[derive(Debug, Args)]
+pub(crate) struct ImageLayer {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The image.
+    #[arg(long)]
+    image: String,
+    /// The system layer: base-os or group-apps.
+    #[arg(long)]
+    layer: Layer,
+}
+
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   satchel image pin --image classroom --layer base-os --version 4
@@ -44,13 +57,7 @@ wins over the pin for every device. Pinned versions are kept by `gateway gc`. Au
 #[command(disable_version_flag = true)]
 pub(crate) struct PinArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The image.
-    #[arg(long)]
-    image: String,
-    /// The system layer: base-os or group-apps.
-    #[arg(long)]
-    layer: Layer,
+    at: ImageLayer,
     /// The version to hold it at.
     #[arg(long)]
     version: u64,
@@ -65,13 +72,7 @@ pub(crate) struct PinArgs {
   satchel image unpin --image classroom --layer base-os --device-id laptop-17")]
 pub(crate) struct UnpinArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The image.
-    #[arg(long)]
-    image: String,
-    /// The system layer: base-os or group-apps.
-    #[arg(long)]
-    layer: Layer,
+    at: ImageLayer,
     /// The device's own pin [default: the pin for every device].
     #[arg(long)]
     device_id: Option<String>,
@@ -88,13 +89,7 @@ pinned ones and those devices hold). Audited.")]
 #[command(disable_version_flag = true)]
 pub(crate) struct RollbackArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The image.
-    #[arg(long)]
-    image: String,
-    /// The system layer: base-os or group-apps.
-    #[arg(long)]
-    layer: Layer,
+    at: ImageLayer,
     /// The version whose files to publish again.
     #[arg(long)]
     version: u64,
@@ -465,7 +460,7 @@ async fn show(a: ShowArgs) -> anyhow::Result<()> {
 }
 
 async fn pin(a: PinArgs) -> anyhow::Result<()> {
-    let images = open(&a.store).await?;
+    let images = open(&a.at.store).await?;
     let device = a.device_id.unwrap_or_default();
     if !device.is_empty() {
         anyhow::ensure!(
@@ -474,16 +469,17 @@ async fn pin(a: PinArgs) -> anyhow::Result<()> {
         );
     }
     images
-        .pin(&a.image, a.layer, &device, a.version, "gateway-cli")
+        .pin(&a.at.image, a.at.layer, &device, a.version, "gateway-cli")
         .await?;
     // What every device is offered decides the image's boot stages.
-    gateway::images::write_stages(&images, &a.store.data()?, &a.image).await?;
-    let details = serde_json::json!({"layer": a.layer, "version": a.version, "device_id": device});
-    super::gateway::audit_cli_action(&a.store.url()?, &a.image, "pinned", details).await?;
+    gateway::images::write_stages(&images, &a.at.store.data()?, &a.at.image).await?;
+    let details =
+        serde_json::json!({"layer": a.at.layer, "version": a.version, "device_id": device});
+    super::gateway::audit_cli_action(&a.at.store.url()?, &a.at.image, "pinned", details).await?;
     println!(
         "{}/{} pinned at version {} for {}",
-        a.image,
-        a.layer,
+        a.at.image,
+        a.at.layer,
         a.version,
         if device.is_empty() {
             "every device".to_owned()
@@ -495,29 +491,32 @@ async fn pin(a: PinArgs) -> anyhow::Result<()> {
 }
 
 async fn unpin(a: UnpinArgs) -> anyhow::Result<()> {
-    let images = open(&a.store).await?;
+    let images = open(&a.at.store).await?;
     let device = a.device_id.unwrap_or_default();
-    let had = images.unpin(&a.image, a.layer, &device).await?;
-    anyhow::ensure!(had, "{}/{} has no such pin", a.image, a.layer);
-    gateway::images::write_stages(&images, &a.store.data()?, &a.image).await?;
-    let details = serde_json::json!({"layer": a.layer, "device_id": device});
-    super::gateway::audit_cli_action(&a.store.url()?, &a.image, "unpinned", details).await?;
-    println!("{}/{}: pin removed", a.image, a.layer);
+    let had = images.unpin(&a.at.image, a.at.layer, &device).await?;
+    anyhow::ensure!(had, "{}/{} has no such pin", a.at.image, a.at.layer);
+    gateway::images::write_stages(&images, &a.at.store.data()?, &a.at.image).await?;
+    let details = serde_json::json!({"layer": a.at.layer, "device_id": device});
+    super::gateway::audit_cli_action(&a.at.store.url()?, &a.at.image, "unpinned", details).await?;
+    println!("{}/{}: pin removed", a.at.image, a.at.layer);
     Ok(())
 }
 
 async fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
-    let images = open(&a.store).await?;
-    let data = a.store.data()?;
+    let images = open(&a.at.store).await?;
+    let data = a.at.store.data()?;
     let key = gateway::server::manifest_key(&data)?;
-    let stored = images.roll_back(&a.image, a.layer, a.version, &key).await?;
-    let stages = gateway::images::write_stages(&images, &data, &a.image).await?;
-    let details = serde_json::json!({"layer": a.layer, "from_version": a.version, "version": stored.version, "digest": stored.digest});
-    super::gateway::audit_cli_action(&a.store.url()?, &a.image, "rolled-back", details).await?;
+    let stored = images
+        .roll_back(&a.at.image, a.at.layer, a.version, &key)
+        .await?;
+    let stages = gateway::images::write_stages(&images, &data, &a.at.image).await?;
+    let details = serde_json::json!({"layer": a.at.layer, "from_version": a.version, "version": stored.version, "digest": stored.digest});
+    super::gateway::audit_cli_action(&a.at.store.url()?, &a.at.image, "rolled-back", details)
+        .await?;
     println!(
         "{}/{}: version {}'s files published again as version {}\nboot stages: {}",
-        a.image,
-        a.layer,
+        a.at.image,
+        a.at.layer,
         a.version,
         stored.version,
         stages.display()

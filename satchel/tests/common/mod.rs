@@ -116,3 +116,35 @@ pub(crate) fn sql(db_url: &str, statements: &[&str]) -> Vec<u64> {
             changed
         })
 }
+
+/// Whether this test can run: as root, with `tool` installed (CI). When it
+/// cannot, it says why it skipped; under `CI=true` it fails instead.
+#[allow(dead_code)]
+pub(crate) fn root_with(tool: &str) -> bool {
+    let usable = rustix::process::geteuid().is_root()
+        && (tool.is_empty()
+            || std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok());
+    if !usable {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root{} (scripts/setup.sh installs what it needs)",
+            if tool.is_empty() {
+                String::new()
+            } else {
+                format!(" with {tool}")
+            }
+        );
+        eprintln!(
+            "SKIPPED: needs root{}",
+            if tool.is_empty() {
+                String::new()
+            } else {
+                format!(" and {tool}")
+            }
+        );
+    }
+    usable
+}
