@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Actor names the gateway writes in the audit trail for what no device
+/// did: never a device id.
+pub const RESERVED_ACTORS: [&str; 3] = ["anonymous", "gateway-cli", "gateway-start"];
+
 /// Whether `id` can name a device: 1-128 ASCII letters, digits, `-`, `_`,
 /// `.` and `@`. Nothing that splits a path or a group list, breaks a log
 /// line, hides in Unicode (invisible or right-to-left characters), or reads
@@ -9,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
+        && !RESERVED_ACTORS.contains(&id)
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
@@ -47,6 +52,16 @@ mod tests {
         assert!(valid_group("group:class-7a"));
         for bad in ["", "lab,teachers", "a b", "x\u{2028}"] {
             assert!(!valid_group(bad), "{bad:?}");
+        }
+    }
+
+    /// docs/threat-model.md says an id that reads as another actor,
+    /// `anonymous` among them, is refused: it is the actor of every
+    /// stranger's refused enrollment and console sign-in.
+    #[test]
+    fn anonymous_is_not_a_device_id() {
+        for reserved in RESERVED_ACTORS {
+            assert!(!valid_device_id(reserved), "{reserved}");
         }
     }
 }

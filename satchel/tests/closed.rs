@@ -867,3 +867,109 @@ fn monitor_in_closed_mode_lets_each_attempt_run_and_reports_it() {
     assert_eq!(st["mode"], "monitor", "{st}");
     assert_eq!(st["system"].as_array().unwrap().len(), 3, "{st}");
 }
+
+/// Attack (review of the FUSE unmount): the agent reads a FUSE mount's path
+/// from the mount table, then looks it up again to mark it and to unmount
+/// it. The student keeps renaming the directory above the mount point in a
+/// rotation with a decoy directory that holds a plain `mnt`. When the
+/// lookup lands on the decoy, `fan.mark` marks the home's file system again
+/// and succeeds, and the FUSE mount's device is noted as marked: never
+/// unmounted, never looked at again. When it lands on nothing, the unmount
+/// fails and nothing tries again until the mount table changes. Either way
+/// the student's FUSE mount stays, and `sh` reads a script from it unseen.
+#[test]
+fn a_fuse_mount_renamed_while_the_agent_looks_it_up_is_never_taken_away() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(d) = Device::build() else { return };
+    let _restore = Sysctls::save();
+    d.bundle("lockdown");
+    let extra: &[&str] = if userns_settable() && yama_settable() {
+        &[]
+    } else {
+        &["--allow-open-system"]
+    };
+    let a = d.agent(extra);
+    std::fs::write(d.p("fuse-script"), "echo PWNED\n").unwrap();
+    // The student's directories: `a/mnt` (where the FUSE mount goes) and
+    // the decoy `c/mnt`.
+    let (out, code) = d.student("python3 -c \"import os; [os.makedirs('/home/student/'+x+'/mnt') for x in 'ac']\" && echo made");
+    assert_eq!(code, 0, "{out}");
+    let swapper = "import os\n\
+        os.chdir('/home/student')\n\
+        while not os.path.exists('stop'):\n\
+        \x20 for x, y, z in (('a','t','c'), ('c','t','a')):\n\
+        \x20   try:\n\
+        \x20     os.rename(x, 't'); os.rename(z, x); os.rename('t', z)\n\
+        \x20   except OSError: pass\n";
+    for attempt in 0..10 {
+        let _ = std::fs::remove_file(d.home("stop"));
+        let mut swap = KillOnDrop(
+            Command::new("/usr/sbin/chroot")
+                .arg(format!("--userspec={STUDENT}"))
+                .arg(&d.root)
+                .args(["/usr/bin/python3", "-c", swapper])
+                .env_clear()
+                .env("PATH", "/bin:/usr/bin")
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        // As fusermount would mount it for the student (retried while the
+        // name is away).
+        let mut fuse = None;
+        for _ in 0..50 {
+            let mut f = KillOnDrop(
+                Command::new("python3")
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/tests/fixtures/fuse_one_file.py"
+                    ))
+                    .arg(d.root.join("home/student/a/mnt"))
+                    .arg("run.sh")
+                    .arg(d.p("fuse-script"))
+                    .arg("65534")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            let mut line = String::new();
+            {
+                use std::io::BufRead as _;
+                let _ = std::io::BufReader::new(f.0.stdout.as_mut().unwrap()).read_line(&mut line);
+            }
+            if line.trim() == "serving" {
+                fuse = Some(f);
+                break;
+            }
+        }
+        let mut fuse = fuse.expect("the FUSE mount was never made");
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(d.home("stop"), "").unwrap();
+        let _ = swap.0.wait();
+        // The agent has had its chance: a mount it took away ended the server.
+        std::thread::sleep(Duration::from_millis(1000));
+        if fuse.0.try_wait().unwrap().is_some() {
+            continue;
+        }
+        let out =
+            d.student("sh /home/student/a/mnt/run.sh 2>&1; sh /home/student/c/mnt/run.sh 2>&1");
+        assert!(
+            !out.0.contains("PWNED"),
+            "attempt {attempt}: the student's FUSE mount stayed and its script ran: {}\nstatus: {}\nagent log: {}",
+            out.0,
+            a.status()["marked"],
+            a.log()
+        );
+        // Take it away for the next try.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(d.root.join("home/student/a/mnt"))
+            .status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(d.root.join("home/student/c/mnt"))
+            .status();
+        let _ = fuse.0.kill();
+    }
+}

@@ -76,6 +76,8 @@ pub(crate) struct Closed {
     /// Devices under the root that could not be marked: their programs
     /// were never decided, like those of another namespace's mounts.
     unmarked: HashSet<u64>,
+    /// A mount could not be looked up as itself (see [`Closed::retry`]).
+    retry: bool,
 }
 
 /// Why closed mode could not start.
@@ -200,7 +202,20 @@ impl Closed {
             known: devices_of(&mounts::all()),
             known_at: std::time::Instant::now(),
             unmarked: HashSet::new(),
+            retry: false,
         })
+    }
+
+    /// Whether the last look met a mount it could not look up as itself
+    /// (its path moved meanwhile): the next poll looks again.
+    pub(crate) fn retry(&self) -> bool {
+        self.retry
+    }
+
+    /// Look again at the next poll (a FUSE mount whose path moved while it
+    /// was being unmounted).
+    pub(crate) fn try_again(&mut self) {
+        self.retry = true;
     }
 
     /// Mark every file system under the root not marked yet. Returns the
@@ -216,15 +231,30 @@ impl Closed {
         let table = mounts::all();
         self.known = devices_of(&table);
         self.known_at = std::time::Instant::now();
+        self.retry = false;
         for m in mounts::under(&self.root, &table) {
             if self.marked.contains(&m.dev) {
                 continue;
             }
+            // The path is looked up once, and what it names must be that
+            // mount: a user renaming a directory above a mount point while
+            // the agent looks would otherwise have another file system
+            // marked in its place. A mismatch is tried again at the next poll.
+            let Some(fd) = open_mount(&m) else {
+                self.retry = true;
+                continue;
+            };
+            // Marked through the descriptor's magic link: the very object
+            // looked up (fanotify takes no O_PATH descriptor alone).
+            let by_fd = PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ));
             let r = fan.mark(
                 MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
                 mask(true),
                 rustix::fs::CWD,
-                Some(m.point.as_path()),
+                Some(by_fd.as_path()),
             );
             let label = format!("{} ({})", m.point.display(), m.fstype);
             match r {
@@ -289,17 +319,9 @@ pub(crate) fn is_fuse(m: &mounts::Mount) -> bool {
 /// way could swap it for one, to have root unmount something else), and
 /// what it names must be a FUSE file system's root; the unmount then goes
 /// through that descriptor.
-pub(crate) fn unmount_fuse(point: &Path) -> nix::Result<()> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+pub(crate) fn unmount_fuse(m: &mounts::Mount) -> nix::Result<()> {
     const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    let fd = rustix::fs::openat2(
-        rustix::fs::CWD,
-        point,
-        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| nix::Error::from_raw(e.raw_os_error()))?;
+    let fd = open_mount(m).ok_or(nix::Error::EAGAIN)?;
     // A FUSE file system answers statfs with its magic even to a process it
     // does not let in.
     #[allow(clippy::unnecessary_cast)]
@@ -312,6 +334,35 @@ pub(crate) fn unmount_fuse(point: &Path) -> nix::Result<()> {
         format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
         nix::mount::MntFlags::MNT_DETACH,
     )
+}
+
+/// Mount `m`, opened through its path with no symlink on the way, if that
+/// is still on mount `m` (by the kernel's mount id); `None` if the path
+/// names something else now.
+pub(crate) fn open_mount(m: &mounts::Mount) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let fd = rustix::fs::openat2(
+        rustix::fs::CWD,
+        &m.point,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    // The mount id from the descriptor's own entry in /proc: no call into
+    // the file system (a FUSE server refuses root even a stat).
+    let info = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .ok()?;
+    let id: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (id == m.id).then_some(fd)
 }
 
 /// The devices (as `st_dev`) of the file systems in a mount table.
@@ -397,10 +448,33 @@ mod tests {
         let real = d.path().join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, d.path().join("swapped")).unwrap();
-        assert!(unmount_fuse(&d.path().join("swapped")).is_err());
-        assert!(unmount_fuse(&d.path().join("swapped/..")).is_err());
-        // A path that names no FUSE file system is left alone.
-        assert_eq!(unmount_fuse(&real), Err(nix::Error::EINVAL));
+        let table = mounts::all();
+        let holding = |p: &Path| {
+            let mut best = table[0].clone();
+            for m in &table {
+                if p.starts_with(&m.point) && m.point.starts_with(&best.point) {
+                    best = m.clone();
+                }
+            }
+            best
+        };
+        let at = |m: &mounts::Mount, p: PathBuf| mounts::Mount {
+            point: p,
+            ..m.clone()
+        };
+        let home = holding(&real);
+        assert!(unmount_fuse(&at(&home, d.path().join("swapped"))).is_err());
+        assert!(unmount_fuse(&at(&home, d.path().join("swapped/.."))).is_err());
+        // A path that is no longer the mount's root (a directory renamed
+        // into its place) is not that mount: nothing is done to it.
+        assert!(open_mount(&at(&home, real.clone())).is_none());
+        assert_eq!(
+            unmount_fuse(&at(&home, real.clone())),
+            Err(nix::Error::EAGAIN)
+        );
+        // The mount itself, found as itself, is no FUSE file system: left alone.
+        assert!(open_mount(&home).is_some());
+        assert_eq!(unmount_fuse(&home), Err(nix::Error::EINVAL));
         assert!(real.exists());
     }
 

@@ -312,8 +312,10 @@ impl Enforcer {
             let (added, failed) = c.mark_new(&fan);
             let lockdown = active.read().is_ok_and(|a| a.mode == Mode::Lockdown);
             for (m, source) in failed {
-                let why = unmarkable(&m, source, lockdown);
-                eprintln!("satchel agent: ALARM: {}: {why}", m.point.display());
+                match unmarkable(&m, source, lockdown) {
+                    Some(why) => eprintln!("satchel agent: ALARM: {}: {why}", m.point.display()),
+                    None => c.try_again(),
+                }
             }
             marked.extend(added);
         }
@@ -358,7 +360,9 @@ impl Enforcer {
                 }
             }
         };
-        if mounts_changed {
+        // A mount whose path moved while it was looked up is looked up again.
+        let retry = self.closed.as_ref().is_some_and(closed::Closed::retry);
+        if mounts_changed || retry {
             self.mark_new_mounts(report);
         }
         fan_ready
@@ -380,8 +384,16 @@ impl Enforcer {
         }
         let lockdown = self.current().mode == Mode::Lockdown;
         for (m, e) in failed {
-            let why = unmarkable(&m, e, lockdown);
-            report(report_alarm(m.point.display().to_string(), why).attempt("mount"));
+            match unmarkable(&m, e, lockdown) {
+                Some(why) => {
+                    report(report_alarm(m.point.display().to_string(), why).attempt("mount"));
+                }
+                None => {
+                    if let Some(c) = self.closed.as_mut() {
+                        c.try_again();
+                    }
+                }
+            }
         }
     }
 
@@ -791,14 +803,18 @@ pub(crate) const MAX_PROGRAM: u64 = 1 << 30;
 /// (a user's, root may not even look inside) is taken away, since an
 /// interpreter would read scripts from it unseen; anything else stays, with
 /// the alarm saying so. The alarm's text.
-fn unmarkable(m: &super::mounts::Mount, e: nix::Error, lockdown: bool) -> String {
+/// What to report of a mount that cannot be marked (in lockdown a FUSE one
+/// is unmounted first); `None` when its path moved while it was looked up:
+/// the next poll tries again, and says nothing meanwhile.
+fn unmarkable(m: &super::mounts::Mount, e: nix::Error, lockdown: bool) -> Option<String> {
     if lockdown && closed::is_fuse(m) {
-        match closed::unmount_fuse(&m.point) {
-            Ok(()) => format!("a FUSE mount ({}) that cannot be marked ({e}) was unmounted: nothing opened there could be decided", m.fstype),
-            Err(u) => format!("a FUSE mount ({}) cannot be marked ({e}) nor unmounted ({u}): scripts there are read unchecked", m.fstype),
+        match closed::unmount_fuse(m) {
+            Ok(()) => Some(format!("a FUSE mount ({}) that cannot be marked ({e}) was unmounted: nothing opened there could be decided", m.fstype)),
+            Err(nix::Error::EAGAIN) => None,
+            Err(u) => Some(format!("a FUSE mount ({}) cannot be marked ({e}) nor unmounted ({u}): scripts there are read unchecked", m.fstype)),
         }
     } else {
-        format!("a file system mounted under the root cannot be marked ({e}): what is opened there goes unchecked")
+        Some(format!("a file system mounted under the root cannot be marked ({e}): what is opened there goes unchecked"))
     }
 }
 

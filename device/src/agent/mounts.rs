@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 /// One line of `/proc/self/mountinfo`, the fields the agent uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mount {
+    /// The mount's id (the kernel's, as `statx` gives it): one per mount.
+    pub(crate) id: u64,
     /// Where it is mounted.
     pub(crate) point: PathBuf,
     /// The device id (`major:minor`): one per file system.
@@ -59,6 +61,7 @@ fn parse_bytes(line: &[u8]) -> Option<Mount> {
     }
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Some(Mount {
+        id: text(fields[0]).parse().ok()?,
         point: PathBuf::from(std::ffi::OsString::from_vec(unescape_bytes(fields[4]))),
         dev: text(fields[2]),
         fstype: text(fields.get(dash + 1)?),
