@@ -36,13 +36,12 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme, Name, Nonce, Private,
-    Public, PublicBuilder, PublicEccParametersBuilder, Signature, VerifiedTicket,
+    Digest, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme, Name, Nonce,
+    PublicBuilder, PublicEccParametersBuilder, Signature, VerifiedTicket,
 };
-use tss_esapi::traits::UnMarshall;
 use tss_esapi::tss2_esys::TPMT_TK_VERIFIED;
 
-use super::keys::{b64, is_policy_fail, session_object};
+use super::keys::{is_policy_fail, session_object};
 use super::{command, malformed, selection_list, Tpm, TpmError};
 use crate::alg::HashAlg;
 
@@ -323,16 +322,9 @@ impl Tpm {
             });
         let _ = self.ctx.flush_context(ObjectHandle::from(handle));
         let ticket = ticket.map_err(command("TPM2_VerifySignature"))?;
-        let public = Public::unmarshall(&b64(&sealed.public, WHAT)?).map_err(command(WHAT))?;
-        let private = Private::try_from(b64(&sealed.private, WHAT)?).map_err(command(WHAT))?;
         // Loaded before the session starts, so nothing stands between the
         // PCR check and the unseal (another extend there fails the unseal).
-        let srk = self.storage_key()?;
-        let loaded = self
-            .ctx
-            .execute_with_nullauth_session(|c| c.load(srk, private, public));
-        let _ = self.ctx.flush_context(ObjectHandle::from(srk));
-        let object = loaded.map_err(command("TPM2_Load (sealed object)"))?;
+        let object = self.load_sealed(&sealed.public, &sealed.private)?;
         let result = self
             .policy_session(SessionType::Policy)
             .and_then(|session| {

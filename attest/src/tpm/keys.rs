@@ -509,18 +509,29 @@ impl Tpm {
         ))
     }
 
-    /// Unseal: only while the PCRs hold the values they held at sealing
-    /// ([`TpmError::PcrPolicy`] otherwise).
-    pub fn unseal(&mut self, sealed: &SealedFile) -> Result<Vec<u8>, TpmError> {
-        const WHAT: &str = "TPM2_Unseal";
-        let public = Public::unmarshall(&b64(&sealed.public, WHAT)?).map_err(command(WHAT))?;
-        let private = Private::try_from(b64(&sealed.private, WHAT)?).map_err(command(WHAT))?;
+    /// Load a sealed object (its `TPMT_PUBLIC` and `TPM2B_PRIVATE`, base64)
+    /// under the storage key.
+    pub(super) fn load_sealed(
+        &mut self,
+        public: &str,
+        private: &str,
+    ) -> Result<KeyHandle, TpmError> {
+        const WHAT: &str = "TPM2_Load (sealed object)";
+        let public = Public::unmarshall(&b64(public, WHAT)?).map_err(command(WHAT))?;
+        let private = Private::try_from(b64(private, WHAT)?).map_err(command(WHAT))?;
         let srk = self.storage_key()?;
         let loaded = self
             .ctx
             .execute_with_nullauth_session(|c| c.load(srk, private, public));
         let _ = self.ctx.flush_context(ObjectHandle::from(srk));
-        let object = loaded.map_err(command("TPM2_Load (sealed object)"))?;
+        loaded.map_err(command(WHAT))
+    }
+
+    /// Unseal: only while the PCRs hold the values they held at sealing
+    /// ([`TpmError::PcrPolicy`] otherwise).
+    pub fn unseal(&mut self, sealed: &SealedFile) -> Result<Vec<u8>, TpmError> {
+        const WHAT: &str = "TPM2_Unseal";
+        let object = self.load_sealed(&sealed.public, &sealed.private)?;
         let result = self
             .pcr_policy_session(SessionType::Policy, sealed.bank, &sealed.pcrs)
             .and_then(|policy| {
