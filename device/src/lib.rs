@@ -19,6 +19,7 @@ pub mod attestation;
 pub mod bundle;
 pub mod client;
 pub mod enrollment;
+pub mod guest;
 pub mod identity;
 pub mod relay;
 pub mod sync;

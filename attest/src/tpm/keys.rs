@@ -224,6 +224,37 @@ impl Tpm {
         }
     }
 
+    /// Load the AK of `ak_file` and make it persistent at `handle`
+    /// (0x81000000-0x81ffffff, owner hierarchy), evicting whatever was
+    /// there: for a TPM whose quotes another program makes with the handle
+    /// alone, such as a guest's vTPM provisioned before its first boot.
+    pub fn persist_ak(&mut self, ak_file: &AkFile, handle: u32) -> Result<(), TpmError> {
+        const WHAT: &str = "TPM2_EvictControl (AK)";
+        let persistent = PersistentTpmHandle::new(handle).map_err(command(WHAT))?;
+        let target = tss_esapi::interface_types::dynamic_handles::Persistent::Persistent(persistent);
+        if let Ok(old) = self
+            .ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
+        {
+            self.ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.evict_control(tss_esapi::interface_types::resource_handles::Provision::Owner, old, target)
+                })
+                .map_err(command(WHAT))?;
+        }
+        let (ak, ek, transient) = self.load_ak(ak_file)?;
+        self.release(ek, transient);
+        let made = self.ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.evict_control(
+                tss_esapi::interface_types::resource_handles::Provision::Owner,
+                ObjectHandle::from(ak),
+                target,
+            )
+        });
+        let _ = self.ctx.flush_context(ObjectHandle::from(ak));
+        made.map(|_| ()).map_err(command(WHAT))
+    }
+
     /// TPM2_Quote over `selection` (bank -> PCRs) with `nonce` as the
     /// qualifying data. Returns the `TPMS_ATTEST` bytes exactly as signed
     /// and the `TPMT_SIGNATURE`.

@@ -8,6 +8,7 @@ pub(crate) mod client;
 mod config;
 mod eventlog;
 mod gateway;
+mod guest;
 mod image;
 mod launch;
 pub(crate) mod measure;
@@ -119,6 +120,13 @@ enum Command {
   satchel image list --data gw
   satchel image show --data gw classroom-2026")]
     Image(image::ImageCmd),
+    /// The guest VM: boot the synced image in qemu, its own boot proved before it runs.
+    #[command(subcommand)]
+    #[command(after_help = "Examples:
+  satchel guest reference --root ./root --state ./ref-guest --sign-key org.key --out guest-reference.json
+  satchel launch ... -- satchel guest start --root ./root --user ./home --state ./guest \\
+      --reference guest-reference.json --reference-key org.key.pub")]
+    Guest(guest::GuestCmd),
     /// The client agent: exec allowlist enforcement, re-attestation, sync, audit spool.
     Agent(Box<agent::AgentArgs>),
     /// The one configuration: what is set, and where each value came from.
@@ -188,6 +196,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(c) => gateway::run(c, config),
         Command::Client(c) => client::run(c, config),
         Command::Image(c) => image::run(c),
+        Command::Guest(c) => guest::run(c),
         Command::Config(c) => config::run(c, config),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

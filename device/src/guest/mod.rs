@@ -1,0 +1,490 @@
+//! The guest VM: the push-OS booted for real.
+//!
+//! [`start`] assembles the device's synced system tree into the guest's
+//! root disk and its EFI system partition, and the user tree into the user
+//! disk (both encrypted with LUKS under the disk key the host's TPM
+//! unsealed), starts a per-guest swtpm as the guest's vTPM, and boots qemu
+//! (q35, OVMF) on KVM where KVM really runs a guest and TCG otherwise.
+//! OVMF measures the guest's boot into its vTPM; the guest's init sends a
+//! quote of those PCRs (made with the key the host left in the vTPM) and
+//! the firmware's event log over the serial console, and runs only after
+//! the host has verified them against the guest reference. When the guest
+//! powers off, the user disk is read back into the user tree, so what the
+//! guest wrote checks in as today; the root disk is rebuilt from the
+//! pristine system tree whenever that tree changes.
+
+pub mod console;
+pub mod disk;
+mod qemu;
+pub mod vtpm;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use attest::{HashAlg, PcrBanks, Reference, Verdict};
+
+pub use qemu::{Accel, AccelChoice};
+
+/// Why the guest did not run to the end.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// A file or process operation.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A tool (mkfs, qemu-img, qemu, swtpm) failed.
+    #[error("{what}: {program} failed: {detail}")]
+    Tool {
+        /// What was being done.
+        what: &'static str,
+        /// The program.
+        program: String,
+        /// Its error output.
+        detail: String,
+    },
+    /// The system tree is not a bootable image.
+    #[error("the image cannot boot: {detail}")]
+    Image {
+        /// What is missing.
+        detail: String,
+    },
+    /// The disk key does not open a disk made with another key.
+    #[error("the disk key does not open {}: it was made with another key, and a wrong key never decrypts it (nothing was started)", disk.display())]
+    WrongKey {
+        /// The disk.
+        disk: PathBuf,
+    },
+    /// The guest's vTPM.
+    #[error(transparent)]
+    Tpm(#[from] attest::tpm::TpmError),
+    /// A state file.
+    #[error(transparent)]
+    File(#[from] persist::FileError),
+    /// A malformed protocol line from the guest.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    /// The guest did not prove its boot, or was refused.
+    #[error("guest refused: {0}")]
+    Refused(String),
+    /// The guest stopped or hung before it was ready.
+    #[error("the guest did not become ready: {0}")]
+    NotReady(String),
+}
+
+impl GuestError {
+    pub(crate) fn io(what: &'static str, source: std::io::Error) -> GuestError {
+        GuestError::Io { what, source }
+    }
+}
+
+/// Where the OVMF firmware is.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    /// The code (read-only pflash).
+    pub code: PathBuf,
+    /// The variable store template, copied once per guest.
+    pub vars: PathBuf,
+}
+
+impl Default for Firmware {
+    fn default() -> Firmware {
+        Firmware {
+            code: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            vars: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        }
+    }
+}
+
+/// How the guest's evidence is judged.
+pub enum Judge<'a> {
+    /// Against the signed guest reference: only a match runs.
+    Reference(&'a Reference),
+    /// Record a reference from this boot (on the build machine): the
+    /// quote must be the key's and the log must replay to it.
+    Record {
+        /// The reference's name.
+        name: String,
+    },
+}
+
+/// One guest start.
+pub struct GuestSpec<'a> {
+    /// The pulled system tree (the guest's root).
+    pub root: PathBuf,
+    /// The user tree, mounted at /home in the guest and read back after.
+    pub user: Option<PathBuf>,
+    /// The guest's state: vTPM, firmware variables, disks.
+    pub state: PathBuf,
+    /// The disk key; `None` leaves the disks unencrypted (image CI).
+    pub key: Option<&'a [u8]>,
+    /// Which accelerator.
+    pub accel: Accel,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// How long the guest has from the start to ready.
+    pub timeout: Duration,
+    /// After ready, how long to let it run before stopping it (None: until
+    /// it powers off by itself).
+    pub run_for: Option<Duration>,
+    /// The firmware.
+    pub firmware: Firmware,
+    /// The qemu program.
+    pub qemu: PathBuf,
+    /// How the evidence is judged.
+    pub judge: Judge<'a>,
+}
+
+/// Seconds from the start of the run to each milestone.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    /// Disks and vTPM made.
+    pub assembled: f64,
+    /// The firmware handed over to the kernel (its log begins).
+    pub kernel: Option<f64>,
+    /// The guest's init said hello (kernel and initramfs done).
+    pub hello: Option<f64>,
+    /// The guest said ready (its evidence verified).
+    pub ready: Option<f64>,
+    /// qemu exited.
+    pub stopped: Option<f64>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// The accelerator that ran the guest, and why.
+    pub accel: AccelChoice,
+    /// The guest's kernel release, once ready.
+    pub kernel: Option<String>,
+    /// The verdict on the guest's evidence (None: no evidence came).
+    pub verdict: Option<Verdict>,
+    /// The reference recorded from this boot ([`Judge::Record`]).
+    #[serde(skip)]
+    pub recorded: Option<Reference>,
+    /// Milestones.
+    pub timings: Timings,
+    /// The user tree was read back from the guest.
+    pub user_read_back: bool,
+}
+
+impl Outcome {
+    /// The guest proved its boot and said ready.
+    pub fn ready(&self) -> bool {
+        self.kernel.is_some() && self.verdict.as_ref().is_some_and(|v| v.trusted)
+    }
+}
+
+const ROOT_DISK: &str = "root.disk";
+const USER_DISK: &str = "user.disk";
+const ESP: &str = "esp.img";
+
+/// The name of the stage an event of the guest's boot belongs to.
+pub fn stage_of(event: &attest::eventlog::Event) -> &'static str {
+    let utf16: Vec<u8> = "vmlinuz".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    if event.pcr == 4
+        && event.event_type.to_string() == "EV_EFI_BOOT_SERVICES_APPLICATION"
+        && event.data.windows(utf16.len()).any(|w| w == utf16.as_slice())
+    {
+        "guest-kernel"
+    } else if event.pcr == 9 {
+        "guest-cmdline"
+    } else {
+        "guest-firmware"
+    }
+}
+
+/// Assemble, boot, verify, run and read back one guest. `echo` gets every
+/// console line (cleaned) as it arrives; `seen` gets the outcome once the
+/// guest stopped, also when the run then fails (a refusal's verdict names
+/// every mismatch).
+pub fn start(
+    spec: &GuestSpec<'_>,
+    echo: &mut dyn FnMut(&str),
+    seen: &mut dyn FnMut(&Outcome),
+) -> Result<Outcome, GuestError> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&spec.state)
+        .map_err(|e| GuestError::io("making the guest's state directory", e))?;
+    let key = spec.key.map(disk::KeyFile::new).transpose()?;
+    let vtpm_dir = spec.state.join("vtpm");
+    let ak = vtpm::provision(&vtpm_dir)?;
+
+    // The root: rebuilt when the system tree changed, else opened as kept.
+    let (kernel, initrd) = disk::boot_files(&spec.root)?;
+    let cmdline = disk::command_line(&spec.root)?;
+    let root_disk = spec.state.join(ROOT_DISK);
+    let stamp_path = spec.state.join("root.stamp");
+    let stamp = format!(
+        "{}\n{}\n{}\n",
+        disk::fingerprint(&spec.root),
+        cmdline,
+        if key.is_some() { "luks" } else { "raw" }
+    );
+    let kept = std::fs::read_to_string(&stamp_path).ok();
+    if kept.as_deref() != Some(stamp.as_str()) || !root_disk.exists() {
+        let raw = spec.state.join("root.raw");
+        disk::make_ext4(&raw, &spec.root, disk::ROOT_LABEL, 0)?;
+        disk::seal_disk(&raw, &root_disk, key.as_ref())?;
+        disk::make_esp(&spec.state.join(ESP), &kernel, &initrd, &cmdline)?;
+        persist::write_atomic(&stamp_path, stamp.as_bytes())?;
+    }
+    // The user disk: made from the user tree when that tree changed since
+    // it was last read back (a pull brought something), else kept.
+    let user_disk = spec.state.join(USER_DISK);
+    let user_stamp_path = spec.state.join("user.stamp");
+    if let Some(user) = &spec.user {
+        let fp = disk::fingerprint(user);
+        let kept = std::fs::read_to_string(&user_stamp_path).ok();
+        if kept.as_deref() != Some(fp.as_str()) || !user_disk.exists() {
+            let raw = spec.state.join("user.raw");
+            disk::make_ext4(&raw, user, disk::USER_LABEL, 256)?;
+            disk::seal_disk(&raw, &user_disk, key.as_ref())?;
+            persist::write_atomic(&user_stamp_path, fp.as_bytes())?;
+        }
+    }
+    if let Some(k) = &key {
+        disk::check_key(&root_disk, k)?;
+        if spec.user.is_some() {
+            disk::check_key(&user_disk, k)?;
+        }
+    }
+    let vars = spec.state.join("vars.fd");
+    if !vars.exists() {
+        std::fs::copy(&spec.firmware.vars, &vars)
+            .map_err(|e| GuestError::io("copying the firmware's variable store", e))?;
+    }
+
+    let accel = qemu::choose(spec)?;
+    let tpm = vtpm::start(&vtpm_dir)?;
+    let assembled = t0.elapsed().as_secs_f64();
+    let disks = qemu::Disks {
+        esp: spec.state.join(ESP),
+        root: root_disk,
+        user: spec.user.as_ref().map(|_| user_disk.clone()),
+        vars,
+    };
+    let mut run = qemu::Run::spawn(spec, &accel, &disks, key.as_ref(), &tpm.socket)?;
+    let mut outcome = Outcome {
+        accel,
+        kernel: None,
+        verdict: None,
+        recorded: None,
+        timings: Timings {
+            assembled,
+            ..Timings::default()
+        },
+        user_read_back: false,
+    };
+    let result = converse(spec, &ak, &mut run, &mut outcome, t0, echo);
+    let status = run.finish();
+    outcome.timings.stopped = Some(t0.elapsed().as_secs_f64());
+    drop(tpm);
+    seen(&outcome);
+    result?;
+    if !outcome.ready() {
+        return Err(GuestError::NotReady(format!(
+            "qemu exited ({status}) before the guest said ready{}",
+            run.stderr_tail()
+        )));
+    }
+    if let Some(user) = &spec.user {
+        disk::read_back(&user_disk, key.as_ref(), user)?;
+        persist::write_atomic(&user_stamp_path, disk::fingerprint(user).as_bytes())?;
+        outcome.user_read_back = true;
+    }
+    Ok(outcome)
+}
+
+/// The console conversation: nonce, evidence, verdict, ready, and the run.
+fn converse(
+    spec: &GuestSpec<'_>,
+    ak: &attest::tpm::AkFile,
+    run: &mut qemu::Run,
+    outcome: &mut Outcome,
+    t0: Instant,
+    echo: &mut dyn FnMut(&str),
+) -> Result<(), GuestError> {
+    use console::GuestLine;
+    let deadline = t0 + spec.timeout;
+    let mut stop_at: Option<Instant> = None;
+    let mut nonce = [0u8; 32];
+    let mut quote: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut logs: Vec<Vec<u8>> = Vec::new();
+    let mut said_hello = false;
+    let pcrs: Vec<u32> = match &spec.judge {
+        Judge::Reference(r) => r.pcrs.keys().copied().collect(),
+        Judge::Record { .. } => (0..=9).collect(),
+    };
+    loop {
+        let wait_until = stop_at.map_or(deadline, |s| s.min(deadline));
+        let line = match run.next_line(wait_until) {
+            qemu::Next::Line(l) => l,
+            qemu::Next::Closed => return Ok(()),
+            qemu::Next::TimedOut => {
+                if outcome.kernel.is_some() {
+                    return Ok(()); // ran for the time asked, or until the deadline
+                }
+                run.kill();
+                return Err(GuestError::NotReady(format!(
+                    "no ready within {} s (stopped){}",
+                    spec.timeout.as_secs(),
+                    run.stderr_tail()
+                )));
+            }
+        };
+        echo(&line);
+        if outcome.timings.kernel.is_none() && line.contains("Linux version") {
+            outcome.timings.kernel = Some(t0.elapsed().as_secs_f64());
+        }
+        let parsed = match console::parse(&line) {
+            Ok(p) => p,
+            Err(e) if outcome.verdict.is_none() => {
+                run.kill();
+                return Err(e.into());
+            }
+            Err(_) => continue, // after the verdict, only shown
+        };
+        match parsed {
+            GuestLine::Hello if !said_hello => {
+                said_hello = true;
+                outcome.timings.hello = Some(t0.elapsed().as_secs_f64());
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+                let selection = pcrs
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                run.say(&format!("nonce {} sha256:{selection}", hex::encode(nonce)))?;
+            }
+            GuestLine::Quote { attest, signature } if outcome.verdict.is_none() => {
+                quote = Some((attest, signature));
+            }
+            GuestLine::EventLog(log) if outcome.verdict.is_none() && logs.is_empty() => {
+                logs.push(log);
+            }
+            GuestLine::EvidenceEnd if said_hello && outcome.verdict.is_none() => {
+                let (attest, signature) = quote.take().unwrap_or_default();
+                let (verdict, recorded) = judge(spec, ak, &nonce, &pcrs, attest, signature, &logs);
+                let trusted = verdict.trusted;
+                outcome.verdict = Some(verdict);
+                outcome.recorded = recorded;
+                if !trusted {
+                    let _ = run.say("refused");
+                    run.kill();
+                    let failures = outcome
+                        .verdict
+                        .as_ref()
+                        .map(|v| v.failures.len())
+                        .unwrap_or(0);
+                    return Err(GuestError::Refused(format!(
+                        "its boot does not match the guest reference ({failures} failures); stopped before it ran"
+                    )));
+                }
+                run.say("trusted")?;
+            }
+            GuestLine::Ready { kernel } if outcome.verdict.as_ref().is_some_and(|v| v.trusted) => {
+                outcome.timings.ready = Some(t0.elapsed().as_secs_f64());
+                outcome.kernel = Some(kernel);
+                if let Some(d) = spec.run_for {
+                    stop_at = Some(Instant::now() + d);
+                }
+            }
+            GuestLine::Ready { .. } => {
+                // Ready before a verdict: the guest skipped its proof.
+                run.kill();
+                return Err(GuestError::Refused(
+                    "it said ready before its evidence was verified".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(s) = stop_at {
+            if Instant::now() >= s {
+                run.kill();
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Build the evidence from what the guest sent and judge it.
+fn judge(
+    spec: &GuestSpec<'_>,
+    ak: &attest::tpm::AkFile,
+    nonce: &[u8],
+    pcrs: &[u32],
+    attest: Vec<u8>,
+    signature: Vec<u8>,
+    logs: &[Vec<u8>],
+) -> (Verdict, Option<Reference>) {
+    use base64::Engine as _;
+    // The values the log replays to; the quote's digest must equal them.
+    let mut values = PcrBanks::new();
+    let parsed = logs.first().and_then(|l| attest::eventlog::parse(l).ok());
+    if let Some(log) = &parsed {
+        let replayed = attest::eventlog::replay(log, Default::default()).pcrs;
+        for &pcr in pcrs {
+            let v = replayed
+                .get(HashAlg::Sha256, pcr)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_else(|| HashAlg::Sha256.reset_value(0));
+            values.set(HashAlg::Sha256, pcr, v);
+        }
+    }
+    let evidence = attest::Evidence {
+        format: attest::evidence::FORMAT.to_owned(),
+        quote: attest,
+        signature,
+        ak_pem: ak.public_pem.clone(),
+        ak_public: base64::engine::general_purpose::STANDARD
+            .decode(&ak.tpm2b_public)
+            .ok(),
+        nonce: nonce.to_vec(),
+        pcrs: values,
+        event_logs: logs.to_vec(),
+    };
+    let pinned = attest::tpm2::PublicKey::from_pem(&ak.public_pem).ok();
+    match &spec.judge {
+        Judge::Reference(r) => (attest::verify(&evidence, r, nonce, pinned.as_ref()), None),
+        Judge::Record { name } => {
+            let Some(log) = parsed else {
+                let empty = Reference {
+                    format: attest::reference::FORMAT.to_owned(),
+                    name: name.clone(),
+                    version: 0,
+                    created: String::new(),
+                    banks: vec![HashAlg::Sha256],
+                    pcrs: Default::default(),
+                };
+                return (attest::verify(&evidence, &empty, nonce, pinned.as_ref()), None);
+            };
+            let mut reference = Reference::from_log(name, String::new(), &log, |i| {
+                log.events
+                    .get(i)
+                    .map(|e| stage_of(e).to_owned())
+                    .unwrap_or_default()
+            });
+            reference.banks = vec![HashAlg::Sha256];
+            reference.pcrs.retain(|p, _| pcrs.contains(p));
+            for r in reference.pcrs.values_mut() {
+                r.value.retain(|b, _| *b == HashAlg::Sha256);
+                for e in &mut r.events {
+                    e.digests.retain(|b, _| *b == HashAlg::Sha256);
+                }
+            }
+            let verdict = attest::verify(&evidence, &reference, nonce, pinned.as_ref());
+            (verdict, Some(reference))
+        }
+    }
+}
+
+/// Write `line` to a writer as one host protocol line.
+pub(crate) fn host_line(w: &mut dyn std::io::Write, line: &str) -> std::io::Result<()> {
+    w.write_all(format!("{}{line}\n", console::HOST).as_bytes())?;
+    w.flush()
+}
