@@ -331,8 +331,9 @@ pub fn blockdev(path: &Path, node: &str, key: Option<&str>) -> String {
 pub fn check_key(path: &Path, key: &KeyFile) -> Result<(), GuestError> {
     run(
         "opening the guest's disk with the disk key",
+        // `info` opens without unlocking a keyslot; `measure` unlocks one.
         Command::new("qemu-img")
-            .arg("info")
+            .args(["measure", "-O", "raw"])
             .arg("--object")
             .arg(key.object("key"))
             .arg("--image-opts")

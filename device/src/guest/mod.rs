@@ -214,10 +214,24 @@ pub fn start(
     let vtpm_dir = spec.state.join("vtpm");
     let ak = vtpm::provision(&vtpm_dir)?;
 
+    // A disk kept from an earlier run must open with this key before
+    // anything is rebuilt or started: a wrong key never decrypts it.
+    let root_disk = spec.state.join(ROOT_DISK);
+    let user_disk = spec.state.join(USER_DISK);
+    let user_stamp_path = spec.state.join("user.stamp");
+    let user_fp = spec.user.as_deref().map(disk::fingerprint);
+    let keep_user = user_fp.is_some()
+        && user_disk.exists()
+        && std::fs::read_to_string(&user_stamp_path).ok() == user_fp;
+    if let Some(k) = &key {
+        if keep_user {
+            disk::check_key(&user_disk, k)?;
+        }
+    }
+
     // The root: rebuilt when the system tree changed, else opened as kept.
     let (kernel, initrd) = disk::boot_files(&spec.root)?;
     let cmdline = disk::command_line(&spec.root)?;
-    let root_disk = spec.state.join(ROOT_DISK);
     let stamp_path = spec.state.join("root.stamp");
     let stamp = format!(
         "{}\n{}\n{}\n",
@@ -232,25 +246,17 @@ pub fn start(
         disk::seal_disk(&raw, &root_disk, key.as_ref())?;
         disk::make_esp(&spec.state.join(ESP), &kernel, &initrd, &cmdline)?;
         persist::write_atomic(&stamp_path, stamp.as_bytes())?;
+    } else if let Some(k) = &key {
+        disk::check_key(&root_disk, k)?;
     }
     // The user disk: made from the user tree when that tree changed since
     // it was last read back (a pull brought something), else kept.
-    let user_disk = spec.state.join(USER_DISK);
-    let user_stamp_path = spec.state.join("user.stamp");
-    if let Some(user) = &spec.user {
-        let fp = disk::fingerprint(user);
-        let kept = std::fs::read_to_string(&user_stamp_path).ok();
-        if kept.as_deref() != Some(fp.as_str()) || !user_disk.exists() {
+    if let (Some(user), Some(fp)) = (&spec.user, &user_fp) {
+        if !keep_user {
             let raw = spec.state.join("user.raw");
             disk::make_ext4(&raw, user, disk::USER_LABEL, 256)?;
             disk::seal_disk(&raw, &user_disk, key.as_ref())?;
             persist::write_atomic(&user_stamp_path, fp.as_bytes())?;
-        }
-    }
-    if let Some(k) = &key {
-        disk::check_key(&root_disk, k)?;
-        if spec.user.is_some() {
-            disk::check_key(&user_disk, k)?;
         }
     }
     let vars = spec.state.join("vars.fd");
