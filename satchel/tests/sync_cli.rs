@@ -1525,3 +1525,237 @@ fn the_image_build_signs_the_reference_for_the_whole_chain_in_one_step() {
     assert!(!o.status.success());
     assert!(!w.p("x.json").exists());
 }
+
+/// `satchel` with the host's TPM named.
+fn satchel_tpm(tcti: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(args)
+        .env("SATCHEL_TPM", tcti)
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot() {
+    if !common::root_with("qemu-system-x86_64") || !common::root_with("debootstrap") {
+        return;
+    }
+    let w = world();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let src = w.p("guest-src");
+    let o = Command::new(repo.join("scripts/debian-root.sh"))
+        .arg("--guest")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What the guest does once trusted: read what the device put in the user
+    // tree, write something back.
+    std::fs::write(
+        src.join("etc/satchel/guest-run"),
+        "#!/bin/sh\necho \"satchel-guest: pupil's note says: $(cat /home/pupil/note)\"\n\
+         uname -r > /home/pupil/written-in-the-guest\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        src.join("etc/satchel/guest-run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    w.build("classroom", "base-os", "guest-src");
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &["--layers", "base-os"]);
+    let root = w.s("root/base-os");
+    std::fs::create_dir_all(w.p("home/pupil")).unwrap();
+    std::fs::write(w.p("home/pupil/note"), "from the device\n").unwrap();
+
+    // The guest reference, recorded on this (the build) machine.
+    ok(&["keygen", "--out", &w.s("org.key")]);
+    let out = ok(&[
+        "guest",
+        "reference",
+        "--root",
+        &root,
+        "--state",
+        &w.s("ref-guest"),
+        "--sign-key",
+        &w.s("org.key"),
+        "--out",
+        &w.s("guest-ref.json"),
+        "--accel",
+        "tcg",
+        "-q",
+    ]);
+    assert!(out.contains("9 PCRs: 0,1,2,3,4,5,6,7,9"), "{out}");
+
+    // The host: a measured chain in its TPM, the disk key sealed to it.
+    let swtpm = tpm_sim_tests::Swtpm::start().unwrap();
+    let t = swtpm.tcti();
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(repo.join("examples/boot-chain"))
+        .arg(w.p("chain"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let host = |args: &[&str]| {
+        let o = satchel_tpm(&t, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    host(&[
+        "predict",
+        "--chain",
+        &w.s("chain/chain.toml"),
+        "--sign-key",
+        &w.s("org.key"),
+        "--out",
+        &w.s("ref.json"),
+    ]);
+    host(&[
+        "measure",
+        "--chain",
+        &w.s("chain/chain.toml"),
+        "--log",
+        &w.s("boot.log"),
+    ]);
+    std::fs::write(w.p("disk.key"), noise(32, 7)).unwrap();
+    host(&[
+        "seal",
+        "--pcrs",
+        "4,8,9",
+        "--in",
+        &w.s("disk.key"),
+        "--out",
+        &w.s("disk.sealed"),
+    ]);
+    let start = |key: &[&str], junit: &str| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "guest",
+            "start",
+            "--root",
+            &root,
+            "--user",
+            &w.s("home"),
+            "--state",
+            &w.s("guest"),
+            "--reference",
+            &w.s("guest-ref.json"),
+            "--reference-key",
+            &w.s("org.key.pub"),
+            "--accel",
+            "tcg",
+            "--junit",
+            &w.s(junit),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(key.iter().map(|s| (*s).to_owned()));
+        args
+    };
+
+    // The gate checks the host's chain, unseals the key, and starts the
+    // guest, which proves its own boot before it runs.
+    let guest_args = start(&[], "ok.xml");
+    let mut gate = vec![
+        "launch",
+        "--log",
+        &w.s("boot.log"),
+        "--reference",
+        &w.s("ref.json"),
+        "--reference-key",
+        &w.s("org.key.pub"),
+        "--sealed",
+        &w.s("disk.sealed"),
+        "--",
+        env!("CARGO_BIN_EXE_satchel"),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    gate.extend(guest_args);
+    let gate: Vec<&str> = gate.iter().map(String::as_str).collect();
+    let o = satchel_tpm(&t, &gate);
+    let (said, shown) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "{said}{shown}");
+    assert!(said.contains("guest ready: kernel 6.1."), "{said}");
+    assert!(said.contains("accelerator tcg"), "{said}");
+    assert!(
+        shown.contains("satchel-guest: ready kernel=6.1."),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("pupil's note says: from the device"),
+        "{shown}"
+    );
+    // What the guest wrote came back to the device's user tree.
+    let written = std::fs::read_to_string(w.p("home/pupil/written-in-the-guest")).unwrap();
+    assert!(written.starts_with("6.1."), "{written}");
+    assert_eq!(
+        std::fs::read_to_string(w.p("home/pupil/note")).unwrap(),
+        "from the device\n"
+    );
+    let report = std::fs::read_to_string(w.p("ok.xml")).unwrap();
+    assert!(
+        report.contains("tests=\"15\"") && report.contains("failures=\"0\""),
+        "{report}"
+    );
+    assert!(report.contains("name=\"stage guest-kernel\""), "{report}");
+    // The disks at rest are LUKS, not the file systems.
+    let head = std::fs::read(w.p("guest/user.disk")).unwrap();
+    assert_eq!(&head[..6], b"LUKS\xba\xbe");
+
+    // A wrong disk key opens nothing, and nothing boots.
+    std::fs::write(w.p("wrong.key"), noise(32, 8)).unwrap();
+    let o = satchel(
+        &start(&["--key-file", &w.s("wrong.key")], "wrong.xml")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("does not open") && shown.contains("user.disk"),
+        "{shown}"
+    );
+    assert!(!shown.contains("satchel-guest:"), "{shown}");
+
+    // One changed byte of the guest's kernel (in its DOS header, which no
+    // loader reads but the measurement covers): refused at the guest's
+    // attestation, naming the stage, before it runs.
+    let kernel = std::fs::read_link(w.p("root/base-os/vmlinuz")).unwrap();
+    let kernel = w.p("root/base-os").join(kernel);
+    let mut bytes = std::fs::read(&kernel).unwrap();
+    bytes[16] ^= 1;
+    std::fs::write(&kernel, &bytes).unwrap();
+    let o = satchel(
+        &start(&["--key-file", &w.s("disk.key")], "bad.xml")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("stage \"guest-kernel\" measured something else"),
+        "{shown}"
+    );
+    assert!(shown.contains("PCR 4"), "{shown}");
+    assert!(!shown.contains("satchel-guest: ready"), "{shown}");
+    let report = std::fs::read_to_string(w.p("bad.xml")).unwrap();
+    let kernel_case = report.split("name=\"stage guest-kernel\"").nth(1).unwrap();
+    assert!(
+        kernel_case.trim_start().starts_with("><failure") || kernel_case.contains("<failure"),
+        "{report}"
+    );
+    assert!(report.contains("failures=\"3\""), "{report}");
+}

@@ -231,26 +231,33 @@ impl Tpm {
     pub fn persist_ak(&mut self, ak_file: &AkFile, handle: u32) -> Result<(), TpmError> {
         const WHAT: &str = "TPM2_EvictControl (AK)";
         let persistent = PersistentTpmHandle::new(handle).map_err(command(WHAT))?;
-        let target = tss_esapi::interface_types::dynamic_handles::Persistent::Persistent(persistent);
+        let target =
+            tss_esapi::interface_types::dynamic_handles::Persistent::Persistent(persistent);
         if let Ok(old) = self
             .ctx
             .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
         {
             self.ctx
                 .execute_with_session(Some(AuthSession::Password), |c| {
-                    c.evict_control(tss_esapi::interface_types::resource_handles::Provision::Owner, old, target)
+                    c.evict_control(
+                        tss_esapi::interface_types::resource_handles::Provision::Owner,
+                        old,
+                        target,
+                    )
                 })
                 .map_err(command(WHAT))?;
         }
         let (ak, ek, transient) = self.load_ak(ak_file)?;
         self.release(ek, transient);
-        let made = self.ctx.execute_with_session(Some(AuthSession::Password), |c| {
-            c.evict_control(
-                tss_esapi::interface_types::resource_handles::Provision::Owner,
-                ObjectHandle::from(ak),
-                target,
-            )
-        });
+        let made = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.evict_control(
+                    tss_esapi::interface_types::resource_handles::Provision::Owner,
+                    ObjectHandle::from(ak),
+                    target,
+                )
+            });
         let _ = self.ctx.flush_context(ObjectHandle::from(ak));
         made.map(|_| ()).map_err(command(WHAT))
     }

@@ -140,7 +140,10 @@ mod tests {
     #[test]
     fn protocol_lines_parse_and_the_rest_is_shown_only() {
         assert_eq!(parse("satchel-guest: hello"), Ok(GuestLine::Hello));
-        assert_eq!(parse("satchel-guest: evidence-end"), Ok(GuestLine::EvidenceEnd));
+        assert_eq!(
+            parse("satchel-guest: evidence-end"),
+            Ok(GuestLine::EvidenceEnd)
+        );
         assert_eq!(
             parse("satchel-guest: quote AQI= AwQ="),
             Ok(GuestLine::Quote {

@@ -36,8 +36,11 @@ impl KeyFile {
         let key = hex::encode(key);
         let key = key.as_bytes();
         use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
-        let fd = memfd_create("satchel-guest-key", MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC)
-            .map_err(|e| GuestError::io("memfd_create for the disk key", e.into()))?;
+        let fd = memfd_create(
+            "satchel-guest-key",
+            MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC,
+        )
+        .map_err(|e| GuestError::io("memfd_create for the disk key", e.into()))?;
         let mut file = fs::File::from(fd);
         file.write_all(key)
             .map_err(|e| GuestError::io("writing the disk key to memory", e))?;
@@ -158,18 +161,16 @@ pub fn command_line(root: &Path) -> Result<String, GuestError> {
 
 /// The EFI system partition: the kernel, the initrd and a `startup.nsh`
 /// that the firmware's shell runs to boot them with `cmdline`.
-pub fn make_esp(
-    out: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    cmdline: &str,
-) -> Result<(), GuestError> {
+pub fn make_esp(out: &Path, kernel: &Path, initrd: &Path, cmdline: &str) -> Result<(), GuestError> {
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let kib = (size(kernel) + size(initrd)) / 1024 + 8 * 1024;
     let _ = fs::remove_file(out);
     run(
         "making the EFI system partition",
-        Command::new("mkfs.fat").arg("-C").arg(out).arg(kib.to_string()),
+        Command::new("mkfs.fat")
+            .arg("-C")
+            .arg(out)
+            .arg(kib.to_string()),
     )?;
     let script = out.with_extension("nsh");
     fs::write(
@@ -294,7 +295,14 @@ pub fn seal_disk(raw: &Path, out: &Path, key: Option<&KeyFile>) -> Result<(), Gu
                         .arg("convert")
                         .arg("--object")
                         .arg(k.object("key"))
-                        .args(["-f", "raw", "-O", "luks", "-o", "key-secret=key,iter-time=100"])
+                        .args([
+                            "-f",
+                            "raw",
+                            "-O",
+                            "luks",
+                            "-o",
+                            "key-secret=key,iter-time=100",
+                        ])
                         .arg(raw)
                         .arg(&tmp),
                 );

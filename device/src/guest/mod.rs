@@ -185,10 +185,16 @@ const ESP: &str = "esp.img";
 
 /// The name of the stage an event of the guest's boot belongs to.
 pub fn stage_of(event: &attest::eventlog::Event) -> &'static str {
-    let utf16: Vec<u8> = "vmlinuz".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let utf16: Vec<u8> = "vmlinuz"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
     if event.pcr == 4
         && event.event_type.to_string() == "EV_EFI_BOOT_SERVICES_APPLICATION"
-        && event.data.windows(utf16.len()).any(|w| w == utf16.as_slice())
+        && event
+            .data
+            .windows(utf16.len())
+            .any(|w| w == utf16.as_slice())
     {
         "guest-kernel"
     } else if event.pcr == 9 {
@@ -467,7 +473,10 @@ fn judge(
                     banks: vec![HashAlg::Sha256],
                     pcrs: Default::default(),
                 };
-                return (attest::verify(&evidence, &empty, nonce, pinned.as_ref()), None);
+                return (
+                    attest::verify(&evidence, &empty, nonce, pinned.as_ref()),
+                    None,
+                );
             };
             let mut reference = Reference::from_log(name, String::new(), &log, |i| {
                 log.events

@@ -72,7 +72,10 @@ pub(super) fn choose(spec: &GuestSpec<'_>) -> Result<AccelChoice, GuestError> {
             match probe_kvm(spec) {
                 Ok(()) => Ok(AccelChoice {
                     used: "kvm",
-                    why: format!("a firmware-only guest ran {} s under KVM", KVM_PROBE.as_secs()),
+                    why: format!(
+                        "a firmware-only guest ran {} s under KVM",
+                        KVM_PROBE.as_secs()
+                    ),
                 }),
                 Err(why) => Ok(AccelChoice {
                     used: "tcg",
@@ -88,7 +91,15 @@ fn probe_kvm(spec: &GuestSpec<'_>) -> Result<(), String> {
     std::fs::copy(&spec.firmware.vars, &vars).map_err(|e| e.to_string())?;
     let mut child = Command::new(&spec.qemu)
         .args(["-machine", "q35", "-accel", "kvm", "-m", "256"])
-        .args(["-display", "none", "-vga", "none", "-nodefaults", "-net", "none"])
+        .args([
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-nodefaults",
+            "-net",
+            "none",
+        ])
         .args(["-serial", "null", "-monitor", "none"])
         .arg("-drive")
         .arg(pflash(&spec.firmware.code, true))
@@ -273,7 +284,10 @@ impl Run {
     /// Send one protocol line to the guest.
     pub(super) fn say(&mut self, line: &str) -> Result<(), GuestError> {
         let stdin = self.stdin.as_mut().ok_or_else(|| {
-            GuestError::io("answering the guest", std::io::Error::other("console closed"))
+            GuestError::io(
+                "answering the guest",
+                std::io::Error::other("console closed"),
+            )
         })?;
         super::host_line(stdin, line).map_err(|e| GuestError::io("answering the guest", e))
     }

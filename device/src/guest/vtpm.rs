@@ -119,7 +119,8 @@ pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
     let _ = child.kill();
     let _ = child.wait();
     let ak = made?;
-    let json = serde_json::to_vec_pretty(&ak).map_err(|e| GuestError::io("writing ak.json", e.into()))?;
+    let json =
+        serde_json::to_vec_pretty(&ak).map_err(|e| GuestError::io("writing ak.json", e.into()))?;
     persist::write_secret(&file, &json)?;
     Ok(ak)
 }

@@ -46,10 +46,18 @@ pub(crate) struct VmArgs {
     #[arg(long, default_value = "qemu-system-x86_64", value_name = "PROGRAM")]
     qemu: PathBuf,
     /// OVMF's code (read-only firmware).
-    #[arg(long, default_value = "/usr/share/OVMF/OVMF_CODE_4M.fd", value_name = "FILE")]
+    #[arg(
+        long,
+        default_value = "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        value_name = "FILE"
+    )]
     ovmf_code: PathBuf,
     /// OVMF's variable store template (copied once per guest).
-    #[arg(long, default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd", value_name = "FILE")]
+    #[arg(
+        long,
+        default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        value_name = "FILE"
+    )]
     ovmf_vars: PathBuf,
     /// Do not show the guest's console on stderr.
     #[arg(long, short)]
@@ -167,9 +175,16 @@ fn echo(quiet: bool) -> impl FnMut(&str) {
             return;
         }
         // The evidence lines are long base64; their size says enough.
-        match line.split_once(" quote ").or_else(|| line.split_once(" eventlog ")) {
+        match line
+            .split_once(" quote ")
+            .or_else(|| line.split_once(" eventlog "))
+        {
             Some((head, rest)) if line.len() > 160 => {
-                let word = if line.contains(" quote ") { "quote" } else { "eventlog" };
+                let word = if line.contains(" quote ") {
+                    "quote"
+                } else {
+                    "eventlog"
+                };
                 eprintln!("guest| {head} {word} ({} base64 characters)", rest.len());
             }
             _ => eprintln!("guest| {line}"),
@@ -192,7 +207,8 @@ fn read_key(a: &StartArgs) -> anyhow::Result<Option<Vec<u8>>> {
             .into())
         }
     };
-    let key = std::fs::read(&path).with_context(|| format!("reading the disk key {}", path.display()))?;
+    let key =
+        std::fs::read(&path).with_context(|| format!("reading the disk key {}", path.display()))?;
     if key.is_empty() {
         return Err(Exit::new(2, format!("the disk key {} is empty", path.display())).into());
     }
@@ -240,7 +256,11 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         outcome_for_report = Some(o.clone());
     });
     if let Some(path) = &a.junit {
-        let report = junit(&reference, outcome_for_report.as_ref(), result.as_ref().err());
+        let report = junit(
+            &reference,
+            outcome_for_report.as_ref(),
+            result.as_ref().err(),
+        );
         super::write_atomic(path, report.as_bytes())?;
     }
     let outcome = match result {
@@ -248,7 +268,13 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         Err(e) => {
             if let Some(v) = outcome_for_report.as_ref().and_then(|o| o.verdict.as_ref()) {
                 for f in &v.failures {
-                    eprintln!("  {}{f}", f.stage.as_deref().map(|s| format!("[{s}] ")).unwrap_or_default());
+                    eprintln!(
+                        "  {}{f}",
+                        f.stage
+                            .as_deref()
+                            .map(|s| format!("[{s}] "))
+                            .unwrap_or_default()
+                    );
                 }
             }
             return Err(refused(e));
@@ -264,8 +290,15 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
 
 fn reference(a: ReferenceArgs) -> anyhow::Result<()> {
     let key = persist::keys::read_private(&a.sign_key)?;
-    let spec = spec(&a.vm, Judge::Record { name: a.name.clone() }, None);
-    let outcome = device::guest::start(&spec, &mut echo(a.vm.quiet), &mut |_| {}).map_err(refused)?;
+    let spec = spec(
+        &a.vm,
+        Judge::Record {
+            name: a.name.clone(),
+        },
+        None,
+    );
+    let outcome =
+        device::guest::start(&spec, &mut echo(a.vm.quiet), &mut |_| {}).map_err(refused)?;
     let mut reference = outcome
         .recorded
         .clone()
@@ -284,7 +317,12 @@ fn reference(a: ReferenceArgs) -> anyhow::Result<()> {
         a.out.display(),
         reference.version,
         reference.pcrs.len(),
-        reference.pcrs.keys().map(u32::to_string).collect::<Vec<_>>().join(","),
+        reference
+            .pcrs
+            .keys()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         attest::reference::key_id(&key.verifying_key())
     );
     Ok(())
@@ -301,7 +339,10 @@ fn junit(reference: &attest::Reference, o: Option<&Outcome>, err: Option<&GuestE
     let mut suite = TestSuite::new(format!("satchel guest {}", reference.name));
     let verdict = o.and_then(|o| o.verdict.as_ref());
     let why_not = |what: &str| {
-        err.map_or_else(|| format!("{what}: not reached"), |e| format!("{what}: not reached: {e}"))
+        err.map_or_else(
+            || format!("{what}: not reached"),
+            |e| format!("{what}: not reached: {e}"),
+        )
     };
     // Boot reached the guest's init.
     let hello = o.and_then(|o| o.timings.hello);
