@@ -8,7 +8,8 @@
 #   3. the client measures its boot chain and image layers, enrolls, attests
 #   4. pull the image over mTLS, change a user file, push it back
 #   5. URLs through the proxy, programs through `satchel run` (and the agent)
-#   6. launch the guest through the launch gate
+#   6. launch the guest through the launch gate: a Debian guest booted in qemu
+#      that proves its own boot (as root, with qemu; DEMO_GUEST=0: a stand-in)
 #   7. tamper one boot stage: attestation and launch refused, naming it
 #   8. verify the audit trail and summarise it
 #
@@ -236,9 +237,29 @@ done_ "proxy: /lessons/1.txt allowed (200), /games/1.txt denied (403: $WHY); sat
 begin 6 launch
 head -c 32 /dev/urandom > "$OUT/disk.key"
 run "$SATCHEL" seal --pcrs 4,8,9,13 --in "$OUT/disk.key" --out "$OUT/disk.sealed"
-GUEST=$(out "$SATCHEL" launch --log "$OUT/boot.log" --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" \
-  --sealed "$OUT/disk.sealed" -- sh -c 'echo "guest started with a $(wc -c < "$SATCHEL_KEY_FILE")-byte disk key from an in-memory file"')
-done_ "launch gate: log replayed = TPM PCRs = reference, disk key unsealed (PCRs 4,8,9,13; launch PCR 15 closed after, so this boot cannot unseal it again); the guest said: \"$GUEST\""
+GATE="launch gate: log replayed = TPM PCRs = reference, disk key unsealed (PCRs 4,8,9,13; launch PCR 15 closed after, so this boot cannot unseal it again)"
+if [ "$(id -u)" = 0 ] && command -v qemu-system-x86_64 >/dev/null && command -v debootstrap >/dev/null \
+   && [ "${DEMO_GUEST:-1}" = 1 ]; then
+  # The real guest (docs/guest.md): Debian 12 with its cloud kernel, made once and
+  # cached; its boot measured by OVMF into its own vTPM and proved before it runs.
+  run scripts/debian-root.sh --guest "$OUT/guest-root"
+  printf '#!/bin/sh\necho "satchel-guest: hello from the pushed OS, kernel $(uname -r), user files: $(ls /home | grep -v lost+found | tr "\\n" " ")"\necho "written in the guest" > /home/pupil/from-the-guest\n' \
+    > "$OUT/guest-root/etc/satchel/guest-run"
+  chmod 755 "$OUT/guest-root/etc/satchel/guest-run"
+  mkdir -p "$OUT/guest-home/pupil"; echo "homework" > "$OUT/guest-home/pupil/notes"
+  run "$SATCHEL" guest reference --root "$OUT/guest-root" --state "$OUT/guest-ref-state" \
+    --sign-key "$OUT/org.key" --out "$OUT/guest-reference.json" -q
+  GUEST=$(out "$SATCHEL" launch --log "$OUT/boot.log" --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" \
+    --sealed "$OUT/disk.sealed" -- "$SATCHEL" guest start --root "$OUT/guest-root" --user "$OUT/guest-home" \
+    --state "$OUT/guest" --reference "$OUT/guest-reference.json" --reference-key "$OUT/org.key.pub")
+  [ -f "$OUT/guest-home/pupil/from-the-guest" ] || fail "what the guest wrote did not come back to the user tree"
+  SAID=$(grep -a "satchel-guest: hello from" "$LOG" | tail -1 | sed 's/.*satchel-guest: //')
+  done_ "$GATE; the guest booted in qemu and proved its own boot ($GUEST); the guest said: \"$SAID\"; what it wrote came back"
+else
+  GUEST=$(out "$SATCHEL" launch --log "$OUT/boot.log" --reference "$OUT/reference.json" --reference-key "$OUT/org.key.pub" \
+    --sealed "$OUT/disk.sealed" -- sh -c 'echo "guest started with a $(wc -c < "$SATCHEL_KEY_FILE")-byte disk key from an in-memory file"')
+  done_ "$GATE; the guest said: \"$GUEST\" (a stand-in: the real guest needs root, qemu and debootstrap)"
+fi
 
 # ---------------------------------------------------------------------------
 begin 7 tamper
