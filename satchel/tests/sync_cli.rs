@@ -1759,3 +1759,210 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     );
     assert!(report.contains("failures=\"3\""), "{report}");
 }
+
+/// The guest image's source at `rel` (`debian-root.sh --guest`), with a
+/// guest-run that says the image's release (`/etc/satchel-release`).
+fn guest_source(w: &World, rel: &str, release: &str) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let src = w.p(rel);
+    let o = Command::new(repo.join("scripts/debian-root.sh"))
+        .arg("--guest")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(src.join("etc/satchel-release"), format!("{release}\n")).unwrap();
+    std::fs::write(
+        src.join("etc/satchel/guest-run"),
+        "#!/bin/sh\necho \"satchel-guest: release $(cat /etc/satchel-release)\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        src.join("etc/satchel/guest-run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
+    if !common::root_with("qemu-system-x86_64") || !common::root_with("debootstrap") {
+        return;
+    }
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    guest_source(&w, "guest-src", "v1");
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(repo.join("examples/boot-chain"))
+        .arg(w.p("chain"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    ok(&["keygen", "--out", &w.s("org.key")]);
+    ok(&["keygen", "--p256", "--out", &w.s("policy.key")]);
+    // Build, and sign the whole chain's reference, in one step.
+    let build = |version: &str| {
+        ok(&[
+            "image",
+            "build",
+            "--data",
+            &gw,
+            "--image",
+            "classroom",
+            "--layer",
+            &format!("base-os={}", w.s("guest-src")),
+            "--chain",
+            &w.s("chain/chain.toml"),
+            "--sign-key",
+            &w.s("org.key"),
+            "--reference-out",
+            &w.s(&format!("ref-{version}.json")),
+        ]);
+        // The device's chain for this version: the gateway's stages for it.
+        let mut chain = std::fs::read_to_string(w.p("chain/chain.toml")).unwrap();
+        chain.push('\n');
+        chain
+            .push_str(&std::fs::read_to_string(w.gw.join("images/classroom.stages.toml")).unwrap());
+        std::fs::write(w.p(&format!("chain/boot-{version}.toml")), chain).unwrap();
+    };
+    build("v1");
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &["--layers", "base-os"]);
+    let root = w.s("root/base-os");
+    ok(&[
+        "guest",
+        "reference",
+        "--root",
+        &root,
+        "--state",
+        &w.s("ref-guest"),
+        "--sign-key",
+        &w.s("org.key"),
+        "--out",
+        &w.s("guest-ref.json"),
+        "--accel",
+        "tcg",
+        "-q",
+    ]);
+
+    let mut swtpm = tpm_sim_tests::Swtpm::start().unwrap();
+    let host = |t: &str, args: &[&str]| satchel_tpm(t, args);
+    let measured = |t: &str, version: &str| {
+        let o = host(
+            t,
+            &[
+                "measure",
+                "--chain",
+                &w.s(&format!("chain/boot-{version}.toml")),
+                "--log",
+                &w.s(&format!("boot-{version}.log")),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let sign_policy = |version: &str| {
+        ok(&[
+            "pcr-policy",
+            "sign",
+            "--reference",
+            &w.s(&format!("ref-{version}.json")),
+            "--reference-key",
+            &w.s("org.key.pub"),
+            "--pcrs",
+            "4,8,9,13",
+            "--sign-key",
+            &w.s("policy.key"),
+            "--out",
+            &w.s(&format!("policy-{version}.json")),
+        ]);
+    };
+    let launch = |t: &str, boot: &str, policy: &str| {
+        host(
+            t,
+            &[
+                "launch",
+                "--log",
+                &w.s(&format!("boot-{boot}.log")),
+                "--reference",
+                &w.s(&format!("ref-{boot}.json")),
+                "--reference-key",
+                &w.s("org.key.pub"),
+                "--sealed",
+                &w.s("disk.sealed"),
+                "--policy-key",
+                &w.s("policy.key.pub"),
+                "--policy",
+                &w.s(&format!("policy-{policy}.json")),
+                "--",
+                env!("CARGO_BIN_EXE_satchel"),
+                "guest",
+                "start",
+                "--root",
+                &root,
+                "--state",
+                &w.s("guest"),
+                "--reference",
+                &w.s("guest-ref.json"),
+                "--reference-key",
+                &w.s("org.key.pub"),
+                "--accel",
+                "tcg",
+            ],
+        )
+    };
+    let t = swtpm.tcti();
+    measured(&t, "v1");
+    // Sealed once, to the organisation's policy key.
+    std::fs::write(w.p("disk.key"), noise(32, 11)).unwrap();
+    let o = host(
+        &t,
+        &[
+            "seal",
+            "--policy-key",
+            &w.s("policy.key.pub"),
+            "--in",
+            &w.s("disk.key"),
+            "--out",
+            &w.s("disk.sealed"),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    sign_policy("v1");
+    let o = launch(&t, "v1", "v1");
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains("satchel-guest: release v1"), "{shown}");
+
+    // The security update: new package files in the system layer.
+    let src = w.p("guest-src");
+    std::fs::write(src.join("etc/satchel-release"), "v1u\n").unwrap();
+    let mut libc = std::fs::read(src.join("usr/bin/ls")).unwrap();
+    libc.extend_from_slice(b"\0patched");
+    std::fs::write(src.join("usr/bin/ls"), libc).unwrap();
+    build("v1u");
+    let st = w.pull_stats("c1", "root", &["--layers", "base-os"]);
+    assert_eq!(st["files_changed"], 2, "{st}");
+    // The device reboots on v1u: PCR 13 holds the new layer.
+    swtpm.reboot().unwrap();
+    let t = swtpm.tcti();
+    measured(&t, "v1u");
+    sign_policy("v1u");
+    // v1's signed policy does not unseal on v1u; nothing starts.
+    let o = launch(&t, "v1u", "v1");
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("did not unseal"), "{shown}");
+    assert!(!shown.contains("satchel-guest:"), "{shown}");
+    // v1u's policy unseals the same sealed key (not sealed again), the
+    // chain matches v1u's reference, and the guest boots v1u.
+    let o = launch(&t, "v1u", "v1u");
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains("satchel-guest: release v1u"), "{shown}");
+    assert!(
+        shown.contains("satchel-guest: ready kernel=6.1."),
+        "{shown}"
+    );
+}

@@ -135,6 +135,36 @@ impl Swtpm {
         self.dir.path()
     }
 
+    /// Power-cycle the TPM: stop swtpm and start it again on the same state
+    /// (new ports; see [`Swtpm::tcti`]). What is persistent survives (seeds,
+    /// so keys and sealed objects made before still load; persistent
+    /// handles; NV), the PCRs start from their reset values, as after a
+    /// reboot.
+    pub fn reboot(&mut self) -> io::Result<()> {
+        stop(&mut self.child);
+        let mut last_output = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port_pair()?;
+            let mut child = spawn_swtpm(self.dir.path(), port)?;
+            match wait_ready(&mut child, self.dir.path(), port)? {
+                Readiness::Ready => {
+                    self.child = child;
+                    self.port = port;
+                    return Ok(());
+                }
+                Readiness::Exited => last_output = output(self.dir.path()),
+                Readiness::TimedOut => {
+                    stop(&mut child);
+                    return Err(timed_out(port, &output(self.dir.path())));
+                }
+            }
+        }
+        Err(io::Error::other(format!(
+            "swtpm did not come back on {START_ATTEMPTS} port pairs; last output: {}",
+            last_output.trim()
+        )))
+    }
+
     /// Start swtpm with its state in `dir`, on new port pairs until one works.
     fn start_in(dir: TempDir) -> io::Result<Swtpm> {
         let mut last_output = String::new();
