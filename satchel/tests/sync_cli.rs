@@ -1554,8 +1554,8 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     // tree, write something back.
     std::fs::write(
         src.join("etc/satchel/guest-run"),
-        "#!/bin/sh\necho \"satchel-guest: pupil's note says: $(cat /home/pupil/note)\"\n\
-         uname -r > /home/pupil/written-in-the-guest\n",
+        "#!/bin/sh\necho \"satchel-guest: the notes say: $(cat /home/Documents/notes.txt)\"\n\
+         uname -r > /home/Documents/written-in-the-guest\n",
     )
     .unwrap();
     std::fs::set_permissions(
@@ -1565,10 +1565,8 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     .unwrap();
     w.build("classroom", "base-os", "guest-src");
     w.device("c1", "laptop-1");
-    w.pull_stats("c1", "root", &["--layers", "base-os"]);
+    w.pull_stats("c1", "root", &[]);
     let root = w.s("root/base-os");
-    std::fs::create_dir_all(w.p("home/pupil")).unwrap();
-    std::fs::write(w.p("home/pupil/note"), "from the device\n").unwrap();
 
     // The guest reference, recorded on this (the build) machine.
     ok(&["keygen", "--out", &w.s("org.key")]);
@@ -1640,7 +1638,7 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
             "--root",
             &root,
             "--user",
-            &w.s("home"),
+            &w.s("root/user-data"),
             "--state",
             &w.s("guest"),
             "--reference",
@@ -1692,16 +1690,25 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         shown.contains("satchel-guest: ready kernel=6.1."),
         "{shown}"
     );
-    assert!(
-        shown.contains("pupil's note says: from the device"),
-        "{shown}"
-    );
-    // What the guest wrote came back to the device's user tree.
-    let written = std::fs::read_to_string(w.p("home/pupil/written-in-the-guest")).unwrap();
+    assert!(shown.contains("the notes say: first notes"), "{shown}");
+    // What the guest wrote came back to the device's user tree, and checks
+    // in as any user change does.
+    let written =
+        std::fs::read_to_string(w.p("root/user-data/Documents/written-in-the-guest")).unwrap();
     assert!(written.starts_with("6.1."), "{written}");
     assert_eq!(
-        std::fs::read_to_string(w.p("home/pupil/note")).unwrap(),
-        "from the device\n"
+        std::fs::read_to_string(w.p("root/user-data/Documents/notes.txt")).unwrap(),
+        "first notes\n"
+    );
+    let o = w.sync("push", "c1", "root", &["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["layers"]["user-data"], 2, "{r}");
+    w.device("c2", "laptop-1");
+    w.pull_stats("c2", "root2", &["--layers", "user-data"]);
+    assert_eq!(
+        std::fs::read_to_string(w.p("root2/user-data/Documents/written-in-the-guest")).unwrap(),
+        written
     );
     let report = std::fs::read_to_string(w.p("ok.xml")).unwrap();
     assert!(

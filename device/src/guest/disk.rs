@@ -141,10 +141,10 @@ pub fn command_line(root: &Path) -> Result<String, GuestError> {
             let text = String::from_utf8(bytes)
                 .ok()
                 .map(|s| s.trim().to_owned())
-                .filter(|s| s.len() <= 1024 && s.chars().all(|c| c == ' ' || c.is_ascii_graphic()))
+                .filter(|s| s.len() <= 1024 && s.chars().all(cmdline_char))
                 .ok_or_else(|| GuestError::Image {
                     detail: format!(
-                        "{}: one line of printable ASCII (at most 1024 characters) expected",
+                        "{}: one line of at most 1024 characters from A-Z a-z 0-9 and \" =._,:/+-@\" expected (the firmware's shell reads it)",
                         extra.display()
                     ),
                 })?;
@@ -157,6 +157,13 @@ pub fn command_line(root: &Path) -> Result<String, GuestError> {
         Err(e) => return Err(GuestError::io("reading the image's guest-cmdline", e)),
     }
     Ok(line)
+}
+
+/// What a kernel parameter may hold here: nothing the firmware's shell
+/// reads as syntax (`%` variables, `>` redirection, `^` escapes, `#`
+/// comments, quotes).
+fn cmdline_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " =._,:/+-@".contains(c)
 }
 
 /// The EFI system partition: the kernel, the initrd and a `startup.nsh`
@@ -335,6 +342,15 @@ pub fn blockdev(path: &Path, node: &str, key: Option<&str>) -> String {
     }
 }
 
+/// Whether `path` is a LUKS disk (its header's magic).
+pub fn is_luks(path: &Path) -> bool {
+    let mut magic = [0u8; 6];
+    fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"LUKS\xba\xbe"
+}
+
 /// Check that `key` opens the LUKS disk `path` before anything boots.
 pub fn check_key(path: &Path, key: &KeyFile) -> Result<(), GuestError> {
     run(
@@ -411,4 +427,68 @@ pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), G
     .map_err(|e| GuestError::io("putting the read-back tree in place", e.into()))?;
     fs::remove_dir_all(&staged).map_err(|e| GuestError::io("removing the old user tree", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_takes_only_plain_parameters_from_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(
+            command_line(root.path()).unwrap(),
+            "root=LABEL=satchel-root ro console=ttyS0"
+        );
+        fs::create_dir_all(root.path().join("etc/satchel")).unwrap();
+        let extra = root.path().join("etc/satchel/guest-cmdline");
+        fs::write(&extra, "init=/usr/local/sbin/satchel-guest-init quiet\n").unwrap();
+        assert!(command_line(root.path())
+            .unwrap()
+            .ends_with("console=ttyS0 init=/usr/local/sbin/satchel-guest-init quiet"));
+        // Shell syntax of the firmware's shell, a second line: refused.
+        for bad in [
+            "a > fs0:\\x",
+            "a %path%",
+            "a ^b",
+            "a # b",
+            "a\r\nfs0:\\evil.efi",
+            "a \"b\"",
+        ] {
+            fs::write(&extra, bad).unwrap();
+            assert!(
+                matches!(command_line(root.path()), Err(GuestError::Image { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_kernel_must_be_a_file_in_boot() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
+        fs::create_dir_all(r.join("boot")).unwrap();
+        fs::write(r.join("boot/vmlinuz-1"), b"k").unwrap();
+        fs::write(r.join("boot/initrd.img-1"), b"i").unwrap();
+        std::os::unix::fs::symlink("boot/vmlinuz-1", r.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("boot/initrd.img-1", r.join("initrd.img")).unwrap();
+        let (k, i) = boot_files(r).unwrap();
+        assert_eq!(
+            (k, i),
+            (r.join("boot/vmlinuz-1"), r.join("boot/initrd.img-1"))
+        );
+        // A link out of /boot (to a host file) is refused.
+        fs::remove_file(r.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", r.join("vmlinuz")).unwrap();
+        assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
+        fs::remove_file(r.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("boot/../../etc/shadow", r.join("vmlinuz")).unwrap();
+        assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
+        // /boot/NAME itself a link: refused.
+        fs::remove_file(r.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", r.join("boot/vmlinuz-2")).unwrap();
+        std::os::unix::fs::symlink("boot/vmlinuz-2", r.join("vmlinuz")).unwrap();
+        assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
+    }
 }

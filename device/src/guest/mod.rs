@@ -220,8 +220,9 @@ pub fn start(
     let vtpm_dir = spec.state.join("vtpm");
     let ak = vtpm::provision(&vtpm_dir)?;
 
-    // A disk kept from an earlier run must open with this key before
-    // anything is rebuilt or started: a wrong key never decrypts it.
+    // Every encrypted disk kept from an earlier run must open with this key
+    // before anything is rebuilt or started: a wrong key never decrypts
+    // one, nor replaces it.
     let root_disk = spec.state.join(ROOT_DISK);
     let user_disk = spec.state.join(USER_DISK);
     let user_stamp_path = spec.state.join("user.stamp");
@@ -229,9 +230,20 @@ pub fn start(
     let keep_user = user_fp.is_some()
         && user_disk.exists()
         && std::fs::read_to_string(&user_stamp_path).ok() == user_fp;
-    if let Some(k) = &key {
-        if keep_user {
-            disk::check_key(&user_disk, k)?;
+    for kept in [&user_disk, &root_disk] {
+        if !disk::is_luks(kept) {
+            continue;
+        }
+        match &key {
+            Some(k) => disk::check_key(kept, k)?,
+            None => {
+                return Err(GuestError::Image {
+                    detail: format!(
+                        "{} is encrypted; give the disk key (this run is --unencrypted)",
+                        kept.display()
+                    ),
+                })
+            }
         }
     }
 
@@ -252,8 +264,6 @@ pub fn start(
         disk::seal_disk(&raw, &root_disk, key.as_ref())?;
         disk::make_esp(&spec.state.join(ESP), &kernel, &initrd, &cmdline)?;
         persist::write_atomic(&stamp_path, stamp.as_bytes())?;
-    } else if let Some(k) = &key {
-        disk::check_key(&root_disk, k)?;
     }
     // The user disk: made from the user tree when that tree changed since
     // it was last read back (a pull brought something), else kept.
