@@ -373,6 +373,46 @@ pub fn check_key(path: &Path, key: &KeyFile) -> Result<(), GuestError> {
     })
 }
 
+/// Make a tree read back from a guest plain, whatever the dumping tool
+/// kept: only directories, regular files and symlinks, no setuid or setgid
+/// bit, no extended attribute (file capabilities, ACLs, labels). The guest
+/// may be root inside itself; what it wrote must not become a privilege on
+/// the device. Symlinks are never followed.
+fn plain(dir: &Path) -> Result<(), GuestError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fail = |e: std::io::Error| GuestError::io("making the read-back tree plain", e);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(fail)? {
+            let path = entry.map_err(fail)?.path();
+            let meta = fs::symlink_metadata(&path).map_err(fail)?;
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                continue;
+            }
+            if !kind.is_dir() && !kind.is_file() {
+                fs::remove_file(&path).map_err(fail)?;
+                continue;
+            }
+            let mut names = vec![0u8; 64 * 1024];
+            if let Ok(n) = rustix::fs::llistxattr(&path, &mut names[..]) {
+                for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                    rustix::fs::lremovexattr(&path, name).map_err(|e| fail(e.into()))?;
+                }
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o6000 != 0 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o1777))
+                    .map_err(fail)?;
+            }
+            if kind.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read the user disk back into `dir`: decrypt to a raw file next to it,
 /// dump its tree with `debugfs rdump`, and exchange the dump with `dir`
 /// in one rename (the old tree is removed afterwards). A crash leaves
@@ -414,6 +454,7 @@ pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), G
     let _ = fs::remove_file(&raw);
     dumped?;
     let _ = fs::remove_dir_all(staged.join("lost+found"));
+    plain(&staged)?;
     let meta = fs::metadata(dir).map_err(|e| GuestError::io("reading the user tree", e))?;
     let _ = std::os::unix::fs::chown(&staged, Some(meta.uid()), Some(meta.gid()));
     let _ = fs::set_permissions(&staged, meta.permissions());
@@ -490,5 +531,124 @@ mod tests {
         std::os::unix::fs::symlink("/etc/hostname", r.join("boot/vmlinuz-2")).unwrap();
         std::os::unix::fs::symlink("boot/vmlinuz-2", r.join("vmlinuz")).unwrap();
         assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
+    }
+
+    /// What a guest writes to its user disk comes back to the device as
+    /// root. A guest with root inside itself can put anything there: a
+    /// setuid root shell, a device node for the host's disk, a file
+    /// capability, a FIFO. None of it may land in the device's user tree.
+    #[test]
+    fn a_hostile_user_disk_reads_back_as_plain_files_only() {
+        if !rustix::process::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs this as root");
+            eprintln!("SKIPPED: needs root (mknod, setuid root files)");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let w = tempfile::tempdir().unwrap();
+        let guest = w.path().join("guest-home");
+        fs::create_dir_all(guest.join("pupil")).unwrap();
+        let shell = guest.join("pupil/rootshell");
+        fs::write(&shell, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&shell, fs::Permissions::from_mode(0o4755)).unwrap();
+        let capped = guest.join("pupil/capped");
+        fs::write(&capped, b"x").unwrap();
+        // VFS_CAP_REVISION_2, effective, cap_setuid (7) permitted.
+        let cap: Vec<u8> = [0x0200_0001u32, 1 << 7, 0, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        rustix::fs::setxattr(
+            &capped,
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let group_dir = guest.join("pupil/shared");
+        fs::create_dir(&group_dir).unwrap();
+        fs::set_permissions(&group_dir, fs::Permissions::from_mode(0o2777)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &guest.join("pupil/host-disk"),
+            rustix::fs::FileType::BlockDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(8, 0),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &guest.join("pupil/pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", guest.join("pupil/shadow")).unwrap();
+        fs::write(guest.join("pupil/notes.txt"), b"mine").unwrap();
+
+        let raw = w.path().join("user.raw");
+        make_ext4(&raw, &guest, USER_LABEL, 16).unwrap();
+        let disk = w.path().join("user.disk");
+        seal_disk(&raw, &disk, None).unwrap();
+        let tree = w.path().join("user");
+        fs::create_dir(&tree).unwrap();
+        read_back(&disk, None, &tree).unwrap();
+
+        let p = tree.join("pupil");
+        assert_eq!(fs::read(p.join("notes.txt")).unwrap(), b"mine");
+        let mode = |f: &str| fs::symlink_metadata(p.join(f)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("rootshell") & 0o6000, 0, "setuid kept");
+        assert_eq!(mode("shared") & 0o6000, 0, "setgid kept");
+        assert!(
+            rustix::fs::getxattr(&p.join("capped"), "security.capability", &mut [0u8; 64]).is_err(),
+            "the file capability came back"
+        );
+        assert!(!p.join("host-disk").exists(), "a device node came back");
+        assert!(
+            fs::symlink_metadata(p.join("pipe")).is_err(),
+            "a FIFO came back"
+        );
+        // A symlink is kept as a link (the sync reads links as links).
+        assert_eq!(
+            fs::read_link(p.join("shadow")).unwrap(),
+            Path::new("/etc/shadow")
+        );
+    }
+
+    /// The clean-up itself, whatever the dumping tool kept.
+    #[test]
+    fn plain_removes_special_files_bits_and_attributes() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let w = tempfile::tempdir().unwrap();
+        let d = w.path();
+        fs::create_dir(d.join("sub")).unwrap();
+        fs::write(d.join("sub/suid"), b"x").unwrap();
+        fs::set_permissions(d.join("sub/suid"), fs::Permissions::from_mode(0o6755)).unwrap();
+        rustix::fs::setxattr(
+            &d.join("sub/suid"),
+            "user.mark",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &d.join("sub/pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("suid", d.join("sub/link")).unwrap();
+        plain(d).unwrap();
+        let meta = fs::metadata(d.join("sub/suid")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert!(rustix::fs::getxattr(&d.join("sub/suid"), "user.mark", &mut [0u8; 8]).is_err());
+        assert!(fs::symlink_metadata(d.join("sub/pipe")).is_err());
+        assert!(fs::symlink_metadata(d.join("sub/link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }
