@@ -570,7 +570,7 @@ mod tests {
         fs::set_permissions(&group_dir, fs::Permissions::from_mode(0o2777)).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &guest.join("pupil/host-disk"),
+            guest.join("pupil/host-disk"),
             rustix::fs::FileType::BlockDevice,
             rustix::fs::Mode::from_raw_mode(0o666),
             rustix::fs::makedev(8, 0),
@@ -578,7 +578,7 @@ mod tests {
         .unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &guest.join("pupil/pipe"),
+            guest.join("pupil/pipe"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o666),
             0,
@@ -601,7 +601,7 @@ mod tests {
         assert_eq!(mode("rootshell") & 0o6000, 0, "setuid kept");
         assert_eq!(mode("shared") & 0o6000, 0, "setgid kept");
         assert!(
-            rustix::fs::getxattr(&p.join("capped"), "security.capability", &mut [0u8; 64]).is_err(),
+            rustix::fs::getxattr(p.join("capped"), "security.capability", &mut [0u8; 64]).is_err(),
             "the file capability came back"
         );
         assert!(!p.join("host-disk").exists(), "a device node came back");
@@ -626,7 +626,7 @@ mod tests {
         fs::write(d.join("sub/suid"), b"x").unwrap();
         fs::set_permissions(d.join("sub/suid"), fs::Permissions::from_mode(0o6755)).unwrap();
         rustix::fs::setxattr(
-            &d.join("sub/suid"),
+            d.join("sub/suid"),
             "user.mark",
             b"1",
             rustix::fs::XattrFlags::empty(),
@@ -634,7 +634,7 @@ mod tests {
         .unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &d.join("sub/pipe"),
+            d.join("sub/pipe"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o666),
             0,
@@ -644,7 +644,7 @@ mod tests {
         plain(d).unwrap();
         let meta = fs::metadata(d.join("sub/suid")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
-        assert!(rustix::fs::getxattr(&d.join("sub/suid"), "user.mark", &mut [0u8; 8]).is_err());
+        assert!(rustix::fs::getxattr(d.join("sub/suid"), "user.mark", &mut [0u8; 8]).is_err());
         assert!(fs::symlink_metadata(d.join("sub/pipe")).is_err());
         assert!(fs::symlink_metadata(d.join("sub/link"))
             .unwrap()
