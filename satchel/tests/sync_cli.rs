@@ -1542,27 +1542,14 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         return;
     }
     let w = world();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let src = w.p("guest-src");
-    let o = Command::new(repo.join("scripts/debian-root.sh"))
-        .arg("--guest")
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // What the guest does once trusted: read what the device put in the user
     // tree, write something back.
-    std::fs::write(
-        src.join("etc/satchel/guest-run"),
-        "#!/bin/sh\necho \"satchel-guest: the notes say: $(cat /home/Documents/notes.txt)\"\n\
-         uname -r > /home/Documents/written-in-the-guest\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        src.join("etc/satchel/guest-run"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    guest_source(
+        &w,
+        "guest-src",
+        "echo \"satchel-guest: the notes say: $(cat /home/Documents/notes.txt)\"\n\
+         uname -r > /home/Documents/written-in-the-guest",
+    );
     w.build("classroom", "base-os", "guest-src");
     w.device("c1", "laptop-1");
     w.pull_stats("c1", "root", &[]);
@@ -1570,33 +1557,12 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
 
     // The guest reference, recorded on this (the build) machine.
     ok(&["keygen", "--out", &w.s("org.key")]);
-    let out = ok(&[
-        "guest",
-        "reference",
-        "--root",
-        &root,
-        "--state",
-        &w.s("ref-guest"),
-        "--sign-key",
-        &w.s("org.key"),
-        "--out",
-        &w.s("guest-ref.json"),
-        "--accel",
-        "tcg",
-        "-q",
-    ]);
-    assert!(out.contains("9 PCRs: 0,1,2,3,4,5,6,7,9"), "{out}");
+    record_guest_reference(&w, &root);
 
     // The host: a measured chain in its TPM, the disk key sealed to it.
     let swtpm = tpm_sim_tests::Swtpm::start().unwrap();
     let t = swtpm.tcti();
-    let o = Command::new("cp")
-        .arg("-a")
-        .arg(repo.join("examples/boot-chain"))
-        .arg(w.p("chain"))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    copy_chain(&w);
     let host = |args: &[&str]| {
         let o = satchel_tpm(&t, args);
         assert!(
@@ -1767,9 +1733,9 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     assert!(report.contains("failures=\"3\""), "{report}");
 }
 
-/// The guest image's source at `rel` (`debian-root.sh --guest`), with a
-/// guest-run that says the image's release (`/etc/satchel-release`).
-fn guest_source(w: &World, rel: &str, release: &str) {
+/// The guest image's source at `rel` (`debian-root.sh --guest`), whose
+/// `/etc/satchel/guest-run` runs `script` once the guest is trusted.
+fn guest_source(w: &World, rel: &str, script: &str) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let src = w.p(rel);
     let o = Command::new(repo.join("scripts/debian-root.sh"))
@@ -1778,10 +1744,9 @@ fn guest_source(w: &World, rel: &str, release: &str) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::write(src.join("etc/satchel-release"), format!("{release}\n")).unwrap();
     std::fs::write(
         src.join("etc/satchel/guest-run"),
-        "#!/bin/sh\necho \"satchel-guest: release $(cat /etc/satchel-release)\"\n",
+        format!("#!/bin/sh\n{script}\n"),
     )
     .unwrap();
     std::fs::set_permissions(
@@ -1791,15 +1756,29 @@ fn guest_source(w: &World, rel: &str, release: &str) {
     .unwrap();
 }
 
-#[test]
-fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
-    if !common::root_with("qemu-system-x86_64") || !common::root_with("debootstrap") {
-        return;
-    }
-    let w = world();
-    let gw = w.gw.to_string_lossy().into_owned();
+/// Record and sign the guest reference of the image at `root` (org.key).
+fn record_guest_reference(w: &World, root: &str) {
+    let out = ok(&[
+        "guest",
+        "reference",
+        "--root",
+        root,
+        "--state",
+        &w.s("ref-guest"),
+        "--sign-key",
+        &w.s("org.key"),
+        "--out",
+        &w.s("guest-ref.json"),
+        "--accel",
+        "tcg",
+        "-q",
+    ]);
+    assert!(out.contains("9 PCRs: 0,1,2,3,4,5,6,7,9"), "{out}");
+}
+
+/// The sample boot chain, copied to `chain/`.
+fn copy_chain(w: &World) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    guest_source(&w, "guest-src", "v1");
     let o = Command::new("cp")
         .arg("-a")
         .arg(repo.join("examples/boot-chain"))
@@ -1807,6 +1786,22 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
         .output()
         .unwrap();
     assert!(o.status.success());
+}
+
+#[test]
+fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
+    if !common::root_with("qemu-system-x86_64") || !common::root_with("debootstrap") {
+        return;
+    }
+    let w = world();
+    let gw = w.gw.to_string_lossy().into_owned();
+    guest_source(
+        &w,
+        "guest-src",
+        "echo \"satchel-guest: release $(cat /etc/satchel-release)\"",
+    );
+    std::fs::write(w.p("guest-src/etc/satchel-release"), "v1\n").unwrap();
+    copy_chain(&w);
     ok(&["keygen", "--out", &w.s("org.key")]);
     ok(&["keygen", "--p256", "--out", &w.s("policy.key")]);
     // Build, and sign the whole chain's reference, in one step.
@@ -1838,21 +1833,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
     w.device("c1", "laptop-1");
     w.pull_stats("c1", "root", &["--layers", "base-os"]);
     let root = w.s("root/base-os");
-    ok(&[
-        "guest",
-        "reference",
-        "--root",
-        &root,
-        "--state",
-        &w.s("ref-guest"),
-        "--sign-key",
-        &w.s("org.key"),
-        "--out",
-        &w.s("guest-ref.json"),
-        "--accel",
-        "tcg",
-        "-q",
-    ]);
+    record_guest_reference(&w, &root);
 
     let mut swtpm = tpm_sim_tests::Swtpm::start().unwrap();
     let host = |t: &str, args: &[&str]| satchel_tpm(t, args);

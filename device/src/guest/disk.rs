@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
@@ -99,6 +100,15 @@ pub(super) fn run(what: &'static str, cmd: &mut Command) -> Result<(), GuestErro
 /// The kernel and initrd the image boots: the targets of its `/vmlinuz`
 /// and `/initrd.img` links, which must lie in its `/boot`.
 pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf), GuestError> {
+    // /boot itself a link (to a host directory) would hand host files on.
+    let boot = fs::symlink_metadata(root.join("boot")).map_err(|e| GuestError::Image {
+        detail: format!("{}/boot: {e}", root.display()),
+    })?;
+    if !boot.file_type().is_dir() {
+        return Err(GuestError::Image {
+            detail: format!("{}/boot is not a directory", root.display()),
+        });
+    }
     let pick = |link: &str| -> Result<PathBuf, GuestError> {
         let target = fs::read_link(root.join(link)).map_err(|e| GuestError::Image {
             detail: format!(
@@ -134,7 +144,7 @@ pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf), GuestError> {
 /// The kernel command line: the root by label, the serial console, and
 /// what the image asks for in `/etc/satchel/guest-cmdline` (one line).
 pub fn command_line(root: &Path) -> Result<String, GuestError> {
-    let mut line = format!("root=LABEL={ROOT_LABEL} ro console=ttyS0");
+    let mut line = "root=/dev/disk/by-id/virtio-satchel-root ro console=ttyS0".to_owned();
     let extra = root.join("etc/satchel/guest-cmdline");
     match fs::read(&extra) {
         Ok(bytes) => {
@@ -377,8 +387,9 @@ pub fn check_key(path: &Path, key: &KeyFile) -> Result<(), GuestError> {
 /// kept: only directories, regular files and symlinks, no setuid or setgid
 /// bit, no extended attribute (file capabilities, ACLs, labels). The guest
 /// may be root inside itself; what it wrote must not become a privilege on
-/// the device. Symlinks are never followed.
-fn plain(dir: &Path) -> Result<(), GuestError> {
+/// the device. Everything is given to `uid`:`gid` (the user tree's owner).
+/// Symlinks are never followed.
+fn plain(dir: &Path, uid: u32, gid: u32) -> Result<(), GuestError> {
     use std::os::unix::fs::PermissionsExt as _;
     let fail = |e: std::io::Error| GuestError::io("making the read-back tree plain", e);
     let mut stack = vec![dir.to_path_buf()];
@@ -388,6 +399,7 @@ fn plain(dir: &Path) -> Result<(), GuestError> {
             let meta = fs::symlink_metadata(&path).map_err(fail)?;
             let kind = meta.file_type();
             if kind.is_symlink() {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(fail)?;
                 continue;
             }
             if !kind.is_dir() && !kind.is_file() {
@@ -405,6 +417,7 @@ fn plain(dir: &Path) -> Result<(), GuestError> {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o1777))
                     .map_err(fail)?;
             }
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(fail)?;
             if kind.is_dir() {
                 stack.push(path);
             }
@@ -413,60 +426,189 @@ fn plain(dir: &Path) -> Result<(), GuestError> {
     Ok(())
 }
 
-/// Read the user disk back into `dir`: decrypt to a raw file next to it,
-/// dump its tree with `debugfs rdump`, and exchange the dump with `dir`
-/// in one rename (the old tree is removed afterwards). A crash leaves
-/// either the old tree or the new one in place, never half of each.
+/// The uid and gid the user disk is read as: `nobody`, never root.
+const NOBODY: u32 = 65534;
+/// How long a read-back may take.
+const READ_BACK_TIME: Duration = Duration::from_secs(300);
+
+/// Read the user disk back into `dir`.
+///
+/// The disk is the guest's, and the guest may be root inside itself: its
+/// file system is hostile input. So: decrypted into a work directory next
+/// to `dir`; checked with `e2fsck -fn` (names holding `/`, duplicate
+/// entries, loops and broken metadata are errors; any error refuses);
+/// dumped by `debugfs rdump` running as `nobody` into a directory only
+/// `nobody` may write, each file capped at the disk's size and the whole
+/// dump stopped once it grows past the disk's size or takes more than
+/// five minutes (holes and hard links come back as real bytes); any
+/// complaint of `debugfs` refuses. Then the dump is made plain ([`plain`]),
+/// owned by the owner of `dir`, and exchanged with `dir` in one
+/// `renameat2(RENAME_EXCHANGE)`: a crash leaves the old tree or the new
+/// one. On any refusal `dir` is untouched and the work directory removed.
 pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), GuestError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let parent = dir.parent().unwrap_or(Path::new("."));
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "user".to_owned());
-    let raw = disk.with_extension("readback.raw");
-    let _ = fs::remove_file(&raw);
-    match key {
-        Some(k) => run(
-            "decrypting the user disk",
-            Command::new("qemu-img")
-                .arg("convert")
-                .arg("--object")
-                .arg(k.object("key"))
-                .arg("--image-opts")
-                .arg(blockdev(disk, "disk", Some("key")))
-                .args(["-O", "raw"])
-                .arg(&raw),
-        )?,
-        None => {
-            fs::copy(disk, &raw).map_err(|e| GuestError::io("copying the user disk", e))?;
+    let work = parent.join(format!(".{name}.from-guest"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir(&work).map_err(|e| GuestError::io("making the read-back directory", e))?;
+    let result = (|| {
+        // root's, entered by nobody only to reach its two entries.
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o711))
+            .map_err(|e| GuestError::io("making the read-back directory", e))?;
+        let raw = work.join("disk.raw");
+        match key {
+            Some(k) => run(
+                "decrypting the user disk",
+                Command::new("qemu-img")
+                    .arg("convert")
+                    .arg("--object")
+                    .arg(k.object("key"))
+                    .arg("--image-opts")
+                    .arg(blockdev(disk, "disk", Some("key")))
+                    .args(["-O", "raw"])
+                    .arg(&raw),
+            )?,
+            None => {
+                fs::copy(disk, &raw).map_err(|e| GuestError::io("copying the user disk", e))?;
+            }
         }
-    }
-    let staged = parent.join(format!(".{name}.from-guest"));
-    let _ = fs::remove_dir_all(&staged);
-    fs::create_dir(&staged).map_err(|e| GuestError::io("making the read-back directory", e))?;
-    let dumped = run(
-        "reading the user disk back (debugfs rdump)",
-        Command::new("debugfs")
+        let size = fs::metadata(&raw)
+            .map_err(|e| GuestError::io("reading the user disk", e))?
+            .len();
+        std::os::unix::fs::chown(&raw, Some(NOBODY), Some(NOBODY))
+            .map_err(|e| GuestError::io("handing the user disk to nobody", e))?;
+        fs::set_permissions(&raw, fs::Permissions::from_mode(0o400))
+            .map_err(|e| GuestError::io("handing the user disk to nobody", e))?;
+        let check = run(
+            "checking the user disk (e2fsck -fn)",
+            as_nobody(Command::new("e2fsck").args(["-f", "-n"]).arg(&raw)),
+        );
+        if let Err(GuestError::Tool { detail, .. }) = check {
+            return Err(GuestError::Refused(format!(
+                "the user disk's file system is not sound; it is kept, not read back: {detail}"
+            )));
+        }
+        check?;
+        let tree = work.join("tree");
+        fs::create_dir(&tree).map_err(|e| GuestError::io("making the read-back directory", e))?;
+        std::os::unix::fs::chown(&tree, Some(NOBODY), Some(NOBODY))
+            .map_err(|e| GuestError::io("handing the read-back directory to nobody", e))?;
+        fs::set_permissions(&tree, fs::Permissions::from_mode(0o700))
+            .map_err(|e| GuestError::io("making the read-back directory", e))?;
+        dump(&raw, &tree, size)?;
+        // Closed to everyone but root before it is walked.
+        std::os::unix::fs::chown(&tree, Some(0), Some(0))
+            .map_err(|e| GuestError::io("taking the read-back tree back", e))?;
+        let _ = fs::remove_dir_all(tree.join("lost+found"));
+        let meta = fs::metadata(dir).map_err(|e| GuestError::io("reading the user tree", e))?;
+        plain(&tree, meta.uid(), meta.gid())?;
+        fs::set_permissions(&tree, meta.permissions())
+            .map_err(|e| GuestError::io("setting the read-back tree's mode", e))?;
+        std::os::unix::fs::chown(&tree, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| GuestError::io("setting the read-back tree's owner", e))?;
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &tree,
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| GuestError::io("putting the read-back tree in place", e.into()))
+    })();
+    let _ = fs::remove_dir_all(&work);
+    result
+}
+
+/// `cmd`, run as nobody (no supplementary groups: std drops them when
+/// root sets a uid).
+fn as_nobody(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    cmd.uid(NOBODY).gid(NOBODY).current_dir("/")
+}
+
+/// `debugfs rdump` of `raw` into `tree` (as nobody, from inside `tree`, so
+/// no path of ours is parsed by debugfs), stopped past `limit` bytes
+/// written or [`READ_BACK_TIME`].
+fn dump(raw: &Path, tree: &Path, limit: u64) -> Result<(), GuestError> {
+    let mut child = as_nobody(
+        Command::new("prlimit")
+            .arg(format!("--fsize={limit}"))
+            .arg("debugfs")
             .arg("-R")
-            .arg(format!("rdump / {}", staged.display()))
-            .arg(&raw),
-    );
-    let _ = fs::remove_file(&raw);
-    dumped?;
-    let _ = fs::remove_dir_all(staged.join("lost+found"));
-    plain(&staged)?;
-    let meta = fs::metadata(dir).map_err(|e| GuestError::io("reading the user tree", e))?;
-    let _ = std::os::unix::fs::chown(&staged, Some(meta.uid()), Some(meta.gid()));
-    let _ = fs::set_permissions(&staged, meta.permissions());
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        &staged,
-        rustix::fs::CWD,
-        dir,
-        rustix::fs::RenameFlags::EXCHANGE,
+            .arg("rdump / .")
+            .arg(raw),
     )
-    .map_err(|e| GuestError::io("putting the read-back tree in place", e.into()))?;
-    fs::remove_dir_all(&staged).map_err(|e| GuestError::io("removing the old user tree", e))?;
+    .current_dir(tree)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .map_err(|e| GuestError::Tool {
+        what: "reading the user disk back",
+        program: "debugfs".to_owned(),
+        detail: e.to_string(),
+    })?;
+    let stderr = child.stderr.take();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(
+                &mut std::io::Read::take(&mut e, 64 * 1024),
+                &mut text,
+            );
+        }
+        text
+    });
+    let start = Instant::now();
+    let stopped = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                use std::os::unix::process::ExitStatusExt as _;
+                break match (status.success(), status.signal()) {
+                    (true, _) => Ok(()),
+                    // SIGXFSZ: one file grew past the disk's size.
+                    (false, Some(25)) => Err(format!(
+                        "it unpacks larger than the disk itself ({limit} bytes): a file with holes written out"
+                    )),
+                    (false, _) => Err(format!("debugfs exited with {status}")),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+        if tree_bytes(tree) > limit {
+            break Err(format!(
+                "it unpacks larger than the disk itself ({limit} bytes): holes or hard links written out"
+            ));
+        }
+        if start.elapsed() > READ_BACK_TIME {
+            break Err(format!("it took more than {} s", READ_BACK_TIME.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = said.join().unwrap_or_default();
+    stopped.map_err(|why| GuestError::Refused(format!("the user disk is not read back: {why}")))?;
+    // debugfs says its version on the first line; anything else is a
+    // complaint (a name it could not write, a file system it could not open).
+    let complaints: Vec<&str> = said
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        // As nobody it cannot give files their owners; they get the user
+        // tree's owner afterwards anyway.
+        .filter(|l| !l.contains(": Operation not permitted while changing ownership of "))
+        .collect();
+    if !complaints.is_empty() {
+        return Err(GuestError::Refused(format!(
+            "the user disk is not read back: debugfs said: {}",
+            complaints.join("; ")
+        )));
+    }
     Ok(())
 }
 
@@ -479,7 +621,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         assert_eq!(
             command_line(root.path()).unwrap(),
-            "root=LABEL=satchel-root ro console=ttyS0"
+            "root=/dev/disk/by-id/virtio-satchel-root ro console=ttyS0"
         );
         fs::create_dir_all(root.path().join("etc/satchel")).unwrap();
         let extra = root.path().join("etc/satchel/guest-cmdline");
@@ -530,6 +672,13 @@ mod tests {
         fs::remove_file(r.join("vmlinuz")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", r.join("boot/vmlinuz-2")).unwrap();
         std::os::unix::fs::symlink("boot/vmlinuz-2", r.join("vmlinuz")).unwrap();
+        assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
+        // /boot itself a link: refused.
+        let other = tempfile::tempdir().unwrap();
+        fs::rename(r.join("boot"), other.path().join("boot")).unwrap();
+        std::os::unix::fs::symlink(other.path().join("boot"), r.join("boot")).unwrap();
+        fs::remove_file(r.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("boot/vmlinuz-1", r.join("vmlinuz")).unwrap();
         assert!(matches!(boot_files(r), Err(GuestError::Image { .. })));
     }
 
@@ -597,6 +746,13 @@ mod tests {
 
         let p = tree.join("pupil");
         assert_eq!(fs::read(p.join("notes.txt")).unwrap(), b"mine");
+        // Everything belongs to the user tree's owner.
+        let owner = fs::metadata(&tree).unwrap().uid();
+        assert_eq!(
+            fs::symlink_metadata(p.join("rootshell")).unwrap().uid(),
+            owner
+        );
+        assert_eq!(fs::symlink_metadata(p.join("shadow")).unwrap().uid(), owner);
         let mode = |f: &str| fs::symlink_metadata(p.join(f)).unwrap().mode() & 0o7777;
         assert_eq!(mode("rootshell") & 0o6000, 0, "setuid kept");
         assert_eq!(mode("shared") & 0o6000, 0, "setgid kept");
@@ -641,7 +797,7 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink("suid", d.join("sub/link")).unwrap();
-        plain(d).unwrap();
+        plain(d, 0, 0).unwrap();
         let meta = fs::metadata(d.join("sub/suid")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
         assert!(rustix::fs::getxattr(d.join("sub/suid"), "user.mark", &mut [0u8; 8]).is_err());
@@ -650,5 +806,109 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    fn root_or_skip() -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "CI runs this as root");
+        eprintln!("SKIPPED: needs root");
+        false
+    }
+
+    /// A guest with root edits its user disk's directory blocks so that a
+    /// name holds `/` and `..`: dumped as root, the file would land
+    /// anywhere on the device (reproduced with debugfs 1.47: `rdump` joins
+    /// names to paths unchecked). Refused, nothing written, the tree kept.
+    #[test]
+    fn a_name_that_climbs_out_of_the_user_disk_writes_nothing_outside() {
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let target = format!(
+            "{}tmp/satchel-climbed-{}",
+            "../".repeat(24),
+            std::process::id()
+        );
+        let outside = PathBuf::from(format!("/tmp/satchel-climbed-{}", std::process::id()));
+        let _ = fs::remove_file(&outside);
+        let guest = w.path().join("guest-home");
+        fs::create_dir(&guest).unwrap();
+        let decoy = "X".repeat(target.len());
+        fs::write(guest.join(&decoy), b"owned").unwrap();
+        let raw = w.path().join("user.raw");
+        run(
+            "test image",
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-O", "^metadata_csum,^dir_index", "-d"])
+                .arg(&guest)
+                .arg(&raw)
+                .arg("16M"),
+        )
+        .unwrap();
+        let mut bytes = fs::read(&raw).unwrap();
+        let at = bytes
+            .windows(decoy.len())
+            .position(|x| x == decoy.as_bytes())
+            .unwrap();
+        bytes[at..at + target.len()].copy_from_slice(target.as_bytes());
+        fs::write(&raw, &bytes).unwrap();
+        let disk = w.path().join("user.disk");
+        seal_disk(&raw, &disk, None).unwrap();
+        let tree = w.path().join("user");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("kept"), b"before").unwrap();
+        assert!(read_back(&disk, None, &tree).is_err());
+        assert!(!outside.exists(), "the guest wrote {}", outside.display());
+        assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
+    }
+
+    /// An ordinary guest user makes a huge sparse file (or many links to
+    /// one big file): dumped, its holes become real bytes on the device.
+    /// The read-back stops at the disk's own size, and the tree is kept.
+    #[test]
+    fn a_user_disk_that_would_unpack_larger_than_itself_is_refused() {
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let guest = w.path().join("guest-home");
+        fs::create_dir(&guest).unwrap();
+        let f = fs::File::create(guest.join("sparse")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let raw = w.path().join("user.raw");
+        make_ext4(&raw, &guest, USER_LABEL, 64).unwrap();
+        let disk = w.path().join("user.disk");
+        seal_disk(&raw, &disk, None).unwrap();
+        let disk_size = fs::metadata(&disk).unwrap().len();
+        assert!(disk_size < 1 << 30);
+        let tree = w.path().join("user");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("kept"), b"before").unwrap();
+        let err = read_back(&disk, None, &tree).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
+        assert!(!tree.join("sparse").exists());
+        // Nothing of the dump is left behind.
+        assert!(!w.path().join(".user.from-guest").exists());
+    }
+
+    /// A disk that is no file system (or a broken one): refused, not read
+    /// back as an empty tree that would delete the user's files.
+    #[test]
+    fn a_broken_user_disk_never_empties_the_user_tree() {
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let disk = w.path().join("user.disk");
+        fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let tree = w.path().join("user");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("kept"), b"before").unwrap();
+        assert!(read_back(&disk, None, &tree).is_err());
+        assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
     }
 }

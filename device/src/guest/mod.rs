@@ -216,6 +216,22 @@ pub fn start(
     let t0 = Instant::now();
     std::fs::create_dir_all(&spec.state)
         .map_err(|e| GuestError::io("making the guest's state directory", e))?;
+    // Disks made in plain text pass through here, and the vTPM's state
+    // (its attestation key) lives here: root's alone.
+    vtpm::private_dir(&spec.state)?;
+    if let Some(k) = spec.key {
+        if k.len() < 32 {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "the disk key has {} bytes; at least 32 random bytes are needed (the LUKS key-stretching is set low for random keys)",
+                    k.len()
+                ),
+            });
+        }
+    }
+    if let Judge::Reference(r) = &spec.judge {
+        check_reference(r)?;
+    }
     let key = spec.key.map(disk::KeyFile::new).transpose()?;
     let vtpm_dir = spec.state.join("vtpm");
     let ak = vtpm::provision(&vtpm_dir)?;
@@ -262,9 +278,12 @@ pub fn start(
         let raw = spec.state.join("root.raw");
         disk::make_ext4(&raw, &spec.root, disk::ROOT_LABEL, 0)?;
         disk::seal_disk(&raw, &root_disk, key.as_ref())?;
-        disk::make_esp(&spec.state.join(ESP), &kernel, &initrd, &cmdline)?;
         persist::write_atomic(&stamp_path, stamp.as_bytes())?;
     }
+    // The ESP (kernel and initrd) is made again at every start from the
+    // system tree; both are attached read-only, so a guest cannot change
+    // what the next boot loads.
+    disk::make_esp(&spec.state.join(ESP), &kernel, &initrd, &cmdline)?;
     // The user disk: made from the user tree when that tree changed since
     // it was last read back (a pull brought something), else kept.
     if let (Some(user), Some(fp)) = (&spec.user, &user_fp) {
@@ -303,7 +322,7 @@ pub fn start(
         user_read_back: false,
     };
     let result = converse(spec, &ak, &mut run, &mut outcome, t0, echo);
-    let status = run.finish();
+    let (status, clean) = run.finish();
     outcome.timings.stopped = Some(t0.elapsed().as_secs_f64());
     drop(tpm);
     seen(&outcome);
@@ -313,6 +332,11 @@ pub fn start(
             "qemu exited ({status}) before the guest said ready{}",
             run.stderr_tail()
         )));
+    }
+    if !clean {
+        // Stopped, not powered off: the user disk's file system may be
+        // mid-write. It is kept, not read back; the next clean run reads it.
+        return Ok(outcome);
     }
     if let Some(user) = &spec.user {
         disk::read_back(&user_disk, key.as_ref(), user)?;
@@ -343,7 +367,13 @@ fn converse(
         Judge::Record { .. } => (0..=9).collect(),
     };
     loop {
-        let wait_until = stop_at.map_or(deadline, |s| s.min(deadline));
+        // Until ready, the start's deadline; then until the guest powers
+        // off (or --run-for).
+        let wait_until = match (&outcome.kernel, stop_at) {
+            (None, _) => deadline,
+            (Some(_), Some(s)) => s,
+            (Some(_), None) => Instant::now() + Duration::from_secs(365 * 24 * 3600),
+        };
         let line = match run.next_line(wait_until) {
             qemu::Next::Line(l) => l,
             qemu::Next::Closed => return Ok(()),
@@ -432,6 +462,22 @@ fn converse(
             }
         }
     }
+}
+
+/// A guest reference must name the kernel: one without PCRs, or without
+/// the `guest-kernel` stage in PCR 4, would trust any boot.
+fn check_reference(r: &Reference) -> Result<(), GuestError> {
+    let kernel = r
+        .pcrs
+        .get(&4)
+        .is_some_and(|p| p.events.iter().any(|e| e.stage == "guest-kernel"));
+    if !kernel || !r.banks.contains(&HashAlg::Sha256) {
+        return Err(GuestError::Refused(format!(
+            "the guest reference {:?} does not measure the guest's kernel (PCR 4, stage guest-kernel, sha256); make it with satchel guest reference",
+            r.name
+        )));
+    }
+    Ok(())
 }
 
 /// Build the evidence from what the guest sent and judge it.

@@ -201,11 +201,20 @@ impl Run {
         let key_id = key.map(|_| "diskkey");
         // The ESP first: OVMF's shell maps it as fs0.
         cmd.arg("-blockdev")
-            .arg(disk::blockdev(&disks.esp, "esp", None))
+            .arg(format!(
+                "{},read-only=on",
+                disk::blockdev(&disks.esp, "esp", None)
+            ))
             .args(["-device", "virtio-blk-pci,drive=esp,bootindex=0"]);
+        // The root by the serial the host gives it (the guest finds it as
+        // /dev/disk/by-id/virtio-satchel-root), never by a label the guest
+        // could write on another disk; read-only.
         cmd.arg("-blockdev")
-            .arg(disk::blockdev(&disks.root, "root", key_id))
-            .args(["-device", "virtio-blk-pci,drive=root"]);
+            .arg(format!(
+                "{},read-only=on",
+                disk::blockdev(&disks.root, "root", key_id)
+            ))
+            .args(["-device", "virtio-blk-pci,drive=root,serial=satchel-root"]);
         if let Some(user) = &disks.user {
             cmd.arg("-blockdev")
                 .arg(disk::blockdev(user, "user", key_id))
@@ -227,7 +236,9 @@ impl Run {
             })?;
         let stdout = child.stdout.take();
         let stderr_pipe = child.stderr.take();
-        let (tx, lines) = mpsc::channel();
+        // Bounded: a guest printing fast waits for the host, never fills
+        // its memory.
+        let (tx, lines) = mpsc::sync_channel(64);
         std::thread::spawn(move || {
             let Some(out) = stdout else { return };
             let mut reader = BufReader::new(out);
@@ -296,18 +307,19 @@ impl Run {
         let _ = self.child.kill();
     }
 
-    /// Wait for qemu to exit (killing it after 30 s).
-    pub(super) fn finish(&mut self) -> String {
+    /// Wait for qemu to exit (killing it after 30 s): how it ended, and
+    /// whether the guest powered off by itself (qemu's status 0).
+    pub(super) fn finish(&mut self) -> (String, bool) {
         self.stdin = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match self.child.try_wait() {
-                Ok(Some(s)) => return s.to_string(),
+                Ok(Some(s)) => return (s.to_string(), s.success()),
                 Ok(None) if Instant::now() > deadline => {
                     let _ = self.child.kill();
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => return e.to_string(),
+                Err(e) => return (e.to_string(), false),
             }
         }
     }

@@ -353,42 +353,33 @@ fn junit(reference: &attest::Reference, o: Option<&Outcome>, err: Option<&GuestE
             None => fail(why_not("the guest's init")),
         },
     ));
-    // The quote: key, signature, nonce, selection, log replay.
-    let general: Vec<String> = verdict
-        .map(|v| {
-            v.failures
-                .iter()
-                .filter(|f| f.pcr.is_none() && f.stage.is_none())
-                .map(ToString::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    suite.add_test_case(TestCase::new(
-        "quote: the vTPM's key, signature, nonce and event log",
-        match (verdict, general.is_empty()) {
-            (Some(_), true) => TestCaseStatus::success(),
-            (Some(_), false) => fail(general.join("; ")),
-            (None, _) => fail(why_not("evidence")),
-        },
-    ));
-    for &pcr in reference.pcrs.keys() {
+    // A case per check of the verdict: the failures `concerns` picks.
+    let mut checked = |name: String, concerns: &dyn Fn(&attest::verify::Failure) -> bool| {
         let found: Vec<String> = verdict
             .map(|v| {
                 v.failures
                     .iter()
-                    .filter(|f| f.pcr == Some(pcr))
+                    .filter(|f| concerns(f))
                     .map(ToString::to_string)
                     .collect()
             })
             .unwrap_or_default();
         suite.add_test_case(TestCase::new(
-            format!("PCR {pcr}"),
+            name,
             match (verdict, found.is_empty()) {
                 (Some(_), true) => TestCaseStatus::success(),
                 (Some(_), false) => fail(found.join("; ")),
                 (None, _) => fail(why_not("evidence")),
             },
         ));
+    };
+    // The quote: key, signature, nonce, selection, log replay.
+    checked(
+        "quote: the vTPM's key, signature, nonce and event log".to_owned(),
+        &|f| f.pcr.is_none() && f.stage.is_none(),
+    );
+    for &pcr in reference.pcrs.keys() {
+        checked(format!("PCR {pcr}"), &|f| f.pcr == Some(pcr));
     }
     let mut stages: Vec<&str> = Vec::new();
     for e in reference.pcrs.values().flat_map(|p| &p.events) {
@@ -397,23 +388,9 @@ fn junit(reference: &attest::Reference, o: Option<&Outcome>, err: Option<&GuestE
         }
     }
     for stage in stages {
-        let found: Vec<String> = verdict
-            .map(|v| {
-                v.failures
-                    .iter()
-                    .filter(|f| f.stage.as_deref() == Some(stage))
-                    .map(ToString::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        suite.add_test_case(TestCase::new(
-            format!("stage {stage}"),
-            match (verdict, found.is_empty()) {
-                (Some(_), true) => TestCaseStatus::success(),
-                (Some(_), false) => fail(found.join("; ")),
-                (None, _) => fail(why_not("evidence")),
-            },
-        ));
+        checked(format!("stage {stage}"), &|f| {
+            f.stage.as_deref() == Some(stage)
+        });
     }
     let ready = o.and_then(|o| o.kernel.clone());
     suite.add_test_case(TestCase::new(
