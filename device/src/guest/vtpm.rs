@@ -5,6 +5,7 @@
 //! from that key. Then qemu gets the TPM through swtpm's control socket.
 
 use std::fs;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,6 +58,26 @@ fn spawn(dir: &Path, args: &[String]) -> Result<Child, GuestError> {
         })
 }
 
+fn free_port_pair() -> Result<u16, GuestError> {
+    for _ in 0..32 {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| GuestError::io("finding a free port for the vTPM", e))?;
+        let port = first
+            .local_addr()
+            .map_err(|e| GuestError::io("finding a free port for the vTPM", e))?
+            .port();
+        if let Some(ctrl) = port.checked_add(1) {
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, ctrl)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Err(GuestError::io(
+        "finding a free port for the vTPM",
+        std::io::Error::other("no free port pair on 127.0.0.1"),
+    ))
+}
+
 /// The attestation key of the guest's vTPM in `dir`, made and left at
 /// [`AK_HANDLE`] on first use.
 pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
@@ -68,27 +89,25 @@ pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
     }
     fs::create_dir_all(dir).map_err(|e| GuestError::io("making the vTPM's directory", e))?;
     private_dir(dir)?;
-    // Unix sockets in the guest's own 0700 directory: no other local user
-    // can reach the TPM while the host makes its key (a TCP port could be
-    // taken or spoken to first).
-    let server = dir.join("provision.sock");
-    let ctrl = dir.join("provision.sock.ctrl");
-    let _ = fs::remove_file(&server);
-    let _ = fs::remove_file(&ctrl);
+    // TCP on 127.0.0.1: the TSS here reaches swtpm only so. Another local
+    // user could try to take a port between its pick and swtpm's bind; then
+    // swtpm exits, and the key is made only once this swtpm is seen alive
+    // holding the port it was given.
+    let port = free_port_pair()?;
     let mut child = spawn(
         dir,
         &[
             "--server".into(),
-            format!("type=unixio,path={}", server.display()),
+            format!("type=tcp,port={port},bindaddr=127.0.0.1"),
             "--ctrl".into(),
-            format!("type=unixio,path={}", ctrl.display()),
+            format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
             "--flags".into(),
             "not-need-init,startup-clear".into(),
         ],
     )?;
     let made = (|| {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(server.exists() && ctrl.exists()) {
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
             if Instant::now() > deadline {
                 return Err(GuestError::io(
                     "starting the guest's vTPM",
@@ -97,7 +116,15 @@ pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut tpm = Tpm::open(&format!("swtpm:path={}", server.display()))?;
+        if !matches!(child.try_wait(), Ok(None)) {
+            return Err(GuestError::io(
+                "starting the guest's vTPM",
+                std::io::Error::other(format!(
+                    "swtpm exited: port {port} was taken by another program (see swtpm.log); nothing was made"
+                )),
+            ));
+        }
+        let mut tpm = Tpm::open(&format!("swtpm:host=127.0.0.1,port={port}"))?;
         let ak = tpm.create_ak(AkAlg::EccP256)?;
         tpm.persist_ak(&ak, AK_HANDLE)?;
         Ok(ak)
