@@ -1598,28 +1598,14 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         &w.s("disk.sealed"),
     ]);
     let start = |key: &[&str], junit: &str| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "guest",
-            "start",
-            "--root",
-            &root,
-            "--user",
-            &w.s("root/user-data"),
-            "--state",
-            &w.s("guest"),
-            "--reference",
-            &w.s("guest-ref.json"),
-            "--reference-key",
-            &w.s("org.key.pub"),
-            "--accel",
-            "tcg",
-            "--junit",
-            &w.s(junit),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(key.iter().map(|s| (*s).to_owned()));
+        let mut args = guest_start_args(&w, &root);
+        let (user, report) = (w.s("root/user-data"), w.s(junit));
+        for a in ["--user", &user, "--junit", &report]
+            .into_iter()
+            .chain(key.iter().copied())
+        {
+            args.push(a.to_owned());
+        }
         args
     };
 
@@ -1776,6 +1762,28 @@ fn record_guest_reference(w: &World, root: &str) {
     assert!(out.contains("9 PCRs: 0,1,2,3,4,5,6,7,9"), "{out}");
 }
 
+/// `guest start` of the image at `root` with the test's state, guest
+/// reference and key, under TCG.
+fn guest_start_args(w: &World, root: &str) -> Vec<String> {
+    [
+        "guest",
+        "start",
+        "--root",
+        root,
+        "--state",
+        &w.s("guest"),
+        "--reference",
+        &w.s("guest-ref.json"),
+        "--reference-key",
+        &w.s("org.key.pub"),
+        "--accel",
+        "tcg",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 /// The sample boot chain, copied to `chain/`.
 fn copy_chain(w: &World) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -1867,38 +1875,28 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
         ]);
     };
     let launch = |t: &str, boot: &str, policy: &str| {
-        host(
-            t,
-            &[
-                "launch",
-                "--log",
-                &w.s(&format!("boot-{boot}.log")),
-                "--reference",
-                &w.s(&format!("ref-{boot}.json")),
-                "--reference-key",
-                &w.s("org.key.pub"),
-                "--sealed",
-                &w.s("disk.sealed"),
-                "--policy-key",
-                &w.s("policy.key.pub"),
-                "--policy",
-                &w.s(&format!("policy-{policy}.json")),
-                "--",
-                env!("CARGO_BIN_EXE_satchel"),
-                "guest",
-                "start",
-                "--root",
-                &root,
-                "--state",
-                &w.s("guest"),
-                "--reference",
-                &w.s("guest-ref.json"),
-                "--reference-key",
-                &w.s("org.key.pub"),
-                "--accel",
-                "tcg",
-            ],
-        )
+        let mut args: Vec<String> = [
+            "launch",
+            "--log",
+            &w.s(&format!("boot-{boot}.log")),
+            "--reference",
+            &w.s(&format!("ref-{boot}.json")),
+            "--reference-key",
+            &w.s("org.key.pub"),
+            "--sealed",
+            &w.s("disk.sealed"),
+            "--policy-key",
+            &w.s("policy.key.pub"),
+            "--policy",
+            &w.s(&format!("policy-{policy}.json")),
+            "--",
+            env!("CARGO_BIN_EXE_satchel"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(guest_start_args(&w, &root));
+        host(t, &args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let t = swtpm.tcti();
     measured(&t, "v1");
