@@ -452,6 +452,18 @@ pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), G
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "user".to_owned());
+    // The work directory sits next to the user tree (the exchange needs one
+    // file system); a parent others may write would let them swap it.
+    let parent_mode = fs::metadata(parent)
+        .map_err(|e| GuestError::io("reading the user tree's parent", e))?
+        .mode();
+    if parent_mode & 0o022 != 0 {
+        return Err(GuestError::Refused(format!(
+            "the user disk is not read back: {} may be written by others (mode {:o}); the user tree must sit in a directory only its owner writes",
+            parent.display(),
+            parent_mode & 0o7777
+        )));
+    }
     let work = parent.join(format!(".{name}.from-guest"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir(&work).map_err(|e| GuestError::io("making the read-back directory", e))?;
@@ -909,6 +921,24 @@ mod tests {
         fs::create_dir(&tree).unwrap();
         fs::write(tree.join("kept"), b"before").unwrap();
         assert!(read_back(&disk, None, &tree).is_err());
+        assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
+    }
+
+    /// Others could swap the work directory in a parent they may write.
+    #[test]
+    fn the_user_tree_must_sit_where_only_its_owner_writes() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let w = tempfile::tempdir().unwrap();
+        let shared = w.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let tree = shared.join("user");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("kept"), b"before").unwrap();
+        let disk = w.path().join("user.disk");
+        fs::write(&disk, b"not read").unwrap();
+        let err = read_back(&disk, None, &tree).unwrap_err();
+        assert!(err.to_string().contains("written by others"), "{err}");
         assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
     }
 }
