@@ -426,8 +426,10 @@ fn plain(dir: &Path, uid: u32, gid: u32) -> Result<(), GuestError> {
     Ok(())
 }
 
-/// The uid and gid the user disk is read as: `nobody`, never root.
-const NOBODY: u32 = 65534;
+/// The uid and gid the user disk is read as: one no account and no other
+/// process has (not `nobody`, which daemons and sandboxes share: any of
+/// them could reach the dump while it is made), never root.
+const NOBODY: u32 = 0x7ffe_5a7c;
 /// How long a read-back may take.
 const READ_BACK_TIME: Duration = Duration::from_secs(300);
 
@@ -457,9 +459,12 @@ pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), G
     let parent_mode = fs::metadata(parent)
         .map_err(|e| GuestError::io("reading the user tree's parent", e))?
         .mode();
-    if parent_mode & 0o022 != 0 {
+    let parent_uid = fs::metadata(parent)
+        .map_err(|e| GuestError::io("reading the user tree's parent", e))?
+        .uid();
+    if parent_mode & 0o022 != 0 || parent_uid != 0 {
         return Err(GuestError::Refused(format!(
-            "the user disk is not read back: {} may be written by others (mode {:o}); the user tree must sit in a directory only its owner writes",
+            "the user disk is not read back: {} may be written by others (mode {:o}, owner {parent_uid}); the user tree must sit in a directory only root writes",
             parent.display(),
             parent_mode & 0o7777
         )));
@@ -539,7 +544,20 @@ pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), G
 /// root sets a uid).
 fn as_nobody(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt as _;
-    cmd.uid(NOBODY).gid(NOBODY).current_dir("/")
+    // Its own process group, so whatever it forks is stopped with it.
+    cmd.uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .process_group(0)
+}
+
+/// Stop a child made by [`as_nobody`] and everything in its group.
+fn stop_group(child: &mut std::process::Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `debugfs rdump` of `raw` into `tree` (as nobody, from inside `tree`, so
@@ -602,8 +620,7 @@ fn dump(raw: &Path, tree: &Path, limit: u64) -> Result<(), GuestError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    stop_group(&mut child);
     let said = said.join().unwrap_or_default();
     stopped.map_err(|why| GuestError::Refused(format!("the user disk is not read back: {why}")))?;
     // debugfs says its version on the first line; anything else is a
@@ -613,7 +630,10 @@ fn dump(raw: &Path, tree: &Path, limit: u64) -> Result<(), GuestError> {
         .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
         // As nobody it cannot give files their owners; they get the user
         // tree's owner afterwards anyway.
-        .filter(|l| !l.contains(": Operation not permitted while changing ownership of "))
+        .filter(|l| {
+            !(["rdump: ", "dump_file: "].iter().any(|p| l.starts_with(p))
+                && l.contains(": Operation not permitted while changing ownership of ./"))
+        })
         .collect();
     if !complaints.is_empty() {
         return Err(GuestError::Refused(format!(
