@@ -709,7 +709,8 @@ fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_ref
         .map(|(i, v)| (*i, hex::decode(v).unwrap()))
         .collect();
     values.insert(15, vec![9; 32]);
-    let open = attest::tpm::SignedPolicy::sign(&key, 1, attest::HashAlg::Sha256, &values).unwrap();
+    let open =
+        attest::tpm::SignedPolicy::sign(&key, 1, 1, attest::HashAlg::Sha256, &values).unwrap();
     std::fs::write(c.p("open.json"), serde_json::to_vec(&open).unwrap()).unwrap();
     let launch = |policy: &str| {
         satchel(

@@ -597,64 +597,177 @@ fn credentials_made_by_tpm2_tools_activate_here() {
     );
 }
 
+/// The PCR values of `pcrs` in sha256, now.
+fn pcr_values(tpm: &mut Tpm, pcrs: &[u32]) -> std::collections::BTreeMap<u32, Vec<u8>> {
+    let banks = tpm.read_pcrs(&[HashAlg::Sha256], pcrs).unwrap();
+    pcrs.iter()
+        .map(|p| (*p, banks.get(HashAlg::Sha256, *p).unwrap().to_vec()))
+        .collect()
+}
+
 #[test]
 fn a_key_sealed_to_the_policy_key_survives_an_update_with_a_newly_signed_policy() {
     use attest::tpm::SignedPolicy;
-    use std::collections::BTreeMap;
     let device = Device::honest();
     let org = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
     let pcrs = [4u32, 8, 9];
-    let now = |tpm: &mut Tpm| -> BTreeMap<u32, Vec<u8>> {
-        let banks = tpm.read_pcrs(&[HashAlg::Sha256], &pcrs).unwrap();
-        pcrs.iter()
-            .map(|p| (*p, banks.get(HashAlg::Sha256, *p).unwrap().to_vec()))
-            .collect()
-    };
     let mut tpm = device.tpm();
     let sealed = tpm
         .seal_authorized(org.verifying_key(), b"disk key")
         .unwrap();
     // Version 1: the organisation signs the PCR values of the image it built.
-    let v1 = SignedPolicy::sign(&org, 1, HashAlg::Sha256, &now(&mut tpm)).unwrap();
-    assert_eq!(
-        tpm.unseal_authorized(&sealed, org.verifying_key(), &v1)
-            .unwrap(),
-        b"disk key"
-    );
+    let v1 = SignedPolicy::sign(&org, 1, 1, HashAlg::Sha256, &pcr_values(&mut tpm, &pcrs)).unwrap();
+    let (secret, mut tpm) = tpm
+        .unseal_authorized(&sealed, org.verifying_key(), &v1)
+        .unwrap();
+    assert_eq!(secret, b"disk key");
     // The update changes PCR 9: v1's policy no longer unseals ...
     tpm.extend(9, &[(HashAlg::Sha256, vec![7; 32])]).unwrap();
+    let after = pcr_values(&mut tpm, &pcrs);
     assert!(matches!(
         tpm.unseal_authorized(&sealed, org.verifying_key(), &v1),
         Err(attest::tpm::TpmError::PcrPolicy { .. })
     ));
     // ... the policy signed for the new values does, with the same sealed
     // object: no re-sealing.
-    let v2 = SignedPolicy::sign(&org, 2, HashAlg::Sha256, &now(&mut tpm)).unwrap();
-    assert_eq!(
-        tpm.unseal_authorized(&sealed, org.verifying_key(), &v2)
-            .unwrap(),
-        b"disk key"
-    );
+    let v2 = SignedPolicy::sign(&org, 2, 1, HashAlg::Sha256, &after).unwrap();
+    let (secret, _) = device
+        .tpm()
+        .unseal_authorized(&sealed, org.verifying_key(), &v2)
+        .unwrap();
+    assert_eq!(secret, b"disk key");
     // A policy signed by another key, or one whose values were edited after
     // signing, is refused; so is a secret sealed to another policy key.
     let rogue = p256::ecdsa::SigningKey::from_slice(&[43u8; 32]).unwrap();
-    let forged = SignedPolicy::sign(&rogue, 2, HashAlg::Sha256, &now(&mut tpm)).unwrap();
-    assert!(tpm
+    let forged = SignedPolicy::sign(&rogue, 2, 1, HashAlg::Sha256, &after).unwrap();
+    assert!(device
+        .tpm()
         .unseal_authorized(&sealed, rogue.verifying_key(), &forged)
         .is_err());
-    assert!(tpm
+    assert!(device
+        .tpm()
         .unseal_authorized(&sealed, org.verifying_key(), &forged)
         .is_err());
     let mut edited = v1.clone();
     edited.pcrs = v2.pcrs.clone();
-    assert!(tpm
+    assert!(device
+        .tpm()
         .unseal_authorized(&sealed, org.verifying_key(), &edited)
         .is_err());
     // Sealed on another TPM: refused.
-    drop(tpm);
     let other = Device::honest();
     assert!(other
         .tpm()
         .unseal_authorized(&sealed, org.verifying_key(), &v2)
         .is_err());
+}
+
+#[test]
+fn the_epoch_counter_computes_to_the_name_the_tpm_gives_it() {
+    let device = Device::honest();
+    let mut tpm = device.tpm();
+    assert_eq!(tpm.epoch_counter(attest::tpm::EPOCH_COUNTER).unwrap(), None);
+    let start = tpm
+        .ensure_epoch_counter(attest::tpm::EPOCH_COUNTER)
+        .unwrap();
+    assert!(start >= 1);
+    drop(tpm);
+    // tpm2-tools reads the same name: what every signed policy covers.
+    let out = std::process::Command::new("tpm2_nvreadpublic")
+        .arg(format!("{:#x}", attest::tpm::EPOCH_COUNTER))
+        .env("TPM2TOOLS_TCTI", device.swtpm.tcti())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = hex::encode(attest::tpm::counter_name(attest::tpm::EPOCH_COUNTER));
+    assert!(text.contains(&format!("name: {name}")), "{text}");
+}
+
+/// An older signed policy, revoked by a newer epoch: the TPM itself
+/// refuses it (TPM2_PolicyNV), also after the counter is undefined and
+/// defined again by someone holding the owner's (empty) authorization, as
+/// a student with root or anyone booting another OS on the device would.
+#[test]
+fn raising_the_epoch_revokes_older_policies_even_when_the_counter_is_defined_again() {
+    use attest::tpm::{SignedPolicy, TpmError, EPOCH_COUNTER};
+    let device = Device::honest();
+    let org = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
+    let pcrs = [4u32, 8, 9];
+    let mut tpm = device.tpm();
+    let sealed = tpm
+        .seal_authorized(org.verifying_key(), b"disk key")
+        .unwrap();
+    let start = tpm.epoch_counter(EPOCH_COUNTER).unwrap().unwrap();
+    let values = pcr_values(&mut tpm, &pcrs);
+    // v1 (epoch = the counter now) and a security update v2 one epoch on,
+    // for the same chain values (the rollback: the same boot, older policy).
+    let v1 = SignedPolicy::sign(&org, 1, start, HashAlg::Sha256, &values).unwrap();
+    let v2 = SignedPolicy::sign(&org, 2, start + 1, HashAlg::Sha256, &values).unwrap();
+    let (secret, tpm) = tpm
+        .unseal_authorized(&sealed, org.verifying_key(), &v1)
+        .unwrap();
+    assert_eq!(secret, b"disk key");
+    let (_, mut tpm) = tpm
+        .unseal_authorized(&sealed, org.verifying_key(), &v2)
+        .unwrap();
+    // Before the device moves to v2, both hold; once it has, v1 is revoked.
+    assert_eq!(
+        tpm.raise_epoch_counter(EPOCH_COUNTER, start + 1).unwrap(),
+        (start, start + 1)
+    );
+    match tpm.unseal_authorized(&sealed, org.verifying_key(), &v1) {
+        Err(TpmError::Revoked { epoch, counter }) => {
+            assert_eq!((epoch, counter), (start, start + 1));
+        }
+        other => panic!("v1 after the raise: {other:?}"),
+    }
+    let (secret, mut tpm) = device
+        .tpm()
+        .unseal_authorized(&sealed, org.verifying_key(), &v2)
+        .unwrap();
+    assert_eq!(secret, b"disk key");
+    // Raising is idempotent, never lowers, and refuses a wild jump.
+    assert_eq!(
+        tpm.raise_epoch_counter(EPOCH_COUNTER, start).unwrap(),
+        (start + 1, start + 1)
+    );
+    assert!(matches!(
+        tpm.raise_epoch_counter(EPOCH_COUNTER, start + 1 + attest::tpm::MAX_RAISE + 1),
+        Err(TpmError::EpochJump { .. })
+    ));
+    // An edited epoch breaks the signature.
+    let mut edited = v1.clone();
+    edited.epoch = start + 1;
+    assert!(device
+        .tpm()
+        .unseal_authorized(&sealed, org.verifying_key(), &edited)
+        .is_err());
+    // The attack: undefine the counter and define it again.
+    drop(tpm);
+    let out = std::process::Command::new("tpm2_nvundefine")
+        .arg(format!("{EPOCH_COUNTER:#x}"))
+        .env("TPM2TOOLS_TCTI", device.swtpm.tcti())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tpm = device.tpm();
+    assert_eq!(tpm.epoch_counter(EPOCH_COUNTER).unwrap(), None);
+    let again = tpm.ensure_epoch_counter(EPOCH_COUNTER).unwrap();
+    assert!(
+        again > start + 1,
+        "a counter defined again starts above every old value: {again}"
+    );
+    assert!(matches!(
+        tpm.unseal_authorized(&sealed, org.verifying_key(), &v1),
+        Err(TpmError::Revoked { .. })
+    ));
 }

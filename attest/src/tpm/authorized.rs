@@ -1,26 +1,25 @@
 //! A secret sealed to the organisation's policy key instead of to PCR
-//! values (TPM2_PolicyAuthorize): any PCR policy the key signs unseals it.
-//! An image update that changes the boot chain then needs a newly signed
+//! values (TPM2_PolicyAuthorize): any PCR policy the key signs unseals it,
+//! while the device's epoch counter is at most the policy's epoch. An
+//! image update that changes the boot chain then needs a newly signed
 //! policy for the new values, not a new sealing, and the device keeps its
-//! disk key.
+//! disk key; raising the epoch revokes every policy signed before.
 //!
-//! - The sealed object's policy is `PolicyAuthorize(keyName, "")`:
-//!   `H(H(0³² ‖ TPM_CC_PolicyAuthorize ‖ keyName) ‖ "")`, computed by the
-//!   TPM's own trial session.
-//! - A signed policy names PCR values; its *approved* digest is that of
-//!   `TPM2_PolicyPCR` over them: `H(0³² ‖ TPM_CC_PolicyPCR ‖
-//!   TPML_PCR_SELECTION ‖ H(values in index order))`. The key signs
-//!   `H(approved ‖ "")` (ECDSA P-256: the TPM verifies no ed25519).
+//! - The sealed object's policy is `PolicyAuthorize(keyName, ref)` with
+//!   `ref` = [`POLICY_REF`]: `H(H(0³² ‖ TPM_CC_PolicyAuthorize ‖ keyName) ‖
+//!   ref)`, computed by the TPM's own trial session.
+//! - A signed policy names PCR values and an epoch; its *approved* digest
+//!   is that of `TPM2_PolicyPCR` over the values followed by
+//!   `TPM2_PolicyNV(epoch counter ≤ epoch)` ([`super::epoch`]). The key
+//!   signs `H(approved ‖ ref)` (ECDSA P-256: the TPM verifies no ed25519).
+//!   The reference keeps signatures over any other digest (an older format
+//!   without the counter) from ever unsealing this object.
 //! - Unsealing: the TPM checks the signature (`TPM2_VerifySignature`, the
 //!   key loaded public-only in the owner hierarchy so the ticket counts),
-//!   a policy session runs `PolicyPCR` on the live values, then
-//!   `PolicyAuthorize` turns the session's digest into the sealed one only
-//!   if it equals the signed one.
-//!
-//! Revoking an older signed policy after an update needs `TPM2_PolicyNV` or
-//! `TPM2_PolicyAuthorizeNV`, which tss-esapi 7 does not offer: until then a
-//! policy signed for an older image stays valid on a device that boots that
-//! image (see docs/launch.md).
+//!   then one policy session runs `PolicyPCR` on the live values,
+//!   `PolicyNV` on the live counter, and `PolicyAuthorize`, which turns the
+//!   session's digest into the sealed one only if it equals the signed one.
+//!   tss-esapi 7 lacks `PolicyNV`, so that session runs in [`super::esys`].
 
 use std::collections::BTreeMap;
 
@@ -34,15 +33,16 @@ use tss_esapi::handles::{KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
     Digest, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme, Name, Nonce,
     PublicBuilder, PublicEccParametersBuilder, Signature, VerifiedTicket,
 };
 use tss_esapi::tss2_esys::TPMT_TK_VERIFIED;
 
-use super::keys::{is_policy_fail, session_object};
-use super::{command, malformed, selection_list, Tpm, TpmError};
+use super::epoch::{policy_nv, EPOCH_COUNTER};
+use super::keys::session_object;
+use super::{command, esys, malformed, selection_list, Tpm, TpmError};
 use crate::alg::HashAlg;
 
 /// TPM_RC_VALUE: a parameter's value is wrong (for PolicyAuthorize: the
@@ -54,13 +54,25 @@ fn is_value_error(e: &tss_esapi::Error) -> bool {
 /// `TPM_CC_PolicyPCR`.
 const CC_POLICY_PCR: u32 = 0x0000_017F;
 
+/// The policy reference of every sealed object and signature: signatures
+/// over a bare digest (format v1, no epoch) never unseal a v2 object.
+pub const POLICY_REF: &[u8] = b"satchel-epoch-v2";
+
+/// The format of a sealed file.
+const SEALED_FORMAT: &str = "satchel-sealed-authorized-v2";
+
+/// The format of a signed policy.
+const POLICY_FORMAT: &str = "satchel-pcr-policy-v2";
+
 /// A secret sealed to a policy key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizedSealed {
-    /// Always `satchel-sealed-authorized-v1`.
+    /// Always `satchel-sealed-authorized-v2`.
     pub format: String,
     /// The TPM name of the policy key (hex): the sealed policy names it.
     pub key_name: String,
+    /// The NV index of the epoch counter.
+    pub counter: u32,
     /// The sealed object's policy digest (hex), for inspection.
     pub policy: String,
     /// `TPMT_PUBLIC` of the sealed object, base64.
@@ -69,22 +81,31 @@ pub struct AuthorizedSealed {
     pub private: String,
 }
 
-/// PCR values signed by the policy key (`satchel-pcr-policy-v1`).
+/// PCR values and an epoch signed by the policy key
+/// (`satchel-pcr-policy-v2`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedPolicy {
-    /// Always `satchel-pcr-policy-v1`.
+    /// Always `satchel-pcr-policy-v2`.
     pub format: String,
     /// Which image or reference version it is for (informational: not
     /// covered by the signature).
     pub version: u64,
+    /// It unseals only while the device's epoch counter is at most this;
+    /// a device that unseals with it raises its counter to it, revoking
+    /// every policy with a lower epoch.
+    pub epoch: u64,
+    /// The NV index of the epoch counter.
+    pub counter: u32,
     /// The bank of the values.
     pub bank: HashAlg,
     /// PCR index to its value (hex).
     pub pcrs: BTreeMap<u32, String>,
-    /// The approved policy digest (hex): `TPM2_PolicyPCR` over the values.
+    /// The approved policy digest (hex): `TPM2_PolicyPCR` over the values,
+    /// then `TPM2_PolicyNV` (counter at most the epoch).
     pub approved: String,
-    /// ECDSA P-256 over `SHA-256(approved)`, `r ‖ s` (hex, 64 bytes).
+    /// ECDSA P-256 over `SHA-256(approved ‖ POLICY_REF)`, `r ‖ s` (hex,
+    /// 64 bytes).
     pub signature: String,
 }
 
@@ -142,16 +163,19 @@ impl SignedPolicy {
     pub fn sign(
         key: &p256::ecdsa::SigningKey,
         version: u64,
+        epoch: u64,
         bank: HashAlg,
         pcrs: &BTreeMap<u32, Vec<u8>>,
     ) -> Result<SignedPolicy, PolicyError> {
-        let approved = approved_policy(bank, pcrs)?;
+        let approved = policy_nv(approved_policy(bank, pcrs)?, EPOCH_COUNTER, epoch);
         let sig: p256::ecdsa::Signature = key
-            .sign_prehash(&Sha256::digest(approved))
+            .sign_prehash(&signed_hash(&approved))
             .map_err(|_| PolicyError::Signature)?;
         Ok(SignedPolicy {
-            format: "satchel-pcr-policy-v1".to_owned(),
+            format: POLICY_FORMAT.to_owned(),
             version,
+            epoch,
+            counter: EPOCH_COUNTER,
             bank,
             pcrs: pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect(),
             approved: hex::encode(approved),
@@ -166,8 +190,11 @@ impl SignedPolicy {
         &self,
         key: &p256::ecdsa::VerifyingKey,
     ) -> Result<([u8; 32], p256::ecdsa::Signature), PolicyError> {
-        if self.format != "satchel-pcr-policy-v1" {
-            return Err(PolicyError::Invalid(format!("format {:?}", self.format)));
+        if self.format != POLICY_FORMAT {
+            return Err(PolicyError::Invalid(format!(
+                "format {:?} (this Satchel reads {POLICY_FORMAT}: sign it again with satchel pcr-policy sign)",
+                self.format
+            )));
         }
         let values = self
             .pcrs
@@ -178,20 +205,33 @@ impl SignedPolicy {
                     .map_err(|_| PolicyError::Invalid(format!("PCR {i}: not hex")))
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        let approved = approved_policy(self.bank, &values)?;
+        let approved = policy_nv(
+            approved_policy(self.bank, &values)?,
+            self.counter,
+            self.epoch,
+        );
         if hex::encode(approved) != self.approved {
             return Err(PolicyError::Invalid(
-                "the approved digest is not that of its PCR values".into(),
+                "the approved digest is not that of its PCR values and epoch".into(),
             ));
         }
         let sig = hex::decode(&self.signature)
             .ok()
             .and_then(|b| p256::ecdsa::Signature::from_slice(&b).ok())
             .ok_or_else(|| PolicyError::Invalid("signature: not 64 bytes of hex".into()))?;
-        key.verify_prehash(&Sha256::digest(approved), &sig)
+        key.verify_prehash(&signed_hash(&approved), &sig)
             .map_err(|_| PolicyError::Signature)?;
         Ok((approved, sig))
     }
+}
+
+/// What the policy key signs: `SHA-256(approved ‖ POLICY_REF)`, the
+/// `aHash` `TPM2_PolicyAuthorize` checks the ticket against.
+fn signed_hash(approved: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(approved);
+    h.update(POLICY_REF);
+    h.finalize().into()
 }
 
 impl Tpm {
@@ -243,7 +283,8 @@ impl Tpm {
         }
     }
 
-    /// Seal `secret` so that any PCR policy `key` signs unseals it.
+    /// Seal `secret` so that any PCR policy `key` signs unseals it while
+    /// the epoch counter allows; defines the counter if it is not there.
     pub fn seal_authorized(
         &mut self,
         key: &p256::ecdsa::VerifyingKey,
@@ -253,6 +294,7 @@ impl Tpm {
         if secret.is_empty() || secret.len() > super::MAX_SEALED {
             return Err(TpmError::SecretSize { size: secret.len() });
         }
+        self.ensure_epoch_counter(EPOCH_COUNTER)?;
         let (handle, name) = self.load_policy_key(key)?;
         let _ = self.ctx.flush_context(ObjectHandle::from(handle));
         // The policy digest from the TPM's own trial session: a trial
@@ -263,16 +305,11 @@ impl Tpm {
             digest: Default::default(),
         })
         .map_err(command(WHAT))?;
+        let policy_ref = Nonce::try_from(POLICY_REF.to_vec()).map_err(command(WHAT))?;
         let trial = self.policy_session(SessionType::Trial)?;
         let digest = self
             .ctx
-            .policy_authorize(
-                trial,
-                Digest::default(),
-                Nonce::default(),
-                &name,
-                null_ticket,
-            )
+            .policy_authorize(trial, Digest::default(), policy_ref, &name, null_ticket)
             .and_then(|()| self.ctx.policy_get_digest(trial));
         let _ = self
             .ctx
@@ -280,8 +317,9 @@ impl Tpm {
         let digest = digest.map_err(command("TPM2_PolicyAuthorize (trial)"))?;
         let (public, private) = self.create_sealed(&digest, secret)?;
         Ok(AuthorizedSealed {
-            format: "satchel-sealed-authorized-v1".to_owned(),
+            format: SEALED_FORMAT.to_owned(),
             key_name: hex::encode(name.value()),
+            counter: EPOCH_COUNTER,
             policy: hex::encode(digest.value()),
             public,
             private,
@@ -289,20 +327,82 @@ impl Tpm {
     }
 
     /// Unseal with a policy `key` signed: only while the PCRs hold its
-    /// values ([`TpmError::PcrPolicy`] otherwise), and only with a policy
-    /// the key really signed.
+    /// values and the epoch counter is at most its epoch
+    /// ([`TpmError::PcrPolicy`], [`TpmError::Revoked`] otherwise), and only
+    /// with a policy the key really signed.
+    ///
+    /// The policy session runs on a connection of its own (tss-esapi 7
+    /// cannot send `TPM2_PolicyNV`), so this one is closed for it: the
+    /// secret comes back with the connection opened again.
     pub fn unseal_authorized(
+        mut self,
+        sealed: &AuthorizedSealed,
+        key: &p256::ecdsa::VerifyingKey,
+        policy: &SignedPolicy,
+    ) -> Result<(Vec<u8>, Tpm), TpmError> {
+        const WHAT: &str = "TPM2_Unseal (authorized)";
+        if sealed.format != SEALED_FORMAT {
+            return Err(malformed(
+                WHAT,
+                "the sealed file is of an older format: seal the secret again",
+            ));
+        }
+        let (approved, sig) = policy
+            .check(key)
+            .map_err(|_| malformed(WHAT, "the signed policy does not check with the policy key"))?;
+        if policy.counter != sealed.counter {
+            return Err(malformed(
+                WHAT,
+                "the signed policy names another epoch counter than the sealed secret",
+            ));
+        }
+        let counter = self.epoch_counter(sealed.counter)?.ok_or_else(|| {
+            malformed(
+                WHAT,
+                "this TPM has no epoch counter: the secret was sealed on another",
+            )
+        })?;
+        let job = self.prepare_unseal(sealed, key, policy, approved, sig)?;
+        let tcti = self.tcti.clone();
+        drop(self);
+        let secret = esys::unseal(&tcti, &job).map_err(|(what, e)| {
+            match e {
+                // PolicyPCR holds nothing back: a PCR mismatch shows at
+                // PolicyAuthorize, whose session digest is then not the
+                // signed one (TPM_RC_VALUE); PolicyNV fails at once
+                // (TPM_RC_POLICY) when the counter is above the epoch.
+                tss_esapi::Error::Tss2Error(rc)
+                    if what == "TPM2_PolicyNV"
+                        && rc.kind()
+                            == Some(tss_esapi::constants::Tss2ResponseCodeKind::Policy) =>
+                {
+                    TpmError::Revoked {
+                        epoch: policy.epoch,
+                        counter,
+                    }
+                }
+                ref e2 if what == "TPM2_PolicyAuthorize" && is_value_error(e2) => {
+                    TpmError::PcrPolicy {
+                        pcrs: policy.pcrs.keys().copied().collect(),
+                    }
+                }
+                _ => command(what)(e),
+            }
+        })?;
+        Ok((secret, Tpm::open(&tcti)?))
+    }
+
+    /// Everything the policy session needs, made on this connection: the
+    /// TPM's ticket for the signature, the sealed object loaded and saved.
+    fn prepare_unseal(
         &mut self,
         sealed: &AuthorizedSealed,
         key: &p256::ecdsa::VerifyingKey,
         policy: &SignedPolicy,
-    ) -> Result<Vec<u8>, TpmError> {
+        approved: [u8; 32],
+        sig: p256::ecdsa::Signature,
+    ) -> Result<esys::NvAuthorizedUnseal, TpmError> {
         const WHAT: &str = "TPM2_Unseal (authorized)";
-        let (approved, sig) = policy
-            .check(key)
-            .map_err(|_| malformed(WHAT, "the signed policy does not check with the policy key"))?;
-        let pcrs: Vec<u32> = policy.pcrs.keys().copied().collect();
-        // The TPM's own check of the signature: a ticket.
         let (handle, name) = self.load_policy_key(key)?;
         if hex::encode(name.value()) != sealed.key_name {
             let _ = self.ctx.flush_context(ObjectHandle::from(handle));
@@ -311,90 +411,39 @@ impl Tpm {
                 "the secret is sealed to another policy key",
             ));
         }
+        // The TPM's own check of the signature: a ticket.
         let (r, s) = sig.split_bytes();
         let ticket = EccParameter::try_from(r.to_vec())
             .and_then(|r| Ok((r, EccParameter::try_from(s.to_vec())?)))
             .and_then(|(r, s)| EccSignature::create(HashingAlgorithm::Sha256, r, s))
             .and_then(|sig| {
-                let a_hash = Digest::try_from(Sha256::digest(approved).to_vec())?;
+                let a_hash = Digest::try_from(signed_hash(&approved).to_vec())?;
                 self.ctx
                     .verify_signature(handle, a_hash, Signature::EcDsa(sig))
             });
         let _ = self.ctx.flush_context(ObjectHandle::from(handle));
         let ticket = ticket.map_err(command("TPM2_VerifySignature"))?;
-        // Loaded before the session starts, so nothing stands between the
-        // PCR check and the unseal (another extend there fails the unseal).
         let object = self.load_sealed(&sealed.public, &sealed.private)?;
-        let result = self
-            .policy_session(SessionType::Policy)
-            .and_then(|session| {
-                let r = self.authorize_and_unseal(
-                    session,
-                    object,
-                    &pcrs,
-                    policy.bank,
-                    approved,
-                    &name,
-                    ticket,
-                );
-                let _ = self
-                    .ctx
-                    .flush_context(session_object(AuthSession::from(session)));
-                r
-            });
+        let saved = self.ctx.context_save(ObjectHandle::from(object));
         let _ = self.ctx.flush_context(ObjectHandle::from(object));
-        result
-    }
-
-    /// In `session`: PolicyPCR on the live values of `pcrs`, PolicyAuthorize
-    /// with the signed `approved` digest, then unseal `object`.
-    #[allow(clippy::too_many_arguments)]
-    fn authorize_and_unseal(
-        &mut self,
-        session: PolicySession,
-        object: KeyHandle,
-        pcrs: &[u32],
-        bank: HashAlg,
-        approved: [u8; 32],
-        name: &Name,
-        ticket: VerifiedTicket,
-    ) -> Result<Vec<u8>, TpmError> {
-        const WHAT: &str = "TPM2_Unseal (authorized)";
-        let selection = [(bank, pcrs.iter().copied().collect())]
+        let saved = saved.map_err(command("TPM2_ContextSave (sealed object)"))?;
+        let selection = [(policy.bank, policy.pcrs.keys().copied().collect())]
             .into_iter()
             .collect();
-        let list = selection_list(&selection)?;
-        self.ctx
-            .policy_pcr(session, Digest::default(), list)
-            .map_err(command("TPM2_PolicyPCR"))?;
-        let approved = Digest::try_from(approved.to_vec()).map_err(command(WHAT))?;
-        // TPM_RC_VALUE: the session's digest (the live PCR values) is not
-        // the signed one.
-        self.ctx
-            .policy_authorize(session, approved, Nonce::default(), name, ticket)
-            .map_err(|e| {
-                if is_value_error(&e) {
-                    TpmError::PcrPolicy {
-                        pcrs: pcrs.to_vec(),
-                    }
-                } else {
-                    command("TPM2_PolicyAuthorize")(e)
-                }
-            })?;
-        self.ctx
-            .execute_with_session(Some(AuthSession::from(session)), |c| {
-                c.unseal(ObjectHandle::from(object))
-            })
-            .map(|d| d.value().to_vec())
-            .map_err(|e| {
-                if is_policy_fail(&e) {
-                    TpmError::PcrPolicy {
-                        pcrs: pcrs.to_vec(),
-                    }
-                } else {
-                    command(WHAT)(e)
-                }
-            })
+        Ok(esys::NvAuthorizedUnseal {
+            object: saved.try_into().map_err(command(WHAT))?,
+            pcrs: selection_list(&selection)?.into(),
+            counter: sealed.counter,
+            epoch: policy.epoch,
+            approved: Digest::try_from(approved.to_vec())
+                .map_err(command(WHAT))?
+                .into(),
+            policy_ref: Nonce::try_from(POLICY_REF.to_vec())
+                .map_err(command(WHAT))?
+                .into(),
+            key_name: name.into(),
+            ticket: ticket.try_into().map_err(command(WHAT))?,
+        })
     }
 }
 
@@ -406,13 +455,17 @@ mod tests {
     fn a_policy_checks_only_with_its_key_and_values() {
         let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let pcrs: BTreeMap<u32, Vec<u8>> = [(4, vec![1u8; 32]), (8, vec![2u8; 32])].into();
-        let p = SignedPolicy::sign(&key, 3, HashAlg::Sha256, &pcrs).unwrap();
+        let p = SignedPolicy::sign(&key, 3, 1, HashAlg::Sha256, &pcrs).unwrap();
         assert!(p.check(key.verifying_key()).is_ok());
         let other = p256::ecdsa::SigningKey::from_slice(&[8u8; 32]).unwrap();
         assert!(p.check(other.verifying_key()).is_err());
         let mut changed = p.clone();
         changed.pcrs.insert(8, hex::encode([3u8; 32]));
         assert!(changed.check(key.verifying_key()).is_err());
+        // The epoch is covered: a policy moved to a higher epoch is refused.
+        let mut later = p.clone();
+        later.epoch = 9;
+        assert!(later.check(key.verifying_key()).is_err());
         assert!(approved_policy(HashAlg::Sha256, &[(4, vec![0u8; 20])].into()).is_err());
         assert!(approved_policy(HashAlg::Sha256, &[(24, vec![0u8; 32])].into()).is_err());
     }

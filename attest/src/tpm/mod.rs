@@ -24,9 +24,12 @@ use crate::alg::HashAlg;
 use crate::pcr::PcrBanks;
 
 mod authorized;
+mod epoch;
+mod esys;
 mod keys;
 
-pub use authorized::{approved_policy, AuthorizedSealed, PolicyError, SignedPolicy};
+pub use authorized::{approved_policy, AuthorizedSealed, PolicyError, SignedPolicy, POLICY_REF};
+pub use epoch::{counter_name, policy_nv, EPOCH_COUNTER, MAX_RAISE};
 pub use keys::{AkAlg, AkFile, SealedFile, MAX_SEALED};
 
 /// The TCTI used when neither a flag nor [`TCTI_ENV`] names one: the kernel's
@@ -179,6 +182,23 @@ pub enum TpmError {
         /// The PCRs the secret is sealed to.
         pcrs: Vec<u32>,
     },
+    /// Unsealing refused: the policy's epoch is below the device's epoch
+    /// counter, so a newer policy has revoked it.
+    #[error("the TPM refused to unseal: the signed policy is for epoch {epoch}, but this device's epoch counter stands at {counter}: a newer policy has revoked it")]
+    Revoked {
+        /// The signed policy's epoch.
+        epoch: u64,
+        /// The counter's value.
+        counter: u64,
+    },
+    /// A policy's epoch too far above the counter to raise it to.
+    #[error("the policy's epoch {epoch} is more than {max} above this device's epoch counter ({counter}); refusing to raise it that far", max = epoch::MAX_RAISE)]
+    EpochJump {
+        /// The counter's value.
+        counter: u64,
+        /// The epoch asked for.
+        epoch: u64,
+    },
     /// The TPM answered with something that contradicts the request.
     #[error("malformed TPM response to {what}: {problem}")]
     Malformed {
@@ -195,6 +215,9 @@ pub enum TpmError {
 #[derive(Debug)]
 pub struct Tpm {
     pub(crate) ctx: Context,
+    /// The TCTI it was opened with (a second connection is opened on it
+    /// for the one sequence tss-esapi cannot run, after this one closes).
+    tcti: String,
     /// The allocated banks, once asked (allocation changes only at reset).
     banks: Option<Vec<HashAlg>>,
 }
@@ -215,7 +238,11 @@ impl Tpm {
             tcti: tcti.to_owned(),
             source,
         })?;
-        Ok(Tpm { ctx, banks: None })
+        Ok(Tpm {
+            ctx,
+            tcti: tcti.to_owned(),
+            banks: None,
+        })
     }
 
     /// The banks with at least one PCR allocated, limited to the algorithms

@@ -149,12 +149,14 @@ pub(crate) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<()> {
     if let Some(key) = &a.policy_key {
         let key = read_policy_key(key)?;
         let sealed = tpm.seal_authorized(&key, &secret)?;
+        let epoch = tpm.epoch_counter(sealed.counter)?.unwrap_or_default();
         super::write_atomic(&a.out, serde_json::to_string_pretty(&sealed)?.as_bytes())?;
         println!(
-            "sealed {} bytes to policy key {} in {}: a PCR policy it signs unseals them",
+            "sealed {} bytes to policy key {} in {}: a PCR policy it signs for epoch {epoch} or later unseals them (epoch counter {:#x})",
             secret.len(),
             sealed.key_name,
-            a.out.display()
+            a.out.display(),
+            sealed.counter
         );
         return Ok(());
     }
@@ -225,6 +227,13 @@ pub(crate) struct PcrPolicySignArgs {
     /// The policy's version [default: the reference's, else the time now].
     #[arg(long, value_name = "N")]
     version: Option<u64>,
+    /// The policy's epoch: it unseals only on devices whose epoch counter
+    /// is at most this, and a device that launches with it raises its
+    /// counter to it, revoking every policy signed for a lower epoch.
+    /// Raise it by one with each update that must retire the old image
+    /// (a security fix); keep it for one that need not.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    epoch: u64,
     /// Where the signed policy goes.
     #[arg(long, value_name = "POLICY")]
     out: PathBuf,
@@ -302,12 +311,13 @@ pub(crate) fn sign_policy(a: PcrPolicySignArgs, config: Option<&Path>) -> anyhow
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     });
-    let policy = attest::tpm::SignedPolicy::sign(&key, version, a.bank, &values)?;
+    let policy = attest::tpm::SignedPolicy::sign(&key, version, a.epoch, a.bank, &values)?;
     super::write_atomic(&a.out, serde_json::to_string_pretty(&policy)?.as_bytes())?;
     println!(
-        "signed PCR policy {} version {} for PCRs {:?} ({})",
+        "signed PCR policy {} version {} epoch {} for PCRs {:?} ({})",
         a.out.display(),
         version,
+        a.epoch,
         values.keys().collect::<Vec<_>>(),
         a.bank
     );
@@ -327,21 +337,47 @@ pub(crate) fn read_policy_key(path: &Path) -> anyhow::Result<p256::ecdsa::Verify
     })
 }
 
+/// The format of a file sealed to a policy key, and the prefix of older
+/// ones.
+const AUTHORIZED_FORMAT: &str = "satchel-sealed-authorized-v2";
+const AUTHORIZED_PREFIX: &str = "satchel-sealed-authorized-";
+
+/// A secret unsealed, the connection back, and, when it was sealed to a
+/// policy key, the policy it unsealed with.
+struct Unsealed {
+    secret: Vec<u8>,
+    tpm: attest::tpm::Tpm,
+    policy: Option<attest::tpm::SignedPolicy>,
+}
+
 /// Unseal the file at `path`: sealed to PCRs, or to a policy key (then
 /// `authorized` names the key and a policy it signed).
 fn unseal_file(
-    tpm: &mut attest::tpm::Tpm,
+    mut tpm: attest::tpm::Tpm,
     path: &Path,
     authorized: &PolicyArgs,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Unsealed> {
     let value: serde_json::Value = read_json(path, "a sealed file")?;
     let refused = |e: attest::tpm::TpmError| -> anyhow::Error {
         match e {
-            attest::tpm::TpmError::PcrPolicy { .. } => Exit::new(1, e.to_string()).into(),
+            attest::tpm::TpmError::PcrPolicy { .. } | attest::tpm::TpmError::Revoked { .. } => {
+                Exit::new(1, e.to_string()).into()
+            }
             e => anyhow::Error::from(e),
         }
     };
-    if value["format"] == "satchel-sealed-authorized-v1" {
+    let format = value["format"].as_str().unwrap_or_default();
+    if format.starts_with(AUTHORIZED_PREFIX) && format != AUTHORIZED_FORMAT {
+        return Err(Exit::new(
+            1,
+            format!(
+                "{} is sealed in the older format {format:?}, which no epoch revokes: seal the key again (satchel seal --policy-key)",
+                path.display()
+            ),
+        )
+        .into());
+    }
+    if format == AUTHORIZED_FORMAT {
         let (Some(key), Some(policy)) = (&authorized.policy_key, &authorized.policy) else {
             return Err(Exit::new(
                 2,
@@ -359,18 +395,28 @@ fn unseal_file(
         policy
             .check(&key)
             .map_err(|e| Exit::new(1, format!("{e}")))?;
-        return tpm
+        let (secret, tpm) = tpm
             .unseal_authorized(&sealed, &key, &policy)
-            .map_err(refused);
+            .map_err(refused)?;
+        return Ok(Unsealed {
+            secret,
+            tpm,
+            policy: Some(policy),
+        });
     }
     let sealed: SealedFile = serde_json::from_value(value)
         .with_context(|| format!("{}: not a sealed file", path.display()))?;
-    tpm.unseal(&sealed).map_err(refused)
+    let secret = tpm.unseal(&sealed).map_err(refused)?;
+    Ok(Unsealed {
+        secret,
+        tpm,
+        policy: None,
+    })
 }
 
 pub(crate) fn unseal(a: UnsealArgs, config: Option<&Path>) -> anyhow::Result<()> {
-    let mut tpm = a.tpm.open(config)?;
-    let secret = unseal_file(&mut tpm, &a.input, &a.authorized)?;
+    let tpm = a.tpm.open(config)?;
+    let secret = unseal_file(tpm, &a.input, &a.authorized)?.secret;
     let mut out = std::io::stdout().lock();
     out.write_all(&secret)?;
     out.flush()?;
@@ -425,11 +471,18 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
             }
         )));
     }
-    let key = unseal_file(&mut tpm, &a.sealed, &a.authorized).map_err(|e| {
+    let Unsealed {
+        secret: key,
+        mut tpm,
+        policy,
+    } = unseal_file(tpm, &a.sealed, &a.authorized).map_err(|e| {
         refused(format!(
             "launch refused: the disk key did not unseal: {e:#}"
         ))
     })?;
+    if let Some(policy) = &policy {
+        raise_epoch(&mut tpm, policy).map_err(|e| refused(format!("launch refused: {e:#}")))?;
+    }
     close_launch_pcr(&mut tpm, a.launch_pcr, &a.log)?;
     drop(tpm);
     let memfd = key_memfd(&key)?;
@@ -466,6 +519,24 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
     }
 }
 
+/// The device now runs what `policy` was signed for: raise its epoch
+/// counter to the policy's epoch, so every policy signed for a lower one
+/// stops unsealing here (a rollback to an older image is refused).
+fn raise_epoch(
+    tpm: &mut attest::tpm::Tpm,
+    policy: &attest::tpm::SignedPolicy,
+) -> anyhow::Result<()> {
+    let (before, after) = tpm
+        .raise_epoch_counter(policy.counter, policy.epoch)
+        .context("raising the epoch counter")?;
+    if after > before {
+        eprintln!(
+            "epoch counter raised from {before} to {after}: policies signed for epoch {before} or lower no longer unseal on this device"
+        );
+    }
+    Ok(())
+}
+
 /// The launch PCR must be in the sealed policy (else closing it would not
 /// stop a second unseal) and outside the reference (else closing it would
 /// fail the next attestation).
@@ -473,7 +544,10 @@ fn check_launch_pcr(a: &LaunchArgs, reference: &attest::Reference) -> anyhow::Re
     let value: serde_json::Value = read_json(&a.sealed, "a sealed file")?;
     let pcr = a.launch_pcr;
     // Sealed to a policy key: the signed policy must cover the launch PCR.
-    let covered = if value["format"] == "satchel-sealed-authorized-v1" {
+    let covered = if value["format"]
+        .as_str()
+        .is_some_and(|f| f.starts_with(AUTHORIZED_PREFIX))
+    {
         match &a.authorized.policy {
             Some(p) => {
                 // At zero: the value it holds before this launch closes it.
