@@ -6,7 +6,7 @@
 #   scripts/debian-root.sh [--guest] DEST
 #
 # --guest makes Satchel's example guest (docs/guest.md): the root also holds
-# Debian's cloud kernel and its initramfs in /boot and tpm2-tools, and gets
+# Debian's cloud kernel and its initramfs in /boot, tpm2-tools and iproute2, and gets
 # examples/guest/satchel-guest-init as its init (/etc/satchel/guest-cmdline).
 #
 # SATCHEL_CACHE names the cache directory [~/.cache/satchel];
@@ -16,13 +16,14 @@ variant=minbase
 include=
 if [ "${1:-}" = --guest ]; then
   variant=guest
-  include=--include=linux-image-cloud-amd64,tpm2-tools
+  include=--include=linux-image-cloud-amd64,tpm2-tools,iproute2
   shift
 fi
 dest=${1:?usage: debian-root.sh [--guest] DEST}
 cache=${SATCHEL_CACHE:-${HOME:-/root}/.cache/satchel}
 mirror=${SATCHEL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-tarball=$cache/bookworm-$variant.tar
+# The package list is in the name: a changed list is a new cache entry.
+tarball=$cache/bookworm-$variant-$(printf '%s' "$include" | sha256sum | cut -c1-8).tar
 mkdir -p "$cache" "$dest"
 if [ -n "$(ls -A "$dest")" ]; then
   echo "debian-root.sh: $dest is not empty" >&2

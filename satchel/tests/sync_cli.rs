@@ -1542,14 +1542,38 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         return;
     }
     let w = world();
+    // The guest's network target on the host (standing in for the
+    // gateway's proxy): it answers one line.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = target.local_addr().unwrap().port();
+    let served = std::thread::spawn(move || {
+        let (mut c, _) = target.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&c), &mut line).unwrap();
+        std::io::Write::write_all(&mut c, format!("hello, {}", line).as_bytes()).unwrap();
+        // Nothing else ever reaches it.
+        target.set_nonblocking(true).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        target.accept().is_err()
+    });
     // What the guest does once trusted: read what the device put in the user
-    // tree, write something back.
+    // tree, write something back, reach its one peer (and try others), and
+    // read the credential it was handed.
     guest_source(
         &w,
         "guest-src",
-        "echo \"satchel-guest: the notes say: $(cat /home/Documents/notes.txt)\"\n\
-         uname -r > /home/Documents/written-in-the-guest",
+        &format!(
+            "echo \"satchel-guest: the notes say: $(cat /home/Documents/notes.txt)\"\n\
+             uname -r > /home/Documents/written-in-the-guest\n\
+             timeout 20 bash -c 'exec 3<>/dev/tcp/10.0.2.100/{port} && echo guest >&3 && read -r l <&3 && echo \"satchel-guest: the peer said: $l\"'\n\
+             timeout 5 bash -c 'exec 3<>/dev/tcp/10.0.2.2/{port}' && echo 'satchel-guest: host loopback reached' || echo 'satchel-guest: host loopback closed'\n\
+             timeout 5 bash -c 'exec 3<>/dev/tcp/1.1.1.1/80' && echo 'satchel-guest: outside reached' || echo 'satchel-guest: outside closed'\n\
+             echo \"satchel-guest: credential $(head -n1 /run/satchel/credentials/device.crt) $(stat -c '%a %s' /run/satchel/credentials/device.crt) $(sha256sum < /run/satchel/credentials/device.crt | cut -c1-16)\""
+        ),
     );
+    // Larger than one console line carries: it goes in pieces.
+    let credential_bytes = format!("-----BEGIN CERTIFICATE-----\n{}\n", "MIIB".repeat(2500));
+    std::fs::write(w.p("device.crt"), &credential_bytes).unwrap();
     w.build("classroom", "base-os", "guest-src");
     w.device("c1", "laptop-1");
     w.pull_stats("c1", "root", &[]);
@@ -1611,7 +1635,12 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
 
     // The gate checks the host's chain, unseals the key, and starts the
     // guest, which proves its own boot before it runs.
-    let guest_args = start(&[], "ok.xml");
+    let network_to = format!("127.0.0.1:{port}");
+    let credential = format!("device.crt={}", w.s("device.crt"));
+    let guest_args = start(
+        &["--network-to", &network_to, "--credential", &credential],
+        "ok.xml",
+    );
     let mut gate = vec![
         "launch",
         "--log",
@@ -1643,6 +1672,32 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         "{shown}"
     );
     assert!(shown.contains("the notes say: first notes"), "{shown}");
+    // Once trusted: its one peer answers, nothing else does, and the
+    // credential is there, root's alone.
+    assert!(
+        shown.contains("satchel-guest: the peer said: hello, guest"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("satchel-guest: host loopback closed"),
+        "{shown}"
+    );
+    assert!(shown.contains("satchel-guest: outside closed"), "{shown}");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        credential_bytes.as_bytes(),
+    ));
+    assert!(
+        shown.contains(&format!(
+            "satchel-guest: credential -----BEGIN CERTIFICATE----- 600 {} {}",
+            credential_bytes.len(),
+            &digest[..16]
+        )),
+        "{shown}"
+    );
+    assert!(
+        served.join().unwrap(),
+        "a second connection reached the target"
+    );
     // What the guest wrote came back to the device's user tree, and checks
     // in as any user change does.
     let written =
@@ -1858,10 +1913,14 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
-    let sign_policy = |version: &str| {
+    // v1u is a security update: its policy is one epoch on, so the
+    // device revokes v1's once it runs v1u.
+    let sign_policy = |version: &str, epoch: &str| {
         ok(&[
             "pcr-policy",
             "sign",
+            "--epoch",
+            epoch,
             "--reference",
             &w.s(&format!("ref-{version}.json")),
             "--reference-key",
@@ -1915,7 +1974,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    sign_policy("v1");
+    sign_policy("v1", "1");
     let o = launch(&t, "v1", "v1");
     let shown = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{shown}");
@@ -1934,7 +1993,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
     swtpm.reboot().unwrap();
     let t = swtpm.tcti();
     measured(&t, "v1u");
-    sign_policy("v1u");
+    sign_policy("v1u", "2");
     // v1's signed policy does not unseal on v1u; nothing starts.
     let o = launch(&t, "v1u", "v1");
     let shown = String::from_utf8_lossy(&o.stderr);
@@ -1951,4 +2010,23 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
         shown.contains("satchel-guest: ready kernel=6.1."),
         "{shown}"
     );
+    assert!(
+        shown.contains("epoch counter raised from 1 to 2"),
+        "{shown}"
+    );
+    // The rollback: the device is booted on v1 again (its chain measures
+    // as v1's reference says), with v1's signed policy. The TPM refuses:
+    // the epoch counter stands above v1's epoch.
+    swtpm.reboot().unwrap();
+    let t = swtpm.tcti();
+    std::fs::remove_file(w.p("boot-v1.log")).unwrap();
+    measured(&t, "v1");
+    let o = launch(&t, "v1", "v1");
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("policy is for epoch 1, but this device's epoch counter stands at 2"),
+        "{shown}"
+    );
+    assert!(!shown.contains("satchel-guest:"), "{shown}");
 }

@@ -15,6 +15,7 @@
 
 pub mod console;
 pub mod disk;
+pub mod network;
 mod qemu;
 pub mod vtpm;
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use attest::{HashAlg, PcrBanks, Reference, Verdict};
 
+pub use network::{Credential, Network};
 pub use qemu::{Accel, AccelChoice};
 
 /// Why the guest did not run to the end.
@@ -137,6 +139,11 @@ pub struct GuestSpec<'a> {
     pub qemu: PathBuf,
     /// How the evidence is judged.
     pub judge: Judge<'a>,
+    /// The guest's one network path, open only once it is trusted (None:
+    /// its NIC reaches nothing).
+    pub network: Option<Network>,
+    /// Files handed to the guest once it is trusted.
+    pub credentials: Vec<Credential>,
 }
 
 /// Seconds from the start of the run to each milestone.
@@ -180,6 +187,9 @@ impl Outcome {
 }
 
 const ROOT_DISK: &str = "root.disk";
+/// While it exists, the relay joins the guest's connections to the
+/// network target: made at `trusted`, removed before and after every run.
+const NET_GATE: &str = "net.gate";
 const USER_DISK: &str = "user.disk";
 const ESP: &str = "esp.img";
 
@@ -301,6 +311,8 @@ pub fn start(
     }
 
     let accel = qemu::choose(spec)?;
+    let gate = spec.state.join(NET_GATE);
+    close_gate(&gate)?;
     let tpm = vtpm::start(&vtpm_dir)?;
     let assembled = t0.elapsed().as_secs_f64();
     let disks = qemu::Disks {
@@ -309,7 +321,7 @@ pub fn start(
         user: spec.user.as_ref().map(|_| user_disk.clone()),
         vars,
     };
-    let mut run = qemu::Run::spawn(spec, &accel, &disks, key.as_ref(), &tpm.socket)?;
+    let mut run = qemu::Run::spawn(spec, &accel, &disks, key.as_ref(), &tpm.socket, &gate)?;
     let mut outcome = Outcome {
         accel,
         kernel: None,
@@ -323,6 +335,7 @@ pub fn start(
     };
     let result = converse(spec, &ak, &mut run, &mut outcome, t0, echo);
     let (status, clean) = run.finish();
+    close_gate(&gate)?;
     outcome.timings.stopped = Some(t0.elapsed().as_secs_f64());
     drop(tpm);
     seen(&outcome);
@@ -438,6 +451,7 @@ fn converse(
                     )));
                 }
                 run.say("trusted")?;
+                hand_over(spec, run, &spec.state.join(NET_GATE))?;
             }
             GuestLine::Ready { kernel } if outcome.verdict.as_ref().is_some_and(|v| v.trusted) => {
                 outcome.timings.ready = Some(t0.elapsed().as_secs_f64());
@@ -462,6 +476,42 @@ fn converse(
             }
         }
     }
+}
+
+/// Remove the network gate: the guest's connections reach nothing.
+fn close_gate(gate: &std::path::Path) -> Result<(), GuestError> {
+    match std::fs::remove_file(gate) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(GuestError::io("closing the guest's network", e)),
+    }
+}
+
+/// After `trusted`: open the network gate, send the network's address and
+/// the credentials, then `go`.
+fn hand_over(
+    spec: &GuestSpec<'_>,
+    run: &mut qemu::Run,
+    gate: &std::path::Path,
+) -> Result<(), GuestError> {
+    use base64::Engine as _;
+    if let Some(net) = &spec.network {
+        persist::write_atomic(gate, b"trusted\n")?;
+        run.say(&format!("network {} {}", network::GUEST_ADDR, net.port))?;
+    }
+    // In pieces: a terminal in canonical mode keeps at most 4095
+    // characters of a line.
+    for c in &spec.credentials {
+        let text = base64::engine::general_purpose::STANDARD.encode(&c.bytes);
+        for piece in text.as_bytes().chunks(network::CREDENTIAL_PIECE) {
+            run.say(&format!(
+                "credential {} {}",
+                c.name,
+                String::from_utf8_lossy(piece)
+            ))?;
+        }
+    }
+    run.say("go")
 }
 
 /// A guest reference must name the kernel: one without PCRs, or without

@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{disk, GuestError, GuestSpec};
+use super::{disk, network, GuestError, GuestSpec};
 
 /// Which accelerator runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -178,12 +178,13 @@ impl Run {
         disks: &Disks,
         key: Option<&disk::KeyFile>,
         tpm_socket: &Path,
+        gate: &Path,
     ) -> Result<Run, GuestError> {
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(["-machine", "q35", "-accel", accel.used])
             .args(["-m", &spec.memory_mib.to_string(), "-smp", "1"])
             .args(["-display", "none", "-vga", "none", "-nodefaults"])
-            .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
+            .args(["-monitor", "none", "-serial", "stdio"])
             .arg("-drive")
             .arg(pflash(&spec.firmware.code, true))
             .arg("-drive")
@@ -195,6 +196,13 @@ impl Run {
             ))
             .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
             .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+        // The NIC is always there, so the firmware's measured view of the
+        // machine (PCR 1) is the same with a network and without: what the
+        // guest reaches is decided by the forward, not by the hardware.
+        // No option ROM: OVMF has nothing to boot from the network.
+        cmd.arg("-netdev")
+            .arg(network::netdev(spec.network.as_ref(), gate)?)
+            .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
         if let Some(k) = key {
             cmd.arg("-object").arg(k.object("diskkey"));
         }

@@ -20,6 +20,20 @@ pub(crate) enum GuestCmd {
     Start(StartArgs),
     /// Boot an image once and sign the guest reference its boots must match.
     Reference(ReferenceArgs),
+    /// Join one guest connection to the network target (qemu runs this per
+    /// connection; it refuses while the guest is not trusted).
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// The run's gate file: while it exists, the guest is trusted.
+    #[arg(long, value_name = "FILE")]
+    gate: PathBuf,
+    /// The target, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
 }
 
 /// What both commands share: the image, the VM.
@@ -74,13 +88,17 @@ pub(crate) struct VmArgs {
   satchel guest start --root ./root --state ./ci-guest --unencrypted \\
       --reference guest-reference.json --reference-key org.key.pub --junit guest.xml
 
+  # the guest reaches the gateway's proxy, and gets the CA, once trusted
+  satchel guest start ... --network-to 127.0.0.1:3128 --credential ca.pem=/etc/satchel/ca.pem
+
 What happens: the system tree becomes the root disk (ext4, rebuilt whenever the tree
 changes) and its kernel and initrd an EFI system partition; the user tree becomes the
 user disk, mounted at /home in the guest. Both disks are LUKS-encrypted with the disk
 key (qemu's own LUKS; no dm-crypt). qemu boots them with OVMF and a vTPM of this guest's
 own (swtpm, state in --state). The guest's init sends a quote of its vTPM's PCRs and the
 firmware's event log over the serial console; only if they match the guest reference
-does the host answer 'trusted' and the guest run. When the guest powers off, the user
+does the host answer 'trusted' and the guest run; only then does its one network path
+open (--network-to) and does it get its credentials. When the guest powers off, the user
 disk is read back into the user tree, which checks in with the next sync.
 
 Exit status: 0 the guest proved its boot, ran and stopped; 1 refused (every mismatch is
@@ -114,6 +132,17 @@ pub(crate) struct StartArgs {
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Give the guest one network path, to HOST:PORT on this machine (the
+    /// gateway, or its egress proxy), once its boot is trusted: it reaches
+    /// it at 10.0.2.100 on the same port, and nothing else [default: no
+    /// network at all].
+    #[arg(long, value_name = "HOST:PORT")]
+    network_to: Option<String>,
+    /// Hand FILE to the guest as /run/satchel/credentials/NAME once its
+    /// boot is trusted (the device certificate, the organisation's CA);
+    /// repeatable, up to 48 KiB each.
+    #[arg(long, value_name = "NAME=FILE")]
+    credential: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +176,10 @@ pub(crate) fn run(cmd: GuestCmd) -> anyhow::Result<()> {
     match cmd {
         GuestCmd::Start(a) => start(a),
         GuestCmd::Reference(a) => reference(a),
+        GuestCmd::Relay(a) => {
+            device::guest::network::relay(&a.gate, &a.to, std::io::stdin(), std::io::stdout())
+                .map_err(|e| Exit::new(1, e.to_string()).into())
+        }
     }
 }
 
@@ -166,7 +199,24 @@ fn spec<'a>(vm: &VmArgs, judge: Judge<'a>, key: Option<&'a [u8]>) -> GuestSpec<'
         },
         qemu: vm.qemu.clone(),
         judge,
+        network: None,
+        credentials: Vec::new(),
     }
+}
+
+/// `--credential NAME=FILE` values, read and checked.
+fn credentials(given: &[String]) -> anyhow::Result<Vec<device::guest::Credential>> {
+    given
+        .iter()
+        .map(|c| {
+            let (name, file) = c
+                .split_once('=')
+                .ok_or_else(|| Exit::new(2, format!("--credential {c:?}: give NAME=FILE")))?;
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("reading the credential {name} from {file}"))?;
+            device::guest::Credential::new(name, bytes).map_err(refused)
+        })
+        .collect()
 }
 
 fn echo(quiet: bool) -> impl FnMut(&str) {
@@ -251,6 +301,11 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
     let mut spec = spec(&a.vm, Judge::Reference(&reference), key.as_deref());
     spec.user = a.user.clone();
     spec.run_for = a.run_for.map(Duration::from_secs);
+    spec.credentials = credentials(&a.credential)?;
+    if let Some(to) = &a.network_to {
+        let me = std::env::current_exe().context("finding this program (the network relay)")?;
+        spec.network = Some(device::guest::Network::new(to, me).map_err(refused)?);
+    }
     let mut outcome_for_report: Option<Outcome> = None;
     let result = device::guest::start(&spec, &mut echo(a.vm.quiet), &mut |o| {
         outcome_for_report = Some(o.clone());

@@ -1,0 +1,254 @@
+//! The guest's one network path, and the files it is handed, both only
+//! once its boot is trusted.
+//!
+//! The guest gets a virtio NIC on qemu's user-mode network in restricted
+//! mode: no route out, no host services, only one forward. A connection
+//! the guest opens to [`GUEST_ADDR`] on the target's port starts the
+//! relay (`satchel guest relay`) with the connection on its stdin and
+//! stdout; the relay joins it to the target on the host (the gateway, or
+//! its egress proxy) only while the run's gate file exists. The host
+//! makes that file when it answers `trusted`, and removes it before the
+//! guest starts and after it stops: until its boot is proved, the guest
+//! reaches nothing.
+//!
+//! Credentials (the device certificate, a CA, ...) go over the console
+//! after `trusted`, as `credential NAME BASE64` lines. Names and sizes are
+//! checked here; nothing here decides trust.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::GuestError;
+
+/// The address the guest reaches the forward at (in qemu's user network).
+pub const GUEST_ADDR: &str = "10.0.2.100";
+
+/// The largest credential sent (a certificate chain fits many times).
+pub const MAX_CREDENTIAL: usize = 48 * 1024;
+
+/// The base64 characters per `credential` line: with the prefix and a
+/// name, a line stays under the 4,095 a terminal in canonical mode keeps.
+pub const CREDENTIAL_PIECE: usize = 3000;
+
+/// Where the guest's network goes.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The target on the host, `HOST:PORT`; the guest reaches it at
+    /// [`GUEST_ADDR`] on the same port.
+    pub to: String,
+    /// The port of `to`.
+    pub port: u16,
+    /// The program qemu runs per connection: `PROGRAM guest relay --gate
+    /// FILE --to HOST:PORT` (this `satchel`).
+    pub relay: PathBuf,
+}
+
+impl Network {
+    /// A network to `to` (`HOST:PORT`), relayed by `relay`.
+    pub fn new(to: &str, relay: PathBuf) -> Result<Network, GuestError> {
+        let bad = |why: &str| GuestError::Image {
+            detail: format!("--network-to {to:?}: {why}"),
+        };
+        let (host, port) = to.rsplit_once(':').ok_or_else(|| bad("not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port is not 1-65535"))?;
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+        {
+            return Err(bad("the host is not a name or an address"));
+        }
+        // qemu parses the forward's command like a shell line: the path
+        // must need no quoting.
+        let shown = relay.display().to_string();
+        if shown.is_empty()
+            || !shown
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+        {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "the relay program's path {shown:?} has characters qemu's forward cannot carry"
+                ),
+            });
+        }
+        Ok(Network {
+            to: to.to_owned(),
+            port,
+            relay,
+        })
+    }
+}
+
+/// qemu's `-netdev` value: a restricted user network (no route out, no
+/// host services), with one forward to `network`'s target if given.
+pub(super) fn netdev(network: Option<&Network>, gate: &Path) -> Result<String, GuestError> {
+    let base = "user,id=net0,restrict=on,ipv6=off".to_owned();
+    let Some(n) = network else {
+        return Ok(base);
+    };
+    let gate_shown = gate.display().to_string();
+    if !gate_shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        return Err(GuestError::Image {
+            detail: format!(
+                "the state directory's path {gate_shown:?} has characters qemu's forward cannot carry"
+            ),
+        });
+    }
+    // No part can hold a comma (the charsets checked), so nothing needs
+    // qemu's ",," escape.
+    Ok(format!(
+        "{base},guestfwd=tcp:{GUEST_ADDR}:{}-cmd:{} guest relay --gate {gate_shown} --to {}",
+        n.port,
+        n.relay.display(),
+        n.to
+    ))
+}
+
+/// One file handed to the guest after `trusted`.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// Its name in the guest (`/run/satchel/credentials/NAME`).
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Credential {
+    /// A credential named `name` holding `bytes`: 1 to 64 of
+    /// `A-Za-z0-9._-`, not starting with a dot; at most [`MAX_CREDENTIAL`]
+    /// bytes.
+    pub fn new(name: &str, bytes: Vec<u8>) -> Result<Credential, GuestError> {
+        let ok_name = (1..=64).contains(&name.len())
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !ok_name {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "credential name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot"
+                ),
+            });
+        }
+        if bytes.len() > MAX_CREDENTIAL {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "credential {name}: {} bytes, at most {MAX_CREDENTIAL}",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(Credential {
+            name: name.to_owned(),
+            bytes,
+        })
+    }
+}
+
+/// Join `input`/`output` (the guest's connection) to `to`, only if `gate`
+/// exists. Returns when both directions have ended.
+pub fn relay<R, W>(gate: &Path, to: &str, mut input: R, mut output: W) -> Result<(), GuestError>
+where
+    R: Read + Send + 'static,
+    W: Write,
+{
+    if !gate.exists() {
+        return Err(GuestError::Refused(
+            "the guest's network is closed: its boot is not (or no longer) trusted".to_owned(),
+        ));
+    }
+    let addr = to
+        .to_socket_addrs()
+        .map_err(|e| GuestError::io("resolving the guest's network target", e))?
+        .next()
+        .ok_or_else(|| {
+            GuestError::io(
+                "resolving the guest's network target",
+                std::io::Error::other("no address"),
+            )
+        })?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| GuestError::io("connecting the guest's network target", e))?;
+    let mut upstream = stream
+        .try_clone()
+        .map_err(|e| GuestError::io("relaying the guest's connection", e))?;
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut input, &mut upstream);
+        let _ = upstream.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = stream;
+    let copied = std::io::copy(&mut down, &mut output).and_then(|_| output.flush());
+    let _ = up.join();
+    copied.map_err(|e| GuestError::io("relaying the guest's connection", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn the_relay_reaches_nothing_without_the_gate_and_joins_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = dir.path().join("net.gate");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        // No gate: refused, and the target never sees a connection.
+        let mut out = Vec::new();
+        let r = relay(&gate, &to, std::io::Cursor::new(b"hi\n".to_vec()), &mut out);
+        assert!(matches!(r, Err(GuestError::Refused(_))), "{r:?}");
+        assert!(listener.accept().is_err());
+        assert!(out.is_empty());
+        // With the gate: the bytes go both ways.
+        std::fs::write(&gate, b"").unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).unwrap();
+            s.write_all(format!("echo {got}").as_bytes()).unwrap();
+        });
+        let mut out = Vec::new();
+        relay(&gate, &to, std::io::Cursor::new(b"ping".to_vec()), &mut out).unwrap();
+        server.join().unwrap();
+        assert_eq!(out, b"echo ping");
+    }
+
+    #[test]
+    fn credential_names_and_sizes_are_bounded() {
+        assert!(Credential::new("device.crt", b"x".to_vec()).is_ok());
+        for bad in ["", ".hidden", "../x", "a/b", "a b", "x\n", &"a".repeat(65)] {
+            assert!(Credential::new(bad, Vec::new()).is_err(), "{bad:?}");
+        }
+        assert!(Credential::new("big", vec![0; MAX_CREDENTIAL + 1]).is_err());
+    }
+
+    #[test]
+    fn the_forward_is_one_restricted_netdev() {
+        let n = Network::new("127.0.0.1:8443", PathBuf::from("/usr/bin/satchel")).unwrap();
+        let gate = Path::new("/var/lib/satchel/guest/net.gate");
+        assert_eq!(
+            netdev(None, gate).unwrap(),
+            "user,id=net0,restrict=on,ipv6=off"
+        );
+        let v = netdev(Some(&n), gate).unwrap();
+        assert_eq!(
+            v,
+            "user,id=net0,restrict=on,ipv6=off,guestfwd=tcp:10.0.2.100:8443-cmd:/usr/bin/satchel guest relay --gate /var/lib/satchel/guest/net.gate --to 127.0.0.1:8443"
+        );
+        assert!(Network::new("127.0.0.1", PathBuf::from("/x")).is_err());
+        assert!(Network::new("h;rm:1", PathBuf::from("/x")).is_err());
+        assert!(Network::new("h:1", PathBuf::from("/x y")).is_err());
+    }
+}
