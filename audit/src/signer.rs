@@ -369,8 +369,12 @@ pub fn spawn(
     let shown = view.clone();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let mut lease: Option<crate::store::SignerLease> = None;
         loop {
             tick.tick().await;
+            if !hold_lease(&store, &mut lease).await {
+                continue;
+            }
             match signer.checkpoint(&store).await {
                 Ok(_) => shown.set(signer.latest().map(str::to_owned), None),
                 Err(e @ SignerError::Store(_)) => {
@@ -384,4 +388,32 @@ pub fn spawn(
         }
     });
     (view, task)
+}
+
+/// Keep (or take) the lease to sign: one signer at a time on a shared
+/// log. Whether this process may sign now.
+async fn hold_lease(store: &Store, lease: &mut Option<crate::store::SignerLease>) -> bool {
+    if let Some(l) = lease {
+        if l.alive().await {
+            return true;
+        }
+        tracing::warn!("audit checkpointer: the signer's lease was lost (its connection ended)");
+        *lease = None;
+    }
+    match store.try_signer_lease().await {
+        Ok(Some(l)) => {
+            if store.backend() == persist::Backend::Postgres {
+                tracing::info!(
+                    "audit checkpointer: this process now signs the shared log's checkpoints"
+                );
+            }
+            *lease = Some(l);
+            true
+        }
+        Ok(None) => false, // another process signs
+        Err(e) => {
+            tracing::warn!(error = %e, "audit checkpointer: cannot ask for the signer's lease");
+            false
+        }
+    }
 }

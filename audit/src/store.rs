@@ -93,6 +93,28 @@ pub struct StoredCheckpoint {
     pub created_ms: i64,
 }
 
+/// The advisory lock key of the checkpoint signer's lease ("satchel
+/// audit signer").
+const SIGNER_LOCK: i64 = 0x5A7C_A0D1_5167_0001;
+
+/// The right to sign checkpoints ([`Store::try_signer_lease`]); dropping
+/// it closes its connection, which releases it.
+#[derive(Debug)]
+pub struct SignerLease {
+    conn: Option<sqlx::AnyConnection>,
+}
+
+impl SignerLease {
+    /// Whether the lease still holds: its connection answers (a server
+    /// that dropped it has released the lock, and another may hold it).
+    pub async fn alive(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+        }
+    }
+}
+
 /// An open audit database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -140,6 +162,30 @@ impl Store {
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The right to sign checkpoints, if no other process holds it. On
+    /// PostgreSQL, where several gateways share one log, it is a session
+    /// advisory lock held on a connection of its own: the server releases
+    /// it when that connection ends, so a signer that dies (process killed,
+    /// machine gone) hands over to the next that asks. On SQLite (one
+    /// machine) it is always granted.
+    pub async fn try_signer_lease(&self) -> Result<Option<SignerLease>, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(Some(SignerLease { conn: None }));
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(query("acquiring a connection for the signer's lease"))?
+            .detach();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SIGNER_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(query("taking the signer's lease"))?;
+        Ok(held.then_some(SignerLease { conn: Some(conn) }))
     }
 
     /// Append entries as one transaction, stamped `ts_ms`; returns their

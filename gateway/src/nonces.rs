@@ -1,25 +1,33 @@
-//! Attestation nonces as the gateway hands them out. Asking for a nonce
-//! needs no certificate (a device attests to get one), so the book bounds
-//! what a stranger can do with that:
+//! Attestation nonces as the gateway hands them out, kept in the database
+//! so that every gateway on it shares them: a nonce issued by one is good
+//! once at any, and spent at all once it is used at one. Asking for a
+//! nonce needs no certificate (a device attests to get one), so the book
+//! bounds what a stranger can do with that:
 //!
 //! - each enrolled device holds at most [`PER_DEVICE`] outstanding nonces;
 //!   a request beyond that is refused (429), and nothing already issued is
 //!   ever forgotten early, so no request made in a device's name can spoil
 //!   the nonce that device is quoting over;
 //! - each peer address gets at most [`PEER_BURST`] nonces at once and
-//!   [`PEER_PER_MINUTE`] a minute after that (429);
+//!   [`PEER_PER_MINUTE`] a minute after that (429), counted by each gateway
+//!   for its own peers (in memory: a rate, not state);
 //! - the whole book holds at most `capacity` outstanding nonces; when full,
 //!   new requests are refused (503) rather than old nonces evicted.
 //!
-//! Outstanding nonces expire after the window's `ttl` and then count for
-//! nothing. A nonce is good once, for the device it was issued to.
+//! Outstanding nonces expire after `ttl` (wall-clock milliseconds, so the
+//! gateways' clocks must agree to within a fraction of it) and then count
+//! for nothing. A nonce is good once, for the device it was issued to:
+//! taking it deletes its row in one statement, so two gateways racing on
+//! one nonce cannot both accept it. Several gateways racing to issue may
+//! overshoot a device's or the book's bound by at most one nonce each.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use attest::verify::Nonces;
+use rand_core::RngCore as _;
+use sqlx::{AnyPool, Row as _};
 
 /// Most outstanding nonces per device.
 pub const PER_DEVICE: usize = 4;
@@ -41,33 +49,29 @@ pub enum Refusal {
     /// The book is full.
     #[error("the gateway holds as many outstanding nonces as it keeps; retry later")]
     Full,
+    /// The database did not answer.
+    #[error("the gateway's database is unavailable; retry later")]
+    Unavailable,
 }
 
 /// Why a nonce was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Spent {
-    /// Unknown, expired or already used (a replayed quote).
+    /// Unknown, expired or already used (a replayed quote), or the
+    /// database did not answer (refused, never accepted).
     Stale,
     /// Issued to another device.
     AnotherDevice,
 }
 
-/// The gateway's nonces.
+/// The gateways' nonces.
 #[derive(Debug)]
 pub struct NonceBook {
-    inner: Mutex<Book>,
-}
-
-#[derive(Debug)]
-struct Book {
+    pool: AnyPool,
     ttl: Duration,
     capacity: usize,
-    window: Nonces,
-    owners: HashMap<[u8; 32], String>,
-    order: VecDeque<([u8; 32], Instant)>,
-    per_device: HashMap<String, usize>,
-    peers: HashMap<IpAddr, Bucket>,
+    peers: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
 /// A token bucket.
@@ -77,96 +81,139 @@ struct Bucket {
     at: Instant,
 }
 
+fn now_ms() -> i64 {
+    crate::state::now_ms()
+}
+
+fn count(row: Result<sqlx::any::AnyRow, sqlx::Error>) -> Result<usize, Refusal> {
+    row.and_then(|r| r.try_get::<i64, _>(0))
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        .map_err(|e| {
+            tracing::warn!(error = %e, "nonce book: the database did not answer");
+            Refusal::Unavailable
+        })
+}
+
 impl NonceBook {
-    /// Nonces good for `ttl`, at most `capacity` outstanding.
-    pub fn new(ttl: Duration, capacity: usize) -> NonceBook {
-        NonceBook {
-            inner: Mutex::new(Book {
-                ttl,
-                capacity,
-                // One more than the book holds: the window never evicts.
-                window: Nonces::new(ttl, capacity.saturating_add(1)),
-                owners: HashMap::new(),
-                order: VecDeque::new(),
-                per_device: HashMap::new(),
-                peers: HashMap::new(),
-            }),
+    /// Nonces good for `ttl`, at most `capacity` outstanding, in the
+    /// database behind `pool` (the table is made if missing).
+    pub async fn new(
+        pool: AnyPool,
+        ttl: Duration,
+        capacity: usize,
+    ) -> Result<NonceBook, crate::state::DbError> {
+        for ddl in [
+            "CREATE TABLE IF NOT EXISTS gateway_nonces (nonce TEXT PRIMARY KEY, \
+             device_id TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS gateway_nonces_device ON gateway_nonces (device_id)",
+            "CREATE INDEX IF NOT EXISTS gateway_nonces_expiry ON gateway_nonces (expires_ms)",
+        ] {
+            sqlx::query(ddl)
+                .execute(&pool)
+                .await
+                .map_err(crate::state::db("making the nonce table"))?;
         }
+        Ok(NonceBook {
+            pool,
+            ttl,
+            capacity,
+            peers: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A fresh nonce for `device`, asked for from `peer`.
-    pub fn issue(&self, device: &str, peer: IpAddr) -> Result<[u8; 32], Refusal> {
-        let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        b.expire(now);
-        if b.per_device.get(device).copied().unwrap_or(0) >= PER_DEVICE {
+    pub async fn issue(&self, device: &str, peer: IpAddr) -> Result<[u8; 32], Refusal> {
+        let now = now_ms();
+        // Expired rows count for nothing; removing them keeps the counts
+        // cheap (any gateway may, and any order of removals is the same).
+        let _ = sqlx::query("DELETE FROM gateway_nonces WHERE expires_ms <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        let held = count(
+            sqlx::query("SELECT COUNT(*) FROM gateway_nonces WHERE device_id = $1")
+                .bind(device.to_owned())
+                .fetch_one(&self.pool)
+                .await,
+        )?;
+        if held >= PER_DEVICE {
             return Err(Refusal::DeviceBusy);
         }
-        if b.owners.len() >= b.capacity {
+        let all = count(
+            sqlx::query("SELECT COUNT(*) FROM gateway_nonces")
+                .fetch_one(&self.pool)
+                .await,
+        )?;
+        if all >= self.capacity {
             return Err(Refusal::Full);
         }
-        b.take_peer_token(peer, now)?;
-        let n = b.window.issue();
-        b.owners.insert(n, device.to_owned());
-        b.order.push_back((n, now));
-        *b.per_device.entry(device.to_owned()).or_default() += 1;
+        self.take_peer_token(peer)?;
+        let mut n = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut n);
+        let ttl = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO gateway_nonces (nonce, device_id, expires_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(hex::encode(n))
+        .bind(device.to_owned())
+        .bind(now.saturating_add(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "nonce book: the database did not answer");
+            Refusal::Unavailable
+        })?;
         Ok(n)
     }
 
-    /// Accept `nonce` once, for `device`.
-    pub fn take(&self, nonce: &[u8], device: &str) -> Result<(), Spent> {
-        let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let owner = <[u8; 32]>::try_from(nonce)
-            .ok()
-            .and_then(|n| b.owners.remove(&n));
-        if let Some(o) = &owner {
-            b.release(o);
+    /// Accept `nonce` once, for `device`: whatever the answer, a nonce
+    /// presented is spent.
+    pub async fn take(&self, nonce: &[u8], device: &str) -> Result<(), Spent> {
+        if nonce.len() != 32 {
+            return Err(Spent::Stale);
         }
-        b.window.consume(nonce).map_err(|_| Spent::Stale)?;
+        let row = sqlx::query(
+            "DELETE FROM gateway_nonces WHERE nonce = $1 AND expires_ms > $2 RETURNING device_id",
+        )
+        .bind(hex::encode(nonce))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "nonce book: the database did not answer");
+            Spent::Stale
+        })?;
+        let owner: Option<String> = row.and_then(|r| r.try_get(0).ok());
         match owner {
+            None => Err(Spent::Stale),
             Some(o) if o == device => Ok(()),
-            _ => Err(Spent::AnotherDevice),
+            Some(_) => Err(Spent::AnotherDevice),
         }
     }
 
     /// Outstanding nonces of `device`.
-    pub fn outstanding(&self, device: &str) -> usize {
-        let b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        b.per_device.get(device).copied().unwrap_or(0)
-    }
-}
-
-impl Book {
-    /// Forget nonces older than the window (the window refuses them too).
-    fn expire(&mut self, now: Instant) {
-        while let Some((n, at)) = self.order.front().copied() {
-            if now.duration_since(at) <= self.ttl {
-                break;
-            }
-            self.order.pop_front();
-            if let Some(owner) = self.owners.remove(&n) {
-                self.release(&owner);
-            }
-        }
-        if self.peers.len() > 10_000 {
-            let full = Duration::from_secs_f64(PEER_BURST * 60.0 / PEER_PER_MINUTE);
-            self.peers.retain(|_, b| now.duration_since(b.at) < full);
-        }
-    }
-
-    /// One outstanding nonce of `device` is gone.
-    fn release(&mut self, device: &str) {
-        if let Some(n) = self.per_device.get_mut(device) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_device.remove(device);
-            }
-        }
+    pub async fn outstanding(&self, device: &str) -> usize {
+        count(
+            sqlx::query(
+                "SELECT COUNT(*) FROM gateway_nonces WHERE device_id = $1 AND expires_ms > $2",
+            )
+            .bind(device.to_owned())
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await,
+        )
+        .unwrap_or(0)
     }
 
     /// Spend one of `peer`'s tokens, refilled at [`PEER_PER_MINUTE`].
-    fn take_peer_token(&mut self, peer: IpAddr, now: Instant) -> Result<(), Refusal> {
-        let b = self.peers.entry(peer).or_insert(Bucket {
+    fn take_peer_token(&self, peer: IpAddr) -> Result<(), Refusal> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if peers.len() > 10_000 {
+            let full = Duration::from_secs_f64(PEER_BURST * 60.0 / PEER_PER_MINUTE);
+            peers.retain(|_, b| now.duration_since(b.at) < full);
+        }
+        let b = peers.entry(peer).or_insert(Bucket {
             tokens: PEER_BURST,
             at: now,
         });
@@ -188,72 +235,102 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
+    /// A book on a fresh SQLite file (two books on one file: two gateways).
+    async fn books(ttl: Duration, capacity: usize) -> (tempfile::TempDir, NonceBook, NonceBook) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("g.db").display());
+        let (one, _) = persist::db::connect(&url).await.unwrap();
+        let (two, _) = persist::db::connect(&url).await.unwrap();
+        let a = NonceBook::new(one, ttl, capacity).await.unwrap();
+        let b = NonceBook::new(two, ttl, capacity).await.unwrap();
+        (dir, a, b)
+    }
+
     /// Regression (issue 22, item 11): requests made in a device's name
     /// cannot spoil the nonce it holds, and a full book refuses instead of
     /// forgetting everyone's nonces.
-    #[test]
-    fn requests_in_a_victims_name_never_spoil_its_nonce() {
-        let book = NonceBook::new(Duration::from_secs(120), 1000);
-        let held = book.issue("victim", A).unwrap();
+    #[tokio::test]
+    async fn requests_in_a_victims_name_never_spoil_its_nonce() {
+        let (_d, book, _) = books(Duration::from_secs(120), 1000).await;
+        let held = book.issue("victim", A).await.unwrap();
         let mut refused = 0;
         for _ in 0..50 {
-            match book.issue("victim", B) {
+            match book.issue("victim", B).await {
                 Ok(_) => {}
                 Err(Refusal::DeviceBusy) => refused += 1,
                 Err(e) => panic!("{e}"),
             }
         }
         assert_eq!(refused, 50 - (PER_DEVICE - 1));
-        assert_eq!(book.take(&held, "victim"), Ok(()));
-        assert_eq!(book.take(&held, "victim"), Err(Spent::Stale), "good once");
+        assert_eq!(book.take(&held, "victim").await, Ok(()));
+        assert_eq!(
+            book.take(&held, "victim").await,
+            Err(Spent::Stale),
+            "good once"
+        );
     }
 
-    #[test]
-    fn a_full_book_refuses_and_forgets_nothing() {
-        let book = NonceBook::new(Duration::from_secs(120), 3);
+    #[tokio::test]
+    async fn a_full_book_refuses_and_forgets_nothing() {
+        let (_d, book, _) = books(Duration::from_secs(120), 3).await;
         let ips = |i: u8| IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i));
-        let first = book.issue("d0", ips(0)).unwrap();
-        book.issue("d1", ips(1)).unwrap();
-        book.issue("d2", ips(2)).unwrap();
-        assert_eq!(book.issue("d3", ips(3)), Err(Refusal::Full));
-        assert_eq!(book.take(&first, "d0"), Ok(()));
+        let first = book.issue("d0", ips(0)).await.unwrap();
+        book.issue("d1", ips(1)).await.unwrap();
+        book.issue("d2", ips(2)).await.unwrap();
+        assert_eq!(book.issue("d3", ips(3)).await, Err(Refusal::Full));
+        assert_eq!(book.take(&first, "d0").await, Ok(()));
         assert!(
-            book.issue("d3", ips(3)).is_ok(),
+            book.issue("d3", ips(3)).await.is_ok(),
             "a taken nonce frees its place"
         );
     }
 
-    #[test]
-    fn a_peer_is_rate_limited_across_devices() {
-        let book = NonceBook::new(Duration::from_secs(120), 100_000);
+    #[tokio::test]
+    async fn a_peer_is_rate_limited_across_devices() {
+        let (_d, book, _) = books(Duration::from_secs(120), 100_000).await;
         let mut issued = 0;
         for i in 0..100 {
-            match book.issue(&format!("d{i}"), A) {
+            match book.issue(&format!("d{i}"), A).await {
                 Ok(_) => issued += 1,
                 Err(e) => assert_eq!(e, Refusal::PeerBusy),
             }
         }
         assert_eq!(issued, PEER_BURST as usize);
         assert!(
-            book.issue("d0-other-peer", B).is_ok(),
+            book.issue("d0-other-peer", B).await.is_ok(),
             "another address is not held up"
         );
     }
 
-    #[test]
-    fn a_nonce_is_for_its_device_and_expires() {
-        let book = NonceBook::new(Duration::from_millis(50), 100);
-        let n = book.issue("d1", A).unwrap();
-        assert_eq!(book.take(&n, "d2"), Err(Spent::AnotherDevice));
+    #[tokio::test]
+    async fn a_nonce_is_for_its_device_and_expires() {
+        let (_d, book, _) = books(Duration::from_millis(50), 100).await;
+        let n = book.issue("d1", A).await.unwrap();
+        assert_eq!(book.take(&n, "d2").await, Err(Spent::AnotherDevice));
         assert_eq!(
-            book.take(&n, "d1"),
+            book.take(&n, "d1").await,
             Err(Spent::Stale),
             "spent by the wrong device's try"
         );
-        let old = book.issue("d1", A).unwrap();
-        std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(book.take(&old, "d1"), Err(Spent::Stale));
-        assert_eq!(book.outstanding("d1"), 0);
-        assert_eq!(book.take(&[1; 5], "d1"), Err(Spent::Stale));
+        let old = book.issue("d1", A).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(book.take(&old, "d1").await, Err(Spent::Stale));
+        assert_eq!(book.outstanding("d1").await, 0);
+        assert_eq!(book.take(&[1; 5], "d1").await, Err(Spent::Stale));
+    }
+
+    /// Two gateways on one database: a nonce one issued is good once at
+    /// the other, and then spent at both; the per-device bound is shared.
+    #[tokio::test]
+    async fn a_nonce_from_one_gateway_is_good_once_at_another() {
+        let (_d, a, b) = books(Duration::from_secs(120), 1000).await;
+        let n = a.issue("d1", A).await.unwrap();
+        assert_eq!(b.take(&n, "d1").await, Ok(()));
+        assert_eq!(a.take(&n, "d1").await, Err(Spent::Stale));
+        assert_eq!(b.take(&n, "d1").await, Err(Spent::Stale));
+        for _ in 0..PER_DEVICE {
+            a.issue("d2", A).await.unwrap();
+        }
+        assert_eq!(b.issue("d2", B).await, Err(Refusal::DeviceBusy));
     }
 }

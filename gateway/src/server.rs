@@ -364,6 +364,8 @@ impl Gateway {
                 audit::batch::now_ms(),
             )
             .await?;
+        let nonces =
+            crate::nonces::NonceBook::new(pool.clone(), Duration::from_secs(120), 100_000).await?;
         let state = Arc::new(AppState {
             data: config.data.clone(),
             pki,
@@ -377,7 +379,7 @@ impl Gateway {
             policy_store,
             cert_lifetime: config.cert_lifetime,
             challenges: Challenges::default(),
-            nonces: crate::nonces::NonceBook::new(Duration::from_secs(120), 100_000),
+            nonces,
             body_timeout: config.body_timeout,
             images,
             manifest_key,

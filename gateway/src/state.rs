@@ -1,6 +1,6 @@
 //! What the gateway remembers: enrollment tokens and enrolled devices in
 //! the database (SQLite or PostgreSQL; portable SQL, tables made on open),
-//! and, in memory, pending enrollment challenges and issued nonces.
+//! and, in memory, pending enrollment challenges (nonces: [`crate::nonces`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

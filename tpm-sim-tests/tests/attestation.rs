@@ -605,16 +605,43 @@ fn pcr_values(tpm: &mut Tpm, pcrs: &[u32]) -> std::collections::BTreeMap<u32, Ve
         .collect()
 }
 
-#[test]
-fn a_key_sealed_to_the_policy_key_survives_an_update_with_a_newly_signed_policy() {
-    use attest::tpm::SignedPolicy;
+/// A device with "disk key" sealed to the organisation's policy key: the
+/// device, the key, an open connection and the sealed file.
+fn sealed_to_policy_key() -> (
+    Device,
+    p256::ecdsa::SigningKey,
+    Tpm,
+    attest::tpm::AuthorizedSealed,
+) {
     let device = Device::honest();
     let org = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
-    let pcrs = [4u32, 8, 9];
     let mut tpm = device.tpm();
     let sealed = tpm
         .seal_authorized(org.verifying_key(), b"disk key")
         .unwrap();
+    (device, org, tpm, sealed)
+}
+
+/// Run a tpm2-tools program against `device`'s swtpm; its standard output.
+fn tpm2_tool(device: &Device, program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env("TPM2TOOLS_TCTI", device.swtpm.tcti())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_key_sealed_to_the_policy_key_survives_an_update_with_a_newly_signed_policy() {
+    use attest::tpm::SignedPolicy;
+    let (device, org, mut tpm, sealed) = sealed_to_policy_key();
+    let pcrs = [4u32, 8, 9];
     // Version 1: the organisation signs the PCR values of the image it built.
     let v1 = SignedPolicy::sign(&org, 1, 1, HashAlg::Sha256, &pcr_values(&mut tpm, &pcrs)).unwrap();
     let (secret, mut tpm) = tpm
@@ -673,17 +700,8 @@ fn the_epoch_counter_computes_to_the_name_the_tpm_gives_it() {
     assert!(start >= 1);
     drop(tpm);
     // tpm2-tools reads the same name: what every signed policy covers.
-    let out = std::process::Command::new("tpm2_nvreadpublic")
-        .arg(format!("{:#x}", attest::tpm::EPOCH_COUNTER))
-        .env("TPM2TOOLS_TCTI", device.swtpm.tcti())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let index = format!("{:#x}", attest::tpm::EPOCH_COUNTER);
+    let text = tpm2_tool(&device, "tpm2_nvreadpublic", &[&index]);
     let name = hex::encode(attest::tpm::counter_name(attest::tpm::EPOCH_COUNTER));
     assert!(text.contains(&format!("name: {name}")), "{text}");
 }
@@ -695,13 +713,8 @@ fn the_epoch_counter_computes_to_the_name_the_tpm_gives_it() {
 #[test]
 fn raising_the_epoch_revokes_older_policies_even_when_the_counter_is_defined_again() {
     use attest::tpm::{SignedPolicy, TpmError, EPOCH_COUNTER};
-    let device = Device::honest();
-    let org = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
+    let (device, org, mut tpm, sealed) = sealed_to_policy_key();
     let pcrs = [4u32, 8, 9];
-    let mut tpm = device.tpm();
-    let sealed = tpm
-        .seal_authorized(org.verifying_key(), b"disk key")
-        .unwrap();
     let start = tpm.epoch_counter(EPOCH_COUNTER).unwrap().unwrap();
     let values = pcr_values(&mut tpm, &pcrs);
     // v1 (epoch = the counter now) and a security update v2 one epoch on,
@@ -749,15 +762,10 @@ fn raising_the_epoch_revokes_older_policies_even_when_the_counter_is_defined_aga
         .is_err());
     // The attack: undefine the counter and define it again.
     drop(tpm);
-    let out = std::process::Command::new("tpm2_nvundefine")
-        .arg(format!("{EPOCH_COUNTER:#x}"))
-        .env("TPM2TOOLS_TCTI", device.swtpm.tcti())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    tpm2_tool(
+        &device,
+        "tpm2_nvundefine",
+        &[&format!("{EPOCH_COUNTER:#x}")],
     );
     let mut tpm = device.tpm();
     assert_eq!(tpm.epoch_counter(EPOCH_COUNTER).unwrap(), None);

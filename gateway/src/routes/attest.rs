@@ -46,7 +46,7 @@ impl AppState {
                 Value::Null,
             );
         };
-        let n = match self.nonces.issue(&r.device_id, peer) {
+        let n = match self.nonces.issue(&r.device_id, peer).await {
             Ok(n) => n,
             Err(e) => {
                 self.record(
@@ -57,7 +57,10 @@ impl AppState {
                     json!({"reason": e.to_string(), "peer": peer.to_string()}),
                 )
                 .await;
-                let status = if e == crate::nonces::Refusal::Full {
+                let status = if matches!(
+                    e,
+                    crate::nonces::Refusal::Full | crate::nonces::Refusal::Unavailable
+                ) {
                     503
                 } else {
                     429
@@ -99,7 +102,7 @@ impl AppState {
             Ok(c) => c,
             Err(e) => return bad(format!("csr: {e}")),
         };
-        let nonce_problem = match self.nonces.take(&evidence.nonce, &r.device_id) {
+        let nonce_problem = match self.nonces.take(&evidence.nonce, &r.device_id).await {
             Ok(()) => None,
             Err(crate::nonces::Spent::Stale) => {
                 Some("the nonce is unknown, expired or already used (a replayed quote)")
