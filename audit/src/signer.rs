@@ -52,8 +52,9 @@ pub enum SignerError {
         /// What is wrong.
         problem: &'static str,
     },
-    /// The database's tree does not match the last checkpoint stored in
-    /// it (checked when the signer starts without a state file).
+    /// The database's tree does not match a checkpoint stored in it
+    /// (checked when the signer starts without a state file, and for a
+    /// checkpoint another signer made past this one's).
     #[error("audit alarm: the stored log does not match its own last checkpoint at size {size}")]
     Mismatch {
         /// The checkpoint's size.
@@ -147,6 +148,8 @@ impl Signer {
             return Err(SignerError::Shrunk { signed, now });
         }
         self.check_last_signed(store).await?;
+        self.adopt_newer(store).await?;
+        let signed = self.tree.size();
         if now == signed && self.note.is_some() {
             return Ok(None);
         }
@@ -202,6 +205,53 @@ impl Signer {
                 problem: "no longer the entry last signed (the log was rewritten)",
             }),
         }
+    }
+
+    /// Another signer on the same log (another gateway, which held the
+    /// lease) may have signed past this one's tree. The newest such stored
+    /// checkpoint that verifies with this key must be what the entries
+    /// since this signer's own last checkpoint make, entry by entry; it is
+    /// then adopted as this signer's own. Entries rewritten after the other
+    /// signed them are an alarm, never signed over (a fork).
+    async fn adopt_newer(&mut self, store: &Store) -> Result<(), SignerError> {
+        let verifier = Verifier::new(&self.origin, self.key.verifying_key()).map_err(|e| {
+            SignerError::State {
+                path: self.path.clone(),
+                problem: e.to_string(),
+            }
+        })?;
+        let newest = store
+            .checkpoints_newest(Some(8))
+            .await?
+            .into_iter()
+            .rev()
+            .filter(|c| c.size > self.tree.size())
+            .find_map(|c| {
+                checkpoint::parse_and_verify(&c.note, &verifier)
+                    .ok()
+                    .map(|cp| (cp, c))
+            });
+        let Some((cp, stored)) = newest else {
+            return Ok(());
+        };
+        let mut tree = self.tree.clone();
+        let mut last_leaf = self.last_leaf;
+        for (seq, recomputed, leaf) in store
+            .leaf_checks(as_seq(tree.size()), as_seq(cp.size))
+            .await?
+        {
+            check_entry(seq, tree.size(), recomputed, leaf)?;
+            tree.push(leaf);
+            last_leaf = Some(leaf);
+        }
+        if tree.size() != cp.size || tree.root() != cp.root {
+            return Err(SignerError::Mismatch { size: stored.size });
+        }
+        self.save(&tree, last_leaf, &stored.note)?;
+        self.tree = tree;
+        self.last_leaf = last_leaf;
+        self.note = Some(stored.note);
+        Ok(())
     }
 
     /// Write the state durably.

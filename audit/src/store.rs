@@ -105,12 +105,20 @@ pub struct SignerLease {
 }
 
 impl SignerLease {
-    /// Whether the lease still holds: its connection answers (a server
-    /// that dropped it has released the lock, and another may hold it).
+    /// Whether the lease still holds: its connection answers within 5 s (a
+    /// server that dropped it has released the lock, and another may hold
+    /// it; a connection that stopped answering is given up).
     pub async fn alive(&mut self) -> bool {
         match &mut self.conn {
             None => true,
-            Some(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+            Some(c) => matches!(
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sqlx::query("SELECT 1").execute(c)
+                )
+                .await,
+                Ok(Ok(_))
+            ),
         }
     }
 }

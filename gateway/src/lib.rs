@@ -12,6 +12,7 @@
 pub mod access;
 pub mod app;
 pub mod console;
+mod follow;
 pub mod images;
 pub mod intercept;
 pub mod metrics;

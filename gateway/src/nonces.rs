@@ -18,8 +18,8 @@
 //! gateways' clocks must agree to within a fraction of it) and then count
 //! for nothing. A nonce is good once, for the device it was issued to:
 //! taking it deletes its row in one statement, so two gateways racing on
-//! one nonce cannot both accept it. Several gateways racing to issue may
-//! overshoot a device's or the book's bound by at most one nonce each.
+//! one nonce cannot both accept it. Issuing counts and writes under the
+//! table's write lock, so racing requests never overshoot the bounds.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand_core::RngCore as _;
-use sqlx::{AnyPool, Row as _};
+use sqlx::{AnyPool, Connection as _, Executor as _, Row as _};
 
 /// Most outstanding nonces per device.
 pub const PER_DEVICE: usize = 4;
@@ -69,6 +69,7 @@ pub enum Spent {
 #[derive(Debug)]
 pub struct NonceBook {
     pool: AnyPool,
+    backend: persist::Backend,
     ttl: Duration,
     capacity: usize,
     peers: Mutex<HashMap<IpAddr, Bucket>>,
@@ -99,6 +100,7 @@ impl NonceBook {
     /// database behind `pool` (the table is made if missing).
     pub async fn new(
         pool: AnyPool,
+        backend: persist::Backend,
         ttl: Duration,
         capacity: usize,
     ) -> Result<NonceBook, crate::state::DbError> {
@@ -115,6 +117,7 @@ impl NonceBook {
         }
         Ok(NonceBook {
             pool,
+            backend,
             ttl,
             capacity,
             peers: Mutex::new(HashMap::new()),
@@ -122,18 +125,40 @@ impl NonceBook {
     }
 
     /// A fresh nonce for `device`, asked for from `peer`.
+    ///
+    /// The peer's rate is checked first: a refused peer costs the shared
+    /// database nothing. The bounds are counted and the nonce written in one
+    /// transaction holding the table's write lock, so concurrent requests
+    /// (on this gateway or another) never overshoot them.
     pub async fn issue(&self, device: &str, peer: IpAddr) -> Result<[u8; 32], Refusal> {
+        self.take_peer_token(peer)?;
+        let unavailable = |e: sqlx::Error| {
+            tracing::warn!(error = %e, "nonce book: the database did not answer");
+            Refusal::Unavailable
+        };
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let mut tx = match self.backend {
+            persist::Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+            persist::Backend::Postgres => conn.begin().await,
+        }
+        .map_err(unavailable)?;
+        if self.backend == persist::Backend::Postgres {
+            tx.execute("LOCK TABLE gateway_nonces IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(unavailable)?;
+        }
         let now = now_ms();
         // Expired rows count for nothing; removing them keeps the counts
-        // cheap (any gateway may, and any order of removals is the same).
-        let _ = sqlx::query("DELETE FROM gateway_nonces WHERE expires_ms <= $1")
+        // cheap.
+        sqlx::query("DELETE FROM gateway_nonces WHERE expires_ms <= $1")
             .bind(now)
-            .execute(&self.pool)
-            .await;
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let held = count(
             sqlx::query("SELECT COUNT(*) FROM gateway_nonces WHERE device_id = $1")
                 .bind(device.to_owned())
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await,
         )?;
         if held >= PER_DEVICE {
@@ -141,13 +166,12 @@ impl NonceBook {
         }
         let all = count(
             sqlx::query("SELECT COUNT(*) FROM gateway_nonces")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await,
         )?;
         if all >= self.capacity {
             return Err(Refusal::Full);
         }
-        self.take_peer_token(peer)?;
         let mut n = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut n);
         let ttl = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
@@ -157,12 +181,10 @@ impl NonceBook {
         .bind(hex::encode(n))
         .bind(device.to_owned())
         .bind(now.saturating_add(ttl))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "nonce book: the database did not answer");
-            Refusal::Unavailable
-        })?;
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
         Ok(n)
     }
 
@@ -239,10 +261,10 @@ mod tests {
     async fn books(ttl: Duration, capacity: usize) -> (tempfile::TempDir, NonceBook, NonceBook) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("g.db").display());
-        let (one, _) = persist::db::connect(&url).await.unwrap();
+        let (one, backend) = persist::db::connect(&url).await.unwrap();
         let (two, _) = persist::db::connect(&url).await.unwrap();
-        let a = NonceBook::new(one, ttl, capacity).await.unwrap();
-        let b = NonceBook::new(two, ttl, capacity).await.unwrap();
+        let a = NonceBook::new(one, backend, ttl, capacity).await.unwrap();
+        let b = NonceBook::new(two, backend, ttl, capacity).await.unwrap();
         (dir, a, b)
     }
 
@@ -257,7 +279,9 @@ mod tests {
         for _ in 0..50 {
             match book.issue("victim", B).await {
                 Ok(_) => {}
-                Err(Refusal::DeviceBusy) => refused += 1,
+                // Busy device, or (the peer's rate is checked first) a
+                // peer past its burst.
+                Err(Refusal::DeviceBusy | Refusal::PeerBusy) => refused += 1,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -332,5 +356,42 @@ mod tests {
             a.issue("d2", A).await.unwrap();
         }
         assert_eq!(b.issue("d2", B).await, Err(Refusal::DeviceBusy));
+    }
+
+    /// The attacker's review: a peer refused for its rate still cost the
+    /// shared database three queries (reproduced first: a closed database
+    /// answered Unavailable, so it had been asked).
+    #[tokio::test]
+    async fn a_peer_over_its_rate_costs_the_database_nothing() {
+        let (_d, book, _) = books(Duration::from_secs(120), 100_000).await;
+        for i in 0..PEER_BURST as usize {
+            book.issue(&format!("d{i}"), A).await.unwrap();
+        }
+        book.pool.close().await;
+        assert_eq!(book.issue("d-more", A).await, Err(Refusal::PeerBusy));
+    }
+
+    /// The attacker's review: requests racing on one device all counted
+    /// before any wrote, and overshot its bound (reproduced first).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_requests_never_overshoot_a_devices_bound() {
+        let (_d, a, b) = books(Duration::from_secs(120), 100_000).await;
+        let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let book = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let peer = IpAddr::V4(std::net::Ipv4Addr::new(10, 2, 0, i));
+                book.issue("raced", peer).await
+            }));
+        }
+        let mut issued = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                issued += 1;
+            }
+        }
+        assert_eq!(issued, PER_DEVICE);
+        assert_eq!(a.outstanding("raced").await, PER_DEVICE);
     }
 }

@@ -155,6 +155,10 @@ pub struct ServeConfig {
     /// The most connections (API and proxy together, tunnels included) one
     /// client address may hold; the next is closed at accept.
     pub max_per_address: usize,
+    /// How often the policy and reference stored in the database are
+    /// looked at, so a change made through another gateway on the same
+    /// database is put in force here (`gateway/src/follow.rs`).
+    pub follow_every: Duration,
 }
 
 impl ServeConfig {
@@ -180,6 +184,7 @@ impl ServeConfig {
             upstream_ca: None,
             access_log: None,
             max_per_address: MAX_PER_ADDRESS,
+            follow_every: Duration::from_secs(5),
         }
     }
 
@@ -200,6 +205,7 @@ pub struct Gateway {
     drain: Duration,
     header_timeout: Duration,
     per_address: usize,
+    follow_every: Duration,
     /// The proxy's address, if it listens.
     pub proxy_addr: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -343,7 +349,7 @@ impl Gateway {
         let pki = Pki::init(&config.data, &config.server_names)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
         let url = config.db_url();
-        let (pool, _) = persist::db::connect(&url).await?;
+        let (pool, backend) = persist::db::connect(&url).await?;
         let db = Db::new(pool.clone()).await?;
         let audit = audit::store::Store::open(&url).await?;
         let audit_key = signing_key(&config.data, "audit")?;
@@ -365,7 +371,8 @@ impl Gateway {
             )
             .await?;
         let nonces =
-            crate::nonces::NonceBook::new(pool.clone(), Duration::from_secs(120), 100_000).await?;
+            crate::nonces::NonceBook::new(pool.clone(), backend, Duration::from_secs(120), 100_000)
+                .await?;
         let state = Arc::new(AppState {
             data: config.data.clone(),
             pki,
@@ -416,6 +423,7 @@ impl Gateway {
             proxy_addr,
             drain: config.drain,
             per_address: config.max_per_address,
+            follow_every: config.follow_every,
             header_timeout: config.header_timeout,
             acceptor,
             state,
@@ -433,6 +441,7 @@ impl Gateway {
             peers: Arc::new(PeerCounts::new(self.per_address)),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let follower = crate::follow::spawn(self.state.clone(), self.follow_every);
         let api = tokio::spawn(accept_loop(
             self.listener,
             self.acceptor.clone(),
@@ -455,6 +464,7 @@ impl Gateway {
         });
         let slots = slots.all;
         shutdown.await;
+        follower.abort();
         let _ = stop_tx.send(true);
         let _ = api.await;
         if let Some(p) = proxy {

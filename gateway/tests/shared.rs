@@ -3,8 +3,9 @@
 //! and attests through the other with the first one's nonce; a nonce spent
 //! at one is spent at both; a certificate from one is honoured by the
 //! other; a revocation made through the database stops the device at both
-//! on its next request; both append to one audit log, one of them signs its
-//! checkpoints at a time, and the other takes over when it stops.
+//! on its next request; a policy or reference an admin puts through one is
+//! in force at the other within moments; both append to one audit log, one of them signs
+//! its checkpoints at a time, and the other takes over when it stops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -88,6 +89,7 @@ fn two_gateways_on_one_postgres_share_devices_nonces_revocations_and_one_audit_l
         let mut c = ServeConfig::new(dir.path().join(name), "127.0.0.1:0".parse().unwrap());
         c.db = Some(url.clone());
         c.checkpoint_every = Duration::from_millis(200);
+        c.follow_every = Duration::from_millis(200);
         common::attesting(&mut c, &swtpm, dir.path());
         c
     };
@@ -140,8 +142,6 @@ fn two_gateways_on_one_postgres_share_devices_nonces_revocations_and_one_audit_l
         .unwrap();
     assert_eq!(s, 200);
 
-    let pcrs: BTreeSet<u32> = reference.pcrs.keys().copied().collect();
-    let sel: BTreeMap<HashAlg, BTreeSet<u32>> = [(HashAlg::Sha256, pcrs)].into();
     let log = std::fs::read(&log_path).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -150,7 +150,15 @@ fn two_gateways_on_one_postgres_share_devices_nonces_revocations_and_one_audit_l
         .unwrap()
         .pem()
         .unwrap();
+    // As a device does: quote the PCRs the nonce's answer names.
     let mut attest_body = |nonce: &Value| -> Value {
+        let pcrs: BTreeSet<u32> = nonce["pcrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| u32::try_from(p.as_u64().unwrap()).unwrap())
+            .collect();
+        let sel: BTreeMap<HashAlg, BTreeSet<u32>> = [(HashAlg::Sha256, pcrs)].into();
         let nonce = hex::decode(nonce["nonce"].as_str().unwrap()).unwrap();
         let e = tpm.evidence(&ak, &nonce, &sel, vec![log.clone()]).unwrap();
         let evidence: Value = serde_json::from_str(&e.to_json()).unwrap();
@@ -190,6 +198,86 @@ fn two_gateways_on_one_postgres_share_devices_nonces_revocations_and_one_audit_l
     ));
     assert_eq!(s, "200", "{who}");
     assert_eq!(who["device_id"], "d1", "{who}");
+
+    // An admin replaces the policy through A: B puts it in force too.
+    let admin = gateway::Pki::init(&dir.path().join("a"), &[])
+        .unwrap()
+        .issue_admin_cert("alice", Duration::from_secs(600))
+        .unwrap();
+    let (acrt, akey) = (dir.path().join("alice.crt"), dir.path().join("alice.key"));
+    std::fs::write(&acrt, admin.cert_pem).unwrap();
+    std::fs::write(&akey, admin.key_pem).unwrap();
+    let policy = dir.path().join("policy.csv");
+    std::fs::write(
+        &policy,
+        "p, group:school, url, https://shared.school.example/*, GET, allow\n\
+         g, device:d1, group:school\n",
+    )
+    .unwrap();
+    let (s, r) = common::api(
+        a.port,
+        &dir.path().join("a"),
+        "/v1/admin/policy",
+        (&acrt, &akey),
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", policy.display()),
+        ],
+    );
+    assert_eq!(s, "200", "{r}");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, text) = common::api(
+            b.port,
+            &dir.path().join("b"),
+            "/v1/admin/policy",
+            (&acrt, &akey),
+            &[],
+        );
+        assert_eq!(s, "200", "{text}");
+        if text.contains("https://shared.school.example/*") {
+            break;
+        }
+        assert!(Instant::now() < until, "B still holds: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A newer reference through A (one PCR fewer): B quotes for it too.
+    let mut newer = reference.clone();
+    newer.version += 1;
+    let dropped = *newer.pcrs.keys().next_back().unwrap();
+    newer.pcrs.remove(&dropped);
+    let org = persist::keys::read_private(&dir.path().join("org.key")).unwrap();
+    let newer_file = dir.path().join("newer.json");
+    std::fs::write(&newer_file, newer.sign(&org).unwrap()).unwrap();
+    let (s, r) = common::api(
+        a.port,
+        &dir.path().join("a"),
+        "/v1/admin/reference",
+        (&acrt, &akey),
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", newer_file.display()),
+        ],
+    );
+    assert_eq!(s, "200", "{r}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (s, n) = rt
+        .block_on(cb_client.post("/v1/attest/nonce", &json!({"device_id": "d1"})))
+        .unwrap();
+    assert_eq!(s, 200, "{n}");
+    let quoted: Vec<u64> = n["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let expected: Vec<u64> = newer.pcrs.keys().map(|p| u64::from(*p)).collect();
+    assert_eq!(quoted, expected, "B still quotes for the older reference");
 
     // Every attestation landed in one log, in one sequence; one gateway
     // signs it.

@@ -750,3 +750,90 @@ fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_ref
     assert_ne!(code(&out), 0);
     assert!(stderr(&out).contains("not zero"), "{}", stderr(&out));
 }
+
+/// The attacker's review: a launch that unsealed the key but then failed
+/// (here: a policy whose epoch is too far above the counter to raise it)
+/// left the launch PCR open, so whatever ran next could unseal the key
+/// again on that boot. Reproduced first: the unseal after it succeeded.
+#[test]
+fn a_launch_that_fails_after_the_unseal_still_closes_the_launch_pcr() {
+    let c = Client::new();
+    let t = c.tcti();
+    std::fs::write(c.p("disk.key"), b"0123456789abcdef0123456789abcdef").unwrap();
+    ok(&t, &["keygen", "--p256", "--out", &c.p("policy.key")]);
+    ok(
+        &t,
+        &[
+            "seal",
+            "--policy-key",
+            &c.p("policy.key.pub"),
+            "--in",
+            &c.p("disk.key"),
+            "--out",
+            &c.p("disk.sealed"),
+        ],
+    );
+    for (out, epoch) in [("v1.json", "1"), ("jump.json", "5000")] {
+        ok(
+            &t,
+            &[
+                "pcr-policy",
+                "sign",
+                "--reference",
+                &c.p("ref.json"),
+                "--reference-key",
+                &c.p("org.key.pub"),
+                "--pcrs",
+                "4,8,9",
+                "--epoch",
+                epoch,
+                "--sign-key",
+                &c.p("policy.key"),
+                "--out",
+                &c.p(out),
+            ],
+        );
+    }
+    let out = satchel(
+        &t,
+        &[
+            "launch",
+            "--log",
+            &c.p("boot.log"),
+            "--reference",
+            &c.p("ref.json"),
+            "--reference-key",
+            &c.p("org.key.pub"),
+            "--sealed",
+            &c.p("disk.sealed"),
+            "--policy-key",
+            &c.p("policy.key.pub"),
+            "--policy",
+            &c.p("jump.json"),
+            "--",
+            "sh",
+            "-c",
+            "echo launched",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("more than 1024"), "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("launched"));
+    let out = satchel(
+        &t,
+        &[
+            "unseal",
+            "--in",
+            &c.p("disk.sealed"),
+            "--policy-key",
+            &c.p("policy.key.pub"),
+            "--policy",
+            &c.p("v1.json"),
+        ],
+    );
+    assert_eq!(
+        code(&out),
+        1,
+        "the key unsealed again after the failed launch"
+    );
+}

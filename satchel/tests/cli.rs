@@ -336,3 +336,59 @@ fn the_debian_package_holds_the_binary_pages_completions_units_and_settings() {
         "{unit}"
     );
 }
+
+/// The attacker's review: the guest's network relay wrote through Rust's
+/// line-buffered stdout, so bytes after the last newline (a TLS record, a
+/// prompt) waited in the buffer while the peer waited for an answer.
+/// Reproduced first: "abc" never reached the guest's side.
+#[test]
+fn the_guest_relay_passes_bytes_without_waiting_for_a_newline() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("net.gate");
+    std::fs::write(&gate, b"trusted\n").unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = server.local_addr().unwrap().to_string();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        s.write_all(b"abc").unwrap();
+        // Waits for the guest's answer before it says anything more.
+        let mut answer = [0u8; 3];
+        s.read_exact(&mut answer).unwrap();
+        answer
+    });
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args([
+            "guest",
+            "relay",
+            "--gate",
+            gate.to_str().unwrap(),
+            "--to",
+            &to,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = relay.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = [0u8; 3];
+        let r = out.read_exact(&mut got).map(|()| got);
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+    if got.is_err() {
+        let _ = relay.kill();
+    }
+    assert_eq!(
+        got.map_err(|_| "no bytes within 5 s").unwrap().unwrap(),
+        *b"abc"
+    );
+    let mut stdin = relay.stdin.take().unwrap();
+    stdin.write_all(b"xyz").unwrap();
+    drop(stdin);
+    assert_eq!(peer.join().unwrap(), *b"xyz");
+    let _ = relay.kill();
+    let _ = relay.wait();
+}

@@ -25,6 +25,10 @@ use super::GuestError;
 /// The address the guest reaches the forward at (in qemu's user network).
 pub const GUEST_ADDR: &str = "10.0.2.100";
 
+/// The most connections a guest holds through the relay at once (each is a
+/// process and a socket on the host); the next is closed at once.
+pub const MAX_RELAYS: usize = 64;
+
 /// The largest credential sent (a certificate chain fits many times).
 pub const MAX_CREDENTIAL: usize = 48 * 1024;
 
@@ -167,6 +171,8 @@ where
             "the guest's network is closed: its boot is not (or no longer) trusted".to_owned(),
         ));
     }
+    // Held until this relay ends (the lock goes with the process).
+    let _slot = take_slot(gate)?;
     let addr = to
         .to_socket_addrs()
         .map_err(|e| GuestError::io("resolving the guest's network target", e))?
@@ -183,13 +189,49 @@ where
         .try_clone()
         .map_err(|e| GuestError::io("relaying the guest's connection", e))?;
     let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut input, &mut upstream);
+        let _ = pass(&mut input, &mut upstream);
         let _ = upstream.shutdown(std::net::Shutdown::Write);
     });
     let mut down = stream;
-    let copied = std::io::copy(&mut down, &mut output).and_then(|_| output.flush());
+    let copied = pass(&mut down, &mut output);
     let _ = up.join();
     copied.map_err(|e| GuestError::io("relaying the guest's connection", e))
+}
+
+/// Copy until the end, each read written (and flushed) at once: nothing
+/// waits for more bytes to fill a buffer.
+fn pass(from: &mut dyn Read, to: &mut dyn Write) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return to.flush(),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
+}
+
+/// One of [`MAX_RELAYS`] slots beside the gate file: a lock file this
+/// process holds until it ends.
+fn take_slot(gate: &Path) -> Result<std::fs::File, GuestError> {
+    let dir = gate.parent().unwrap_or(Path::new("."));
+    for i in 0..MAX_RELAYS {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("relay.{i}.lock")))
+            .map_err(|e| GuestError::io("taking a relay slot", e))?;
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(f);
+        }
+    }
+    Err(GuestError::Refused(format!(
+        "the guest holds {MAX_RELAYS} connections already"
+    )))
 }
 
 #[cfg(test)]
@@ -250,5 +292,27 @@ mod tests {
         assert!(Network::new("127.0.0.1", PathBuf::from("/x")).is_err());
         assert!(Network::new("h;rm:1", PathBuf::from("/x")).is_err());
         assert!(Network::new("h:1", PathBuf::from("/x y")).is_err());
+    }
+
+    /// The attacker's review: each guest connection is a host process and
+    /// a socket, with no bound (reproduced first: the 65th connection was
+    /// joined too).
+    #[test]
+    fn a_guest_holds_at_most_max_relays_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = dir.path().join("net.gate");
+        std::fs::write(&gate, b"").unwrap();
+        let held: Vec<std::fs::File> = (0..MAX_RELAYS).map(|_| take_slot(&gate).unwrap()).collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let r = relay(&gate, &to, std::io::Cursor::new(Vec::new()), Vec::new());
+        assert!(matches!(r, Err(GuestError::Refused(_))), "{r:?}");
+        assert!(
+            listener.accept().is_err(),
+            "the target saw the 65th connection"
+        );
+        drop(held);
+        assert!(take_slot(&gate).is_ok(), "a slot frees when its relay ends");
     }
 }

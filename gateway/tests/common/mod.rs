@@ -413,8 +413,8 @@ pub(crate) fn trusting_home(home: &Path, ca: &Path) {
 /// A device's TPM: a swtpm with an EK certificate and the sample boot chain
 /// (examples/boot-chain) measured into it; its event log is `DIR/boot.log`.
 /// Also the organisation's signed reference for that chain, `DIR/ref.json`,
-/// and its key, `DIR/org.pub` (see [`attesting`]); the reference is
-/// returned too.
+/// and its key, `DIR/org.pub` (see [`attesting`]; the private half is
+/// `DIR/org.key`); the reference is returned too.
 #[allow(dead_code)]
 pub(crate) fn measured_swtpm(dir: &Path) -> (tpm_sim_tests::Swtpm, PathBuf, attest::Reference) {
     let swtpm = tpm_sim_tests::Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
@@ -437,6 +437,7 @@ pub(crate) fn measured_swtpm(dir: &Path) -> (tpm_sim_tests::Swtpm, PathBuf, atte
     .unwrap();
     std::fs::write(dir.join("ref.json"), reference.sign(&org).unwrap()).unwrap();
     persist::keys::write_public(&dir.join("org.pub"), &org.verifying_key()).unwrap();
+    persist::keys::write_private(&dir.join("org.key"), &org).unwrap();
     (swtpm, log, reference)
 }
 

@@ -176,10 +176,7 @@ pub(crate) fn run(cmd: GuestCmd) -> anyhow::Result<()> {
     match cmd {
         GuestCmd::Start(a) => start(a),
         GuestCmd::Reference(a) => reference(a),
-        GuestCmd::Relay(a) => {
-            device::guest::network::relay(&a.gate, &a.to, std::io::stdin(), std::io::stdout())
-                .map_err(|e| Exit::new(1, e.to_string()).into())
-        }
+        GuestCmd::Relay(a) => relay(&a),
     }
 }
 
@@ -202,6 +199,19 @@ fn spec<'a>(vm: &VmArgs, judge: Judge<'a>, key: Option<&'a [u8]>) -> GuestSpec<'
         network: None,
         credentials: Vec::new(),
     }
+}
+
+/// One guest connection (qemu's stdin and stdout) joined to the target.
+/// The descriptors are used raw: Rust's stdout buffers by line, and bytes
+/// after the last newline (a TLS record) would wait for more. Nothing is
+/// printed: stderr is the guest's connection too.
+fn relay(a: &RelayArgs) -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    let raw = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(std::fs::File::from);
+    let input = raw(std::io::stdin().as_fd()).context("the guest's connection")?;
+    let output = raw(std::io::stdout().as_fd()).context("the guest's connection")?;
+    device::guest::network::relay(&a.gate, &a.to, input, output)
+        .map_err(|_| Exit::new(1, String::new()).into())
 }
 
 /// `--credential NAME=FILE` values, read and checked.

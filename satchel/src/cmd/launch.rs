@@ -480,10 +480,12 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
             "launch refused: the disk key did not unseal: {e:#}"
         ))
     })?;
+    // The key is out: the launch PCR closes first, whatever happens next,
+    // so nothing else unseals it again on this boot.
+    close_launch_pcr(&mut tpm, a.launch_pcr, &a.log)?;
     if let Some(policy) = &policy {
         raise_epoch(&mut tpm, policy).map_err(|e| refused(format!("launch refused: {e:#}")))?;
     }
-    close_launch_pcr(&mut tpm, a.launch_pcr, &a.log)?;
     drop(tpm);
     let memfd = key_memfd(&key)?;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&memfd));
