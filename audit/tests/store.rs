@@ -509,34 +509,40 @@ fn a_column_given_another_type_is_never_intact_on_sqlite() {
     });
 }
 
-/// Two signers on one log (two gateways taking turns with the lease): the
-/// one signing after the other signed further must not sign over the
-/// entries the other signed if they were rewritten since (a fork under the
-/// shared key). Reproduced first: it signed the rewritten log.
+/// Two signers with one key on `store` (two gateways taking turns with
+/// the lease), their state in `dir`: the first signed 3 entries, the second
+/// then 6.
+async fn two_signers(store: &Store, dir: &std::path::Path) -> (Signer, Signer) {
+    let key = persist::keys::generate();
+    let mut one = Signer::open(&dir.join("one.tree"), key.clone(), ORIGIN, store)
+        .await
+        .unwrap();
+    store
+        .append((0..3).map(entry).collect(), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(one.checkpoint(store).await.unwrap().unwrap().size, 3);
+    let mut two = Signer::open(&dir.join("two.tree"), key, ORIGIN, store)
+        .await
+        .unwrap();
+    store
+        .append((3..6).map(entry).collect(), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(two.checkpoint(store).await.unwrap().unwrap().size, 6);
+    (one, two)
+}
+
+/// The first signer, after the second signed further, must not sign over
+/// the entries the second signed if they were rewritten since (a fork under
+/// the shared key). Reproduced first: it signed the rewritten log.
 #[test]
 fn a_signer_after_another_never_signs_over_entries_rewritten_since() {
     rt().block_on(async {
         for db in TestDb::both() {
-            let key = persist::keys::generate();
             let store = Store::open(&db.url()).await.unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let (one_tree, two_tree) = (dir.path().join("one.tree"), dir.path().join("two.tree"));
-            let mut one = Signer::open(&one_tree, key.clone(), ORIGIN, &store)
-                .await
-                .unwrap();
-            store
-                .append((0..3).map(entry).collect(), now_ms())
-                .await
-                .unwrap();
-            assert_eq!(one.checkpoint(&store).await.unwrap().unwrap().size, 3);
-            let mut two = Signer::open(&two_tree, key.clone(), ORIGIN, &store)
-                .await
-                .unwrap();
-            store
-                .append((3..6).map(entry).collect(), now_ms())
-                .await
-                .unwrap();
-            assert_eq!(two.checkpoint(&store).await.unwrap().unwrap().size, 6);
+            let (mut one, _) = two_signers(&store, dir.path()).await;
             // Entries 3-5, signed by the second, rewritten whole: their
             // columns and leaf hashes agree.
             raw(&db.url(), "DELETE FROM audit_entries WHERE seq >= 3").await;
@@ -558,25 +564,9 @@ fn a_signer_after_another_never_signs_over_entries_rewritten_since() {
 fn a_signer_after_another_adopts_its_checkpoint() {
     rt().block_on(async {
         for db in TestDb::both() {
-            let key = persist::keys::generate();
             let store = Store::open(&db.url()).await.unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let mut one = Signer::open(&dir.path().join("one.tree"), key.clone(), ORIGIN, &store)
-                .await
-                .unwrap();
-            store
-                .append((0..3).map(entry).collect(), now_ms())
-                .await
-                .unwrap();
-            one.checkpoint(&store).await.unwrap();
-            let mut two = Signer::open(&dir.path().join("two.tree"), key.clone(), ORIGIN, &store)
-                .await
-                .unwrap();
-            store
-                .append((3..6).map(entry).collect(), now_ms())
-                .await
-                .unwrap();
-            two.checkpoint(&store).await.unwrap();
+            let (mut one, _) = two_signers(&store, dir.path()).await;
             store
                 .append((6..9).map(entry).collect(), now_ms())
                 .await

@@ -584,8 +584,9 @@ fn data_that_was_never_measured_makes_the_evidence_untrusted() {
     );
 }
 
-#[test]
-fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_reference() {
+/// A client whose disk key (32 known bytes, `disk.key`) is sealed to a new
+/// policy key (`policy.key`) in `disk.sealed`.
+fn sealed_to_policy_key() -> Client {
     let c = Client::new();
     let t = c.tcti();
     std::fs::write(c.p("disk.key"), b"0123456789abcdef0123456789abcdef").unwrap();
@@ -602,6 +603,13 @@ fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_ref
             &c.p("disk.sealed"),
         ],
     );
+    c
+}
+
+#[test]
+fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_reference() {
+    let c = sealed_to_policy_key();
+    let t = c.tcti();
     let sign = |reference: &str, out: &str| {
         ok(
             &t,
@@ -757,22 +765,8 @@ fn a_disk_key_sealed_to_the_policy_key_unseals_with_a_signed_policy_from_the_ref
 /// again on that boot. Reproduced first: the unseal after it succeeded.
 #[test]
 fn a_launch_that_fails_after_the_unseal_still_closes_the_launch_pcr() {
-    let c = Client::new();
+    let c = sealed_to_policy_key();
     let t = c.tcti();
-    std::fs::write(c.p("disk.key"), b"0123456789abcdef0123456789abcdef").unwrap();
-    ok(&t, &["keygen", "--p256", "--out", &c.p("policy.key")]);
-    ok(
-        &t,
-        &[
-            "seal",
-            "--policy-key",
-            &c.p("policy.key.pub"),
-            "--in",
-            &c.p("disk.key"),
-            "--out",
-            &c.p("disk.sealed"),
-        ],
-    );
     for (out, epoch) in [("v1.json", "1"), ("jump.json", "5000")] {
         ok(
             &t,
