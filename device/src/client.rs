@@ -1,6 +1,7 @@
 //! The device side of the gateway protocol: a small HTTPS JSON client that
 //! pins the gateway CA and may present a device certificate.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http_body_util::{BodyExt as _, Full};
@@ -98,40 +99,75 @@ impl Default for Timeouts {
 /// A gateway endpoint with its pinned CA.
 #[derive(Clone)]
 pub struct GatewayClient {
+    /// Every gateway address given, in order; all serve the same
+    /// organisation (the same CA), and any may answer.
+    endpoints: Vec<Endpoint>,
+    /// The one that answered last: tried first.
+    current: Arc<AtomicUsize>,
+    connector: tokio_rustls::TlsConnector,
+    timeouts: Timeouts,
+}
+
+/// One gateway address.
+#[derive(Debug, Clone)]
+struct Endpoint {
     host: String,
     port: u16,
     url: String,
-    connector: tokio_rustls::TlsConnector,
-    timeouts: Timeouts,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint, ClientError> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::Url(url.to_owned()))?
+            .trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => (
+                h.to_owned(),
+                p.parse().map_err(|_| ClientError::Url(url.to_owned()))?,
+            ),
+            _ => (rest.to_owned(), 443),
+        };
+        if host.is_empty() {
+            return Err(ClientError::Url(url.to_owned()));
+        }
+        Ok(Endpoint {
+            host,
+            port,
+            url: url.to_owned(),
+        })
+    }
 }
 
 impl std::fmt::Debug for GatewayClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayClient")
-            .field("url", &self.url)
+            .field("url", &self.url())
             .finish_non_exhaustive()
     }
 }
 
 impl GatewayClient {
     /// A client for `url`, trusting only `ca_pem`, presenting
-    /// `identity` (certificate PEM, key PEM) when given.
+    /// `identity` (certificate PEM, key PEM) when given. `url` may name
+    /// several gateways of one organisation, comma-separated
+    /// (`https://gw-a:8443,https://gw-b:8443`): a connection goes to the one
+    /// that answered last, and to the next when it does not answer.
     pub fn new(
         url: &str,
         ca_pem: &str,
         identity: Option<(&str, &str)>,
     ) -> Result<GatewayClient, ClientError> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?
-            .trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() => (
-                h.to_owned(),
-                p.parse().map_err(|_| ClientError::Url(url.to_owned()))?,
-            ),
-            _ => (rest.to_owned(), 443),
-        };
+        let endpoints = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(Endpoint::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::Url(url.to_owned()));
+        }
         let tls = |e: String| ClientError::Tls(e);
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -160,12 +196,21 @@ impl GatewayClient {
             None => builder.with_no_client_auth(),
         };
         Ok(GatewayClient {
-            host,
-            port,
-            url: url.to_owned(),
+            endpoints,
+            current: Arc::new(AtomicUsize::new(0)),
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             timeouts: Timeouts::default(),
         })
+    }
+
+    /// The gateway tried first now (the one that answered last).
+    pub fn url(&self) -> &str {
+        &self.endpoint(self.current.load(Ordering::Relaxed)).url
+    }
+
+    fn endpoint(&self, i: usize) -> &Endpoint {
+        // `endpoints` is never empty (checked in `new`).
+        &self.endpoints[i % self.endpoints.len()]
     }
 
     /// The same client with other timeouts.
@@ -184,7 +229,7 @@ impl GatewayClient {
         match tokio::time::timeout(limit, f).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Io {
-                url: self.url.clone(),
+                url: self.url().to_owned(),
                 problem: format!("{what} timed out after {} s", limit.as_secs_f64()),
             }),
         }
@@ -226,16 +271,56 @@ impl GatewayClient {
 
     /// A TLS connection to the gateway (the pinned CA, the identity if
     /// any), for protocols other than one JSON request: the proxy's CONNECT.
+    /// Tries the gateway that answered last, then each other in turn.
     pub async fn connect(
         &self,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        self.connect_any().await.map(|(s, _)| s)
+    }
+
+    /// [`GatewayClient::connect`], and the address that answered.
+    async fn connect_any(
+        &self,
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            &Endpoint,
+        ),
+        ClientError,
+    > {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.endpoints.len() {
+            let i = (start + k) % self.endpoints.len();
+            match self.connect_to(self.endpoint(i)).await {
+                Ok(s) => {
+                    if k > 0 {
+                        tracing::warn!(
+                            from = %self.endpoint(start).url,
+                            to = %self.endpoint(i).url,
+                            "gateway unreachable; failing over"
+                        );
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return Ok((s, self.endpoint(i)));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Url(String::new())))
+    }
+
+    async fn connect_to(
+        &self,
+        at: &Endpoint,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
         let io = |problem: String| ClientError::Io {
-            url: self.url.clone(),
+            url: at.url.clone(),
             problem,
         };
         let connecting = async {
-            let host = self.host.trim_matches(['[', ']']);
-            let tcp = tokio::net::TcpStream::connect((host, self.port))
+            let host = at.host.trim_matches(['[', ']']);
+            let tcp = tokio::net::TcpStream::connect((host, at.port))
                 .await
                 .map_err(|e| io(e.to_string()))?;
             let name = ServerName::try_from(host.to_owned()).map_err(|e| io(e.to_string()))?;
@@ -244,26 +329,38 @@ impl GatewayClient {
                 .await
                 .map_err(|e| io(format!("TLS: {e}")))
         };
-        self.within(self.timeouts.connect, "connecting", connecting)
-            .await
+        match tokio::time::timeout(self.timeouts.connect, connecting).await {
+            Ok(r) => r,
+            Err(_) => Err(io(format!(
+                "connecting timed out after {} s",
+                self.timeouts.connect.as_secs_f64()
+            ))),
+        }
     }
 
-    /// An HTTP/1.1 connection to the gateway, ready for one request.
+    /// An HTTP/1.1 connection to the gateway, ready for one request, and
+    /// the address it went to.
     async fn sender(
         &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
-        let tls = self.connect().await?;
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            &Endpoint,
+        ),
+        ClientError,
+    > {
+        let (tls, at) = self.connect_any().await?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
                 .map_err(|e| ClientError::Io {
-                    url: self.url.clone(),
+                    url: at.url.clone(),
                     problem: e.to_string(),
                 })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(sender)
+        Ok((sender, at))
     }
 
     /// The TLS connector (the pinned CA and the identity), to run TLS
@@ -306,18 +403,18 @@ impl GatewayClient {
         meter: Option<&Meter>,
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(u16, Option<Bytes>), ClientError> {
+        let (mut sender, at) = self.sender().await?;
         let io = |problem: String| ClientError::Io {
-            url: self.url.clone(),
+            url: at.url.clone(),
             problem,
         };
-        let mut sender = self.sender().await?;
         if let Some(m) = meter {
             m.sent(body.len() as u64).await;
         }
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+            .header(hyper::header::HOST, format!("{}:{}", at.host, at.port))
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| io(e.to_string()))?;
@@ -363,17 +460,17 @@ impl GatewayClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), ClientError> {
+        let (mut sender, at) = self.sender().await?;
         let io = |problem: String| ClientError::Io {
-            url: self.url.clone(),
+            url: at.url.clone(),
             problem,
         };
-        let mut sender = self.sender().await?;
         let exchange = async {
             let bytes = body.map(|b| b.to_string()).unwrap_or_default();
             let req = hyper::Request::builder()
                 .method(method)
                 .uri(path)
-                .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+                .header(hyper::header::HOST, format!("{}:{}", at.host, at.port))
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(bytes)))
                 .map_err(|e| io(e.to_string()))?;

@@ -2030,3 +2030,79 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
     );
     assert!(!shown.contains("satchel-guest:"), "{shown}");
 }
+
+/// A second gateway of the organisation beside the world's: its own data
+/// directory holding the same keys and certificates, the same database and
+/// the same chunks (a shared file system standing in for a shared store;
+/// docs/scale.md). Its URL.
+fn second_gateway(w: &World) -> (String, common::Served) {
+    let b = w.p("gw-b");
+    std::fs::create_dir_all(&b).unwrap();
+    for e in std::fs::read_dir(&w.gw).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".crt") || name.ends_with(".key") || name.ends_with(".pub") {
+            std::fs::copy(&p, b.join(&name)).unwrap();
+        } else if p.is_dir() {
+            std::os::unix::fs::symlink(&p, b.join(&name)).unwrap();
+        }
+    }
+    let db = format!("sqlite:{}", w.gw.join("satchel.db").display());
+    let port = free_port();
+    let served = common::serve(&b, port, &["--db", &db]);
+    (format!("https://127.0.0.1:{port}"), served)
+}
+
+/// Devices configured with several gateway addresses: a pull goes on at
+/// the next when the one it was pulling from stops mid-pull, asking again
+/// only for what had not arrived, and the tree arrives whole, every chunk
+/// checked as it lands.
+#[test]
+fn a_pull_goes_on_at_another_gateway_when_the_first_stops_mid_pull() {
+    let mut w = world();
+    w.device("c1", "laptop-1");
+    let (b_url, _b) = second_gateway(&w);
+    let both = format!("{},{b_url}", w.url);
+    let child = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["client", "sync", "pull", "--gateway", &both, "--ca"])
+        .arg(w.gw.join("ca.crt"))
+        .arg("--data")
+        .arg(w.p("c1"))
+        .args(["--image", "classroom", "--into"])
+        .arg(w.p("root"))
+        .args(["--max-rate", "300K", "--stats-json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = common::Served(child);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the pull ended before its gateway stopped"
+    );
+    // The first gateway stops.
+    let _ = w._served.0.kill();
+    let _ = w._served.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the pull did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{err}");
+    same_tree(&w.p("src/base-os"), &w.p("root/base-os"));
+    same_tree(&w.p("src/user-data"), &w.p("root/user-data"));
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(stats["chunks_fetched"].as_u64().unwrap_or(0) > 0, "{stats}");
+    // Nothing left to fetch: the tree is the image's.
+    w.url = both;
+    let again = w.pull_stats("c1", "root", &[]);
+    assert_eq!(again["chunks_fetched"], 0, "{again}");
+}

@@ -145,7 +145,7 @@ pub(super) async fn fetch(
                 if arrivals.failed() {
                     return Err(local("the layer could not be written"));
                 }
-                fetched += fetch_batch(c, image, store, batch, meter).await?;
+                fetched += fetch_batch_again(c, image, store, batch, meter).await?;
                 arrivals.landed(i);
             }
             Ok::<u64, SyncError>(fetched)
@@ -153,6 +153,40 @@ pub(super) async fn fetch(
     };
     let (a, b, d) = tokio::join!(lane(0), lane(1), lane(2));
     Ok(a? + b? + d?)
+}
+
+/// Times a batch is asked for again after the connection failed (the next
+/// try goes to another gateway when the client has several).
+const BATCH_RETRIES: usize = 3;
+
+/// [`fetch_batch`], asked again for what is still missing when the
+/// connection failed: a gateway that stops mid-pull costs only the frames
+/// in flight, and the pull goes on at another.
+async fn fetch_batch_again(
+    c: &GatewayClient,
+    image: &str,
+    store: &ChunkStore,
+    batch: &[ChunkId],
+    meter: &Meter,
+) -> Result<u64, SyncError> {
+    let mut fetched = 0;
+    let mut tries = 0;
+    loop {
+        let missing: Vec<ChunkId> = batch.iter().copied().filter(|id| !store.has(*id)).collect();
+        if missing.is_empty() {
+            return Ok(fetched);
+        }
+        match fetch_batch(c, image, store, &missing, meter).await {
+            Ok(n) => return Ok(fetched + n),
+            Err(SyncError::Client(e)) if tries < BATCH_RETRIES => {
+                tries += 1;
+                tracing::warn!(error = %e, try_ = tries, "fetching chunks failed; asking again");
+                fetched += batch.iter().filter(|id| store.has(**id)).count() as u64
+                    - (batch.len() - missing.len()) as u64;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Fetch one batch of chunk ids; each is checked and stored as soon as its

@@ -276,8 +276,11 @@ pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
 /// The gateway and the CA it is pinned to.
 #[derive(Debug, Args)]
 pub(crate) struct GatewayArgs {
-    /// The gateway, e.g. https://127.0.0.1:8443.
-    #[arg(long, env = "SATCHEL_GATEWAY", value_name = "URL")]
+    /// The gateway, e.g. https://127.0.0.1:8443; several of one
+    /// organisation comma-separated (https://gw-a:8443,https://gw-b:8443):
+    /// the next is used when one does not answer, and a pull in progress
+    /// goes on there.
+    #[arg(long, env = "SATCHEL_GATEWAY", value_name = "URL[,URL...]")]
     pub(crate) gateway: String,
     /// The gateway CA (its data directory's ca.crt).
     #[arg(long, value_name = "CA.crt")]
