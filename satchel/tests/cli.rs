@@ -346,7 +346,7 @@ fn the_guest_relay_passes_bytes_without_waiting_for_a_newline() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("net.gate");
-    std::fs::write(&gate, b"trusted\n").unwrap();
+    device::guest::network::open_gate(&gate).unwrap();
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let to = server.local_addr().unwrap().to_string();
     let peer = std::thread::spawn(move || {

@@ -166,7 +166,7 @@ where
     R: Read + Send + 'static,
     W: Write,
 {
-    if !gate.exists() {
+    if !gate_open(gate) {
         return Err(GuestError::Refused(
             "the guest's network is closed: its boot is not (or no longer) trusted".to_owned(),
         ));
@@ -196,6 +196,50 @@ where
     let copied = pass(&mut down, &mut output);
     let _ = up.join();
     copied.map_err(|e| GuestError::io("relaying the guest's connection", e))
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`): with
+/// the pid, it names one process, never a later one given the same pid.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; it ends at the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Open the gate at `path` for the guest of this process: the file names
+/// this process, so the gate closes with it even if it dies without
+/// removing the file (qemu may outlive it).
+pub fn open_gate(path: &Path) -> Result<(), GuestError> {
+    let pid = std::process::id();
+    let started = start_time(pid).ok_or_else(|| {
+        GuestError::io(
+            "opening the guest's network",
+            std::io::Error::other("this process's start time is unreadable"),
+        )
+    })?;
+    persist::write_atomic(
+        path,
+        format!("satchel-guest-gate {pid} {started}\n").as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The gate is open: its file exists and the process that opened it still
+/// runs.
+fn gate_open(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("satchel-guest-gate"), Some(pid), Some(started), None) => pid
+            .parse::<u32>()
+            .ok()
+            .and_then(start_time)
+            .is_some_and(|s| s == started),
+        _ => false,
+    }
 }
 
 /// Copy until the end, each read written (and flushed) at once: nothing
@@ -253,7 +297,7 @@ mod tests {
         assert!(listener.accept().is_err());
         assert!(out.is_empty());
         // With the gate: the bytes go both ways.
-        std::fs::write(&gate, b"").unwrap();
+        open_gate(&gate).unwrap();
         listener.set_nonblocking(false).unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -301,7 +345,7 @@ mod tests {
     fn a_guest_holds_at_most_max_relays_connections() {
         let dir = tempfile::tempdir().unwrap();
         let gate = dir.path().join("net.gate");
-        std::fs::write(&gate, b"").unwrap();
+        open_gate(&gate).unwrap();
         let held: Vec<std::fs::File> = (0..MAX_RELAYS).map(|_| take_slot(&gate).unwrap()).collect();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let to = listener.local_addr().unwrap().to_string();
@@ -314,5 +358,34 @@ mod tests {
         );
         drop(held);
         assert!(take_slot(&gate).is_ok(), "a slot frees when its relay ends");
+    }
+
+    /// The attacker's review: qemu may outlive the host process that
+    /// started it (killed, crashed); the gate file then stayed and the
+    /// guest kept its network with nobody watching it.
+    #[test]
+    fn a_gate_whose_opener_is_gone_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = dir.path().join("net.gate");
+        // Left by a process that has exited.
+        let gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        let mut gone = gone;
+        gone.wait().unwrap();
+        std::fs::write(&gate, format!("satchel-guest-gate {pid} 1\n")).unwrap();
+        assert!(!gate_open(&gate));
+        // A live process, but not at the start time written (a reused pid).
+        std::fs::write(
+            &gate,
+            format!("satchel-guest-gate {} 1\n", std::process::id()),
+        )
+        .unwrap();
+        assert!(!gate_open(&gate));
+        for junk in ["", "trusted\n", "satchel-guest-gate x y\n"] {
+            std::fs::write(&gate, junk).unwrap();
+            assert!(!gate_open(&gate), "{junk:?}");
+        }
+        open_gate(&gate).unwrap();
+        assert!(gate_open(&gate));
     }
 }
