@@ -370,6 +370,7 @@ impl Gateway {
                 audit::batch::now_ms(),
             )
             .await?;
+        let challenges = Challenges::new(pool.clone()).await?;
         let nonces =
             crate::nonces::NonceBook::new(pool.clone(), backend, Duration::from_secs(120), 100_000)
                 .await?;
@@ -385,7 +386,7 @@ impl Gateway {
             policy_source: std::sync::RwLock::new(policy_source),
             policy_store,
             cert_lifetime: config.cert_lifetime,
-            challenges: Challenges::default(),
+            challenges,
             nonces,
             body_timeout: config.body_timeout,
             images,

@@ -1,10 +1,9 @@
-//! What the gateway remembers: enrollment tokens and enrolled devices in
-//! the database (SQLite or PostgreSQL; portable SQL, tables made on open),
-//! and, in memory, pending enrollment challenges (nonces: [`crate::nonces`]).
+//! What the gateway remembers: enrollment tokens, pending enrollment
+//! challenges and enrolled devices in the database (SQLite or PostgreSQL;
+//! portable SQL, tables made on open), so every gateway on one database
+//! shares them (nonces: [`crate::nonces`]).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand_core::RngCore as _;
 use sha2::Digest as _;
@@ -413,35 +412,147 @@ pub struct Challenge {
     pub token: String,
     /// The device to register once the secret comes back.
     pub device: Device,
-    /// The secret (32 bytes).
-    pub secret: Vec<u8>,
-    /// When it stops being accepted.
-    pub expires: Instant,
+    /// SHA-256 of the secret (32 bytes): the database never holds the
+    /// secret itself, so reading it does not let anyone answer for a TPM.
+    pub secret_hash: [u8; 32],
+    /// When it stops being accepted (ms since the epoch).
+    pub expires_ms: i64,
 }
 
-/// Pending challenges, by id. Each is taken once.
-#[derive(Debug, Default)]
+/// Pending challenges, by id, in the database: an enrollment begun at one
+/// gateway finishes at any on the same database. Each is taken once.
+#[derive(Debug, Clone)]
 pub struct Challenges {
-    map: Mutex<HashMap<String, Challenge>>,
+    pool: AnyPool,
 }
 
 impl Challenges {
+    /// Use `pool`, making the table if missing.
+    pub async fn new(pool: AnyPool) -> Result<Challenges, DbError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS gateway_challenges (id TEXT PRIMARY KEY, token TEXT NOT NULL, \
+             device_id TEXT NOT NULL, groups_csv TEXT NOT NULL, ak_pem TEXT NOT NULL, \
+             enrolled_ms BIGINT NOT NULL, secret_hash TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .map_err(db("making the challenge table"))?;
+        Ok(Challenges { pool })
+    }
+
     /// Store a challenge; returns its id.
-    pub fn put(&self, c: Challenge) -> String {
+    pub async fn put(&self, c: &Challenge) -> Result<String, DbError> {
         let mut raw = [0u8; 16];
         rand_core::OsRng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
-        if let Ok(mut m) = self.map.lock() {
-            let now = Instant::now();
-            m.retain(|_, c| c.expires > now);
-            m.insert(id.clone(), c);
-        }
-        id
+        sqlx::query("DELETE FROM gateway_challenges WHERE expires_ms <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(db("forgetting expired challenges"))?;
+        sqlx::query(
+            "INSERT INTO gateway_challenges (id, token, device_id, groups_csv, ak_pem, enrolled_ms, \
+             secret_hash, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id.clone())
+        .bind(c.token.clone())
+        .bind(c.device.device_id.clone())
+        .bind(c.device.groups.join(","))
+        .bind(c.device.ak_pem.clone())
+        .bind(c.device.enrolled_ms)
+        .bind(hex::encode(c.secret_hash))
+        .bind(c.expires_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a challenge"))?;
+        Ok(id)
     }
 
-    /// Take a challenge (once), if it has not expired.
-    pub fn take(&self, id: &str) -> Option<Challenge> {
-        let c = self.map.lock().ok()?.remove(id)?;
-        (c.expires > Instant::now()).then_some(c)
+    /// Take a challenge (once: its row is deleted in the same statement),
+    /// if it has not expired.
+    pub async fn take(&self, id: &str) -> Result<Option<Challenge>, DbError> {
+        let row = sqlx::query(
+            "DELETE FROM gateway_challenges WHERE id = $1 AND expires_ms > $2 \
+             RETURNING token, device_id, groups_csv, ak_pem, enrolled_ms, secret_hash, expires_ms",
+        )
+        .bind(id.to_owned())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("taking a challenge"))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| db("reading a challenge")(e);
+        let hash: String = row.try_get(5).map_err(get)?;
+        let Some(secret_hash) = hex::decode(&hash)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Challenge {
+            token: row.try_get(0).map_err(get)?,
+            device: Device {
+                device_id: row.try_get(1).map_err(get)?,
+                groups: split_groups(&row.try_get::<String, _>(2).map_err(get)?),
+                ak_pem: row.try_get(3).map_err(get)?,
+                enrolled_ms: row.try_get(4).map_err(get)?,
+                revoked_ms: None,
+            },
+            secret_hash,
+            expires_ms: row.try_get(6).map_err(get)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A challenge begun on one pool is taken once on another (two
+    /// gateways on one database), holds only the secret's hash, and
+    /// expires.
+    #[tokio::test]
+    async fn a_challenge_is_taken_once_at_any_gateway_and_holds_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("g.db").display());
+        let (one, _) = persist::db::connect(&url).await.unwrap();
+        let (two, _) = persist::db::connect(&url).await.unwrap();
+        let (a, b) = (
+            Challenges::new(one.clone()).await.unwrap(),
+            Challenges::new(two).await.unwrap(),
+        );
+        let secret = [7u8; 32];
+        let c = Challenge {
+            token: "t".into(),
+            device: Device {
+                device_id: "d1".into(),
+                groups: vec!["group:a".into(), "group:b".into()],
+                ak_pem: "PEM".into(),
+                enrolled_ms: 5,
+                revoked_ms: None,
+            },
+            secret_hash: sha2::Sha256::digest(secret).into(),
+            expires_ms: now_ms() + 60_000,
+        };
+        let id = a.put(&c).await.unwrap();
+        let stored: Vec<String> = sqlx::query_scalar("SELECT secret_hash FROM gateway_challenges")
+            .fetch_all(&one)
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![hex::encode(c.secret_hash)]);
+        assert_ne!(stored[0], hex::encode(secret));
+        let taken = b.take(&id).await.unwrap().unwrap();
+        assert_eq!(taken.device, c.device);
+        assert_eq!(taken.secret_hash, c.secret_hash);
+        assert!(a.take(&id).await.unwrap().is_none(), "taken once");
+        let old = a
+            .put(&Challenge {
+                expires_ms: now_ms() - 1,
+                ..c.clone()
+            })
+            .await
+            .unwrap();
+        assert!(b.take(&old).await.unwrap().is_none(), "expired");
+        assert!(b.take("nothing").await.unwrap().is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! Two gateways on one PostgreSQL, with the organisation's keys shared
-//! from configuration (the same CA files): a device enrolls through one
-//! and attests through the other with the first one's nonce; a nonce spent
+//! from configuration (the same CA files): a device begins its enrollment
+//! at one and finishes it at the other, and attests through the other with
+//! the first one's nonce; a nonce spent
 //! at one is spent at both; a certificate from one is honoured by the
 //! other; a revocation made through the database stops the device at both
 //! on its next request; a policy or reference an admin puts through one is
@@ -120,7 +121,7 @@ fn two_gateways_on_one_postgres_share_devices_nonces_revocations_and_one_audit_l
             .unwrap()
     });
 
-    // Enroll through A.
+    // Enroll: begin at A ...
     let ak = tpm.create_ak(AkAlg::EccP256).unwrap();
     let ek = tpm.ek_certificate().unwrap();
     let (s, e) = rt
@@ -134,13 +135,14 @@ fn two_gateways_on_one_postgres_share_devices_nonces_revocations_and_one_audit_l
             &B64.decode(e["encrypted_secret"].as_str().unwrap()).unwrap(),
         )
         .unwrap();
-    let (s, _) = rt
-        .block_on(ca_client.post(
+    // ... and finish at B: the challenge is in the shared database.
+    let (s, f) = rt
+        .block_on(cb_client.post(
             "/v1/enroll/finish",
             &json!({"challenge": e["challenge"], "secret": B64.encode(&secret)}),
         ))
         .unwrap();
-    assert_eq!(s, 200);
+    assert_eq!(s, 200, "{f}");
 
     let log = std::fs::read(&log_path).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();

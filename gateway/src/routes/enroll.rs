@@ -5,12 +5,11 @@
 //! device is registered when it sends the secret back. Every outcome is an
 //! audit entry.
 
-use std::time::{Duration, Instant};
-
 use attest::tpm2::{AkPublic, PublicKey};
 use base64::Engine as _;
 use rand_core::RngCore as _;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use crate::app::AppState;
 use crate::reply::{bad, internal, ok, parse, refuse, Reply};
@@ -99,7 +98,7 @@ impl AppState {
             Ok(m) => m,
             Err(e) => return refused(format!("credential: {e}")),
         };
-        let challenge = self.challenges.put(Challenge {
+        let challenge = Challenge {
             token: r.token,
             device: Device {
                 device_id: r.device_id,
@@ -108,9 +107,13 @@ impl AppState {
                 enrolled_ms: audit::batch::now_ms(),
                 revoked_ms: None,
             },
-            secret,
-            expires: Instant::now() + Duration::from_secs(300),
-        });
+            secret_hash: sha2::Sha256::digest(&secret).into(),
+            expires_ms: audit::batch::now_ms() + 300_000,
+        };
+        let challenge = match self.challenges.put(&challenge).await {
+            Ok(id) => id,
+            Err(e) => return internal(&e),
+        };
         ok(wire::Challenge {
             challenge,
             id_object: B64.encode(&made.id_object),
@@ -124,20 +127,25 @@ impl AppState {
             Ok(r) => r,
             Err(a) => return a,
         };
-        let Some(c) = self.challenges.take(&r.challenge) else {
-            return refuse(
-                403,
-                "enrollment refused",
-                "unknown or expired challenge",
-                Value::Null,
-            );
+        let c = match self.challenges.take(&r.challenge).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return refuse(
+                    403,
+                    "enrollment refused",
+                    "unknown or expired challenge",
+                    Value::Null,
+                )
+            }
+            Err(e) => return internal(&e),
         };
         let secret = match b64(&r.secret, "secret") {
             Ok(s) => s,
             Err(a) => return a,
         };
         let id = c.device.device_id.clone();
-        if !constant_time_eq(&secret, &c.secret) {
+        let answered: [u8; 32] = sha2::Sha256::digest(&secret).into();
+        if !constant_time_eq(&answered, &c.secret_hash) {
             self.record(
                 "enrollment",
                 &id,
