@@ -423,6 +423,14 @@ pub fn spawn(
         loop {
             tick.tick().await;
             if !hold_lease(&store, &mut lease).await {
+                // Another process signs: watch that it does.
+                match stalled(&store, every).await {
+                    Some(alarm) => {
+                        tracing::error!(%alarm, "audit checkpointer (standby)");
+                        shown.set(None, Some(alarm));
+                    }
+                    None => shown.set(None, None),
+                }
                 continue;
             }
             match signer.checkpoint(&store).await {
@@ -438,6 +446,40 @@ pub fn spawn(
         }
     });
     (view, task)
+}
+
+/// How many signing intervals the log may grow without a checkpoint
+/// before a standby signer raises the alarm.
+const STALL_INTERVALS: u32 = 10;
+
+/// For a process that does not hold the lease: an alarm if the log has
+/// grown past its newest checkpoint and that checkpoint is older than
+/// [`STALL_INTERVALS`] signing intervals (the lease is held, but nothing
+/// signs: a stuck signer, or a session squatting the lock).
+async fn stalled(store: &Store, every: Duration) -> Option<String> {
+    let size = store.size().await.ok()?;
+    let newest = store.checkpoints_newest(Some(1)).await.ok()?.pop();
+    let (signed, at_ms) = newest.map_or((0, None), |c| (c.size, Some(c.created_ms)));
+    if size <= signed {
+        return None;
+    }
+    let limit = every * STALL_INTERVALS;
+    let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    let age_ms = crate::batch::now_ms().saturating_sub(at_ms.unwrap_or(0));
+    // Without any checkpoint, the age of the oldest unsigned entry counts.
+    let age_ms = match at_ms {
+        Some(_) => age_ms,
+        None => {
+            let first = store.entries(0, None, Some(1)).await.ok()?;
+            crate::batch::now_ms().saturating_sub(first.first()?.entry.ts_ms)
+        }
+    };
+    (age_ms > limit_ms).then(|| {
+        format!(
+            "audit alarm: the log holds {size} entries but its newest checkpoint covers {signed}, made {} s ago; another process holds the signer's lease and does not sign",
+            age_ms / 1000
+        )
+    })
 }
 
 /// Keep (or take) the lease to sign: one signer at a time on a shared

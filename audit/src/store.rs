@@ -93,9 +93,9 @@ pub struct StoredCheckpoint {
     pub created_ms: i64,
 }
 
-/// The advisory lock key of the checkpoint signer's lease ("satchel
-/// audit signer").
-const SIGNER_LOCK: i64 = 0x5A7C_A0D1_5167_0001;
+/// The advisory lock key of the checkpoint signer's lease on PostgreSQL
+/// (`pg_locks` shows who holds it).
+pub const SIGNER_LOCK: i64 = 0x5A7C_A0D1_5167_0001;
 
 /// The right to sign checkpoints ([`Store::try_signer_lease`]); dropping
 /// it closes its connection, which releases it.

@@ -576,3 +576,51 @@ fn a_signer_after_another_adopts_its_checkpoint() {
         }
     });
 }
+
+/// The attacker's review: anyone who can connect to the database could
+/// take the signer's lock and hold it, and no gateway signed again, with
+/// nothing said. A standby signer now raises the alarm when the log grows
+/// without a checkpoint for ten intervals, and clears it once signing
+/// resumes.
+#[test]
+fn a_squatted_signer_lease_raises_the_alarm() {
+    rt().block_on(async {
+        let db = TestDb::postgres();
+        let store = Store::open(&db.url()).await.unwrap();
+        let (pool, _) = persist::db::connect(&db.url()).await.unwrap();
+        let mut squatter = pool.acquire().await.unwrap().detach();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(audit::store::SIGNER_LOCK)
+            .execute(&mut squatter)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::open(
+            &dir.path().join("audit.tree"),
+            persist::keys::generate(),
+            ORIGIN,
+            &store,
+        )
+        .await
+        .unwrap();
+        let (view, task) =
+            audit::signer::spawn(signer, store.clone(), std::time::Duration::from_millis(50));
+        store
+            .append((0..3).map(entry).collect(), now_ms())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let alarm = view.alarm().unwrap_or_default();
+        assert!(alarm.contains("holds the signer's lease"), "{alarm:?}");
+        assert!(store.checkpoints().await.unwrap().is_empty());
+        // The squatter lets go: the signer takes the lease and signs.
+        drop(squatter);
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(view.alarm(), None);
+        assert_eq!(
+            store.checkpoints().await.unwrap().last().map(|c| c.size),
+            Some(3)
+        );
+        task.abort();
+    });
+}
