@@ -424,12 +424,11 @@ pub fn spawn(
             tick.tick().await;
             if !hold_lease(&store, &mut lease).await {
                 // Another process signs: watch that it does.
-                match stalled(&store, every).await {
-                    Some(alarm) => {
-                        tracing::error!(%alarm, "audit checkpointer (standby)");
-                        shown.set(None, Some(alarm));
-                    }
-                    None => shown.set(None, None),
+                // Nothing proven otherwise leaves what is shown: an alarm
+                // raised while this process signed stays up.
+                if let Some(alarm) = stalled(&store, every).await {
+                    tracing::error!(%alarm, "audit checkpointer (standby)");
+                    shown.set(None, Some(alarm));
                 }
                 continue;
             }
