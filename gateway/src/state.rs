@@ -136,10 +136,16 @@ impl Db {
     /// Use the token and register the device, in one transaction: false if
     /// the token was used meanwhile.
     pub async fn enroll(&self, token: &str, device: &Device) -> Result<bool, DbError> {
+        self.enroll_hashed(&token_hash(token), device).await
+    }
+
+    /// [`enroll`](Self::enroll) with the token's SHA-256 (hex), as an
+    /// enrollment challenge keeps it.
+    pub async fn enroll_hashed(&self, token_hash: &str, device: &Device) -> Result<bool, DbError> {
         let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
         let used = sqlx::query("UPDATE gateway_tokens SET used_ms = $1 WHERE token_hash = $2 AND used_ms IS NULL AND expires_ms > $1")
             .bind(now_ms())
-            .bind(token_hash(token))
+            .bind(token_hash.to_owned())
             .execute(&mut *tx)
             .await
             .map_err(db("using a token"))?;
@@ -408,8 +414,9 @@ fn split_groups(csv: &str) -> Vec<String> {
 /// A pending enrollment: the secret the device must recover.
 #[derive(Debug, Clone)]
 pub struct Challenge {
-    /// The token presented.
-    pub token: String,
+    /// The SHA-256 (hex) of the token presented: a reader of the database
+    /// finds no token to enroll a TPM of its own with.
+    pub token_hash: String,
     /// The device to register once the secret comes back.
     pub device: Device,
     /// SHA-256 of the secret (32 bytes): the database never holds the
@@ -429,10 +436,18 @@ pub struct Challenges {
 impl Challenges {
     /// Use `pool`, making the table if missing.
     pub async fn new(pool: AnyPool) -> Result<Challenges, DbError> {
+        // The first table held the token itself; its challenges (five
+        // minutes' worth at most) are dropped with it: those enrollments
+        // begin again.
+        sqlx::query("DROP TABLE IF EXISTS gateway_challenges")
+            .execute(&pool)
+            .await
+            .map_err(db("dropping the first challenge table"))?;
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS gateway_challenges (id TEXT PRIMARY KEY, token TEXT NOT NULL, \
-             device_id TEXT NOT NULL, groups_csv TEXT NOT NULL, ak_pem TEXT NOT NULL, \
-             enrolled_ms BIGINT NOT NULL, secret_hash TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS gateway_enroll_challenges (id TEXT PRIMARY KEY, \
+             token_hash TEXT NOT NULL, device_id TEXT NOT NULL, groups_csv TEXT NOT NULL, \
+             ak_pem TEXT NOT NULL, enrolled_ms BIGINT NOT NULL, secret_hash TEXT NOT NULL, \
+             expires_ms BIGINT NOT NULL)",
         )
         .execute(&pool)
         .await
@@ -445,17 +460,17 @@ impl Challenges {
         let mut raw = [0u8; 16];
         rand_core::OsRng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
-        sqlx::query("DELETE FROM gateway_challenges WHERE expires_ms <= $1")
+        sqlx::query("DELETE FROM gateway_enroll_challenges WHERE expires_ms <= $1")
             .bind(now_ms())
             .execute(&self.pool)
             .await
             .map_err(db("forgetting expired challenges"))?;
         sqlx::query(
-            "INSERT INTO gateway_challenges (id, token, device_id, groups_csv, ak_pem, enrolled_ms, \
-             secret_hash, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO gateway_enroll_challenges (id, token_hash, device_id, groups_csv, ak_pem, \
+             enrolled_ms, secret_hash, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id.clone())
-        .bind(c.token.clone())
+        .bind(c.token_hash.clone())
         .bind(c.device.device_id.clone())
         .bind(c.device.groups.join(","))
         .bind(c.device.ak_pem.clone())
@@ -472,8 +487,8 @@ impl Challenges {
     /// if it has not expired.
     pub async fn take(&self, id: &str) -> Result<Option<Challenge>, DbError> {
         let row = sqlx::query(
-            "DELETE FROM gateway_challenges WHERE id = $1 AND expires_ms > $2 \
-             RETURNING token, device_id, groups_csv, ak_pem, enrolled_ms, secret_hash, expires_ms",
+            "DELETE FROM gateway_enroll_challenges WHERE id = $1 AND expires_ms > $2 \
+             RETURNING token_hash, device_id, groups_csv, ak_pem, enrolled_ms, secret_hash, expires_ms",
         )
         .bind(id.to_owned())
         .bind(now_ms())
@@ -490,7 +505,7 @@ impl Challenges {
             return Ok(None);
         };
         Ok(Some(Challenge {
-            token: row.try_get(0).map_err(get)?,
+            token_hash: row.try_get(0).map_err(get)?,
             device: Device {
                 device_id: row.try_get(1).map_err(get)?,
                 groups: split_groups(&row.try_get::<String, _>(2).map_err(get)?),
@@ -522,8 +537,9 @@ mod tests {
             Challenges::new(two).await.unwrap(),
         );
         let secret = [7u8; 32];
+        let token = "enroll-token-7f3a";
         let c = Challenge {
-            token: "t".into(),
+            token_hash: token_hash(token),
             device: Device {
                 device_id: "d1".into(),
                 groups: vec!["group:a".into(), "group:b".into()],
@@ -535,12 +551,26 @@ mod tests {
             expires_ms: now_ms() + 60_000,
         };
         let id = a.put(&c).await.unwrap();
-        let stored: Vec<String> = sqlx::query_scalar("SELECT secret_hash FROM gateway_challenges")
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT secret_hash FROM gateway_enroll_challenges")
+                .fetch_all(&one)
+                .await
+                .unwrap();
+        assert_eq!(stored, vec![hex::encode(c.secret_hash)]);
+        assert_ne!(stored[0], hex::encode(secret));
+        // Nor the enrollment token: a reader of the database (a backup, a
+        // replica) finds nothing to enroll a TPM of its own with.
+        let rows = sqlx::query("SELECT * FROM gateway_enroll_challenges")
             .fetch_all(&one)
             .await
             .unwrap();
-        assert_eq!(stored, vec![hex::encode(c.secret_hash)]);
-        assert_ne!(stored[0], hex::encode(secret));
+        for row in &rows {
+            for i in 0..sqlx::Row::len(row) {
+                if let Ok(text) = row.try_get::<String, _>(i) {
+                    assert!(!text.contains(token), "column {i} holds the token");
+                }
+            }
+        }
         let taken = b.take(&id).await.unwrap().unwrap();
         assert_eq!(taken.device, c.device);
         assert_eq!(taken.secret_hash, c.secret_hash);

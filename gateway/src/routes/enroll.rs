@@ -99,7 +99,7 @@ impl AppState {
             Err(e) => return refused(format!("credential: {e}")),
         };
         let challenge = Challenge {
-            token: r.token,
+            token_hash: crate::state::token_hash(&r.token),
             device: Device {
                 device_id: r.device_id,
                 groups: token.groups,
@@ -161,7 +161,7 @@ impl AppState {
                 Value::Null,
             );
         }
-        match self.db.enroll(&c.token, &c.device).await {
+        match self.db.enroll_hashed(&c.token_hash, &c.device).await {
             Ok(true) => {
                 self.record(
                     "enrollment",
