@@ -28,6 +28,16 @@ pub enum ClientError {
         /// What went wrong.
         problem: String,
     },
+    /// The answer arrived but its content was refused by the caller's
+    /// check (a chunk that does not hash to its id, one not asked for):
+    /// not a network fault, so not one to ask again for.
+    #[error("{url} sent {problem}")]
+    Content {
+        /// The gateway.
+        url: String,
+        /// What the check refused.
+        problem: String,
+    },
 }
 
 /// A typed exchange failed.
@@ -117,24 +127,30 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// `https://HOST[:PORT][/]`: a name, an IPv4 address or a bracketed
+    /// IPv6 one; port 443 unless given. Nothing else (no path, query or
+    /// user), so a typo is an error and not a request somewhere else.
     fn parse(url: &str) -> Result<Endpoint, ClientError> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?
-            .trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => (
-                h.to_owned(),
-                p.parse().map_err(|_| ClientError::Url(url.to_owned()))?,
-            ),
-            _ => (rest.to_owned(), 443),
-        };
-        if host.is_empty() {
-            return Err(ClientError::Url(url.to_owned()));
+        let bad = || ClientError::Url(url.to_owned());
+        let u = url::Url::parse(url.trim()).map_err(|_| bad())?;
+        if u.scheme() != "https"
+            || !u.username().is_empty()
+            || u.password().is_some()
+            || u.path() != "/"
+            || u.query().is_some()
+            || u.fragment().is_some()
+        {
+            return Err(bad());
         }
+        let host = match u.host().ok_or_else(bad)? {
+            url::Host::Domain(d) if !d.is_empty() => d.to_owned(),
+            url::Host::Domain(_) => return Err(bad()),
+            url::Host::Ipv4(a) => a.to_string(),
+            url::Host::Ipv6(a) => format!("[{a}]"),
+        };
         Ok(Endpoint {
             host,
-            port,
+            port: u.port_or_known_default().ok_or_else(bad)?,
             url: url.to_owned(),
         })
     }
@@ -442,7 +458,10 @@ impl GatewayClient {
             let frame = frame.map_err(|e| io(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 if success {
-                    on_data(&data).map_err(io)?;
+                    on_data(&data).map_err(|problem| ClientError::Content {
+                        url: at.url.clone(),
+                        problem,
+                    })?;
                 } else if refusal.len() < MAX_REFUSAL {
                     refusal.extend_from_slice(&data);
                 }
@@ -562,6 +581,38 @@ mod tests {
 
     use super::*;
     use tokio::io::AsyncWriteExt as _;
+
+    #[test]
+    fn gateway_addresses_parse_with_names_ipv4_and_ipv6_and_nothing_else() {
+        let at = |u: &str| Endpoint::parse(u).map(|e| (e.host, e.port));
+        assert_eq!(at("https://gw.school").unwrap(), ("gw.school".into(), 443));
+        assert_eq!(
+            at("https://gw.school:8443/").unwrap(),
+            ("gw.school".into(), 8443)
+        );
+        assert_eq!(
+            at("https://10.0.0.5:8443").unwrap(),
+            ("10.0.0.5".into(), 8443)
+        );
+        assert_eq!(at("https://[::1]").unwrap(), ("[::1]".into(), 443));
+        assert_eq!(
+            at("https://[fd00::5]:8443").unwrap(),
+            ("[fd00::5]".into(), 8443)
+        );
+        for wrong in [
+            "http://gw:8443",
+            "https://gw:port",
+            "https://:8443",
+            "https://gw:8443/v1",
+            "https://user@gw:8443",
+            "https://gw:8443?x=1",
+            "https://[::1",
+            "gw:8443",
+            "",
+        ] {
+            assert!(at(wrong).is_err(), "{wrong:?} was accepted");
+        }
+    }
 
     const SHORT: Timeouts = Timeouts {
         connect: std::time::Duration::from_millis(300),

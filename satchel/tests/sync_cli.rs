@@ -20,20 +20,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, Served};
-
-/// Deterministic noise, so chunking behaves as on real files.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::{free_port, noise, same_tree, Served};
 
 fn satchel(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_satchel"))
@@ -192,17 +179,6 @@ fn world() -> World {
         url: format!("https://127.0.0.1:{port}"),
         _served: served,
     }
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .arg("-r")
-        .arg("--no-dereference")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 #[test]
@@ -479,7 +455,11 @@ fn a_corrupt_chunk_or_a_missing_subscription_gets_nothing_applied() {
     let o = w.sync("pull", "c1", "root", &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("chunk"), "{err}");
+    // Named as what it is (content that does not check out), and not
+    // asked for again as if the connection had dropped.
+    assert!(err.contains("the gateway sent chunk"), "{err}");
+    assert!(!err.contains("talking to"), "{err}");
+    assert!(!err.contains("asking again"), "{err}");
     // The layer holding the bad chunk was not applied.
     let applied: Vec<_> = ["base-os", "user-data"]
         .iter()

@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex};
 use sync::manifest::{Entry, Kind};
 use sync::{ChunkId, ChunkStore};
 
-use crate::client::{GatewayClient, Meter};
+use crate::client::{ClientError, GatewayClient, Meter};
 use protocol::limits::MAX_FETCH;
 use protocol::paths::{self, SyncAction};
 use protocol::sync::{DeltaFile, DeltasRequest, Ids};
@@ -178,11 +178,18 @@ async fn fetch_batch_again(
         }
         match fetch_batch(c, image, store, &missing, meter).await {
             Ok(n) => return Ok(fetched + n),
+            Err(SyncError::Client(ClientError::Content { problem, .. })) => {
+                // What a gateway sent did not check out: an attack or a
+                // broken store, never asked for again as if the line dropped.
+                return Err(SyncError::Untrusted(problem));
+            }
             Err(SyncError::Client(e)) if tries < BATCH_RETRIES => {
                 tries += 1;
                 tracing::warn!(error = %e, try_ = tries, "fetching chunks failed; asking again");
-                fetched += batch.iter().filter(|id| store.has(**id)).count() as u64
-                    - (batch.len() - missing.len()) as u64;
+                // What arrived before the cut: held now, missing before.
+                let held_now = batch.iter().filter(|id| store.has(**id)).count();
+                let held_before = batch.len().saturating_sub(missing.len());
+                fetched += held_now.saturating_sub(held_before) as u64;
             }
             Err(e) => return Err(e),
         }
@@ -213,18 +220,13 @@ pub(super) async fn fetch_batch(
             body,
             Some(meter),
             &mut |data| {
-                for (id, bytes) in frames
-                    .push(data)
-                    .map_err(|e| format!("the gateway sent {e}"))?
-                {
+                for (id, bytes) in frames.push(data).map_err(|e| e.to_string())? {
                     if !wanted.contains(&id) {
-                        return Err(format!(
-                            "the gateway sent chunk {id}, which was not asked for"
-                        ));
+                        return Err(format!("chunk {id}, which was not asked for"));
                     }
                     store
                         .put_compressed(id, &bytes)
-                        .map_err(|e| format!("the gateway sent {e}"))?;
+                        .map_err(|e| e.to_string())?;
                     fetched += 1;
                 }
                 Ok(())
