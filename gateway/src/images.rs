@@ -1,6 +1,7 @@
 //! Images on the gateway: layer versions in the database, chunks in the
-//! data directory's chunk store (`DATA/chunks`), manifests signed with the
-//! manifest key (`DATA/manifest.key`).
+//! data directory's chunk store (`DATA/chunks`) and, where one is
+//! configured, the shared object store ([`crate::chunks`]), manifests
+//! signed with the manifest key (`DATA/manifest.key`).
 //!
 //! System layers (`base-os`, `group-apps`) are one per image. User layers
 //! (`personal-apps`, `user-system`, `user-data`) are one per image and
@@ -16,6 +17,8 @@ use sqlx::{AnyPool, Row};
 use sync::manifest::{Entry, Layer, LayerManifest, Signed};
 use sync::tree::ScanStats;
 use sync::{ChunkId, ChunkStore};
+
+use crate::chunks::{ChunkError, Chunks, RemoteConfig};
 
 use crate::state::DbError;
 
@@ -55,6 +58,9 @@ pub enum ImageError {
     /// The chunk store.
     #[error(transparent)]
     Store(#[from] sync::store::StoreError),
+    /// The shared object store.
+    #[error(transparent)]
+    Chunks(#[from] ChunkError),
     /// A manifest that cannot be made or read.
     #[error(transparent)]
     Manifest(#[from] sync::manifest::ManifestError),
@@ -71,8 +77,8 @@ fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
 #[derive(Debug, Clone)]
 pub struct Images {
     pool: AnyPool,
-    /// The chunk store.
-    pub chunks: ChunkStore,
+    /// The chunks.
+    pub chunks: Chunks,
     /// The chunk ids of layer versions, by digest, verified once: a pull
     /// asks for a large image's chunks in many requests.
     chunk_sets: Arc<std::sync::Mutex<HashMap<String, Arc<HashSet<ChunkId>>>>>,
@@ -137,6 +143,16 @@ const COLUMNS: &str = "image, layer, owner, version, digest, signed, created_ms"
 impl Images {
     /// Use `pool` and the store under `data`, making the table if missing.
     pub async fn open(pool: AnyPool, data: &Path) -> Result<Images, ImageError> {
+        Images::open_with(pool, data, None).await
+    }
+
+    /// [`open`](Self::open), with the store under `data` as the cache in
+    /// front of the object store `remote` names (see [`crate::chunks`]).
+    pub async fn open_with(
+        pool: AnyPool,
+        data: &Path,
+        remote: Option<&RemoteConfig>,
+    ) -> Result<Images, ImageError> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS gateway_layers (image TEXT NOT NULL, layer TEXT NOT NULL, \
              owner TEXT NOT NULL, version BIGINT NOT NULL, digest TEXT NOT NULL, signed TEXT NOT NULL, \
@@ -151,9 +167,15 @@ impl Images {
                 .await
                 .map_err(db("creating the version tables"))?;
         }
+        let mut chunks = Chunks::local(
+            ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
+        );
+        if let Some(r) = remote {
+            chunks = chunks.with_remote(r).await?;
+        }
         Ok(Images {
             pool,
-            chunks: ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
+            chunks,
             chunk_sets: Arc::default(),
             deltas: Arc::new(DeltaCache::with_weighter(4096, DELTAS_KEPT, DeltaWeight)),
             deltas_made: Arc::default(),
@@ -178,7 +200,7 @@ impl Images {
         let concat = |ids: &[ChunkId]| -> Option<Vec<u8>> {
             let mut v = Vec::new();
             for id in ids {
-                v.extend(self.chunks.get(*id).ok()?);
+                v.extend(self.chunks.cache().get(*id).ok()?);
             }
             Some(v)
         };
@@ -392,7 +414,6 @@ pub struct Built {
     pub stats: ScanStats,
 }
 
-/// Build a new version of each of `layers` (`(layer, directory)`) of
 /// What [`Images::collect`] found and did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Collected {
@@ -410,6 +431,9 @@ pub struct Collected {
     /// Layer versions retired (`image/layer/version`, `@device` for a
     /// device's own): removed, or in a dry run, to remove.
     pub versions_removed: Vec<String>,
+    /// The same counts for the shared object store, if one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<crate::chunks::RemoteCollected>,
 }
 
 impl Images {
@@ -430,7 +454,7 @@ impl Images {
         dry_run: bool,
     ) -> Result<Collected, ImageError> {
         if !dry_run {
-            sync::store::clean::restore_aside(&self.chunks)?;
+            sync::store::clean::restore_aside(self.chunks.cache())?;
         }
         let retired = match keep {
             Some(k) => self.retire(k, !dry_run).await?,
@@ -453,7 +477,7 @@ impl Images {
         }
         // Listed after the manifests were read: a chunk a build stores
         // now is either referenced by its version or recent.
-        let loose = self.chunks.loose_chunks()?;
+        let loose = self.chunks.cache().loose_chunks()?;
         let cutoff = std::time::SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(std::time::UNIX_EPOCH);
@@ -472,7 +496,7 @@ impl Images {
                 c.removed += 1;
                 c.removed_bytes += bytes;
             } else {
-                match sync::store::clean::remove_loose_if_older(&self.chunks, id, cutoff)? {
+                match sync::store::clean::remove_loose_if_older(self.chunks.cache(), id, cutoff)? {
                     Some(bytes) => {
                         c.removed += 1;
                         c.removed_bytes += bytes;
@@ -481,6 +505,16 @@ impl Images {
                     None => c.recent += 1,
                 }
             }
+        }
+        if self.chunks.remote_url().is_some() {
+            let (r, removed) = self
+                .chunks
+                .collect_remote(&referenced, cutoff, dry_run)
+                .await?;
+            c.object_store = Some(r);
+            // A device's upload is forgotten when the shared store loses
+            // it, not when this gateway's cache does.
+            gone = removed;
         }
         for batch in gone.chunks(500) {
             let marks: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
@@ -516,10 +550,21 @@ pub async fn build(
     for (layer, dir) in layers {
         let (entries, stats) = sync::tree::scan(
             dir,
-            &images.chunks,
+            images.chunks.cache(),
             sync::tree::Fidelity::of(*layer),
             progress,
         )?;
+        // Shared before the version names them: a device that is offered
+        // the version at any gateway finds every chunk.
+        let ids: Vec<ChunkId> = entries
+            .iter()
+            .flat_map(|e| match &e.kind {
+                sync::Kind::File { chunks, .. } => chunks.as_slice(),
+                _ => &[],
+            })
+            .copied()
+            .collect();
+        images.chunks.publish(&ids).await?;
         let (stored, new) = images.commit(image, *layer, "", entries, key).await?;
         out.push(Built {
             layer: *layer,
@@ -581,7 +626,7 @@ mod tests {
         let images = Images::open(pool, dir.path()).await.unwrap();
         let put = |bytes: &[u8]| {
             let id = ChunkId::of(bytes);
-            images.chunks.put(id, bytes).unwrap();
+            images.chunks.cache().put(id, bytes).unwrap();
             id
         };
         let old: Vec<u8> = (0..15_000u32).flat_map(|i| (i * 7).to_le_bytes()).collect();

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod app;
+pub mod chunks;
 pub mod console;
 mod follow;
 pub mod images;

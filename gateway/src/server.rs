@@ -159,6 +159,9 @@ pub struct ServeConfig {
     /// looked at, so a change made through another gateway on the same
     /// database is put in force here (`gateway/src/follow.rs`).
     pub follow_every: Duration,
+    /// The shared object store for chunks, if any (else the data
+    /// directory's store alone): see [`crate::chunks`].
+    pub chunk_store: Option<crate::chunks::RemoteConfig>,
 }
 
 impl ServeConfig {
@@ -185,6 +188,7 @@ impl ServeConfig {
             access_log: None,
             max_per_address: MAX_PER_ADDRESS,
             follow_every: Duration::from_secs(5),
+            chunk_store: None,
         }
     }
 
@@ -354,9 +358,13 @@ impl Gateway {
         let audit = audit::store::Store::open(&url).await?;
         let audit_key = signing_key(&config.data, "audit")?;
         let manifest_key = signing_key(&config.data, "manifest")?;
-        let images = crate::images::Images::open(pool.clone(), &config.data)
-            .await
-            .map_err(|e| ServeError::Images(e.to_string()))?;
+        let images = crate::images::Images::open_with(
+            pool.clone(),
+            &config.data,
+            config.chunk_store.as_ref(),
+        )
+        .await
+        .map_err(|e| ServeError::Images(e.to_string()))?;
         let (audit_view, audit_vkey) = start_signer(config, audit_key, &audit).await?;
         let ek_cas = config.ek_ca.as_deref().map(CaSet::from_dir).transpose()?;
         let (reference, reference_key) = load_reference(config, &db).await?;

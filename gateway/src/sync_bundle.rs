@@ -179,13 +179,15 @@ async fn store_chunks(
 ) -> Result<(), BundleError> {
     let frames = sync::wire::read_frames(frames).map_err(|e| err(e.to_string()))?;
     let ids: Vec<sync::ChunkId> = frames.iter().map(|(id, _)| *id).collect();
-    for (id, data) in frames {
-        images
-            .chunks
-            .put_compressed(id, data)
-            .map_err(|e| err(e.to_string()))?;
-    }
-    images.chunks.sync().map_err(|e| err(e.to_string()))?;
+    let frames = frames
+        .into_iter()
+        .map(|(id, data)| (id, data.to_vec()))
+        .collect();
+    images
+        .chunks
+        .put_compressed(frames)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     db.record_uploads(&device.device_id, &ids)
         .await
         .map_err(|e| err(e.to_string()))

@@ -156,6 +156,11 @@ struct RawGateway {
     access_log: Option<RelativePathBuf>,
     max_connections_per_address: Option<u32>,
     keep_versions: Option<u64>,
+    checkpoint_every: Option<String>,
+    chunk_store: Option<String>,
+    chunk_store_endpoint: Option<String>,
+    chunk_store_region: Option<String>,
+    chunk_store_credentials: Option<RelativePathBuf>,
 }
 
 /// The `[gateway]` table (or a gateway-only file): the options of
@@ -179,6 +184,16 @@ pub(crate) struct GatewayFile {
     pub(crate) max_connections_per_address: Option<u32>,
     /// `satchel gateway gc`'s `--keep-versions` when not given.
     pub(crate) keep_versions: Option<u64>,
+    /// How often the audit checkpoint is signed.
+    pub(crate) checkpoint_every: Option<String>,
+    /// The shared object store for chunks (`s3://BUCKET[/PREFIX]`).
+    pub(crate) chunk_store: Option<String>,
+    /// Its address (for a SeaweedFS or Garage).
+    pub(crate) chunk_store_endpoint: Option<String>,
+    /// Its region.
+    pub(crate) chunk_store_region: Option<String>,
+    /// The file holding its access key pair.
+    pub(crate) chunk_store_credentials: Option<PathBuf>,
 }
 
 impl From<RawGateway> for GatewayFile {
@@ -206,6 +221,11 @@ impl From<RawGateway> for GatewayFile {
             }),
             max_connections_per_address: r.max_connections_per_address,
             keep_versions: r.keep_versions,
+            checkpoint_every: r.checkpoint_every,
+            chunk_store: r.chunk_store,
+            chunk_store_endpoint: r.chunk_store_endpoint,
+            chunk_store_region: r.chunk_store_region,
+            chunk_store_credentials: rel(r.chunk_store_credentials),
         }
     }
 }

@@ -8,11 +8,14 @@
 //! never leaves a swtpm process or state directory behind.
 //!
 //! The crate also holds [`Postgres`], the same kind of guard for a private
-//! PostgreSQL server, for tests of the parts that store in a database.
+//! PostgreSQL server, for tests of the parts that store in a database, and
+//! [`ObjectStore`], one for a private S3-compatible store (SeaweedFS).
 
 mod postgres;
+pub mod seaweed;
 
 pub use postgres::Postgres;
+pub use seaweed::ObjectStore;
 
 /// The real firmware event logs the tests run against: `$SATCHEL_FIXTURES`,
 /// else the repository's own `fixtures/eventlogs`.

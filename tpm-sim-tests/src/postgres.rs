@@ -44,8 +44,15 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
-    /// Run initdb and start a server on a free port.
+    /// Run initdb and start a server on a free port of 127.0.0.1.
     pub fn start() -> io::Result<Postgres> {
+        Postgres::start_on(&[])
+    }
+
+    /// [`start`](Self::start), listening on the addresses `also` besides
+    /// 127.0.0.1 and trusting clients of their /24 networks (for servers
+    /// in network namespaces the test made).
+    pub fn start_on(also: &[std::net::Ipv4Addr]) -> io::Result<Postgres> {
         let bin = pg_bin().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -84,11 +91,24 @@ impl Postgres {
             "UTF8",
         ];
         pg.run("initdb", &initdb, &["--locale=C.UTF-8"])?;
+        if !also.is_empty() {
+            use std::io::Write as _;
+            let hba = std::path::Path::new(&data).join("pg_hba.conf");
+            let mut f = std::fs::OpenOptions::new().append(true).open(hba)?;
+            for a in also {
+                let [x, y, z, _] = a.octets();
+                writeln!(f, "host all all {x}.{y}.{z}.0/24 trust")?;
+            }
+        }
+        let listen = std::iter::once("127.0.0.1".to_owned())
+            .chain(also.iter().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(",");
         let log = pg.dir.path().join("server.log").display().to_string();
         for _ in 0..ATTEMPTS {
             pg.port = free_port()?;
             let opts = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {} -k {} -c listen_addresses={listen} -c fsync=off",
                 pg.port,
                 pg.dir.path().display()
             );
@@ -132,6 +152,11 @@ impl Postgres {
     /// The URL of the server's `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The same database at another of its addresses (see [`start_on`](Self::start_on)).
+    pub fn url_at(&self, at: std::net::Ipv4Addr) -> String {
+        format!("postgres://postgres@{at}:{}/postgres", self.port)
     }
 }
 

@@ -307,12 +307,14 @@ impl Images {
         let signed = Signed::verify(&old.signed, &key.verifying_key())?;
         // Each chunk's time made now, so a collection running meanwhile
         // keeps it (as a build's chunks).
-        if let Some(id) = signed
-            .manifest
-            .chunk_ids()
-            .into_iter()
-            .find(|id| !self.chunks.keep_fresh(*id))
-        {
+        let mut gone = None;
+        for id in signed.manifest.chunk_ids() {
+            if !self.chunks.keep_fresh(id).await? {
+                gone = Some(id);
+                break;
+            }
+        }
+        if let Some(id) = gone {
             return Err(ImageError::Invalid(format!(
                 "{image}/{layer} version {version} cannot be published again: chunk {id} is no longer stored"
             )));

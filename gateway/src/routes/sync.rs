@@ -23,6 +23,7 @@ use sync::manifest::{LayerManifest, Signed};
 use sync::ChunkId;
 
 use crate::app::{record, AppState};
+use crate::chunks::ChunkError;
 use crate::images::StoredLayer;
 use crate::reply::{bad, internal, ok, refuse, Reply};
 use crate::state::Device;
@@ -233,9 +234,13 @@ impl AppState {
                 Value::Null,
             );
         }
+        // With a shared object store, what this gateway lacks comes from it.
+        if let Err(e) = self.images.chunks.fill(&ids.ids).await {
+            return internal(&e);
+        }
         // Reading the store is blocking file I/O: off the async threads, so
         // a device's overlapping requests are served side by side.
-        let chunks = self.images.chunks.clone();
+        let chunks = self.images.chunks.cache().clone();
         let work = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             for id in ids.ids {
@@ -309,6 +314,20 @@ impl AppState {
                 Value::Null,
             );
         }
+        // The chunks a delta is made of, from the shared object store where
+        // this gateway lacks them: only those this device may have.
+        let wanted: Vec<ChunkId> = r
+            .files
+            .iter()
+            .flat_map(|f| f.to.iter().chain(&f.missing))
+            .copied()
+            .collect();
+        if wanted.iter().all(|id| allowed.contains(id)) {
+            let all: Vec<ChunkId> = from.iter().chain(&wanted).copied().collect();
+            if let Err(e) = self.images.chunks.fill(&all).await {
+                return internal(&e);
+            }
+        }
         let images = self.images.clone();
         // Compression is CPU work: off the async threads.
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Reply> {
@@ -335,6 +354,7 @@ impl AppState {
                 for id in &f.missing {
                     let c = images
                         .chunks
+                        .cache()
                         .get_compressed(*id)
                         .map_err(|e| internal(&e))?;
                     cost += c.len() + 41;
@@ -395,10 +415,20 @@ impl AppState {
             Ok(e) => e,
             Err(r) => return r,
         };
+        let mine: Vec<ChunkId> = ids
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| entitled.contains(id))
+            .collect();
+        let lacking: HashSet<ChunkId> = match self.images.chunks.missing(&mine).await {
+            Ok(m) => m.into_iter().collect(),
+            Err(e) => return internal(&e),
+        };
         let missing = ids
             .ids
             .into_iter()
-            .filter(|id| !(entitled.contains(id) && self.images.chunks.has(*id)))
+            .filter(|id| !entitled.contains(id) || lacking.contains(id))
             .collect();
         ok(Missing { missing })
     }
@@ -417,18 +447,24 @@ impl AppState {
             Err(r) => return r,
         };
         let (mut stored, mut known) = (0u64, 0u64);
-        for (id, bytes) in frames {
-            match self.images.chunks.put_compressed(id, bytes) {
-                Ok(false) if entitled.contains(&id) => known += 1,
-                Ok(_) => stored += 1,
-                Err(e @ sync::store::StoreError::Corrupt { .. }) => {
-                    return refuse(400, "bad chunk", e.to_string(), Value::Null)
+        let frames = frames
+            .into_iter()
+            .map(|(id, bytes)| (id, bytes.to_vec()))
+            .collect();
+        match self.images.chunks.put_compressed(frames).await {
+            Ok(news) => {
+                for (id, new) in news {
+                    if !new && entitled.contains(&id) {
+                        known += 1;
+                    } else {
+                        stored += 1;
+                    }
                 }
-                Err(e) => return internal(&e),
             }
-        }
-        if let Err(e) = self.images.chunks.sync() {
-            return internal(&e);
+            Err(ChunkError::Store(e @ sync::store::StoreError::Corrupt { .. })) => {
+                return refuse(400, "bad chunk", e.to_string(), Value::Null)
+            }
+            Err(e) => return internal(&e),
         }
         if let Err(e) = self.db.record_uploads(&device.device_id, &ids).await {
             return internal(&e);
@@ -744,8 +780,13 @@ impl Checkin<'_> {
         &self,
         entries: &[sync::manifest::Entry],
     ) -> Result<(u64, Option<String>), Reply> {
-        let missing: Vec<String> = file_chunks(entries)
-            .filter(|id| !self.images.chunks.has(*id))
+        let ids: Vec<ChunkId> = file_chunks(entries).collect();
+        let lacking = match self.images.chunks.missing(&ids).await {
+            Ok(l) => l,
+            Err(e) => return Err(internal(&e)),
+        };
+        let missing: Vec<String> = lacking
+            .into_iter()
             .map(|id| id.to_string())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()

@@ -21,9 +21,78 @@ pub(crate) struct StoreArgs {
     /// its data directory and database, unless --data / --db say otherwise.
     #[arg(long, env = "SATCHEL_GATEWAY_CONFIG", value_name = "FILE")]
     gateway_config: Option<PathBuf>,
+    #[command(flatten)]
+    chunks: ChunkStoreArgs,
+}
+
+/// The shared object store for chunks (docs/scale.md): the flags, else the
+/// gateway configuration's `chunk-store*` keys. None: the data directory's
+/// store alone.
+#[derive(Debug, Args, Default)]
+pub(crate) struct ChunkStoreArgs {
+    /// An S3-compatible bucket every gateway shares, as s3://BUCKET[/PREFIX]
+    /// (the data directory's store becomes this gateway's cache).
+    #[arg(long, env = "SATCHEL_CHUNK_STORE", value_name = "S3-URL")]
+    chunk_store: Option<String>,
+    /// The object store's address, e.g. http://10.0.0.5:8333 (a SeaweedFS
+    /// or Garage of the region); none for AWS itself.
+    #[arg(long, env = "SATCHEL_CHUNK_STORE_ENDPOINT", value_name = "URL")]
+    chunk_store_endpoint: Option<String>,
+    /// The object store's region [default: us-east-1].
+    #[arg(long, env = "SATCHEL_CHUNK_STORE_REGION", value_name = "REGION")]
+    chunk_store_region: Option<String>,
+    /// A file (mode 0600) with access-key-id = "..." and
+    /// secret-access-key = "..." [default: $AWS_ACCESS_KEY_ID and
+    /// $AWS_SECRET_ACCESS_KEY].
+    #[arg(long, env = "SATCHEL_CHUNK_STORE_CREDENTIALS", value_name = "FILE")]
+    chunk_store_credentials: Option<PathBuf>,
+}
+
+impl ChunkStoreArgs {
+    /// The object store these and `file` name, if any.
+    pub(crate) fn resolve(
+        self,
+        file: &ServeFile,
+    ) -> anyhow::Result<Option<gateway::chunks::RemoteConfig>> {
+        let Some(url) = self.chunk_store.or_else(|| file.chunk_store.clone()) else {
+            anyhow::ensure!(
+                self.chunk_store_endpoint.is_none() && self.chunk_store_credentials.is_none(),
+                "--chunk-store-endpoint and --chunk-store-credentials need --chunk-store s3://BUCKET"
+            );
+            return Ok(None);
+        };
+        let credentials = match self
+            .chunk_store_credentials
+            .or_else(|| file.chunk_store_credentials.clone())
+        {
+            Some(path) => Some(gateway::chunks::RemoteConfig::read_credentials(&path)?),
+            None => None,
+        };
+        Ok(Some(gateway::chunks::RemoteConfig {
+            url,
+            endpoint: self
+                .chunk_store_endpoint
+                .or_else(|| file.chunk_store_endpoint.clone()),
+            region: self
+                .chunk_store_region
+                .or_else(|| file.chunk_store_region.clone()),
+            credentials,
+        }))
+    }
 }
 
 impl StoreArgs {
+    /// The object store for chunks, as `gateway serve` resolves it.
+    pub(crate) fn chunk_store(&self) -> anyhow::Result<Option<gateway::chunks::RemoteConfig>> {
+        let args = ChunkStoreArgs {
+            chunk_store: self.chunks.chunk_store.clone(),
+            chunk_store_endpoint: self.chunks.chunk_store_endpoint.clone(),
+            chunk_store_region: self.chunks.chunk_store_region.clone(),
+            chunk_store_credentials: self.chunks.chunk_store_credentials.clone(),
+        };
+        args.resolve(&self.file()?)
+    }
+
     /// The gateway configuration file's settings, if one is named.
     fn file(&self) -> anyhow::Result<ServeFile> {
         match &self.gateway_config {
@@ -193,7 +262,10 @@ fn import_bundle(a: ImportArgs) -> anyhow::Result<()> {
     let answers = rt.block_on(async {
         let (db, url) = a.store.open().await?;
         let (pool, _) = persist::db::connect(&url).await?;
-        let images = gateway::images::Images::open(pool.clone(), &a.store.data()?).await?;
+        let remote = a.store.chunk_store()?;
+        let images =
+            gateway::images::Images::open_with(pool.clone(), &a.store.data()?, remote.as_ref())
+                .await?;
         let key = gateway::server::manifest_key(&a.store.data()?)?;
         let audit = audit::store::Store::open(&url).await?;
         let pki = gateway::Pki::init(&a.store.data()?, &[])?;
@@ -329,7 +401,8 @@ fn gc(a: GcArgs) -> anyhow::Result<()> {
     let url = a.store.url()?;
     let c = rt.block_on(async {
         let (pool, _) = persist::db::connect(&url).await?;
-        let images = gateway::images::Images::open(pool, &data).await?;
+        let remote = a.store.chunk_store()?;
+        let images = gateway::images::Images::open_with(pool, &data, remote.as_ref()).await?;
         let key = gateway::server::manifest_key(&data)?.verifying_key();
         let keep = a
             .keep_versions
@@ -361,6 +434,17 @@ fn gc(a: GcArgs) -> anyhow::Result<()> {
             if a.dry_run { "to remove" } else { "removed" },
             c.removed_bytes
         );
+        if let Some(r) = &c.object_store {
+            println!(
+                "object store: {} chunks: {} referenced, {} recent, {} {} ({} bytes)",
+                r.chunks,
+                r.referenced,
+                r.recent,
+                r.removed,
+                if a.dry_run { "to remove" } else { "removed" },
+                r.removed_bytes
+            );
+        }
     }
     Ok(())
 }
@@ -483,6 +567,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SATCHEL_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_connections_per_address: Option<u32>,
+    /// How often the audit log's checkpoint is signed [default: 1m]. With
+    /// several gateways on one database, one signs at a time; the others
+    /// ask for the signer's lease this often.
+    #[arg(long, env = "SATCHEL_CHECKPOINT_EVERY", value_parser = humantime::parse_duration)]
+    checkpoint_every: Option<std::time::Duration>,
+    #[command(flatten)]
+    chunks: ChunkStoreArgs,
 }
 
 /// The gateway's options from a file: one with a `[gateway]` table (the
@@ -539,6 +630,7 @@ impl ServeArgs {
                 (None, None) => Ok(std::time::Duration::from_secs(default)),
             }
         };
+        let chunk_store = self.chunks.resolve(&file)?;
         let data = self.data.or(file.data).context(
             "no data directory: give --data DIR (or SATCHEL_DATA, or data = \"DIR\" in --config)",
         )?;
@@ -547,6 +639,7 @@ impl ServeArgs {
             .or(file.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
         let mut c = gateway::ServeConfig::new(data, listen);
+        c.chunk_store = chunk_store;
         c.proxy_listen = self.proxy_listen.or(file.proxy_listen);
         c.db = self.db.or(file.db);
         c.policy = self.policy.or(file.policy);
@@ -572,6 +665,16 @@ impl ServeArgs {
             3600,
         )?;
         c.drain = duration(self.drain, file.drain, "drain", 10)?;
+        c.checkpoint_every = duration(
+            self.checkpoint_every,
+            file.checkpoint_every.clone(),
+            "checkpoint-every",
+            60,
+        )?;
+        anyhow::ensure!(
+            c.checkpoint_every >= std::time::Duration::from_millis(100),
+            "checkpoint-every: give at least 100ms"
+        );
         c.server_names = if self.server_name.is_empty() {
             file.server_names
         } else {

@@ -199,7 +199,8 @@ async fn open(store: &StoreArgs) -> anyhow::Result<gateway::images::Images> {
     let data = store.data()?;
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let (pool, _) = persist::db::connect(&store.url()?).await?;
-    Ok(gateway::images::Images::open(pool, &data).await?)
+    let remote = store.chunk_store()?;
+    Ok(gateway::images::Images::open_with(pool, &data, remote.as_ref()).await?)
 }
 
 fn total_bytes(dir: &std::path::Path) -> u64 {

@@ -61,13 +61,18 @@ pub(crate) fn serve(gw: &Path, port: u16, extra: &[&str]) -> Served {
 /// gateway_cli.rs and agent.rs).
 pub(crate) fn device_cert(gw: &Path, cdir: &Path, id: &str, groups: &[&str]) {
     let db = format!("sqlite:{}", gw.join("satchel.db").display());
+    device_cert_in(gw, &db, cdir, id, groups);
+}
+
+/// [`device_cert`] for a gateway whose database is `db` (PostgreSQL, say).
+pub(crate) fn device_cert_in(gw: &Path, db: &str, cdir: &Path, id: &str, groups: &[&str]) {
     let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pool, _) = persist::db::connect(&db).await.unwrap();
+        let (pool, _) = persist::db::connect(db).await.unwrap();
         let db = gateway::state::Db::new(pool).await.unwrap();
         if db.device(id).await.unwrap().is_none() {
             let t = db
@@ -147,4 +152,29 @@ pub(crate) fn root_with(tool: &str) -> bool {
         );
     }
     usable
+}
+
+/// Deterministic noise, so chunking behaves as on real files.
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `diff -r --no-dereference A B` finds nothing.
+pub(crate) fn same_tree(a: &Path, b: &Path) {
+    let o = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
