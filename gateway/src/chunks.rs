@@ -6,8 +6,13 @@
 //! directory's store is this gateway's cache in front of it:
 //!
 //! - a chunk stored here (an upload, a check-in, a build) is checked
-//!   against its id, written to the cache, then put in the object store
-//!   before the request that brought it is answered;
+//!   against its id, written to the cache, then made sure of in the object
+//!   store before the request that brought it is answered: put where the
+//!   store lacks it; where the store holds it whole, that object is kept
+//!   (written again if older than [`REFRESH_AFTER`], so that a collection
+//!   counts it as recent), never replaced by other bytes of the chunk;
+//! - a version is stored only once every chunk it names is in the object
+//!   store ([`Chunks::unshared`]);
 //! - a chunk asked for is read from the cache, else fetched from the object
 //!   store, checked against its id (a chunk altered in the bucket is an
 //!   error, never content sent on) and kept in the cache;
@@ -16,8 +21,15 @@
 //! Objects are `PREFIX/ab/abcdef...`, the same zstd frames as the files of
 //! a local store, one object per chunk (each at most
 //! [`sync::chunk::MAX_CHUNK`] before compression, so a request never holds
-//! a whole layer). Requests are retried with backoff by the client
-//! (`object_store`'s retry: 5 tries within 60 s).
+//! a whole layer), and fetched chunks are written to the cache as they
+//! arrive. At most 64 requests to the store are in flight from one gateway
+//! (16 for one device's request). Requests are retried with backoff by the
+//! client (`object_store`'s retry: 5 tries within 60 s).
+//!
+//! A prefix belongs to one database: the first gateway to use it writes the
+//! database's id to `PREFIX/satchel-database`, and a gateway or command on
+//! another database is refused, as is one without the object store on a
+//! database that records one ([`crate::images::Images::open_with`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -145,6 +157,29 @@ struct Remote {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    /// Requests in flight to the store from this gateway, all told: what a
+    /// burst of devices can make it ask at once.
+    permits: tokio::sync::Semaphore,
+}
+
+/// What a chunk's object is, seen from this gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Object {
+    Absent,
+    /// Its size and when it was last written.
+    Present(u64, SystemTime),
+}
+
+impl Object {
+    /// Present, and written within [`REFRESH_AFTER`].
+    fn fresh(self) -> bool {
+        match self {
+            Object::Absent => false,
+            Object::Present(_, when) => SystemTime::now()
+                .duration_since(when)
+                .map_or(true, |age| age < REFRESH_AFTER),
+        }
+    }
 }
 
 impl Remote {
@@ -184,6 +219,7 @@ impl Remote {
             store: Arc::new(store),
             prefix,
             url: config.url.clone(),
+            permits: tokio::sync::Semaphore::new(GATEWAY_IN_FLIGHT),
         })
     }
 
@@ -194,6 +230,13 @@ impl Remote {
             what,
             source,
         }
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ChunkError> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|e| ChunkError::Config(format!("the request limit closed: {e}")))
     }
 
     fn path(&self, id: ChunkId) -> ObjectPath {
@@ -212,16 +255,19 @@ impl Remote {
         name.as_ref().parse().ok()
     }
 
-    /// When the object was last written; `None` if there is none.
-    async fn written(&self, id: ChunkId) -> Result<Option<SystemTime>, ChunkError> {
+    /// The chunk's object: absent, or its size and when it was written.
+    async fn head(&self, id: ChunkId) -> Result<Object, ChunkError> {
+        let _p = self.permit().await?;
         match self.store.head(&self.path(id)).await {
-            Ok(m) => Ok(Some(m.last_modified.into())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Ok(m) => Ok(Object::Present(m.size, m.last_modified.into())),
+            Err(object_store::Error::NotFound { .. }) => Ok(Object::Absent),
             Err(e) => Err(self.err(format!("looking for chunk {id}"))(e)),
         }
     }
 
+    /// The object's bytes, unchecked; `None` if there is none.
     async fn get(&self, id: ChunkId) -> Result<Option<bytes::Bytes>, ChunkError> {
+        let _p = self.permit().await?;
         let got = match self.store.get(&self.path(id)).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -242,13 +288,64 @@ impl Remote {
             .map_err(self.err(format!("reading chunk {id}")))
     }
 
+    /// The object's bytes if they check out against `id`; `None` if there
+    /// is none or they do not (a damaged or planted object).
+    async fn get_checked(&self, id: ChunkId) -> Result<Option<Vec<u8>>, ChunkError> {
+        let Some(b) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let bytes = b.to_vec();
+        let check =
+            tokio::task::spawn_blocking(move || sync::store::open_chunk(id, &bytes).map(|_| bytes))
+                .await
+                .map_err(stopped)?;
+        Ok(check.ok())
+    }
+
     async fn put(&self, id: ChunkId, compressed: Vec<u8>) -> Result<(), ChunkError> {
+        let _p = self.permit().await?;
         self.store
             .put(&self.path(id), PutPayload::from(compressed))
             .await
             .map(|_| ())
             .map_err(self.err(format!("storing chunk {id}")))
     }
+
+    /// Make sure the store holds `id`, written within [`REFRESH_AFTER`]:
+    /// `ours` (checked bytes) where it has none; where it has one, that
+    /// one written again (so a collection counts it as recent) if it is
+    /// older, unless it is damaged, when ours replace it. An object found
+    /// whole is never replaced by other bytes of the same chunk (a device
+    /// cannot swap the shared copy for a larger encoding of its own).
+    async fn share(&self, id: ChunkId, ours: Option<Vec<u8>>) -> Result<bool, ChunkError> {
+        let seen = self.head(id).await?;
+        if seen.fresh() {
+            return Ok(true);
+        }
+        let theirs = match seen {
+            Object::Absent => None,
+            Object::Present(..) => self.get_checked(id).await?,
+        };
+        match theirs.or(ours) {
+            Some(bytes) => {
+                self.put(id, bytes).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// An object written longer ago than this is written again when a build,
+/// an upload or a roll-back uses its chunk, so that a collection (whose
+/// grace period must be longer: 24 h by default) counts it as recent.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(3600);
+
+/// Requests in flight to the object store from one gateway, all told.
+const GATEWAY_IN_FLIGHT: usize = 64;
+
+fn stopped(e: tokio::task::JoinError) -> ChunkError {
+    ChunkError::Config(format!("a task stopped: {e}"))
 }
 
 /// The gateway's chunks: the local store, and the shared object store if
@@ -274,6 +371,9 @@ pub struct RemoteCollected {
     pub removed_bytes: u64,
 }
 
+/// The object naming the database a prefix's chunks belong to.
+const OWNER: &str = "satchel-database";
+
 impl Chunks {
     /// Only the local store (the embedded default).
     pub fn local(local: ChunkStore) -> Chunks {
@@ -288,7 +388,7 @@ impl Chunks {
     /// address, bucket or key pair is told now, not at a device's pull.
     pub async fn with_remote(self, config: &RemoteConfig) -> Result<Chunks, ChunkError> {
         let remote = Remote::connect(config)?;
-        let probe = remote.prefix.child("probe");
+        let probe = remote.prefix.child(OWNER);
         match remote.store.head(&probe).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(remote.err("signing in")(e)),
@@ -297,6 +397,44 @@ impl Chunks {
             remote: Some(Arc::new(remote)),
             ..self
         })
+    }
+
+    /// Tie the object store's prefix to the database `database` (an id
+    /// kept in it): the first to use the prefix writes the id there; any
+    /// other database is refused, so that a collection run against another
+    /// database (a staging one, a fresh SQLite file) never removes chunks
+    /// this one's versions name.
+    pub async fn claim(&self, database: &str) -> Result<(), ChunkError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let path = remote.prefix.child(OWNER);
+        let owner = match remote.store.get(&path).await {
+            Ok(g) => {
+                let b = g.bytes().await.map_err(remote.err("reading the owner"))?;
+                String::from_utf8_lossy(&b).trim().to_owned()
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                remote
+                    .store
+                    .put(
+                        &path,
+                        PutPayload::from(format!("{database}\n").into_bytes()),
+                    )
+                    .await
+                    .map_err(remote.err("writing the owner"))?;
+                return Ok(());
+            }
+            Err(e) => return Err(remote.err("reading the owner")(e)),
+        };
+        if owner != database {
+            return Err(ChunkError::Config(format!(
+                "{} holds the chunks of another database ({owner}; this one is {database}): \
+                 give this database's --db, or another prefix",
+                remote.url
+            )));
+        }
+        Ok(())
     }
 
     /// The local store (the cache, with an object store): a build scans
@@ -310,86 +448,122 @@ impl Chunks {
         self.remote.as_deref().map(|r| r.url.as_str())
     }
 
+    /// Those of `ids` this gateway's cache lacks.
+    async fn not_cached(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ChunkError> {
+        let (local, ids) = (self.local.clone(), ids.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let mut seen = HashSet::new();
+            ids.into_iter()
+                .filter(|id| seen.insert(*id) && !local.has(*id))
+                .collect()
+        })
+        .await
+        .map_err(stopped)
+    }
+
     /// Those of `ids` stored nowhere (neither here nor in the object store).
     pub async fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ChunkError> {
-        let local = self.local.clone();
-        let here_not: Vec<ChunkId> = {
-            let ids = ids.to_vec();
-            tokio::task::spawn_blocking(move || {
-                ids.into_iter().filter(|id| !local.has(*id)).collect()
-            })
-            .await
-            .map_err(|e| ChunkError::Config(format!("a task stopped: {e}")))?
-        };
+        let here_not = self.not_cached(ids).await?;
         let Some(remote) = &self.remote else {
             return Ok(here_not);
         };
-        let found: Vec<(ChunkId, bool)> = futures::stream::iter(here_not)
+        let found: Vec<(ChunkId, Object)> = futures::stream::iter(here_not)
             .map(|id| {
                 let remote = Arc::clone(remote);
-                async move { Ok::<_, ChunkError>((id, remote.written(id).await?.is_some())) }
+                async move { Ok::<_, ChunkError>((id, remote.head(id).await?)) }
             })
             .buffered(IN_FLIGHT)
             .try_collect()
             .await?;
         Ok(found
             .into_iter()
-            .filter(|(_, there)| !there)
+            .filter(|(_, o)| *o == Object::Absent)
             .map(|(id, _)| id)
             .collect())
     }
 
-    /// Whether `id` is stored (here or in the object store).
-    pub async fn has(&self, id: ChunkId) -> Result<bool, ChunkError> {
-        Ok(self.missing(&[id]).await?.is_empty())
+    /// Those of `ids` the object store cannot give: for a version about to
+    /// be stored, which every gateway must be able to serve. A chunk the
+    /// object store lacks (or holds damaged) but this gateway's cache
+    /// holds is put there from the cache. Without an object store, those
+    /// the local store lacks.
+    pub async fn unshared(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ChunkError> {
+        let Some(remote) = &self.remote else {
+            return self.not_cached(ids).await;
+        };
+        let unique: Vec<ChunkId> = ids
+            .iter()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let lacking: Vec<Option<ChunkId>> = futures::stream::iter(unique)
+            .map(|id| {
+                let (remote, local) = (Arc::clone(remote), self.local.clone());
+                async move {
+                    if remote.head(id).await? != Object::Absent {
+                        return Ok(None);
+                    }
+                    let ours = tokio::task::spawn_blocking(move || local.get_compressed(id).ok())
+                        .await
+                        .map_err(stopped)?;
+                    Ok::<_, ChunkError>((!remote.share(id, ours).await?).then_some(id))
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(lacking.into_iter().flatten().collect())
     }
 
     /// Bring those of `ids` the cache lacks from the object store, each
-    /// checked against its id, and make them durable in the cache. Chunks
-    /// the object store lacks too are left out: reading them from
-    /// [`cache`](Self::cache) then says so.
+    /// checked against its id and written to the cache as it arrives (at
+    /// most [`IN_FLIGHT`] held at once), then make them durable. Chunks
+    /// the object store lacks are left out: reading them from
+    /// [`cache`](Self::cache) then says so. One that fails its check is an
+    /// error, and is not kept.
     pub async fn fill(&self, ids: &[ChunkId]) -> Result<(), ChunkError> {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
-        let want: Vec<ChunkId> = {
-            let mut seen = HashSet::new();
-            ids.iter()
-                .copied()
-                .filter(|id| seen.insert(*id) && !self.local.has(*id))
-                .collect()
-        };
+        let want = self.not_cached(ids).await?;
         if want.is_empty() {
             return Ok(());
         }
-        let fetched: Vec<(ChunkId, Option<bytes::Bytes>)> = futures::stream::iter(want)
+        futures::stream::iter(want)
             .map(|id| {
                 let remote = Arc::clone(remote);
                 async move { Ok::<_, ChunkError>((id, remote.get(id).await?)) }
             })
             .buffer_unordered(IN_FLIGHT)
-            .try_collect()
+            .try_for_each(|(id, bytes)| {
+                let local = self.local.clone();
+                async move {
+                    let Some(b) = bytes else { return Ok(()) };
+                    tokio::task::spawn_blocking(move || {
+                        // Checked here: an altered object is refused, and
+                        // never kept.
+                        local.put_compressed(id, &b).map(|_| ())
+                    })
+                    .await
+                    .map_err(stopped)?
+                    .map_err(ChunkError::from)
+                }
+            })
             .await?;
         let local = self.local.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ChunkError> {
-            for (id, bytes) in fetched {
-                if let Some(b) = bytes {
-                    // Checked here: an object altered in the bucket is
-                    // refused, and never kept.
-                    local.put_compressed(id, &b)?;
-                }
-            }
-            local.sync()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| ChunkError::Config(format!("a task stopped: {e}")))?
+        tokio::task::spawn_blocking(move || local.sync())
+            .await
+            .map_err(stopped)??;
+        Ok(())
     }
 
     /// Store chunks received compressed: each is checked against its id
     /// (a bad one stops the batch with [`StoreError::Corrupt`] before
-    /// anything of it is shared), written durably here, and put in the
-    /// object store. For each, whether it was new.
+    /// anything of it is shared), written durably here, and made sure of
+    /// in the object store (see [`Remote::share`]: a whole object there is
+    /// kept, not replaced by these bytes). For each, whether it was new
+    /// here.
     pub async fn put_compressed(
         &self,
         frames: Vec<(ChunkId, Vec<u8>)>,
@@ -404,20 +578,12 @@ impl Chunks {
             Ok::<_, ChunkError>((news, frames))
         })
         .await
-        .map_err(|e| ChunkError::Config(format!("a task stopped: {e}")))??;
+        .map_err(stopped)??;
         if let Some(remote) = &self.remote {
-            // New here, or here but perhaps never shared (a cache that
-            // outlived an object store's loss): put where the store lacks it.
-            let news_only: Vec<bool> = news.iter().map(|(_, new)| *new).collect();
-            futures::stream::iter(frames.into_iter().zip(news_only))
-                .map(|((id, bytes), new)| {
+            futures::stream::iter(frames)
+                .map(|(id, bytes)| {
                     let remote = Arc::clone(remote);
-                    async move {
-                        if new || remote.written(id).await?.is_none() {
-                            remote.put(id, bytes).await?;
-                        }
-                        Ok::<_, ChunkError>(())
-                    }
+                    async move { remote.share(id, Some(bytes)).await.map(|_| ()) }
                 })
                 .buffer_unordered(IN_FLIGHT)
                 .try_collect::<Vec<()>>()
@@ -426,8 +592,9 @@ impl Chunks {
         Ok(news)
     }
 
-    /// Put every one of `ids` (stored in the cache: a build's) in the
-    /// object store where it lacks them. Returns how many were put.
+    /// Make sure the object store holds every one of `ids` (stored in the
+    /// cache: a build's), written within [`REFRESH_AFTER`]. Returns how
+    /// many objects were written.
     pub async fn publish(&self, ids: &[ChunkId]) -> Result<u64, ChunkError> {
         let Some(remote) = &self.remote else {
             return Ok(0);
@@ -443,13 +610,13 @@ impl Chunks {
                 let remote = Arc::clone(remote);
                 let local = self.local.clone();
                 async move {
-                    if remote.written(id).await?.is_some() {
+                    if remote.head(id).await?.fresh() {
                         return Ok(false);
                     }
-                    let bytes = tokio::task::spawn_blocking(move || local.get_compressed(id))
+                    let ours = tokio::task::spawn_blocking(move || local.get_compressed(id))
                         .await
-                        .map_err(|e| ChunkError::Config(format!("a task stopped: {e}")))??;
-                    remote.put(id, bytes).await?;
+                        .map_err(stopped)??;
+                    remote.share(id, Some(ours)).await?;
                     Ok::<_, ChunkError>(true)
                 }
             })
@@ -459,40 +626,56 @@ impl Chunks {
         Ok(put.into_iter().filter(|p| *p).count() as u64)
     }
 
-    /// Whether `id` is stored, and if so, written anew where it is, so that
-    /// a collection running meanwhile counts it as recent: for a version
-    /// published again from chunks already stored. In the object store, an
-    /// object older than a minute is written again from the cache or from
-    /// itself.
-    pub async fn keep_fresh(&self, id: ChunkId) -> Result<bool, ChunkError> {
-        let here = self.local.keep_fresh(id);
+    /// For a version published again from chunks already stored: the
+    /// first of `ids` stored nowhere, if any. Each is made fresh where it
+    /// is (the cache file's time made now; the object written again if
+    /// older than [`REFRESH_AFTER`], from the cache where it holds the
+    /// chunk), so that a collection running meanwhile counts it as recent.
+    pub async fn keep_fresh(&self, ids: &[ChunkId]) -> Result<Option<ChunkId>, ChunkError> {
+        let unique: Vec<ChunkId> = ids
+            .iter()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let local = self.local.clone();
+        let list = unique.clone();
+        let here: HashSet<ChunkId> = tokio::task::spawn_blocking(move || {
+            list.into_iter()
+                .filter(|id| local.keep_fresh(*id))
+                .collect()
+        })
+        .await
+        .map_err(stopped)?;
         let Some(remote) = &self.remote else {
-            return Ok(here);
+            return Ok(unique.into_iter().find(|id| !here.contains(id)));
         };
-        let Some(written) = remote.written(id).await? else {
-            if here {
-                remote.put(id, self.local.get_compressed(id)?).await?;
-            }
-            return Ok(here);
-        };
-        let stale = SystemTime::now()
-            .duration_since(written)
-            .is_ok_and(|age| age > Duration::from_secs(60));
-        if stale {
-            let bytes = match remote.get(id).await? {
-                Some(b) => b.to_vec(),
-                None => return Ok(here),
-            };
-            sync::store::open_chunk(id, &bytes)?;
-            remote.put(id, bytes).await?;
-        }
-        Ok(true)
+        let gone: Vec<Option<ChunkId>> = futures::stream::iter(unique)
+            .map(|id| {
+                let (remote, local) = (Arc::clone(remote), self.local.clone());
+                let cached = here.contains(&id);
+                async move {
+                    let ours = if cached {
+                        tokio::task::spawn_blocking(move || local.get_compressed(id).ok())
+                            .await
+                            .map_err(stopped)?
+                    } else {
+                        None
+                    };
+                    Ok::<_, ChunkError>((!remote.share(id, ours).await?).then_some(id))
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(gone.into_iter().flatten().next())
     }
 
     /// Remove from the object store every chunk object not in `referenced`
     /// and written before `cutoff`. An object is looked at again just
-    /// before it is removed, and kept if it was written since (stored again
-    /// by a build or a check-in at any gateway). Objects under the prefix
+    /// before it is removed, and kept if it was written since (a build,
+    /// an upload or a roll-back at any gateway writes again an object
+    /// older than [`REFRESH_AFTER`] that it uses). Objects under the prefix
     /// that are not chunks are left alone. Returns the counts and the
     /// chunks removed.
     pub async fn collect_remote(
@@ -526,13 +709,13 @@ impl Chunks {
                 continue;
             }
             if !dry_run {
-                match remote.written(id).await? {
-                    Some(w) if w > cutoff => {
+                match remote.head(id).await? {
+                    Object::Present(_, w) if w > cutoff => {
                         c.recent += 1;
                         continue;
                     }
-                    None => continue,
-                    Some(_) => {}
+                    Object::Absent => continue,
+                    Object::Present(..) => {}
                 }
                 match remote.store.delete(&meta.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -586,6 +769,7 @@ mod tests {
             store: Arc::new(object_store::memory::InMemory::new()),
             prefix: ObjectPath::parse("org/chunks").unwrap(),
             url: "s3://b/org/chunks".to_owned(),
+            permits: tokio::sync::Semaphore::new(1),
         };
         let id = ChunkId::of(b"a chunk");
         let p = remote.path(id);
@@ -595,7 +779,7 @@ mod tests {
         );
         assert_eq!(remote.id_of(&p), Some(id));
         for other in [
-            "org/chunks/probe".to_owned(),
+            "org/chunks/satchel-database".to_owned(),
             format!("org/chunks/zz/{id}"),
             format!("org/chunks/{}/{id}/x", &id.to_string()[..2]),
             format!("org/other/{}/{id}", &id.to_string()[..2]),

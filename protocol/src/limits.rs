@@ -9,6 +9,9 @@ pub const MAX_FETCH: usize = 256;
 pub const MAX_DELTA_FILES: usize = 64;
 /// Most chunks of one file (old or new) a delta is made for (128 MiB).
 pub const MAX_DELTA_CHUNKS: usize = 2048;
+/// Most chunk ids (old and new, over every file) one `deltas` request
+/// names: what the gateway reads to answer it is bounded (256 MiB).
+pub const MAX_DELTA_TOTAL: usize = 4096;
 /// Most chunk ids in one `missing` request.
 pub const MAX_ASK: usize = 4096;
 /// Most layer digests in one `offer` request.

@@ -247,12 +247,30 @@ fn gateways_share_chunks_through_the_object_store_and_never_serve_an_altered_one
     let b_has = cached(&org.p("b/chunks"));
     assert!(!b_has.is_empty(), "B served chunks it never cached");
 
-    // A change pushed through B reaches A, which has lost its own disk's chunks.
+    // A change pushed through B reaches A, which has lost its own disk's
+    // chunks: even when the bucket lost the change's chunks after the push
+    // (B's cache still holds them), B's next check-in puts them back
+    // before it stores a version naming them.
     std::fs::write(
         org.p("root/user-data/Documents/notes.txt"),
         noise(200_000, 9),
     )
     .unwrap();
+    let o = org.sync(&b_url, "push", "c1", "root");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pushed: Vec<String> = cached(&org.p("b/chunks"))
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !b_has.iter().any(|(had, _)| had == id))
+        .collect();
+    assert!(!pushed.is_empty());
+    for id in &pushed {
+        assert_eq!(
+            org.curl("DELETE", &format!("{}/{id}", &id[..2]), None).0,
+            204
+        );
+    }
+    std::fs::write(org.p("root/user-data/Documents/more.txt"), "more\n").unwrap();
     let o = org.sync(&b_url, "push", "c1", "root");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     lose_cache(&org.p("a/chunks"));
@@ -300,6 +318,43 @@ fn gateways_share_chunks_through_the_object_store_and_never_serve_an_altered_one
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same_tree(&base, &org.p("root3/base-os"));
 
+    // A device uploads another encoding of a chunk the bucket holds (at a
+    // gateway whose cache lacks it): the shared object is not replaced.
+    lose_cache(&org.p("b/chunks"));
+    let id: sync::ChunkId = victim.parse().unwrap();
+    let before = org.curl("GET", &key, None).1;
+    let plain = sync::store::open_chunk(id, &before).unwrap();
+    let mut z = zstd::bulk::Compressor::new(1).unwrap();
+    z.include_checksum(true).unwrap();
+    let other = z.compress(&plain).unwrap();
+    assert_ne!(other, before);
+    let mut frames = Vec::new();
+    sync::wire::write_frame(&mut frames, id, &other);
+    let gw = device::GatewayConfig {
+        url: b_url.clone(),
+        ca: org.p("a/ca.crt"),
+        data: org.p("c1"),
+    };
+    let client = gw.device_client().unwrap();
+    let (status, _) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(client.send(
+            hyper::Method::POST,
+            "/v1/sync/images/classroom/upload",
+            "application/octet-stream",
+            frames,
+            None,
+        ))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        org.curl("GET", &key, None).1,
+        before,
+        "the shared object was replaced"
+    );
+
     // A collection removes from the bucket what no version references,
     // and keeps what one does.
     let stray = format!("ee/ee{}", "0".repeat(62));
@@ -328,6 +383,62 @@ fn gateways_share_chunks_through_the_object_store_and_never_serve_an_altered_one
     let o = org.sync(&b_url, "pull", "c1-third", "root4");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same_tree(&base, &org.p("root4/base-os"));
+}
+
+/// The attacker's review: a collection run against another database (a
+/// fresh SQLite file, because `--db` was left out) found no version
+/// referencing the bucket's chunks and removed them all; a build on the
+/// shared database without the object store stored versions whose chunks
+/// only its own disk held.
+#[test]
+fn a_prefix_belongs_to_one_database_and_its_database_to_the_object_store() {
+    let org = Org::new();
+    let src = org.p("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), noise(100_000, 3)).unwrap();
+    let mut build = strings(&["image", "build", "--data", &org.s("a"), "--image", "x"]);
+    build.extend(org.shared("s3.credentials"));
+    build.extend(["--layer".to_owned(), format!("base-os={}", src.display())]);
+    ok(&build);
+    let stored = cached(&org.p("a/chunks"));
+    let key = |id: &str| format!("{}/{id}", &id[..2]);
+    assert_eq!(org.curl("GET", &key(&stored[0].0), None).0, 200);
+
+    // The collection with the right store and the wrong database (the
+    // data directory's own SQLite): refused, and the bucket keeps all.
+    std::fs::create_dir_all(org.p("other")).unwrap();
+    let mut gc = strings(&["gateway", "gc", "--data", &org.s("other"), "--grace", "0s"]);
+    gc.extend(org.shared("s3.credentials").into_iter().skip(2));
+    let o = satchel(&gc);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("holds the chunks of another database"),
+        "{err}"
+    );
+    for (id, _) in &stored {
+        assert_eq!(org.curl("GET", &key(id), None).0, 200, "{id} was removed");
+    }
+
+    // A build on the shared database without the object store: refused.
+    let o = satchel(&[
+        "image".into(),
+        "build".into(),
+        "--data".into(),
+        org.s("c"),
+        "--db".into(),
+        org.pg.url(),
+        "--image".into(),
+        "x".into(),
+        "--layer".into(),
+        format!("base-os={}", src.display()),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("chunks are in the object store s3://satchel/"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -808,6 +808,56 @@ fn a_device_cannot_claim_or_probe_chunks_of_images_it_does_not_get() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The attacker's review: one deltas request could name the same chunk
+/// thousands of times as "missing" (or thousands of chunks over many
+/// files), and the gateway gathered every copy in memory before answering.
+/// Each file's missing chunks must be among its new ones, and a request
+/// names at most `MAX_DELTA_TOTAL` chunk ids in all.
+#[test]
+fn a_deltas_request_cannot_make_the_gateway_gather_unbounded_chunks() {
+    let w = world();
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &[]);
+    let ids: Vec<sync::ChunkId> = walkdir::WalkDir::new(w.gw.join("chunks"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let id = ids[0];
+    let gw = device::GatewayConfig {
+        url: w.url.clone(),
+        ca: w.gw.join("ca.crt"),
+        data: w.p("c1"),
+    };
+    let c = gw.device_client().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ask = |body: serde_json::Value| {
+        rt.block_on(c.post("/v1/sync/images/classroom/deltas", &body))
+            .unwrap()
+    };
+    // One chunk, asked for 3,000 times.
+    let many = vec![id; 3000];
+    let (s, b) = ask(serde_json::json!({"files": [{"from": [id], "to": [id], "missing": many}]}));
+    assert_eq!(s, 400, "{b}");
+    // A missing chunk that is not among the file's new ones.
+    let (s, b) =
+        ask(serde_json::json!({"files": [{"from": [id], "to": [id], "missing": [ids[1]]}]}));
+    assert_eq!(s, 400, "{b}");
+    // Within each file's bound, but three files of 2,000 chunks each.
+    let big: Vec<sync::ChunkId> = (0..2000).map(|i| ids[i % ids.len()]).collect();
+    let file = serde_json::json!({"from": [id], "to": big, "missing": [id]});
+    let (s, b) = ask(serde_json::json!({ "files": vec![file; 3] }));
+    assert_eq!(s, 400, "{b}");
+    // An honest-sized request still gets its answer.
+    let (s, b) =
+        ask(serde_json::json!({"files": [{"from": [ids[1]], "to": [id], "missing": [id]}]}));
+    assert_eq!(s, 200, "{b}");
+}
+
 #[test]
 fn the_image_build_puts_the_proxy_ca_into_the_base_os_trust_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -212,7 +212,10 @@ pub(super) async fn fetch_batch(
     let wanted: BTreeSet<ChunkId> = batch.iter().copied().collect();
     let mut frames = sync::wire::FrameBuffer::default();
     let mut fetched = 0;
-    let (status, refusal) = c
+    // This side's own failure (a full disk), told apart from content that
+    // does not check out.
+    let mut own: Option<sync::store::StoreError> = None;
+    let sent = c
         .send_streaming(
             hyper::Method::POST,
             &paths::sync(image, SyncAction::Chunks),
@@ -224,15 +227,26 @@ pub(super) async fn fetch_batch(
                     if !wanted.contains(&id) {
                         return Err(format!("chunk {id}, which was not asked for"));
                     }
-                    store
-                        .put_compressed(id, &bytes)
-                        .map_err(|e| e.to_string())?;
-                    fetched += 1;
+                    match store.put_compressed(id, &bytes) {
+                        Ok(_) => fetched += 1,
+                        Err(e @ sync::store::StoreError::Corrupt { .. }) => {
+                            return Err(e.to_string())
+                        }
+                        Err(e) => {
+                            let told = e.to_string();
+                            own = Some(e);
+                            return Err(told);
+                        }
+                    }
                 }
                 Ok(())
             },
         )
-        .await?;
+        .await;
+    if let Some(e) = own {
+        return Err(local(e));
+    }
+    let (status, refusal) = sent?;
     if let Some(body) = refusal {
         return Err(refused(status, &body));
     }
@@ -259,7 +273,7 @@ pub(super) async fn fetch_deltas(
     meter: &Meter,
 ) -> Result<(u64, u64), SyncError> {
     let jobs = delta_jobs(store, old, new);
-    let batches: Vec<&[Job<'_>]> = jobs.chunks(protocol::limits::MAX_DELTA_FILES).collect();
+    let batches = delta_batches(&jobs);
     let lane = |k: usize| {
         let batches = &batches;
         async move {
@@ -274,6 +288,27 @@ pub(super) async fn fetch_deltas(
     let (a, b) = tokio::join!(lane(0), lane(1));
     let (a, b) = (a?, b?);
     Ok((a.0 + b.0, a.1 + b.1))
+}
+
+/// The jobs in requests within the protocol's bounds: at most
+/// `MAX_DELTA_FILES` files and `MAX_DELTA_TOTAL` chunk ids each (a job
+/// alone is within them: [`delta_jobs`] leaves out larger files).
+fn delta_batches<'j, 'a>(jobs: &'j [Job<'a>]) -> Vec<&'j [Job<'a>]> {
+    use protocol::limits::{MAX_DELTA_FILES, MAX_DELTA_TOTAL};
+    let mut batches = Vec::new();
+    let (mut start, mut ids) = (0, 0);
+    for (i, j) in jobs.iter().enumerate() {
+        let n = j.from.len() + j.to.len();
+        if i > start && (i - start == MAX_DELTA_FILES || ids + n > MAX_DELTA_TOTAL) {
+            batches.push(&jobs[start..i]);
+            (start, ids) = (i, 0);
+        }
+        ids += n;
+    }
+    if start < jobs.len() {
+        batches.push(&jobs[start..]);
+    }
+    batches
 }
 
 /// One file to fetch as a delta: the chunks held and wanted, those missing.
@@ -443,6 +478,41 @@ mod tests {
     use protocol::limits::MAX_FETCH;
     use std::sync::Arc;
     use sync::manifest::{Entry, Kind};
+
+    #[test]
+    fn delta_batches_stay_within_the_files_and_ids_a_request_may_name() {
+        use protocol::limits::{MAX_DELTA_CHUNKS, MAX_DELTA_FILES, MAX_DELTA_TOTAL};
+        let ids: Vec<ChunkId> = (0..MAX_DELTA_CHUNKS)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .collect();
+        let job = |n: usize| Job {
+            from: &ids[..n],
+            to: &ids[..n],
+            missing: vec![ids[0]],
+            size: 1,
+        };
+        // Small files: 64 a request.
+        let small: Vec<Job<'_>> = (0..150).map(|_| job(1)).collect();
+        let b = delta_batches(&small);
+        assert_eq!(b.iter().map(|b| b.len()).collect::<Vec<_>>(), [64, 64, 22]);
+        // Large files: as many as the id bound allows, one at least.
+        let large: Vec<Job<'_>> = (0..5).map(|_| job(MAX_DELTA_CHUNKS)).collect();
+        let b = delta_batches(&large);
+        assert_eq!(b.len(), 5);
+        let mixed: Vec<Job<'_>> = (0..40)
+            .map(|i| job(if i % 2 == 0 { 300 } else { 1 }))
+            .collect();
+        let b = delta_batches(&mixed);
+        assert_eq!(b.iter().map(|b| b.len()).sum::<usize>(), 40);
+        for batch in &b {
+            let n: usize = batch.iter().map(|j| j.from.len() + j.to.len()).sum();
+            assert!(
+                batch.len() <= MAX_DELTA_FILES && n <= MAX_DELTA_TOTAL,
+                "{n}"
+            );
+        }
+        assert!(delta_batches(&[]).is_empty());
+    }
     use sync::ChunkId;
 
     fn file(chunks: &[ChunkId]) -> Entry {

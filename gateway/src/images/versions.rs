@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 use sync::manifest::{Layer, Signed};
+use sync::ChunkId;
 
 use super::{db, row_layer, ImageError, Images, StoredLayer, COLUMNS};
 
@@ -307,14 +308,8 @@ impl Images {
         let signed = Signed::verify(&old.signed, &key.verifying_key())?;
         // Each chunk's time made now, so a collection running meanwhile
         // keeps it (as a build's chunks).
-        let mut gone = None;
-        for id in signed.manifest.chunk_ids() {
-            if !self.chunks.keep_fresh(id).await? {
-                gone = Some(id);
-                break;
-            }
-        }
-        if let Some(id) = gone {
+        let ids: Vec<ChunkId> = signed.manifest.chunk_ids().into_iter().collect();
+        if let Some(id) = self.chunks.keep_fresh(&ids).await? {
             return Err(ImageError::Invalid(format!(
                 "{image}/{layer} version {version} cannot be published again: chunk {id} is no longer stored"
             )));

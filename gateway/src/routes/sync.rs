@@ -28,7 +28,9 @@ use crate::images::StoredLayer;
 use crate::reply::{bad, internal, ok, refuse, Reply};
 use crate::state::Device;
 
-pub use protocol::limits::{MAX_ASK, MAX_DELTA_CHUNKS, MAX_DELTA_FILES, MAX_FETCH};
+pub use protocol::limits::{
+    MAX_ASK, MAX_DELTA_CHUNKS, MAX_DELTA_FILES, MAX_DELTA_TOTAL, MAX_FETCH,
+};
 
 /// The chunk ids a device may be sent: those of the layers it gets.
 #[derive(Debug, Clone)]
@@ -291,6 +293,24 @@ impl AppState {
         if r.files.len() > MAX_DELTA_FILES {
             return bad(format!("at most {MAX_DELTA_FILES} files per request"));
         }
+        // Bounded before anything is read: each file's chunks, all of them,
+        // and a file's missing chunks only among its new ones.
+        let mut total = 0usize;
+        for f in &r.files {
+            if f.from.len() > MAX_DELTA_CHUNKS || f.to.len() > MAX_DELTA_CHUNKS {
+                return bad(format!("a file of more than {MAX_DELTA_CHUNKS} chunks"));
+            }
+            total += f.from.len() + f.to.len();
+            let new: HashSet<&ChunkId> = f.to.iter().collect();
+            if f.missing.len() > f.to.len() || !f.missing.iter().all(|id| new.contains(id)) {
+                return bad("a file's missing chunks must be among its new chunks");
+            }
+        }
+        if total > MAX_DELTA_TOTAL {
+            return bad(format!(
+                "at most {MAX_DELTA_TOTAL} chunk ids (old and new, all files) per request"
+            ));
+        }
         let allowed = match self.allowed_chunks(device, image).await {
             Ok(a) => a,
             Err(a) => return a,
@@ -334,9 +354,6 @@ impl AppState {
             let mut out = Vec::new();
             for (i, f) in r.files.iter().enumerate() {
                 let file = u32::try_from(i).unwrap_or(u32::MAX);
-                if f.from.len() > MAX_DELTA_CHUNKS || f.to.len() > MAX_DELTA_CHUNKS {
-                    return Err(bad("a file of more than 2048 chunks"));
-                }
                 if let Some(id) =
                     f.to.iter()
                         .chain(&f.missing)
@@ -781,7 +798,10 @@ impl Checkin<'_> {
         entries: &[sync::manifest::Entry],
     ) -> Result<(u64, Option<String>), Reply> {
         let ids: Vec<ChunkId> = file_chunks(entries).collect();
-        let lacking = match self.images.chunks.missing(&ids).await {
+        // Every gateway must be able to serve the version: what the shared
+        // object store lacks is put there from this gateway's cache, or
+        // named missing.
+        let lacking = match self.images.chunks.unshared(&ids).await {
             Ok(l) => l,
             Err(e) => return Err(internal(&e)),
         };
