@@ -100,14 +100,28 @@ run() { # run PORT MODE -> per_second
     --cert "$TMP/client/bench.crt" --key "$TMP/client/bench.key" \
     --mode "$2" --conns "$CONNS" --seconds "$SECONDS_EACH"
 }
-per_second() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(int(d["per_second"]), d["errors"])'; }
+per_second() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(int(d["per_second"]), d["errors"], d["requests"])'; }
+# CPU ticks (user + system, 1/100 s) of processes: the gateway, or nginx's master and workers.
+ticks() { for p in "$@"; do awk '{ sub(/^.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$p/stat"; done | awk '{ t += $1 } END { print t }'; }
+nginx_pids() { echo "$(cat "$TMP/nginx.pid") $(pgrep -P "$(cat "$TMP/nginx.pid")" | tr '\n' ' ')"; }
 
 printf '\n%-22s %14s %14s %7s\n' "($SECONDS_EACH s, $CONNS conns)" "satchel" "nginx" "ratio"
 for mode in handshake keepalive; do
-  read -r g ge < <(run "$GW_PORT" "$mode" | per_second)
-  read -r n ne < <(run "$NGX_PORT" "$mode" | per_second)
+  g0=$(ticks "$GW_PID")
+  read -r g ge greq < <(run "$GW_PORT" "$mode" | per_second)
+  g1=$(ticks "$GW_PID")
+  # shellcheck disable=SC2046
+  n0=$(ticks $(nginx_pids))
+  read -r n ne nreq < <(run "$NGX_PORT" "$mode" | per_second)
+  # shellcheck disable=SC2046
+  n1=$(ticks $(nginx_pids))
   ratio=$(awk -v a="$g" -v b="$n" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }')
   printf '%-22s %12s/s %12s/s %6sx   (errors: %s, %s)\n' "$mode" "$g" "$n" "$ratio" "$ge" "$ne"
+  # Server CPU per request (for handshake mode: per full mTLS handshake), in microseconds.
+  gc=$(awk -v t=$((g1 - g0)) -v r="$greq" 'BEGIN { printf "%.0f", t * 10000 / (r > 0 ? r : 1) }')
+  nc=$(awk -v t=$((n1 - n0)) -v r="$nreq" 'BEGIN { printf "%.0f", t * 10000 / (r > 0 ? r : 1) }')
+  cratio=$(awk -v a="$gc" -v b="$nc" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }')
+  printf '%-22s %11s µs %11s µs %6sx\n' "  server CPU each" "$gc" "$nc" "$cratio"
 done
 
 if [ "$ATTEST" = yes ]; then
