@@ -14,17 +14,18 @@ bash scripts/setup.sh >/dev/null
 cargo build --release --quiet -p satchel
 cargo build --release --quiet -p gateway --example load
 echo "== $DEVICES devices, $CONC at a time, two gateways (release build)"
-TSS2_LOG=all+none ./target/release/examples/load "$PWD/target/release/satchel" "$DEVICES" "$CONC" |
-  python3 -c '
+OUT=$(mktemp); trap 'rm -f "$OUT"' EXIT
+TSS2_LOG=all+none ./target/release/examples/load "$PWD/target/release/satchel" "$DEVICES" "$CONC" >"$OUT"
+python3 - "$OUT" <<'PY'
 import json, sys
-r = json.loads(sys.stdin.read())
+r = json.load(open(sys.argv[1]))
 print(json.dumps(r, indent=2))
 a, s = r["attest"], r["pull_and_push"]
-print(f"attestations: {a[\"per_second\"]}/s, p50 {a[\"p50_ms\"]} ms, p99 {a[\"p99_ms\"]} ms, "
-      f"gateway CPU {r[\"attest_gateway_cpu_ms_each\"]} ms each")
-print(f"pull + push:  {s[\"per_second\"]}/s, p50 {s[\"p50_ms\"]} ms, p99 {s[\"p99_ms\"]} ms, "
-      f"gateway CPU {r[\"pull_and_push_gateway_cpu_ms_each\"]} ms each")
-'
+print("attestations: %s/s, p50 %s ms, p99 %s ms, gateway CPU %s ms each"
+      % (a["per_second"], a["p50_ms"], a["p99_ms"], r["attest_gateway_cpu_ms_each"]))
+print("pull + push:  %s/s, p50 %s ms, p99 %s ms, gateway CPU %s ms each"
+      % (s["per_second"], s["p50_ms"], s["p99_ms"], r["pull_and_push_gateway_cpu_ms_each"]))
+PY
 echo
 echo "== full mTLS handshakes, one gateway beside nginx"
 bash scripts/bench-gateway.sh 10 32 --no-attest
