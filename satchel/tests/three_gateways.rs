@@ -4,8 +4,10 @@
 //! harness starts on the bridge's address: a device (a swtpm) enrolls
 //! through A, attests through B and pulls from C; C is killed mid-pull and
 //! the pull completes through A, every chunk checked; the gateway signing
-//! the audit log's checkpoints is killed and another signs; and
-//! `satchel audit verify` passes on the shared log. Runs as root (CI).
+//! the audit log's checkpoints is killed and another signs; a device that
+//! knows the gateways by one name (three addresses, two of them stopped)
+//! pulls through the survivor; and `satchel audit verify` passes on the
+//! shared log. Runs as root (CI).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -81,6 +83,7 @@ impl Drop for Net {
     fn drop(&mut self) {
         for ns in &self.names {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
         let _ = Command::new("ip")
             .args(["link", "del", &format!("sbr{}", self.n)])
@@ -167,7 +170,7 @@ impl Org {
             "--listen",
             &format!("{}:{PORT}", self.net.gateway(i)),
             "--server-name",
-            &self.net.gateway(i).to_string(),
+            &format!("{},gw.test", self.net.gateway(i)),
             "--ek-ca",
             self.tpm.ek_ca_dir().to_str().unwrap(),
             "--reference",
@@ -256,7 +259,9 @@ fn three_gateways_in_their_own_namespaces_serve_one_device_through_the_loss_of_t
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(3);
+    // Three gateways, and a namespace for the device's last pull (its own
+    // /etc/hosts: `ip netns exec` mounts /etc/netns/NAME/hosts over it).
+    let net = Net::new(4);
     let pg = Postgres::start_on(&[net.host()]).unwrap();
     let s3 = ObjectStore::start_on("satchel", net.host()).unwrap();
     let tpm = Swtpm::start_with_ek_cert(&["sha256"]).unwrap();
@@ -445,6 +450,56 @@ fn three_gateways_in_their_own_namespaces_serve_one_device_through_the_loss_of_t
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Failover by name: in the device's namespace, gw.test names all
+    // three gateways, the two stopped ones first. A pull into a new tree
+    // through https://gw.test:8443 completes through the survivor.
+    let hosts = format!("/etc/netns/{}", org.net.names[3]);
+    std::fs::create_dir_all(&hosts).unwrap();
+    let mut order: Vec<usize> = (0..3).filter(|i| served[*i].is_none()).collect();
+    order.extend((0..3).filter(|i| served[*i].is_some()));
+    assert_eq!(order.len(), 3);
+    let lines: String = order
+        .iter()
+        .map(|i| format!("{} gw.test\n", org.net.gateway(*i)))
+        .collect();
+    std::fs::write(
+        format!("{hosts}/hosts"),
+        format!("127.0.0.1 localhost\n{lines}"),
+    )
+    .unwrap();
+    let fresh = org.p("device-dns");
+    std::fs::create_dir_all(&fresh).unwrap();
+    for e in std::fs::read_dir(org.p("device")).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), fresh.join(e.file_name())).unwrap();
+        }
+    }
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &org.net.names[3],
+            env!("CARGO_BIN_EXE_satchel"),
+        ])
+        .args([
+            "client",
+            "sync",
+            "pull",
+            "--gateway",
+            &format!("https://gw.test:{PORT}"),
+        ])
+        .arg("--ca")
+        .arg(org.p("gw0/ca.crt"))
+        .arg("--data")
+        .arg(&fresh)
+        .args(["--image", "classroom", "--into"])
+        .arg(org.p("root-dns"))
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    same_tree(&base, &org.p("root-dns/base-os"));
 
     // The shared log verifies whole.
     let out = org.ok(&[
