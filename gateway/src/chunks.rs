@@ -125,6 +125,14 @@ impl RemoteConfig {
         Ok((c.access_key_id, c.secret_access_key))
     }
 
+    /// `s3://BUCKET/PREFIX` with the prefix spelled out: one spelling for
+    /// the addresses that name the same objects (`s3://b`, `s3://b/`,
+    /// `s3://b/chunks`).
+    pub fn canonical(&self) -> Result<String, ChunkError> {
+        let (bucket, prefix) = self.bucket_and_prefix()?;
+        Ok(format!("s3://{bucket}/{prefix}"))
+    }
+
     /// The bucket and the prefix of `url`.
     fn bucket_and_prefix(&self) -> Result<(String, ObjectPath), ChunkError> {
         let bad = |why: &str| {
@@ -326,7 +334,20 @@ impl Remote {
             Object::Absent => None,
             Object::Present(..) => self.get_checked(id).await?,
         };
-        match theirs.or(ours) {
+        let bytes = match theirs {
+            Some(b) => Some(b),
+            // Ours are checked too: bytes read back from the cache unchecked,
+            // or a device's frame for a chunk the cache held already.
+            None => match ours {
+                Some(b) => tokio::task::spawn_blocking(move || {
+                    sync::store::open_chunk(id, &b).ok().map(|_| b)
+                })
+                .await
+                .map_err(stopped)?,
+                None => None,
+            },
+        };
+        match bytes {
             Some(bytes) => {
                 self.put(id, bytes).await?;
                 Ok(true)
@@ -501,7 +522,7 @@ impl Chunks {
             .map(|id| {
                 let (remote, local) = (Arc::clone(remote), self.local.clone());
                 async move {
-                    if remote.head(id).await? != Object::Absent {
+                    if remote.head(id).await?.fresh() {
                         return Ok(None);
                     }
                     let ours = tokio::task::spawn_blocking(move || local.get_compressed(id).ok())
@@ -572,6 +593,9 @@ impl Chunks {
         let (news, frames) = tokio::task::spawn_blocking(move || {
             let mut news = Vec::with_capacity(frames.len());
             for (id, bytes) in &frames {
+                // Every frame checked, the cache holding its chunk or not:
+                // a bad one is refused whole, never shared.
+                sync::store::open_chunk(*id, bytes)?;
                 news.push((*id, local.put_compressed(*id, bytes)?));
             }
             local.sync()?;

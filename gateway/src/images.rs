@@ -170,25 +170,37 @@ impl Images {
         let mut chunks = Chunks::local(
             ChunkStore::open(data.join("chunks"))?.with_level(sync::store::GATEWAY_LEVEL),
         );
-        let (database, recorded) = chunk_home(&pool, remote.map(|r| r.url.as_str())).await?;
-        match (remote, recorded) {
+        let wanted = remote.map(RemoteConfig::canonical).transpose()?;
+        let (database, recorded) = chunk_home(&pool).await?;
+        match (&wanted, &recorded) {
             (None, Some(url)) => {
                 return Err(ImageError::Invalid(format!(
                     "this database's chunks are in the object store {url}: give --chunk-store {url} \
                      (and its endpoint and credentials), or the gateway configuration that names it"
                 )))
             }
-            (Some(r), Some(url)) if url != r.url => {
+            (Some(w), Some(url)) if w != url => {
                 return Err(ImageError::Invalid(format!(
-                    "this database's chunks are in the object store {url}, not {}",
-                    r.url
+                    "this database's chunks are in the object store {url}, not {w}"
                 )))
             }
             _ => {}
         }
-        if let Some(r) = remote {
+        if let (Some(r), Some(w)) = (remote, wanted) {
             chunks = chunks.with_remote(r).await?;
             chunks.claim(&database).await?;
+            // Recorded once the store has answered and taken this
+            // database's id: a mistyped first address is not kept.
+            if recorded.is_none() {
+                sqlx::query(
+                    "INSERT INTO gateway_settings (name, value) VALUES ('chunk-store', $1) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(w)
+                .execute(&pool)
+                .await
+                .map_err(db("recording the object store"))?;
+            }
         }
         Ok(Images {
             pool,
@@ -432,14 +444,11 @@ pub struct Built {
 }
 
 /// This database's id (made on first use), and the object store its
-/// chunks are in, if any: recorded as `remote` the first time one is
-/// given, so that a gateway or an admin command on this database without
-/// it is refused rather than storing versions whose chunks only its own
-/// disk holds.
-async fn chunk_home(
-    pool: &AnyPool,
-    remote: Option<&str>,
-) -> Result<(String, Option<String>), ImageError> {
+/// chunks are in, if one was recorded (by [`Images::open_with`], the first
+/// time one is given and answers), so that a gateway or an admin command on
+/// this database without it is refused rather than storing versions whose
+/// chunks only its own disk holds.
+async fn chunk_home(pool: &AnyPool) -> Result<(String, Option<String>), ImageError> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS gateway_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )
@@ -448,22 +457,14 @@ async fn chunk_home(
     .map_err(db("creating gateway_settings"))?;
     let mut raw = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
-    let put = |name: &'static str, value: String| {
-        sqlx::query(
-            "INSERT INTO gateway_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(pool)
-    };
-    put("database-id", hex::encode(raw))
-        .await
-        .map_err(db("recording the database id"))?;
-    if let Some(url) = remote {
-        put("chunk-store", url.to_owned())
-            .await
-            .map_err(db("recording the object store"))?;
-    }
+    sqlx::query(
+        "INSERT INTO gateway_settings (name, value) VALUES ('database-id', $1) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(hex::encode(raw))
+    .execute(pool)
+    .await
+    .map_err(db("recording the database id"))?;
     let get = |name: &'static str| {
         sqlx::query_scalar::<_, String>("SELECT value FROM gateway_settings WHERE name = $1")
             .bind(name)

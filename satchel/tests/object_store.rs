@@ -149,6 +149,22 @@ impl Org {
     }
 }
 
+/// `POST .../upload` of chunk frames as the device `client`: the status.
+fn upload(client: &device::GatewayClient, frames: Vec<u8>) -> u16 {
+    let sent = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(client.send(
+            hyper::Method::POST,
+            "/v1/sync/images/classroom/upload",
+            "application/octet-stream",
+            frames,
+            None,
+        ));
+    sent.unwrap().0
+}
+
 /// The chunk files of a local store (`fan/id`), by id.
 fn cached(store: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
@@ -336,24 +352,28 @@ fn gateways_share_chunks_through_the_object_store_and_never_serve_an_altered_one
         data: org.p("c1"),
     };
     let client = gw.device_client().unwrap();
-    let (status, _) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(client.send(
-            hyper::Method::POST,
-            "/v1/sync/images/classroom/upload",
-            "application/octet-stream",
-            frames,
-            None,
-        ))
-        .unwrap();
+    let status = upload(&client, frames);
     assert_eq!(status, 200);
     assert_eq!(
         org.curl("GET", &key, None).1,
         before,
         "the shared object was replaced"
     );
+
+    // The second attacker pass: B's cache holds the chunk, the bucket has
+    // lost it, and a device uploads junk under its id. Refused, and the
+    // junk never reaches the bucket.
+    assert_eq!(org.curl("DELETE", &key, None).0, 204);
+    let mut junk = Vec::new();
+    sync::wire::write_frame(&mut junk, id, &noise(5_000, 77));
+    let status = upload(&client, junk);
+    assert_eq!(status, 400);
+    assert_eq!(
+        org.curl("GET", &key, None).0,
+        404,
+        "junk reached the bucket"
+    );
+    assert_eq!(org.curl("PUT", &key, Some(&org.p("original"))).0, 200);
 
     // A collection removes from the bucket what no version references,
     // and keeps what one does.
@@ -367,6 +387,7 @@ fn gateways_share_chunks_through_the_object_store_and_never_serve_an_altered_one
         &org.s("a"),
         "--grace",
         "0s",
+        "--allow-short-grace",
         "--json",
     ]);
     gc.extend(org.shared("s3.credentials"));
@@ -404,10 +425,25 @@ fn a_prefix_belongs_to_one_database_and_its_database_to_the_object_store() {
     let key = |id: &str| format!("{}/{id}", &id[..2]);
     assert_eq!(org.curl("GET", &key(&stored[0].0), None).0, 200);
 
+    // A grace shorter than the objects' refresh, without saying so: refused.
+    let mut short = strings(&["gateway", "gc", "--data", &org.s("a"), "--grace", "10m"]);
+    short.extend(org.shared("s3.credentials"));
+    let o = satchel(&short);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("at least 2h"), "{err}");
+
     // The collection with the right store and the wrong database (the
     // data directory's own SQLite): refused, and the bucket keeps all.
     std::fs::create_dir_all(org.p("other")).unwrap();
-    let mut gc = strings(&["gateway", "gc", "--data", &org.s("other"), "--grace", "0s"]);
+    let mut gc = strings(&[
+        "gateway",
+        "gc",
+        "--data",
+        &org.s("other"),
+        "--grace",
+        "0s",
+        "--allow-short-grace",
+    ]);
     gc.extend(org.shared("s3.credentials").into_iter().skip(2));
     let o = satchel(&gc);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -205,7 +205,7 @@ impl Puller<'_> {
         if let Some(prev) = state.layers.get(&s.manifest.layer) {
             let key = pinned_key(state, self.image)?;
             if let Ok(prev) = Signed::verify(&prev.manifest, &key) {
-                let (files, chunks) = fetch_deltas(
+                match fetch_deltas(
                     self.c,
                     self.image,
                     self.store,
@@ -213,9 +213,22 @@ impl Puller<'_> {
                     &s.manifest.entries,
                     self.meter,
                 )
-                .await?;
-                stats.delta_files += files;
-                stats.chunks_fetched += chunks;
+                .await
+                {
+                    Ok((files, chunks)) => {
+                        stats.delta_files += files;
+                        stats.chunks_fetched += chunks;
+                    }
+                    // A gateway that will not make these deltas (a request
+                    // over its bounds): the files come as chunks below.
+                    Err(SyncError::Refused {
+                        status: 400,
+                        detail,
+                    }) => {
+                        tracing::warn!(%detail, "the gateway refused deltas; fetching whole chunks");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         stats.chunks_fetched += self.write_while_fetching(s, dir, old).await?;

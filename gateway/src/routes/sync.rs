@@ -368,7 +368,9 @@ impl AppState {
                 }
                 let mut cost = 0usize;
                 let mut missing = Vec::with_capacity(f.missing.len());
-                for id in &f.missing {
+                // Each chunk answered once, however often it is named.
+                let mut seen = HashSet::new();
+                for id in f.missing.iter().filter(|id| seen.insert(**id)) {
                     let c = images
                         .chunks
                         .cache()

@@ -385,6 +385,12 @@ pub(crate) struct GcArgs {
     /// else keep every version].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep_versions: Option<u64>,
+    /// With a shared object store, allow a --grace under 2h. A build, an
+    /// upload or a roll-back at any gateway writes again the objects it
+    /// reuses only when they are an hour old, so a shorter grace may remove
+    /// chunks one of them is about to name: only when nothing else runs.
+    #[arg(long)]
+    allow_short_grace: bool,
     /// Count what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -402,6 +408,14 @@ fn gc(a: GcArgs) -> anyhow::Result<()> {
     let c = rt.block_on(async {
         let (pool, _) = persist::db::connect(&url).await?;
         let remote = a.store.chunk_store()?;
+        anyhow::ensure!(
+            remote.is_none()
+                || a.allow_short_grace
+                || a.grace >= 2 * gateway::chunks::REFRESH_AFTER,
+            "--grace {}: with a shared object store give at least 2h \
+             (or --allow-short-grace, when no build, upload or roll-back runs meanwhile)",
+            humantime::format_duration(a.grace)
+        );
         let images = gateway::images::Images::open_with(pool, &data, remote.as_ref()).await?;
         let key = gateway::server::manifest_key(&data)?.verifying_key();
         let keep = a
