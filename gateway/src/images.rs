@@ -190,8 +190,21 @@ impl Images {
             chunks = chunks.with_remote(r).await?;
             chunks.claim(&database).await?;
             // Recorded once the store has answered and taken this
-            // database's id: a mistyped first address is not kept.
+            // database's id, and holds every chunk this gateway holds
+            // already (the versions stored before the object store was
+            // configured): a mistyped first address is not kept, and an
+            // interrupted upload is taken up again at the next start.
             if recorded.is_none() {
+                let cache = chunks.cache().clone();
+                let held: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
+                    cache
+                        .loose_chunks()
+                        .map(|c| c.into_iter().map(|(id, ..)| id).collect())
+                })
+                .await
+                .map_err(|e| ImageError::Invalid(format!("a task stopped: {e}")))??;
+                let put = chunks.publish(&held).await?;
+                tracing::info!(held = held.len(), put, store = %w, "chunks held here put in the object store");
                 sqlx::query(
                     "INSERT INTO gateway_settings (name, value) VALUES ('chunk-store', $1) \
                      ON CONFLICT (name) DO NOTHING",

@@ -477,6 +477,66 @@ fn a_prefix_belongs_to_one_database_and_its_database_to_the_object_store() {
     );
 }
 
+/// The second attacker pass: a gateway that had versions before it was
+/// given the object store recorded the store but never put those
+/// versions' chunks in it, so no other gateway could serve them.
+#[test]
+fn adding_an_object_store_puts_the_chunks_already_held_in_it() {
+    let org = Org::new();
+    let src = org.p("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), noise(300_000, 5)).unwrap();
+    // Built on the data directory's own SQLite, no object store.
+    ok(&strings(&[
+        "image",
+        "build",
+        "--data",
+        &org.s("solo"),
+        "--image",
+        "x",
+        "--layer",
+        &format!("base-os={}", src.display()),
+    ]));
+    let held = cached(&org.p("solo/chunks"));
+    assert!(held.len() > 3);
+    // The next command on it names an object store (its own prefix).
+    let prefix = "solo";
+    let mut dry = strings(&["gateway", "gc", "--data", &org.s("solo"), "--dry-run"]);
+    dry.extend(strings(&[
+        "--chunk-store",
+        &format!("s3://{}/{prefix}", org.s3.bucket()),
+        "--chunk-store-endpoint",
+        &org.s3.endpoint(),
+        "--chunk-store-credentials",
+        &org.s("s3.credentials"),
+    ]));
+    ok(&dry);
+    for (id, path) in &held {
+        let o = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!(
+                "{}:{}",
+                tpm_sim_tests::seaweed::ACCESS_KEY_ID,
+                org.s3.secret()
+            ))
+            .arg(format!(
+                "{}/{}/{prefix}/{}/{id}",
+                org.s3.endpoint(),
+                org.s3.bucket(),
+                &id[..2]
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "200",
+            "{}",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn a_wrong_key_pair_stops_a_gateway_at_start_and_names_the_store() {
     let org = Org::new();
