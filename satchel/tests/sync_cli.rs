@@ -2136,3 +2136,61 @@ fn a_pull_goes_on_at_another_gateway_when_the_first_stops_mid_pull() {
     let again = w.pull_stats("c1", "root", &[]);
     assert_eq!(again["chunks_fetched"], 0, "{again}");
 }
+
+/// A push whose gateway stops mid-upload goes on at the next: the layer is
+/// pushed again there, the chunks that had arrived are not sent again
+/// (the upload asks which are missing first), and the change is the
+/// gateway's new version.
+#[test]
+fn a_push_goes_on_at_another_gateway_when_the_first_stops_mid_push() {
+    let mut w = world();
+    w.device("c1", "laptop-1");
+    w.pull_stats("c1", "root", &[]);
+    // Three upload batches (4 MiB each at most), the second due 4 s in.
+    let big = noise(10_000_000, 42);
+    std::fs::write(w.p("root/user-data/Documents/big.bin"), &big).unwrap();
+    let (b_url, _b) = second_gateway(&w);
+    let both = format!("{},{b_url}", w.url);
+    let child = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["client", "sync", "push", "--gateway", &both, "--ca"])
+        .arg(w.gw.join("ca.crt"))
+        .arg("--data")
+        .arg(w.p("c1"))
+        .args(["--image", "classroom", "--from"])
+        .arg(w.p("root"))
+        .args(["--max-rate", "1M", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = common::Served(child);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the push ended before its gateway stopped"
+    );
+    let _ = w._served.0.kill();
+    let _ = w._served.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the push did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    // Another device directory for the same device pulls the change from B.
+    std::fs::create_dir_all(w.p("c1-again")).unwrap();
+    for f in ["device.crt", "device.key"] {
+        std::fs::copy(w.p("c1").join(f), w.p("c1-again").join(f)).unwrap();
+    }
+    w.url = b_url;
+    w.pull_stats("c1-again", "root2", &[]);
+    assert_eq!(
+        std::fs::read(w.p("root2/user-data/Documents/big.bin")).unwrap(),
+        big
+    );
+}

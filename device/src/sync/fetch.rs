@@ -157,7 +157,7 @@ pub(super) async fn fetch(
 
 /// Times a batch is asked for again after the connection failed (the next
 /// try goes to another gateway when the client has several).
-const BATCH_RETRIES: usize = 3;
+pub(super) const BATCH_RETRIES: usize = 3;
 
 /// [`fetch_batch`], asked again for what is still missing when the
 /// connection failed: a gateway that stops mid-pull costs only the frames

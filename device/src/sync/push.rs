@@ -8,7 +8,7 @@ use std::path::Path;
 use sync::manifest::{Entry, Kind, Layer, Signed};
 use sync::{ChunkId, ChunkStore};
 
-use crate::client::{GatewayClient, Meter};
+use crate::client::{ClientError, GatewayClient, Meter};
 use protocol::paths::{self, SyncAction};
 use protocol::sync::{CheckIn, CheckedIn, Ids, Missing};
 
@@ -28,15 +28,36 @@ pub async fn push(t: &Target<'_>, layers: LayerFilter<'_>) -> Result<PushReport,
     let mut changed_user_layers = Vec::new();
     for p in pending(cdir, image, root, layers, &store)? {
         let (layer, entries) = (&p.layer, p.entries);
-        if !layer.is_system() {
-            report.chunks_sent += upload(c, image, &store, &p.new_chunks, meter).await?;
-        }
         let checkin = CheckIn {
             layer: *layer,
             base_digest: Some(p.base_digest),
             entries,
         };
-        let v: CheckedIn = json_call(c, image, SyncAction::Checkin, &checkin, meter).await?;
+        // A gateway that stops mid-push: the layer is pushed again, to the
+        // next gateway when the client has several; the upload asks which
+        // chunks are missing first, so what had arrived is not sent again.
+        let mut tries = 0;
+        let v: CheckedIn = loop {
+            let mut sent = 0;
+            let attempt = async {
+                if !layer.is_system() {
+                    sent = upload(c, image, &store, &p.new_chunks, meter).await?;
+                }
+                json_call(c, image, SyncAction::Checkin, &checkin, meter).await
+            }
+            .await;
+            report.chunks_sent += sent;
+            match attempt {
+                Ok(v) => break v,
+                Err(SyncError::Client(e @ ClientError::Io { .. }))
+                    if tries < super::fetch::BATCH_RETRIES =>
+                {
+                    tries += 1;
+                    tracing::warn!(error = %e, try_ = tries, "pushing {layer} failed; pushing it again");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let entries = checkin.entries;
         report.layers.insert(layer.to_string(), v.version);
         if !v.conflicts.is_empty() {

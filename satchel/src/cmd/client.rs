@@ -249,6 +249,10 @@ pub(crate) struct PushArgs {
     /// Only these layers (comma-separated).
     #[arg(long, value_delimiter = ',')]
     layers: Vec<sync::Layer>,
+    /// Most bytes per second to send, and to receive when the merged
+    /// layers come back (a number, or with K, M or G).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_rate: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -506,7 +510,7 @@ async fn sync_pull(a: PullArgs) -> anyhow::Result<()> {
 
 async fn sync_push(a: PushArgs) -> anyhow::Result<()> {
     let c = a.gw.config().device_client()?;
-    let meter = device::Meter::new(None);
+    let meter = device::Meter::new(a.max_rate);
     let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
     let report = device::sync::push(&a.gw.target(&c, &a.image, &a.from, &meter), layers)
         .await
