@@ -365,6 +365,12 @@ pub const REFRESH_AFTER: Duration = Duration::from_secs(3600);
 /// Requests in flight to the object store from one gateway, all told.
 const GATEWAY_IN_FLIGHT: usize = 64;
 
+/// Each of `ids` once.
+fn distinct(ids: &[ChunkId]) -> Vec<ChunkId> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
 fn stopped(e: tokio::task::JoinError) -> ChunkError {
     ChunkError::Config(format!("a task stopped: {e}"))
 }
@@ -512,12 +518,7 @@ impl Chunks {
         let Some(remote) = &self.remote else {
             return self.not_cached(ids).await;
         };
-        let unique: Vec<ChunkId> = ids
-            .iter()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let unique = distinct(ids);
         let lacking: Vec<Option<ChunkId>> = futures::stream::iter(unique)
             .map(|id| {
                 let (remote, local) = (Arc::clone(remote), self.local.clone());
@@ -623,12 +624,7 @@ impl Chunks {
         let Some(remote) = &self.remote else {
             return Ok(0);
         };
-        let unique: Vec<ChunkId> = ids
-            .iter()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let unique = distinct(ids);
         let put: Vec<bool> = futures::stream::iter(unique)
             .map(|id| {
                 let remote = Arc::clone(remote);
@@ -656,12 +652,7 @@ impl Chunks {
     /// older than [`REFRESH_AFTER`], from the cache where it holds the
     /// chunk), so that a collection running meanwhile counts it as recent.
     pub async fn keep_fresh(&self, ids: &[ChunkId]) -> Result<Option<ChunkId>, ChunkError> {
-        let unique: Vec<ChunkId> = ids
-            .iter()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let unique = distinct(ids);
         let local = self.local.clone();
         let list = unique.clone();
         let here: HashSet<ChunkId> = tokio::task::spawn_blocking(move || {

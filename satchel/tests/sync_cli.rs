@@ -2083,6 +2083,50 @@ fn second_gateway(w: &World) -> (String, common::Served) {
     (format!("https://127.0.0.1:{port}"), served)
 }
 
+/// `satchel client sync VERB` through `both`, with the first gateway of
+/// `w` killed 2.5 s in (the run must still be going then): the exit
+/// status, standard output and standard error.
+fn through_an_outage(
+    w: &mut World,
+    verb: &str,
+    both: &str,
+    extra: &[&str],
+) -> (std::process::ExitStatus, String, String) {
+    let root_flag = if verb == "pull" { "--into" } else { "--from" };
+    let child = Command::new(env!("CARGO_BIN_EXE_satchel"))
+        .args(["client", "sync", verb, "--gateway", both, "--ca"])
+        .arg(w.gw.join("ca.crt"))
+        .arg("--data")
+        .arg(w.p("c1"))
+        .args(["--image", "classroom", root_flag])
+        .arg(w.p("root"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = common::Served(child);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the {verb} ended before its gateway stopped"
+    );
+    let _ = w._served.0.kill();
+    let _ = w._served.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the {verb} did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, out, err)
+}
+
 /// Devices configured with several gateway addresses: a pull goes on at
 /// the next when the one it was pulling from stops mid-pull, asking again
 /// only for what had not arrived, and the tree arrives whole, every chunk
@@ -2093,39 +2137,12 @@ fn a_pull_goes_on_at_another_gateway_when_the_first_stops_mid_pull() {
     w.device("c1", "laptop-1");
     let (b_url, _b) = second_gateway(&w);
     let both = format!("{},{b_url}", w.url);
-    let child = Command::new(env!("CARGO_BIN_EXE_satchel"))
-        .args(["client", "sync", "pull", "--gateway", &both, "--ca"])
-        .arg(w.gw.join("ca.crt"))
-        .arg("--data")
-        .arg(w.p("c1"))
-        .args(["--image", "classroom", "--into"])
-        .arg(w.p("root"))
-        .args(["--max-rate", "300K", "--stats-json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = common::Served(child);
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        child.0.try_wait().unwrap().is_none(),
-        "the pull ended before its gateway stopped"
+    let (status, out, err) = through_an_outage(
+        &mut w,
+        "pull",
+        &both,
+        &["--max-rate", "300K", "--stats-json"],
     );
-    // The first gateway stops.
-    let _ = w._served.0.kill();
-    let _ = w._served.0.wait();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the pull did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{err}");
     same_tree(&w.p("src/base-os"), &w.p("root/base-os"));
     same_tree(&w.p("src/user-data"), &w.p("root/user-data"));
@@ -2151,36 +2168,7 @@ fn a_push_goes_on_at_another_gateway_when_the_first_stops_mid_push() {
     std::fs::write(w.p("root/user-data/Documents/big.bin"), &big).unwrap();
     let (b_url, _b) = second_gateway(&w);
     let both = format!("{},{b_url}", w.url);
-    let child = Command::new(env!("CARGO_BIN_EXE_satchel"))
-        .args(["client", "sync", "push", "--gateway", &both, "--ca"])
-        .arg(w.gw.join("ca.crt"))
-        .arg("--data")
-        .arg(w.p("c1"))
-        .args(["--image", "classroom", "--from"])
-        .arg(w.p("root"))
-        .args(["--max-rate", "1M", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = common::Served(child);
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        child.0.try_wait().unwrap().is_none(),
-        "the push ended before its gateway stopped"
-    );
-    let _ = w._served.0.kill();
-    let _ = w._served.0.wait();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the push did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, _, err) = through_an_outage(&mut w, "push", &both, &["--max-rate", "1M"]);
     assert!(status.success(), "{err}");
     // Another device directory for the same device pulls the change from B.
     std::fs::create_dir_all(w.p("c1-again")).unwrap();
