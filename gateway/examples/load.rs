@@ -216,16 +216,7 @@ fn main() {
     )
     .unwrap();
     let creds = dir.join("s3.credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "access-key-id = \"{}\"\nsecret-access-key = \"{}\"\n",
-            tpm_sim_tests::seaweed::ACCESS_KEY_ID,
-            s3.secret()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    s3.write_credentials(&creds).unwrap();
     let shared: Vec<String> = vec![
         "--db".into(),
         pg.url(),

@@ -510,9 +510,10 @@ impl Chunks {
     }
 
     /// Those of `ids` the object store cannot give: for a version about to
-    /// be stored, which every gateway must be able to serve. A chunk the
-    /// object store lacks (or holds damaged) but this gateway's cache
-    /// holds is put there from the cache. Without an object store, those
+    /// be stored, which every gateway must be able to serve. An object
+    /// older than [`REFRESH_AFTER`] is written again ([`Remote::share`]);
+    /// a chunk the store lacks or holds damaged, but this gateway's cache
+    /// holds, is put there from the cache. Without an object store, those
     /// the local store lacks.
     pub async fn unshared(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ChunkError> {
         let Some(remote) = &self.remote else {
@@ -618,72 +619,34 @@ impl Chunks {
     }
 
     /// Make sure the object store holds every one of `ids` (stored in the
-    /// cache: a build's), written within [`REFRESH_AFTER`]. Returns how
-    /// many objects were written.
-    pub async fn publish(&self, ids: &[ChunkId]) -> Result<u64, ChunkError> {
-        let Some(remote) = &self.remote else {
-            return Ok(0);
-        };
-        let unique = distinct(ids);
-        let put: Vec<bool> = futures::stream::iter(unique)
-            .map(|id| {
-                let remote = Arc::clone(remote);
-                let local = self.local.clone();
-                async move {
-                    if remote.head(id).await?.fresh() {
-                        return Ok(false);
-                    }
-                    let ours = tokio::task::spawn_blocking(move || local.get_compressed(id))
-                        .await
-                        .map_err(stopped)??;
-                    remote.share(id, Some(ours)).await?;
-                    Ok::<_, ChunkError>(true)
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect()
-            .await?;
-        Ok(put.into_iter().filter(|p| *p).count() as u64)
+    /// cache: a build's), written within [`REFRESH_AFTER`] (see
+    /// [`unshared`](Self::unshared)); one neither holds is an error.
+    pub async fn publish(&self, ids: &[ChunkId]) -> Result<(), ChunkError> {
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        match self.unshared(ids).await?.first() {
+            Some(id) => Err(ChunkError::Store(StoreError::Missing(*id))),
+            None => Ok(()),
+        }
     }
 
     /// For a version published again from chunks already stored: the
     /// first of `ids` stored nowhere, if any. Each is made fresh where it
     /// is (the cache file's time made now; the object written again if
     /// older than [`REFRESH_AFTER`], from the cache where it holds the
-    /// chunk), so that a collection running meanwhile counts it as recent.
+    /// chunk: [`unshared`](Self::unshared)), so that a collection running
+    /// meanwhile counts it as recent.
     pub async fn keep_fresh(&self, ids: &[ChunkId]) -> Result<Option<ChunkId>, ChunkError> {
-        let unique = distinct(ids);
-        let local = self.local.clone();
-        let list = unique.clone();
-        let here: HashSet<ChunkId> = tokio::task::spawn_blocking(move || {
-            list.into_iter()
-                .filter(|id| local.keep_fresh(*id))
-                .collect()
+        let (local, list) = (self.local.clone(), distinct(ids));
+        tokio::task::spawn_blocking(move || {
+            for id in list {
+                local.keep_fresh(id);
+            }
         })
         .await
         .map_err(stopped)?;
-        let Some(remote) = &self.remote else {
-            return Ok(unique.into_iter().find(|id| !here.contains(id)));
-        };
-        let gone: Vec<Option<ChunkId>> = futures::stream::iter(unique)
-            .map(|id| {
-                let (remote, local) = (Arc::clone(remote), self.local.clone());
-                let cached = here.contains(&id);
-                async move {
-                    let ours = if cached {
-                        tokio::task::spawn_blocking(move || local.get_compressed(id).ok())
-                            .await
-                            .map_err(stopped)?
-                    } else {
-                        None
-                    };
-                    Ok::<_, ChunkError>((!remote.share(id, ours).await?).then_some(id))
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect()
-            .await?;
-        Ok(gone.into_iter().flatten().next())
+        Ok(self.unshared(ids).await?.first().copied())
     }
 
     /// Remove from the object store every chunk object not in `referenced`

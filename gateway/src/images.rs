@@ -203,8 +203,8 @@ impl Images {
                 })
                 .await
                 .map_err(|e| ImageError::Invalid(format!("a task stopped: {e}")))??;
-                let put = chunks.publish(&held).await?;
-                tracing::info!(held = held.len(), put, store = %w, "chunks held here put in the object store");
+                chunks.publish(&held).await?;
+                tracing::info!(held = held.len(), store = %w, "chunks held here are in the object store");
                 sqlx::query(
                     "INSERT INTO gateway_settings (name, value) VALUES ('chunk-store', $1) \
                      ON CONFLICT (name) DO NOTHING",

@@ -54,17 +54,7 @@ impl Org {
         let pg = Postgres::start().unwrap();
         let s3 = ObjectStore::start("satchel").unwrap();
         let creds = dir.path().join("s3.credentials");
-        std::fs::write(
-            &creds,
-            format!(
-                "access-key-id = \"{}\"\nsecret-access-key = \"{}\"\n",
-                tpm_sim_tests::seaweed::ACCESS_KEY_ID,
-                s3.secret()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
+        s3.write_credentials(&creds).unwrap();
         Org { dir, pg, s3 }
     }
 

@@ -273,16 +273,7 @@ fn three_gateways_in_their_own_namespaces_serve_one_device_through_the_loss_of_t
         tpm,
     };
     let creds = org.p("s3.credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "access-key-id = \"{}\"\nsecret-access-key = \"{}\"\n",
-            tpm_sim_tests::seaweed::ACCESS_KEY_ID,
-            org.s3.secret()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    org.s3.write_credentials(&creds).unwrap();
 
     // The organisation's boot reference, policy and image.
     let chain = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/boot-chain/chain.toml");

@@ -113,6 +113,20 @@ impl ObjectStore {
         &self.secret
     }
 
+    /// Write the key pair as a gateway's `chunk-store-credentials` file
+    /// (TOML, mode 0600) at `path`.
+    pub fn write_credentials(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            path,
+            format!(
+                "access-key-id = \"{ACCESS_KEY_ID}\"\nsecret-access-key = \"{}\"\n",
+                self.secret
+            ),
+        )?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    }
+
     /// Stop the store now (as a crash would: SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
