@@ -157,11 +157,13 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(db("replacing a device"))?;
+        // Dated now, when the enrollment finishes (not when it began):
+        // certificates issued to the id before now are all stale.
         sqlx::query("INSERT INTO gateway_devices (device_id, groups_csv, ak_pem, enrolled_ms, revoked_ms) VALUES ($1, $2, $3, $4, NULL)")
             .bind(device.device_id.clone())
             .bind(device.groups.join(","))
             .bind(device.ak_pem.clone())
-            .bind(device.enrolled_ms)
+            .bind(now_ms().max(device.enrolled_ms))
             .execute(&mut *tx)
             .await
             .map_err(db("registering a device"))?;
@@ -452,6 +454,17 @@ impl Challenges {
         .execute(&pool)
         .await
         .map_err(db("making the challenge table"))?;
+        for ddl in [
+            "CREATE INDEX IF NOT EXISTS gateway_enroll_challenges_token \
+             ON gateway_enroll_challenges (token_hash)",
+            "CREATE INDEX IF NOT EXISTS gateway_enroll_challenges_expiry \
+             ON gateway_enroll_challenges (expires_ms)",
+        ] {
+            sqlx::query(ddl)
+                .execute(&pool)
+                .await
+                .map_err(db("indexing the challenge table"))?;
+        }
         Ok(Challenges { pool })
     }
 
@@ -460,11 +473,17 @@ impl Challenges {
         let mut raw = [0u8; 16];
         rand_core::OsRng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
-        sqlx::query("DELETE FROM gateway_enroll_challenges WHERE expires_ms <= $1")
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(db("forgetting expired challenges"))?;
+        // One open challenge per token: beginning again replaces the last
+        // (a token cannot fill the shared table), and expired ones go.
+        let mut tx = self.pool.begin().await.map_err(db("beginning"))?;
+        sqlx::query(
+            "DELETE FROM gateway_enroll_challenges WHERE token_hash = $1 OR expires_ms <= $2",
+        )
+        .bind(c.token_hash.clone())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("forgetting earlier challenges"))?;
         sqlx::query(
             "INSERT INTO gateway_enroll_challenges (id, token_hash, device_id, groups_csv, ak_pem, \
              enrolled_ms, secret_hash, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -477,9 +496,10 @@ impl Challenges {
         .bind(c.device.enrolled_ms)
         .bind(hex::encode(c.secret_hash))
         .bind(c.expires_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("storing a challenge"))?;
+        tx.commit().await.map_err(db("committing"))?;
         Ok(id)
     }
 
@@ -522,6 +542,74 @@ impl Challenges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The third attacker pass: one unused token began any number of
+    /// challenges, each a row in the shared table until it expired. A
+    /// token holds one open challenge: beginning again replaces it.
+    #[tokio::test]
+    async fn a_token_holds_one_open_challenge_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("g.db").display());
+        let (pool, _) = persist::db::connect(&url).await.unwrap();
+        let book = Challenges::new(pool.clone()).await.unwrap();
+        let c = |token: &str| Challenge {
+            token_hash: token_hash(token),
+            device: Device {
+                device_id: "d1".into(),
+                groups: vec![],
+                ak_pem: "PEM".into(),
+                enrolled_ms: 5,
+                revoked_ms: None,
+            },
+            secret_hash: [1; 32],
+            expires_ms: now_ms() + 60_000,
+        };
+        let mut ids = Vec::new();
+        for _ in 0..50 {
+            ids.push(book.put(&c("one-token")).await.unwrap());
+        }
+        let other = book.put(&c("another-token")).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_enroll_challenges")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+        assert!(book.take(&ids[0]).await.unwrap().is_none(), "replaced");
+        assert!(book.take(&ids[49]).await.unwrap().is_some());
+        assert!(book.take(&other).await.unwrap().is_some());
+    }
+
+    /// The third attacker pass: a device re-enrolled without a revocation
+    /// kept the certificates it got while the enrollment was pending,
+    /// because the enrollment time was the challenge's beginning. It is
+    /// the finish.
+    #[tokio::test]
+    async fn an_enrollment_is_dated_when_it_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("g.db").display());
+        let (pool, _) = persist::db::connect(&url).await.unwrap();
+        let db = Db::new(pool).await.unwrap();
+        let t = db
+            .make_token("d1", &[], std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        let begun = now_ms() - 300_000;
+        let d = Device {
+            device_id: "d1".into(),
+            groups: vec![],
+            ak_pem: "PEM".into(),
+            enrolled_ms: begun,
+            revoked_ms: None,
+        };
+        let before = now_ms();
+        assert!(db.enroll_hashed(&token_hash(&t), &d).await.unwrap());
+        let stored = db.device("d1").await.unwrap().unwrap();
+        assert!(
+            stored.enrolled_ms >= before,
+            "{} < {before}",
+            stored.enrolled_ms
+        );
+    }
 
     /// A challenge begun on one pool is taken once on another (two
     /// gateways on one database), holds only the secret's hash, and
