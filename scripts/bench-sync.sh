@@ -50,23 +50,20 @@ chroot_run() { # DIR COMMAND
   chroot "$1" sh -c "$2"
   umount "$1/proc"; trap - EXIT
 }
-if [ ! -f "$B/v1-raw.done" ]; then
-  rm -rf "$B/v1-raw"
-  debootstrap --variant=minbase bookworm "$B/v1-raw" "$MIRROR" >/dev/null
-  touch "$B/v1-raw.done"
-fi
-if [ ! -f "$B/v1u-raw.done" ]; then
-  rm -rf "$B/v1u-raw"
-  cp -a "$B/v1-raw" "$B/v1u-raw"
-  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://security.debian.org/debian-security bookworm-security main\n' \
-    "$MIRROR" "$MIRROR" >"$B/v1u-raw/etc/apt/sources.list"
-  chroot_run "$B/v1u-raw" 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null && apt-get clean'
-  touch "$B/v1u-raw.done"
-fi
+# v1 and v1u come from scripts/debian-root.sh (cached in ~/.cache/satchel), as in
+# the tests.
+for v in v1 v1u; do
+  if [ ! -f "$B/$v-raw.done" ]; then
+    rm -rf "$B/$v-raw"
+    flag=; [ "$v" = v1u ] && flag=--upgraded
+    scripts/debian-root.sh $flag "$B/$v-raw"
+    touch "$B/$v-raw.done"
+  fi
+done
 if [ ! -f "$B/v2-raw.done" ]; then
   rm -rf "$B/v2-raw"
   cp -a "$B/v1u-raw" "$B/v2-raw"
-  chroot_run "$B/v2-raw" 'DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends less nano ca-certificates >/dev/null && apt-get clean'
+  chroot_run "$B/v2-raw" 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends less nano ca-certificates >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*'
   touch "$B/v2-raw.done"
 fi
 for v in v1 v1u v2; do
@@ -118,12 +115,13 @@ pull() {
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 wire() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d['bytes_received'] + d['bytes_sent'])"; }
-S=(); ST=(); SD=()
+S=(); ST=(); SD=(); SS=()
 step=0
 for v in v1 v1u v2; do
   [ "$step" -gt 0 ] && "$SATCHEL" image build --data "$GW" --image bench --layer "base-os=$B/$v" >/dev/null
   out=$(pull)
   S[step]=$(echo "$out" | wire); ST[step]=$(echo "$out" | field seconds); SD[step]=$(echo "$out" | field delta_files)
+  SS[step]=$(echo "$out" | field bytes_sent)
   diff -r --no-dereference "$B/$v" "$D/root/base-os" >/dev/null || { echo "satchel: the pulled tree differs from $v" >&2; exit 1; }
   step=$((step + 1))
 done
@@ -235,6 +233,7 @@ printf '%-12s %-24s %-32s %-24s\n' ostree "$(mb "${O[0]}"), ${OT[0]} s (commit)"
   "$(mb "${O[1]}"), ${OT[1]} s (static delta)" "$(mb "${O[2]}"), ${OT[2]} s (static delta)"
 echo "image build of v1: satchel ${BUILD} s ($(mb "$BUILDB") stored); tar | zstd -19 -T1 ${TARZ} s ($(mb "$TARZB"));" \
   "ratio $(awk -v a="$BUILD" -v b="$TARZ" 'BEGIN { printf "%.2f", a / b }')x"
+echo "satchel's security update: $(mb "${SS[1]}") of it sent (requests), the rest received"
 echo "security update bytes, satchel / ostree static delta: $(awk -v a="${S[1]}" -v b="${O[1]}" 'BEGIN { printf "%.2f", a / b }')x;" \
   "satchel / casync: $(awk -v a="${S[1]}" -v b="${C[1]}" 'BEGIN { printf "%.2f", a / b }')x"
 echo "first pull of v2 (whole commands, 5 alternating runs): satchel ${FS[*]} s;"

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # Debian packages the build and the tests need (keep in sync with docs/development.md).
-PACKAGES=(libtss2-dev pkg-config swtpm swtpm-tools tpm2-tools gcc make postgresql curl openssl strace chromium chromium-driver libnss3-tools python3-prometheus-client debootstrap ovmf mtools dosfstools e2fsprogs iproute2)
+PACKAGES=(libtss2-dev pkg-config swtpm swtpm-tools tpm2-tools gcc make postgresql curl openssl strace chromium chromium-driver libnss3-tools python3-prometheus-client debootstrap ovmf mtools dosfstools e2fsprogs binutils iproute2)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else

@@ -75,12 +75,23 @@ pub struct Reference {
     /// made before references had versions.
     #[serde(default)]
     pub version: u64,
+    /// For a guest reference: the device epoch it is signed for (the epoch
+    /// of the host's signed PCR policy for the same image). A device whose
+    /// epoch counter stands higher refuses it, so the update that revokes
+    /// the older host policies revokes the older guest references with
+    /// them. 0 (left out): bound to no epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     /// When it was made (RFC 3339, UTC).
     pub created: String,
     /// The banks every PCR has values for.
     pub banks: Vec<HashAlg>,
     /// PCR index -> what it must hold.
     pub pcrs: BTreeMap<u32, PcrReference>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The signature block.
@@ -188,6 +199,7 @@ impl Reference {
             format: FORMAT.to_owned(),
             name: name.to_owned(),
             version: 0,
+            epoch: 0,
             created,
             banks,
             pcrs: out,

@@ -1652,7 +1652,7 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         &w.s("disk.sealed"),
     ]);
     let start = |key: &[&str], junit: &str| -> Vec<String> {
-        let mut args = guest_start_args(&w, &root);
+        let mut args = guest_start_args(&w, &root, "guest-ref.json");
         let (user, report) = (w.s("root/user-data"), w.s(junit));
         for a in ["--user", &user, "--junit", &report]
             .into_iter()
@@ -1749,10 +1749,11 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     );
     let report = std::fs::read_to_string(w.p("ok.xml")).unwrap();
     assert!(
-        report.contains("tests=\"15\"") && report.contains("failures=\"0\""),
+        report.contains("tests=\"17\"") && report.contains("failures=\"0\""),
         "{report}"
     );
     assert!(report.contains("name=\"stage guest-kernel\""), "{report}");
+    assert!(report.contains("name=\"stage guest-initrd\""), "{report}");
     // The disks at rest are LUKS, not the file systems.
     let head = std::fs::read(w.p("guest/user.disk")).unwrap();
     assert_eq!(&head[..6], b"LUKS\xba\xbe");
@@ -1778,7 +1779,8 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     // attestation, naming the stage, before it runs.
     let kernel = std::fs::read_link(w.p("root/base-os/vmlinuz")).unwrap();
     let kernel = w.p("root/base-os").join(kernel);
-    let mut bytes = std::fs::read(&kernel).unwrap();
+    let original = std::fs::read(&kernel).unwrap();
+    let mut bytes = original.clone();
     bytes[16] ^= 1;
     std::fs::write(&kernel, &bytes).unwrap();
     let o = satchel(
@@ -1801,16 +1803,49 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         kernel_case.trim_start().starts_with("><failure") || kernel_case.contains("<failure"),
         "{report}"
     );
-    assert!(report.contains("failures=\"3\""), "{report}");
+    assert!(report.contains("failures=\"4\""), "{report}");
+    std::fs::write(&kernel, &original).unwrap();
+
+    // The initrd with 4 KiB of zeros after it (the kernel skips them as
+    // padding, so it boots): refused, naming the initrd as the stub (PCR 11)
+    // and the kernel (PCR 9) measured it, before anything of it runs on.
+    let initrd = std::fs::read_link(w.p("root/base-os/initrd.img")).unwrap();
+    let initrd = w.p("root/base-os").join(initrd);
+    let mut padded = std::fs::read(&initrd).unwrap();
+    padded.extend_from_slice(&[0; 4096]);
+    std::fs::write(&initrd, &padded).unwrap();
+    let o = satchel(
+        &start(&["--key-file", &w.s("disk.key")], "initrd.xml")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    for pcr in ["PCR 9", "PCR 11"] {
+        assert!(
+            shown.contains(&format!(
+                "[guest-initrd] {pcr} (sha256): stage \"guest-initrd\" measured something else"
+            )),
+            "{shown}"
+        );
+    }
+    assert!(!shown.contains("satchel-guest: ready"), "{shown}");
 }
 
 /// The guest image's source at `rel` (`debian-root.sh --guest`), whose
 /// `/etc/satchel/guest-run` runs `script` once the guest is trusted.
 fn guest_source(w: &World, rel: &str, script: &str) {
+    guest_source_as(w, rel, script, &[]);
+}
+
+/// As [`guest_source`], with more flags for `debian-root.sh` (`--upgraded`).
+fn guest_source_as(w: &World, rel: &str, script: &str, flags: &[&str]) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let src = w.p(rel);
     let o = Command::new(repo.join("scripts/debian-root.sh"))
         .arg("--guest")
+        .args(flags)
         .arg(&src)
         .output()
         .unwrap();
@@ -1829,6 +1864,11 @@ fn guest_source(w: &World, rel: &str, script: &str) {
 
 /// Record and sign the guest reference of the image at `root` (org.key).
 fn record_guest_reference(w: &World, root: &str) {
+    record_guest_reference_as(w, root, "guest-ref.json", "0");
+}
+
+/// As [`record_guest_reference`], into `out`, for device epoch `epoch`.
+fn record_guest_reference_as(w: &World, root: &str, out: &str, epoch: &str) {
     let out = ok(&[
         "guest",
         "reference",
@@ -1839,17 +1879,19 @@ fn record_guest_reference(w: &World, root: &str) {
         "--sign-key",
         &w.s("org.key"),
         "--out",
-        &w.s("guest-ref.json"),
+        &w.s(out),
+        "--epoch",
+        epoch,
         "--accel",
         "tcg",
         "-q",
     ]);
-    assert!(out.contains("9 PCRs: 0,1,2,3,4,5,6,7,9"), "{out}");
+    assert!(out.contains("10 PCRs: 0,1,2,3,4,5,6,7,9,11"), "{out}");
 }
 
-/// `guest start` of the image at `root` with the test's state, guest
-/// reference and key, under TCG.
-fn guest_start_args(w: &World, root: &str) -> Vec<String> {
+/// `guest start` of the image at `root` with the test's state, the guest
+/// reference `guest_ref` and key, under TCG.
+fn guest_start_args(w: &World, root: &str, guest_ref: &str) -> Vec<String> {
     [
         "guest",
         "start",
@@ -1858,7 +1900,7 @@ fn guest_start_args(w: &World, root: &str) -> Vec<String> {
         "--state",
         &w.s("guest"),
         "--reference",
-        &w.s("guest-ref.json"),
+        &w.s(guest_ref),
         "--reference-key",
         &w.s("org.key.pub"),
         "--accel",
@@ -1898,7 +1940,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
     ok(&["keygen", "--out", &w.s("org.key")]);
     ok(&["keygen", "--p256", "--out", &w.s("policy.key")]);
     // Build, and sign the whole chain's reference, in one step.
-    let build = |version: &str| {
+    let build = |version: &str, src: &str| {
         ok(&[
             "image",
             "build",
@@ -1907,7 +1949,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
             "--image",
             "classroom",
             "--layer",
-            &format!("base-os={}", w.s("guest-src")),
+            &format!("base-os={}", w.s(src)),
             "--chain",
             &w.s("chain/chain.toml"),
             "--sign-key",
@@ -1922,11 +1964,12 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
             .push_str(&std::fs::read_to_string(w.gw.join("images/classroom.stages.toml")).unwrap());
         std::fs::write(w.p(&format!("chain/boot-{version}.toml")), chain).unwrap();
     };
-    build("v1");
+    build("v1", "guest-src");
     w.device("c1", "laptop-1");
     w.pull_stats("c1", "root", &["--layers", "base-os"]);
     let root = w.s("root/base-os");
-    record_guest_reference(&w, &root);
+    // The guest reference for v1, for the device epoch of v1's policy.
+    record_guest_reference_as(&w, &root, "guest-ref-v1.json", "1");
 
     let mut swtpm = tpm_sim_tests::Swtpm::start().unwrap();
     let host = |t: &str, args: &[&str]| satchel_tpm(t, args);
@@ -1963,7 +2006,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
             &w.s(&format!("policy-{version}.json")),
         ]);
     };
-    let launch = |t: &str, boot: &str, policy: &str| {
+    let launch = |t: &str, boot: &str, policy: &str, guest: &str| {
         let mut args: Vec<String> = [
             "launch",
             "--log",
@@ -1984,7 +2027,11 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        args.extend(guest_start_args(&w, &root));
+        args.extend(guest_start_args(
+            &w,
+            &root,
+            &format!("guest-ref-{guest}.json"),
+        ));
         host(t, &args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let t = swtpm.tcti();
@@ -2005,43 +2052,78 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     sign_policy("v1", "1");
-    let o = launch(&t, "v1", "v1");
+    let o = launch(&t, "v1", "v1", "v1");
     let shown = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{shown}");
     assert!(shown.contains("satchel-guest: release v1"), "{shown}");
 
-    // The security update: new package files in the system layer.
-    let src = w.p("guest-src");
-    std::fs::write(src.join("etc/satchel-release"), "v1u\n").unwrap();
-    let mut libc = std::fs::read(src.join("usr/bin/ls")).unwrap();
-    libc.extend_from_slice(b"\0patched");
-    std::fs::write(src.join("usr/bin/ls"), libc).unwrap();
-    build("v1u");
+    // The security update: the same root after `apt-get upgrade` from
+    // bookworm-security (real newer packages: libc6, libssl3, ...).
+    let versions = |root: &str| -> std::collections::BTreeSet<String> {
+        let status = std::fs::read_to_string(w.p(root).join("var/lib/dpkg/status")).unwrap();
+        status
+            .split("\n\n")
+            .filter_map(|b| {
+                let field = |k: &str| b.lines().find_map(|l| l.strip_prefix(k));
+                Some(format!("{} {}", field("Package: ")?, field("Version: ")?))
+            })
+            .collect()
+    };
+    let held = versions("root/base-os");
+    guest_source_as(
+        &w,
+        "guest-src-u",
+        "echo \"satchel-guest: release $(cat /etc/satchel-release)\"",
+        &["--upgraded"],
+    );
+    std::fs::write(w.p("guest-src-u/etc/satchel-release"), "v1u\n").unwrap();
+    build("v1u", "guest-src-u");
     let st = w.pull_stats("c1", "root", &["--layers", "base-os"]);
-    assert_eq!(st["files_changed"], 2, "{st}");
+    let newer: Vec<String> = versions("root/base-os")
+        .difference(&held)
+        .cloned()
+        .collect();
+    assert!(!newer.is_empty(), "no package changed version");
+    assert!(st["files_changed"].as_u64().unwrap() > 10, "{st} {newer:?}");
     // The device reboots on v1u: PCR 13 holds the new layer.
     swtpm.reboot().unwrap();
     let t = swtpm.tcti();
     measured(&t, "v1u");
     sign_policy("v1u", "2");
+    record_guest_reference_as(&w, &root, "guest-ref-v1u.json", "2");
     // v1's signed policy does not unseal on v1u; nothing starts.
-    let o = launch(&t, "v1u", "v1");
+    let o = launch(&t, "v1u", "v1", "v1");
     let shown = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{shown}");
     assert!(shown.contains("did not unseal"), "{shown}");
     assert!(!shown.contains("satchel-guest:"), "{shown}");
+    // v1u's policy unseals and raises the device's epoch to 2; v1's guest
+    // reference (epoch 1) is revoked with v1's policy: the guest never starts.
+    let o = launch(&t, "v1u", "v1u", "v1");
+    let shown = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("epoch counter raised from 1 to 2"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("is for epoch 1, but this device's epoch counter stands at 2"),
+        "{shown}"
+    );
+    assert!(!shown.contains("satchel-guest:"), "{shown}");
+    // The launch closed PCR 15 for this boot: the device boots v1u again.
+    swtpm.reboot().unwrap();
+    let t = swtpm.tcti();
+    std::fs::remove_file(w.p("boot-v1u.log")).unwrap();
+    measured(&t, "v1u");
     // v1u's policy unseals the same sealed key (not sealed again), the
     // chain matches v1u's reference, and the guest boots v1u.
-    let o = launch(&t, "v1u", "v1u");
+    let o = launch(&t, "v1u", "v1u", "v1u");
     let shown = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{shown}");
     assert!(shown.contains("satchel-guest: release v1u"), "{shown}");
     assert!(
         shown.contains("satchel-guest: ready kernel=6.1."),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("epoch counter raised from 1 to 2"),
         "{shown}"
     );
     // The rollback: the device is booted on v1 again (its chain measures
@@ -2051,7 +2133,7 @@ fn an_image_update_keeps_the_disk_key_and_the_guest_boots_the_new_version() {
     let t = swtpm.tcti();
     std::fs::remove_file(w.p("boot-v1.log")).unwrap();
     measured(&t, "v1");
-    let o = launch(&t, "v1", "v1");
+    let o = launch(&t, "v1", "v1", "v1");
     let shown = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{shown}");
     assert!(

@@ -1,7 +1,9 @@
 //! The guest's disks, made from the device's trees with Debian's own tools:
 //! `mkfs.ext4 -d` (e2fsprogs) fills a file system from a directory without
-//! mounting anything, `mkfs.fat` and `mcopy` (dosfstools, mtools) make the
-//! EFI system partition, `qemu-img` encrypts with LUKS (no kernel dm-crypt),
+//! mounting anything, `objcopy` (binutils) joins systemd's EFI stub, the
+//! kernel, the initrd and the command line into one unified kernel image,
+//! `mkfs.fat` and `mcopy` (dosfstools, mtools) put it on the EFI system
+//! partition, `qemu-img` encrypts with LUKS (no kernel dm-crypt),
 //! and `debugfs rdump` reads the user disk back.
 //!
 //! The disk key reaches `qemu-img` and `qemu` as a path to an in-memory
@@ -154,7 +156,7 @@ pub fn command_line(root: &Path) -> Result<String, GuestError> {
                 .filter(|s| s.len() <= 1024 && s.chars().all(cmdline_char))
                 .ok_or_else(|| GuestError::Image {
                     detail: format!(
-                        "{}: one line of at most 1024 characters from A-Z a-z 0-9 and \" =._,:/+-@\" expected (the firmware's shell reads it)",
+                        "{}: one line of at most 1024 characters from A-Z a-z 0-9 and \" =._,:/+-@\" expected (plain kernel parameters only)",
                         extra.display()
                     ),
                 })?;
@@ -169,18 +171,145 @@ pub fn command_line(root: &Path) -> Result<String, GuestError> {
     Ok(line)
 }
 
-/// What a kernel parameter may hold here: nothing the firmware's shell
-/// reads as syntax (`%` variables, `>` redirection, `^` escapes, `#`
-/// comments, quotes).
+/// What a kernel parameter may hold here: plain words, nothing quoted or
+/// escaped (no quotes, `%`, `>`, `^`, `#`), so what the image asks for
+/// reads the same to everyone who reads the command line.
 fn cmdline_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || " =._,:/+-@".contains(c)
 }
 
-/// The EFI system partition: the kernel, the initrd and a `startup.nsh`
-/// that the firmware's shell runs to boot them with `cmdline`.
-pub fn make_esp(out: &Path, kernel: &Path, initrd: &Path, cmdline: &str) -> Result<(), GuestError> {
-    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let kib = (size(kernel) + size(initrd)) / 1024 + 8 * 1024;
+/// Where an image keeps systemd's EFI stub (Debian's `systemd-boot-efi`).
+pub const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// Where the unified kernel image lies on the ESP: the removable-media
+/// path the firmware boots by itself (no shell, no boot variable).
+const UKI_ON_ESP: &str = "::/EFI/BOOT/BOOTX64.EFI";
+
+/// systemd's EFI stub in the image at `root`: a regular file reached
+/// through real directories only (a link anywhere on the way could hand a
+/// host file on).
+pub fn stub(root: &Path) -> Result<PathBuf, GuestError> {
+    let mut path = root.to_path_buf();
+    let parts: Vec<&str> = STUB.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let last = i + 1 == parts.len();
+        let ok = match fs::symlink_metadata(&path) {
+            Ok(m) if last => m.file_type().is_file(),
+            Ok(m) => m.file_type().is_dir(),
+            Err(_) => false,
+        };
+        if !ok {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "{}/{STUB} is missing or not a regular file under real directories; the image needs systemd's EFI stub (Debian's systemd-boot-efi): it binds the kernel, the initrd and the command line into the one image the guest's firmware measures",
+                    root.display()
+                ),
+            });
+        }
+    }
+    Ok(path)
+}
+
+/// Sections of a unified kernel image start here, past any systemd stub
+/// (systemd 252's ends below 128 KiB).
+const UKI_FIRST_SECTION: u64 = 0x10_0000;
+/// A stub larger than this would overlap the sections.
+const STUB_MAX: u64 = 0x8_0000;
+
+fn align_mib(v: u64) -> u64 {
+    v.div_ceil(0x10_0000) * 0x10_0000
+}
+
+/// A unified kernel image at `out`: `stub` with the command line, the
+/// kernel and the initrd as its `.cmdline`, `.linux` and `.initrd`
+/// sections (`objcopy`, as systemd-stub(7) describes). The firmware
+/// measures the whole image into PCR 4, so the initrd and the command
+/// line are measured with the kernel; the stub measures each section into
+/// PCR 11 and hands the initrd to the kernel, which measures it into PCR 9.
+pub fn make_uki(
+    out: &Path,
+    stub: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+) -> Result<(), GuestError> {
+    let size = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| GuestError::io("reading the kernel image's parts", e))
+    };
+    if size(stub)? > STUB_MAX {
+        return Err(GuestError::Image {
+            detail: format!(
+                "{} is larger than {STUB_MAX} bytes: not systemd's EFI stub",
+                stub.display()
+            ),
+        });
+    }
+    let cmdline_file = out.with_extension("cmdline");
+    fs::write(&cmdline_file, cmdline.as_bytes())
+        .map_err(|e| GuestError::io("writing the kernel command line", e))?;
+    let linux_at = UKI_FIRST_SECTION * 2;
+    let initrd_at = align_mib(linux_at + size(kernel)?);
+    let _ = fs::remove_file(out);
+    let section = |name: &str, file: &Path, at: u64| {
+        [
+            "--add-section".to_owned(),
+            format!("{name}={}", file.display()),
+            "--change-section-vma".to_owned(),
+            format!("{name}={at:#x}"),
+        ]
+    };
+    let made = run(
+        "making the unified kernel image",
+        Command::new("objcopy")
+            .args(section(".cmdline", &cmdline_file, UKI_FIRST_SECTION))
+            .args(section(".linux", kernel, linux_at))
+            .args(section(".initrd", initrd, initrd_at))
+            .arg(stub)
+            .arg(out),
+    );
+    let _ = fs::remove_file(&cmdline_file);
+    made?;
+    clear_pe_timestamp(out)
+}
+
+/// objcopy stamps the PE file header with the time it ran (whatever
+/// SOURCE_DATE_EPOCH says); the firmware's measurement covers that field,
+/// so the same parts would measure differently at every start. Set it to 0.
+fn clear_pe_timestamp(path: &Path) -> Result<(), GuestError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let bad = || GuestError::Image {
+        detail: format!("{}: objcopy made no PE image", path.display()),
+    };
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| GuestError::io("opening the unified kernel image", e))?;
+    let mut head = [0u8; 0x40];
+    f.read_exact(&mut head).map_err(|_| bad())?;
+    let pe = u64::from(u32::from_le_bytes([
+        head[0x3c], head[0x3d], head[0x3e], head[0x3f],
+    ]));
+    let mut sig = [0u8; 4];
+    f.seek(SeekFrom::Start(pe)).map_err(|_| bad())?;
+    f.read_exact(&mut sig).map_err(|_| bad())?;
+    if &head[..2] != b"MZ" || &sig != b"PE\0\0" {
+        return Err(bad());
+    }
+    // Signature (4), Machine (2), NumberOfSections (2), TimeDateStamp (4).
+    f.seek(SeekFrom::Start(pe + 8)).map_err(|_| bad())?;
+    f.write_all(&[0; 4])
+        .and_then(|()| f.sync_all())
+        .map_err(|e| GuestError::io("writing the unified kernel image", e))
+}
+
+/// The EFI system partition: the unified kernel image at the path the
+/// firmware boots from removable media.
+pub fn make_esp(out: &Path, uki: &Path) -> Result<(), GuestError> {
+    let size = fs::metadata(uki).map(|m| m.len()).unwrap_or(0);
+    let kib = size / 1024 + 8 * 1024;
     let _ = fs::remove_file(out);
     run(
         "making the EFI system partition",
@@ -189,30 +318,19 @@ pub fn make_esp(out: &Path, kernel: &Path, initrd: &Path, cmdline: &str) -> Resu
             .arg(out)
             .arg(kib.to_string()),
     )?;
-    let script = out.with_extension("nsh");
-    fs::write(
-        &script,
-        format!("fs0:\r\n\\vmlinuz initrd=\\initrd.img {cmdline}\r\n"),
+    let mtools = |cmd: &str| {
+        let mut c = Command::new(cmd);
+        c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(out);
+        c
+    };
+    run(
+        "making the EFI system partition's directories",
+        mtools("mmd").args(["::/EFI", "::/EFI/BOOT"]),
+    )?;
+    run(
+        "copying onto the EFI system partition",
+        mtools("mcopy").arg("-o").arg(uki).arg(UKI_ON_ESP),
     )
-    .map_err(|e| GuestError::io("writing startup.nsh", e))?;
-    for (from, to) in [
-        (kernel, "::/vmlinuz"),
-        (initrd, "::/initrd.img"),
-        (script.as_path(), "::/startup.nsh"),
-    ] {
-        run(
-            "copying onto the EFI system partition",
-            Command::new("mcopy")
-                .env("MTOOLS_SKIP_CHECK", "1")
-                .arg("-o")
-                .arg("-i")
-                .arg(out)
-                .arg(from)
-                .arg(to),
-        )?;
-    }
-    let _ = fs::remove_file(&script);
-    Ok(())
 }
 
 /// Bytes a tree takes on disk (allocated blocks), symlinks not followed.
@@ -661,7 +779,7 @@ mod tests {
         assert!(command_line(root.path())
             .unwrap()
             .ends_with("console=ttyS0 init=/usr/local/sbin/satchel-guest-init quiet"));
-        // Shell syntax of the firmware's shell, a second line: refused.
+        // Quotes, escapes, redirections, a second line: refused.
         for bad in [
             "a > fs0:\\x",
             "a %path%",
@@ -676,6 +794,53 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_stub_must_be_a_file_under_real_directories_of_the_image() {
+        let r = tempfile::tempdir().unwrap();
+        let root = r.path().join("root");
+        let dir = root.join("usr/lib/systemd/boot/efi");
+        fs::create_dir_all(&dir).unwrap();
+        assert!(stub(&root).is_err(), "no stub");
+        fs::write(dir.join("linuxx64.efi.stub"), b"MZ").unwrap();
+        assert_eq!(stub(&root).unwrap(), dir.join("linuxx64.efi.stub"));
+        // The stub a link to a host file: refused.
+        fs::remove_file(dir.join("linuxx64.efi.stub")).unwrap();
+        fs::write(r.path().join("host-file"), b"MZ").unwrap();
+        std::os::unix::fs::symlink(r.path().join("host-file"), dir.join("linuxx64.efi.stub"))
+            .unwrap();
+        assert!(stub(&root).is_err(), "a linked stub");
+        // A directory on the way a link to a host directory: refused.
+        let host = r.path().join("host/boot/efi");
+        fs::create_dir_all(&host).unwrap();
+        fs::write(host.join("linuxx64.efi.stub"), b"MZ").unwrap();
+        fs::remove_dir_all(root.join("usr/lib/systemd")).unwrap();
+        std::os::unix::fs::symlink(r.path().join("host"), root.join("usr/lib/systemd")).unwrap();
+        assert!(root.join(STUB).exists());
+        let e = stub(&root).unwrap_err().to_string();
+        assert!(e.contains("systemd-boot-efi"), "{e}");
+    }
+
+    #[test]
+    fn the_unified_image_carries_no_build_time() {
+        let d = tempfile::tempdir().unwrap();
+        let pe = d.path().join("x.efi");
+        let mut bytes = vec![0u8; 0x200];
+        bytes[..2].copy_from_slice(b"MZ");
+        bytes[0x3c] = 0x80;
+        bytes[0x80..0x84].copy_from_slice(b"PE\0\0");
+        bytes[0x88..0x8c].copy_from_slice(&[1, 2, 3, 4]);
+        fs::write(&pe, &bytes).unwrap();
+        clear_pe_timestamp(&pe).unwrap();
+        let after = fs::read(&pe).unwrap();
+        assert_eq!(&after[0x88..0x8c], &[0, 0, 0, 0]);
+        assert_eq!(after.len(), bytes.len());
+        assert_eq!(after[..0x88], bytes[..0x88]);
+        // Not a PE image: an error, nothing written.
+        fs::write(&pe, b"not a PE image at all, just text").unwrap();
+        assert!(clear_pe_timestamp(&pe).is_err());
+        assert_eq!(fs::read(&pe).unwrap(), b"not a PE image at all, just text");
     }
 
     #[test]

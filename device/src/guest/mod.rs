@@ -192,25 +192,26 @@ const ROOT_DISK: &str = "root.disk";
 const NET_GATE: &str = "net.gate";
 const USER_DISK: &str = "user.disk";
 const ESP: &str = "esp.img";
+const UKI: &str = "boot.efi";
 
-/// The name of the stage an event of the guest's boot belongs to.
+/// The name of the stage an event of the guest's boot belongs to: the
+/// images the firmware started (PCR 4: the unified kernel image and the
+/// kernel in it) and the stub's `.linux` section (PCR 11) are
+/// `guest-kernel`; the initrd as the stub (PCR 11) and the kernel (PCR 9)
+/// measured it is `guest-initrd`; the command line likewise
+/// `guest-cmdline`; the rest is the firmware's.
 pub fn stage_of(event: &attest::eventlog::Event) -> &'static str {
-    let utf16: Vec<u8> = "vmlinuz"
-        .encode_utf16()
-        .flat_map(u16::to_le_bytes)
-        .collect();
-    if event.pcr == 4
-        && event.event_type.to_string() == "EV_EFI_BOOT_SERVICES_APPLICATION"
-        && event
-            .data
-            .windows(utf16.len())
-            .any(|w| w == utf16.as_slice())
-    {
-        "guest-kernel"
-    } else if event.pcr == 9 {
-        "guest-cmdline"
-    } else {
-        "guest-firmware"
+    let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let has = |needle: &[u8]| event.data.windows(needle.len()).any(|w| w == needle);
+    let kind = event.event_type.to_string();
+    match (event.pcr, kind.as_str()) {
+        (4, "EV_EFI_BOOT_SERVICES_APPLICATION") => "guest-kernel",
+        (11, "EV_IPL") if has(&utf16(".initrd")) || has(b".initrd") => "guest-initrd",
+        (11, "EV_IPL") if has(&utf16(".cmdline")) || has(b".cmdline") => "guest-cmdline",
+        (11, "EV_IPL") if has(&utf16(".linux")) || has(b".linux") => "guest-kernel",
+        (9, _) if has(b"Linux initrd") => "guest-initrd",
+        (9, _) => "guest-cmdline",
+        _ => "guest-firmware",
     }
 }
 
@@ -275,6 +276,7 @@ pub fn start(
 
     // The root: rebuilt when the system tree changed, else opened as kept.
     let (kernel, initrd) = disk::boot_files(&spec.root)?;
+    let stub = disk::stub(&spec.root)?;
     let cmdline = disk::command_line(&spec.root)?;
     let stamp_path = spec.state.join("root.stamp");
     let stamp = format!(
@@ -290,10 +292,13 @@ pub fn start(
         disk::seal_disk(&raw, &root_disk, key.as_ref())?;
         persist::write_atomic(&stamp_path, stamp.as_bytes())?;
     }
-    // The ESP (kernel and initrd) is made again at every start from the
-    // system tree; both are attached read-only, so a guest cannot change
-    // what the next boot loads.
-    disk::make_esp(&spec.state.join(ESP), &kernel, &initrd, &cmdline)?;
+    // The ESP (one unified kernel image: stub, kernel, initrd, command
+    // line) is made again at every start from the system tree; both are
+    // attached read-only, so a guest cannot change what the next boot loads.
+    let uki = spec.state.join(UKI);
+    disk::make_uki(&uki, &stub, &kernel, &initrd, &cmdline)?;
+    disk::make_esp(&spec.state.join(ESP), &uki)?;
+    let _ = std::fs::remove_file(&uki);
     // The user disk: made from the user tree when that tree changed since
     // it was last read back (a pull brought something), else kept.
     if let (Some(user), Some(fp)) = (&spec.user, &user_fp) {
@@ -377,7 +382,7 @@ fn converse(
     let mut said_hello = false;
     let pcrs: Vec<u32> = match &spec.judge {
         Judge::Reference(r) => r.pcrs.keys().copied().collect(),
-        Judge::Record { .. } => (0..=9).collect(),
+        Judge::Record { .. } => (0..=9).chain([11, 12]).collect(),
     };
     loop {
         // Until ready, the start's deadline; then until the guest powers
@@ -575,6 +580,7 @@ fn judge(
                     format: attest::reference::FORMAT.to_owned(),
                     name: name.clone(),
                     version: 0,
+                    epoch: 0,
                     created: String::new(),
                     banks: vec![HashAlg::Sha256],
                     pcrs: Default::default(),

@@ -207,7 +207,7 @@ impl Run {
             cmd.arg("-object").arg(k.object("diskkey"));
         }
         let key_id = key.map(|_| "diskkey");
-        // The ESP first: OVMF's shell maps it as fs0.
+        // The ESP first: the firmware boots its \EFI\BOOT\BOOTX64.EFI.
         cmd.arg("-blockdev")
             .arg(format!(
                 "{},read-only=on",

@@ -13,6 +13,8 @@ use super::Exit;
 
 /// The variable `satchel launch` names the unsealed disk key in.
 const KEY_FILE_ENV: &str = "SATCHEL_KEY_FILE";
+/// The device's epoch counter, as `satchel launch` hands it on.
+const EPOCH_ENV: &str = "SATCHEL_EPOCH";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum GuestCmd {
@@ -92,7 +94,8 @@ pub(crate) struct VmArgs {
   satchel guest start ... --network-to 127.0.0.1:3128 --credential ca.pem=/etc/satchel/ca.pem
 
 What happens: the system tree becomes the root disk (ext4, rebuilt whenever the tree
-changes) and its kernel and initrd an EFI system partition; the user tree becomes the
+changes); its kernel, initrd and command line, joined with the image's systemd EFI stub
+into one unified kernel image, an EFI system partition; the user tree becomes the
 user disk, mounted at /home in the guest. Both disks are LUKS-encrypted with the disk
 key (qemu's own LUKS; no dm-crypt). qemu boots them with OVMF and a vTPM of this guest's
 own (swtpm, state in --state). The guest's init sends a quote of its vTPM's PCRs and the
@@ -116,6 +119,11 @@ pub(crate) struct StartArgs {
     /// Its signer's public key.
     #[arg(long, value_name = "KEY.pub")]
     reference_key: PathBuf,
+    /// Refuse a guest reference signed for a lower epoch than N
+    /// [default: $SATCHEL_EPOCH, which `satchel launch` sets to the device's
+    /// epoch counter; neither: no epoch is checked].
+    #[arg(long, value_name = "N")]
+    min_epoch: Option<u64>,
     /// The disk key [default: $SATCHEL_KEY_FILE, which `satchel launch` sets].
     #[arg(long, value_name = "FILE", conflicts_with = "unencrypted")]
     key_file: Option<PathBuf>,
@@ -151,9 +159,10 @@ pub(crate) struct StartArgs {
 
 Boots the image once (unencrypted, a fresh vTPM) on this machine's qemu and OVMF, checks
 that the guest's quote is its vTPM's and that the event log replays to it, and signs the
-measured values as the reference, each event named by stage: guest-firmware (OVMF, its
-variables and its shell), guest-kernel (the kernel image, PCR 4) and guest-cmdline (the
-kernel command line, PCR 9). Run it with the same qemu and OVMF the devices run.")]
+measured values as the reference, each event named by stage: guest-firmware (OVMF and
+its variables), guest-kernel (the unified kernel image the firmware started and the kernel
+in it, PCRs 4 and 11), guest-initrd (the initrd, PCRs 9 and 11) and guest-cmdline (the
+kernel command line, PCRs 9 and 11). Run it with the same qemu and OVMF the devices run.")]
 #[command(disable_version_flag = true)]
 pub(crate) struct ReferenceArgs {
     #[command(flatten)]
@@ -170,6 +179,13 @@ pub(crate) struct ReferenceArgs {
     /// Its version [default: the time now in seconds].
     #[arg(long, value_name = "N")]
     version: Option<u64>,
+    /// The device epoch it is for: the --epoch of the host's signed PCR
+    /// policy for the same image (satchel pcr-policy sign). A device whose
+    /// epoch counter has passed it refuses it, so an update revokes the
+    /// older guest references with the older policies [default: 0, bound to
+    /// no epoch: refused by every device whose counter was ever raised].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    epoch: u64,
 }
 
 pub(crate) fn run(cmd: GuestCmd) -> anyhow::Result<()> {
@@ -307,6 +323,7 @@ fn summary(o: &Outcome) -> String {
 
 fn start(a: StartArgs) -> anyhow::Result<()> {
     let reference = load_reference(&a.reference, &a.reference_key)?;
+    check_epoch(&a, &reference)?;
     let key = read_key(&a)?;
     let mut spec = spec(&a.vm, Judge::Reference(&reference), key.as_deref());
     spec.user = a.user.clone();
@@ -353,6 +370,33 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A guest reference signed for an epoch below the device's is revoked:
+/// the device has since run an update whose policy raised its counter.
+fn check_epoch(a: &StartArgs, reference: &attest::Reference) -> anyhow::Result<()> {
+    let min = match (a.min_epoch, std::env::var(EPOCH_ENV)) {
+        (Some(n), _) => n,
+        (None, Ok(v)) => v.parse::<u64>().map_err(|_| {
+            Exit::new(
+                2,
+                format!("${EPOCH_ENV} is {v:?}, not an epoch (a whole number)"),
+            )
+        })?,
+        (None, Err(_)) => return Ok(()),
+    };
+    if reference.epoch < min {
+        return Err(Exit::new(
+            1,
+            format!(
+                "guest refused before it started: the guest reference {} is for epoch {}, but this device's epoch counter stands at {min} (an update revoked it; use the guest reference signed with the image's current policy)",
+                a.reference.display(),
+                reference.epoch
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn reference(a: ReferenceArgs) -> anyhow::Result<()> {
     let key = persist::keys::read_private(&a.sign_key)?;
     let spec = spec(
@@ -369,6 +413,7 @@ fn reference(a: ReferenceArgs) -> anyhow::Result<()> {
         .clone()
         .ok_or_else(|| Exit::new(1, "the guest sent no event log to record".to_owned()))?;
     reference.created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    reference.epoch = a.epoch;
     reference.version = a.version.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -18,6 +18,10 @@ use super::Exit;
 
 /// The variable that names the unsealed key's file for the launched command.
 pub(crate) const KEY_FILE_ENV: &str = "SATCHEL_KEY_FILE";
+/// Where the launched command finds the device's epoch counter (after
+/// the launch raised it): `satchel guest start` refuses guest references
+/// for a lower epoch.
+pub(crate) const EPOCH_ENV: &str = "SATCHEL_EPOCH";
 
 /// The PCR `seal` always adds to the policy and `launch` closes with a
 /// separator once the key is handed over: outside every reference, reset
@@ -104,8 +108,10 @@ Before CMD runs: the logs are replayed and must equal the TPM's PCRs; the TPM's 
 must equal the reference (each differing stage is named); the disk key must unseal.
 Then a separator is extended into the launch PCR (15) and appended to the last --log,
 so the key cannot be unsealed again in this boot. CMD gets the key through
-$SATCHEL_KEY_FILE, a path to an in-memory file (memfd), never a file on disk. Any
-failure: CMD does not run, exit 1. Otherwise the exit status is CMD's.
+$SATCHEL_KEY_FILE, a path to an in-memory file (memfd), never a file on disk. With a
+signed --policy, CMD also gets the device's epoch counter (after the launch raised it)
+as $SATCHEL_EPOCH: satchel guest start refuses a guest reference signed for a lower
+epoch. Any failure: CMD does not run, exit 1. Otherwise the exit status is CMD's.
 
 --run-file STAGE=PATH hands CMD the content that was measured, not whatever is at PATH
 when CMD opens it: the file is read once, its digest must be the reference's for STAGE,
@@ -483,9 +489,12 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
     // The key is out: the launch PCR closes first, whatever happens next,
     // so nothing else unseals it again on this boot.
     close_launch_pcr(&mut tpm, a.launch_pcr, &a.log)?;
-    if let Some(policy) = &policy {
-        raise_epoch(&mut tpm, policy).map_err(|e| refused(format!("launch refused: {e:#}")))?;
-    }
+    let epoch = match &policy {
+        Some(policy) => Some(
+            raise_epoch(&mut tpm, policy).map_err(|e| refused(format!("launch refused: {e:#}")))?,
+        ),
+        None => None,
+    };
     drop(tpm);
     let memfd = key_memfd(&key)?;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&memfd));
@@ -502,6 +511,9 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
     for (stage, fd) in &files {
         let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
         cmd.env(run_file_env(stage), format!("/proc/self/fd/{fd}"));
+    }
+    if let Some(epoch) = epoch {
+        cmd.env(EPOCH_ENV, epoch.to_string());
     }
     let status = cmd
         .args(args)
@@ -523,11 +535,12 @@ pub(crate) fn launch(a: LaunchArgs, config: Option<&Path>) -> anyhow::Result<()>
 
 /// The device now runs what `policy` was signed for: raise its epoch
 /// counter to the policy's epoch, so every policy signed for a lower one
-/// stops unsealing here (a rollback to an older image is refused).
+/// stops unsealing here (a rollback to an older image is refused). The
+/// counter's value after.
 fn raise_epoch(
     tpm: &mut attest::tpm::Tpm,
     policy: &attest::tpm::SignedPolicy,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let (before, after) = tpm
         .raise_epoch_counter(policy.counter, policy.epoch)
         .context("raising the epoch counter")?;
@@ -536,7 +549,7 @@ fn raise_epoch(
             "epoch counter raised from {before} to {after}: policies signed for epoch {before} or lower no longer unseal on this device"
         );
     }
-    Ok(())
+    Ok(after)
 }
 
 /// The launch PCR must be in the sealed policy (else closing it would not
