@@ -216,6 +216,46 @@ fn bad_deliveries_and_other_roles_are_refused() {
     assert!(s.spooled().is_empty());
 }
 
+#[test]
+fn compressed_bodies_are_read_within_the_bounds_and_other_encodings_refused() {
+    let s = setup();
+    let post = |bytes: &[u8], encoding: &str| -> (String, String) {
+        let f = s.dir.join("body.bin");
+        std::fs::write(&f, bytes).unwrap();
+        api(
+            s.up.port,
+            &s.data,
+            "/v1/agent/spool",
+            (&s.crt, &s.key),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Content-Encoding: {encoding}"),
+                "--data-binary",
+                &format!("@{}", f.display()),
+            ],
+        )
+    };
+    // A delivery as the device sends it: compressed, read as the JSON.
+    let body = entries("e1", 1..=30).to_string();
+    let z = sync::wire::encode_body(body.as_bytes()).unwrap();
+    let (status, text) = post(&z, "zstd");
+    assert_eq!(status, "200", "{text}");
+    assert_eq!(s.spooled().len(), 30);
+    // Nine MiB of zeros in a few hundred bytes: refused past the body
+    // limit (8 MiB), never held whole.
+    let bomb = sync::wire::encode_body(&vec![b' '; 9 << 20]).unwrap();
+    assert!(bomb.len() < 4096);
+    let (status, text) = post(&bomb, "zstd");
+    assert_eq!(status, "400", "{text}");
+    assert!(text.contains("more than"), "{text}");
+    // Not zstd at all, and an encoding the gateway does not read.
+    assert_eq!(post(body.as_bytes(), "zstd").0, "400");
+    assert_eq!(post(body.as_bytes(), "gzip").0, "415");
+    assert_eq!(s.spooled().len(), 30);
+}
+
 fn bundle(dir: &Path, version: u64) -> PathBuf {
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let text = policy::bundle::BundleManifest {

@@ -197,9 +197,89 @@ impl FrameBuffer {
     }
 }
 
+/// The `Content-Encoding` of a compressed request body.
+pub const BODY_ENCODING: &str = "zstd";
+/// Request bodies are compressed with a window of at most 2^20 bytes
+/// (1 MiB), and the gateway decodes no frame that asks for a larger one: a
+/// body cannot make it hold more than that for the window.
+pub const BODY_WINDOW_LOG: u32 = 20;
+/// Bodies shorter than this go as they are.
+const BODY_MIN: usize = 1024;
+
+/// A request body that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("compressed request body: {0}")]
+pub struct BodyError(pub String);
+
+/// `body` compressed for a request (`Content-Encoding: zstd`), or `None`
+/// when it is short or would not shrink. A device's requests name chunk
+/// ids in hex and often the same id twice (a file's chunks and those it
+/// lacks): compressed, they cost about half.
+pub fn encode_body(body: &[u8]) -> Option<Vec<u8>> {
+    if body.len() < BODY_MIN {
+        return None;
+    }
+    let mut c = zstd::bulk::Compressor::new(3).ok()?;
+    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(BODY_WINDOW_LOG))
+        .ok()?;
+    c.compress(body).ok().filter(|z| z.len() < body.len())
+}
+
+/// A compressed request body decoded, refusing more than `max` bytes and
+/// frames that ask for a window above [`BODY_WINDOW_LOG`].
+pub fn decode_body(data: &[u8], max: usize) -> Result<Vec<u8>, BodyError> {
+    use std::io::Read as _;
+    let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| BodyError(e.to_string()))?;
+    d.window_log_max(BODY_WINDOW_LOG)
+        .map_err(|e| BodyError(e.to_string()))?;
+    let mut out = Vec::new();
+    d.take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BodyError(e.to_string()))?;
+    if out.len() > max {
+        return Err(BodyError(format!("more than {max} bytes decoded")));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bodies_compress_and_decode_within_their_bounds() {
+        let ids: Vec<String> = (0..200u32)
+            .map(|i| hex::encode(ChunkId::of(&i.to_le_bytes()).0))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({"to": ids, "missing": ids})).unwrap();
+        let z = encode_body(&body).unwrap();
+        assert!(z.len() * 3 < body.len(), "{} of {}", z.len(), body.len());
+        assert_eq!(decode_body(&z, body.len()).unwrap(), body);
+        // Short bodies go as they are.
+        assert!(encode_body(b"{}").is_none());
+        // Over the bound: refused, not decoded whole.
+        let e = decode_body(&z, body.len() - 1).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+        // Not zstd: refused.
+        assert!(decode_body(b"{\"ids\": []}", 1 << 20).is_err());
+        // A frame that asks for an 8 MiB window: refused before any of it.
+        let mut x = 7u64;
+        let mut big: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        big.extend_from_within(..1 << 20);
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(23))
+            .unwrap();
+        let wide = c.compress(&big).unwrap();
+        let e = decode_body(&wide, 8 << 20).unwrap_err().to_string();
+        assert!(e.contains("compressed request body"), "{e}");
+    }
 
     #[test]
     fn frames_round_trip_and_every_truncation_fails() {

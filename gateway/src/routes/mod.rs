@@ -58,7 +58,7 @@ pub(crate) async fn route(
             Err(r) => r,
         },
         Concern::Agent | Concern::Sync => match state.authorize_device(who).await {
-            Ok(dev) => match read(body, state).await {
+            Ok(dev) => match read_encoded(body, &parts.headers, state).await {
                 Ok(bytes) if path.starts_with(paths::AGENT_PREFIX) => {
                     agent::route(state, &dev, method, path, &bytes).await
                 }
@@ -152,6 +152,33 @@ async fn whoami(state: &AppState, who: Option<&DeviceIdentity>) -> Reply {
 /// A 405 with `detail`.
 pub(crate) fn not_allowed(detail: &str) -> Reply {
     refuse(405, "method not allowed", detail, Value::Null)
+}
+
+/// A device's body, decoded if it came compressed (`Content-Encoding:
+/// zstd`), within the same bound; any other encoding is refused (415).
+async fn read_encoded(
+    body: Incoming,
+    headers: &hyper::HeaderMap,
+    state: &AppState,
+) -> Result<Bytes, Reply> {
+    let encoding = headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    let bytes = read(body, state).await?;
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(bytes),
+        Some(::sync::wire::BODY_ENCODING) => {
+            ::sync::wire::decode_body(&bytes, protocol::limits::MAX_BODY)
+                .map(Bytes::from)
+                .map_err(|e| refuse(400, "bad request", e.to_string(), Value::Null))
+        }
+        Some(other) => Err(refuse(
+            415,
+            "unsupported media type",
+            format!("Content-Encoding {other:?}: only zstd is read"),
+            Value::Null,
+        )),
+    }
 }
 
 /// The whole body, bounded in size and time.
