@@ -19,6 +19,7 @@ bash scripts/setup.sh >/dev/null
 cargo build --release --quiet -p satchel
 SATCHEL=$PWD/target/release/satchel
 W=$(mktemp -d /var/tmp/satchel-bench-guest.XXXXXX)
+chmod 711 "$W"  # the read-back of the user disk runs as an unprivileged user: it passes through
 trap 'rm -rf "$W"' EXIT
 scripts/debian-root.sh --guest "$W/root" >/dev/null
 "$SATCHEL" keygen --out "$W/org.key" >/dev/null

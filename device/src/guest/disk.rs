@@ -551,6 +551,32 @@ const NOBODY: u32 = 0x7ffe_5a7c;
 /// How long a read-back may take.
 const READ_BACK_TIME: Duration = Duration::from_secs(300);
 
+/// The read-back's unprivileged user must pass through every directory
+/// down to the work directory; one closed to others (a `mktemp -d`, a data
+/// directory made 0700) would fail its tools with "Permission denied",
+/// which reads like a broken disk. Say what to change instead.
+fn passable_by_nobody(parent: &Path) -> Result<(), GuestError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let full = fs::canonicalize(parent)
+        .map_err(|e| GuestError::io("reading the user tree's parent", e))?;
+    for d in full.ancestors() {
+        let mode = fs::metadata(d)
+            .map_err(|e| GuestError::io("reading the user tree's parent", e))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(GuestError::Refused(format!(
+                "the user disk is not read back: {} is closed to other users (mode {:o}), and the read-back's checks run as an unprivileged user of their own that must pass through it; give it o+x (for example chmod {:o} {})",
+                d.display(),
+                mode & 0o7777,
+                (mode & 0o7777) | 0o001,
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Read the user disk back into `dir`.
 ///
 /// The disk is the guest's, and the guest may be root inside itself: its
@@ -587,6 +613,7 @@ pub fn read_back(disk: &Path, key: Option<&KeyFile>, dir: &Path) -> Result<(), G
             parent_mode & 0o7777
         )));
     }
+    passable_by_nobody(parent)?;
     let work = parent.join(format!(".{name}.from-guest"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir(&work).map_err(|e| GuestError::io("making the read-back directory", e))?;
@@ -1125,5 +1152,31 @@ mod tests {
         let err = read_back(&disk, None, &tree).unwrap_err();
         assert!(err.to_string().contains("written by others"), "{err}");
         assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
+    }
+
+    #[test]
+    fn a_user_tree_closed_to_the_read_backs_user_is_named_not_blamed_on_the_disk() {
+        use std::os::unix::fs::PermissionsExt as _;
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let closed = w.path().join("closed");
+        let data = closed.join("data");
+        fs::create_dir_all(&data).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+        let tree = data.join("user");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("kept"), b"before").unwrap();
+        let disk = w.path().join("user.disk");
+        fs::write(&disk, b"not read").unwrap();
+        let err = read_back(&disk, None, &tree).unwrap_err().to_string();
+        assert!(
+            err.contains("closed to other users (mode 700)") && err.contains("chmod 701"),
+            "{err}"
+        );
+        assert!(!err.contains("not sound"), "{err}");
+        assert_eq!(fs::read(tree.join("kept")).unwrap(), b"before");
+        assert!(!data.join(".user.from-guest").exists());
     }
 }
