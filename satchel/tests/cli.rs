@@ -392,3 +392,73 @@ fn the_guest_relay_passes_bytes_without_waiting_for_a_newline() {
     let _ = relay.kill();
     let _ = relay.wait();
 }
+
+/// The attacker's review: a lower `--min-epoch` overrode the epoch the
+/// launch gate handed on, and a `$SATCHEL_EPOCH` that was not UTF-8 turned
+/// the check off. Both now refuse before anything is made.
+#[test]
+fn the_epoch_check_takes_the_higher_of_the_gate_and_the_flag() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("org.key");
+    let reference = dir.path().join("ref.json");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    assert!(satchel(&["keygen", "--out", &s(&key)]).status.success());
+    // A signed reference bound to no epoch (0).
+    let o = satchel(&[
+        "predict",
+        "--chain",
+        &sample_chain(),
+        "--sign-key",
+        &s(&key),
+        "--out",
+        &s(&reference),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let start = |env: Option<&std::ffi::OsStr>, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_satchel"));
+        c.args(["guest", "start", "--root"])
+            .arg(dir.path().join("no-root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--reference")
+            .arg(&reference)
+            .arg("--reference-key")
+            .arg(dir.path().join("org.key.pub"))
+            .arg("--unencrypted")
+            .args(extra)
+            .env_remove("SATCHEL_EPOCH");
+        if let Some(v) = env {
+            c.env("SATCHEL_EPOCH", v);
+        }
+        c.output().unwrap()
+    };
+    let epoch2 = Some(std::ffi::OsStr::new("2"));
+    for o in [
+        start(epoch2, &["--min-epoch", "0"]),
+        start(epoch2, &[]),
+        start(None, &["--min-epoch", "2"]),
+    ] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("is for epoch 0, but this device's epoch counter stands at 2"),
+            "{err}"
+        );
+    }
+    let o = start(Some(std::ffi::OsStr::from_bytes(b"\xff2")), &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = start(Some(std::ffi::OsStr::new("two")), &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!dir.path().join("state").exists(), "nothing was made");
+}

@@ -225,10 +225,21 @@ pub fn encode_body(body: &[u8]) -> Option<Vec<u8>> {
     c.compress(body).ok().filter(|z| z.len() < body.len())
 }
 
-/// A compressed request body decoded, refusing more than `max` bytes and
-/// frames that ask for a window above [`BODY_WINDOW_LOG`].
+/// A compressed request body decoded: exactly one ordinary zstd frame (not
+/// several, not a skippable one: a body of a million empty frames decodes
+/// to nothing yet costs a second of CPU), no window above
+/// [`BODY_WINDOW_LOG`], no more than `max` bytes out.
 pub fn decode_body(data: &[u8], max: usize) -> Result<Vec<u8>, BodyError> {
     use std::io::Read as _;
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if !data.starts_with(&MAGIC) {
+        return Err(BodyError("not a zstd frame".to_owned()));
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(data) {
+        Ok(n) if n == data.len() => {}
+        Ok(_) => return Err(BodyError("more than one frame".to_owned())),
+        Err(_) => return Err(BodyError("a broken frame".to_owned())),
+    }
     let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| BodyError(e.to_string()))?;
     d.window_log_max(BODY_WINDOW_LOG)
         .map_err(|e| BodyError(e.to_string()))?;
@@ -262,6 +273,25 @@ mod tests {
         assert!(e.contains("more than"), "{e}");
         // Not zstd: refused.
         assert!(decode_body(b"{\"ids\": []}", 1 << 20).is_err());
+        // The attacker's review: many frames (here a million empty ones,
+        // 9 MB that decode to nothing) or a skippable frame before a real
+        // one: refused before decoding.
+        let empty = zstd::bulk::compress(b"", 1).unwrap();
+        let many: Vec<u8> = empty
+            .iter()
+            .copied()
+            .cycle()
+            .take(empty.len() * 1_000_000)
+            .collect();
+        let e = decode_body(&many, 8 << 20).unwrap_err().to_string();
+        assert!(e.contains("more than one frame"), "{e}");
+        let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        skippable.extend_from_slice(&z);
+        assert!(decode_body(&skippable, body.len()).is_err());
+        let mut two = z.clone();
+        two.extend_from_slice(&z);
+        let e = decode_body(&two, 2 * body.len()).unwrap_err().to_string();
+        assert!(e.contains("more than one frame"), "{e}");
         // A frame that asks for an 8 MiB window: refused before any of it.
         let mut x = 7u64;
         let mut big: Vec<u8> = (0..4 << 20)

@@ -228,50 +228,108 @@ fn align_mib(v: u64) -> u64 {
 /// PCR 11 and hands the initrd to the kernel, which measures it into PCR 9.
 pub fn make_uki(
     out: &Path,
+    root: &Path,
     stub: &Path,
     kernel: &Path,
     initrd: &Path,
     cmdline: &str,
 ) -> Result<(), GuestError> {
-    let size = |p: &Path| {
-        fs::metadata(p)
-            .map(|m| m.len())
-            .map_err(|e| GuestError::io("reading the kernel image's parts", e))
-    };
-    if size(stub)? > STUB_MAX {
-        return Err(GuestError::Image {
-            detail: format!(
-                "{} is larger than {STUB_MAX} bytes: not systemd's EFI stub",
-                stub.display()
-            ),
-        });
-    }
+    // objcopy gets copies in the state directory, each opened beneath the
+    // root without following any link: a name swapped for a link after the
+    // checks, or one objcopy would read differently (not UTF-8), never
+    // hands it a host file.
+    let stub = copy_part(root, stub, &out.with_extension("stub"))?;
+    let kernel = copy_part(root, kernel, &out.with_extension("linux"))?;
+    let initrd = copy_part(root, initrd, &out.with_extension("initrd"))?;
     let cmdline_file = out.with_extension("cmdline");
-    fs::write(&cmdline_file, cmdline.as_bytes())
-        .map_err(|e| GuestError::io("writing the kernel command line", e))?;
-    let linux_at = UKI_FIRST_SECTION * 2;
-    let initrd_at = align_mib(linux_at + size(kernel)?);
-    let _ = fs::remove_file(out);
-    let section = |name: &str, file: &Path, at: u64| {
-        [
-            "--add-section".to_owned(),
-            format!("{name}={}", file.display()),
-            "--change-section-vma".to_owned(),
-            format!("{name}={at:#x}"),
-        ]
-    };
-    let made = run(
-        "making the unified kernel image",
-        Command::new("objcopy")
-            .args(section(".cmdline", &cmdline_file, UKI_FIRST_SECTION))
-            .args(section(".linux", kernel, linux_at))
-            .args(section(".initrd", initrd, initrd_at))
-            .arg(stub)
-            .arg(out),
-    );
-    let _ = fs::remove_file(&cmdline_file);
-    made?;
-    clear_pe_timestamp(out)
+    let made = (|| {
+        if stub.1 > STUB_MAX {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "the image's EFI stub is larger than {STUB_MAX} bytes: not systemd's"
+                ),
+            });
+        }
+        fs::write(&cmdline_file, cmdline.as_bytes())
+            .map_err(|e| GuestError::io("writing the kernel command line", e))?;
+        let linux_at = UKI_FIRST_SECTION * 2;
+        let initrd_at = align_mib(linux_at + kernel.1);
+        let _ = fs::remove_file(out);
+        let section = |name: &str, file: &Path, at: u64| -> [std::ffi::OsString; 4] {
+            let mut add = std::ffi::OsString::from(format!("{name}="));
+            add.push(file.as_os_str());
+            [
+                "--add-section".into(),
+                add,
+                "--change-section-vma".into(),
+                format!("{name}={at:#x}").into(),
+            ]
+        };
+        run(
+            "making the unified kernel image",
+            Command::new("objcopy")
+                .args(section(".cmdline", &cmdline_file, UKI_FIRST_SECTION))
+                .args(section(".linux", &kernel.0, linux_at))
+                .args(section(".initrd", &initrd.0, initrd_at))
+                .arg(&stub.0)
+                .arg(out),
+        )?;
+        clear_pe_timestamp(out)
+    })();
+    for p in [&stub.0, &kernel.0, &initrd.0, &cmdline_file] {
+        let _ = fs::remove_file(p);
+    }
+    made
+}
+
+/// Copy the file at `path` (inside `root`) to `dest`, opened beneath
+/// `root` with no link followed on the way; it must be a regular file.
+/// The copy's path and size.
+fn copy_part(root: &Path, path: &Path, dest: &Path) -> Result<(PathBuf, u64), GuestError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let bad = |detail: String| GuestError::Image { detail };
+    let rel = path.strip_prefix(root).map_err(|_| {
+        bad(format!(
+            "{} is not inside {}",
+            path.display(),
+            root.display()
+        ))
+    })?;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| bad(format!("{}: {e}", root.display())))?;
+    let fd = rustix::fs::openat2(
+        &dir,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        bad(format!(
+            "{}: {e} (opened beneath the image, no links followed)",
+            path.display()
+        ))
+    })?;
+    let mut file = fs::File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| GuestError::io("reading the kernel image's parts", e))?;
+    if !meta.file_type().is_file() {
+        return Err(bad(format!("{} is not a regular file", path.display())));
+    }
+    let _ = fs::remove_file(dest);
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| GuestError::io("copying the kernel image's parts", e))?;
+    let n = std::io::copy(&mut file, &mut out)
+        .map_err(|e| GuestError::io("copying the kernel image's parts", e))?;
+    Ok((dest.to_path_buf(), n))
 }
 
 /// objcopy stamps the PE file header with the time it ran (whatever
@@ -847,6 +905,50 @@ mod tests {
         assert!(root.join(STUB).exists());
         let e = stub(&root).unwrap_err().to_string();
         assert!(e.contains("systemd-boot-efi"), "{e}");
+    }
+
+    /// The attacker's review: objcopy was handed `path.display()`, which
+    /// turns a name that is not UTF-8 into another name (U+FFFD), where the
+    /// image can keep a link to a host file; and it opened by name after
+    /// the checks. The parts are now copied from beneath the root, no link
+    /// followed, and objcopy reads the copies.
+    #[test]
+    fn the_kernel_images_parts_come_from_beneath_the_root_never_through_a_link() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("boot")).unwrap();
+        fs::write(d.path().join("host-secret"), b"HOST SECRET").unwrap();
+        let odd = root
+            .join("boot")
+            .join(std::ffi::OsStr::from_bytes(b"vmlinuz-x\xff"));
+        fs::write(&odd, b"the image's kernel").unwrap();
+        let lossy = root
+            .join("boot")
+            .join(odd.file_name().unwrap().to_string_lossy().as_ref());
+        std::os::unix::fs::symlink(d.path().join("host-secret"), &lossy).unwrap();
+        let (copy, n) = copy_part(&root, &odd, &d.path().join("k.copy")).unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"the image's kernel");
+        assert_eq!(n, 18);
+        // The link itself, and a directory on the way that is a link: refused.
+        assert!(copy_part(&root, &lossy, &d.path().join("l.copy")).is_err());
+        std::os::unix::fs::symlink(d.path(), root.join("up")).unwrap();
+        let e = copy_part(
+            &root,
+            &root.join("up/host-secret"),
+            &d.path().join("u.copy"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no links followed"), "{e}");
+        assert!(!d.path().join("l.copy").exists() && !d.path().join("u.copy").exists());
+        // Outside the root: refused.
+        assert!(copy_part(
+            &root,
+            &d.path().join("host-secret"),
+            &d.path().join("o.copy")
+        )
+        .is_err());
     }
 
     #[test]

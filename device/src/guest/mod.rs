@@ -296,7 +296,7 @@ pub fn start(
     // line) is made again at every start from the system tree; both are
     // attached read-only, so a guest cannot change what the next boot loads.
     let uki = spec.state.join(UKI);
-    disk::make_uki(&uki, &stub, &kernel, &initrd, &cmdline)?;
+    disk::make_uki(&uki, &spec.root, &stub, &kernel, &initrd, &cmdline)?;
     disk::make_esp(&spec.state.join(ESP), &uki)?;
     let _ = std::fs::remove_file(&uki);
     // The user disk: made from the user tree when that tree changed since

@@ -168,7 +168,13 @@ async fn read_encoded(
     match encoding.as_deref() {
         None | Some("identity") => Ok(bytes),
         Some(::sync::wire::BODY_ENCODING) => {
-            ::sync::wire::decode_body(&bytes, protocol::limits::MAX_BODY)
+            // Decoding is CPU work: off the connection threads.
+            let decoded = tokio::task::spawn_blocking(move || {
+                ::sync::wire::decode_body(&bytes, protocol::limits::MAX_BODY)
+            })
+            .await
+            .map_err(|e| refuse(500, "internal error", e.to_string(), Value::Null))?;
+            decoded
                 .map(Bytes::from)
                 .map_err(|e| refuse(400, "bad request", e.to_string(), Value::Null))
         }

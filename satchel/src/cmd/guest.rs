@@ -119,9 +119,9 @@ pub(crate) struct StartArgs {
     /// Its signer's public key.
     #[arg(long, value_name = "KEY.pub")]
     reference_key: PathBuf,
-    /// Refuse a guest reference signed for a lower epoch than N
-    /// [default: $SATCHEL_EPOCH, which `satchel launch` sets to the device's
-    /// epoch counter; neither: no epoch is checked].
+    /// Refuse a guest reference signed for a lower epoch than N; with
+    /// $SATCHEL_EPOCH (which `satchel launch` sets to the device's epoch
+    /// counter) the higher of the two holds [neither: no epoch is checked].
     #[arg(long, value_name = "N")]
     min_epoch: Option<u64>,
     /// The disk key [default: $SATCHEL_KEY_FILE, which `satchel launch` sets].
@@ -373,15 +373,22 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
 /// A guest reference signed for an epoch below the device's is revoked:
 /// the device has since run an update whose policy raised its counter.
 fn check_epoch(a: &StartArgs, reference: &attest::Reference) -> anyhow::Result<()> {
-    let min = match (a.min_epoch, std::env::var(EPOCH_ENV)) {
-        (Some(n), _) => n,
-        (None, Ok(v)) => v.parse::<u64>().map_err(|_| {
+    // The device's counter as the launch gate says, and --min-epoch: the
+    // higher holds (a flag never lowers what the gate handed on).
+    let from_gate = match std::env::var(EPOCH_ENV) {
+        Ok(v) => Some(v.parse::<u64>().map_err(|_| {
             Exit::new(
                 2,
                 format!("${EPOCH_ENV} is {v:?}, not an epoch (a whole number)"),
             )
-        })?,
-        (None, Err(_)) => return Ok(()),
+        })?),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(Exit::new(2, format!("${EPOCH_ENV} is {v:?}, not an epoch")).into())
+        }
+    };
+    let Some(min) = from_gate.max(a.min_epoch) else {
+        return Ok(());
     };
     if reference.epoch < min {
         return Err(Exit::new(
