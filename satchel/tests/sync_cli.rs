@@ -1752,7 +1752,7 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
     );
     let report = std::fs::read_to_string(w.p("ok.xml")).unwrap();
     assert!(
-        report.contains("tests=\"17\"") && report.contains("failures=\"0\""),
+        report.contains("tests=\"19\"") && report.contains("failures=\"0\""),
         "{report}"
     );
     assert!(report.contains("name=\"stage guest-kernel\""), "{report}");
@@ -1889,7 +1889,7 @@ fn record_guest_reference_as(w: &World, root: &str, out: &str, epoch: &str) {
         "tcg",
         "-q",
     ]);
-    assert!(out.contains("10 PCRs: 0,1,2,3,4,5,6,7,9,11"), "{out}");
+    assert!(out.contains("12 PCRs: 0,1,2,3,4,5,6,7,8,9,11,12"), "{out}");
 }
 
 /// `guest start` of the image at `root` with the test's state, the guest

@@ -244,8 +244,9 @@ pub fn start(
         check_reference(r)?;
     }
     let key = spec.key.map(disk::KeyFile::new).transpose()?;
+    let vtpm_key = spec.key.map(vtpm::state_key).transpose()?;
     let vtpm_dir = spec.state.join("vtpm");
-    let ak = vtpm::provision(&vtpm_dir)?;
+    let ak = vtpm::provision(&vtpm_dir, vtpm_key.as_ref())?;
 
     // Every encrypted disk kept from an earlier run must open with this key
     // before anything is rebuilt or started: a wrong key never decrypts
@@ -318,7 +319,7 @@ pub fn start(
     let accel = qemu::choose(spec)?;
     let gate = spec.state.join(NET_GATE);
     close_gate(&gate)?;
-    let tpm = vtpm::start(&vtpm_dir)?;
+    let tpm = vtpm::start(&vtpm_dir, vtpm_key.as_ref())?;
     let assembled = t0.elapsed().as_secs_f64();
     let disks = qemu::Disks {
         esp: spec.state.join(ESP),
@@ -598,6 +599,22 @@ fn judge(
             });
             reference.banks = vec![HashAlg::Sha256];
             reference.pcrs.retain(|p, _| pcrs.contains(p));
+            // PCRs nothing measured into in this boot (8, 12) are held at
+            // their reset value: a loader or stub that starts measuring
+            // there on a device is caught too.
+            for &pcr in pcrs {
+                reference
+                    .pcrs
+                    .entry(pcr)
+                    .or_insert_with(|| attest::reference::PcrReference {
+                        value: [(
+                            HashAlg::Sha256,
+                            attest::reference::Hex(HashAlg::Sha256.reset_value(0)),
+                        )]
+                        .into(),
+                        events: Vec::new(),
+                    });
+            }
             for r in reference.pcrs.values_mut() {
                 r.value.retain(|b, _| *b == HashAlg::Sha256);
                 for e in &mut r.events {

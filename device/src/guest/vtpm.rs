@@ -12,11 +12,27 @@ use std::time::{Duration, Instant};
 
 use attest::tpm::{AkAlg, AkFile, Tpm};
 
+use super::disk::KeyFile;
 use super::GuestError;
 
 /// Where the guest finds its attestation key.
 pub const AK_HANDLE: u32 = 0x8101_0002;
 const AK_FILE: &str = "ak.json";
+/// Present when the vTPM's state files are encrypted (AES-256-CBC, by
+/// swtpm) with the key [`state_key`] derives from the disk key.
+const ENCRYPTED_MARK: &str = "state-encrypted";
+
+/// The key the vTPM's state is encrypted with: derived from the disk key
+/// (SHA-256 over a label and the key), so someone holding the disk offline
+/// reads neither the attestation key nor anything else the vTPM keeps.
+pub fn state_key(disk_key: &[u8]) -> Result<KeyFile, GuestError> {
+    use sha2::Digest as _;
+    let derived = sha2::Sha256::new()
+        .chain_update(b"satchel vTPM state key v1\0")
+        .chain_update(disk_key)
+        .finalize();
+    KeyFile::new(&derived)
+}
 
 /// A running swtpm, stopped when dropped.
 pub struct Swtpm {
@@ -32,7 +48,7 @@ impl Drop for Swtpm {
     }
 }
 
-fn spawn(dir: &Path, args: &[String]) -> Result<Child, GuestError> {
+fn spawn(dir: &Path, args: &[String], key: Option<&KeyFile>) -> Result<Child, GuestError> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -47,6 +63,16 @@ fn spawn(dir: &Path, args: &[String]) -> Result<Child, GuestError> {
         .arg("--tpmstate")
         .arg(format!("dir={}", dir.display()))
         .args(args)
+        .args(
+            key.map(|k| {
+                [
+                    "--key".to_owned(),
+                    format!("file={},format=hex,mode=aes-256-cbc", k.path()),
+                ]
+            })
+            .into_iter()
+            .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
@@ -80,12 +106,31 @@ fn free_port_pair() -> Result<u16, GuestError> {
 
 /// The attestation key of the guest's vTPM in `dir`, made and left at
 /// [`AK_HANDLE`] on first use.
-pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
+pub fn provision(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
     let file = dir.join(AK_FILE);
-    if let Ok(bytes) = fs::read(&file) {
-        return serde_json::from_slice(&bytes).map_err(|e| GuestError::Image {
-            detail: format!("{}: not an attestation key file: {e}", file.display()),
-        });
+    let encrypted = dir.join(ENCRYPTED_MARK).exists();
+    match (fs::read(&file), encrypted, key.is_some()) {
+        (Ok(_), true, false) => {
+            return Err(GuestError::Image {
+                detail: format!(
+                    "the vTPM's state in {} is encrypted under the disk key, and this run has none (--unencrypted); give the key, or use another --state",
+                    dir.display()
+                ),
+            })
+        }
+        // Made in the clear by an earlier version: provisioned again, under
+        // the key (the vTPM holds only the attestation key, which ak.json
+        // names afresh; the guest reference does not depend on it).
+        (Ok(_), false, true) => {
+            fs::remove_dir_all(dir)
+                .map_err(|e| GuestError::io("removing the vTPM's clear state", e))?;
+        }
+        (Ok(bytes), _, _) => {
+            return serde_json::from_slice(&bytes).map_err(|e| GuestError::Image {
+                detail: format!("{}: not an attestation key file: {e}", file.display()),
+            });
+        }
+        (Err(_), _, _) => {}
     }
     fs::create_dir_all(dir).map_err(|e| GuestError::io("making the vTPM's directory", e))?;
     private_dir(dir)?;
@@ -104,6 +149,7 @@ pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
             "--flags".into(),
             "not-need-init,startup-clear".into(),
         ],
+        key,
     )?;
     let made = (|| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -134,6 +180,9 @@ pub fn provision(dir: &Path) -> Result<AkFile, GuestError> {
     let ak = made?;
     let json =
         serde_json::to_vec_pretty(&ak).map_err(|e| GuestError::io("writing ak.json", e.into()))?;
+    if key.is_some() {
+        persist::write_secret(&dir.join(ENCRYPTED_MARK), b"aes-256-cbc\n")?;
+    }
     persist::write_secret(&file, &json)?;
     Ok(ak)
 }
@@ -147,7 +196,7 @@ pub(super) fn private_dir(dir: &Path) -> Result<(), GuestError> {
 
 /// Start the vTPM for qemu: control over a unix socket in `dir`, stopped
 /// when qemu disconnects or this is dropped.
-pub fn start(dir: &Path) -> Result<Swtpm, GuestError> {
+pub fn start(dir: &Path, key: Option<&KeyFile>) -> Result<Swtpm, GuestError> {
     let socket = dir.join("swtpm.sock");
     let _ = fs::remove_file(&socket);
     let child = spawn(
@@ -157,6 +206,7 @@ pub fn start(dir: &Path) -> Result<Swtpm, GuestError> {
             format!("type=unixio,path={}", socket.display()),
             "--terminate".into(),
         ],
+        key,
     )?;
     let mut tpm = Swtpm { child, socket };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -176,4 +226,63 @@ pub fn start(dir: &Path) -> Result<Swtpm, GuestError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(tpm)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn swtpm_or_skip() -> bool {
+        if Command::new("swtpm").arg("--version").output().is_ok() {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "CI has swtpm");
+        eprintln!("SKIPPED: needs swtpm");
+        false
+    }
+
+    /// The attestation key's public point, as the vTPM's state would hold
+    /// it if it were in the clear.
+    fn public_point(ak: &AkFile) -> Vec<u8> {
+        use base64::Engine as _;
+        let public = base64::engine::general_purpose::STANDARD
+            .decode(&ak.tpm2b_public)
+            .unwrap();
+        public[public.len() - 32..].to_vec()
+    }
+
+    fn state_holds(dir: &Path, needle: &[u8]) -> bool {
+        fs::read_dir(dir).unwrap().any(|e| {
+            let bytes = fs::read(e.unwrap().path()).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    #[test]
+    fn the_vtpm_state_is_encrypted_under_a_key_derived_from_the_disk_key() {
+        if !swtpm_or_skip() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        // In the clear (image CI): the key's public point is in the files.
+        let clear = d.path().join("clear");
+        let ak = provision(&clear, None).unwrap();
+        assert!(state_holds(&clear, &public_point(&ak)));
+        // Under the disk key: it is not, and a run without the key is
+        // refused rather than starting a vTPM it cannot read.
+        let sealed = d.path().join("sealed");
+        let key = state_key(&[7u8; 32]).unwrap();
+        let ak = provision(&sealed, Some(&key)).unwrap();
+        assert!(!state_holds(&sealed, &public_point(&ak)));
+        let e = provision(&sealed, None).unwrap_err().to_string();
+        assert!(e.contains("encrypted under the disk key"), "{e}");
+        assert_eq!(provision(&sealed, Some(&key)).unwrap(), ak);
+        // A clear state from an earlier version is provisioned again, under
+        // the key: a new attestation key, the clear files gone.
+        let again = provision(&clear, Some(&key)).unwrap();
+        assert_ne!(again, ak);
+        assert!(!state_holds(&clear, &public_point(&again)));
+        assert!(clear.join(ENCRYPTED_MARK).exists());
+    }
 }
