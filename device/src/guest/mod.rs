@@ -244,7 +244,7 @@ pub fn start(
         check_reference(r)?;
     }
     let key = spec.key.map(disk::KeyFile::new).transpose()?;
-    let vtpm_key = spec.key.map(vtpm::state_key).transpose()?;
+    let vtpm_key = spec.key.map(vtpm::StateKeys::derive).transpose()?;
     let vtpm_dir = spec.state.join("vtpm");
     let ak = vtpm::provision(&vtpm_dir, vtpm_key.as_ref())?;
 

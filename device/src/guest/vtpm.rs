@@ -19,19 +19,49 @@ use super::GuestError;
 pub const AK_HANDLE: u32 = 0x8101_0002;
 const AK_FILE: &str = "ak.json";
 /// Present when the vTPM's state files are encrypted (AES-256-CBC, by
-/// swtpm) with the key [`state_key`] derives from the disk key.
+/// swtpm) with the key [`StateKeys`] derives from the disk key.
 const ENCRYPTED_MARK: &str = "state-encrypted";
+/// `ak.json`'s MAC under the disk key (hex).
+const AK_MAC: &str = "ak.json.mac";
 
-/// The key the vTPM's state is encrypted with: derived from the disk key
-/// (SHA-256 over a label and the key), so someone holding the disk offline
-/// reads neither the attestation key nor anything else the vTPM keeps.
-pub fn state_key(disk_key: &[u8]) -> Result<KeyFile, GuestError> {
-    use sha2::Digest as _;
-    let derived = sha2::Sha256::new()
-        .chain_update(b"satchel vTPM state key v1\0")
-        .chain_update(disk_key)
-        .finalize();
-    KeyFile::new(&derived)
+/// What the disk key protects of the vTPM: its state files, encrypted by
+/// swtpm with one derived key, and `ak.json`, the key the host trusts the
+/// guest's quotes from, authenticated with another (HMAC-SHA-256 in
+/// `ak.json.mac`), so neither can be read or replaced offline. Both are
+/// SHA-256 over a label and the disk key.
+pub struct StateKeys {
+    swtpm: KeyFile,
+    mac: [u8; 32],
+}
+
+impl StateKeys {
+    /// The keys for the disk key `disk_key`.
+    pub fn derive(disk_key: &[u8]) -> Result<StateKeys, GuestError> {
+        use sha2::Digest as _;
+        let derive = |label: &[u8]| -> [u8; 32] {
+            sha2::Sha256::new()
+                .chain_update(label)
+                .chain_update(disk_key)
+                .finalize()
+                .into()
+        };
+        Ok(StateKeys {
+            swtpm: KeyFile::new(&derive(b"satchel vTPM state key v1\0"))?,
+            mac: derive(b"satchel vTPM ak.json MAC key v1\0"),
+        })
+    }
+
+    fn tag(&self, ak_json: &[u8]) -> Result<hmac::Hmac<sha2::Sha256>, GuestError> {
+        use hmac::Mac as _;
+        let mut m = <hmac::Hmac<sha2::Sha256>>::new_from_slice(&self.mac).map_err(|e| {
+            GuestError::io(
+                "keying the ak.json MAC",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        m.update(ak_json);
+        Ok(m)
+    }
 }
 
 /// A running swtpm, stopped when dropped.
@@ -106,7 +136,8 @@ fn free_port_pair() -> Result<u16, GuestError> {
 
 /// The attestation key of the guest's vTPM in `dir`, made and left at
 /// [`AK_HANDLE`] on first use.
-pub fn provision(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
+pub fn provision(dir: &Path, keys: Option<&StateKeys>) -> Result<AkFile, GuestError> {
+    let key = keys.map(|k| &k.swtpm);
     let file = dir.join(AK_FILE);
     let encrypted = dir.join(ENCRYPTED_MARK).exists();
     match (fs::read(&file), encrypted, key.is_some()) {
@@ -126,6 +157,9 @@ pub fn provision(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError
                 .map_err(|e| GuestError::io("removing the vTPM's clear state", e))?;
         }
         (Ok(bytes), _, _) => {
+            if let Some(keys) = keys {
+                check_mac(dir, keys, &bytes)?;
+            }
             return serde_json::from_slice(&bytes).map_err(|e| GuestError::Image {
                 detail: format!("{}: not an attestation key file: {e}", file.display()),
             });
@@ -180,11 +214,32 @@ pub fn provision(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError
     let ak = made?;
     let json =
         serde_json::to_vec_pretty(&ak).map_err(|e| GuestError::io("writing ak.json", e.into()))?;
-    if key.is_some() {
+    if let Some(keys) = keys {
+        use hmac::Mac as _;
         persist::write_secret(&dir.join(ENCRYPTED_MARK), b"aes-256-cbc\n")?;
+        let tag = hex::encode(keys.tag(&json)?.finalize().into_bytes());
+        persist::write_secret(&dir.join(AK_MAC), tag.as_bytes())?;
     }
     persist::write_secret(&file, &json)?;
     Ok(ak)
+}
+
+/// `ak.json` must carry its MAC under the disk key: one written offline
+/// (another key for the host to trust) is refused.
+fn check_mac(dir: &Path, keys: &StateKeys, ak_json: &[u8]) -> Result<(), GuestError> {
+    use hmac::Mac as _;
+    let tag = fs::read_to_string(dir.join(AK_MAC))
+        .ok()
+        .and_then(|t| hex::decode(t.trim()).ok());
+    let ok = tag.is_some_and(|t| keys.tag(ak_json).is_ok_and(|m| m.verify_slice(&t).is_ok()));
+    if ok {
+        return Ok(());
+    }
+    Err(GuestError::Refused(format!(
+        "{}/{AK_FILE} does not carry its MAC under the disk key: it was changed or replaced while the guest was not running; nothing started (remove {} to provision the vTPM again)",
+        dir.display(),
+        dir.display()
+    )))
 }
 
 /// Make `dir` root's alone (0700).
@@ -196,7 +251,8 @@ pub(super) fn private_dir(dir: &Path) -> Result<(), GuestError> {
 
 /// Start the vTPM for qemu: control over a unix socket in `dir`, stopped
 /// when qemu disconnects or this is dropped.
-pub fn start(dir: &Path, key: Option<&KeyFile>) -> Result<Swtpm, GuestError> {
+pub fn start(dir: &Path, keys: Option<&StateKeys>) -> Result<Swtpm, GuestError> {
+    let key = keys.map(|k| &k.swtpm);
     let socket = dir.join("swtpm.sock");
     let _ = fs::remove_file(&socket);
     let child = spawn(
@@ -272,12 +328,22 @@ mod tests {
         // Under the disk key: it is not, and a run without the key is
         // refused rather than starting a vTPM it cannot read.
         let sealed = d.path().join("sealed");
-        let key = state_key(&[7u8; 32]).unwrap();
+        let key = StateKeys::derive(&[7u8; 32]).unwrap();
         let ak = provision(&sealed, Some(&key)).unwrap();
         assert!(!state_holds(&sealed, &public_point(&ak)));
         let e = provision(&sealed, None).unwrap_err().to_string();
         assert!(e.contains("encrypted under the disk key"), "{e}");
         assert_eq!(provision(&sealed, Some(&key)).unwrap(), ak);
+        // The attacker's review: ak.json replaced offline by another key's
+        // (here the clear vTPM's) would have been trusted as is. Refused.
+        let genuine = fs::read(sealed.join(AK_FILE)).unwrap();
+        let other = provision(&clear, None).unwrap();
+        fs::write(sealed.join(AK_FILE), serde_json::to_vec(&other).unwrap()).unwrap();
+        let e = provision(&sealed, Some(&key)).unwrap_err().to_string();
+        assert!(e.contains("does not carry its MAC"), "{e}");
+        fs::write(sealed.join(AK_FILE), &genuine).unwrap();
+        fs::remove_file(sealed.join(AK_MAC)).unwrap();
+        assert!(provision(&sealed, Some(&key)).is_err(), "no MAC: refused");
         // A clear state from an earlier version is provisioned again, under
         // the key: a new attestation key, the clear files gone.
         let again = provision(&clear, Some(&key)).unwrap();
