@@ -479,7 +479,10 @@ pub fn seal_disk(raw: &Path, out: &Path, key: Option<&KeyFile>) -> Result<(), Gu
     match key {
         Some(k) => {
             // qemu's key-stretching benchmark sometimes fails to time itself
-            // ("Unable to get accurate CPU usage"); it is only tried again.
+            // ("Unable to get accurate CPU usage": its thread was charged no
+            // CPU time for the first round, which happens on a machine busy
+            // with other work); it is tried again after a pause that grows,
+            // about 12 s in all, for the load to pass.
             let mut tries = 0;
             loop {
                 let made = run(
@@ -503,6 +506,9 @@ pub fn seal_disk(raw: &Path, out: &Path, key: Option<&KeyFile>) -> Result<(), Gu
                     Err(GuestError::Tool { detail, .. })
                         if detail.contains("accurate CPU usage") && tries < 8 =>
                     {
+                        std::thread::sleep(std::time::Duration::from_millis(
+                            (100u64 << tries).min(3000),
+                        ));
                         tries += 1;
                     }
                     other => break other?,
