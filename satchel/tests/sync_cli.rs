@@ -1776,6 +1776,8 @@ fn a_pulled_debian_image_boots_as_a_guest_under_the_gate_and_proves_its_own_boot
         "{shown}"
     );
     assert!(!shown.contains("satchel-guest:"), "{shown}");
+    // Named as the wrong key, not as a tampered vTPM.
+    assert!(!shown.contains("MAC"), "{shown}");
 
     // One changed byte of the guest's kernel (in its DOS header, which no
     // loader reads but the measurement covers): refused at the guest's

@@ -245,8 +245,6 @@ pub fn start(
     }
     let key = spec.key.map(disk::KeyFile::new).transpose()?;
     let vtpm_key = spec.key.map(vtpm::StateKeys::derive).transpose()?;
-    let vtpm_dir = spec.state.join("vtpm");
-    let ak = vtpm::provision(&vtpm_dir, vtpm_key.as_ref())?;
 
     // Every encrypted disk kept from an earlier run must open with this key
     // before anything is rebuilt or started: a wrong key never decrypts
@@ -274,6 +272,10 @@ pub fn start(
             }
         }
     }
+    // The vTPM after the disks: a wrong key is named as the wrong key (the
+    // disks do not open), not as a changed attestation key.
+    let vtpm_dir = spec.state.join("vtpm");
+    let ak = vtpm::provision(&vtpm_dir, vtpm_key.as_ref())?;
 
     // The root: rebuilt when the system tree changed, else opened as kept.
     let (kernel, initrd) = disk::boot_files(&spec.root)?;
