@@ -529,40 +529,9 @@ async fn connect(
             Value::Null,
         );
     };
-    let Some(authority) = req.uri().authority().cloned() else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad proxy request",
-            "CONNECT needs host:port",
-            Value::Null,
-        );
-    };
-    if authority.port_u16().is_none() {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad proxy request",
-            "CONNECT needs host:port",
-            Value::Null,
-        );
-    }
-    let url = match CanonicalUrl::parse(&format!("https://{authority}/")) {
+    let url = match connect_target(&req, &state, &dev).await {
         Ok(u) => u,
-        Err(e) => {
-            audit(
-                &state,
-                &dev.device_id,
-                authority.as_str(),
-                false,
-                json!({"method": "CONNECT", "reason": "url", "error": e.to_string()}),
-            )
-            .await;
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad proxy request",
-                &e.to_string(),
-                Value::Null,
-            );
-        }
+        Err(refused) => return refused,
     };
     let shown = url.to_string();
     let (addr, rule) = match decide(&state, &dev, &url, "CONNECT").await {
@@ -581,24 +550,9 @@ async fn connect(
             return d.response(&shown);
         }
     };
-    let upstream = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream unreachable",
-                &format!("connecting to {addr}: {e}"),
-                json!({"url": shown}),
-            )
-        }
-        Err(_) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream unreachable",
-                &format!("connecting to {addr} timed out"),
-                json!({"url": shown}),
-            )
-        }
+    let upstream = match dial(addr, &shown).await {
+        Ok(t) => t,
+        Err(refused) => return refused,
     };
     audit(
         &state,
@@ -622,6 +576,64 @@ async fn connect(
         open.run(upgraded, upstream, &guard).await;
     });
     Response::new(boxed(Full::new(Bytes::new())))
+}
+
+/// The URL a CONNECT names (`host:port`, canonical), or the answer
+/// refusing it (a bad URL is audited).
+async fn connect_target(
+    req: &Request<Incoming>,
+    state: &AppState,
+    dev: &Device,
+) -> Result<CanonicalUrl, Response<Body>> {
+    let needs_port = || {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad proxy request",
+            "CONNECT needs host:port",
+            Value::Null,
+        )
+    };
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Err(needs_port());
+    };
+    if authority.port_u16().is_none() {
+        return Err(needs_port());
+    }
+    match CanonicalUrl::parse(&format!("https://{authority}/")) {
+        Ok(u) => Ok(u),
+        Err(e) => {
+            audit(
+                state,
+                &dev.device_id,
+                authority.as_str(),
+                false,
+                json!({"method": "CONNECT", "reason": "url", "error": e.to_string()}),
+            )
+            .await;
+            Err(problem(
+                StatusCode::BAD_REQUEST,
+                "bad proxy request",
+                &e.to_string(),
+                Value::Null,
+            ))
+        }
+    }
+}
+
+/// The upstream connection for a tunnel, within [`UPSTREAM_TIMEOUT`], or a
+/// 502 naming what failed.
+async fn dial(addr: SocketAddr, shown: &str) -> Result<TcpStream, Response<Body>> {
+    let detail = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => return Ok(t),
+        Ok(Err(e)) => format!("connecting to {addr}: {e}"),
+        Err(_) => format!("connecting to {addr} timed out"),
+    };
+    Err(problem(
+        StatusCode::BAD_GATEWAY,
+        "upstream unreachable",
+        &detail,
+        json!({"url": shown}),
+    ))
 }
 
 /// The client's side of a CONNECT once the 200 is sent.
