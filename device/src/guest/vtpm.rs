@@ -168,10 +168,27 @@ pub fn provision(dir: &Path, keys: Option<&StateKeys>) -> Result<AkFile, GuestEr
     }
     fs::create_dir_all(dir).map_err(|e| GuestError::io("making the vTPM's directory", e))?;
     private_dir(dir)?;
-    // TCP on 127.0.0.1: the TSS here reaches swtpm only so. Another local
-    // user could try to take a port between its pick and swtpm's bind; then
-    // swtpm exits, and the key is made only once this swtpm is seen alive
-    // holding the port it was given.
+    let ak = in_private_network(|| make_ak(dir, key))?;
+    let json =
+        serde_json::to_vec_pretty(&ak).map_err(|e| GuestError::io("writing ak.json", e.into()))?;
+    if let Some(keys) = keys {
+        use hmac::Mac as _;
+        persist::write_secret(&dir.join(ENCRYPTED_MARK), b"aes-256-cbc\n")?;
+        let tag = hex::encode(keys.tag(&json)?.finalize().into_bytes());
+        persist::write_secret(&dir.join(AK_MAC), tag.as_bytes())?;
+    }
+    persist::write_secret(&file, &json)?;
+    Ok(ak)
+}
+
+/// Start a swtpm on `dir` alone, make the attestation key and leave it at
+/// [`AK_HANDLE`].
+fn make_ak(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
+    // TCP on 127.0.0.1 (the namespace's own, see [`in_private_network`]).
+    // Where that runs on the host's loopback, another local user could try
+    // to take a port between its pick and swtpm's bind; then swtpm exits,
+    // and the key is made only once this swtpm is seen alive holding the
+    // port it was given.
     let port = free_port_pair()?;
     let mut child = spawn(
         dir,
@@ -211,17 +228,53 @@ pub fn provision(dir: &Path, keys: Option<&StateKeys>) -> Result<AkFile, GuestEr
     })();
     let _ = child.kill();
     let _ = child.wait();
-    let ak = made?;
-    let json =
-        serde_json::to_vec_pretty(&ak).map_err(|e| GuestError::io("writing ak.json", e.into()))?;
-    if let Some(keys) = keys {
-        use hmac::Mac as _;
-        persist::write_secret(&dir.join(ENCRYPTED_MARK), b"aes-256-cbc\n")?;
-        let tag = hex::encode(keys.tag(&json)?.finalize().into_bytes());
-        persist::write_secret(&dir.join(AK_MAC), tag.as_bytes())?;
+    made
+}
+
+/// Run `f` on a thread of its own in a network namespace of its own, where
+/// only loopback is up. The TSS here reaches swtpm only by TCP, and swtpm's
+/// control channel has no authentication (a program reaching it can save
+/// the whole state, seeds included): in its own namespace, no other program
+/// reaches it, whoever runs it. Without the privilege for one (not root),
+/// `f` runs on the host's loopback, and the open moment is logged.
+fn in_private_network<T: Send>(
+    f: impl FnOnce() -> Result<T, GuestError> + Send,
+) -> Result<T, GuestError> {
+    let what = "provisioning the vTPM in a network namespace of its own";
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // A thread's namespaces are its own, and the children it starts
+            // (ip, swtpm) inherit them; the rest of the process stays.
+            match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                Ok(()) => loopback_up()?,
+                Err(nix::errno::Errno::EPERM) => tracing::warn!(
+                    "not root: the vTPM is provisioned on the host's loopback, where another local program could reach swtpm's control port until it is done"
+                ),
+                Err(e) => return Err(GuestError::io(what, e.into())),
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(GuestError::io(what, std::io::Error::other("the thread panicked"))))
+    })
+}
+
+/// Bring up loopback in this thread's (new) network namespace.
+fn loopback_up() -> Result<(), GuestError> {
+    let tool = |detail: String| GuestError::Tool {
+        what: "bringing up loopback for the vTPM's provisioning",
+        program: "ip (iproute2)".to_owned(),
+        detail,
+    };
+    let o = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| tool(e.to_string()))?;
+    if !o.status.success() {
+        return Err(tool(String::from_utf8_lossy(&o.stderr).trim().to_owned()));
     }
-    persist::write_secret(&file, &json)?;
-    Ok(ak)
+    Ok(())
 }
 
 /// `ak.json` must carry its MAC under the disk key: one written offline
@@ -350,5 +403,89 @@ mod tests {
         assert_ne!(again, ak);
         assert!(!state_holds(&clear, &public_point(&again)));
         assert!(clear.join(ENCRYPTED_MARK).exists());
+    }
+
+    /// What a local program sees of the provisioning swtpm: for each look
+    /// at it, whether its TCP control port answered from here.
+    fn reach_provisioning(dir: &Path, done: &std::sync::atomic::AtomicBool) -> Vec<bool> {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::Ordering;
+        let marker = format!("dir={}", dir.display());
+        let mut looks = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            for entry in fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                    continue;
+                };
+                let args: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                if !args.iter().any(|a| a.ends_with("swtpm")) || !args.contains(&marker) {
+                    continue;
+                }
+                // Another network namespace is out of a program's reach
+                // unless it holds CAP_SYS_ADMIN over it (root's).
+                let Ok(theirs) = fs::read_link(entry.path().join("ns/net")) else {
+                    continue;
+                };
+                if fs::read_link("/proc/thread-self/ns/net").ok() != Some(theirs) {
+                    looks.push(false);
+                    continue;
+                }
+                let Some(port) = args
+                    .iter()
+                    .skip_while(|a| *a != "--ctrl")
+                    .nth(1)
+                    .and_then(|c| c.split(',').find_map(|kv| kv.strip_prefix("port=")))
+                    .and_then(|p| p.parse::<u16>().ok())
+                else {
+                    looks.push(false);
+                    continue;
+                };
+                // The attacker's move: CMD_GET_CAPABILITY on the control
+                // channel (one that answers would also save the state).
+                let reached = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                    .and_then(|mut c| {
+                        c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                        c.write_all(&1u32.to_be_bytes())?;
+                        let mut answer = [0u8; 8];
+                        c.read_exact(&mut answer)
+                    })
+                    .is_ok();
+                looks.push(reached);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        looks
+    }
+
+    #[test]
+    fn no_other_local_program_reaches_the_vtpm_while_it_is_provisioned() {
+        if !swtpm_or_skip() {
+            return;
+        }
+        if !rustix::process::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("SKIPPED: needs root (a network namespace of its own)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vtpm");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let looks = std::thread::scope(|s| {
+            let watcher = s.spawn(|| reach_provisioning(&dir, &done));
+            let made = provision(&dir, Some(&StateKeys::derive(&[9u8; 32]).unwrap()));
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            made.unwrap();
+            watcher.join().unwrap()
+        });
+        assert!(!looks.is_empty(), "the provisioning swtpm was never seen");
+        assert!(
+            !looks.contains(&true),
+            "swtpm's unauthenticated control port answered a local program during provisioning ({} of {} looks)",
+            looks.iter().filter(|r| **r).count(),
+            looks.len()
+        );
     }
 }
