@@ -1,7 +1,7 @@
 //! The device side of the gateway protocol: a small HTTPS JSON client that
 //! pins the gateway CA and may present a device certificate.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http_body_util::{BodyExt as _, Full};
@@ -106,6 +106,30 @@ impl Default for Timeouts {
     }
 }
 
+/// The routes a device's own JSON goes to (sync and agent).
+fn device_route(path: &str) -> bool {
+    path.starts_with(protocol::paths::SYNC_PREFIX)
+        || path.starts_with(protocol::paths::AGENT_PREFIX)
+}
+
+/// Note whether `at` reads zstd request bodies, from an answer on a device
+/// route: a gateway that does says so in every such answer
+/// (`Accept-Encoding: zstd`, RFC 7694); one without it (a gateway from
+/// before compression, or rolled back to one) gets plain bodies.
+fn learn_encodings(at: &Endpoint, headers: &hyper::HeaderMap) {
+    let reads = headers
+        .get_all(hyper::header::ACCEPT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .any(|coding| {
+            coding
+                .split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case(sync::wire::BODY_ENCODING))
+        });
+    at.reads_zstd.store(reads, Ordering::Relaxed);
+}
+
 /// A gateway endpoint with its pinned CA.
 #[derive(Clone)]
 pub struct GatewayClient {
@@ -124,6 +148,11 @@ struct Endpoint {
     host: String,
     port: u16,
     url: String,
+    /// Whether this gateway said it reads zstd request bodies (its
+    /// `Accept-Encoding` answer, RFC 7694); until it has, bodies go plain,
+    /// so a gateway from before compression is never sent what it cannot
+    /// read.
+    reads_zstd: Arc<AtomicBool>,
 }
 
 impl Endpoint {
@@ -152,6 +181,7 @@ impl Endpoint {
             host,
             port: u.port_or_known_default().ok_or_else(bad)?,
             url: url.to_owned(),
+            reads_zstd: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -419,30 +449,87 @@ impl GatewayClient {
         meter: Option<&Meter>,
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(u16, Option<Bytes>), ClientError> {
-        let (mut sender, at) = self.sender().await?;
+        let (sender, at) = self.sender().await?;
+        // A device's JSON to the sync and agent routes goes compressed
+        // where that shrinks it (chunk id lists), to a gateway that said
+        // it reads it.
+        let compressed = (device_route(path)
+            && content_type == "application/json"
+            && at.reads_zstd.load(Ordering::Relaxed))
+        .then(|| sync::wire::encode_body(&body))
+        .flatten();
+        let Some(z) = compressed else {
+            return self
+                .exchange(
+                    sender,
+                    at,
+                    method,
+                    path,
+                    content_type,
+                    (body, false),
+                    meter,
+                    on_data,
+                )
+                .await;
+        };
+        let (status, answer) = self
+            .exchange(
+                sender,
+                at,
+                method.clone(),
+                path,
+                content_type,
+                (z, true),
+                meter,
+                on_data,
+            )
+            .await?;
+        if status != 415 {
+            return Ok((status, answer));
+        }
+        // Refused as an encoding it does not read (a gateway rolled back):
+        // once more in plain, and plain from now on.
+        at.reads_zstd.store(false, Ordering::Relaxed);
+        let (sender, at) = self.sender().await?;
+        self.exchange(
+            sender,
+            at,
+            method,
+            path,
+            content_type,
+            (body, false),
+            meter,
+            on_data,
+        )
+        .await
+    }
+
+    /// One request on `sender` (`body`, and whether it is zstd-encoded)
+    /// and its answer, as [`GatewayClient::send_streaming`] describes.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        at: &Endpoint,
+        method: hyper::Method,
+        path: &str,
+        content_type: &str,
+        (body, zstd): (Vec<u8>, bool),
+        meter: Option<&Meter>,
+        on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(u16, Option<Bytes>), ClientError> {
         let io = |problem: String| ClientError::Io {
             url: at.url.clone(),
             problem,
         };
-        // A device's JSON to the sync and agent routes goes compressed
-        // where that shrinks it (chunk id lists); the gateway decodes it.
-        let device_route = path.starts_with(protocol::paths::SYNC_PREFIX)
-            || path.starts_with(protocol::paths::AGENT_PREFIX);
-        let compressed = (device_route && content_type == "application/json")
-            .then(|| sync::wire::encode_body(&body))
-            .flatten();
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, format!("{}:{}", at.host, at.port))
             .header(hyper::header::CONTENT_TYPE, content_type);
-        let body = match compressed {
-            Some(z) => {
-                req = req.header(hyper::header::CONTENT_ENCODING, sync::wire::BODY_ENCODING);
-                z
-            }
-            None => body,
-        };
+        if zstd {
+            req = req.header(hyper::header::CONTENT_ENCODING, sync::wire::BODY_ENCODING);
+        }
         if let Some(m) = meter {
             m.sent(body.len() as u64).await;
         }
@@ -459,6 +546,9 @@ impl GatewayClient {
             .await?;
         let status = resp.status().as_u16();
         let success = resp.status().is_success();
+        if device_route(path) {
+            learn_encodings(at, resp.headers());
+        }
         let mut body = resp.into_body();
         let mut refusal = Vec::new();
         loop {
@@ -513,6 +603,9 @@ impl GatewayClient {
                 .await
                 .map_err(|e| io(e.to_string()))?;
             let status = resp.status().as_u16();
+            if device_route(path) {
+                learn_encodings(at, resp.headers());
+            }
             let body = resp
                 .into_body()
                 .collect()
@@ -635,9 +728,8 @@ mod tests {
         idle: std::time::Duration::from_millis(300),
     };
 
-    /// A TLS server on 127.0.0.1 that does `then` with each connection
-    /// after the handshake; its CA (a self-signed certificate) and port.
-    async fn tls_server(then: &'static [u8]) -> (String, u16) {
+    /// A TLS acceptor for 127.0.0.1 and its CA (a self-signed certificate).
+    fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
             .unwrap()
@@ -654,7 +746,16 @@ mod tests {
             PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (
+            tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            cert.pem(),
+        )
+    }
+
+    /// A TLS server on 127.0.0.1 that does `then` with each connection
+    /// after the handshake; its CA and port.
+    async fn tls_server(then: &'static [u8]) -> (String, u16) {
+        let (acceptor, ca) = tls_acceptor();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -672,7 +773,103 @@ mod tests {
                 });
             }
         });
-        (cert.pem(), port)
+        (ca, port)
+    }
+
+    /// How a gateway stand-in answers a request sent with a
+    /// `Content-Encoding` (or none): its status, and whether it says it
+    /// reads zstd.
+    type Answer = fn(Option<&str>) -> (u16, bool);
+
+    /// An HTTP server over TLS on 127.0.0.1 answering by `answer`; its CA,
+    /// port, and the `Content-Encoding` of every request it was sent.
+    async fn http_server(
+        answer: Answer,
+    ) -> (String, u16, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+        let (acceptor, ca) = tls_acceptor();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let log = log.clone();
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let encoding = req
+                                .headers()
+                                .get(hyper::header::CONTENT_ENCODING)
+                                .map(|v| v.to_str().unwrap().to_owned());
+                            let _ = req.into_body().collect().await;
+                            let (status, says) = answer(encoding.as_deref());
+                            log.lock().unwrap().push(encoding);
+                            let mut r = hyper::Response::builder().status(status);
+                            if says {
+                                r = r.header(hyper::header::ACCEPT_ENCODING, "gzip, zstd;q=1");
+                            }
+                            r.body(Full::new(Bytes::from_static(b"{}")))
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (ca, port, seen)
+    }
+
+    /// Send a device's chunk list (JSON that compresses) `n` times to a
+    /// gateway stand-in answering by `answer`: the statuses and the
+    /// encodings it was sent.
+    async fn sends(answer: Answer, n: usize) -> (Vec<u16>, Vec<Option<String>>) {
+        let (ca, port, seen) = http_server(answer).await;
+        let c = GatewayClient::new(&format!("https://127.0.0.1:{port}"), &ca, None).unwrap();
+        let ids: Vec<String> = (0..200).map(|i| format!("{:064x}", i % 7)).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "have": ids })).unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let path = format!("{}chunks/missing", protocol::paths::SYNC_PREFIX);
+            let (status, _) = c
+                .send(
+                    hyper::Method::POST,
+                    &path,
+                    "application/json",
+                    body.clone(),
+                    None,
+                )
+                .await
+                .unwrap();
+            statuses.push(status);
+        }
+        let seen = seen.lock().unwrap().clone();
+        (statuses, seen)
+    }
+
+    #[tokio::test]
+    async fn bodies_go_compressed_only_to_a_gateway_that_says_it_reads_them() {
+        let zstd = || Some("zstd".to_owned());
+        // A gateway from before compression never says so: all plain (it
+        // would have failed on the first compressed body).
+        let (statuses, seen) = sends(|_| (200, false), 3).await;
+        assert_eq!(statuses, [200, 200, 200]);
+        assert_eq!(seen, [None, None, None]);
+        // One that says so: plain until it has, compressed after.
+        let (statuses, seen) = sends(|_| (200, true), 3).await;
+        assert_eq!(statuses, [200, 200, 200]);
+        assert_eq!(seen, [None, zstd(), zstd()]);
+        // One that says so but refuses the encoding (415): the same body
+        // again in plain, and the caller sees only the answer to that.
+        let (statuses, seen) = sends(|e| (if e.is_some() { 415 } else { 200 }, true), 2).await;
+        assert_eq!(statuses, [200, 200]);
+        assert_eq!(seen, [None, zstd(), None]);
     }
 
     #[tokio::test]

@@ -254,6 +254,30 @@ fn compressed_bodies_are_read_within_the_bounds_and_other_encodings_refused() {
     assert_eq!(post(body.as_bytes(), "zstd").0, "400");
     assert_eq!(post(body.as_bytes(), "gzip").0, "415");
     assert_eq!(s.spooled().len(), 30);
+    // Every answer on a device's routes, a refusal too, says which request
+    // encoding is read (RFC 7694); devices compress only after seeing it.
+    let headers = |path: &str, extra: &[&str]| {
+        let (_, text) = api(
+            s.up.port,
+            &s.data,
+            path,
+            (&s.crt, &s.key),
+            &[&["-i"], extra].concat(),
+        );
+        text.to_ascii_lowercase()
+    };
+    let says = "\naccept-encoding: zstd\r\n";
+    let spool = [
+        "-X",
+        "POST",
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        "{}",
+    ];
+    assert!(headers("/v1/agent/spool", &spool).contains(says));
+    assert!(headers("/v1/sync/images/base-os/refs", &[]).contains(says));
+    assert!(!headers("/v1/health", &[]).contains("accept-encoding"));
 }
 
 fn bundle(dir: &Path, version: u64) -> PathBuf {

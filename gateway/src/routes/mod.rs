@@ -48,7 +48,9 @@ pub(crate) async fn route(
     let path = parts.uri.path();
     let method = &parts.method;
     let query = parts.uri.query();
-    let reply = match Concern::of(path) {
+    let concern = Concern::of(path);
+    let device = matches!(concern, Concern::Agent | Concern::Sync);
+    let reply = match concern {
         Concern::Audit => audit::route(state, who, method, path, query).await,
         Concern::Admin => match admin::authorize(state, who).await {
             Ok(admin) => match read(body, state).await {
@@ -75,7 +77,17 @@ pub(crate) async fn route(
         },
         Concern::Open => open(state, who, peer, method, path, body).await,
     };
-    reply.into_response()
+    let mut response = reply.into_response();
+    if device {
+        // Every answer on a device's routes says which request encoding
+        // is read (RFC 7694): a device compresses only to a gateway that
+        // says so.
+        response.headers_mut().insert(
+            hyper::header::ACCEPT_ENCODING,
+            hyper::header::HeaderValue::from_static(::sync::wire::BODY_ENCODING),
+        );
+    }
+    response
 }
 
 /// Which part of the gateway a path belongs to.
