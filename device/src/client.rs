@@ -112,22 +112,49 @@ fn device_route(path: &str) -> bool {
         || path.starts_with(protocol::paths::AGENT_PREFIX)
 }
 
-/// Note whether `at` reads zstd request bodies, from an answer on a device
-/// route: a gateway that does says so in every such answer
-/// (`Accept-Encoding: zstd`, RFC 7694); one without it (a gateway from
-/// before compression, or rolled back to one) gets plain bodies.
-fn learn_encodings(at: &Endpoint, headers: &hyper::HeaderMap) {
-    let reads = headers
+/// What a gateway said of the request encodings it reads.
+#[derive(Debug, Default)]
+struct Encodings {
+    /// Its last answer on a device route said `Accept-Encoding: zstd`
+    /// (RFC 7694).
+    says_zstd: AtomicBool,
+    /// It refused a compressed body all the same: plain to it for as long
+    /// as this client lives, whatever it says.
+    refused_zstd: AtomicBool,
+}
+
+impl Encodings {
+    /// Whether to send it a zstd body.
+    fn zstd(&self) -> bool {
+        self.says_zstd.load(Ordering::Relaxed) && !self.refused_zstd.load(Ordering::Relaxed)
+    }
+
+    /// Note what an answer on a device route says: a gateway that reads
+    /// zstd bodies says so in every such answer; one without it (from
+    /// before compression, or rolled back to one) gets plain bodies.
+    fn learn(&self, headers: &hyper::HeaderMap) {
+        self.says_zstd.store(says_zstd(headers), Ordering::Relaxed);
+    }
+}
+
+/// Whether `Accept-Encoding` names zstd as acceptable (a `q` of 0 says it
+/// is not).
+fn says_zstd(headers: &hyper::HeaderMap) -> bool {
+    headers
         .get_all(hyper::header::ACCEPT_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .any(|coding| {
-            coding
-                .split(';')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case(sync::wire::BODY_ENCODING))
-        });
-    at.reads_zstd.store(reads, Ordering::Relaxed);
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            coding.eq_ignore_ascii_case(sync::wire::BODY_ENCODING) && !refused
+        })
 }
 
 /// A gateway endpoint with its pinned CA.
@@ -148,11 +175,10 @@ struct Endpoint {
     host: String,
     port: u16,
     url: String,
-    /// Whether this gateway said it reads zstd request bodies (its
-    /// `Accept-Encoding` answer, RFC 7694); until it has, bodies go plain,
-    /// so a gateway from before compression is never sent what it cannot
-    /// read.
-    reads_zstd: Arc<AtomicBool>,
+    /// Whether this gateway said it reads zstd request bodies; until it
+    /// has, bodies go plain, so a gateway from before compression is never
+    /// sent what it cannot read.
+    encodings: Arc<Encodings>,
 }
 
 impl Endpoint {
@@ -181,7 +207,7 @@ impl Endpoint {
             host,
             port: u.port_or_known_default().ok_or_else(bad)?,
             url: url.to_owned(),
-            reads_zstd: Arc::new(AtomicBool::new(false)),
+            encodings: Arc::default(),
         })
     }
 }
@@ -453,11 +479,10 @@ impl GatewayClient {
         // A device's JSON to the sync and agent routes goes compressed
         // where that shrinks it (chunk id lists), to a gateway that said
         // it reads it.
-        let compressed = (device_route(path)
-            && content_type == "application/json"
-            && at.reads_zstd.load(Ordering::Relaxed))
-        .then(|| sync::wire::encode_body(&body))
-        .flatten();
+        let compressed =
+            (device_route(path) && content_type == "application/json" && at.encodings.zstd())
+                .then(|| sync::wire::encode_body(&body))
+                .flatten();
         let Some(z) = compressed else {
             return self
                 .exchange(
@@ -484,12 +509,16 @@ impl GatewayClient {
                 on_data,
             )
             .await?;
-        if status != 415 {
+        // Refused as an encoding it does not read (415), or refused at all
+        // by a gateway that no longer says it reads zstd (one from before
+        // compression reads the body as broken JSON: 400): nothing was
+        // done with it. Once more in plain, and plain to it from now on.
+        let unread = status == 415
+            || ((400..500).contains(&status) && !at.encodings.says_zstd.load(Ordering::Relaxed));
+        if !unread {
             return Ok((status, answer));
         }
-        // Refused as an encoding it does not read (a gateway rolled back):
-        // once more in plain, and plain from now on.
-        at.reads_zstd.store(false, Ordering::Relaxed);
+        at.encodings.refused_zstd.store(true, Ordering::Relaxed);
         let (sender, at) = self.sender().await?;
         self.exchange(
             sender,
@@ -547,7 +576,7 @@ impl GatewayClient {
         let status = resp.status().as_u16();
         let success = resp.status().is_success();
         if device_route(path) {
-            learn_encodings(at, resp.headers());
+            at.encodings.learn(resp.headers());
         }
         let mut body = resp.into_body();
         let mut refusal = Vec::new();
@@ -604,7 +633,7 @@ impl GatewayClient {
                 .map_err(|e| io(e.to_string()))?;
             let status = resp.status().as_u16();
             if device_route(path) {
-                learn_encodings(at, resp.headers());
+                at.encodings.learn(resp.headers());
             }
             let body = resp
                 .into_body()
@@ -866,10 +895,44 @@ mod tests {
         assert_eq!(statuses, [200, 200, 200]);
         assert_eq!(seen, [None, zstd(), zstd()]);
         // One that says so but refuses the encoding (415): the same body
-        // again in plain, and the caller sees only the answer to that.
-        let (statuses, seen) = sends(|e| (if e.is_some() { 415 } else { 200 }, true), 2).await;
-        assert_eq!(statuses, [200, 200]);
-        assert_eq!(seen, [None, zstd(), None]);
+        // again in plain, the caller sees only the answer to that, and
+        // plain from then on, whatever it says.
+        let (statuses, seen) = sends(|e| (if e.is_some() { 415 } else { 200 }, true), 3).await;
+        assert_eq!(statuses, [200, 200, 200]);
+        assert_eq!(seen, [None, zstd(), None, None]);
+        // One rolled back to before compression between two requests: it
+        // reads the compressed body as broken JSON (400, and no word of
+        // zstd): the same body again in plain.
+        let (statuses, seen) = sends(
+            |e| {
+                if e.is_some() {
+                    (400, false)
+                } else {
+                    (200, true)
+                }
+            },
+            3,
+        )
+        .await;
+        assert_eq!(statuses, [200, 200, 200]);
+        assert_eq!(seen, [None, zstd(), None, None]);
+    }
+
+    #[test]
+    fn accept_encoding_is_read_as_rfc_9110_writes_it() {
+        let says = |v: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(hyper::header::ACCEPT_ENCODING, v.parse().unwrap());
+            says_zstd(&h)
+        };
+        assert!(says("zstd"));
+        assert!(says("gzip, ZSTD;q=0.5"));
+        assert!(says("br , zstd ; q=1"));
+        assert!(!says("zstd;q=0"));
+        assert!(!says("zstd; q=0.000"));
+        assert!(!says("gzip, zstdx, identity"));
+        assert!(!says(""));
+        assert!(!says_zstd(&hyper::HeaderMap::new()));
     }
 
     #[tokio::test]

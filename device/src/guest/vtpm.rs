@@ -190,7 +190,9 @@ fn make_ak(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
     // and the key is made only once this swtpm is seen alive holding the
     // port it was given.
     let port = free_port_pair()?;
-    let mut child = spawn(
+    // Stopped however this ends, a panic in the TSS included (a swtpm left
+    // running would hold the state's lock).
+    let mut child = Reaped(spawn(
         dir,
         &[
             "--server".into(),
@@ -201,7 +203,7 @@ fn make_ak(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
             "not-need-init,startup-clear".into(),
         ],
         key,
-    )?;
+    )?);
     let made = (|| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
@@ -213,7 +215,7 @@ fn make_ak(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !matches!(child.try_wait(), Ok(None)) {
+        if !matches!(child.0.try_wait(), Ok(None)) {
             return Err(GuestError::io(
                 "starting the guest's vTPM",
                 std::io::Error::other(format!(
@@ -226,17 +228,27 @@ fn make_ak(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
         tpm.persist_ak(&ak, AK_HANDLE)?;
         Ok(ak)
     })();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     made
+}
+
+/// A child process killed and waited for when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Run `f` on a thread of its own in a network namespace of its own, where
 /// only loopback is up. The TSS here reaches swtpm only by TCP, and swtpm's
 /// control channel has no authentication (a program reaching it can save
 /// the whole state, seeds included): in its own namespace, no other program
-/// reaches it, whoever runs it. Without the privilege for one (not root),
-/// `f` runs on the host's loopback, and the open moment is logged.
+/// reaches it. Root without one (a container, a seccomp filter, systemd's
+/// `RestrictNamespaces=`) is refused; a user other than root, who cannot
+/// make one, runs `f` on the host's loopback, and the warning says so.
 fn in_private_network<T: Send>(
     f: impl FnOnce() -> Result<T, GuestError> + Send,
 ) -> Result<T, GuestError> {
@@ -247,10 +259,19 @@ fn in_private_network<T: Send>(
             // (ip, swtpm) inherit them; the rest of the process stays.
             match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
                 Ok(()) => loopback_up()?,
-                Err(nix::errno::Errno::EPERM) => tracing::warn!(
-                    "not root: the vTPM is provisioned on the host's loopback, where another local program could reach swtpm's control port until it is done"
-                ),
-                Err(e) => return Err(GuestError::io(what, e.into())),
+                Err(nix::errno::Errno::EPERM) if !rustix::process::geteuid().is_root() => {
+                    tracing::warn!(
+                        "not root: the vTPM is provisioned on the host's loopback, where another local program could reach swtpm's control port until it is done"
+                    )
+                }
+                Err(e) => {
+                    return Err(GuestError::io(
+                        what,
+                        std::io::Error::other(format!(
+                            "{e}: nothing was made (as root, the vTPM is provisioned only where no other program can reach it; allow this process to make a network namespace)"
+                        )),
+                    ))
+                }
             }
             f()
         })
@@ -259,14 +280,20 @@ fn in_private_network<T: Send>(
     })
 }
 
-/// Bring up loopback in this thread's (new) network namespace.
+/// Bring up loopback in this thread's (new) network namespace, with
+/// iproute2's `ip` from the system's own directories (not `$PATH`: this
+/// runs as root).
 fn loopback_up() -> Result<(), GuestError> {
     let tool = |detail: String| GuestError::Tool {
         what: "bringing up loopback for the vTPM's provisioning",
         program: "ip (iproute2)".to_owned(),
         detail,
     };
-    let o = Command::new("ip")
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| tool("not installed (scripts/setup.sh installs iproute2)".to_owned()))?;
+    let o = Command::new(ip)
         .args(["link", "set", "lo", "up"])
         .stdin(Stdio::null())
         .output()
