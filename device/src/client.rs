@@ -169,6 +169,13 @@ pub struct GatewayClient {
     timeouts: Timeouts,
 }
 
+/// A request's method, path and content type.
+struct Head<'a> {
+    method: hyper::Method,
+    path: &'a str,
+    content_type: &'a str,
+}
+
 /// One gateway address.
 #[derive(Debug, Clone)]
 struct Endpoint {
@@ -475,7 +482,12 @@ impl GatewayClient {
         meter: Option<&Meter>,
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(u16, Option<Bytes>), ClientError> {
-        let (sender, at) = self.sender().await?;
+        let (mut sender, mut at) = self.sender().await?;
+        let head = Head {
+            method,
+            path,
+            content_type,
+        };
         // A device's JSON to the sync and agent routes goes compressed
         // where that shrinks it (chunk id lists), to a gateway that said
         // it reads it.
@@ -483,66 +495,35 @@ impl GatewayClient {
             (device_route(path) && content_type == "application/json" && at.encodings.zstd())
                 .then(|| sync::wire::encode_body(&body))
                 .flatten();
-        let Some(z) = compressed else {
-            return self
-                .exchange(
-                    sender,
-                    at,
-                    method,
-                    path,
-                    content_type,
-                    (body, false),
-                    meter,
-                    on_data,
-                )
-                .await;
-        };
-        let (status, answer) = self
-            .exchange(
-                sender,
-                at,
-                method.clone(),
-                path,
-                content_type,
-                (z, true),
-                meter,
-                on_data,
-            )
-            .await?;
-        // Refused as an encoding it does not read (415), or refused at all
-        // by a gateway that no longer says it reads zstd (one from before
-        // compression reads the body as broken JSON: 400): nothing was
-        // done with it. Once more in plain, and plain to it from now on.
-        let unread = status == 415
-            || ((400..500).contains(&status) && !at.encodings.says_zstd.load(Ordering::Relaxed));
-        if !unread {
-            return Ok((status, answer));
+        if let Some(z) = compressed {
+            let (status, answer) = self
+                .exchange(sender, at, &head, (z, true), meter, on_data)
+                .await?;
+            // Refused as an encoding it does not read (415), or refused at
+            // all by a gateway that no longer says it reads zstd (one from
+            // before compression reads the body as broken JSON: 400):
+            // nothing was done with it. Once more in plain, and plain to it
+            // from now on.
+            let unread = status == 415
+                || ((400..500).contains(&status)
+                    && !at.encodings.says_zstd.load(Ordering::Relaxed));
+            if !unread {
+                return Ok((status, answer));
+            }
+            at.encodings.refused_zstd.store(true, Ordering::Relaxed);
+            (sender, at) = self.sender().await?;
         }
-        at.encodings.refused_zstd.store(true, Ordering::Relaxed);
-        let (sender, at) = self.sender().await?;
-        self.exchange(
-            sender,
-            at,
-            method,
-            path,
-            content_type,
-            (body, false),
-            meter,
-            on_data,
-        )
-        .await
+        self.exchange(sender, at, &head, (body, false), meter, on_data)
+            .await
     }
 
     /// One request on `sender` (`body`, and whether it is zstd-encoded)
     /// and its answer, as [`GatewayClient::send_streaming`] describes.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
         at: &Endpoint,
-        method: hyper::Method,
-        path: &str,
-        content_type: &str,
+        head: &Head<'_>,
         (body, zstd): (Vec<u8>, bool),
         meter: Option<&Meter>,
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
@@ -552,10 +533,10 @@ impl GatewayClient {
             problem,
         };
         let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
+            .method(head.method.clone())
+            .uri(head.path)
             .header(hyper::header::HOST, format!("{}:{}", at.host, at.port))
-            .header(hyper::header::CONTENT_TYPE, content_type);
+            .header(hyper::header::CONTENT_TYPE, head.content_type);
         if zstd {
             req = req.header(hyper::header::CONTENT_ENCODING, sync::wire::BODY_ENCODING);
         }
@@ -575,7 +556,7 @@ impl GatewayClient {
             .await?;
         let status = resp.status().as_u16();
         let success = resp.status().is_success();
-        if device_route(path) {
+        if device_route(head.path) {
             at.encodings.learn(resp.headers());
         }
         let mut body = resp.into_body();
