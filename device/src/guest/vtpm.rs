@@ -66,15 +66,18 @@ impl StateKeys {
 
 /// A running swtpm, stopped when dropped.
 pub struct Swtpm {
-    child: Child,
+    child: Reaped,
     /// The control socket qemu connects to (socket mode only).
     pub socket: PathBuf,
 }
 
-impl Drop for Swtpm {
+/// A child process killed and waited for when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -228,18 +231,7 @@ fn make_ak(dir: &Path, key: Option<&KeyFile>) -> Result<AkFile, GuestError> {
         tpm.persist_ak(&ak, AK_HANDLE)?;
         Ok(ak)
     })();
-    drop(child);
     made
-}
-
-/// A child process killed and waited for when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Run `f` on a thread of its own in a network namespace of its own, where
@@ -344,10 +336,13 @@ pub fn start(dir: &Path, keys: Option<&StateKeys>) -> Result<Swtpm, GuestError> 
         ],
         key,
     )?;
-    let mut tpm = Swtpm { child, socket };
+    let mut tpm = Swtpm {
+        child: Reaped(child),
+        socket,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tpm.socket.exists() {
-        if let Ok(Some(status)) = tpm.child.try_wait() {
+        if let Ok(Some(status)) = tpm.child.0.try_wait() {
             return Err(GuestError::io(
                 "starting the guest's vTPM",
                 std::io::Error::other(format!("swtpm exited with {status} (see swtpm.log)")),
