@@ -278,6 +278,17 @@ fn compressed_bodies_are_read_within_the_bounds_and_other_encodings_refused() {
     assert!(headers("/v1/agent/spool", &spool).contains(says));
     assert!(headers("/v1/sync/images/base-os/refs", &[]).contains(says));
     assert!(!headers("/v1/health", &[]).contains("accept-encoding"));
+    // Not to an outsider: without a device certificate (a 401) it says
+    // nothing of what the gateway reads.
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(s.data.join("ca.crt"))
+        .arg(format!("https://127.0.0.1:{}/v1/agent/spool", s.up.port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(!text.contains("accept-encoding"), "{text}");
 }
 
 fn bundle(dir: &Path, version: u64) -> PathBuf {

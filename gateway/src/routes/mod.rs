@@ -48,9 +48,10 @@ pub(crate) async fn route(
     let path = parts.uri.path();
     let method = &parts.method;
     let query = parts.uri.query();
-    let concern = Concern::of(path);
-    let device = matches!(concern, Concern::Agent | Concern::Sync);
-    let reply = match concern {
+    // A device (its certificate checked) hears which request encodings
+    // are read; an outsider does not.
+    let mut device = false;
+    let reply = match Concern::of(path) {
         Concern::Audit => audit::route(state, who, method, path, query).await,
         Concern::Admin => match admin::authorize(state, who).await {
             Ok(admin) => match read(body, state).await {
@@ -60,19 +61,22 @@ pub(crate) async fn route(
             Err(r) => r,
         },
         Concern::Agent | Concern::Sync => match state.authorize_device(who).await {
-            Ok(dev) => match read_encoded(body, &parts.headers, state).await {
-                Ok(bytes) if path.starts_with(paths::AGENT_PREFIX) => {
-                    agent::route(state, &dev, method, path, &bytes).await
+            Ok(dev) => {
+                device = true;
+                match read_encoded(body, &parts.headers, state).await {
+                    Ok(bytes) if path.starts_with(paths::AGENT_PREFIX) => {
+                        agent::route(state, &dev, method, path, &bytes).await
+                    }
+                    Ok(bytes) => {
+                        let rest = &path[paths::SYNC_PREFIX.len()..];
+                        state.metrics.sync_bytes("in", bytes.len());
+                        let reply = state.sync_route(&dev, method, rest, &bytes).await;
+                        state.metrics.sync_bytes("out", reply.body_len());
+                        reply
+                    }
+                    Err(r) => r,
                 }
-                Ok(bytes) => {
-                    let rest = &path[paths::SYNC_PREFIX.len()..];
-                    state.metrics.sync_bytes("in", bytes.len());
-                    let reply = state.sync_route(&dev, method, rest, &bytes).await;
-                    state.metrics.sync_bytes("out", reply.body_len());
-                    reply
-                }
-                Err(r) => r,
-            },
+            }
             Err(r) => r,
         },
         Concern::Open => open(state, who, peer, method, path, body).await,
